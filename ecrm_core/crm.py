@@ -1,0 +1,281 @@
+"""The :class:`CRM` facade: what a host application builds and calls."""
+
+from __future__ import annotations
+
+import difflib
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+from .domain import DEFAULT_WORKSPACE
+from .errors import PluginError, ValidationError
+from .plugins import Plugins
+from .registry import Registry
+from .storage import Database, Naming
+from .validation import check_slug
+
+__all__ = ["CRM"]
+
+Clock = Callable[[], datetime]
+
+
+def _system_clock() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Shared:
+    """What every view of one CRM shares: plugins, registry, clock."""
+
+    def __init__(self, plugins: Plugins, clock: Clock) -> None:
+        self.plugins = plugins
+        self.clock = clock
+        self.registry: Registry | None = None
+        self.listening: weakref.WeakSet[sa.Connection] = weakref.WeakSet()
+        self.lock = threading.Lock()
+        self.closed = False
+
+
+class CRM:
+    """An embedded e-CRM: customers, interactions, offers, plugins.
+
+    Build one per application (it is thread-safe) and keep it::
+
+        crm = CRM("sqlite:///shop-crm.db")
+        crm.upgrade()                      # create/upgrade the tables
+        ada = crm.customers.create(email="ada@example.com", name="Ada")
+        crm.interactions.track("purchase", customer_id=ada.id, amount="42.00", currency="EUR")
+
+    :param url: SQLAlchemy URL; defaults to ``sqlite:///ecrm.db``.
+    :param engine: the host's engine instead of a URL (ecrm shares its pool).
+    :param connection: the host's connection: ecrm joins its transaction.
+    :param table_prefix: put in front of every ecrm table name.
+    :param schema: database schema for ecrm's tables (PostgreSQL).
+    :param workspace: the tenant this object works in.
+    :param plugins: plugin objects to register besides the installed ones.
+    :param load_entrypoints: discover installed plugins (``ecrm.plugins``).
+    :param enable: allow-list of entry-point plugin names (default: all, or
+        ``ECRM_PLUGINS``); ``disable``: block-list (or ``ECRM_DISABLE_PLUGINS``).
+    :param clock: returns "now" as an aware datetime (tests, simulations).
+
+    Nothing is connected or imported beyond the plugins until first use.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        engine: sa.Engine | None = None,
+        connection: sa.Connection | None = None,
+        table_prefix: str = "ecrm_",
+        schema: str | None = None,
+        workspace: str = DEFAULT_WORKSPACE,
+        plugins: Sequence[Any] = (),
+        load_entrypoints: bool = True,
+        enable: Iterable[str] | None = None,
+        disable: Iterable[str] | None = None,
+        clock: Clock | None = None,
+        echo: bool = False,
+    ) -> None:
+        if not isinstance(table_prefix, str) or not all(c.isalnum() or c == "_" for c in table_prefix):
+            raise ValidationError("table_prefix", table_prefix, "not a valid prefix", "use letters, digits and '_' only")
+        self.db = Database(url, engine=engine, connection=connection, naming=Naming(table_prefix, schema), echo=echo)
+        manager = Plugins()
+        manager.load(plugins=plugins, entrypoints=load_entrypoints, enable=enable, disable=disable)
+        self._shared = _Shared(manager, clock or _system_clock)
+        self.workspace = check_slug(workspace, "workspace", "workspace id")
+        self._build_services()
+        self._shared.registry = self._collect_registry()
+        self.db.add_tables(lambda md, naming: manager.collect("ecrm_register_tables", metadata=md, naming=naming))
+        manager.notify("ecrm_startup", crm=self)
+
+    def _build_services(self) -> None:
+        from .services.customers import Customers
+        from .services.interactions import Interactions
+        from .services.offers import Offers
+
+        self.customers = Customers(self)
+        self.interactions = Interactions(self)
+        self.offers = Offers(self)
+
+    # ------------------------------------------------------------------
+    # views
+    # ------------------------------------------------------------------
+    def _view(self, *, workspace: str | None = None, db: Database | None = None) -> CRM:
+        view = object.__new__(CRM)
+        view.db = db or self.db
+        view._shared = self._shared
+        view.workspace = check_slug(workspace, "workspace", "workspace id") if workspace else self.workspace
+        view._build_services()
+        return view
+
+    def in_workspace(self, workspace: str) -> CRM:
+        """The same CRM working in another workspace (tenant).
+
+        Cheap: the view shares the engine, plugins and registry.
+        """
+        return self._view(workspace=workspace)
+
+    def using(self, connection: sa.Connection) -> CRM:
+        """The same CRM working on the host's ``connection``.
+
+        ecrm's writes join the host's transaction (in a SAVEPOINT) and commit
+        or roll back with it; event hooks fire only after the host commits.
+        """
+        return self._view(db=self.db.bind(connection))
+
+    # ------------------------------------------------------------------
+    # plugins
+    # ------------------------------------------------------------------
+    @property
+    def plugins(self) -> Plugins:
+        """The plugin manager: ``.info`` (name, version, hooks, status), ``.failures``."""
+        return self._shared.plugins
+
+    @property
+    def registry(self) -> Registry:
+        """Everything plugins registered (kinds, stages, channels, conditions…)."""
+        assert self._shared.registry is not None
+        return self._shared.registry
+
+    def _collect_registry(self) -> Registry:
+        plugins = self._shared.plugins
+
+        def by_name(hook: str, what: str) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for plugin, items in plugins.collect(hook, crm=self):
+                for item in items:
+                    key = getattr(item, "name", None) or getattr(item, "path", None) or getattr(item, "branch", None)
+                    if key in out:
+                        raise PluginError(
+                            f"{what} {key!r} is registered twice: by plugin {out[key].plugin!r} and by {plugin!r}; "
+                            f"disable one of them (CRM(disable=[...]) or ECRM_DISABLE_PLUGINS)"
+                        )
+                    out[key] = _with_plugin(item, plugin)
+            return out
+
+        routes: list[Any] = []
+        for _plugin, items in plugins.collect("ecrm_register_routes", crm=self):
+            routes.extend(items)
+        migrations: dict[str, Any] = {}
+        for plugin, items in plugins.collect("ecrm_register_migrations"):
+            for item in items:
+                if item.branch in migrations:
+                    raise PluginError(f"migration branch {item.branch!r} is registered twice (second by {plugin!r})")
+                migrations[item.branch] = _with_plugin(item, plugin)
+        return Registry(
+            interaction_kinds=by_name("ecrm_register_interaction_kinds", "interaction kind"),
+            lifecycle_stages=by_name("ecrm_register_lifecycle_stages", "lifecycle stage"),
+            attributes=by_name("ecrm_register_attributes", "attribute"),
+            channels=by_name("ecrm_register_channels", "channel"),
+            condition_types=by_name("ecrm_register_condition_types", "condition type"),
+            strategies=by_name("ecrm_register_strategies", "strategy"),
+            admin_pages=by_name("ecrm_register_admin_pages", "admin page"),
+            routes=tuple(routes),
+            migrations=migrations,
+        )
+
+    def check_kind(self, kind: Any, field: str = "kind") -> str:
+        """Return ``kind`` if a plugin registered it, else raise with a suggestion."""
+        kinds = self.registry.interaction_kinds
+        if kind in kinds:
+            return kind  # type: ignore[no-any-return]
+        close = difflib.get_close_matches(str(kind), kinds, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValidationError(
+            field, kind, "unknown interaction kind", f"{hint}known kinds: {', '.join(sorted(kinds))} (plugins add more)"
+        )
+
+    def check_stage(self, stage: Any, field: str = "lifecycle_stage") -> str:
+        stages = self.registry.lifecycle_stages
+        if stage in stages:
+            return stage  # type: ignore[no-any-return]
+        close = difflib.get_close_matches(str(stage), stages, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValidationError(field, stage, "unknown lifecycle stage", f"{hint}stages: {', '.join(stages)}")
+
+    # ------------------------------------------------------------------
+    # events
+    # ------------------------------------------------------------------
+    def emit(self, hook: str, **kwargs: Any) -> None:
+        """Fire an event hook once the current write is durable.
+
+        Called by services after their transaction committed.  When ecrm
+        works inside the host's transaction (:meth:`using`), the event waits
+        for the host's COMMIT and is dropped on ROLLBACK.
+        """
+        plugins = self._shared.plugins
+        if not plugins.has_impls(hook):
+            return
+        conn = self.db.connection
+        if conn is not None and conn.in_transaction():
+            self._defer(conn, lambda: plugins.notify(hook, crm=self, **kwargs))
+        else:
+            plugins.notify(hook, crm=self, **kwargs)
+
+    def _defer(self, conn: sa.Connection, fire: Callable[[], None]) -> None:
+        pending: list[Callable[[], None]] = conn.info.setdefault("ecrm_pending_events", [])
+        pending.append(fire)
+        with self._shared.lock:
+            if conn in self._shared.listening:
+                return
+            self._shared.listening.add(conn)
+
+        def on_commit(c: sa.Connection) -> None:
+            for f in c.info.pop("ecrm_pending_events", []):
+                f()
+
+        def on_rollback(c: sa.Connection) -> None:
+            c.info.pop("ecrm_pending_events", None)
+
+        sa.event.listen(conn, "commit", on_commit)
+        sa.event.listen(conn, "rollback", on_rollback)
+
+    # ------------------------------------------------------------------
+    # schema and lifetime
+    # ------------------------------------------------------------------
+    def now(self) -> datetime:
+        """The CRM's clock (aware, UTC)."""
+        return self._shared.clock()
+
+    def migration_locations(self) -> dict[str, str]:
+        return {name: m.location for name, m in self.registry.migrations.items()}
+
+    def upgrade(self, revision: str = "heads") -> None:
+        """Create or upgrade ecrm's tables (core and every plugin branch)."""
+        self.db.upgrade(self.migration_locations(), revision)
+
+    def schema_status(self) -> Mapping[str, Any]:
+        """Current and head revisions: ``{"current": {...}, "heads": {...}, "up_to_date": bool}``."""
+        current = self.db.current_revisions()
+        heads = self.db.head_revisions(self.migration_locations())
+        return {"current": current, "heads": heads, "up_to_date": current == heads}
+
+    def close(self) -> None:
+        """Fire ``ecrm_shutdown`` and release the engine (if ecrm created it)."""
+        if self._shared.closed:
+            return
+        self._shared.closed = True
+        self._shared.plugins.notify("ecrm_shutdown", crm=self)
+        self.db.dispose()
+
+    def __enter__(self) -> CRM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        url = self.db.engine.url.render_as_string(hide_password=True)
+        return f"<CRM {url} workspace={self.workspace!r} plugins={len(self.plugins.loaded())}>"
+
+
+def _with_plugin(item: Any, plugin: str) -> Any:
+    import attrs
+
+    if attrs.has(type(item)) and hasattr(item, "plugin") and item.plugin is None:
+        return attrs.evolve(item, plugin=plugin)
+    return item

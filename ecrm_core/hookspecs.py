@@ -1,0 +1,276 @@
+"""Hook specifications: the whole plugin API of ecrm in one module.
+
+Every hook is named ``ecrm_*``.  A plugin implements a hook by defining a
+function of the same name decorated with :data:`ecrm_core.hookimpl`; it may
+accept *fewer* arguments than the spec lists (pluggy passes only the ones it
+names), so adding an argument to a spec never breaks a plugin.
+
+Three families:
+
+* **Registration** (``ecrm_register_*``) — called once, when a
+  :class:`~ecrm_core.CRM` is built.  Each returns a list of objects from
+  :mod:`ecrm_core.registry` (or ``None``).  Results of all plugins are merged;
+  a name registered twice is a :class:`~ecrm_core.errors.PluginError` naming
+  both plugins.  Order never matters.
+* **Events** (``ecrm_customers_*``, ``ecrm_interactions_*``) — notifications
+  fired *after* the core's write committed.  Return values are ignored.  Each
+  implementation is called in isolation: one that raises is logged against
+  its plugin and recorded in ``crm.plugins.failures``; the others still run
+  and the core's write is kept.  Events are batch-aware: bulk calls fire
+  once per committed batch, never once per row.
+* **Lifecycle** (``ecrm_startup``/``ecrm_shutdown``) — once per CRM.
+
+The version of this API is :data:`HOOK_API_VERSION`; a plugin module may set
+``ECRM_HOOK_API = ">=1,<2"`` and is refused with a clear error outside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import click
+    import sqlalchemy as sa
+
+    from .crm import CRM
+    from .domain import Customer, CustomerChange, InteractionBatch, MergeRecord
+    from .registry import (
+        AdminPage,
+        AttributeDef,
+        ChannelSpec,
+        ConditionType,
+        InteractionKind,
+        LifecycleStage,
+        MigrationSource,
+        StrategySpec,
+    )
+    from .storage import Naming
+
+#: The hook API version this core implements (``major.minor``).  Minor
+#: versions only add hooks or arguments; a major version removes or changes.
+HOOK_API_VERSION = "1.0"
+
+hookspec = pluggy.HookspecMarker("ecrm")
+hookimpl = pluggy.HookimplMarker("ecrm")
+
+#: Hooks whose implementations are isolated notifications (see module doc).
+EVENT_HOOKS = (
+    "ecrm_customers_created",
+    "ecrm_customers_updated",
+    "ecrm_customers_merged",
+    "ecrm_interactions_recorded",
+)
+
+
+# ---------------------------------------------------------------------------
+# Registration hooks: called once per CRM, results merged by name
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def ecrm_register_interaction_kinds(crm: CRM) -> Sequence[InteractionKind] | None:
+    """Interaction kinds that ``track`` accepts.
+
+    :param crm: the CRM being built.
+    :return: a list of :class:`~ecrm_core.registry.InteractionKind`.
+
+    The core's own kinds (``purchase``, ``page_view``, ``email_open``,
+    ``click``, ``complaint``…) come from the default plugin
+    ``ecrm_core.default_plugins.kinds``.  A kind not registered by any plugin
+    is rejected by ``track`` with a "did you mean" suggestion.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_register_lifecycle_stages(crm: CRM) -> Sequence[LifecycleStage] | None:
+    """Lifecycle stages a customer can be in, each mapped to acquisition,
+    cultivation or retention.
+
+    :return: a list of :class:`~ecrm_core.registry.LifecycleStage`.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_register_attributes(crm: CRM) -> Sequence[AttributeDef] | None:
+    """Typed customer attributes (e.g. ``rfm_score`` from an analytics plugin).
+
+    :return: a list of :class:`~ecrm_core.registry.AttributeDef`.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_register_channels(crm: CRM) -> Sequence[ChannelSpec] | None:
+    """Channels through which messages reach customers (email, sms, social…).
+
+    :return: a list of :class:`~ecrm_core.registry.ChannelSpec`.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_register_condition_types(crm: CRM) -> Sequence[ConditionType] | None:
+    """Condition types for segment and offer-eligibility rules.
+
+    :return: a list of :class:`~ecrm_core.registry.ConditionType`.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_register_strategies(crm: CRM) -> Sequence[StrategySpec] | None:
+    """Personalization strategies.
+
+    :return: a list of :class:`~ecrm_core.registry.StrategySpec`.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_register_routes(crm: CRM) -> Sequence[Any] | None:
+    """HTTP route handlers (Litestar handlers or routers) to mount in the API.
+
+    :return: a list of route handlers; the API layer mounts them under its
+        prefix.  The core does not import the web framework.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_register_admin_pages(crm: CRM) -> Sequence[AdminPage] | None:
+    """Server-rendered admin pages.
+
+    :return: a list of :class:`~ecrm_core.registry.AdminPage`.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_register_commands(cli: click.Group) -> None:
+    """Add commands to the ``ecrm`` command line.
+
+    :param cli: the top-level :class:`click.Group`; add commands or groups
+        to it with ``cli.add_command(...)`` or ``@cli.command()``.
+
+    Called when the CLI starts, before arguments are parsed, so keep it
+    cheap: import heavy modules inside your command functions.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_register_tables(metadata: sa.MetaData, naming: Naming) -> None:
+    """Define the plugin's own tables on ecrm's :class:`~sqlalchemy.MetaData`.
+
+    :param metadata: the CRM's metadata (carries the configured schema).
+    :param naming: use ``naming.table("stats")`` for table names so the
+        host's table prefix applies.
+
+    Create the tables themselves through a migration branch
+    (:func:`ecrm_register_migrations`); this hook makes them available as
+    ``crm.db.tables[...]`` for queries.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_register_migrations() -> Sequence[MigrationSource] | None:
+    """Alembic version directories with the plugin's own migration branch.
+
+    :return: a list of :class:`~ecrm_core.registry.MigrationSource`.
+
+    .. versionadded:: 1.0
+    """
+
+
+# ---------------------------------------------------------------------------
+# Event hooks: after commit, isolated, batch-aware
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def ecrm_customers_created(crm: CRM, customers: Sequence[Customer]) -> None:
+    """Customers were created (one call per committed batch).
+
+    :param customers: the stored customers, with their ids.
+
+    Fired after commit; return value ignored; a raising implementation is
+    isolated and recorded (see the failure policy).
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_customers_updated(crm: CRM, changes: Sequence[CustomerChange]) -> None:
+    """Customers were changed (fields, attributes, consent or stage).
+
+    :param changes: one :class:`~ecrm_core.domain.CustomerChange` (before,
+        after, ``changed`` field names) per customer.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
+    """A customer was merged into another.
+
+    :param merge: the audit record: source (now a tombstone redirecting to
+        the target), target, and how many interactions and aliases moved.
+        Plugins with their own per-customer rows should move them here.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_interactions_recorded(crm: CRM, batch: InteractionBatch) -> None:
+    """Interactions were stored (one call per committed batch).
+
+    :param batch: :class:`~ecrm_core.domain.InteractionBatch`; use
+        ``batch.customer_ids`` / ``batch.kinds`` for cheap set-based work,
+        iterate it for :class:`~ecrm_core.domain.Interaction` objects.
+        Duplicates dropped by idempotency keys are not in the batch.
+
+    .. versionadded:: 1.0
+    """
+
+
+# ---------------------------------------------------------------------------
+# Lifecycle hooks
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def ecrm_startup(crm: CRM) -> None:
+    """The CRM was built and every plugin registered.
+
+    Start background resources here (not at import).  A raising
+    implementation is isolated and recorded like an event hook.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_shutdown(crm: CRM) -> None:
+    """``crm.close()`` was called: release what ``ecrm_startup`` acquired.
+
+    .. versionadded:: 1.0
+    """

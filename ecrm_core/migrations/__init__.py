@@ -1,0 +1,1 @@
+"""Alembic migrations of ecrm's core tables (branch ``ecrm_core``)."""

@@ -1,0 +1,160 @@
+"""What plugins register: small frozen attrs objects, one per concern.
+
+Registration hooks (``ecrm_register_*``) return lists of these.  The core
+collects them once when a :class:`~ecrm_core.CRM` is built, checks that names
+are unique, and exposes them through ``crm.registry``.  Each object carries
+``plugin``, filled in by the core with the name of the plugin that returned
+it, so an error or a listing can say where a thing came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from attrs import field, frozen
+
+from .validation import check_slug
+
+__all__ = [
+    "InteractionKind",
+    "LifecycleStage",
+    "AttributeDef",
+    "ChannelSpec",
+    "ConditionType",
+    "StrategySpec",
+    "AdminPage",
+    "MigrationSource",
+    "Registry",
+]
+
+
+def _slug(what: str) -> Any:
+    return lambda v: check_slug(v, "name", what)
+
+
+@frozen(kw_only=True)
+class InteractionKind:
+    """A kind of interaction ``track`` accepts (``purchase``, ``page_view``…).
+
+    ``sale`` kinds may carry an amount; ``lifecycle`` hints whether the kind
+    signals acquisition, cultivation or retention activity.
+    """
+
+    name: str = field(converter=_slug("interaction kind"))
+    description: str = ""
+    sale: bool = False
+    plugin: str | None = None
+
+
+Phase = Literal["acquisition", "cultivation", "retention"]
+
+
+@frozen(kw_only=True)
+class LifecycleStage:
+    """A lifecycle stage a customer can be in, mapped to a CRM phase."""
+
+    name: str = field(converter=_slug("lifecycle stage"))
+    phase: Phase
+    description: str = ""
+    order: int = 0
+    plugin: str | None = None
+
+
+@frozen(kw_only=True)
+class AttributeDef:
+    """A typed customer attribute (``attributes[name]``), e.g. computed by analytics.
+
+    Declaring an attribute lets rules, the API and templates know its type.
+    """
+
+    name: str = field(converter=_slug("attribute name"))
+    type: Literal["string", "number", "integer", "boolean", "datetime", "list"]
+    description: str = ""
+    plugin: str | None = None
+
+
+@frozen(kw_only=True)
+class ChannelSpec:
+    """A channel (email, sms, social, loyalty…).
+
+    ``factory(crm)`` builds the channel object once per CRM; its interface is
+    defined by the channel API.  ``capabilities`` are free-form flags
+    (``templates``, ``receipts``, ``inbound``) the delivery pipeline reads.
+    """
+
+    name: str = field(converter=_slug("channel name"))
+    factory: Callable[[Any], Any]
+    capabilities: frozenset[str] = field(factory=frozenset, converter=frozenset)
+    description: str = ""
+    plugin: str | None = None
+
+
+@frozen(kw_only=True)
+class ConditionType:
+    """A condition usable in segment and offer-eligibility rules.
+
+    ``compile(node, ctx)`` returns a SQLAlchemy boolean clause over customers;
+    ``evaluate(node, ctx)`` answers for one customer in memory.  The two must
+    agree; the rules engine tests that they do.
+    """
+
+    name: str = field(converter=_slug("condition type"))
+    compile: Callable[..., Any]
+    evaluate: Callable[..., bool]
+    schema: Mapping[str, Any] = field(factory=dict)
+    description: str = ""
+    plugin: str | None = None
+
+
+@frozen(kw_only=True)
+class StrategySpec:
+    """A personalization strategy (cosmetic, transparent, adaptive, collaborative…)."""
+
+    name: str = field(converter=_slug("strategy name"))
+    kind: str
+    factory: Callable[[Any], Any]
+    description: str = ""
+    plugin: str | None = None
+
+
+@frozen(kw_only=True)
+class AdminPage:
+    """A server-rendered admin page contributed by a plugin."""
+
+    path: str
+    title: str
+    handler: Callable[..., Any]
+    nav_section: str | None = None
+    plugin: str | None = None
+
+
+@frozen(kw_only=True)
+class MigrationSource:
+    """An Alembic version directory a plugin ships for its own tables.
+
+    ``location`` is the directory (or ``package:subdir``); its first revision
+    sets ``branch_labels=(branch,)`` and ``depends_on`` the core revision it
+    needs, so ``ecrm db upgrade`` installs the plugin's tables after the
+    core's.  ``metadata(naming)`` (optional) returns the plugin's
+    :class:`sqlalchemy.MetaData` for drift checks.
+    """
+
+    branch: str = field(converter=_slug("migration branch"))
+    location: str
+    plugin: str | None = None
+
+
+@frozen
+class Registry:
+    """Everything the loaded plugins registered, by kind then name."""
+
+    interaction_kinds: Mapping[str, InteractionKind]
+    lifecycle_stages: Mapping[str, LifecycleStage]
+    attributes: Mapping[str, AttributeDef]
+    channels: Mapping[str, ChannelSpec]
+    condition_types: Mapping[str, ConditionType]
+    strategies: Mapping[str, StrategySpec]
+    admin_pages: Mapping[str, AdminPage]
+    routes: tuple[Any, ...]
+    migrations: Mapping[str, MigrationSource]

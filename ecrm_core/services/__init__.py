@@ -1,0 +1,1 @@
+"""The parts of the :class:`~ecrm_core.CRM` facade (``crm.customers``…)."""

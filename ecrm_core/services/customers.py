@@ -1,0 +1,630 @@
+"""Customers: create, upsert, find, update, merge, consent, bulk upsert."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import sqlalchemy as sa
+
+from ..domain import CUSTOMER_WRITABLE, Alias, Consent, Customer, CustomerChange, MergeRecord
+from ..errors import BatchError, Conflict, EcrmError, NotFound, RowError, ValidationError
+from ..validation import thaw
+from ._base import Service
+
+if TYPE_CHECKING:  # pragma: no cover
+    pass
+
+__all__ = ["Customers", "UpsertResult"]
+
+#: Customer fields that are also identity aliases (kind of alias per field).
+IDENTITY_FIELDS = {"external_id": "external", "email": "email", "phone": "phone"}
+_UPSERT_KEYS = set(CUSTOMER_WRITABLE) | {"aliases"}
+
+
+@attrs.frozen
+class UpsertResult:
+    """What a bulk upsert did: ids created and updated, rows rejected."""
+
+    created: tuple[int, ...]
+    updated: tuple[int, ...]
+    errors: tuple[RowError, ...]
+
+
+def _unknown(fields: Iterable[str], allowed: Iterable[str], where: str = "") -> None:
+    allowed = list(allowed)
+    for name in fields:
+        if name not in allowed:
+            close = difflib.get_close_matches(name, allowed, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValidationError(f"{where}{name}", name, "unknown field", f"{hint}known fields: {', '.join(allowed)}")
+
+
+def _consent_json(consent: Mapping[str, Consent]) -> dict[str, Any]:
+    return {
+        ch: {"status": c.status, "at": c.at.isoformat() if c.at else None, "source": c.source}
+        for ch, c in consent.items()
+    }
+
+
+def _merge_patch(current: Mapping[str, Any], patch: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Shallow JSON merge patch (RFC 7396): keys in ``patch`` win; ``None`` deletes."""
+    out = thaw(current)
+    for key, value in (patch or {}).items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out  # type: ignore[no-any-return]
+
+
+class Customers(Service):
+    """``crm.customers``: the people the business knows."""
+
+    # ------------------------------------------------------------------
+    # reading
+    # ------------------------------------------------------------------
+    def _from_row(self, row: Any) -> Customer:
+        m = row._mapping
+        return Customer(
+            id=m["id"],
+            workspace=m["workspace_id"],
+            external_id=m["external_id"],
+            email=m["email"],
+            phone=m["phone"],
+            name=m["name"],
+            attributes=m["attributes"],
+            consent=m["consent"],
+            lifecycle_stage=m["lifecycle_stage"],
+            timezone=m["timezone"],
+            locale=m["locale"],
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
+            merged_into=m["merged_into"],
+        )
+
+    def _select(self) -> sa.Select[Any]:
+        t = self.t("customers")
+        return sa.select(t).where(t.c.workspace_id == self.workspace)
+
+    def get(self, customer_id: int, *, follow_merged: bool = True) -> Customer:
+        """The customer with this id; a merged id returns the survivor.
+
+        Raises :class:`~ecrm_core.errors.NotFound` (also for ids of another
+        workspace).  ``follow_merged=False`` returns the tombstone itself.
+        """
+        if isinstance(customer_id, bool) or not isinstance(customer_id, int):
+            raise ValidationError("customer_id", customer_id, "not an id", "send the integer id ecrm assigned")
+        self.ready()
+        t = self.t("customers")
+        with self.db.read() as conn:
+            row = conn.execute(self._select().where(t.c.id == customer_id)).first()
+            if row is not None and row.merged_into is not None and follow_merged:
+                row = conn.execute(self._select().where(t.c.id == row.merged_into)).first()
+        if row is None:
+            raise NotFound("customer", customer_id)
+        return self._from_row(row)
+
+    def find(
+        self,
+        *,
+        external_id: str | None = None,
+        email: str | None = None,
+        phone: str | None = None,
+        alias: Alias | None = None,
+    ) -> Customer | None:
+        """Look a customer up by one identity; ``None`` when nobody has it."""
+        given = [(k, v) for k, v in (("external", external_id), ("email", email), ("phone", phone)) if v is not None]
+        if alias is not None:
+            given.append((alias.kind, alias.value))
+        if len(given) != 1:
+            raise ValidationError("find", given, "needs exactly one identity", "pass one of external_id, email, phone, alias")
+        kind, value = given[0]
+        found = self._resolve(None, [Alias(kind, value)])
+        if not found:
+            return None
+        return self.get(next(iter(found.values())))
+
+    def aliases(self, customer_id: int) -> list[Alias]:
+        """Every identity the customer is known by."""
+        a = self.t("aliases")
+        cid = self.get(customer_id).id
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(a.c.kind, a.c.value)
+                .where(a.c.workspace_id == self.workspace, a.c.customer_id == cid)
+                .order_by(a.c.kind, a.c.value)
+            ).all()
+        return [Alias(r.kind, r.value) for r in rows]
+
+    def list(
+        self, *, limit: int = 100, after: int | None = None, lifecycle_stage: str | None = None
+    ) -> list[Customer]:
+        """Live customers by ascending id; pass the last id as ``after`` for the next page."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ValidationError("limit", limit, "out of range", "send 1..10000")
+        self.ready()
+        t = self.t("customers")
+        q = self._select().where(t.c.merged_into.is_(None)).order_by(t.c.id).limit(limit)
+        if after is not None:
+            q = q.where(t.c.id > after)
+        if lifecycle_stage is not None:
+            q = q.where(t.c.lifecycle_stage == self.crm.check_stage(lifecycle_stage))
+        with self.db.read() as conn:
+            return [self._from_row(r) for r in conn.execute(q)]
+
+    def count(self) -> int:
+        """Live (not merged) customers in this workspace."""
+        self.ready()
+        t = self.t("customers")
+        with self.db.read() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).where(t.c.workspace_id == self.workspace, t.c.merged_into.is_(None))
+                ).scalar_one()
+            )
+
+    def consent_history(self, customer_id: int) -> list[dict[str, Any]]:
+        """Every consent change of the customer, oldest first."""
+        e = self.t("consent_events")
+        cid = self.get(customer_id).id
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(e.c.channel, e.c.status, e.c.source, e.c.at)
+                .where(e.c.workspace_id == self.workspace, e.c.customer_id == cid)
+                .order_by(e.c.at, e.c.id)
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
+    # ------------------------------------------------------------------
+    # identity resolution
+    # ------------------------------------------------------------------
+    def _resolve(self, conn: sa.Connection | None, aliases: Iterable[Alias]) -> dict[Alias, int]:
+        """Map aliases to (live) customer ids: one query per alias kind."""
+        by_kind: dict[str, set[str]] = {}
+        for al in aliases:
+            by_kind.setdefault(al.kind, set()).add(al.value)
+        if not by_kind:
+            return {}
+        a, c = self.t("aliases"), self.t("customers")
+        out: dict[Alias, int] = {}
+
+        def run(conn: sa.Connection) -> None:
+            for kind, values in by_kind.items():
+                vals = sorted(values)
+                for i in range(0, len(vals), 900):
+                    q = (
+                        sa.select(a.c.value, sa.func.coalesce(c.c.merged_into, c.c.id))
+                        .join(c, c.c.id == a.c.customer_id)
+                        .where(a.c.workspace_id == self.workspace, a.c.kind == kind, a.c.value.in_(vals[i : i + 900]))
+                    )
+                    for value, cid in conn.execute(q):
+                        out[Alias(kind, value)] = cid
+
+        if conn is None:
+            with self.db.read() as rc:
+                run(rc)
+        else:
+            run(conn)
+        return out
+
+    @staticmethod
+    def _identity(c: Customer, extra: Iterable[Alias] = ()) -> list[Alias]:
+        ids = [Alias(kind, getattr(c, name)) for name, kind in IDENTITY_FIELDS.items() if getattr(c, name)]
+        return ids + [al for al in extra if al not in ids]
+
+    def _claim(self, conn: sa.Connection, cid: int, aliases: Sequence[Alias], now: datetime) -> None:
+        """Attach aliases to ``cid``; raise Conflict if another customer has one."""
+        if not aliases:
+            return
+        owners = self._resolve(conn, aliases)
+        for al in aliases:
+            owner = owners.get(al)
+            if owner is not None and owner != cid:
+                raise Conflict(
+                    f"{al.kind} {al.value!r} already belongs to customer {owner}; "
+                    f"use that customer, or merge them with crm.customers.merge({cid}, into={owner})"
+                )
+        new = [al for al in aliases if al not in owners]
+        if new:
+            conn.execute(
+                sa.insert(self.t("aliases")),
+                [
+                    {"workspace_id": self.workspace, "customer_id": cid, "kind": al.kind, "value": al.value, "created_at": now}
+                    for al in new
+                ],
+            )
+
+    # ------------------------------------------------------------------
+    # writing
+    # ------------------------------------------------------------------
+    def _build(self, fields: Mapping[str, Any], now: datetime) -> tuple[Customer, list[Alias]]:
+        _unknown(fields, _UPSERT_KEYS)
+        data = dict(fields)
+        extra = [al if isinstance(al, Alias) else Alias(*al) for al in data.pop("aliases", None) or ()]
+        try:
+            c = Customer(workspace=self.workspace, created_at=now, updated_at=now, **data)
+        except TypeError as exc:  # pragma: no cover - guarded by _unknown
+            raise ValidationError("customer", fields, str(exc), "check the field names") from None
+        self.crm.check_stage(c.lifecycle_stage)
+        c = attrs.evolve(c, consent={ch: s if s.at else attrs.evolve(s, at=now) for ch, s in c.consent.items()})
+        return c, self._identity(c, extra)
+
+    def _row(self, c: Customer) -> dict[str, Any]:
+        return {
+            "workspace_id": self.workspace,
+            "external_id": c.external_id,
+            "email": c.email,
+            "phone": c.phone,
+            "name": c.name,
+            "attributes": thaw(c.attributes),
+            "consent": _consent_json(c.consent),
+            "lifecycle_stage": c.lifecycle_stage,
+            "timezone": c.timezone,
+            "locale": c.locale,
+            "created_at": c.created_at,
+            "updated_at": c.updated_at,
+        }
+
+    def _consent_events(
+        self, conn: sa.Connection, cid: int, before: Mapping[str, Consent], after: Mapping[str, Consent]
+    ) -> None:
+        rows = [
+            {
+                "workspace_id": self.workspace,
+                "customer_id": cid,
+                "channel": ch,
+                "status": s.status,
+                "source": s.source,
+                "at": s.at,
+            }
+            for ch, s in after.items()
+            if before.get(ch) is None or before[ch].status != s.status
+        ]
+        if rows:
+            conn.execute(sa.insert(self.t("consent_events")), rows)
+
+    def create(self, **fields: Any) -> Customer:
+        """Store a new customer and return it (with its id).
+
+        Keyword arguments are the writable fields of
+        :class:`~ecrm_core.domain.Customer` plus ``aliases`` (extra
+        :class:`~ecrm_core.domain.Alias` objects, e.g. a cookie id).  Raises
+        :class:`~ecrm_core.errors.Conflict` when the e-mail, phone, external id
+        or an alias already belongs to someone else.
+        """
+        self.ready()
+        now = self.crm.now()
+        c, identity = self._build(fields, now)
+        with self.db.write() as conn:
+            cid = conn.execute(sa.insert(self.t("customers")).values(self._row(c))).inserted_primary_key[0]
+            self._claim(conn, cid, identity, now)
+            self._consent_events(conn, cid, {}, c.consent)
+        created = attrs.evolve(c, id=cid)
+        self.crm.emit("ecrm_customers_created", customers=[created])
+        return created
+
+    def update(self, customer_id: int, **changes: Any) -> Customer:
+        """Change fields of a customer and return the new state.
+
+        ``attributes`` and ``consent`` are merged into the stored ones (a key
+        set to ``None`` in ``attributes`` is removed); other fields are
+        replaced.  Changing e-mail, phone or external id moves that identity.
+        """
+        _unknown(changes, CUSTOMER_WRITABLE)
+        now = self.crm.now()
+        current = self.get(customer_id, follow_merged=False)
+        if current.merged_into is not None:
+            raise Conflict(
+                f"customer {customer_id} was merged into {current.merged_into}; update customer {current.merged_into}"
+            )
+        with self.db.write() as conn:
+            change = self._apply(conn, current, changes, now)
+        if change is not None:
+            self.crm.emit("ecrm_customers_updated", changes=[change])
+            return change.after
+        return current
+
+    def _apply(
+        self, conn: sa.Connection, current: Customer, changes: Mapping[str, Any], now: datetime
+    ) -> CustomerChange | None:
+        data = dict(changes)
+        if "attributes" in data:
+            data["attributes"] = _merge_patch(current.attributes, data["attributes"])
+        if "consent" in data:
+            new_consent = Customer(consent=data["consent"]).consent
+            data["consent"] = {
+                **current.consent,
+                **{ch: s if s.at else attrs.evolve(s, at=now) for ch, s in new_consent.items()},
+            }
+        after = attrs.evolve(current, **data)
+        if after == current:
+            return None
+        after = attrs.evolve(after, updated_at=now)
+        self.crm.check_stage(after.lifecycle_stage)
+        assert current.id is not None
+        old_ids = set(self._identity(current))
+        new_ids = self._identity(after)
+        self._claim(conn, current.id, [al for al in new_ids if al not in old_ids], now)
+        gone = [al for al in old_ids if al not in new_ids]
+        if gone:
+            a = self.t("aliases")
+            for al in gone:
+                conn.execute(
+                    sa.delete(a).where(
+                        a.c.workspace_id == self.workspace,
+                        a.c.customer_id == current.id,
+                        a.c.kind == al.kind,
+                        a.c.value == al.value,
+                    )
+                )
+        row = self._row(after)
+        del row["created_at"]
+        t = self.t("customers")
+        conn.execute(sa.update(t).where(t.c.id == current.id, t.c.workspace_id == self.workspace).values(row))
+        self._consent_events(conn, current.id, current.consent, after.consent)
+        return CustomerChange(current, after)
+
+    def set_consent(self, customer_id: int, channel: str, granted: bool, *, source: str | None = None) -> Customer:
+        """Record a consent decision for ``channel`` (kept in the consent history)."""
+        status = "granted" if granted else "denied"
+        return self.update(customer_id, consent={channel: Consent(status, at=self.crm.now(), source=source)})
+
+    def upsert(self, **fields: Any) -> Customer:
+        """Create the customer, or update the one that has its identity.
+
+        Identity is looked up by ``external_id``, ``email``, ``phone`` and any
+        ``aliases`` given; if they point at two different customers the call
+        raises :class:`~ecrm_core.errors.Conflict` (merge them first).
+        """
+        result = self.upsert_many([fields], on_error="raise")
+        cid = (result.created or result.updated)[0]
+        return self.get(cid)
+
+    def upsert_many(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        on_error: Literal["raise", "skip"] = "raise",
+        batch_size: int = 1000,
+        progress: Callable[[int], None] | None = None,
+        first_line: int | None = None,
+    ) -> UpsertResult:
+        """Create or update many customers in one transaction, set-based.
+
+        ``on_error="raise"`` (default): if any row is invalid, nothing is
+        stored and :class:`~ecrm_core.errors.BatchError` lists every bad row.
+        ``on_error="skip"``: the valid rows are stored, the bad ones returned
+        in ``result.errors``.  Either way the result is never half a row.
+        ``first_line`` numbers rows as file lines in errors (imports).
+        """
+        if on_error not in ("raise", "skip"):
+            raise ValidationError("on_error", on_error, "unknown mode", "use 'raise' or 'skip'")
+        self.ready()
+        now = self.crm.now()
+        created: list[Customer] = []
+        changes: list[CustomerChange] = []
+        touched: list[int] = []
+        errors: list[RowError] = []
+        total = 0
+        with self.db.write() as conn:
+            batch: list[tuple[int, Mapping[str, Any]]] = []
+            for index, row in enumerate(rows):
+                batch.append((index, row))
+                total += 1
+                if len(batch) >= batch_size:
+                    self._upsert_batch(conn, batch, now, created, changes, touched, errors, first_line)
+                    if progress:
+                        progress(len(batch))
+                    batch = []
+            if batch:
+                self._upsert_batch(conn, batch, now, created, changes, touched, errors, first_line)
+                if progress:
+                    progress(len(batch))
+            if errors and on_error == "raise":
+                raise BatchError(errors, total)
+        if created:
+            self.crm.emit("ecrm_customers_created", customers=created)
+        if changes:
+            self.crm.emit("ecrm_customers_updated", changes=changes)
+        return UpsertResult(
+            created=tuple(c.id for c in created if c.id is not None),
+            updated=tuple(touched),
+            errors=tuple(errors),
+        )
+
+    def _upsert_batch(
+        self,
+        conn: sa.Connection,
+        batch: Sequence[tuple[int, Mapping[str, Any]]],
+        now: datetime,
+        created: list[Customer],
+        changes: list[CustomerChange],
+        touched: list[int],
+        errors: list[RowError],
+        first_line: int | None,
+    ) -> None:
+        def fail(index: int, exc: EcrmError) -> None:
+            errors.append(RowError(index, exc, None if first_line is None else first_line + index))
+
+        parsed: list[tuple[int, Mapping[str, Any], Customer, list[Alias]]] = []
+        for index, row in batch:
+            try:
+                if not isinstance(row, Mapping):
+                    raise ValidationError("row", row, "not an object", "send one object per customer")
+                c, identity = self._build(row, now)
+                if not identity:
+                    raise ValidationError(
+                        "external_id", None, "no identity", "send external_id, email, phone or aliases so the row can be matched"
+                    )
+                parsed.append((index, row, c, identity))
+            except EcrmError as exc:
+                fail(index, exc)
+        owners = self._resolve(conn, (al for *_, ids in parsed for al in ids))
+        # Decide per row: update an existing customer, or create (rows of
+        # this batch that share an identity collapse onto one new customer).
+        pending: dict[Alias, int] = {}  # alias -> index into `new`
+        new: list[tuple[int, Customer, list[Alias]]] = []
+        updates: dict[int, list[tuple[int, Mapping[str, Any]]]] = {}
+        for index, row, c, identity in parsed:
+            found = {owners[al] for al in identity if al in owners}
+            slots = {pending[al] for al in identity if al in pending}
+            if len(found) + len(slots) > 1:
+                fail(index, Conflict(f"the identities {[f'{a.kind}:{a.value}' for a in identity]} belong to different customers; merge them first"))
+                continue
+            if found:
+                updates.setdefault(found.pop(), []).append((index, row))
+            elif slots:
+                slot = slots.pop()
+                i0, c0, ids0 = new[slot]
+                fields = {k: v for k, v in row.items() if k != "aliases"}
+                try:
+                    merged = attrs.evolve(
+                        c0,
+                        **{k: v for k, v in fields.items() if k not in ("attributes", "consent")},
+                        attributes=_merge_patch(c0.attributes, fields.get("attributes")),
+                        consent={**c0.consent, **c.consent},
+                    )
+                except EcrmError as exc:
+                    fail(index, exc)
+                    continue
+                ids = ids0 + [al for al in identity if al not in ids0]
+                new[slot] = (i0, merged, ids)
+                for al in identity:
+                    pending[al] = slot
+            else:
+                for al in identity:
+                    pending[al] = len(new)
+                new.append((index, c, identity))
+        if new:
+            t = self.t("customers")
+            ids = conn.execute(
+                sa.insert(t).returning(t.c.id, sort_by_parameter_order=True), [self._row(c) for _, c, _ in new]
+            ).scalars().all()
+            alias_rows = []
+            for cid, (_, c, identity) in zip(ids, new, strict=True):
+                created.append(attrs.evolve(c, id=cid))
+                alias_rows += [
+                    {"workspace_id": self.workspace, "customer_id": cid, "kind": al.kind, "value": al.value, "created_at": now}
+                    for al in identity
+                ]
+                self._consent_events(conn, cid, {}, c.consent)
+            conn.execute(sa.insert(self.t("aliases")), alias_rows)
+        if updates:
+            t = self.t("customers")
+            current = {
+                r.id: self._from_row(r) for r in conn.execute(self._select().where(t.c.id.in_(list(updates))))
+            }
+            for cid, row_list in updates.items():
+                state = current[cid]
+                first = state
+                for index, row in row_list:
+                    try:
+                        sp = conn.begin_nested()
+                        change = self._apply(conn, state, {k: v for k, v in row.items() if k != "aliases"}, now)
+                        extra = [al if isinstance(al, Alias) else Alias(*al) for al in row.get("aliases") or ()]
+                        self._claim(conn, cid, extra, now)
+                        sp.commit()
+                    except EcrmError as exc:
+                        sp.rollback()
+                        fail(index, exc)
+                        continue
+                    if change is not None:
+                        state = change.after
+                touched.append(cid)
+                if state != first:
+                    changes.append(CustomerChange(first, state))
+
+    # ------------------------------------------------------------------
+    # merge
+    # ------------------------------------------------------------------
+    def merge(
+        self, source_id: int, *, into: int, actor: str | None = None, reason: str | None = None
+    ) -> MergeRecord:
+        """Merge customer ``source_id`` into ``into``; return the audit record.
+
+        Every interaction, alias and consent record of the source moves to
+        the target; fields the target lacks are filled from the source;
+        the source stays as a tombstone (``merged_into``) so old ids keep
+        resolving.  One transaction: all of it happens or none.
+        """
+        if source_id == into:
+            raise ValidationError("into", into, "a customer cannot be merged into itself", "pass two different ids")
+        now = self.crm.now()
+        source = self.get(source_id, follow_merged=False)
+        target = self.get(into, follow_merged=False)
+        for c in (source, target):
+            if c.merged_into is not None:
+                raise Conflict(f"customer {c.id} was already merged into {c.merged_into}; merge with {c.merged_into} instead")
+        assert source.id is not None and target.id is not None
+        t, a, i, e, log = (self.t(n) for n in ("customers", "aliases", "interactions", "consent_events", "audit_log"))
+        fill = {
+            f: getattr(source, f)
+            for f in ("external_id", "email", "phone", "name", "timezone", "locale")
+            if getattr(target, f) is None and getattr(source, f) is not None
+        }
+        attributes = {**thaw(source.attributes), **thaw(target.attributes)}
+        consent = {**source.consent, **target.consent}
+        for ch, s in source.consent.items():  # the more recent decision wins
+            tgt = target.consent.get(ch)
+            if tgt is not None and s.at and tgt.at and s.at > tgt.at:
+                consent[ch] = s
+        after = attrs.evolve(target, **fill, attributes=attributes, consent=consent, updated_at=now)
+        with self.db.write() as conn:
+            moved_i = conn.execute(
+                sa.update(i)
+                .where(i.c.workspace_id == self.workspace, i.c.customer_id == source.id)
+                .values(customer_id=target.id)
+            ).rowcount
+            moved_a = conn.execute(
+                sa.update(a)
+                .where(a.c.workspace_id == self.workspace, a.c.customer_id == source.id)
+                .values(customer_id=target.id)
+            ).rowcount
+            conn.execute(sa.update(e).where(e.c.customer_id == source.id).values(customer_id=target.id))
+            conn.execute(
+                sa.update(t)
+                .where(t.c.workspace_id == self.workspace, t.c.merged_into == source.id)
+                .values(merged_into=target.id)
+            )
+            conn.execute(sa.update(t).where(t.c.id == source.id).values(merged_into=target.id, updated_at=now))
+            row = self._row(after)
+            del row["created_at"]
+            conn.execute(sa.update(t).where(t.c.id == target.id).values(row))
+            details = {
+                "source": {k: v for k, v in self._row(source).items() if k not in ("created_at", "updated_at")},
+                "filled": sorted(fill),
+                "moved_interactions": moved_i,
+                "moved_aliases": moved_a,
+                "target_id": target.id,
+                "reason": reason,
+            }
+            merge_id = conn.execute(
+                sa.insert(log).values(
+                    workspace_id=self.workspace,
+                    at=now,
+                    action="customer.merge",
+                    entity="customer",
+                    entity_id=str(source.id),
+                    actor=actor,
+                    details=details,
+                )
+            ).inserted_primary_key[0]
+        record = MergeRecord(
+            id=merge_id,
+            workspace=self.workspace,
+            source_id=source.id,
+            target_id=target.id,
+            merged_at=now,
+            moved_interactions=moved_i,
+            moved_aliases=moved_a,
+            actor=actor,
+            reason=reason,
+        )
+        self.crm.emit("ecrm_customers_merged", merge=record)
+        if after != target:
+            self.crm.emit("ecrm_customers_updated", changes=[CustomerChange(target, after)])
+        return record

@@ -1,0 +1,631 @@
+"""Interactions: track one, track many (set-based), timeline, 360° view.
+
+The bulk path is the one the ingest benchmark measures.  Per row it does only
+what must be per row — validate, normalise, hash the payload when there is an
+idempotency key — and everything else per batch: one query to resolve
+customers, one ``executemany`` of a statement compiled once by SQLAlchemy,
+one event per committed batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+import attrs
+import sqlalchemy as sa
+
+from ..domain import Alias, Interaction, InteractionBatch
+from ..errors import BatchError, EcrmError, IdempotencyConflict, NotFound, RowError, ValidationError
+from ..validation import (
+    aware_datetime,
+    check_amount,
+    check_currency,
+    check_key,
+    check_slug,
+    properties_json,
+)
+from ._base import Service
+
+__all__ = ["Interactions", "TrackResult", "CustomerView", "KindSummary"]
+
+#: Keys a row given to ``track_many`` may have.
+ROW_KEYS = (
+    "kind",
+    "occurred_at",
+    "customer_id",
+    "external_id",
+    "email",
+    "phone",
+    "anonymous_id",
+    "channel",
+    "amount",
+    "currency",
+    "properties",
+    "idempotency_key",
+)
+_REF_KEYS = (("external_id", "external"), ("email", "email"), ("phone", "phone"), ("anonymous_id", "anonymous"))
+_INSERT_COLUMNS = (
+    "workspace_id",
+    "customer_id",
+    "origin_customer_id",
+    "kind",
+    "channel",
+    "occurred_at",
+    "amount",
+    "currency",
+    "properties",
+    "idempotency_key",
+    "payload_hash",
+    "recorded_at",
+)
+
+
+@attrs.frozen
+class TrackResult:
+    """What ``track_many`` did."""
+
+    stored: int
+    duplicates: int
+    errors: tuple[RowError, ...]
+    created_customers: int = 0
+
+
+@attrs.frozen
+class KindSummary:
+    """One line of a customer's 360° view: a kind on a channel."""
+
+    kind: str
+    channel: str | None
+    count: int
+    amount: Decimal | None
+    first_at: datetime
+    last_at: datetime
+
+
+@attrs.frozen
+class CustomerView:
+    """The 360° view of one customer: who, how we know them, what they did."""
+
+    customer: Any
+    aliases: tuple[Alias, ...]
+    summary: tuple[KindSummary, ...]
+    recent: tuple[Interaction, ...]
+
+
+class _Prepared:
+    """One validated row, ready to insert once its customer is resolved."""
+
+    __slots__ = ("index", "ref", "values", "key", "hash", "summary")
+
+    def __init__(self, index: int, ref: Any, values: list[Any], key: str | None, hash_: str | None, summary: dict[str, Any]):
+        self.index = index
+        self.ref = ref
+        self.values = values
+        self.key = key
+        self.hash = hash_
+        self.summary = summary
+
+
+def _sqlite_dt(d: datetime) -> str:
+    # The text form SQLAlchemy's SQLite DateTime uses (UTC, always with micros).
+    return d.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+class Interactions(Service):
+    """``crm.interactions``: everything customers did, across channels."""
+
+    # ------------------------------------------------------------------
+    # tracking
+    # ------------------------------------------------------------------
+    def track(self, kind: str, **fields: Any) -> Interaction:
+        """Store one interaction and return it (with its id).
+
+        Identify the customer with ``customer_id`` or one of ``external_id``,
+        ``email``, ``phone``, ``anonymous_id`` (an unknown alias creates a
+        prospect).  ``occurred_at`` defaults to now.  With an
+        ``idempotency_key`` a retry returns the stored interaction; the same
+        key with a different payload raises
+        :class:`~ecrm_core.errors.IdempotencyConflict`.
+        """
+        row = {"kind": kind, **fields}
+        try:
+            result = self._track(
+                [row], on_error="raise", batch_size=1, create_missing=True, atomic=True, progress=None, keep=True
+            )
+        except BatchError as exc:
+            raise exc.errors[0].error from None
+        stored = result[1]
+        if stored:
+            return stored[0]
+        key = fields.get("idempotency_key")
+        found = self.by_key(key) if key else None
+        assert found is not None
+        return found
+
+    def track_many(
+        self,
+        rows: Iterable[Mapping[str, Any] | Interaction],
+        *,
+        on_error: Literal["raise", "skip"] = "raise",
+        atomic: bool = True,
+        batch_size: int = 5000,
+        create_missing: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> TrackResult:
+        """Store many interactions, set-based; return counts and rejected rows.
+
+        Rows are mappings with the keys of :data:`ROW_KEYS` (or
+        :class:`~ecrm_core.domain.Interaction` objects).
+
+        * ``atomic=True`` (default): one transaction. With
+          ``on_error="raise"``, a single bad row stores nothing and the
+          :class:`~ecrm_core.errors.BatchError` lists every bad row; with
+          ``"skip"`` the good rows are stored and the bad ones returned.
+        * ``atomic=False``: each batch of ``batch_size`` rows commits on its
+          own (for streams too large to hold in one transaction); with
+          ``"raise"`` the call stops at the first batch that has a bad row
+          after committing the batches before it — ``BatchError`` says so.
+
+        ``ecrm_interactions_recorded`` fires once per committed batch.
+        """
+        if on_error not in ("raise", "skip"):
+            raise ValidationError("on_error", on_error, "unknown mode", "use 'raise' or 'skip'")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 100_000:
+            raise ValidationError("batch_size", batch_size, "out of range", "use 1..100000")
+        return self._track(rows, on_error, batch_size, create_missing, atomic, progress, keep=False)[0]
+
+    def _track(
+        self,
+        rows: Iterable[Mapping[str, Any] | Interaction],
+        on_error: str,
+        batch_size: int,
+        create_missing: bool,
+        atomic: bool,
+        progress: Callable[[int], None] | None,
+        keep: bool,
+    ) -> tuple[TrackResult, list[Interaction]]:
+        self.ready()
+        state = _TrackState(self, create_missing, keep)
+        errors = state.errors
+
+        def flush(conn: sa.Connection, batch: list[_Prepared]) -> None:
+            state.insert(conn, batch)
+            if progress:
+                progress(len(batch))
+
+        it = iter(rows)
+        index = 0
+        if atomic:
+            with self.db.write() as conn:
+                batch: list[_Prepared] = []
+                for row in it:
+                    prepared = state.prepare(index, row)
+                    index += 1
+                    if prepared is not None and not (errors and on_error == "raise"):
+                        batch.append(prepared)
+                    if len(batch) >= batch_size:
+                        flush(conn, batch)
+                        batch = []
+                if batch and not (errors and on_error == "raise"):
+                    flush(conn, batch)
+                if errors and on_error == "raise":
+                    raise BatchError(errors, index)
+            for b in state.batches:
+                self.crm.emit("ecrm_interactions_recorded", batch=b)
+        else:
+            done = False
+            while not done:
+                batch = []
+                for row in it:
+                    prepared = state.prepare(index, row)
+                    index += 1
+                    if prepared is not None:
+                        batch.append(prepared)
+                    if len(batch) >= batch_size:
+                        break
+                else:
+                    done = True
+                if errors and on_error == "raise":
+                    raise BatchError(errors, index) from _committed_note(state.stored)
+                if batch:
+                    with self.db.write() as conn:
+                        flush(conn, batch)
+                        if errors and on_error == "raise":
+                            raise BatchError(errors, index) from _committed_note(state.stored - len(batch))
+                    for b in state.batches:
+                        self.crm.emit("ecrm_interactions_recorded", batch=b)
+                    state.batches.clear()
+        result = TrackResult(
+            stored=state.stored, duplicates=state.duplicates, errors=tuple(errors), created_customers=state.created
+        )
+        return result, state.kept
+
+    # ------------------------------------------------------------------
+    # reading
+    # ------------------------------------------------------------------
+    def _from_row(self, m: Mapping[str, Any]) -> Interaction:
+        return Interaction(
+            id=m["id"],
+            workspace=m["workspace_id"],
+            customer_id=m["customer_id"],
+            kind=m["kind"],
+            channel=m["channel"],
+            occurred_at=m["occurred_at"],
+            amount=m["amount"],
+            currency=m["currency"],
+            properties=m["properties"],
+            idempotency_key=m["idempotency_key"],
+            recorded_at=m["recorded_at"],
+        )
+
+    def get(self, interaction_id: int) -> Interaction:
+        self.ready()
+        i = self.t("interactions")
+        with self.db.read() as conn:
+            row = conn.execute(
+                sa.select(i).where(i.c.workspace_id == self.workspace, i.c.id == interaction_id)
+            ).first()
+        if row is None:
+            raise NotFound("interaction", interaction_id)
+        return self._from_row(row._mapping)
+
+    def by_key(self, idempotency_key: str) -> Interaction | None:
+        """The interaction stored with this idempotency key, if any."""
+        self.ready()
+        i = self.t("interactions")
+        with self.db.read() as conn:
+            row = conn.execute(
+                sa.select(i).where(i.c.workspace_id == self.workspace, i.c.idempotency_key == idempotency_key)
+            ).first()
+        return None if row is None else self._from_row(row._mapping)
+
+    def timeline(
+        self,
+        customer_id: int,
+        *,
+        limit: int = 50,
+        before: tuple[datetime, int] | None = None,
+        kinds: Sequence[str] | None = None,
+        channels: Sequence[str] | None = None,
+    ) -> list[Interaction]:
+        """The customer's interactions across every channel, newest first.
+
+        Includes what was recorded against customers merged into this one.
+        For the next page pass ``before=(last.occurred_at, last.id)``.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ValidationError("limit", limit, "out of range", "send 1..10000")
+        cid = self.crm.customers.get(customer_id).id
+        i = self.t("interactions")
+        q = (
+            sa.select(i)
+            .where(i.c.workspace_id == self.workspace, i.c.customer_id == cid)
+            .order_by(i.c.occurred_at.desc(), i.c.id.desc())
+            .limit(limit)
+        )
+        if kinds:
+            q = q.where(i.c.kind.in_([self.crm.check_kind(k) for k in kinds]))
+        if channels:
+            q = q.where(i.c.channel.in_(list(channels)))
+        if before is not None:
+            at, last_id = aware_datetime(before[0], "before"), before[1]
+            q = q.where(sa.or_(i.c.occurred_at < at, sa.and_(i.c.occurred_at == at, i.c.id < last_id)))
+        with self.db.read() as conn:
+            return [self._from_row(r._mapping) for r in conn.execute(q)]
+
+    def view(self, customer_id: int, *, recent: int = 20) -> CustomerView:
+        """The 360° view: the customer, their aliases, per kind/channel totals, recent activity."""
+        customer = self.crm.customers.get(customer_id)
+        i = self.t("interactions")
+        q = (
+            sa.select(
+                i.c.kind,
+                i.c.channel,
+                sa.func.count().label("n"),
+                sa.func.sum(i.c.amount).label("amount"),
+                sa.func.min(i.c.occurred_at).label("first_at"),
+                sa.func.max(i.c.occurred_at).label("last_at"),
+            )
+            .where(i.c.workspace_id == self.workspace, i.c.customer_id == customer.id)
+            .group_by(i.c.kind, i.c.channel)
+            .order_by(sa.func.count().desc())
+        )
+        with self.db.read() as conn:
+            rows = conn.execute(q).all()
+        utc = sa.DateTime(timezone=True)
+        from ..storage import UTCDateTime
+
+        conv = UTCDateTime().process_result_value
+        dialect = self.db.engine.dialect
+        summary = tuple(
+            KindSummary(
+                kind=r.kind,
+                channel=r.channel,
+                count=r.n,
+                amount=None if r.amount is None else Decimal(str(r.amount)),
+                first_at=conv(r.first_at, dialect),  # type: ignore[arg-type]
+                last_at=conv(r.last_at, dialect),  # type: ignore[arg-type]
+            )
+            for r in rows
+        )
+        del utc
+        assert customer.id is not None
+        return CustomerView(
+            customer=customer,
+            aliases=tuple(self.crm.customers.aliases(customer.id)),
+            summary=summary,
+            recent=tuple(self.timeline(customer.id, limit=recent)),
+        )
+
+    def count(self, kind: str | None = None) -> int:
+        self.ready()
+        i = self.t("interactions")
+        q = sa.select(sa.func.count()).where(i.c.workspace_id == self.workspace)
+        if kind is not None:
+            q = q.where(i.c.kind == self.crm.check_kind(kind))
+        with self.db.read() as conn:
+            return int(conn.execute(q).scalar_one())
+
+
+def _committed_note(n: int) -> EcrmError:
+    return EcrmError(f"{n} row(s) in earlier batches were committed before this batch failed (atomic=False)")
+
+
+class _TrackState:
+    """Per-call state of one ``track``/``track_many``: caches and counters."""
+
+    def __init__(self, svc: Interactions, create_missing: bool, keep: bool) -> None:
+        self.svc = svc
+        self.crm = svc.crm
+        self.ws = svc.workspace
+        self.create_missing = create_missing
+        self.keep = keep
+        self.kinds = self.crm.registry.interaction_kinds
+        self.channels: set[str] = set()
+        self.currencies: set[str] = set()
+        self.errors: list[RowError] = []
+        self.batches: list[InteractionBatch] = []
+        self.kept: list[Interaction] = []
+        self.stored = 0
+        self.duplicates = 0
+        self.created = 0
+        self.seen_keys: dict[str, str] = {}
+        self.sqlite = svc.db.is_sqlite
+        now = self.crm.now()
+        self.now = now
+        self.now_db: Any = _sqlite_dt(now.replace(tzinfo=None)) if self.sqlite else now
+        self._sql: str | None = None
+        self._positional = True
+
+    # -- per row -----------------------------------------------------------
+    def prepare(self, index: int, row: Mapping[str, Any] | Interaction) -> _Prepared | None:
+        try:
+            return self._prepare(index, row)
+        except _Duplicate:
+            return None
+        except EcrmError as exc:
+            self.errors.append(RowError(index, exc))
+            return None
+
+    def _prepare(self, index: int, row: Mapping[str, Any] | Interaction) -> _Prepared:
+        if isinstance(row, Interaction):
+            kind, occurred_at, channel = row.kind, row.occurred_at, row.channel
+            amount, currency, key = row.amount, row.currency, row.idempotency_key
+            props = properties_json(row.properties)
+            if row.customer_id is None:
+                raise ValidationError("customer_id", None, "no customer", "set customer_id on the Interaction")
+            ref: Any = row.customer_id
+            stamped = True
+            self.crm.check_kind(kind)
+        else:
+            if not isinstance(row, Mapping):
+                raise ValidationError("row", row, "not an object", "send one mapping per interaction")
+            for k in row:
+                if k not in ROW_KEYS:
+                    import difflib
+
+                    close = difflib.get_close_matches(str(k), ROW_KEYS, n=1)
+                    hint = f"did you mean {close[0]!r}? " if close else ""
+                    raise ValidationError(str(k), row[k], "unknown field", f"{hint}fields: {', '.join(ROW_KEYS)}")
+            kind = row.get("kind")
+            if kind not in self.kinds:
+                self.crm.check_kind(kind)
+            at = row.get("occurred_at")
+            occurred_at = self.now if at is None else aware_datetime(at, "occurred_at")
+            stamped = at is not None
+            channel = row.get("channel")
+            if channel is not None and channel not in self.channels:
+                self.channels.add(check_slug(channel, "channel", "channel name"))
+            amount = row.get("amount")
+            currency = row.get("currency")
+            if amount is not None:
+                amount = check_amount(amount)
+            if currency is not None and currency not in self.currencies:
+                currency = check_currency(currency)
+                self.currencies.add(currency)
+            if (amount is None) != (currency is None):
+                missing = "currency" if currency is None else "amount"
+                raise ValidationError(missing, None, "amount and currency go together", f"send {missing} too, or neither")
+            props = properties_json(row.get("properties"))
+            key = row.get("idempotency_key")
+            if key is not None:
+                check_key(key)
+            ref = self._ref(row)
+        if key is not None:
+            h = hashlib.blake2b(
+                # A time ecrm filled in (no occurred_at sent) is not part of the
+                # payload: a retry of the same event must match.
+                f"{ref}|{kind}|{channel}|{occurred_at.isoformat() if stamped else ''}|{amount}|{currency}|{props}".encode(),
+                digest_size=16,
+            ).hexdigest()
+            prev = self.seen_keys.get(key)
+            if prev is not None:
+                if prev != h:
+                    raise IdempotencyConflict(key, " earlier in this call")
+                self.duplicates += 1
+                raise _Duplicate()
+            self.seen_keys[key] = h
+        else:
+            h = None
+        dt = _sqlite_dt(occurred_at.replace(tzinfo=None)) if self.sqlite else occurred_at
+        amt = (str(amount) if self.sqlite else amount) if amount is not None else None
+        values = [self.ws, None, None, kind, channel, dt, amt, currency, props, key, h, self.now_db]
+        summary = {
+            "kind": kind,
+            "occurred_at": occurred_at,
+            "channel": channel,
+            "amount": amount,
+            "currency": currency,
+            "properties": props,
+            "idempotency_key": key,
+        }
+        return _Prepared(index, ref, values, key, h, summary)
+
+    @staticmethod
+    def _ref(row: Mapping[str, Any]) -> Any:
+        cid = row.get("customer_id")
+        refs = [(kind, row[k]) for k, kind in _REF_KEYS if row.get(k) is not None]
+        if cid is not None:
+            if isinstance(cid, bool) or not isinstance(cid, int) or not 0 < cid < 2**63:
+                raise ValidationError("customer_id", cid, "not a valid id", "send the integer id ecrm assigned")
+            if refs:
+                raise ValidationError(
+                    "customer_id", cid, "customer_id and an alias both given", "identify the customer one way per row"
+                )
+            return cid
+        if not refs:
+            raise ValidationError(
+                "customer_id", None, "no customer", "send customer_id, external_id, email, phone or anonymous_id"
+            )
+        if len(refs) > 1:
+            raise ValidationError(
+                refs[1][0], refs[1][1], "more than one identity", "send one of external_id/email/phone/anonymous_id per row"
+            )
+        return Alias(*refs[0])
+
+    # -- per batch ---------------------------------------------------------
+    def _statement(self, conn: sa.Connection) -> str:
+        if self._sql is None:
+            table = self.svc.t("interactions")
+            dialect = conn.dialect
+            if dialect.name == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
+            elif dialect.name == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
+            else:  # pragma: no cover - other backends: plain insert, unique index still guards
+                insert = sa.insert  # type: ignore[assignment]
+            stmt = insert(table)
+            if hasattr(stmt, "on_conflict_do_nothing"):
+                stmt = stmt.on_conflict_do_nothing(index_elements=["workspace_id", "idempotency_key"])
+            compiled = stmt.compile(dialect=dialect, column_keys=list(_INSERT_COLUMNS))
+            self._positional = bool(compiled.positional)
+            if self._positional:
+                order = [p for p in (compiled.positiontup or [])]
+                assert tuple(order) == _INSERT_COLUMNS, order
+            self._sql = compiled.string
+        return self._sql
+
+    def _customers(self, conn: sa.Connection, batch: list[_Prepared]) -> dict[Any, int]:
+        """Map each row's customer reference to a live customer id, set-based.
+
+        Ids of merged customers resolve to the survivor.  Unknown aliases
+        become new prospects (``create_missing``), created on this
+        connection so they commit or roll back with the interactions.
+        """
+        ids = {p.ref for p in batch if isinstance(p.ref, int)}
+        aliases = {p.ref for p in batch if isinstance(p.ref, Alias)}
+        out: dict[Any, int] = {}
+        if ids:
+            c = self.svc.t("customers")
+            vals = sorted(ids)
+            for i in range(0, len(vals), 30000):
+                q = sa.select(c.c.id, sa.func.coalesce(c.c.merged_into, c.c.id)).where(
+                    c.c.workspace_id == self.ws, c.c.id.in_(vals[i : i + 30000])
+                )
+                out.update((r[0], r[1]) for r in conn.execute(q))
+        if aliases:
+            view = self.crm.using(conn)
+            found = view.customers._resolve(conn, aliases)
+            missing = [al for al in aliases if al not in found]
+            if missing and self.create_missing:
+                result = view.customers.upsert_many(
+                    [{IDENTITY_KEY[al.kind]: al.value} if al.kind in IDENTITY_KEY else {"aliases": [al]} for al in missing]
+                )
+                self.created += len(result.created)
+                found.update(view.customers._resolve(conn, missing))
+            out.update(found)
+        return out
+
+    def insert(self, conn: sa.Connection, batch: list[_Prepared]) -> None:
+        resolved = self._customers(conn, batch)
+        rows = []
+        good: list[_Prepared] = []
+        for p in batch:
+            cid = resolved.get(p.ref)
+            if cid is None:
+                what = "customer" if isinstance(p.ref, int) else f"customer with {p.ref.kind} {p.ref.value!r}"
+                self.errors.append(RowError(p.index, NotFound(what, p.ref if isinstance(p.ref, int) else p.ref.value)))
+                continue
+            p.values[1] = cid
+            p.values[2] = cid
+            p.summary["customer_id"] = cid
+            rows.append(tuple(p.values) if self._positional else dict(zip(_INSERT_COLUMNS, p.values, strict=True)))
+            good.append(p)
+        if not rows:
+            return
+        sql = self._statement(conn)
+        keyed = [p for p in good if p.key is not None]
+        before = 0
+        i = self.svc.t("interactions")
+        if keyed or self.keep:
+            before = conn.execute(sa.select(sa.func.coalesce(sa.func.max(i.c.id), 0))).scalar_one()
+        inserted = conn.exec_driver_sql(sql, rows).rowcount  # type: ignore[arg-type]
+        if inserted == len(rows):
+            stored = good
+        else:
+            # Some keyed rows hit an existing key: same payload = duplicate
+            # (fine, idempotent), different payload = conflict.
+            existing: dict[str, tuple[str, int]] = {}
+            keys = [p.key for p in keyed]
+            for j in range(0, len(keys), 900):
+                q = sa.select(i.c.idempotency_key, i.c.payload_hash, i.c.id).where(
+                    i.c.workspace_id == self.ws, i.c.idempotency_key.in_(keys[j : j + 900])
+                )
+                existing.update({k: (h, rid) for k, h, rid in conn.execute(q)})
+            stored = []
+            for p in good:
+                if p.key is None:
+                    stored.append(p)
+                    continue
+                h, rid = existing[p.key]
+                if rid > before:
+                    stored.append(p)
+                elif h == p.hash:
+                    self.duplicates += 1
+                else:
+                    self.errors.append(RowError(p.index, IdempotencyConflict(p.key)))
+        self.stored += len(stored)
+        if stored:
+            summaries = [p.summary for p in stored]
+            self.batches.append(
+                InteractionBatch(
+                    workspace=self.ws,
+                    rows=summaries,
+                    customer_ids=frozenset(s["customer_id"] for s in summaries),
+                    kinds=frozenset(s["kind"] for s in summaries),
+                )
+            )
+            if self.keep:
+                q = sa.select(i).where(i.c.workspace_id == self.ws, i.c.id > before).order_by(i.c.id)
+                self.kept.extend(self.svc._from_row(r._mapping) for r in conn.execute(q))
+
+
+class _Duplicate(EcrmError):
+    """Internal: a row repeating an earlier row's key and payload in the same call."""
+
+
+IDENTITY_KEY = {"external": "external_id", "email": "email", "phone": "phone"}

@@ -1,0 +1,140 @@
+"""Offers: what to give a customer, and when it is live."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import attrs
+import sqlalchemy as sa
+
+from ..domain import OFFER_WRITABLE, Offer
+from ..errors import Conflict, NotFound, ValidationError
+from ..validation import aware_datetime, thaw
+from ._base import Service
+from .customers import _unknown
+
+__all__ = ["Offers"]
+
+
+class Offers(Service):
+    """``crm.offers``: create, read, change and query offers."""
+
+    def _from_row(self, m: Mapping[str, Any]) -> Offer:
+        return Offer(
+            id=m["id"],
+            workspace=m["workspace_id"],
+            code=m["code"],
+            name=m["name"],
+            kind=m["kind"],
+            content=m["content"],
+            valid_from=m["valid_from"],
+            valid_until=m["valid_until"],
+            priority=m["priority"],
+            channels=m["channels"],
+            eligibility=m["eligibility"],
+            status=m["status"],
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
+        )
+
+    def _row(self, o: Offer) -> dict[str, Any]:
+        return {
+            "workspace_id": self.workspace,
+            "code": o.code,
+            "name": o.name,
+            "kind": o.kind,
+            "content": thaw(o.content),
+            "valid_from": o.valid_from,
+            "valid_until": o.valid_until,
+            "priority": o.priority,
+            "channels": list(o.channels),
+            "eligibility": thaw(o.eligibility),
+            "status": o.status,
+            "created_at": o.created_at,
+            "updated_at": o.updated_at,
+        }
+
+    def create(self, code: str, name: str, **fields: Any) -> Offer:
+        """Store a new offer; ``code`` must be unused in this workspace."""
+        _unknown(fields, OFFER_WRITABLE)
+        self.ready()
+        now = self.crm.now()
+        offer = Offer(code=code, name=name, workspace=self.workspace, created_at=now, updated_at=now, **fields)
+        t = self.t("offers")
+        with self.db.write() as conn:
+            taken = conn.execute(
+                sa.select(t.c.id).where(t.c.workspace_id == self.workspace, t.c.code == offer.code)
+            ).first()
+            if taken is not None:
+                raise Conflict(f"offer code {offer.code!r} is already used by offer {taken.id}; choose another code")
+            oid = conn.execute(sa.insert(t).values(self._row(offer))).inserted_primary_key[0]
+        return attrs.evolve(offer, id=oid)
+
+    def get(self, ref: int | str) -> Offer:
+        """An offer by id or by code."""
+        self.ready()
+        t = self.t("offers")
+        where = t.c.code == ref if isinstance(ref, str) else t.c.id == ref
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(t).where(t.c.workspace_id == self.workspace, where)).first()
+        if row is None:
+            raise NotFound("offer", ref)
+        return self._from_row(row._mapping)
+
+    def update(self, ref: int | str, **changes: Any) -> Offer:
+        """Change fields of an offer (any of its writable fields)."""
+        _unknown(changes, OFFER_WRITABLE)
+        current = self.get(ref)
+        after = attrs.evolve(current, **changes, updated_at=self.crm.now())
+        t = self.t("offers")
+        row = self._row(after)
+        del row["created_at"]
+        with self.db.write() as conn:
+            conn.execute(sa.update(t).where(t.c.workspace_id == self.workspace, t.c.id == current.id).values(row))
+        return after
+
+    def delete(self, ref: int | str) -> None:
+        """Delete an offer for good (use ``update(status='archived')`` to keep its history)."""
+        current = self.get(ref)
+        t = self.t("offers")
+        with self.db.write() as conn:
+            conn.execute(sa.delete(t).where(t.c.workspace_id == self.workspace, t.c.id == current.id))
+
+    def list(self, *, status: str | None = None, limit: int = 1000) -> list[Offer]:
+        """Offers by priority (highest first), then code."""
+        self.ready()
+        t = self.t("offers")
+        q = (
+            sa.select(t)
+            .where(t.c.workspace_id == self.workspace)
+            .order_by(t.c.priority.desc(), t.c.code)
+            .limit(limit)
+        )
+        if status is not None:
+            q = q.where(t.c.status == status)
+        with self.db.read() as conn:
+            return [self._from_row(r._mapping) for r in conn.execute(q)]
+
+    def active(self, at: datetime | None = None, *, channel: str | None = None) -> list[Offer]:
+        """Offers live at ``at`` (default now), optionally on ``channel``; highest priority first."""
+        when = self.crm.now() if at is None else aware_datetime(at, "at")
+        if channel is not None and not isinstance(channel, str):
+            raise ValidationError("channel", channel, "not a channel name", "send e.g. 'email'")
+        self.ready()
+        t = self.t("offers")
+        q = (
+            sa.select(t)
+            .where(
+                t.c.workspace_id == self.workspace,
+                t.c.status == "active",
+                sa.or_(t.c.valid_from.is_(None), t.c.valid_from <= when),
+                sa.or_(t.c.valid_until.is_(None), t.c.valid_until > when),
+            )
+            .order_by(t.c.priority.desc(), t.c.code)
+        )
+        with self.db.read() as conn:
+            offers = [self._from_row(r._mapping) for r in conn.execute(q)]
+        # Channel lists are short JSON arrays; filtering here keeps the SQL portable.
+        return [o for o in offers if channel is None or not o.channels or channel in o.channels]

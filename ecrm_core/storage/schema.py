@@ -1,0 +1,220 @@
+"""ecrm's tables, built for a given table prefix and schema.
+
+Tables are defined by :func:`build_metadata` rather than at import, because
+their names depend on the host's configuration (``table_prefix``/``schema``)
+and several CRMs with different prefixes can live in one process.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from attrs import frozen
+from sqlalchemy.types import TypeDecorator
+
+__all__ = ["Naming", "UTCDateTime", "Amount", "build_metadata", "CORE_TABLES"]
+
+
+@frozen
+class Naming:
+    """Where ecrm's tables live: ``prefix`` + name, in ``schema`` (or default)."""
+
+    prefix: str = "ecrm_"
+    schema: str | None = None
+
+    def table(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    @property
+    def version_table(self) -> str:
+        return self.table("alembic_version")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on every backend.
+
+    SQLite stores ``YYYY-MM-DD HH:MM:SS.ffffff`` text in UTC (so text order is
+    time order); PostgreSQL uses ``timestamptz``.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime reached the database layer; ecrm stores aware datetimes only")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # raw SQL paths on SQLite
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Amount(TypeDecorator[Decimal]):
+    """Money amounts as :class:`~decimal.Decimal`; NUMERIC on every backend."""
+
+    impl = sa.Numeric(20, 6, asdecimal=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: Decimal | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        return str(value) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Decimal | None:
+        return None if value is None else Decimal(str(value))
+
+
+#: Short names of the core's tables (``crm.db.tables["customers"]``).
+CORE_TABLES = ("workspaces", "customers", "aliases", "interactions", "offers", "consent_events", "audit_log")
+
+
+def build_metadata(naming: Naming) -> sa.MetaData:
+    """Return the core's tables on a fresh :class:`~sqlalchemy.MetaData`.
+
+    The initial Alembic migration creates exactly these; a test compares the
+    two so they cannot drift.
+    """
+    md = sa.MetaData(schema=naming.schema)
+    t = naming.table
+
+    def fk(table: str, ondelete: str | None = None) -> sa.ForeignKey:
+        target = f"{naming.schema}.{t(table)}.id" if naming.schema else f"{t(table)}.id"
+        return sa.ForeignKey(target, ondelete=ondelete)
+
+    ws = lambda: sa.Column("workspace_id", sa.String(64), nullable=False)  # noqa: E731
+
+    sa.Table(
+        t("workspaces"),
+        md,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+    )
+    customers = sa.Table(
+        t("customers"),
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        ws(),
+        sa.Column("external_id", sa.String(200)),
+        sa.Column("email", sa.String(320)),
+        sa.Column("phone", sa.String(32)),
+        sa.Column("name", sa.String(200)),
+        sa.Column("attributes", sa.JSON, nullable=False),
+        sa.Column("consent", sa.JSON, nullable=False),
+        sa.Column("lifecycle_stage", sa.String(64), nullable=False),
+        sa.Column("timezone", sa.String(64)),
+        sa.Column("locale", sa.String(35)),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("updated_at", UTCDateTime(), nullable=False),
+        sa.Column("merged_into", sa.Integer, fk("customers")),
+    )
+    sa.Index(f"ix_{t('customers')}_ws_email", customers.c.workspace_id, customers.c.email)
+    sa.Index(f"ix_{t('customers')}_ws_stage", customers.c.workspace_id, customers.c.lifecycle_stage)
+    sa.Index(f"ix_{t('customers')}_merged_into", customers.c.merged_into)
+
+    aliases = sa.Table(
+        t("aliases"),
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        ws(),
+        sa.Column("customer_id", sa.Integer, fk("customers", "CASCADE"), nullable=False),
+        sa.Column("kind", sa.String(64), nullable=False),
+        sa.Column("value", sa.String(320), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.UniqueConstraint("workspace_id", "kind", "value", name=f"uq_{t('aliases')}_ws_kind_value"),
+    )
+    sa.Index(f"ix_{t('aliases')}_customer", aliases.c.customer_id)
+
+    interactions = sa.Table(
+        t("interactions"),
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        ws(),
+        sa.Column("customer_id", sa.Integer, fk("customers"), nullable=False),
+        # The customer the interaction was recorded against: kept through
+        # merges so that a merge can be audited (and undone).
+        sa.Column("origin_customer_id", sa.Integer, nullable=False),
+        sa.Column("kind", sa.String(64), nullable=False),
+        sa.Column("channel", sa.String(64)),
+        sa.Column("occurred_at", UTCDateTime(), nullable=False),
+        sa.Column("amount", Amount()),
+        sa.Column("currency", sa.String(3)),
+        sa.Column("properties", sa.JSON, nullable=False),
+        sa.Column("idempotency_key", sa.String(200)),
+        sa.Column("payload_hash", sa.String(32)),
+        sa.Column("recorded_at", UTCDateTime(), nullable=False),
+    )
+    sa.Index(
+        f"ix_{t('interactions')}_ws_customer_time",
+        interactions.c.workspace_id,
+        interactions.c.customer_id,
+        interactions.c.occurred_at,
+    )
+    sa.Index(
+        f"ix_{t('interactions')}_ws_kind_time", interactions.c.workspace_id, interactions.c.kind, interactions.c.occurred_at
+    )
+    sa.Index(
+        f"uq_{t('interactions')}_ws_key",
+        interactions.c.workspace_id,
+        interactions.c.idempotency_key,
+        unique=True,
+    )
+
+    offers = sa.Table(
+        t("offers"),
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        ws(),
+        sa.Column("code", sa.String(64), nullable=False),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("kind", sa.String(64), nullable=False),
+        sa.Column("content", sa.JSON, nullable=False),
+        sa.Column("valid_from", UTCDateTime()),
+        sa.Column("valid_until", UTCDateTime()),
+        sa.Column("priority", sa.Integer, nullable=False),
+        sa.Column("channels", sa.JSON, nullable=False),
+        sa.Column("eligibility", sa.JSON),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("updated_at", UTCDateTime(), nullable=False),
+        sa.UniqueConstraint("workspace_id", "code", name=f"uq_{t('offers')}_ws_code"),
+    )
+    sa.Index(f"ix_{t('offers')}_ws_status", offers.c.workspace_id, offers.c.status)
+
+    consent_events = sa.Table(
+        t("consent_events"),
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        ws(),
+        sa.Column("customer_id", sa.Integer, fk("customers", "CASCADE"), nullable=False),
+        sa.Column("channel", sa.String(64), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("source", sa.String(500)),
+        sa.Column("at", UTCDateTime(), nullable=False),
+    )
+    sa.Index(f"ix_{t('consent_events')}_customer", consent_events.c.customer_id, consent_events.c.at)
+
+    audit = sa.Table(
+        t("audit_log"),
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        ws(),
+        sa.Column("at", UTCDateTime(), nullable=False),
+        sa.Column("action", sa.String(64), nullable=False),
+        sa.Column("entity", sa.String(64), nullable=False),
+        sa.Column("entity_id", sa.String(64), nullable=False),
+        sa.Column("actor", sa.String(200)),
+        sa.Column("details", sa.JSON, nullable=False),
+    )
+    sa.Index(f"ix_{t('audit_log')}_entity", audit.c.workspace_id, audit.c.entity, audit.c.entity_id)
+    return md
