@@ -135,6 +135,32 @@ class CRM:
         """The plugin manager: ``.info`` (name, version, hooks, status), ``.failures``."""
         return self._shared.plugins
 
+    def register_plugin(self, plugin: Any, *, name: str | None = None) -> str:
+        """Register a plugin on a running CRM and refresh the registry.
+
+        Returns the plugin's name.  Raises :class:`~ecrm_core.errors.PluginError`
+        for an invalid plugin or a name clash (nothing is changed then).
+        """
+        manager = self._shared.plugins
+        name = manager.register(plugin, name=name, source="host")
+        try:
+            self._refresh_registry()
+        except PluginError:
+            manager.unregister(name)
+            raise
+        return name
+
+    def unregister_plugin(self, name: str) -> None:
+        """Remove a plugin by name and refresh the registry."""
+        self._shared.plugins.unregister(name)
+        self._refresh_registry()
+
+    def _refresh_registry(self) -> None:
+        registry = self._collect_registry()
+        manager = self._shared.plugins
+        self.db.add_tables(lambda md, naming: manager.collect("ecrm_register_tables", metadata=md, naming=naming))
+        self._shared.registry = registry
+
     @property
     def registry(self) -> Registry:
         """Everything plugins registered (kinds, stages, channels, conditions…)."""

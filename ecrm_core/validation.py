@@ -52,7 +52,7 @@ def normalize_email(value: Any, field: str = "email") -> str:
     from email_validator import EmailNotValidError, validate_email
 
     try:
-        info = validate_email(value, check_deliverability=False)
+        info = validate_email(value.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValidationError(
             field, value, f"not a valid e-mail address: {exc}", "send an address like name@example.com"

@@ -380,7 +380,10 @@ class Customers(Service):
         ``aliases`` given; if they point at two different customers the call
         raises :class:`~ecrm_core.errors.Conflict` (merge them first).
         """
-        result = self.upsert_many([fields], on_error="raise")
+        try:
+            result = self.upsert_many([fields], on_error="raise")
+        except BatchError as exc:
+            raise exc.errors[0].error from None
         cid = (result.created or result.updated)[0]
         return self.get(cid)
 
@@ -473,7 +476,14 @@ class Customers(Service):
             found = {owners[al] for al in identity if al in owners}
             slots = {pending[al] for al in identity if al in pending}
             if len(found) + len(slots) > 1:
-                fail(index, Conflict(f"the identities {[f'{a.kind}:{a.value}' for a in identity]} belong to different customers; merge them first"))
+                owners_txt = ", ".join(f"{al.kind} {al.value!r} -> customer {owners[al]}" for al in identity if al in owners)
+                fail(
+                    index,
+                    Conflict(
+                        f"the row's identities belong to different customers ({owners_txt or 'rows of this batch'}); "
+                        "merge those customers first, or send only one identity"
+                    ),
+                )
                 continue
             if found:
                 updates.setdefault(found.pop(), []).append((index, row))
