@@ -275,10 +275,16 @@ class CRM:
         self.db.upgrade(self.migration_locations(), revision)
 
     def schema_status(self) -> Mapping[str, Any]:
-        """Current and head revisions: ``{"current": {...}, "heads": {...}, "up_to_date": bool}``."""
-        current = self.db.current_revisions()
-        heads = self.db.head_revisions(self.migration_locations())
-        return {"current": current, "heads": heads, "up_to_date": current == heads}
+        """Where the schema stands: ``current`` and ``heads`` revisions, ``pending``
+        heads not reached yet, and ``up_to_date`` (no pending head)."""
+        locations = self.migration_locations()
+        pending = self.db.pending_revisions(locations)
+        return {
+            "current": self.db.current_revisions(),
+            "heads": self.db.head_revisions(locations),
+            "pending": pending,
+            "up_to_date": not pending,
+        }
 
     def close(self) -> None:
         """Fire ``ecrm_shutdown`` and release the engine (if ecrm created it)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .database import DEFAULT_URL, Database
+from .database import DEFAULT_URL, Database, configure_sqlite
 from .schema import CORE_TABLES, Amount, Naming, UTCDateTime, build_metadata
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Naming",
     "UTCDateTime",
     "build_metadata",
+    "configure_sqlite",
     "migration_naming",
 ]
 

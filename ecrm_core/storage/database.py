@@ -22,7 +22,7 @@ from sqlalchemy import event
 from ..errors import SchemaNotInitialised
 from .schema import CORE_TABLES, Naming, build_metadata
 
-__all__ = ["Database", "DEFAULT_URL"]
+__all__ = ["Database", "DEFAULT_URL", "configure_sqlite"]
 
 #: Used when neither a URL nor an engine is given.
 DEFAULT_URL = "sqlite:///ecrm.db"
@@ -30,13 +30,18 @@ DEFAULT_URL = "sqlite:///ecrm.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def _install_sqlite_discipline(engine: sa.Engine) -> None:
-    """WAL, busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for writes.
+def configure_sqlite(engine: sa.Engine) -> sa.Engine:
+    """Make a SQLite engine fit for ecrm; idempotent; returns the engine.
 
-    pysqlite's own transaction handling is switched off so that SQLAlchemy's
-    ``begin`` event decides how each transaction starts (the recipe from
-    SQLAlchemy's SQLite dialect documentation).
+    WAL, a busy timeout, foreign keys, real transactions (``BEGIN`` when the
+    transaction starts, so SAVEPOINTs work), and ``BEGIN IMMEDIATE`` for
+    ecrm's writes.  pysqlite's own transaction handling is switched off, the
+    recipe from SQLAlchemy's SQLite dialect documentation.  ecrm applies it
+    to SQLite engines it creates and to SQLite engines a host passes in
+    (connections already pooled are discarded so the settings apply to all).
     """
+    if engine.dialect.name != "sqlite" or getattr(engine, "_ecrm_sqlite", False):
+        return engine
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
@@ -48,11 +53,17 @@ def _install_sqlite_discipline(engine: sa.Engine) -> None:
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
+        if dbapi_conn.in_transaction:  # pragma: no cover - defensive
+            dbapi_conn.commit()
 
     @event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:
         mode = conn.get_execution_options().get("ecrm_sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+    engine._ecrm_sqlite = True  # type: ignore[attr-defined]
+    engine.pool.dispose()
+    return engine
 
 
 class Database:
@@ -76,11 +87,9 @@ class Database:
         if connection is not None:
             self.engine = connection.engine
         elif engine is not None:
-            self.engine = engine
+            self.engine = configure_sqlite(engine)
         else:
-            self.engine = sa.create_engine(url or DEFAULT_URL, echo=echo)
-            if self.engine.dialect.name == "sqlite":
-                _install_sqlite_discipline(self.engine)
+            self.engine = configure_sqlite(sa.create_engine(url or DEFAULT_URL, echo=echo))
         self.metadata = build_metadata(self.naming)
         self._schema_ok = False
         self._lock = threading.Lock()
@@ -137,7 +146,7 @@ class Database:
                     yield conn
             return
         with self.engine.connect() as conn:
-            if self._owns_engine and self.is_sqlite:
+            if getattr(self.engine, "_ecrm_sqlite", False):
                 conn = conn.execution_options(ecrm_sqlite_begin="IMMEDIATE")
             with conn.begin():
                 yield conn
@@ -206,6 +215,17 @@ class Database:
         with self.read() as conn:
             cfg = self.alembic_config(conn, self.migration_locations(extra_locations))
             return set(ScriptDirectory.from_config(cfg).get_heads())
+
+    def pending_revisions(self, extra_locations: Mapping[str, str] | None = None) -> set[str]:
+        """Head revisions (core and plugin branches) the database has not reached."""
+        from alembic.script import ScriptDirectory
+
+        current = self.current_revisions()
+        with self.read() as conn:
+            cfg = self.alembic_config(conn, self.migration_locations(extra_locations))
+            script = ScriptDirectory.from_config(cfg)
+            reached = {r.revision for r in script.iterate_revisions(tuple(current), "base")} if current else set()
+            return set(script.get_heads()) - reached
 
     def check_schema(self) -> None:
         """Raise :class:`SchemaNotInitialised` unless the core tables exist.
