@@ -176,8 +176,9 @@ class CRM:
                 for item in items:
                     key = getattr(item, "name", None) or getattr(item, "path", None) or getattr(item, "branch", None)
                     if key in out:
+                        first, second = sorted([str(out[key].plugin), plugin])
                         raise PluginError(
-                            f"{what} {key!r} is registered twice: by plugin {out[key].plugin!r} and by {plugin!r}; "
+                            f"{what} {key!r} is registered twice: by plugins {first!r} and {second!r}; "
                             f"disable one of them (CRM(disable=[...]) or ECRM_DISABLE_PLUGINS)"
                         )
                     out[key] = _with_plugin(item, plugin)

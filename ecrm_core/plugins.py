@@ -137,6 +137,7 @@ class Plugins:
                 hint = f"; did you mean {close[0]!r}?" if close else "; is its distribution installed?"
                 self._fail(name, None, f"no installed plugin has the entry point {name!r}{hint}")
         failed: dict[str, str] = {}
+        missing: set[str] = set()
 
         def on_failure(_mgr: Any, ep: Any, exc: BaseException) -> None:
             failed[ep.name] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -146,15 +147,19 @@ class Plugins:
             names=[n for n in names if n in available],
             name_order=True,
             on_load_failure_callback=on_failure,
+            on_missing_entrypoints_callback=lambda names: missing.update(names),
             invoke_on_load=False,
         )
         for name, error in failed.items():
             self._fail(name, _dist_version(available[name]), f"import failed: {error}")
+        for name in missing - set(failed):
+            self._fail(name, _dist_version(available[name]), "entry point not found by stevedore; reinstall the plugin")
         for ext in mgr.extensions:
             try:
-                self.register(ext.plugin, name=ext.name, source="entrypoint", version=_dist_version(ext.entry_point))
+                version = _dist_version(available[ext.name])
+                self.register(ext.plugin, name=ext.name, source="entrypoint", version=version)
             except PluginError as exc:
-                self._fail(ext.name, _dist_version(ext.entry_point), str(exc))
+                self._fail(ext.name, _dist_version(available[ext.name]), str(exc))
 
     def _fail(self, name: str, version: str | None, error: str) -> None:
         log.error("ecrm plugin %r was not loaded: %s", name, error)
@@ -193,15 +198,15 @@ class Plugins:
         return name
 
     def _validate(self, name: str, plugin: Any) -> None:
-        known = set(self.pm.hook.__dict__)
+        known = {name for name, caller in self.pm.hook.__dict__.items() if getattr(caller, "spec", None) is not None}
         for attr in dir(plugin):
             if not attr.startswith("ecrm_"):
                 continue
             opts = self.pm.parse_hookimpl_opts(plugin, attr)
             if opts is None:
                 continue
-            if attr not in known or self.pm.hook.__dict__[attr].spec is None:
-                close = difflib.get_close_matches(attr, [k for k in known if k.startswith("ecrm_")], n=1)
+            if attr not in known:
+                close = difflib.get_close_matches(attr, sorted(known), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise PluginError(f"plugin {name!r} implements unknown hook {attr!r}{hint}")
             if attr in ISOLATED_HOOKS and (opts.get("hookwrapper") or opts.get("wrapper")):
