@@ -298,7 +298,12 @@ class InteractionBatch:
         return len(self.rows)
 
     def __iter__(self) -> Iterator[Interaction]:
+        import json
+
         for row in self.rows:
+            props = row.get("properties")
+            if isinstance(props, str):  # the bulk path keeps the stored JSON text
+                row = {**row, "properties": json.loads(props)}
             yield Interaction(workspace=self.workspace, **row)
 
     @property

@@ -1,0 +1,195 @@
+"""Every hook, exercised through a real CRM (see docs/hooks.md).
+
+ecrm_register_tables and ecrm_register_migrations are tested in test_storage.py,
+ecrm_register_commands in test_cli.py.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from ecrm_core import (
+    AdminPage,
+    AttributeDef,
+    ConditionType,
+    InteractionKind,
+    LifecycleStage,
+    StrategySpec,
+    hookimpl,
+)
+from ecrm_core.testing import CapturingChannel, EventRecorder, registered
+
+T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+# -- registration hooks --------------------------------------------------------
+
+
+def test_ecrm_register_interaction_kinds(crm):
+    class Loyalty:
+        @hookimpl
+        def ecrm_register_interaction_kinds(self, crm):
+            return [InteractionKind(name="points_earned", description="loyalty points")]
+
+    c = crm.customers.create(email="a@example.com")
+    with registered(crm, Loyalty(), name="loyalty"):
+        crm.interactions.track("points_earned", customer_id=c.id, properties={"points": 10})
+        assert crm.registry.interaction_kinds["points_earned"].plugin == "loyalty"
+    with pytest.raises(Exception, match="unknown interaction kind"):
+        crm.interactions.track("points_earned", customer_id=c.id)
+
+
+def test_ecrm_register_lifecycle_stages(crm):
+    class Stages:
+        @hookimpl
+        def ecrm_register_lifecycle_stages(self):
+            return [LifecycleStage(name="vip", phase="retention", order=9)]
+
+    with registered(crm, Stages()):
+        c = crm.customers.create(email="a@example.com", lifecycle_stage="vip")
+        assert crm.registry.lifecycle_stages["vip"].phase == "retention"
+    assert c.lifecycle_stage == "vip"
+    assert {s.phase for s in crm.registry.lifecycle_stages.values()} == {"acquisition", "cultivation", "retention"}
+
+
+def test_ecrm_register_attributes(crm):
+    class Rfm:
+        @hookimpl
+        def ecrm_register_attributes(self):
+            return [AttributeDef(name="rfm_score", type="integer", description="1..555")]
+
+    with registered(crm, Rfm(), name="rfm"):
+        assert crm.registry.attributes["rfm_score"].type == "integer"
+        assert crm.registry.attributes["rfm_score"].plugin == "rfm"
+
+
+def test_ecrm_register_channels(crm):
+    channel = CapturingChannel()
+    with registered(crm, channel.plugin()):
+        spec = crm.registry.channels["capture"]
+        assert "templates" in spec.capabilities
+        assert spec.factory(crm).send({"to": "a@example.com"})["status"] == "accepted"
+    assert channel.sent == [{"to": "a@example.com"}]
+    assert "capture" not in crm.registry.channels
+
+
+def test_ecrm_register_condition_types(crm):
+    def compile_(node, ctx):
+        return sa.true()
+
+    def evaluate(node, ctx):
+        return True
+
+    class Cond:
+        @hookimpl
+        def ecrm_register_condition_types(self):
+            return [ConditionType(name="always", compile=compile_, evaluate=evaluate)]
+
+    with registered(crm, Cond()):
+        ct = crm.registry.condition_types["always"]
+        assert ct.evaluate({}, None) and ct.compile({}, None) is not None
+
+
+def test_ecrm_register_strategies_routes_and_admin_pages(crm):
+    def handler():
+        return "ok"
+
+    class Web:
+        @hookimpl
+        def ecrm_register_strategies(self):
+            return [StrategySpec(name="greeting", kind="cosmetic", factory=lambda crm: handler)]
+
+        @hookimpl
+        def ecrm_register_routes(self):
+            return [handler]
+
+        @hookimpl
+        def ecrm_register_admin_pages(self):
+            return [AdminPage(path="/stats", title="Stats", handler=handler, nav_section="Analytics")]
+
+    with registered(crm, Web(), name="web"):
+        assert crm.registry.strategies["greeting"].kind == "cosmetic"
+        assert handler in crm.registry.routes
+        assert crm.registry.admin_pages["/stats"].plugin == "web"
+
+
+# -- event hooks ----------------------------------------------------------------
+
+
+def test_ecrm_customers_created_updated_merged(crm, events):
+    a = crm.customers.create(email="a@example.com")
+    assert [c.id for c in events.of("ecrm_customers_created")[0]["customers"]] == [a.id]
+    crm.customers.update(a.id, name="Ada")
+    change = events.of("ecrm_customers_updated")[0]["changes"][0]
+    assert change.before.name is None and change.after.name == "Ada" and change.changed == {"name"}
+    crm.customers.update(a.id, name="Ada")  # no change: no event
+    assert len(events.of("ecrm_customers_updated")) == 1
+    b = crm.customers.create(email="b@example.com")
+    crm.customers.merge(b.id, into=a.id)
+    assert events.of("ecrm_customers_merged")[0]["merge"].source_id == b.id
+    result = crm.customers.upsert_many([{"external_id": str(i)} for i in range(2500)], batch_size=1000)
+    assert len(result.created) == 2500
+    assert len(events.of("ecrm_customers_created")) == 3  # once per committed call, not per row
+
+
+def test_ecrm_interactions_recorded_is_batch_aware(crm, events):
+    c = crm.customers.create(email="a@example.com")
+    rows = [{"kind": "page_view", "customer_id": c.id, "occurred_at": T0 + timedelta(seconds=i)} for i in range(12000)]
+    crm.interactions.track_many(rows, batch_size=5000)
+    batches = [e["batch"] for e in events.of("ecrm_interactions_recorded")]
+    assert [len(b) for b in batches] == [5000, 5000, 2000]
+    assert batches[0].customer_ids == {c.id} and batches[0].kinds == {"page_view"}
+    first = next(iter(batches[0]))
+    assert first.kind == "page_view" and first.occurred_at == T0 and first.customer_id == c.id
+
+
+def test_a_raising_listener_is_isolated_and_the_write_kept(crm):
+    class Broken:
+        @hookimpl
+        def ecrm_interactions_recorded(self, batch):
+            raise RuntimeError("listener down")
+
+    recorder = EventRecorder()
+    c = crm.customers.create(email="a@example.com")
+    with registered(crm, Broken(), name="broken"), registered(crm, recorder, name="rec"):
+        stored = crm.interactions.track("page_view", customer_id=c.id)
+    assert crm.interactions.get(stored.id).kind == "page_view"  # the core's write is kept
+    assert len(recorder.of("ecrm_interactions_recorded")) == 1  # the other listener still ran
+    failure = crm.plugins.failures[-1]
+    assert (failure.plugin, failure.hook) == ("broken", "ecrm_interactions_recorded")
+    assert "listener down" in failure.error
+
+
+def test_implementations_may_take_fewer_arguments(crm):
+    seen = []
+
+    class Minimal:
+        @hookimpl
+        def ecrm_customers_created(self):  # takes none of crm, customers
+            seen.append(True)
+
+    with registered(crm, Minimal()):
+        crm.customers.create(email="a@example.com")
+    assert seen == [True]
+
+
+def test_ecrm_startup_and_ecrm_shutdown(crm_factory):
+    calls = []
+
+    class Life:
+        @hookimpl
+        def ecrm_startup(self, crm):
+            calls.append(("start", crm.workspace))
+
+        @hookimpl
+        def ecrm_shutdown(self, crm):
+            calls.append("stop")
+
+    crm = crm_factory(plugins=[Life()])
+    assert calls == [("start", "default")]
+    crm.close()
+    crm.close()  # idempotent
+    assert calls == [("start", "default"), "stop"]
