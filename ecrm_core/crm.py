@@ -6,7 +6,7 @@ import difflib
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,7 +24,7 @@ Clock = Callable[[], datetime]
 
 
 def _system_clock() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class _Shared:
@@ -81,7 +81,9 @@ class CRM:
         echo: bool = False,
     ) -> None:
         if not isinstance(table_prefix, str) or not all(c.isalnum() or c == "_" for c in table_prefix):
-            raise ValidationError("table_prefix", table_prefix, "not a valid prefix", "use letters, digits and '_' only")
+            raise ValidationError(
+                "table_prefix", table_prefix, "not a valid prefix", "use letters, digits and '_' only"
+            )
         self.db = Database(url, engine=engine, connection=connection, naming=Naming(table_prefix, schema), echo=echo)
         manager = Plugins()
         manager.load(plugins=plugins, entrypoints=load_entrypoints, enable=enable, disable=disable)
@@ -174,7 +176,7 @@ class CRM:
             out: dict[str, Any] = {}
             for plugin, items in plugins.collect(hook, crm=self):
                 for item in items:
-                    key = getattr(item, "name", None) or getattr(item, "path", None) or getattr(item, "branch", None)
+                    key = str(getattr(item, "name", None) or getattr(item, "path", None))
                     if key in out:
                         first, second = sorted([str(out[key].plugin), plugin])
                         raise PluginError(

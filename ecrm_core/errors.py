@@ -58,7 +58,7 @@ class ValidationError(EcrmError, ValueError):
 class RowError:
     """One rejected row of a bulk call: where it was and why."""
 
-    __slots__ = ("index", "line", "error")
+    __slots__ = ("error", "index", "line")
 
     def __init__(self, index: int, error: EcrmError, line: int | None = None) -> None:
         self.index = index

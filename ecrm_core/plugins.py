@@ -26,7 +26,7 @@ import os
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any, Literal
 
@@ -263,7 +263,7 @@ class Plugins:
                 hook=hook,
                 error=f"{type(exc).__name__}: {exc}",
                 traceback="".join(traceback.format_exception(exc)),
-                at=datetime.now(timezone.utc),
+                at=datetime.now(UTC),
             )
         )
 

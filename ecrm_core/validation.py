@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
@@ -73,7 +73,10 @@ def normalize_phone(value: Any, field: str = "phone", region: str | None = None)
         number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException as exc:
         raise ValidationError(
-            field, value, f"not a phone number ({exc})", "send it in international form with a leading '+' and country code"
+            field,
+            value,
+            f"not a phone number ({exc})",
+            "send it in international form with a leading '+' and country code",
         ) from None
     if not phonenumbers.is_valid_number(number):
         raise ValidationError(
@@ -111,7 +114,7 @@ def aware_datetime(value: Any, field: str) -> datetime:
         )
     if not (_MIN_YEAR <= value.year <= _MAX_YEAR):
         raise ValidationError(field, value, f"year outside {_MIN_YEAR}..{_MAX_YEAR}", "check the clock that made it")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 def optional_datetime(value: Any, field: str) -> datetime | None:
@@ -152,7 +155,9 @@ def _currencies() -> frozenset[str]:
 def check_currency(value: Any, field: str = "currency") -> str:
     """Return the upper-cased ISO 4217 code or raise."""
     if not isinstance(value, str) or value.upper() not in _currencies():
-        raise ValidationError(field, value, "unknown currency code", "send an ISO 4217 code such as 'USD', 'EUR' or 'KRW'")
+        raise ValidationError(
+            field, value, "unknown currency code", "send an ISO 4217 code such as 'USD', 'EUR' or 'KRW'"
+        )
     return value.upper()
 
 
@@ -178,11 +183,17 @@ def properties_json(value: Any, field: str = "properties", limit: int = MAX_PROP
         )
     except (TypeError, ValueError) as exc:
         raise ValidationError(
-            field, value, f"not JSON-serialisable ({exc})", "use strings, numbers, booleans, null, lists and objects only"
+            field,
+            value,
+            f"not JSON-serialisable ({exc})",
+            "use strings, numbers, booleans, null, lists and objects only",
         ) from None
     if len(text) > limit and len(text.encode()) > limit:
         raise ValidationError(
-            field, f"<{len(text.encode())} bytes>", f"larger than {limit} bytes", "store big payloads elsewhere and keep a reference"
+            field,
+            f"<{len(text.encode())} bytes>",
+            f"larger than {limit} bytes",
+            "store big payloads elsewhere and keep a reference",
         )
     return text
 
@@ -191,7 +202,10 @@ def check_slug(value: Any, field: str, what: str = "name") -> str:
     """Lower-case identifiers: ``purchase``, ``email_open``, ``external:erp``."""
     if not isinstance(value, str) or not _SLUG.match(value) or len(value) > 64:
         raise ValidationError(
-            field, value, f"not a valid {what}", "use lower-case letters, digits and '_' (max 64 chars), e.g. 'page_view'"
+            field,
+            value,
+            f"not a valid {what}",
+            "use lower-case letters, digits and '_' (max 64 chars), e.g. 'page_view'",
         )
     return value
 
@@ -206,7 +220,9 @@ def check_text(value: Any, field: str, max_length: int = 500) -> str:
     if not isinstance(value, str):
         raise ValidationError(field, value, "not a string", "send text")
     if len(value) > max_length or "\x00" in value:
-        raise ValidationError(field, value, f"longer than {max_length} characters or contains NUL", "send shorter, plain text")
+        raise ValidationError(
+            field, value, f"longer than {max_length} characters or contains NUL", "send shorter, plain text"
+        )
     return value
 
 
@@ -240,4 +256,3 @@ def thaw(value: Any) -> Any:
     if isinstance(value, tuple):
         return [thaw(v) for v in value]
     return value
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -10,7 +10,7 @@ import pytest
 from ecrm_core import Alias, Customer, Interaction, Offer, ValidationError
 from ecrm_core.validation import MAX_PROPERTIES_BYTES
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def test_customer_normalises_identity():
@@ -48,7 +48,7 @@ def test_customer_bad_values(field, value, problem):
 def test_attributes_must_be_json_and_bounded():
     with pytest.raises(ValidationError, match="JSON"):
         Customer(attributes={"when": datetime.now(UTC)})
-    with pytest.raises(ValidationError, match="finite|JSON"):
+    with pytest.raises(ValidationError, match=r"finite|JSON"):
         Customer(attributes={"score": float("nan")})
     with pytest.raises(ValidationError, match="larger than"):
         Customer(attributes={"blob": "x" * (MAX_PROPERTIES_BYTES + 1)})
@@ -96,7 +96,9 @@ def test_offer_validity_window():
     now = datetime.now(UTC)
     with pytest.raises(ValidationError, match="ends before"):
         Offer(code="spring", name="Spring", valid_from=now, valid_until=now - timedelta(days=1))
-    o = Offer(code="spring", name="Spring", valid_from=now, valid_until=now + timedelta(days=7), channels=["web", "email"])
+    o = Offer(
+        code="spring", name="Spring", valid_from=now, valid_until=now + timedelta(days=7), channels=["web", "email"]
+    )
     assert o.is_active_at(now + timedelta(days=1))
     assert not o.is_active_at(now + timedelta(days=8))
     assert o.is_active_at(now, channel="email") and not o.is_active_at(now, channel="sms")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
 from ecrm_core import Alias, BatchError, Conflict, IdempotencyConflict, NotFound, ValidationError
 
-UTC = timezone.utc
+UTC = UTC
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
@@ -113,8 +113,10 @@ def test_merge_keeps_every_interaction_and_audits(crm, events):
     a = crm.customers.create(email="a@example.com", name="A", consent={"email": True})
     b = crm.customers.create(phone="+14155550123", external_id="shop-9", attributes={"vip": True})
     crm.interactions.track_many(
-        [{"kind": "page_view", "customer_id": cid, "occurred_at": T0 + timedelta(minutes=i)} for i, cid in
-         enumerate([a.id, b.id, b.id])]
+        [
+            {"kind": "page_view", "customer_id": cid, "occurred_at": T0 + timedelta(minutes=i)}
+            for i, cid in enumerate([a.id, b.id, b.id])
+        ]
     )
     record = crm.customers.merge(b.id, into=a.id, actor="support:kim", reason="same person")
     assert record.moved_interactions == 2 and record.moved_aliases == 2
@@ -165,15 +167,30 @@ def test_workspaces_are_isolated(crm):
 
 def test_track_idempotency(crm, events):
     a = crm.customers.create(email="a@example.com")
-    first = crm.interactions.track("purchase", customer_id=a.id, amount="10.50", currency="EUR", idempotency_key="o-1",
-                                   occurred_at=T0, properties={"sku": "X"})
-    again = crm.interactions.track("purchase", customer_id=a.id, amount="10.50", currency="EUR", idempotency_key="o-1",
-                                   occurred_at=T0, properties={"sku": "X"})
+    first = crm.interactions.track(
+        "purchase",
+        customer_id=a.id,
+        amount="10.50",
+        currency="EUR",
+        idempotency_key="o-1",
+        occurred_at=T0,
+        properties={"sku": "X"},
+    )
+    again = crm.interactions.track(
+        "purchase",
+        customer_id=a.id,
+        amount="10.50",
+        currency="EUR",
+        idempotency_key="o-1",
+        occurred_at=T0,
+        properties={"sku": "X"},
+    )
     assert again.id == first.id and first.amount == Decimal("10.5")
     before = snapshot(crm)
     with pytest.raises(IdempotencyConflict, match="o-1"):
-        crm.interactions.track("purchase", customer_id=a.id, amount="99", currency="EUR", idempotency_key="o-1",
-                               occurred_at=T0)
+        crm.interactions.track(
+            "purchase", customer_id=a.id, amount="99", currency="EUR", idempotency_key="o-1", occurred_at=T0
+        )
     assert snapshot(crm) == before
     assert len(events.of("ecrm_interactions_recorded")) == 1  # the retry recorded nothing new
 
@@ -200,7 +217,7 @@ def test_track_many_bad_rows_store_nothing(crm):
     assert snapshot(crm) == before
     result = crm.interactions.track_many(rows, on_error="skip")
     assert result.stored == 1 and {e.index for e in result.errors} == {1, 2, 3, 4, 5, 6, 7}
-    assert "customer 424242 not found" in str([e for e in result.errors if e.index == 5][0])
+    assert "customer 424242 not found" in str(next(e for e in result.errors if e.index == 5))
 
 
 def test_track_many_duplicate_keys(crm):
@@ -213,7 +230,9 @@ def test_track_many_duplicate_keys(crm):
     with pytest.raises(BatchError, match="k1"):
         crm.interactions.track_many([{**row, "channel": "email"}])
     with pytest.raises(BatchError, match="earlier in this call"):
-        crm.interactions.track_many([{**row, "idempotency_key": "k9"}, {**row, "idempotency_key": "k9", "channel": "web"}])
+        crm.interactions.track_many(
+            [{**row, "idempotency_key": "k9"}, {**row, "idempotency_key": "k9", "channel": "web"}]
+        )
     assert crm.interactions.count() == 3
 
 
@@ -247,10 +266,20 @@ def test_track_by_alias_creates_prospects(crm, events):
 def test_timeline_pages_and_view(crm):
     a = crm.customers.create(email="a@example.com")
     crm.interactions.track_many(
-        [{"kind": "page_view", "customer_id": a.id, "channel": "web", "occurred_at": T0 + timedelta(hours=i)}
-         for i in range(5)]
-        + [{"kind": "purchase", "customer_id": a.id, "channel": "store", "amount": "20", "currency": "EUR",
-            "occurred_at": T0 + timedelta(days=1)}]
+        [
+            {"kind": "page_view", "customer_id": a.id, "channel": "web", "occurred_at": T0 + timedelta(hours=i)}
+            for i in range(5)
+        ]
+        + [
+            {
+                "kind": "purchase",
+                "customer_id": a.id,
+                "channel": "store",
+                "amount": "20",
+                "currency": "EUR",
+                "occurred_at": T0 + timedelta(days=1),
+            }
+        ]
     )
     page1 = crm.interactions.timeline(a.id, limit=4)
     assert page1[0].kind == "purchase" and len(page1) == 4
@@ -288,8 +317,16 @@ def test_concurrent_writers(crm):
 
 
 def test_offers(crm):
-    crm.offers.create("spring10", "10% off in spring", kind="discount", content={"percent": 10}, priority=5,
-                      valid_from=T0, valid_until=T0 + timedelta(days=30), channels=["email"])
+    crm.offers.create(
+        "spring10",
+        "10% off in spring",
+        kind="discount",
+        content={"percent": 10},
+        priority=5,
+        valid_from=T0,
+        valid_until=T0 + timedelta(days=30),
+        channels=["email"],
+    )
     crm.offers.create("welcome", "Welcome guide", kind="content", priority=1)
     crm.offers.create("old", "Old", status="archived")
     with pytest.raises(Conflict):
@@ -297,7 +334,9 @@ def test_offers(crm):
     assert [o.code for o in crm.offers.active(T0 + timedelta(days=1))] == ["spring10", "welcome"]
     assert [o.code for o in crm.offers.active(T0 + timedelta(days=1), channel="sms")] == ["welcome"]
     assert [o.code for o in crm.offers.active(T0 + timedelta(days=40))] == ["welcome"]
-    updated = crm.offers.update("welcome", priority=9, eligibility={"all": [{"field": "country", "op": "eq", "value": "KR"}]})
+    updated = crm.offers.update(
+        "welcome", priority=9, eligibility={"all": [{"field": "country", "op": "eq", "value": "KR"}]}
+    )
     assert crm.offers.get(updated.id).eligibility["all"][0]["value"] == "KR"
     with pytest.raises(ValidationError):
         crm.offers.update("welcome", valid_from=datetime(2025, 1, 1))

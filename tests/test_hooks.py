@@ -6,7 +6,7 @@ ecrm_register_commands in test_cli.py.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -22,7 +22,7 @@ from ecrm_core import (
 )
 from ecrm_core.testing import CapturingChannel, EventRecorder, registered
 
-T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 # -- registration hooks --------------------------------------------------------

@@ -60,7 +60,12 @@ def test_entry_point_plugins_load_with_version_and_hooks(installed, tmp_path):
 def test_broken_plugins_are_reported_and_skipped(installed, tmp_path):
     installed("ecrm-good", "good", "fake_good", GOOD)
     installed("ecrm-broken", "broken", "fake_broken", "import nonexistent_dependency_xyz\n")
-    installed("ecrm-typo", "typo", "fake_typo", "from ecrm_core import hookimpl\n@hookimpl\ndef ecrm_customer_created(crm):\n    pass\n")
+    installed(
+        "ecrm-typo",
+        "typo",
+        "fake_typo",
+        "from ecrm_core import hookimpl\n@hookimpl\ndef ecrm_customer_created(crm):\n    pass\n",
+    )
     installed("ecrm-old", "old", "fake_old", 'ECRM_HOOK_API = ">=2"\n')
     installed("ecrm-bad-range", "badrange", "fake_badrange", 'ECRM_HOOK_API = "one point oh"\n')
     crm = CRM(f"sqlite:///{tmp_path / 'a.db'}")  # the host starts anyway
@@ -116,7 +121,7 @@ def test_host_plugins_fail_loudly(tmp_path):
     class Future:
         ECRM_HOOK_API = ">=3"
 
-    with pytest.raises(HookApiVersionError, match="this ecrm-core implements 1.0"):
+    with pytest.raises(HookApiVersionError, match=r"this ecrm-core implements 1\.0"):
         CRM(f"sqlite:///{tmp_path / 'a.db'}", load_entrypoints=False, plugins=[Future()])
 
     class Wrapper:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from ecrm_core import CRM, SchemaNotInitialised, hookimpl
+from ecrm_core import CRM, Conflict, SchemaNotInitialised, hookimpl
 from ecrm_core.registry import MigrationSource
 from ecrm_core.testing import EventRecorder
 
@@ -121,7 +121,7 @@ def test_ecrm_error_inside_host_transaction_rolls_back_only_ecrm(tmp_path):
             view = crm.using(conn)
             conn.exec_driver_sql("INSERT INTO orders DEFAULT VALUES")
             view.customers.create(email="a@example.com")
-            with pytest.raises(Exception):
+            with pytest.raises(Conflict):
                 view.customers.create(email="a@example.com")  # conflict: rolled back to its savepoint
         assert conn.exec_driver_sql("SELECT count(*) FROM orders").scalar() == 1
     assert crm.customers.count() == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -121,14 +122,16 @@ class Customers(Service):
         if alias is not None:
             given.append((alias.kind, alias.value))
         if len(given) != 1:
-            raise ValidationError("find", given, "needs exactly one identity", "pass one of external_id, email, phone, alias")
+            raise ValidationError(
+                "find", given, "needs exactly one identity", "pass one of external_id, email, phone, alias"
+            )
         kind, value = given[0]
         found = self._resolve(None, [Alias(kind, value)])
         if not found:
             return None
         return self.get(next(iter(found.values())))
 
-    def aliases(self, customer_id: int) -> list[Alias]:
+    def aliases(self, customer_id: int) -> builtins.list[Alias]:
         """Every identity the customer is known by."""
         a = self.t("aliases")
         cid = self.get(customer_id).id
@@ -142,7 +145,7 @@ class Customers(Service):
 
     def list(
         self, *, limit: int = 100, after: int | None = None, lifecycle_stage: str | None = None
-    ) -> list[Customer]:
+    ) -> builtins.list[Customer]:
         """Live customers by ascending id; pass the last id as ``after`` for the next page."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
             raise ValidationError("limit", limit, "out of range", "send 1..10000")
@@ -167,7 +170,7 @@ class Customers(Service):
                 ).scalar_one()
             )
 
-    def consent_history(self, customer_id: int) -> list[dict[str, Any]]:
+    def consent_history(self, customer_id: int) -> builtins.list[dict[str, Any]]:
         """Every consent change of the customer, oldest first."""
         e = self.t("consent_events")
         cid = self.get(customer_id).id
@@ -212,7 +215,7 @@ class Customers(Service):
         return out
 
     @staticmethod
-    def _identity(c: Customer, extra: Iterable[Alias] = ()) -> list[Alias]:
+    def _identity(c: Customer, extra: Iterable[Alias] = ()) -> builtins.list[Alias]:
         ids = [Alias(kind, getattr(c, name)) for name, kind in IDENTITY_FIELDS.items() if getattr(c, name)]
         return ids + [al for al in extra if al not in ids]
 
@@ -233,7 +236,13 @@ class Customers(Service):
             conn.execute(
                 sa.insert(self.t("aliases")),
                 [
-                    {"workspace_id": self.workspace, "customer_id": cid, "kind": al.kind, "value": al.value, "created_at": now}
+                    {
+                        "workspace_id": self.workspace,
+                        "customer_id": cid,
+                        "kind": al.kind,
+                        "value": al.value,
+                        "created_at": now,
+                    }
                     for al in new
                 ],
             )
@@ -241,7 +250,7 @@ class Customers(Service):
     # ------------------------------------------------------------------
     # writing
     # ------------------------------------------------------------------
-    def _build(self, fields: Mapping[str, Any], now: datetime) -> tuple[Customer, list[Alias]]:
+    def _build(self, fields: Mapping[str, Any], now: datetime) -> tuple[Customer, builtins.list[Alias]]:
         _unknown(fields, _UPSERT_KEYS)
         data = dict(fields)
         extra = [al if isinstance(al, Alias) else Alias(*al) for al in data.pop("aliases", None) or ()]
@@ -300,7 +309,7 @@ class Customers(Service):
         now = self.crm.now()
         c, identity = self._build(fields, now)
         with self.db.write() as conn:
-            cid = conn.execute(sa.insert(self.t("customers")).values(self._row(c))).inserted_primary_key[0]
+            cid: int = conn.execute(sa.insert(self.t("customers")).values(self._row(c))).inserted_primary_key[0]  # type: ignore[index]
             self._claim(conn, cid, identity, now)
             self._consent_events(conn, cid, {}, c.consent)
         created = attrs.evolve(c, id=cid)
@@ -370,8 +379,7 @@ class Customers(Service):
 
     def set_consent(self, customer_id: int, channel: str, granted: bool, *, source: str | None = None) -> Customer:
         """Record a consent decision for ``channel`` (kept in the consent history)."""
-        status = "granted" if granted else "denied"
-        return self.update(customer_id, consent={channel: Consent(status, at=self.crm.now(), source=source)})
+        return self.update(customer_id, consent={channel: Consent("granted" if granted else "denied", at=self.crm.now(), source=source)})
 
     def upsert(self, **fields: Any) -> Customer:
         """Create the customer, or update the one that has its identity.
@@ -408,13 +416,13 @@ class Customers(Service):
             raise ValidationError("on_error", on_error, "unknown mode", "use 'raise' or 'skip'")
         self.ready()
         now = self.crm.now()
-        created: list[Customer] = []
-        changes: list[CustomerChange] = []
-        touched: list[int] = []
-        errors: list[RowError] = []
+        created: builtins.list[Customer] = []
+        changes: builtins.list[CustomerChange] = []
+        touched: builtins.list[int] = []
+        errors: builtins.list[RowError] = []
         total = 0
         with self.db.write() as conn:
-            batch: list[tuple[int, Mapping[str, Any]]] = []
+            batch: builtins.list[tuple[int, Mapping[str, Any]]] = []
             for index, row in enumerate(rows):
                 batch.append((index, row))
                 total += 1
@@ -444,16 +452,16 @@ class Customers(Service):
         conn: sa.Connection,
         batch: Sequence[tuple[int, Mapping[str, Any]]],
         now: datetime,
-        created: list[Customer],
-        changes: list[CustomerChange],
-        touched: list[int],
-        errors: list[RowError],
+        created: builtins.list[Customer],
+        changes: builtins.list[CustomerChange],
+        touched: builtins.list[int],
+        errors: builtins.list[RowError],
         first_line: int | None,
     ) -> None:
         def fail(index: int, exc: EcrmError) -> None:
             errors.append(RowError(index, exc, None if first_line is None else first_line + index))
 
-        parsed: list[tuple[int, Mapping[str, Any], Customer, list[Alias]]] = []
+        parsed: builtins.list[tuple[int, Mapping[str, Any], Customer, list[Alias]]] = []
         for index, row in batch:
             try:
                 if not isinstance(row, Mapping):
@@ -461,7 +469,10 @@ class Customers(Service):
                 c, identity = self._build(row, now)
                 if not identity:
                     raise ValidationError(
-                        "external_id", None, "no identity", "send external_id, email, phone or aliases so the row can be matched"
+                        "external_id",
+                        None,
+                        "no identity",
+                        "send external_id, email, phone or aliases so the row can be matched",
                     )
                 parsed.append((index, row, c, identity))
             except EcrmError as exc:
@@ -470,13 +481,15 @@ class Customers(Service):
         # Decide per row: update an existing customer, or create (rows of
         # this batch that share an identity collapse onto one new customer).
         pending: dict[Alias, int] = {}  # alias -> index into `new`
-        new: list[tuple[int, Customer, list[Alias]]] = []
+        new: builtins.list[tuple[int, Customer, list[Alias]]] = []
         updates: dict[int, list[tuple[int, Mapping[str, Any]]]] = {}
         for index, row, c, identity in parsed:
             found = {owners[al] for al in identity if al in owners}
             slots = {pending[al] for al in identity if al in pending}
             if len(found) + len(slots) > 1:
-                owners_txt = ", ".join(f"{al.kind} {al.value!r} -> customer {owners[al]}" for al in identity if al in owners)
+                owners_txt = ", ".join(
+                    f"{al.kind} {al.value!r} -> customer {owners[al]}" for al in identity if al in owners
+                )
                 fail(
                     index,
                     Conflict(
@@ -511,32 +524,40 @@ class Customers(Service):
                 new.append((index, c, identity))
         if new:
             t = self.t("customers")
-            ids = conn.execute(
-                sa.insert(t).returning(t.c.id, sort_by_parameter_order=True), [self._row(c) for _, c, _ in new]
-            ).scalars().all()
+            new_ids: Sequence[int] = (
+                conn.execute(
+                    sa.insert(t).returning(t.c.id, sort_by_parameter_order=True), [self._row(c) for _, c, _ in new]
+                )
+                .scalars()
+                .all()
+            )
             alias_rows = []
-            for cid, (_, c, identity) in zip(ids, new, strict=True):
-                created.append(attrs.evolve(c, id=cid))
+            for new_id, (_, c, identity) in zip(new_ids, new, strict=True):
+                created.append(attrs.evolve(c, id=new_id))
                 alias_rows += [
-                    {"workspace_id": self.workspace, "customer_id": cid, "kind": al.kind, "value": al.value, "created_at": now}
+                    {
+                        "workspace_id": self.workspace,
+                        "customer_id": new_id,
+                        "kind": al.kind,
+                        "value": al.value,
+                        "created_at": now,
+                    }
                     for al in identity
                 ]
-                self._consent_events(conn, cid, {}, c.consent)
+                self._consent_events(conn, new_id, {}, c.consent)
             conn.execute(sa.insert(self.t("aliases")), alias_rows)
         if updates:
             t = self.t("customers")
-            current = {
-                r.id: self._from_row(r) for r in conn.execute(self._select().where(t.c.id.in_(list(updates))))
-            }
-            for cid, row_list in updates.items():
-                state = current[cid]
+            current = {r.id: self._from_row(r) for r in conn.execute(self._select().where(t.c.id.in_(list(updates))))}
+            for owner, row_list in updates.items():
+                state = current[owner]
                 first = state
                 for index, row in row_list:
                     try:
                         sp = conn.begin_nested()
                         change = self._apply(conn, state, {k: v for k, v in row.items() if k != "aliases"}, now)
                         extra = [al if isinstance(al, Alias) else Alias(*al) for al in row.get("aliases") or ()]
-                        self._claim(conn, cid, extra, now)
+                        self._claim(conn, owner, extra, now)
                         sp.commit()
                     except EcrmError as exc:
                         sp.rollback()
@@ -544,16 +565,14 @@ class Customers(Service):
                         continue
                     if change is not None:
                         state = change.after
-                touched.append(cid)
+                touched.append(owner)
                 if state != first:
                     changes.append(CustomerChange(first, state))
 
     # ------------------------------------------------------------------
     # merge
     # ------------------------------------------------------------------
-    def merge(
-        self, source_id: int, *, into: int, actor: str | None = None, reason: str | None = None
-    ) -> MergeRecord:
+    def merge(self, source_id: int, *, into: int, actor: str | None = None, reason: str | None = None) -> MergeRecord:
         """Merge customer ``source_id`` into ``into``; return the audit record.
 
         Every interaction, alias and consent record of the source moves to
@@ -568,7 +587,9 @@ class Customers(Service):
         target = self.get(into, follow_merged=False)
         for c in (source, target):
             if c.merged_into is not None:
-                raise Conflict(f"customer {c.id} was already merged into {c.merged_into}; merge with {c.merged_into} instead")
+                raise Conflict(
+                    f"customer {c.id} was already merged into {c.merged_into}; merge with {c.merged_into} instead"
+                )
         assert source.id is not None and target.id is not None
         t, a, i, e, log = (self.t(n) for n in ("customers", "aliases", "interactions", "consent_events", "audit_log"))
         fill = {
@@ -622,7 +643,7 @@ class Customers(Service):
                     actor=actor,
                     details=details,
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key[0]  # type: ignore[index]
         record = MergeRecord(
             id=merge_id,
             workspace=self.workspace,

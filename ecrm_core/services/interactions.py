@@ -99,9 +99,11 @@ class CustomerView:
 class _Prepared:
     """One validated row, ready to insert once its customer is resolved."""
 
-    __slots__ = ("index", "ref", "values", "key", "hash", "summary")
+    __slots__ = ("hash", "index", "key", "ref", "summary", "values")
 
-    def __init__(self, index: int, ref: Any, values: list[Any], key: str | None, hash_: str | None, summary: dict[str, Any]):
+    def __init__(
+        self, index: int, ref: Any, values: list[Any], key: str | None, hash_: str | None, summary: dict[str, Any]
+    ):
         self.index = index
         self.ref = ref
         self.values = values
@@ -247,7 +249,7 @@ class Interactions(Service):
     # ------------------------------------------------------------------
     # reading
     # ------------------------------------------------------------------
-    def _from_row(self, m: Mapping[str, Any]) -> Interaction:
+    def _from_row(self, m: Mapping[Any, Any]) -> Interaction:
         return Interaction(
             id=m["id"],
             workspace=m["workspace_id"],
@@ -266,9 +268,7 @@ class Interactions(Service):
         self.ready()
         i = self.t("interactions")
         with self.db.read() as conn:
-            row = conn.execute(
-                sa.select(i).where(i.c.workspace_id == self.workspace, i.c.id == interaction_id)
-            ).first()
+            row = conn.execute(sa.select(i).where(i.c.workspace_id == self.workspace, i.c.id == interaction_id)).first()
         if row is None:
             raise NotFound("interaction", interaction_id)
         return self._from_row(row._mapping)
@@ -431,7 +431,7 @@ class _TrackState:
                     close = difflib.get_close_matches(str(k), ROW_KEYS, n=1)
                     hint = f"did you mean {close[0]!r}? " if close else ""
                     raise ValidationError(str(k), row[k], "unknown field", f"{hint}fields: {', '.join(ROW_KEYS)}")
-            kind = row.get("kind")
+            kind = row.get("kind")  # type: ignore[assignment]
             if kind not in self.kinds:
                 self.crm.check_kind(kind)
             at = row.get("occurred_at")
@@ -449,7 +449,9 @@ class _TrackState:
                 self.currencies.add(currency)
             if (amount is None) != (currency is None):
                 missing = "currency" if currency is None else "amount"
-                raise ValidationError(missing, None, "amount and currency go together", f"send {missing} too, or neither")
+                raise ValidationError(
+                    missing, None, "amount and currency go together", f"send {missing} too, or neither"
+                )
             props = properties_json(row.get("properties"))
             key = row.get("idempotency_key")
             if key is not None:
@@ -503,7 +505,10 @@ class _TrackState:
             )
         if len(refs) > 1:
             raise ValidationError(
-                refs[1][0], refs[1][1], "more than one identity", "send one of external_id/email/phone/anonymous_id per row"
+                refs[1][0],
+                refs[1][1],
+                "more than one identity",
+                "send one of external_id/email/phone/anonymous_id per row",
             )
         return Alias(*refs[0])
 
@@ -553,7 +558,10 @@ class _TrackState:
             missing = [al for al in aliases if al not in found]
             if missing and self.create_missing:
                 result = view.customers.upsert_many(
-                    [{IDENTITY_KEY[al.kind]: al.value} if al.kind in IDENTITY_KEY else {"aliases": [al]} for al in missing]
+                    [
+                        {IDENTITY_KEY[al.kind]: al.value} if al.kind in IDENTITY_KEY else {"aliases": [al]}
+                        for al in missing
+                    ]
                 )
                 self.created += len(result.created)
                 found.update(view.customers._resolve(conn, missing))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -21,7 +22,7 @@ __all__ = ["Offers"]
 class Offers(Service):
     """``crm.offers``: create, read, change and query offers."""
 
-    def _from_row(self, m: Mapping[str, Any]) -> Offer:
+    def _from_row(self, m: Mapping[Any, Any]) -> Offer:
         return Offer(
             id=m["id"],
             workspace=m["workspace_id"],
@@ -69,7 +70,7 @@ class Offers(Service):
             ).first()
             if taken is not None:
                 raise Conflict(f"offer code {offer.code!r} is already used by offer {taken.id}; choose another code")
-            oid = conn.execute(sa.insert(t).values(self._row(offer))).inserted_primary_key[0]
+            oid = conn.execute(sa.insert(t).values(self._row(offer))).inserted_primary_key[0]  # type: ignore[index]
         return attrs.evolve(offer, id=oid)
 
     def get(self, ref: int | str) -> Offer:
@@ -102,22 +103,17 @@ class Offers(Service):
         with self.db.write() as conn:
             conn.execute(sa.delete(t).where(t.c.workspace_id == self.workspace, t.c.id == current.id))
 
-    def list(self, *, status: str | None = None, limit: int = 1000) -> list[Offer]:
+    def list(self, *, status: str | None = None, limit: int = 1000) -> builtins.list[Offer]:
         """Offers by priority (highest first), then code."""
         self.ready()
         t = self.t("offers")
-        q = (
-            sa.select(t)
-            .where(t.c.workspace_id == self.workspace)
-            .order_by(t.c.priority.desc(), t.c.code)
-            .limit(limit)
-        )
+        q = sa.select(t).where(t.c.workspace_id == self.workspace).order_by(t.c.priority.desc(), t.c.code).limit(limit)
         if status is not None:
             q = q.where(t.c.status == status)
         with self.db.read() as conn:
             return [self._from_row(r._mapping) for r in conn.execute(q)]
 
-    def active(self, at: datetime | None = None, *, channel: str | None = None) -> list[Offer]:
+    def active(self, at: datetime | None = None, *, channel: str | None = None) -> builtins.list[Offer]:
         """Offers live at ``at`` (default now), optionally on ``channel``; highest priority first."""
         when = self.crm.now() if at is None else aware_datetime(at, "at")
         if channel is not None and not isinstance(channel, str):

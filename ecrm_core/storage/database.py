@@ -93,9 +93,7 @@ class Database:
         self.metadata = build_metadata(self.naming)
         self._schema_ok = False
         self._lock = threading.Lock()
-        self.tables: dict[str, sa.Table] = {
-            name: self.metadata.tables[self._key(name)] for name in CORE_TABLES
-        }
+        self.tables: dict[str, sa.Table] = {name: self.metadata.tables[self._key(name)] for name in CORE_TABLES}
 
     def bind(self, connection: sa.Connection) -> Database:
         """This database, working on the host's ``connection`` (shared tables)."""

@@ -7,7 +7,7 @@ and several CRMs with different prefixes can live in one process.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -48,7 +48,7 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime reached the database layer; ecrm stores aware datetimes only")
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
@@ -56,7 +56,8 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if isinstance(value, str):  # raw SQL paths on SQLite
             value = datetime.fromisoformat(value)
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        result: datetime = value
+        return result.replace(tzinfo=UTC) if result.tzinfo is None else result.astimezone(UTC)
 
 
 class Amount(TypeDecorator[Decimal]):
@@ -91,7 +92,8 @@ def build_metadata(naming: Naming) -> sa.MetaData:
         target = f"{naming.schema}.{t(table)}.id" if naming.schema else f"{t(table)}.id"
         return sa.ForeignKey(target, ondelete=ondelete)
 
-    ws = lambda: sa.Column("workspace_id", sa.String(64), nullable=False)  # noqa: E731
+    def ws() -> sa.Column[str]:
+        return sa.Column("workspace_id", sa.String(64), nullable=False)
 
     sa.Table(
         t("workspaces"),
@@ -161,7 +163,10 @@ def build_metadata(naming: Naming) -> sa.MetaData:
         interactions.c.occurred_at,
     )
     sa.Index(
-        f"ix_{t('interactions')}_ws_kind_time", interactions.c.workspace_id, interactions.c.kind, interactions.c.occurred_at
+        f"ix_{t('interactions')}_ws_kind_time",
+        interactions.c.workspace_id,
+        interactions.c.kind,
+        interactions.c.occurred_at,
     )
     sa.Index(
         f"uq_{t('interactions')}_ws_key",

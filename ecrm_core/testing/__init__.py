@@ -108,7 +108,7 @@ class CapturingChannel:
                     ChannelSpec(
                         name=channel.name,
                         factory=lambda crm: channel,
-                        capabilities=frozenset({"templates"}),
+                        capabilities=frozenset(["templates"]),
                         description="captures messages in memory (tests)",
                     )
                 ]
@@ -127,7 +127,7 @@ def make_crm(path: Path, **options: Any) -> CRM:
     """
     options.setdefault("load_entrypoints", False)
     crm = CRM(f"sqlite:///{path}", **options)
-    key = tuple(sorted(f"{k}={v}" for k, v in crm.migration_locations().items())) + (crm.db.naming.prefix,)
+    key = (*sorted(f"{k}={v}" for k, v in crm.migration_locations().items()), crm.db.naming.prefix)
     template = _TEMPLATES.get(key)
     if template is None or not template.exists():
         crm.upgrade()

@@ -11,7 +11,7 @@ Run it:  python examples/shop/app.py [path/to/shop.db]
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
@@ -53,7 +53,7 @@ def place_order(engine: sa.Engine, crm: CRM, user_id: str, email: str, total: st
     """Write the order and tell the CRM, atomically."""
     with engine.begin() as conn:
         order_id = conn.execute(
-            orders.insert().values(user_id=user_id, total=Decimal(total), placed_at=datetime.now(timezone.utc))
+            orders.insert().values(user_id=user_id, total=Decimal(total), placed_at=datetime.now(UTC))
         ).inserted_primary_key[0]
         shop_crm = crm.using(conn)  # ecrm joins this transaction
         customer = shop_crm.customers.upsert(external_id=user_id, email=email)
@@ -91,8 +91,12 @@ def main(path: str = "shop.db") -> None:
     with engine.connect() as conn:
         n_orders = conn.execute(sa.select(sa.func.count()).select_from(orders)).scalar_one()
     print(f"orders in the shop: {n_orders}")
-    print(f"customer {ada.id} ({ada.email}): stage={ada.lifecycle_stage} has_ordered={ada.attributes.get('has_ordered')}")
-    print(f"purchases known to the CRM: {sum(s.count for s in view.summary if s.kind == 'purchase')}, spent {spent} EUR")
+    print(
+        f"customer {ada.id} ({ada.email}): stage={ada.lifecycle_stage} has_ordered={ada.attributes.get('has_ordered')}"
+    )
+    print(
+        f"purchases known to the CRM: {sum(s.count for s in view.summary if s.kind == 'purchase')}, spent {spent} EUR"
+    )
     crm.close()
 
 

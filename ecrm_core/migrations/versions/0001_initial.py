@@ -7,7 +7,7 @@ Create Date: 2026-11-22
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -35,7 +35,7 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime(), nullable=False),
         schema=schema,
     )
-    op.bulk_insert(workspaces, [{"id": "default", "name": "Default", "created_at": datetime.now(timezone.utc)}])
+    op.bulk_insert(workspaces, [{"id": "default", "name": "Default", "created_at": datetime.now(UTC)}])
 
     op.create_table(
         t("customers"),
@@ -96,10 +96,17 @@ def upgrade() -> None:
         schema=schema,
     )
     op.create_index(
-        f"ix_{t('interactions')}_ws_kind_time", t("interactions"), ["workspace_id", "kind", "occurred_at"], schema=schema
+        f"ix_{t('interactions')}_ws_kind_time",
+        t("interactions"),
+        ["workspace_id", "kind", "occurred_at"],
+        schema=schema,
     )
     op.create_index(
-        f"uq_{t('interactions')}_ws_key", t("interactions"), ["workspace_id", "idempotency_key"], unique=True, schema=schema
+        f"uq_{t('interactions')}_ws_key",
+        t("interactions"),
+        ["workspace_id", "idempotency_key"],
+        unique=True,
+        schema=schema,
     )
 
     op.create_table(
@@ -148,7 +155,9 @@ def upgrade() -> None:
         sa.Column("details", sa.JSON, nullable=False),
         schema=schema,
     )
-    op.create_index(f"ix_{t('audit_log')}_entity", t("audit_log"), ["workspace_id", "entity", "entity_id"], schema=schema)
+    op.create_index(
+        f"ix_{t('audit_log')}_entity", t("audit_log"), ["workspace_id", "entity", "entity_id"], schema=schema
+    )
 
 
 def downgrade() -> None:
