@@ -35,6 +35,7 @@ class _Shared:
         self.clock = clock
         self.registry: Registry | None = None
         self.listening: weakref.WeakSet[sa.Connection] = weakref.WeakSet()
+        self.tables_from: set[str] = set()
         self.lock = threading.Lock()
         self.closed = False
 
@@ -91,7 +92,7 @@ class CRM:
         self.workspace = check_slug(workspace, "workspace", "workspace id")
         self._build_services()
         self._shared.registry = self._collect_registry()
-        self.db.add_tables(lambda md, naming: manager.collect("ecrm_register_tables", metadata=md, naming=naming))
+        self._add_plugin_tables()
         manager.notify("ecrm_startup", crm=self)
 
     def _build_services(self) -> None:
@@ -158,10 +159,19 @@ class CRM:
         self._refresh_registry()
 
     def _refresh_registry(self) -> None:
-        registry = self._collect_registry()
+        self._shared.registry = self._collect_registry()
+        self._add_plugin_tables()
+
+    def _add_plugin_tables(self) -> None:
+        """Let plugins that have not done so yet define their tables (once each)."""
         manager = self._shared.plugins
-        self.db.add_tables(lambda md, naming: manager.collect("ecrm_register_tables", metadata=md, naming=naming))
-        self._shared.registry = registry
+        done = self._shared.tables_from
+        new = {i.plugin_name for i in manager.pm.hook.ecrm_register_tables.get_hookimpls()} - done
+        if new:
+            self.db.add_tables(
+                lambda md, naming: manager.collect("ecrm_register_tables", only=new, metadata=md, naming=naming)
+            )
+            done |= new
 
     @property
     def registry(self) -> Registry:

@@ -81,13 +81,20 @@ class BatchError(EcrmError):
     index in the input and, for file imports, its line number.
     """
 
-    def __init__(self, errors: Sequence[RowError], total: int | None = None) -> None:
+    def __init__(self, errors: Sequence[RowError], total: int | None = None, committed: int = 0) -> None:
         self.errors = list(errors)
+        #: Rows stored by earlier batches before this error (``atomic=False`` only).
+        self.committed = committed
         shown = "; ".join(str(e) for e in self.errors[:5])
         more = f" (and {len(self.errors) - 5} more)" if len(self.errors) > 5 else ""
         of = f" of {total}" if total is not None else ""
+        stored = (
+            "nothing was stored"
+            if not committed
+            else f"{committed} row(s) of earlier batches were committed (atomic=False), the rest was not stored"
+        )
         super().__init__(
-            f"{len(self.errors)} row(s){of} rejected, nothing was stored: {shown}{more}. "
+            f"{len(self.errors)} row(s){of} rejected, {stored}: {shown}{more}. "
             "Fix the rows, or pass on_error='skip' to store the valid rows and get the rejected ones back."
         )
 

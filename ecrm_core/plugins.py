@@ -229,14 +229,18 @@ class Plugins:
     def has_impls(self, hook: str) -> bool:
         return bool(getattr(self.pm.hook, hook).get_hookimpls())
 
-    def collect(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
+    def collect(self, hook: str, *, only: Iterable[str] | None = None, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call a registration hook on every plugin; return ``(plugin, result)`` pairs.
 
-        A plugin whose implementation raises is recorded as a failure and
-        skipped, like an event hook: one broken plugin must not stop the host.
+        ``only`` limits the call to the named plugins.  A plugin whose
+        implementation raises is recorded as a failure and skipped, like an
+        event hook: one broken plugin must not stop the host.
         """
         out = []
+        names = None if only is None else set(only)
         for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+            if names is not None and impl.plugin_name not in names:
+                continue
             try:
                 result = impl.function(*[kwargs[a] for a in impl.argnames])
             except Exception as exc:

@@ -41,7 +41,10 @@ __all__ = [
 MAX_PROPERTIES_BYTES = 16 * 1024
 
 _MIN_YEAR, _MAX_YEAR = 1900, 2200
-_MAX_AMOUNT = Decimal("1e15")
+# Amounts must round-trip exactly through every backend, SQLite's REAL
+# included (15 significant digits): at most 4 decimals, below 10^11.
+_MAX_AMOUNT = Decimal("1e11")
+_AMOUNT_DECIMALS = 4
 _SLUG = re.compile(r"^[a-z][a-z0-9_]*(?:[.:-][a-z0-9_]+)*$")
 
 
@@ -141,7 +144,12 @@ def check_amount(value: Any, field: str = "amount") -> Decimal:
     if not result.is_finite():
         raise ValidationError(field, value, "not a finite number", "send a real amount such as 12.50")
     if abs(result) >= _MAX_AMOUNT:
-        raise ValidationError(field, value, "amount too large", "send amounts below 10^15")
+        raise ValidationError(field, value, "amount too large", "send amounts below 10^11")
+    exponent = result.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -_AMOUNT_DECIMALS and result != result.quantize(Decimal("1e-4")):
+        raise ValidationError(
+            field, value, f"more than {_AMOUNT_DECIMALS} decimal places", "round the amount to at most 4 decimals"
+        )
     return result
 
 

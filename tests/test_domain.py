@@ -67,7 +67,7 @@ def test_interaction_requires_aware_time():
         Interaction(kind="page_view", occurred_at=datetime(1, 1, 1, tzinfo=UTC))
 
 
-@pytest.mark.parametrize("amount", [float("nan"), float("inf"), "NaN", "abc", True, Decimal("Infinity"), 10**16])
+@pytest.mark.parametrize("amount", [float("nan"), float("inf"), "NaN", "abc", True, Decimal("Infinity"), 10**16, "0.00001", 10**11])
 def test_interaction_rejects_bad_amounts(amount):
     with pytest.raises(ValidationError) as info:
         Interaction(kind="purchase", occurred_at=datetime.now(UTC), amount=amount, currency="EUR")

@@ -309,6 +309,13 @@ class Customers(Service):
         now = self.crm.now()
         c, identity = self._build(fields, now)
         with self.db.write() as conn:
+            owners = self._resolve(conn, identity)
+            for al in identity:
+                if al in owners:
+                    raise Conflict(
+                        f"{al.kind} {al.value!r} already belongs to customer {owners[al]}; update that customer, "
+                        "or use crm.customers.upsert(...) to create-or-update by identity"
+                    )
             cid: int = conn.execute(sa.insert(self.t("customers")).values(self._row(c))).inserted_primary_key[0]  # type: ignore[index]
             self._claim(conn, cid, identity, now)
             self._consent_events(conn, cid, {}, c.consent)
@@ -347,7 +354,11 @@ class Customers(Service):
             new_consent = Customer(consent=data["consent"]).consent
             data["consent"] = {
                 **current.consent,
-                **{ch: s if s.at else attrs.evolve(s, at=now) for ch, s in new_consent.items()},
+                **{
+                    ch: s if s.at else attrs.evolve(s, at=now)
+                    for ch, s in new_consent.items()
+                    if ch not in current.consent or current.consent[ch].status != s.status
+                },
             }
         after = attrs.evolve(current, **data)
         if after == current:

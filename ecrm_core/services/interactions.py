@@ -232,12 +232,12 @@ class Interactions(Service):
                 else:
                     done = True
                 if errors and on_error == "raise":
-                    raise BatchError(errors, index) from _committed_note(state.stored)
+                    raise BatchError(errors, index, committed=state.stored)
                 if batch:
                     with self.db.write() as conn:
                         flush(conn, batch)
                         if errors and on_error == "raise":
-                            raise BatchError(errors, index) from _committed_note(state.stored - len(batch))
+                            raise BatchError(errors, index, committed=state.stored - len(batch))
                     for b in state.batches:
                         self.crm.emit("ecrm_interactions_recorded", batch=b)
                     state.batches.clear()
@@ -369,10 +369,6 @@ class Interactions(Service):
             q = q.where(i.c.kind == self.crm.check_kind(kind))
         with self.db.read() as conn:
             return int(conn.execute(q).scalar_one())
-
-
-def _committed_note(n: int) -> EcrmError:
-    return EcrmError(f"{n} row(s) in earlier batches were committed before this batch failed (atomic=False)")
 
 
 class _TrackState:
@@ -575,7 +571,7 @@ class _TrackState:
         for p in batch:
             cid = resolved.get(p.ref)
             if cid is None:
-                what = "customer" if isinstance(p.ref, int) else f"customer with {p.ref.kind} {p.ref.value!r}"
+                what = "customer" if isinstance(p.ref, int) else f"customer with {p.ref.kind}"
                 self.errors.append(RowError(p.index, NotFound(what, p.ref if isinstance(p.ref, int) else p.ref.value)))
                 continue
             p.values[1] = cid
