@@ -143,3 +143,17 @@ def test_plugin_tables_follow_the_prefix(tmp_path):
     crm.upgrade()
     assert "x_notes" in sa.inspect(crm.db.engine).get_table_names()
     assert crm.db.tables["notes"].name == "x_notes"
+
+
+def test_registering_another_plugin_keeps_plugin_tables(crm_factory):
+    crm = crm_factory(plugins=[NotesPlugin()])
+
+    class Other:
+        @hookimpl
+        def ecrm_startup(self, crm):
+            pass
+
+    crm.register_plugin(Other(), name="other")
+    crm.unregister_plugin("other")
+    assert list(crm.plugins.failures) == []  # ecrm_register_tables ran once per plugin
+    assert crm.db.tables["notes"].name == "ecrm_notes"
