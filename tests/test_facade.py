@@ -343,3 +343,13 @@ def test_offers(crm):
     crm.offers.delete("old")
     with pytest.raises(NotFound):
         crm.offers.get("old")
+
+
+def test_malformed_aliases_are_row_errors(crm):
+    result = crm.customers.upsert_many(
+        [{"email": "a@example.com", "aliases": ["abc"]}, {"email": "b@example.com", "aliases": [("anonymous", "c1")]}],
+        on_error="skip",
+    )
+    assert len(result.created) == 1 and "aliases[0]" in str(result.errors[0])
+    with pytest.raises(ValidationError, match="not a list"):
+        crm.customers.create(email="c@example.com", aliases="anonymous:c2")

@@ -44,6 +44,23 @@ def _unknown(fields: Iterable[str], allowed: Iterable[str], where: str = "") -> 
             raise ValidationError(f"{where}{name}", name, "unknown field", f"{hint}known fields: {', '.join(allowed)}")
 
 
+def _aliases(value: Any) -> list[Alias]:
+    """``aliases=`` as given by a caller: Alias objects or (kind, value) pairs."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
+        raise ValidationError("aliases", value, "not a list", "send a list of Alias objects or (kind, value) pairs")
+    out = []
+    for i, al in enumerate(value):
+        if isinstance(al, Alias):
+            out.append(al)
+        elif isinstance(al, (list, tuple)) and len(al) == 2:
+            out.append(Alias(*al))
+        else:
+            raise ValidationError(f"aliases[{i}]", al, "not a kind/value pair", "send e.g. ('anonymous', 'cookie-123')")
+    return out
+
+
 def _consent_json(consent: Mapping[str, Consent]) -> dict[str, Any]:
     return {
         ch: {"status": c.status, "at": c.at.isoformat() if c.at else None, "source": c.source}
@@ -253,13 +270,14 @@ class Customers(Service):
     def _build(self, fields: Mapping[str, Any], now: datetime) -> tuple[Customer, builtins.list[Alias]]:
         _unknown(fields, _UPSERT_KEYS)
         data = dict(fields)
-        extra = [al if isinstance(al, Alias) else Alias(*al) for al in data.pop("aliases", None) or ()]
-        try:
-            c = Customer(workspace=self.workspace, created_at=now, updated_at=now, **data)
-        except TypeError as exc:  # pragma: no cover - guarded by _unknown
-            raise ValidationError("customer", fields, str(exc), "check the field names") from None
+        extra = _aliases(data.pop("aliases", None))
+        if data.get("consent"):
+            # Stamp decisions without a time with "now" before building, so
+            # the Customer (and its e-mail/phone validation) is built once.
+            stamped = Customer(consent=data["consent"]).consent
+            data["consent"] = {ch: s if s.at else attrs.evolve(s, at=now) for ch, s in stamped.items()}
+        c = Customer(workspace=self.workspace, created_at=now, updated_at=now, **data)
         self.crm.check_stage(c.lifecycle_stage)
-        c = attrs.evolve(c, consent={ch: s if s.at else attrs.evolve(s, at=now) for ch, s in c.consent.items()})
         return c, self._identity(c, extra)
 
     def _row(self, c: Customer) -> dict[str, Any]:
@@ -281,7 +299,14 @@ class Customers(Service):
     def _consent_events(
         self, conn: sa.Connection, cid: int, before: Mapping[str, Consent], after: Mapping[str, Consent]
     ) -> None:
-        rows = [
+        rows = self._consent_rows(cid, before, after)
+        if rows:
+            conn.execute(sa.insert(self.t("consent_events")), rows)
+
+    def _consent_rows(
+        self, cid: int, before: Mapping[str, Consent], after: Mapping[str, Consent]
+    ) -> builtins.list[dict[str, Any]]:
+        return [
             {
                 "workspace_id": self.workspace,
                 "customer_id": cid,
@@ -293,8 +318,6 @@ class Customers(Service):
             for ch, s in after.items()
             if before.get(ch) is None or before[ch].status != s.status
         ]
-        if rows:
-            conn.execute(sa.insert(self.t("consent_events")), rows)
 
     def create(self, **fields: Any) -> Customer:
         """Store a new customer and return it (with its id).
@@ -543,6 +566,7 @@ class Customers(Service):
                 .all()
             )
             alias_rows = []
+            consent_rows: builtins.list[dict[str, Any]] = []
             for new_id, (_, c, identity) in zip(new_ids, new, strict=True):
                 created.append(attrs.evolve(c, id=new_id))
                 alias_rows += [
@@ -555,8 +579,10 @@ class Customers(Service):
                     }
                     for al in identity
                 ]
-                self._consent_events(conn, new_id, {}, c.consent)
+                consent_rows += self._consent_rows(new_id, {}, c.consent)
             conn.execute(sa.insert(self.t("aliases")), alias_rows)
+            if consent_rows:
+                conn.execute(sa.insert(self.t("consent_events")), consent_rows)
         if updates:
             t = self.t("customers")
             current = {r.id: self._from_row(r) for r in conn.execute(self._select().where(t.c.id.in_(list(updates))))}
@@ -567,7 +593,7 @@ class Customers(Service):
                     try:
                         sp = conn.begin_nested()
                         change = self._apply(conn, state, {k: v for k, v in row.items() if k != "aliases"}, now)
-                        extra = [al if isinstance(al, Alias) else Alias(*al) for al in row.get("aliases") or ()]
+                        extra = _aliases(row.get("aliases"))
                         self._claim(conn, owner, extra, now)
                         sp.commit()
                     except EcrmError as exc:

@@ -336,7 +336,6 @@ class Interactions(Service):
         )
         with self.db.read() as conn:
             rows = conn.execute(q).all()
-        utc = sa.DateTime(timezone=True)
         from ..storage import UTCDateTime
 
         conv = UTCDateTime().process_result_value
@@ -352,7 +351,6 @@ class Interactions(Service):
             )
             for r in rows
         )
-        del utc
         assert customer.id is not None
         return CustomerView(
             customer=customer,
