@@ -1,0 +1,1 @@
+"""Alembic migrations of the ``ecrm_stats`` branch."""

@@ -1,0 +1,1 @@
+"""Revisions of the ``ecrm_stats`` branch (an Alembic version directory)."""
