@@ -36,6 +36,7 @@ class _Shared:
         self.registry: Registry | None = None
         self.listening: weakref.WeakSet[sa.Connection] = weakref.WeakSet()
         self.tables_from: set[str] = set()
+        self.root_db: Database | None = None
         self.lock = threading.Lock()
         self.closed = False
 
@@ -89,6 +90,7 @@ class CRM:
         manager = Plugins()
         manager.load(plugins=plugins, entrypoints=load_entrypoints, enable=enable, disable=disable)
         self._shared = _Shared(manager, clock or _system_clock)
+        self._shared.root_db = self.db
         self.workspace = check_slug(workspace, "workspace", "workspace id")
         self._build_services()
         self._shared.registry = self._collect_registry()
@@ -251,7 +253,10 @@ class CRM:
             return
         conn = self.db.connection
         if conn is not None and conn.in_transaction():
-            self._defer(conn, lambda: plugins.notify(hook, crm=self, **kwargs))
+            # Listeners run after the host's commit, on the CRM's own engine
+            # connections (not inside the host's finished transaction).
+            base = self._view(db=self._shared.root_db)
+            self._defer(conn, lambda: plugins.notify(hook, crm=base, **kwargs))
         else:
             plugins.notify(hook, crm=self, **kwargs)
 
@@ -264,7 +269,15 @@ class CRM:
             self._shared.listening.add(conn)
 
         def on_commit(c: sa.Connection) -> None:
-            for f in c.info.pop("ecrm_pending_events", []):
+            pending = c.info.pop("ecrm_pending_events", [])
+            if not pending:
+                return
+            # SQLAlchemy's "commit" event comes *before* the DBAPI commit:
+            # commit now, so listeners only ever see durable data (a failing
+            # COMMIT raises here, to the host, and no event fires).  The
+            # DBAPI commit SQLAlchemy issues next finds nothing to do.
+            c.connection.dbapi_connection.commit()  # type: ignore[union-attr]
+            for f in pending:
                 f()
 
         def on_rollback(c: sa.Connection) -> None:

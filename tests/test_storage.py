@@ -157,3 +157,22 @@ def test_registering_another_plugin_keeps_plugin_tables(crm_factory):
     crm.unregister_plugin("other")
     assert list(crm.plugins.failures) == []  # ecrm_register_tables ran once per plugin
     assert crm.db.tables["notes"].name == "ecrm_notes"
+
+
+def test_deferred_events_see_durable_data_and_can_write(tmp_path):
+    """Listeners of a joined transaction run after the host's COMMIT, on their own connections."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'host.db'}")
+    seen = []
+
+    class Follower:
+        @hookimpl
+        def ecrm_customers_created(self, crm, customers):
+            seen.append(crm.customers.count())  # another connection: sees committed data only
+            crm.customers.update(customers[0].id, attributes={"welcomed": True})  # its own write
+
+    crm = CRM(engine=engine, load_entrypoints=False, plugins=[Follower()])
+    crm.upgrade()
+    with engine.connect() as conn, conn.begin():
+        c = crm.using(conn).customers.create(email="a@example.com")
+    assert seen == [1]
+    assert crm.customers.get(c.id).attributes["welcomed"] is True
