@@ -95,6 +95,8 @@ def aware_datetime(value: Any, field: str) -> datetime:
     with an offset (``2024-05-01T12:00:00+09:00`` or ``...Z``).  Naive values
     are rejected: ecrm never guesses a timezone.
     """
+    if type(value) is datetime and value.tzinfo is UTC and _MIN_YEAR <= value.year <= _MAX_YEAR:
+        return value  # the common case on bulk paths: already aware UTC
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -175,20 +177,24 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+# One encoder for every call: json.dumps with options builds a new one each time.
+_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), sort_keys=True, allow_nan=False, ensure_ascii=False, default=_json_default
+)
+
+
 def properties_json(value: Any, field: str = "properties", limit: int = MAX_PROPERTIES_BYTES) -> str:
     """Return the canonical JSON text of a properties mapping, or raise.
 
     Keys must be strings, values JSON types (no NaN/Infinity), and the
     encoding at most ``limit`` bytes.
     """
-    if value is None:
+    if value is None or (type(value) is dict and not value):
         return "{}"
     if not isinstance(value, Mapping):
         raise ValidationError(field, value, "not a mapping", "send an object of key/value pairs")
     try:
-        text = json.dumps(
-            value, separators=(",", ":"), sort_keys=True, allow_nan=False, ensure_ascii=False, default=_json_default
-        )
+        text = _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise ValidationError(
             field,

@@ -47,6 +47,7 @@ ROW_KEYS = (
     "properties",
     "idempotency_key",
 )
+_ROW_KEY_SET = frozenset(ROW_KEYS)
 _REF_KEYS = (("external_id", "external"), ("email", "email"), ("phone", "phone"), ("anonymous_id", "anonymous"))
 _INSERT_COLUMNS = (
     "workspace_id",
@@ -418,10 +419,12 @@ class _TrackState:
         else:
             if not isinstance(row, Mapping):
                 raise ValidationError("row", row, "not an object", "send one mapping per interaction")
-            for k in row:
-                if k not in ROW_KEYS:
-                    import difflib
+            if not _ROW_KEY_SET.issuperset(row.keys()):
+                import difflib
 
+                for k in row:
+                    if k in _ROW_KEY_SET:
+                        continue
                     close = difflib.get_close_matches(str(k), ROW_KEYS, n=1)
                     hint = f"did you mean {close[0]!r}? " if close else ""
                     raise ValidationError(str(k), row[k], "unknown field", f"{hint}fields: {', '.join(ROW_KEYS)}")
@@ -451,11 +454,13 @@ class _TrackState:
             if key is not None:
                 check_key(key)
             ref = self._ref(row)
+        # The stored text form on SQLite (UTC, always with microseconds).
+        text_at = occurred_at.replace(tzinfo=None).isoformat(" ", "microseconds")
         if key is not None:
             h = hashlib.blake2b(
                 # A time ecrm filled in (no occurred_at sent) is not part of the
                 # payload: a retry of the same event must match.
-                f"{ref}|{kind}|{channel}|{occurred_at.isoformat() if stamped else ''}|{amount}|{currency}|{props}".encode(),
+                f"{ref}|{kind}|{channel}|{text_at if stamped else ''}|{amount}|{currency}|{props}".encode(),
                 digest_size=16,
             ).hexdigest()
             prev = self.seen_keys.get(key)
@@ -467,7 +472,7 @@ class _TrackState:
             self.seen_keys[key] = h
         else:
             h = None
-        dt = _sqlite_dt(occurred_at.replace(tzinfo=None)) if self.sqlite else occurred_at
+        dt = text_at if self.sqlite else occurred_at
         amt = (str(amount) if self.sqlite else amount) if amount is not None else None
         values = [self.ws, None, None, kind, channel, dt, amt, currency, props, key, h, self.now_db]
         summary = {
@@ -541,11 +546,23 @@ class _TrackState:
         if ids:
             c = self.svc.t("customers")
             vals = sorted(ids)
-            for i in range(0, len(vals), 30000):
-                q = sa.select(c.c.id, sa.func.coalesce(c.c.merged_into, c.c.id)).where(
-                    c.c.workspace_id == self.ws, c.c.id.in_(vals[i : i + 30000])
+            if self.sqlite:
+                # One JSON parameter instead of thousands of bound ids.
+                import json
+
+                wanted = sa.select(sa.column("value", sa.Integer)).select_from(
+                    sa.func.json_each(sa.bindparam("ids", type_=sa.String))
                 )
-                out.update((r[0], r[1]) for r in conn.execute(q))
+                q = sa.select(c.c.id, sa.func.coalesce(c.c.merged_into, c.c.id)).where(
+                    c.c.workspace_id == self.ws, c.c.id.in_(wanted)
+                )
+                out.update((r[0], r[1]) for r in conn.execute(q, {"ids": json.dumps(vals)}).all())
+            else:
+                for i in range(0, len(vals), 30000):
+                    q = sa.select(c.c.id, sa.func.coalesce(c.c.merged_into, c.c.id)).where(
+                        c.c.workspace_id == self.ws, c.c.id.in_(vals[i : i + 30000])
+                    )
+                    out.update((r[0], r[1]) for r in conn.execute(q).all())
         if aliases:
             view = self.crm.using(conn)
             found = view.customers._resolve(conn, aliases)
