@@ -179,7 +179,12 @@ def _json_default(value: Any) -> Any:
 
 # One encoder for every call: json.dumps with options builds a new one each time.
 _ENCODER = json.JSONEncoder(
-    separators=(",", ":"), sort_keys=True, allow_nan=False, ensure_ascii=False, default=_json_default
+    separators=(",", ":"),
+    sort_keys=True,
+    allow_nan=False,
+    ensure_ascii=False,
+    check_circular=False,  # a cycle or absurd nesting ends in RecursionError, reported as a ValidationError
+    default=_json_default,
 )
 
 
@@ -195,6 +200,13 @@ def properties_json(value: Any, field: str = "properties", limit: int = MAX_PROP
         raise ValidationError(field, value, "not a mapping", "send an object of key/value pairs")
     try:
         text = _ENCODER.encode(value)
+    except RecursionError:
+        raise ValidationError(
+            field,
+            "<cyclic or nested too deeply>",
+            "not JSON-serialisable (cyclic or nested too deeply)",
+            "send flat data",
+        ) from None
     except (TypeError, ValueError) as exc:
         raise ValidationError(
             field,

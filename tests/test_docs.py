@@ -169,11 +169,22 @@ def test_doc_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_there_are_examples() -> None:
     pages = {p.name for p in doc_pages()}
-    for name in ("index.md", "quickstart.md", "domain.md", "storage.md", "api.md", "hooks.md", "plugins.md", "testing.md"):
+    for name in (
+        "index.md",
+        "quickstart.md",
+        "domain.md",
+        "storage.md",
+        "api.md",
+        "hooks.md",
+        "plugins.md",
+        "testing.md",
+    ):
         assert name in pages, f"docs/{name} is missing"
         text = (DOCS / name).read_text(encoding="utf-8")
         if name != "index.md":
-            assert any(info.split()[:1] == ["python"] for info, _, _ in code_blocks(text)), f"docs/{name} has no example"
+            assert any(info.split()[:1] == ["python"] for info, _, _ in code_blocks(text)), (
+                f"docs/{name} has no example"
+            )
 
 
 # ---------------------------------------------------------------------------

@@ -67,7 +67,9 @@ def test_interaction_requires_aware_time():
         Interaction(kind="page_view", occurred_at=datetime(1, 1, 1, tzinfo=UTC))
 
 
-@pytest.mark.parametrize("amount", [float("nan"), float("inf"), "NaN", "abc", True, Decimal("Infinity"), 10**16, "0.00001", 10**11])
+@pytest.mark.parametrize(
+    "amount", [float("nan"), float("inf"), "NaN", "abc", True, Decimal("Infinity"), 10**16, "0.00001", 10**11]
+)
 def test_interaction_rejects_bad_amounts(amount):
     with pytest.raises(ValidationError) as info:
         Interaction(kind="purchase", occurred_at=datetime.now(UTC), amount=amount, currency="EUR")
@@ -106,3 +108,16 @@ def test_offer_validity_window():
         Offer(code="x", name="X", status="live")
     with pytest.raises(ValidationError):
         Offer(code="x", name="X", priority=True)
+
+
+def test_cyclic_or_absurdly_nested_properties_are_clear_errors():
+    cyclic: dict = {}
+    cyclic["self"] = cyclic
+    deep: dict = {}
+    node = deep
+    for _ in range(10_000):
+        node["x"] = {}
+        node = node["x"]
+    for value in (cyclic, deep):
+        with pytest.raises(ValidationError, match="not JSON-serialisable"):
+            Interaction(kind="page_view", occurred_at=datetime.now(UTC), properties=value)

@@ -413,7 +413,10 @@ class Customers(Service):
 
     def set_consent(self, customer_id: int, channel: str, granted: bool, *, source: str | None = None) -> Customer:
         """Record a consent decision for ``channel`` (kept in the consent history)."""
-        return self.update(customer_id, consent={channel: Consent("granted" if granted else "denied", at=self.crm.now(), source=source)})
+        return self.update(
+            customer_id,
+            consent={channel: Consent("granted" if granted else "denied", at=self.crm.now(), source=source)},
+        )
 
     def upsert(self, **fields: Any) -> Customer:
         """Create the customer, or update the one that has its identity.
