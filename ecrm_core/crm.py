@@ -221,22 +221,11 @@ class CRM:
 
     def check_kind(self, kind: Any, field: str = "kind") -> str:
         """Return ``kind`` if a plugin registered it, else raise with a suggestion."""
-        kinds = self.registry.interaction_kinds
-        if kind in kinds:
-            return kind  # type: ignore[no-any-return]
-        close = difflib.get_close_matches(str(kind), kinds, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValidationError(
-            field, kind, "unknown interaction kind", f"{hint}known kinds: {', '.join(sorted(kinds))} (plugins add more)"
-        )
+        return _registered(kind, self.registry.interaction_kinds, field, "interaction kind")
 
     def check_stage(self, stage: Any, field: str = "lifecycle_stage") -> str:
-        stages = self.registry.lifecycle_stages
-        if stage in stages:
-            return stage  # type: ignore[no-any-return]
-        close = difflib.get_close_matches(str(stage), stages, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValidationError(field, stage, "unknown lifecycle stage", f"{hint}stages: {', '.join(stages)}")
+        """Return ``stage`` if a plugin registered it, else raise with a suggestion."""
+        return _registered(stage, self.registry.lifecycle_stages, field, "lifecycle stage")
 
     # ------------------------------------------------------------------
     # events
@@ -329,6 +318,16 @@ class CRM:
     def __repr__(self) -> str:
         url = self.db.engine.url.render_as_string(hide_password=True)
         return f"<CRM {url} workspace={self.workspace!r} plugins={len(self.plugins.loaded())}>"
+
+
+def _registered(name: Any, known: Mapping[str, Any], field: str, what: str) -> str:
+    if name in known:
+        return name  # type: ignore[no-any-return]
+    close = difflib.get_close_matches(str(name), known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ValidationError(
+        field, name, f"unknown {what}", f"{hint}known: {', '.join(sorted(known))} (plugins register more)"
+    )
 
 
 def _with_plugin(item: Any, plugin: str) -> Any:
