@@ -745,7 +745,7 @@ def _unexpected(
         pos = prev.end if prev is not None else len(text)
     want = _expected_words(expected)
     got = _got_words(kind, value)
-    problem = f"expected {want}, got {got}"
+    problem = f"expected {want}" if kind == "$END" else f"expected {want}, got {got}"
     fail = functools.partial(_error, text)
 
     # an operator that is not one: >==, =>, <>
@@ -796,6 +796,8 @@ def _unexpected(
             if guess:
                 return fail(pos, problem, f'did you mean "{guess[0]}"?')
             return fail(pos, problem, f'text values go in quotes: "{value}"')
+        if kind in ("LPAR", "LSQB"):
+            return fail(pos, problem, 'a list of values only follows in / not in, e.g. country in ("KR", "JP")')
         if kind == "DURATION":
             return fail(
                 pos,
@@ -880,10 +882,17 @@ def _unexpected(
     if "DOT" in expected and "RSQB" not in expected:
         return fail(pos, problem, 'after the filters name the aggregate, e.g. purchase[channel == "web"].count(30d)')
 
+    if expected <= {"RPAR", "RANGE"} and prev is not None and prev.kind == "num":
+        return fail(pos, problem, 'close the window with ")", e.g. purchase.count(90d) or purchase.count(210d..30d)')
+    if expected == {"LPAR"} and prev is not None and prev.kind in ("word", "qname"):
+        return fail(pos, problem, f"an aggregate is called with parentheses, e.g. {prev.value}() or {prev.value}(90d)")
+    if expected <= {"IDENT", "QNAME"} and prev is not None and prev.value == ".":
+        return fail(pos, problem, 'write a name after ".", e.g. attributes.country or purchase.count()')
     if kind == "$END" and brackets.unclosed:
         b = brackets.unclosed[-1]
-        return fail(pos, problem, f'close the "{b.value}" opened at column {_Lines(text).at(b.start)[1]}')
-    return fail(pos, problem, f"see docs/rules.md for the syntax, e.g. {_EXAMPLE}")
+        line, column = _Lines(text).at(b.start)
+        return fail(pos, problem, f'close the "{b.value}" opened at line {line}, column {column}')
+    return fail(pos, problem, f"write {want} here")
 
 
 # ---------------------------------------------------------------------------
