@@ -8,11 +8,17 @@ setup is untouched.
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import context
 
 config = context.config
 connection = config.attributes["connection"]
 naming = config.attributes["naming"]
+
+if naming.schema and connection.dialect.name != "sqlite":
+    # ``CRM(schema=...)`` names a schema that may not exist yet: create it
+    # (in the migration's transaction) so the version table can go there.
+    connection.execute(sa.schema.CreateSchema(naming.schema, if_not_exists=True))
 
 context.configure(
     connection=connection,

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from ..domain import CUSTOMER_WRITABLE, Alias, Consent, Customer, CustomerChange, MergeRecord
 from ..errors import BatchError, Conflict, EcrmError, NotFound, RowError, ValidationError
-from ..validation import thaw
+from ..validation import check_text, thaw
 from ._base import Service
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,6 +24,19 @@ __all__ = ["Customers", "UpsertResult"]
 #: Customer fields that are also identity aliases (kind of alias per field).
 IDENTITY_FIELDS = {"external_id": "external", "email": "email", "phone": "phone"}
 _UPSERT_KEYS = set(CUSTOMER_WRITABLE) | {"aliases"}
+#: How often a bulk upsert batch is retried after losing a race to another
+#: transaction (PostgreSQL and other backends with concurrent writers).
+_RACE_RETRIES = 5
+#: SQLSTATEs of losing such a race: unique_violation, deadlock_detected,
+#: serialization_failure.
+_RACE_STATES = frozenset({"23505", "40P01", "40001"})
+
+
+def _lost_race(exc: sa.exc.DBAPIError) -> bool:
+    """Whether a database error means another transaction got there first."""
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return state in _RACE_STATES
 
 
 @attrs.frozen
@@ -331,17 +344,27 @@ class Customers(Service):
         self.ready()
         now = self.crm.now()
         c, identity = self._build(fields, now)
-        with self.db.write() as conn:
-            owners = self._resolve(conn, identity)
+
+        def taken(owners: Mapping[Alias, int]) -> None:
             for al in identity:
                 if al in owners:
                     raise Conflict(
                         f"{al.kind} {al.value!r} already belongs to customer {owners[al]}; update that customer, "
                         "or use crm.customers.upsert(...) to create-or-update by identity"
                     )
-            cid: int = conn.execute(sa.insert(self.t("customers")).values(self._row(c))).inserted_primary_key[0]  # type: ignore[index]
-            self._claim(conn, cid, identity, now)
-            self._consent_events(conn, cid, {}, c.consent)
+
+        try:
+            with self.db.write() as conn:
+                taken(self._resolve(conn, identity))
+                cid: int = conn.execute(sa.insert(self.t("customers")).values(self._row(c))).inserted_primary_key[0]  # type: ignore[index]
+                self._claim(conn, cid, identity, now)
+                self._consent_events(conn, cid, {}, c.consent)
+        except sa.exc.IntegrityError:
+            # A concurrent transaction claimed one of the identities between
+            # our check and our insert (backends without a database-wide
+            # write lock, e.g. PostgreSQL): the same Conflict as above.
+            taken(self._resolve(None, identity))
+            raise
         created = attrs.evolve(c, id=cid)
         self.crm.emit("ecrm_customers_created", customers=[created])
         return created
@@ -360,12 +383,45 @@ class Customers(Service):
             raise Conflict(
                 f"customer {customer_id} was merged into {current.merged_into}; update customer {current.merged_into}"
             )
-        with self.db.write() as conn:
-            change = self._apply(conn, current, changes, now)
+        assert current.id is not None
+        try:
+            with self.db.write() as conn:
+                # Read again, row-locked, inside the transaction: concurrent
+                # updates of one customer must not lose each other's merge
+                # patches (PostgreSQL; SQLite's writers are serialised anyway).
+                current = self._locked(conn, [current.id])[current.id]
+                if current.merged_into is not None:
+                    raise Conflict(f"customer {customer_id} was merged into {current.merged_into} meanwhile")
+                change = self._apply(conn, current, changes, now)
+        except sa.exc.IntegrityError:
+            self._claimed_meanwhile(current, changes)
+            raise
         if change is not None:
             self.crm.emit("ecrm_customers_updated", changes=[change])
             return change.after
         return current
+
+    def _locked(self, conn: sa.Connection, ids: Iterable[int]) -> dict[int, Customer]:
+        """The customers with these ids, read in ``conn``'s transaction and
+        locked until it ends (``SELECT … FOR UPDATE``, in id order so two
+        writers never wait for each other; a no-op on SQLite)."""
+        t = self.t("customers")
+        q = self._select().where(t.c.id.in_(sorted(set(ids)))).order_by(t.c.id).with_for_update()
+        return {r.id: self._from_row(r) for r in conn.execute(q)}
+
+    def _claimed_meanwhile(self, current: Customer, changes: Mapping[str, Any]) -> None:
+        """After a unique violation: raise the Conflict naming the customer that
+        claimed one of the new identities concurrently (if one did)."""
+        try:
+            wanted = self._identity(attrs.evolve(current, **{k: v for k, v in changes.items() if k in IDENTITY_FIELDS}))
+        except EcrmError:
+            return
+        for al, owner in self._resolve(None, wanted).items():
+            if owner != current.id:
+                raise Conflict(
+                    f"{al.kind} {al.value!r} already belongs to customer {owner}; "
+                    f"use that customer, or merge them with crm.customers.merge({current.id}, into={owner})"
+                )
 
     def _apply(
         self, conn: sa.Connection, current: Customer, changes: Mapping[str, Any], now: datetime
@@ -464,12 +520,12 @@ class Customers(Service):
                 batch.append((index, row))
                 total += 1
                 if len(batch) >= batch_size:
-                    self._upsert_batch(conn, batch, now, created, changes, touched, errors, first_line)
+                    self._upsert_batch_retrying(conn, batch, now, created, changes, touched, errors, first_line)
                     if progress:
                         progress(len(batch))
                     batch = []
             if batch:
-                self._upsert_batch(conn, batch, now, created, changes, touched, errors, first_line)
+                self._upsert_batch_retrying(conn, batch, now, created, changes, touched, errors, first_line)
                 if progress:
                     progress(len(batch))
             if errors and on_error == "raise":
@@ -483,6 +539,45 @@ class Customers(Service):
             updated=tuple(touched),
             errors=tuple(errors),
         )
+
+    def _upsert_batch_retrying(
+        self,
+        conn: sa.Connection,
+        batch: Sequence[tuple[int, Mapping[str, Any]]],
+        now: datetime,
+        created: builtins.list[Customer],
+        changes: builtins.list[CustomerChange],
+        touched: builtins.list[int],
+        errors: builtins.list[RowError],
+        first_line: int | None,
+    ) -> None:
+        """:meth:`_upsert_batch` in a SAVEPOINT, redone when it lost a race.
+
+        Without a database-wide write lock (PostgreSQL) two transactions can
+        both find an identity unclaimed and both create a customer for it;
+        the second one's alias insert then fails (unique violation, or a
+        deadlock).  The batch is rolled back to its savepoint and decided
+        again: now it sees the winner's customer and updates it.
+        """
+        if self.db.is_sqlite:  # writers are serialised (BEGIN IMMEDIATE): no race to lose
+            self._upsert_batch(conn, batch, now, created, changes, touched, errors, first_line)
+            return
+        for attempt in range(1, _RACE_RETRIES + 1):
+            marks = len(created), len(changes), len(touched), len(errors)
+            savepoint = conn.begin_nested()
+            try:
+                self._upsert_batch(conn, batch, now, created, changes, touched, errors, first_line)
+            except sa.exc.DBAPIError as exc:
+                savepoint.rollback()
+                del created[marks[0] :], changes[marks[1] :], touched[marks[2] :], errors[marks[3] :]
+                if attempt == _RACE_RETRIES or not _lost_race(exc):
+                    raise
+                continue
+            except BaseException:
+                savepoint.rollback()
+                raise
+            savepoint.commit()
+            return
 
     def _upsert_batch(
         self,
@@ -583,26 +678,33 @@ class Customers(Service):
                     for al in identity
                 ]
                 consent_rows += self._consent_rows(new_id, {}, c.consent)
+            # Sorted, so two transactions inserting overlapping identities
+            # wait for each other instead of deadlocking (PostgreSQL).
+            alias_rows.sort(key=lambda r: (r["kind"], r["value"]))
             conn.execute(sa.insert(self.t("aliases")), alias_rows)
             if consent_rows:
                 conn.execute(sa.insert(self.t("consent_events")), consent_rows)
         if updates:
-            t = self.t("customers")
-            current = {r.id: self._from_row(r) for r in conn.execute(self._select().where(t.c.id.in_(list(updates))))}
+            # Row-locked: a concurrent update of the same customer waits
+            # instead of losing its merge patch (PostgreSQL).
+            current = self._locked(conn, updates)
             for owner, row_list in updates.items():
                 state = current[owner]
                 first = state
                 for index, row in row_list:
+                    sp = conn.begin_nested()
                     try:
-                        sp = conn.begin_nested()
                         change = self._apply(conn, state, {k: v for k, v in row.items() if k != "aliases"}, now)
                         extra = _aliases(row.get("aliases"))
                         self._claim(conn, owner, extra, now)
-                        sp.commit()
                     except EcrmError as exc:
                         sp.rollback()
                         fail(index, exc)
                         continue
+                    except BaseException:
+                        sp.rollback()
+                        raise
+                    sp.commit()
                     if change is not None:
                         state = change.after
                 touched.append(owner)
@@ -622,29 +724,41 @@ class Customers(Service):
         """
         if source_id == into:
             raise ValidationError("into", into, "a customer cannot be merged into itself", "pass two different ids")
+        if actor is not None:
+            actor = check_text(actor, "actor", max_length=200)
         now = self.crm.now()
+
+        def unmerged(source: Customer, target: Customer) -> None:
+            for c in (source, target):
+                if c.merged_into is not None:
+                    raise Conflict(
+                        f"customer {c.id} was already merged into {c.merged_into}; merge with {c.merged_into} instead"
+                    )
+
         source = self.get(source_id, follow_merged=False)
         target = self.get(into, follow_merged=False)
-        for c in (source, target):
-            if c.merged_into is not None:
-                raise Conflict(
-                    f"customer {c.id} was already merged into {c.merged_into}; merge with {c.merged_into} instead"
-                )
+        unmerged(source, target)
         assert source.id is not None and target.id is not None
         t, a, i, e, log = (self.t(n) for n in ("customers", "aliases", "interactions", "consent_events", "audit_log"))
-        fill = {
-            f: getattr(source, f)
-            for f in ("external_id", "email", "phone", "name", "timezone", "locale")
-            if getattr(target, f) is None and getattr(source, f) is not None
-        }
-        attributes = {**thaw(source.attributes), **thaw(target.attributes)}
-        consent = {**source.consent, **target.consent}
-        for ch, s in source.consent.items():  # the more recent decision wins
-            tgt = target.consent.get(ch)
-            if tgt is not None and s.at and tgt.at and s.at > tgt.at:
-                consent[ch] = s
-        after = attrs.evolve(target, **fill, attributes=attributes, consent=consent, updated_at=now)
         with self.db.write() as conn:
+            # Read both again, row-locked, inside the transaction: a
+            # concurrent update or merge waits instead of being lost.
+            locked = self._locked(conn, [source.id, target.id])
+            source, target = locked[source.id], locked[target.id]
+            unmerged(source, target)
+            assert source.id is not None and target.id is not None
+            fill = {
+                f: getattr(source, f)
+                for f in ("external_id", "email", "phone", "name", "timezone", "locale")
+                if getattr(target, f) is None and getattr(source, f) is not None
+            }
+            attributes = {**thaw(source.attributes), **thaw(target.attributes)}
+            consent = {**source.consent, **target.consent}
+            for ch, s in source.consent.items():  # the more recent decision wins
+                tgt = target.consent.get(ch)
+                if tgt is not None and s.at and tgt.at and s.at > tgt.at:
+                    consent[ch] = s
+            after = attrs.evolve(target, **fill, attributes=attributes, consent=consent, updated_at=now)
             moved_i = conn.execute(
                 sa.update(i)
                 .where(i.c.workspace_id == self.workspace, i.c.customer_id == source.id)

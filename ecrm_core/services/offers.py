@@ -64,13 +64,24 @@ class Offers(Service):
         now = self.crm.now()
         offer = Offer(code=code, name=name, workspace=self.workspace, created_at=now, updated_at=now, **fields)
         t = self.t("offers")
-        with self.db.write() as conn:
+
+        def check_free(conn: sa.Connection) -> None:
             taken = conn.execute(
                 sa.select(t.c.id).where(t.c.workspace_id == self.workspace, t.c.code == offer.code)
             ).first()
             if taken is not None:
                 raise Conflict(f"offer code {offer.code!r} is already used by offer {taken.id}; choose another code")
-            oid = conn.execute(sa.insert(t).values(self._row(offer))).inserted_primary_key[0]  # type: ignore[index]
+
+        try:
+            with self.db.write() as conn:
+                check_free(conn)
+                oid = conn.execute(sa.insert(t).values(self._row(offer))).inserted_primary_key[0]  # type: ignore[index]
+        except sa.exc.IntegrityError:
+            # Another transaction took the code between our check and our
+            # insert (PostgreSQL: no database-wide write lock): same Conflict.
+            with self.db.read() as conn:
+                check_free(conn)
+            raise
         return attrs.evolve(offer, id=oid)
 
     def get(self, ref: int | str) -> Offer:

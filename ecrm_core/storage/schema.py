@@ -61,10 +61,22 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Amount(TypeDecorator[Decimal]):
-    """Money amounts as :class:`~decimal.Decimal`; NUMERIC on every backend."""
+    """Money amounts as :class:`~decimal.Decimal`; NUMERIC on every backend.
+
+    Read back without trailing zeros (``10.5``, ``100``), whatever the
+    column's scale, so every backend returns the same value.
+    """
 
     impl = sa.Numeric(20, 6, asdecimal=False)
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        # SQLite has no decimal type (it would warn about a float
+        # conversion); backends with a real NUMERIC return Decimals, kept
+        # exact instead of passing through float (sums of many amounts).
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(self.impl)
+        return dialect.type_descriptor(sa.Numeric(20, 6, asdecimal=True))
 
     def process_bind_param(self, value: Decimal | None, dialect: sa.Dialect) -> Any:
         if value is None:
@@ -72,7 +84,14 @@ class Amount(TypeDecorator[Decimal]):
         return str(value) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> Decimal | None:
-        return None if value is None else Decimal(str(value))
+        if value is None:
+            return None
+        amount = value if isinstance(value, Decimal) else Decimal(str(value))
+        if not amount.is_finite():
+            return amount
+        amount = amount.normalize()
+        exponent = amount.as_tuple().exponent
+        return amount.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else amount
 
 
 #: Short names of the core's tables (``crm.db.tables["customers"]``).
