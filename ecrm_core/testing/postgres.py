@@ -437,6 +437,8 @@ _PRESTARTED = pytest.StashKey[_Prestarted]()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
     if any("postgres_url" in getattr(item, "fixturenames", ()) for item in session.items):
         session.config.stash[_PRESTARTED] = _Prestarted()
 
