@@ -42,6 +42,13 @@ _EXPORTS = {
     "StrategySpec": "ecrm_core.registry",
     "AdminPage": "ecrm_core.registry",
     "MigrationSource": "ecrm_core.registry",
+    "RuleError": "ecrm_core.rules",
+    "Segment": "ecrm_core.services.segments",
+    "Preview": "ecrm_core.services.segments",
+    "RefreshReport": "ecrm_core.services.segments",
+    "CancelToken": "ecrm_core.services.segments",
+    "Cancelled": "ecrm_core.services.segments",
+    "StageChange": "ecrm_core.services.lifecycle",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -82,6 +89,9 @@ if TYPE_CHECKING:  # pragma: no cover
         MigrationSource,
         StrategySpec,
     )
+    from .rules import RuleError
+    from .services.lifecycle import StageChange
+    from .services.segments import Cancelled, CancelToken, Preview, RefreshReport, Segment
 
 
 def __getattr__(name: str) -> Any:

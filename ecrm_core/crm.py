@@ -39,6 +39,8 @@ class _Shared:
         self.root_db: Database | None = None
         self.lock = threading.Lock()
         self.closed = False
+        self.live_segments = True
+        self.rule_cache: dict[Any, Any] = {}
 
 
 class CRM:
@@ -62,6 +64,9 @@ class CRM:
     :param enable: allow-list of entry-point plugin names (default: all, or
         ``ECRM_PLUGINS``); ``disable``: block-list (or ``ECRM_DISABLE_PLUGINS``).
     :param clock: returns "now" as an aware datetime (tests, simulations).
+    :param live_segments: keep segments and lifecycle stages current after
+        every committed change (incremental refresh); ``False`` leaves it to
+        ``crm.segments.refresh()`` (e.g. from a worker or cron).
 
     Nothing is connected or imported beyond the plugins until first use.
     """
@@ -81,6 +86,7 @@ class CRM:
         disable: Iterable[str] | None = None,
         clock: Clock | None = None,
         echo: bool = False,
+        live_segments: bool = True,
     ) -> None:
         if not isinstance(table_prefix, str) or not all(c.isalnum() or c == "_" for c in table_prefix):
             raise ValidationError(
@@ -90,6 +96,7 @@ class CRM:
         manager = Plugins()
         manager.load(plugins=plugins, entrypoints=load_entrypoints, enable=enable, disable=disable)
         self._shared = _Shared(manager, clock or _system_clock)
+        self._shared.live_segments = bool(live_segments)
         self._shared.root_db = self.db
         self.workspace = check_slug(workspace, "workspace", "workspace id")
         self._build_services()
@@ -100,11 +107,15 @@ class CRM:
     def _build_services(self) -> None:
         from .services.customers import Customers
         from .services.interactions import Interactions
+        from .services.lifecycle import Lifecycle
         from .services.offers import Offers
+        from .services.segments import Segments
 
         self.customers = Customers(self)
         self.interactions = Interactions(self)
         self.offers = Offers(self)
+        self.segments = Segments(self)
+        self.lifecycle = Lifecycle(self)
 
     # ------------------------------------------------------------------
     # views

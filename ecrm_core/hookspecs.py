@@ -12,7 +12,8 @@ Three families:
   :mod:`ecrm_core.registry` (or ``None``).  Results of all plugins are merged;
   a name registered twice is a :class:`~ecrm_core.errors.PluginError` naming
   both plugins.  Order never matters.
-* **Events** (``ecrm_customers_*``, ``ecrm_interactions_*``) — notifications
+* **Events** (``ecrm_customers_*``, ``ecrm_interactions_*``,
+  ``ecrm_segment_*``, ``ecrm_lifecycle_changed``) — notifications
   fired *after* the core's write committed.  Return values are ignored.  Each
   implementation is called in isolation: one that raises is logged against
   its plugin and recorded in ``crm.plugins.failures``; the others still run
@@ -47,6 +48,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
         MigrationSource,
         StrategySpec,
     )
+    from .services.lifecycle import StageChange
+    from .services.segments import Segment
     from .storage import Naming
 
 #: The hook API version this core implements (``major.minor``).  Minor
@@ -62,6 +65,9 @@ EVENT_HOOKS = (
     "ecrm_customers_updated",
     "ecrm_customers_merged",
     "ecrm_interactions_recorded",
+    "ecrm_segment_entered",
+    "ecrm_segment_exited",
+    "ecrm_lifecycle_changed",
 )
 
 
@@ -247,6 +253,44 @@ def ecrm_interactions_recorded(crm: CRM, batch: InteractionBatch) -> None:
         ``batch.customer_ids`` / ``batch.kinds`` for cheap set-based work,
         iterate it for :class:`~ecrm_core.domain.Interaction` objects.
         Duplicates dropped by idempotency keys are not in the batch.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_segment_entered(crm: CRM, segment: Segment, customer_ids: Sequence[int]) -> None:
+    """Customers became members of a segment (one call per segment per refresh).
+
+    Fires after the membership change is committed, exactly once per
+    change: a customer who enters is reported once, however many refreshes
+    (or concurrent refreshes) run.  Campaigns trigger on this.
+
+    :param segment: the :class:`~ecrm_core.services.segments.Segment` after
+        the change (``member_count`` is current).
+    :param customer_ids: the customers who entered, in no particular order.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_segment_exited(crm: CRM, segment: Segment, customer_ids: Sequence[int]) -> None:
+    """Customers stopped being members of a segment; like :func:`ecrm_segment_entered`.
+
+    Deleting a segment does not fire it.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_lifecycle_changed(crm: CRM, changes: Sequence[StageChange]) -> None:
+    """Customers moved between lifecycle stages (one call per refresh).
+
+    :param changes: :class:`~ecrm_core.services.lifecycle.StageChange`
+        objects (``customer_id``, ``before``, ``after``, ``phase``), after
+        the change is committed.
 
     .. versionadded:: 1.0
     """

@@ -47,6 +47,7 @@ ENTRY_POINT_GROUP = "ecrm.plugins"
 DEFAULT_PLUGINS = (
     ("core.kinds", "ecrm_core.default_plugins.kinds"),
     ("core.lifecycle", "ecrm_core.default_plugins.lifecycle"),
+    ("core.segments", "ecrm_core.default_plugins.segments"),
 )
 
 ISOLATED_HOOKS = frozenset(hookspecs.EVENT_HOOKS) | {"ecrm_startup", "ecrm_shutdown"}

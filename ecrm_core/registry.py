@@ -35,6 +35,10 @@ def _strings(value: Iterable[str]) -> frozenset[str]:
     return frozenset(value)
 
 
+def _opt_strings(value: Iterable[str] | None) -> frozenset[str] | None:
+    return None if value is None else frozenset(value)
+
+
 def _slug(what: str) -> Any:
     return lambda v: check_slug(v, "name", what)
 
@@ -64,6 +68,11 @@ class LifecycleStage:
     phase: Phase
     description: str = ""
     order: int = 0
+    #: The default rule that puts a customer in this stage (text or tree);
+    #: hosts override it per workspace with ``crm.lifecycle.set_rules``.
+    rule: str | Mapping[str, Any] | None = None
+    #: Rules are tried by ascending precedence; the first that holds wins.
+    precedence: int = 100
     plugin: str | None = None
 
 
@@ -98,17 +107,31 @@ class ChannelSpec:
 
 @frozen(kw_only=True)
 class ConditionType:
-    """A condition usable in segment and offer-eligibility rules.
+    """A condition usable in segment, lifecycle and offer-eligibility rules.
 
-    ``compile(node, ctx)`` returns a SQLAlchemy boolean clause over customers;
-    ``evaluate(node, ctx)`` answers for one customer in memory.  The two must
-    agree; the rules engine tests that they do.
+    A rule uses it as ``{"condition": name, "args": {...}}`` (text:
+    ``name(key=value, ...)``).  The two evaluators must agree, and the rules
+    engine's property tests check the core's own conditions the same way:
+
+    - ``compile(args, ctx)`` returns a SQLAlchemy boolean clause over
+      ``ctx.customers`` (a :class:`~ecrm_core.rules.SqlContext`); it must
+      never be NULL (wrap nullable expressions in ``coalesce``) and must only
+      use bound parameters for values.
+    - ``evaluate(args, ctx)`` answers for one customer in memory
+      (a :class:`~ecrm_core.rules.EvalContext`).
+    - ``validate(args)`` (optional) checks and normalises the arguments,
+      raising :class:`~ecrm_core.errors.ValidationError`; the engine adds
+      the path in the rule to the error.
+    - ``kinds``: the interaction kinds whose arrival can change the answer
+      (``None``: any interaction or customer change can), so that
+      incremental refresh re-evaluates only what may have changed.
     """
 
     name: str = field(converter=_slug("condition type"))
     compile: Callable[..., Any]
     evaluate: Callable[..., bool]
-    schema: Mapping[str, Any] = field(factory=dict)
+    validate: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None
+    kinds: frozenset[str] | None = field(default=None, converter=_opt_strings)
     description: str = ""
     plugin: str | None = None
 

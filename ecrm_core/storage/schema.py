@@ -95,7 +95,18 @@ class Amount(TypeDecorator[Decimal]):
 
 
 #: Short names of the core's tables (``crm.db.tables["customers"]``).
-CORE_TABLES = ("workspaces", "customers", "aliases", "interactions", "offers", "consent_events", "audit_log")
+CORE_TABLES = (
+    "workspaces",
+    "customers",
+    "aliases",
+    "interactions",
+    "offers",
+    "consent_events",
+    "audit_log",
+    "segments",
+    "segment_members",
+    "lifecycle_rules",
+)
 
 
 def build_metadata(naming: Naming) -> sa.MetaData:
@@ -241,4 +252,40 @@ def build_metadata(naming: Naming) -> sa.MetaData:
         sa.Column("details", sa.JSON, nullable=False),
     )
     sa.Index(f"ix_{t('audit_log')}_entity", audit.c.workspace_id, audit.c.entity, audit.c.entity_id)
+
+    # --- segments and lifecycle rules (migration 0002_segments) ---
+    sa.Table(
+        t("segments"),
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        ws(),
+        sa.Column("slug", sa.String(64), nullable=False),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("description", sa.String(2000), nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("rule", sa.JSON),
+        sa.Column("member_count", sa.Integer, nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("updated_at", UTCDateTime(), nullable=False),
+        sa.Column("refreshed_at", UTCDateTime()),
+        sa.UniqueConstraint("workspace_id", "slug", name=f"uq_{t('segments')}_ws_slug"),
+    )
+    members = sa.Table(
+        t("segment_members"),
+        md,
+        sa.Column("segment_id", sa.Integer, fk("segments", "CASCADE"), primary_key=True),
+        sa.Column("customer_id", sa.Integer, fk("customers", "CASCADE"), primary_key=True),
+        sa.Column("entered_at", UTCDateTime(), nullable=False),
+        sqlite_with_rowid=False,
+    )
+    sa.Index(f"ix_{t('segment_members')}_customer", members.c.customer_id)
+    sa.Table(
+        t("lifecycle_rules"),
+        md,
+        sa.Column("workspace_id", sa.String(64), primary_key=True),
+        sa.Column("stage", sa.String(64), primary_key=True),
+        sa.Column("position", sa.Integer, nullable=False),
+        sa.Column("rule", sa.JSON, nullable=False),
+        sa.Column("updated_at", UTCDateTime(), nullable=False),
+    )
     return md

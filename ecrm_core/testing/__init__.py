@@ -79,6 +79,18 @@ class EventRecorder:
     def ecrm_interactions_recorded(self, batch: Any) -> None:
         self.calls.append(("ecrm_interactions_recorded", {"batch": batch}))
 
+    @hookimpl
+    def ecrm_segment_entered(self, segment: Any, customer_ids: Any) -> None:
+        self.calls.append(("ecrm_segment_entered", {"segment": segment, "customer_ids": sorted(customer_ids)}))
+
+    @hookimpl
+    def ecrm_segment_exited(self, segment: Any, customer_ids: Any) -> None:
+        self.calls.append(("ecrm_segment_exited", {"segment": segment, "customer_ids": sorted(customer_ids)}))
+
+    @hookimpl
+    def ecrm_lifecycle_changed(self, changes: Any) -> None:
+        self.calls.append(("ecrm_lifecycle_changed", {"changes": list(changes)}))
+
 
 @attrs.define
 class CapturingChannel:

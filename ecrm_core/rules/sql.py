@@ -1,0 +1,344 @@
+"""Compile a validated rule into ONE SQLAlchemy statement.
+
+Every leaf compiles to a clause that is never NULL (so ``not`` is plain
+two-valued logic, exactly as in the in-memory evaluator), values are bound
+parameters and names come from the :class:`~.model.Catalogue` whitelist.
+
+Behaviour conditions become uncorrelated ``IN (SELECT customer_id … GROUP BY
+customer_id HAVING …)`` subqueries, which use the ``(workspace, kind,
+occurred_at)`` index; conditions of one ``all`` node over the same kind,
+window and filters share one subquery (``HAVING count(*) >= 3 AND sum(…) >
+100``), as a person writing the query by hand would.  A condition that holds
+for a customer with no matching interaction (``count < 1``) compiles to
+``NOT IN (… HAVING NOT …)`` so that such customers are included.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, cast
+
+import sqlalchemy as sa
+from attrs import field, frozen
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql.elements import ColumnElement
+
+from ..errors import ValidationError
+from . import memory
+from .model import (
+    AMOUNT_SCALE,
+    All,
+    AnyOf,
+    ConsentCond,
+    EventCond,
+    FieldCond,
+    Node,
+    Not,
+    PluginCond,
+    SegmentRef,
+)
+
+__all__ = ["SqlContext", "compile_clause", "select_ids"]
+
+Clause = ColumnElement[bool]
+
+
+@frozen
+class SqlContext:
+    """What a compiler (the core's or a plugin condition's) needs.
+
+    ``restrict`` limits the statement to some customers (incremental
+    refresh); plugin compilers should add ``ctx.restrict_clause(column)`` to
+    their own subqueries so that incremental refreshes stay cheap.
+    """
+
+    tables: Mapping[str, sa.Table]
+    workspace: str
+    now: datetime
+    dialect: str
+    segment_ids: Mapping[str, int] = field(factory=dict)
+    restrict: Collection[int] | None = None
+    crm: Any = field(default=None, eq=False, repr=False)
+
+    @property
+    def customers(self) -> sa.Table:
+        return self.tables["customers"]
+
+    @property
+    def interactions(self) -> sa.Table:
+        return self.tables["interactions"]
+
+    def restrict_clause(self, column: ColumnElement[Any]) -> Clause:
+        if self.restrict is None:
+            return sa.true()
+        return column.in_(sa.bindparam("restrict_ids", list(self.restrict), expanding=True))
+
+
+def select_ids(node: Node, ctx: SqlContext) -> sa.Select[tuple[int]]:
+    """``SELECT id FROM customers WHERE <workspace, not merged, restrict, rule>``."""
+    c = ctx.customers
+    return sa.select(c.c.id).where(
+        c.c.workspace_id == ctx.workspace,
+        c.c.merged_into.is_(None),
+        ctx.restrict_clause(c.c.id),
+        compile_clause(node, ctx),
+    )
+
+
+def compile_clause(node: Node, ctx: SqlContext) -> Clause:
+    """The boolean clause for ``node`` over ``ctx.customers``."""
+    if isinstance(node, All):
+        return sa.and_(*_all_parts(node.children, ctx))
+    if isinstance(node, AnyOf):
+        return sa.or_(*(compile_clause(ch, ctx) for ch in node.children))
+    if isinstance(node, Not):
+        return sa.not_(compile_clause(node.child, ctx))
+    if isinstance(node, FieldCond):
+        return field_clause(node, ctx.customers, ctx, json_column="attributes")
+    if isinstance(node, EventCond):
+        return _events([node], ctx)
+    if isinstance(node, SegmentRef):
+        return _segment(node, ctx)
+    if isinstance(node, ConsentCond):
+        col = ctx.customers.c.consent[(node.channel, "status")].as_string()
+        return sa.and_(col.is_not(None), col == "granted")
+    if isinstance(node, PluginCond):
+        clause = node.spec.compile(dict(node.args), ctx)
+        return sa.func.coalesce(clause, sa.false()) if ctx.dialect != "sqlite" else sa.func.coalesce(clause, 0) == 1
+    raise TypeError(f"not a rule node: {node!r}")  # pragma: no cover
+
+
+def _all_parts(children: Sequence[Node], ctx: SqlContext) -> list[Clause]:
+    parts: list[Clause] = []
+    groups: dict[tuple[Any, ...], list[EventCond]] = {}
+    for ch in children:
+        if isinstance(ch, EventCond):
+            groups.setdefault((*ch.group_key, memory.holds_when_empty(ch)), []).append(ch)
+        else:
+            parts.append(compile_clause(ch, ctx))
+    parts.extend(_events(conds, ctx) for conds in groups.values())
+    return parts
+
+
+def _segment(node: SegmentRef, ctx: SqlContext) -> Clause:
+    sid = ctx.segment_ids.get(node.slug)
+    if sid is None:
+        raise ValidationError("segment", node.slug, f"unknown segment {node.slug!r}", "create the segment first")
+    m = ctx.tables["segment_members"]
+    sub = sa.select(m.c.customer_id).where(m.c.segment_id == sid, ctx.restrict_clause(m.c.customer_id))
+    return ctx.customers.c.id.in_(sub)
+
+
+# ---------------------------------------------------------------------------
+# behaviour over interactions
+# ---------------------------------------------------------------------------
+def _events(conds: list[EventCond], ctx: SqlContext) -> Clause:
+    """One subquery for conditions over the same interactions (same group key)."""
+    first = conds[0]
+    i = ctx.interactions
+    # Without statistics SQLite prefers the (workspace, customer) index for a
+    # GROUP BY customer_id (no sort), reading every interaction of the
+    # workspace; grouping by ``customer_id + 0`` lets it pick the (workspace,
+    # kind, time) index, which reads only the matching kind and window.
+    # (Incremental refreshes keep the customer index: few customers.)
+    who: ColumnElement[Any] = i.c.customer_id
+    if ctx.restrict is None and ctx.dialect == "sqlite":
+        who = (i.c.customer_id + 0).label("customer_id")
+    q = sa.select(who).where(i.c.workspace_id == ctx.workspace, i.c.kind == first.kind)
+    if first.window is not None:
+        q = q.where(i.c.occurred_at >= ctx.now - first.window.start)
+        if first.window.end is not None:
+            q = q.where(i.c.occurred_at < ctx.now - first.window.end)
+    for f in first.where:
+        q = q.where(field_clause(f, i, ctx, json_column="properties"))
+    q = q.where(ctx.restrict_clause(i.c.customer_id))
+    pushed = _pushdown(first, ctx) if len(conds) == 1 else None
+    if pushed is not None:
+        # "some matching interaction exists" needs no GROUP BY at all
+        return ctx.customers.c.id.in_(q.where(pushed))
+    q = q.group_by(who)
+    having = sa.and_(*(_aggregate(c, ctx) for c in conds))
+    if memory.holds_when_empty(first):
+        return ctx.customers.c.id.not_in(q.having(sa.not_(having)))
+    return ctx.customers.c.id.in_(q.having(having))
+
+
+def _pushdown(c: EventCond, ctx: SqlContext) -> Clause | None:
+    """A WHERE clause equivalent to "the group is not empty and ``c`` holds", if there is one."""
+    at = ctx.interactions.c.occurred_at
+    if c.agg == "count" and ((c.op == "ge" and c.value == 1) or (c.op == "gt" and c.value == 0)):
+        return sa.true()
+    if c.agg in ("first", "last") and c.op == "exists":
+        return sa.true()
+    if c.agg == "last" and c.op in ("ge", "gt", "within"):  # max(t) >= x  <=>  some t >= x
+        return _date_compare(at, c.op, c.value, ctx)
+    if c.agg == "first" and c.op in ("le", "lt", "older_than"):  # min(t) < x  <=>  some t < x
+        return _date_compare(at, c.op, c.value, ctx)
+    return None
+
+
+def _units(amount: ColumnElement[Any]) -> ColumnElement[int]:
+    return sa.cast(sa.func.round(amount * AMOUNT_SCALE), sa.BigInteger)
+
+
+def _u(value: Decimal) -> int:
+    return int(value * AMOUNT_SCALE)
+
+
+def _aggregate(c: EventCond, ctx: SqlContext) -> Clause:
+    i = ctx.interactions
+    if c.agg == "count":
+        return _compare(sa.func.count(), c.op, c.value)
+    if c.agg == "sum":
+        total = sa.func.coalesce(sa.func.sum(_units(i.c.amount)), 0)
+        return _compare(total, c.op, _scaled(c.value))
+    if c.agg == "avg":
+        # avg op t  <=>  sum op t * n (n > 0): exact integer arithmetic.
+        total = sa.func.coalesce(sa.func.sum(_units(i.c.amount)), 0)
+        n = sa.func.count(i.c.amount)
+        v = _scaled(c.value)
+        if c.op == "between":
+            lo, hi = v
+            cmp = sa.and_(total >= n * lo, total <= n * hi)
+        else:
+            cmp = _compare(total, c.op, None, rhs=n * v)
+        return sa.and_(n > 0, cmp)
+    agg = sa.func.min if c.agg == "first" else sa.func.max
+    at = agg(i.c.occurred_at, type_=i.c.occurred_at.type)
+    if c.op == "exists":
+        return sa.func.count() >= 1
+    return _date_compare(at, c.op, c.value, ctx)
+
+
+def _scaled(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_u(v) for v in value)
+    return _u(value)
+
+
+_BINARY: dict[str, Callable[[Any, Any], Any]] = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "lt": operator.lt,
+    "le": operator.le,
+    "gt": operator.gt,
+    "ge": operator.ge,
+}
+
+
+def _compare(lhs: Any, op: str, value: Any, *, rhs: Any = None) -> Clause:
+    r = value if rhs is None else rhs
+    if op in _BINARY:
+        return cast(Clause, _BINARY[op](lhs, r))
+    if op == "between":
+        return sa.and_(lhs >= value[0], lhs <= value[1])
+    if op == "in":
+        return cast(Clause, lhs.in_(list(value)))
+    if op == "not_in":
+        return cast(Clause, lhs.not_in(list(value)))
+    raise ValueError(op)  # pragma: no cover
+
+
+def _date_compare(col: ColumnElement[Any], op: str, value: Any, ctx: SqlContext) -> Clause:
+    if op == "within":
+        return _compare(col, "ge", ctx.now - value)
+    if op == "older_than":
+        return _compare(col, "lt", ctx.now - value)
+    return _compare(col, op, value)
+
+
+# ---------------------------------------------------------------------------
+# fields: columns and JSON keys
+# ---------------------------------------------------------------------------
+def field_clause(cond: FieldCond, table: sa.Table, ctx: SqlContext, *, json_column: str) -> Clause:
+    info = cond.field
+    if info.source in ("column", "interaction"):
+        col = table.c[info.key]
+        if cond.op == "exists":
+            return col.is_not(None)
+        if info.key == "amount":
+            return sa.and_(col.is_not(None), _compare(_units(col), cond.op, _scaled(cond.value)))
+        if cond.vtype == "datetime":
+            return sa.and_(col.is_not(None), _date_compare(col, cond.op, cond.value, ctx))
+        return sa.and_(col.is_not(None), _string_op(col, cond.op, cond.value, ctx))
+    return _json_clause(table.c[json_column], info.key, cond, ctx)
+
+
+def _string_op(col: ColumnElement[Any], op: str, value: Any, ctx: SqlContext) -> Clause:
+    if op == "contains":
+        pos = sa.func.instr(col, value) if ctx.dialect == "sqlite" else sa.func.strpos(col, value)
+        return _compare(pos, "gt", 0)
+    if op == "starts_with":
+        return _compare(sa.func.substr(col, 1, len(value)), "eq", value)
+    return _compare(col, op, value)
+
+
+_SQLITE_TYPES = {
+    "string": ("text",),
+    "number": ("integer", "real"),
+    "boolean": ("true", "false"),
+    "list": ("array",),
+}
+_PG_TYPES = {"string": ("string",), "number": ("number",), "boolean": ("boolean",), "list": ("array",)}
+
+
+class _Json:
+    """Dialect-specific access to one key of a JSON column."""
+
+    def __init__(self, col: sa.Column[Any], key: str, ctx: SqlContext) -> None:
+        self.col, self.key, self.sqlite = col, key, ctx.dialect == "sqlite"
+        self.path = f'$."{key}"'  # key is whitelisted by the catalogue; still sent as a bound parameter
+
+    def type(self) -> ColumnElement[str]:
+        if self.sqlite:
+            return sa.func.coalesce(sa.func.json_type(self.col, self.path), "missing")
+        return sa.func.coalesce(sa.func.json_typeof(self.col[self.key]), "missing")
+
+    def is_type(self, vtype: str) -> Clause:
+        names = (_SQLITE_TYPES if self.sqlite else _PG_TYPES)[vtype]
+        return self.type() == names[0] if len(names) == 1 else self.type().in_(names)
+
+    def text(self) -> ColumnElement[Any]:
+        if self.sqlite:
+            return sa.func.json_extract(self.col, self.path)
+        return cast(ColumnElement[Any], self.col[self.key].as_string())
+
+    def number(self) -> ColumnElement[Any]:
+        if self.sqlite:
+            return sa.func.json_extract(self.col, self.path)
+        return sa.cast(self.col[self.key].as_string(), sa.Numeric)
+
+    def boolean_is(self, value: bool) -> Clause:
+        if self.sqlite:
+            return self.type() == ("true" if value else "false")
+        return sa.and_(self.is_type("boolean"), self.text() == ("true" if value else "false"))
+
+    def array_contains(self, value: str) -> Clause:
+        if self.sqlite:
+            each = sa.func.json_each(self.col, self.path).table_valued("value", "type")
+            return sa.and_(
+                self.is_type("list"),
+                sa.exists(sa.select(1).select_from(each).where(each.c.type == "text", each.c.value == value)),
+            )
+        as_jsonb = sa.cast(self.col[self.key], postgresql.JSONB)
+        return sa.and_(self.is_type("list"), as_jsonb.contains([value]))
+
+
+def _json_clause(col: sa.Column[Any], key: str, cond: FieldCond, ctx: SqlContext) -> Clause:
+    j = _Json(col, key, ctx)
+    op, value, vtype = cond.op, cond.value, cond.vtype
+    if op == "exists":
+        return j.type().not_in(("missing", "null"))
+    if cond.field.type == "list" or (op == "contains" and cond.field.type == "any"):
+        arr = j.array_contains(value)
+        if cond.field.type == "list":
+            return arr
+        return sa.or_(arr, sa.and_(j.is_type("string"), _string_op(j.text(), op, value, ctx)))
+    if vtype == "boolean":
+        return j.boolean_is(value if op == "eq" else not value)
+    if vtype == "number":
+        return sa.and_(j.is_type("number"), _compare(j.number(), op, value))
+    return sa.and_(j.is_type("string"), _string_op(j.text(), op, value, ctx))

@@ -1,0 +1,243 @@
+"""Lifecycle stages as rules, kept current like segments.
+
+Each registered :class:`~ecrm_core.registry.LifecycleStage` may carry a
+default rule; a workspace can replace the whole ordered list with
+:meth:`Lifecycle.set_rules`.  Rules are tried in order and the first that
+holds gives the customer's stage; a customer no rule matches keeps the stage
+they have (so a host can also set stages by hand).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from attrs import frozen
+
+from ..errors import ValidationError
+from ..rules import EvalContext, Rule, RuleError
+from ._base import Service
+
+__all__ = ["StageChange", "StageRule", "Lifecycle"]
+
+CHUNK = 5000
+_MANUAL = "-"
+
+
+@frozen
+class StageChange:
+    """A customer moved from one lifecycle stage to another."""
+
+    customer_id: int
+    before: str
+    after: str
+    phase: str
+
+
+@frozen
+class StageRule:
+    """The rule that puts customers in ``stage`` (tried in ``position`` order)."""
+
+    stage: str
+    phase: str
+    position: int
+    rule: Rule
+
+    @property
+    def text(self) -> str:
+        return self.rule.text
+
+
+class Lifecycle(Service):
+    """``crm.lifecycle``: the stage rules and their upkeep."""
+
+    def _compile(self, stage: str, rule: Any, path: str) -> Rule:
+        try:
+            return self.crm.segments._cached(rule, ())
+        except ValidationError as exc:
+            raise RuleError(
+                f"{path}.{exc.field}",
+                exc.value,
+                exc.problem,
+                exc.fix,
+                line=getattr(exc, "line", None),
+                column=getattr(exc, "column", None),
+                context=getattr(exc, "context", None),
+            ) from None
+
+    def defaults(self) -> builtins.list[StageRule]:
+        """The rules the plugins registered (by precedence)."""
+        stages = sorted(self.crm.registry.lifecycle_stages.values(), key=lambda s: (s.precedence, s.order, s.name))
+        return [
+            StageRule(s.name, s.phase, n, self._compile(s.name, s.rule, f"stages.{s.name}"))
+            for n, s in enumerate(s for s in stages if s.rule is not None)
+        ]
+
+    def rules(self) -> builtins.list[StageRule]:
+        """The rules in force in this workspace, in the order they are tried."""
+        t = self.t("lifecycle_rules")
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(t.c.stage, t.c.position, t.c.rule)
+                .where(t.c.workspace_id == self.workspace)
+                .order_by(t.c.position)
+            ).all()
+        if not rows:
+            return self.defaults()
+        stages = self.crm.registry.lifecycle_stages
+        out = []
+        for r in rows:
+            if r.stage == _MANUAL:
+                return []
+            if r.stage not in stages:  # its plugin was removed: skip the rule, keep the customers' stage
+                continue
+            out.append(
+                StageRule(
+                    r.stage, stages[r.stage].phase, r.position, self._compile(r.stage, r.rule, f"stages.{r.stage}")
+                )
+            )
+        return out
+
+    def set_rules(self, rules: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> builtins.list[StageRule]:
+        """Replace this workspace's stage rules (an ordered mapping stage → rule).
+
+        Every stage must be registered; rules are validated (and may not use
+        ``segment(...)``).  An empty mapping turns the rules off: stages are
+        then only what the host sets (``crm.customers.update(lifecycle_stage=)``).  Existing customers move at the next refresh;
+        call ``crm.lifecycle.refresh()`` to move them now.
+        """
+        items = builtins.list(rules.items() if isinstance(rules, Mapping) else rules)
+        compiled: builtins.list[StageRule] = []
+        seen: set[str] = set()
+        for n, item in enumerate(items):
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise ValidationError(
+                    f"rules[{n}]", item, "not a (stage, rule) pair", "pass {'active': 'purchase.last() within 90d'}"
+                )
+            stage, rule = item
+            stage = self.crm.check_stage(stage, f"rules[{n}].stage")
+            if stage in seen:
+                raise ValidationError(f"rules[{n}].stage", stage, "listed twice", "give each stage one rule")
+            seen.add(stage)
+            phase = self.crm.registry.lifecycle_stages[stage].phase
+            compiled.append(StageRule(stage, phase, n, self._compile(stage, rule, f"rules[{n}].rule")))
+        t = self.t("lifecycle_rules")
+        now = self.crm.now()
+        with self.db.write() as conn:
+            conn.execute(sa.delete(t).where(t.c.workspace_id == self.workspace))
+            rows = [
+                {
+                    "workspace_id": self.workspace,
+                    "stage": r.stage,
+                    "position": r.position,
+                    "rule": dict(r.rule.tree),
+                    "updated_at": now,
+                }
+                for r in compiled
+            ]
+            # No rules at all: stages are set by hand (a marker row keeps the defaults away).
+            conn.execute(
+                sa.insert(t),
+                rows
+                or [{"workspace_id": self.workspace, "stage": _MANUAL, "position": -1, "rule": {}, "updated_at": now}],
+            )
+        return compiled
+
+    def reset(self) -> None:
+        """Go back to the plugins' default rules."""
+        t = self.t("lifecycle_rules")
+        with self.db.write() as conn:
+            conn.execute(sa.delete(t).where(t.c.workspace_id == self.workspace))
+
+    def stage_for(self, customer_id: int) -> str:
+        """The stage the rules give this customer now (evaluated in memory)."""
+        cust = self.crm.customers.get(customer_id)
+        rules = self.rules()
+        i = self.t("interactions")
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(i.c.kind, i.c.channel, i.c.occurred_at, i.c.amount, i.c.currency, i.c.properties).where(
+                    i.c.workspace_id == self.workspace, i.c.customer_id == cust.id
+                )
+            ).all()
+        ctx = EvalContext(cust, rows, self.crm.now(), frozenset(), self.crm)
+        for r in rules:
+            if r.rule.evaluate(ctx):
+                return r.stage
+        return cust.lifecycle_stage
+
+    def counts(self) -> dict[str, int]:
+        """Customers per stage (every registered stage, zero included)."""
+        c = self.t("customers")
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(c.c.lifecycle_stage, sa.func.count())
+                .where(c.c.workspace_id == self.workspace, c.c.merged_into.is_(None))
+                .group_by(c.c.lifecycle_stage)
+            ).all()
+        stages = sorted(self.crm.registry.lifecycle_stages.values(), key=lambda s: s.order)
+        result = {s.name: 0 for s in stages}
+        result.update({r[0]: int(r[1]) for r in rows})
+        return result
+
+    def refresh(
+        self,
+        *,
+        customer_ids: Sequence[int] | None = None,
+        kinds: Collection[str] | None = None,
+        customers_changed: bool = True,
+    ) -> int:
+        """Move customers to the stage their rules give now; return how many moved.
+
+        ``customer_ids`` limits the work to those customers (incremental); with
+        ``kinds`` and ``customers_changed=False`` nothing runs unless a rule
+        uses one of those kinds.  ``ecrm_lifecycle_changed`` fires once,
+        after the commit.
+        """
+        rules = self.rules()
+        if not rules:
+            return 0
+        if customer_ids is not None and kinds is not None:
+            used: set[str] = set()
+            for r in rules:
+                k = r.rule.kinds
+                if k is None:
+                    used = set(kinds)
+                    break
+                used |= k
+            if not (used & set(kinds)) and not (customers_changed and any(r.rule.uses_customer for r in rules)):
+                return 0
+        phases = {r.stage: r.phase for r in rules}
+        c = self.t("customers")
+        changes: builtins.list[StageChange] = []
+        now = self.crm.now()
+        with self.db.write() as conn:
+            chunks: Iterable[Sequence[int] | None] = (
+                [None]
+                if customer_ids is None
+                else (customer_ids[i : i + CHUNK] for i in range(0, len(customer_ids), CHUNK))
+            )
+            for chunk in chunks:
+                ctx = self.crm.segments._sql_context(conn, restrict=chunk)
+                after = sa.case(*[(r.rule.clause(ctx), r.stage) for r in rules], else_=c.c.lifecycle_stage)
+                q = sa.select(c.c.id, c.c.lifecycle_stage.label("before"), after.label("after")).where(
+                    c.c.workspace_id == self.workspace, c.c.merged_into.is_(None), ctx.restrict_clause(c.c.id)
+                )
+                sub = q.subquery()
+                rows = conn.execute(sa.select(sub).where(sub.c.before != sub.c.after)).all()
+                by_stage: dict[str, builtins.list[int]] = {}
+                for row in rows:
+                    by_stage.setdefault(row.after, []).append(row.id)
+                    changes.append(StageChange(row.id, row.before, row.after, phases.get(row.after, "")))
+                for stage, ids in by_stage.items():
+                    for i in range(0, len(ids), CHUNK):
+                        conn.execute(
+                            sa.update(c)
+                            .where(c.c.id.in_(ids[i : i + CHUNK]))
+                            .values(lifecycle_stage=stage, updated_at=now)
+                        )
+        if changes:
+            self.crm.emit("ecrm_lifecycle_changed", changes=tuple(changes))
+        return len(changes)

@@ -1,0 +1,846 @@
+"""Segments: stored rules (dynamic) and uploaded lists (static), kept current.
+
+Membership is materialised in ``segment_members`` (with ``entered_at``).
+:meth:`Segments.refresh` brings it up to date, either fully or for some
+customers only (incremental refresh, which is what keeps segments live as
+events arrive); every change fires ``ecrm_segment_entered`` /
+``ecrm_segment_exited`` exactly once, after it is committed.
+"""
+
+from __future__ import annotations
+
+import builtins
+import difflib
+import json
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Literal
+
+import attrs
+import sqlalchemy as sa
+from attrs import frozen
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ClauseElement, Executable
+
+from ..domain import Customer
+from ..errors import Conflict, EcrmError, NotFound, ValidationError
+from ..rules import Catalogue, EvalContext, Rule, RuleError, SqlContext, compile_rule
+from ..validation import check_text
+from ._base import Service
+
+__all__ = [
+    "Segment",
+    "Member",
+    "Preview",
+    "SegmentChange",
+    "RefreshReport",
+    "CancelToken",
+    "Cancelled",
+    "Segments",
+]
+
+#: Customer ids per statement in incremental refreshes (bound parameters).
+CHUNK = 5000
+_SLUG_FIX = "use 1 to 64 lower-case letters, digits, '_' or '-', starting with a letter, e.g. 'vip'"
+
+
+class Cancelled(EcrmError):
+    """A long query was cancelled (by :meth:`CancelToken.cancel` or its timeout)."""
+
+
+class CancelToken:
+    """Cancels a running segment query from another thread, or after ``timeout`` seconds.
+
+    ::
+
+        token = CancelToken(timeout=5)
+        threading.Timer(1, token.cancel).start()
+        crm.segments.preview(rule, cancel=token)   # raises Cancelled
+    """
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self._cancelled = threading.Event()
+        self._on_cancel: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    @property
+    def cancelled(self) -> bool:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self._cancelled.set()
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        with self._lock:
+            callbacks = list(self._on_cancel)
+        for cb in callbacks:
+            cb()
+
+    @contextmanager
+    def watching(self, conn: sa.Connection) -> Iterator[None]:
+        """Interrupt queries on ``conn`` when cancelled, for the duration of the block."""
+        raw = conn.connection.dbapi_connection
+        timer: threading.Timer | None = None
+        if conn.dialect.name == "sqlite":
+            raw.set_progress_handler(lambda: 1 if self.cancelled else 0, 20_000)  # type: ignore[union-attr]
+        else:
+            cancel = getattr(raw, "cancel", None)
+            if cancel is not None:
+                with self._lock:
+                    self._on_cancel.append(cancel)
+                if self.deadline is not None:
+                    timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self.cancel)
+                    timer.daemon = True
+                    timer.start()
+        try:
+            if self.cancelled:
+                raise Cancelled("cancelled before it started")
+            yield
+        except sa.exc.DBAPIError as exc:
+            if self.cancelled:
+                raise Cancelled("the query was cancelled; nothing was changed") from exc
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if conn.dialect.name == "sqlite":
+                raw.set_progress_handler(None, 0)  # type: ignore[union-attr]
+            else:
+                with self._lock:
+                    self._on_cancel.clear()
+
+
+@frozen
+class Segment:
+    """A stored segment: ``dynamic`` (a rule) or ``static`` (an uploaded list)."""
+
+    id: int
+    workspace: str
+    slug: str
+    name: str
+    description: str
+    kind: Literal["dynamic", "static"]
+    rule: Mapping[str, Any] | None
+    member_count: int
+    created_at: datetime
+    updated_at: datetime
+    refreshed_at: datetime | None
+
+    @property
+    def text(self) -> str | None:
+        """The rule in the text syntax (None for static segments)."""
+        from ..rules import to_text
+
+        return None if self.rule is None else to_text(self.rule)
+
+
+@frozen
+class Member:
+    customer_id: int
+    entered_at: datetime
+
+
+@frozen
+class Preview:
+    """What a rule would select, without storing anything."""
+
+    count: int
+    sample: tuple[Customer, ...]
+    sql: str
+    plan: tuple[str, ...]
+    warnings: tuple[str, ...]
+    text: str
+
+
+@frozen
+class SegmentChange:
+    segment: Segment
+    entered: tuple[int, ...]
+    exited: tuple[int, ...]
+
+
+@frozen
+class RefreshReport:
+    """What a refresh changed; ``customers`` is None for a full refresh."""
+
+    changes: tuple[SegmentChange, ...]
+    stage_changes: int
+    customers: int | None
+    seconds: float
+
+    @property
+    def entered(self) -> int:
+        return sum(len(c.entered) for c in self.changes)
+
+    @property
+    def exited(self) -> int:
+        return sum(len(c.exited) for c in self.changes)
+
+
+_UNSET: Any = object()
+
+
+class Segments(Service):
+    """``crm.segments``: who is in which segment, kept current."""
+
+    @property
+    def live(self) -> bool:
+        """Whether segments and stages follow every committed change (see ``CRM(live_segments=)``)."""
+        return bool(self.crm._shared.live_segments)
+
+    @live.setter
+    def live(self, value: bool) -> None:
+        self.crm._shared.live_segments = bool(value)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Suspend live refresh (for a bulk load); run :meth:`refresh` afterwards.
+
+        It applies to the whole CRM (every thread) for the duration of the block.
+        """
+        before = self.live
+        self.live = False
+        try:
+            yield
+        finally:
+            self.live = before
+
+    # ------------------------------------------------------------------
+    # rules
+    # ------------------------------------------------------------------
+    def catalogue(self, *, segments: Iterable[str] | None = None) -> Catalogue:
+        """The names rules may use here (fields, kinds, stages, conditions, segments)."""
+        base = Catalogue.from_registry(self.crm.registry)
+        if segments is None:
+            segments = self._slugs()
+        return Catalogue(base.fields, base.kinds, base.stages, base.conditions, frozenset(segments))
+
+    def compile(self, rule: str | Mapping[str, Any] | Rule) -> Rule:
+        """Validate rule text or a tree against this CRM's plugins and segments."""
+        return compile_rule(rule, self.catalogue())
+
+    def _cached(self, rule: str | Mapping[str, Any], segments: Iterable[str]) -> Rule:
+        """Compile a stored rule once per registry (stored rules are re-read on every refresh)."""
+        segs = frozenset(segments)
+        key = (id(self.crm.registry), rule if isinstance(rule, str) else json.dumps(rule, sort_keys=True), segs)
+        cache = self.crm._shared.rule_cache
+        hit = cache.get(key)
+        if hit is None:
+            hit = compile_rule(rule, self.catalogue(segments=segs))
+            if len(cache) > 512:
+                cache.clear()
+            cache[key] = hit
+        return hit
+
+    def _sql_context(self, conn: sa.Connection, *, restrict: Collection[int] | None = None) -> SqlContext:
+        return SqlContext(
+            tables=self.db.tables,
+            workspace=self.workspace,
+            now=self.crm.now(),
+            dialect=conn.dialect.name,
+            segment_ids=self._ids(conn),
+            restrict=restrict,
+            crm=self.crm,
+        )
+
+    def _ids(self, conn: sa.Connection) -> dict[str, int]:
+        s = self.t("segments")
+        return {
+            r.slug: r.id for r in conn.execute(sa.select(s.c.slug, s.c.id).where(s.c.workspace_id == self.workspace))
+        }
+
+    def _slugs(self) -> builtins.list[str]:
+        s = self.t("segments")
+        with self.db.read() as conn:
+            return builtins.list(conn.scalars(sa.select(s.c.slug).where(s.c.workspace_id == self.workspace)))
+
+    # ------------------------------------------------------------------
+    # reading
+    # ------------------------------------------------------------------
+    def _from_row(self, row: Any) -> Segment:
+        m = row._mapping
+        return Segment(
+            id=m["id"],
+            workspace=m["workspace_id"],
+            slug=m["slug"],
+            name=m["name"],
+            description=m["description"],
+            kind=m["kind"],
+            rule=m["rule"],
+            member_count=m["member_count"],
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
+            refreshed_at=m["refreshed_at"],
+        )
+
+    def _where(self, ref: str | int) -> sa.ColumnElement[bool]:
+        s = self.t("segments")
+        if isinstance(ref, int) and not isinstance(ref, bool):
+            return sa.and_(s.c.workspace_id == self.workspace, s.c.id == ref)
+        if isinstance(ref, str):
+            return sa.and_(s.c.workspace_id == self.workspace, s.c.slug == ref)
+        raise ValidationError("segment", ref, "not a segment slug or id", "pass the slug, e.g. 'vip'")
+
+    def get(self, ref: str | int) -> Segment:
+        """The segment with this slug (or id), or :class:`NotFound` with a suggestion."""
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(self.t("segments")).where(self._where(ref))).first()
+        if row is None:
+            err = NotFound("segment", ref)
+            close = difflib.get_close_matches(str(ref), self._slugs(), n=1)
+            if close:
+                err.args = (f'{err.args[0]} — did you mean "{close[0]}"?',)
+            raise err
+        return self._from_row(row)
+
+    def list(self) -> builtins.list[Segment]:
+        s = self.t("segments")
+        with self.db.read() as conn:
+            rows = conn.execute(sa.select(s).where(s.c.workspace_id == self.workspace).order_by(s.c.slug))
+            return [self._from_row(r) for r in rows]
+
+    def members(self, ref: str | int, *, limit: int = 100, after: int | None = None) -> builtins.list[Member]:
+        """Members in customer-id order; pass the last id as ``after`` for the next page."""
+        if not isinstance(limit, int) or not 1 <= limit <= 100_000:
+            raise ValidationError("limit", limit, "not between 1 and 100000", "ask for at most 100000 per page")
+        seg = self.get(ref)
+        m = self.t("segment_members")
+        q = sa.select(m.c.customer_id, m.c.entered_at).where(m.c.segment_id == seg.id)
+        if after is not None:
+            q = q.where(m.c.customer_id > after)
+        with self.db.read() as conn:
+            rows = conn.execute(q.order_by(m.c.customer_id).limit(limit))
+            return [Member(r.customer_id, r.entered_at) for r in rows]
+
+    def count(self, ref: str | int) -> int:
+        """How many customers are members (from the stored membership)."""
+        seg = self.get(ref)
+        m = self.t("segment_members")
+        with self.db.read() as conn:
+            return int(conn.scalar(sa.select(sa.func.count()).where(m.c.segment_id == seg.id)) or 0)
+
+    def is_member(self, ref: str | int, customer_id: int) -> bool:
+        seg = self.get(ref)
+        m = self.t("segment_members")
+        with self.db.read() as conn:
+            q = sa.select(m.c.customer_id).where(m.c.segment_id == seg.id, m.c.customer_id == customer_id)
+            return conn.execute(q).first() is not None
+
+    def of(self, customer_id: int) -> builtins.list[str]:
+        """Slugs of the segments the customer is a member of."""
+        with self.db.read() as conn:
+            return sorted(self._memberships(conn, customer_id))
+
+    def _memberships(self, conn: sa.Connection, customer_id: int) -> set[str]:
+        m, s = self.t("segment_members"), self.t("segments")
+        q = sa.select(s.c.slug).join(m, m.c.segment_id == s.c.id).where(m.c.customer_id == customer_id)
+        return set(conn.scalars(q))
+
+    # ------------------------------------------------------------------
+    # writing
+    # ------------------------------------------------------------------
+    def create(
+        self,
+        slug: str,
+        rule: str | Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        description: str = "",
+        static: bool = False,
+        customer_ids: Iterable[int] = (),
+        refresh: bool = True,
+    ) -> Segment:
+        """Create a dynamic segment from ``rule``, or a static list (``static=True``).
+
+        A dynamic segment is filled at once (``refresh=False`` leaves it empty
+        until the next :meth:`refresh`).  Raises :class:`Conflict` if the slug
+        is taken, :class:`~ecrm_core.rules.RuleError` for a bad rule.
+        """
+        slug = _check_slug(slug)
+        name = check_text(name if name is not None else slug, "name", 200)
+        description = check_text(description, "description", 2000)
+        compiled: Rule | None = None
+        if static:
+            if rule is not None:
+                raise ValidationError("rule", rule, "a static segment has no rule", "drop the rule or static=True")
+        else:
+            if rule is None:
+                raise ValidationError("rule", None, "a dynamic segment needs a rule", "pass a rule, or static=True")
+            compiled = compile_rule(rule, self.catalogue(segments=[*self._slugs(), slug]))
+            if slug in compiled.segments:
+                raise RuleError("rule", slug, "the segment refers to itself", "remove the segment(...) condition")
+        ids = _ids(customer_ids, "customer_ids") if static else []
+        now = self.crm.now()
+        s = self.t("segments")
+        with self.db.write() as conn:
+            if conn.execute(sa.select(s.c.id).where(self._where(slug))).first() is not None:
+                raise Conflict(f"segment {slug!r} already exists; update it or pick another slug")
+            result: Any = conn.execute(
+                sa.insert(s).values(
+                    workspace_id=self.workspace,
+                    slug=slug,
+                    name=name,
+                    description=description,
+                    kind="static" if static else "dynamic",
+                    rule=None if compiled is None else compiled.tree,
+                    member_count=0,
+                    created_at=now,
+                    updated_at=now,
+                    refreshed_at=None,
+                )
+            )
+            seg_id = int(result.inserted_primary_key[0])
+        if static and ids:
+            self.add(slug, ids)
+        elif compiled is not None and refresh:
+            self.refresh(slug)
+        return self.get(seg_id)
+
+    def update(
+        self,
+        ref: str | int,
+        *,
+        rule: str | Mapping[str, Any] = _UNSET,
+        name: str = _UNSET,
+        description: str = _UNSET,
+        refresh: bool = True,
+    ) -> Segment:
+        """Change a segment's rule, name or description; a new rule is refreshed at once."""
+        seg = self.get(ref)
+        values: dict[str, Any] = {}
+        if name is not _UNSET:
+            values["name"] = check_text(name, "name", 200)
+        if description is not _UNSET:
+            values["description"] = check_text(description, "description", 2000)
+        if rule is not _UNSET:
+            if seg.kind == "static":
+                raise ValidationError("rule", rule, "a static segment has no rule", "create a dynamic segment")
+            compiled = self.compile(rule)
+            self._check_cycles(seg.slug, compiled)
+            values["rule"] = compiled.tree
+        if not values:
+            return seg
+        values["updated_at"] = self.crm.now()
+        with self.db.write() as conn:
+            conn.execute(sa.update(self.t("segments")).where(self._where(seg.id)).values(**values))
+        if "rule" in values and refresh:
+            self.refresh(seg.slug)
+        return self.get(seg.id)
+
+    def delete(self, ref: str | int) -> None:
+        """Delete a segment and its membership (no exit events fire).
+
+        Raises :class:`Conflict` while other segments' rules refer to it.
+        """
+        seg = self.get(ref)
+        every = self.list()
+        slugs = frozenset(s.slug for s in every)
+        users = [s.slug for s in every if s.rule is not None and seg.slug in self._stored(s, slugs).segments]
+        if users:
+            raise Conflict(f"segment {seg.slug!r} is used by {', '.join(users)}; change their rules first")
+        with self.db.write() as conn:
+            conn.execute(sa.delete(self.t("segment_members")).where(self.t("segment_members").c.segment_id == seg.id))
+            conn.execute(sa.delete(self.t("segments")).where(self._where(seg.id)))
+
+    def add(self, ref: str | int, customer_ids: Iterable[int]) -> SegmentChange:
+        """Add customers to a static segment (those already in are skipped)."""
+        return self._static_change(ref, _ids(customer_ids, "customer_ids"), add=True)
+
+    def remove(self, ref: str | int, customer_ids: Iterable[int]) -> SegmentChange:
+        """Remove customers from a static segment."""
+        return self._static_change(ref, _ids(customer_ids, "customer_ids"), add=False)
+
+    def _static_change(self, ref: str | int, ids: Sequence[int], *, add: bool) -> SegmentChange:
+        seg = self.get(ref)
+        if seg.kind != "static":
+            raise ValidationError(
+                "segment", seg.slug, "a dynamic segment's members come from its rule", "change the rule instead"
+            )
+        c, m = self.t("customers"), self.t("segment_members")
+        now = self.crm.now()
+        changed: builtins.list[int] = []
+        with self.db.write() as conn:
+            for chunk in _chunks(ids):
+                known = set(
+                    conn.scalars(
+                        sa.select(c.c.id).where(
+                            c.c.workspace_id == self.workspace, c.c.merged_into.is_(None), c.c.id.in_(chunk)
+                        )
+                    )
+                )
+                missing = [i for i in chunk if i not in known]
+                if missing:
+                    raise NotFound("customer", missing[0] if len(missing) == 1 else missing[:10])
+                if add:
+                    ins = self._insert(conn).from_select(
+                        ["segment_id", "customer_id", "entered_at"],
+                        sa.select(sa.literal(seg.id), c.c.id, sa.literal(now, type_=m.c.entered_at.type)).where(
+                            c.c.id.in_(chunk),
+                            c.c.id.not_in(sa.select(m.c.customer_id).where(m.c.segment_id == seg.id)),
+                        ),
+                    )
+                    changed += conn.scalars(ins.on_conflict_do_nothing().returning(m.c.customer_id)).all()
+                else:
+                    changed += conn.scalars(
+                        sa.delete(m)
+                        .where(m.c.segment_id == seg.id, m.c.customer_id.in_(chunk))
+                        .returning(m.c.customer_id)
+                    ).all()
+            delta = len(changed) if add else -len(changed)
+            conn.execute(
+                sa.update(self.t("segments"))
+                .where(self._where(seg.id))
+                .values(member_count=self.t("segments").c.member_count + delta, refreshed_at=now)
+            )
+        seg = self.get(seg.id)
+        change = SegmentChange(seg, tuple(changed), ()) if add else SegmentChange(seg, (), tuple(changed))
+        self._emit(change)
+        return change
+
+    def _insert(self, conn: sa.Connection) -> Any:
+        m = self.t("segment_members")
+        return postgresql.insert(m) if conn.dialect.name == "postgresql" else sqlite.insert(m)
+
+    # ------------------------------------------------------------------
+    # refresh
+    # ------------------------------------------------------------------
+    def _stored(self, seg: Segment, slugs: frozenset[str]) -> Rule:
+        assert seg.rule is not None
+        try:
+            return self._cached(seg.rule, slugs)
+        except ValidationError as exc:
+            raise RuleError(
+                f"segments.{seg.slug}.{exc.field}",
+                exc.value,
+                exc.problem,
+                f"{exc.fix} (the stored rule no longer validates: was a plugin removed?)",
+            ) from None
+
+    def _plan(self, only: str | None) -> builtins.list[tuple[Segment, Rule]]:
+        """Dynamic segments in dependency order (referenced segments first)."""
+        every = self.list()
+        segs = [s for s in every if s.kind == "dynamic" and s.rule is not None]
+        slugs = frozenset(s.slug for s in every)
+        rules = {s.slug: (s, self._stored(s, slugs)) for s in segs}
+        order = _toposort({slug: r.segments & rules.keys() for slug, (_, r) in rules.items()})
+        if only is not None:
+            wanted = {only}
+            for slug in order:  # dependents of `only`, transitively
+                if rules[slug][1].segments & wanted:
+                    wanted.add(slug)
+            order = [s for s in order if s in wanted]
+        return [rules[slug] for slug in order]
+
+    def _check_cycles(self, slug: str, rule: Rule) -> None:
+        every = self.list()
+        slugs = frozenset(s.slug for s in every)
+        deps = {s.slug: self._stored(s, slugs).segments for s in every if s.rule is not None}
+        deps[slug] = rule.segments
+        _toposort(deps)
+
+    def refresh(
+        self,
+        ref: str | int | None = None,
+        *,
+        customer_ids: Iterable[int] | None = None,
+        kinds: Collection[str] | None = None,
+        customers_changed: bool = True,
+        lifecycle: bool = True,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> RefreshReport:
+        """Bring stored membership up to date.
+
+        - ``refresh()``: every dynamic segment (and lifecycle stages), fully,
+          in dependency order.  Run it periodically (cron, a worker) so that
+          rules with time windows follow the clock.
+        - ``refresh("vip")``: that segment and the segments that use it.
+        - ``refresh(customer_ids=[...])``: incremental — re-evaluate only those
+          customers; with ``kinds`` (the interaction kinds that arrived) and
+          ``customers_changed=False``, only the segments those can affect.
+          This is what keeps segments live after ingestion.
+
+        Each segment is refreshed in its own transaction; its entered/exited
+        events fire once it is committed.  ``progress(slug, done, total)``
+        is called after each segment.
+        """
+        started = time.perf_counter()
+        ids = None if customer_ids is None else _ids(customer_ids, "customer_ids", allow_empty=True)
+        if ids is not None and not ids:
+            return RefreshReport((), 0, 0, 0.0)
+        stage_changes = 0
+        if lifecycle and ref is None:
+            stage_changes = self.crm.lifecycle.refresh(
+                customer_ids=ids, kinds=kinds, customers_changed=customers_changed
+            )
+        plan = self._plan(None if ref is None else self.get(ref).slug)
+        if ids is not None and (kinds is not None or not customers_changed):
+            plan = _affected(plan, kinds, customers_changed or stage_changes > 0)
+        changes: builtins.list[SegmentChange] = []
+        for n, (seg, rule) in enumerate(plan, 1):
+            change = self._refresh_one(seg, rule, ids)
+            if change.entered or change.exited:
+                changes.append(change)
+                self._emit(change)
+            if progress is not None:
+                progress(seg.slug, n, len(plan))
+        return RefreshReport(
+            tuple(changes), stage_changes, None if ids is None else len(ids), time.perf_counter() - started
+        )
+
+    def _refresh_one(self, seg: Segment, rule: Rule, ids: Sequence[int] | None) -> SegmentChange:
+        m, s = self.t("segment_members"), self.t("segments")
+        entered: builtins.list[int] = []
+        exited: builtins.list[int] = []
+        now = self.crm.now()
+        with self.db.write() as conn:
+            for chunk in [None] if ids is None else _chunks(ids):
+                ctx = self._sql_context(conn, restrict=chunk)
+                members = sa.select(m.c.customer_id).where(
+                    m.c.segment_id == seg.id, ctx.restrict_clause(m.c.customer_id)
+                )
+                wanted = rule.select(ctx)
+                w = wanted.subquery()
+                ins = self._insert(conn).from_select(
+                    ["segment_id", "customer_id", "entered_at"],
+                    sa.select(sa.literal(seg.id), w.c.id, sa.literal(now, type_=m.c.entered_at.type)).where(
+                        w.c.id.not_in(members)
+                    ),
+                )
+                entered += conn.scalars(ins.on_conflict_do_nothing().returning(m.c.customer_id)).all()
+                gone = sa.delete(m).where(
+                    m.c.segment_id == seg.id,
+                    ctx.restrict_clause(m.c.customer_id),
+                    m.c.customer_id.not_in(wanted),
+                )
+                exited += conn.scalars(gone.returning(m.c.customer_id)).all()
+            conn.execute(
+                sa.update(s)
+                .where(s.c.id == seg.id)
+                .values(member_count=s.c.member_count + len(entered) - len(exited), refreshed_at=now)
+            )
+        fresh = attrs.evolve(seg, member_count=seg.member_count + len(entered) - len(exited), refreshed_at=now)
+        return SegmentChange(fresh, tuple(entered), tuple(exited))
+
+    def _emit(self, change: SegmentChange) -> None:
+        if change.entered:
+            self.crm.emit("ecrm_segment_entered", segment=change.segment, customer_ids=change.entered)
+        if change.exited:
+            self.crm.emit("ecrm_segment_exited", segment=change.segment, customer_ids=change.exited)
+
+    # ------------------------------------------------------------------
+    # preview and evaluation
+    # ------------------------------------------------------------------
+    def sql(self, rule: str | Mapping[str, Any] | Rule) -> str:
+        """The SQL statement a rule compiles to, with its parameters inlined for reading."""
+        compiled = self.compile(rule)
+        with self.db.read() as conn:
+            stmt = compiled.select(self._sql_context(conn))
+            return _render(stmt, conn.dialect)
+
+    def preview(
+        self,
+        rule: str | Mapping[str, Any] | Rule,
+        *,
+        sample: int = 10,
+        cancel: CancelToken | None = None,
+        timeout: float | None = None,
+    ) -> Preview:
+        """Count, a sample of members, the SQL and its plan — nothing is stored.
+
+        A long count can be stopped with ``cancel`` (a :class:`CancelToken`,
+        from another thread) or ``timeout`` (seconds): :class:`Cancelled`.
+        ``warnings`` say when the database has to read a whole table.
+        """
+        compiled = self.compile(rule)
+        if not isinstance(sample, int) or not 0 <= sample <= 1000:
+            raise ValidationError("sample", sample, "not between 0 and 1000", "ask for a sample of at most 1000")
+        token = cancel or CancelToken(timeout)
+        if cancel is not None and timeout is not None:
+            token.deadline = time.monotonic() + timeout
+        c = self.t("customers")
+        with self.db.read() as conn:
+            stmt = compiled.select(self._sql_context(conn))
+            plan, warnings = _explain(conn, stmt, self.db.tables)
+            with token.watching(conn):
+                count = int(conn.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0)
+                rows = conn.execute(
+                    sa.select(c).where(c.c.id.in_(stmt.order_by(c.c.id).limit(sample))).order_by(c.c.id)
+                ).all()
+            customers = tuple(self.crm.customers._from_row(r) for r in rows)
+            return Preview(count, customers, _render(stmt, conn.dialect), plan, warnings, compiled.text)
+
+    def evaluate(
+        self,
+        rule: str | Mapping[str, Any] | Rule,
+        customer: int | Customer,
+        *,
+        interactions: Sequence[Any] | None = None,
+        at: datetime | None = None,
+    ) -> bool:
+        """Evaluate a rule for one customer in memory (the event-time path).
+
+        ``interactions`` default to the customer's stored ones (only the kinds
+        the rule uses are loaded); ``at`` defaults to the CRM's clock.
+        """
+        compiled = self.compile(rule)
+        cust = customer if isinstance(customer, Customer) else self.crm.customers.get(customer)
+        with self.db.read() as conn:
+            if interactions is None:
+                i = self.t("interactions")
+                q = sa.select(i.c.kind, i.c.channel, i.c.occurred_at, i.c.amount, i.c.currency, i.c.properties).where(
+                    i.c.workspace_id == self.workspace, i.c.customer_id == cust.id
+                )
+                if compiled.kinds is not None:
+                    q = q.where(i.c.kind.in_(sorted(compiled.kinds)))
+                interactions = conn.execute(q).all()
+            memberships = self._memberships(conn, cust.id) if compiled.segments and cust.id else set()
+        ctx = EvalContext(cust, interactions, at or self.crm.now(), frozenset(memberships), self.crm)
+        return compiled.evaluate(ctx)
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+def _check_slug(slug: Any) -> str:
+    import re
+
+    if not isinstance(slug, str) or not re.match(r"^[a-z][a-z0-9_\-]{0,63}$", slug):
+        raise ValidationError("slug", slug, "not a valid segment slug", _SLUG_FIX)
+    return slug
+
+
+def _ids(values: Iterable[int], field_name: str, *, allow_empty: bool = True) -> builtins.list[int]:
+    if isinstance(values, (str, bytes)):
+        raise ValidationError(field_name, values, "not a list of ids", "pass customer ids, e.g. [1, 2, 3]")
+    out: dict[int, None] = {}
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValidationError(f"{field_name}[{i}]", v, "not a customer id", "pass positive integer ids")
+        out[v] = None
+    return builtins.list(out)
+
+
+def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
+    for start in range(0, len(ids), CHUNK):
+        yield ids[start : start + CHUNK]
+
+
+def _toposort(deps: Mapping[str, Collection[str]]) -> builtins.list[str]:
+    """Order slugs so that every segment comes after those it uses; reject cycles."""
+    order: builtins.list[str] = []
+    state: dict[str, int] = {}
+    for root in sorted(deps):
+        if state.get(root) == 2:
+            continue
+        stack: builtins.list[tuple[str, Iterator[str]]] = [(root, iter(sorted(deps.get(root, ()))))]
+        state[root] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                stack.pop()
+                state[node] = 2
+                order.append(node)
+            elif state.get(nxt) == 1:
+                path = [n for n, _ in stack]
+                cycle = [*path[path.index(nxt) :], nxt]
+                raise RuleError(
+                    "rule",
+                    cycle[0],
+                    f"segments refer to each other in a cycle: {' → '.join(cycle)}",
+                    "break the cycle: a segment cannot (indirectly) contain itself",
+                )
+            elif state.get(nxt) != 2 and nxt in deps:
+                state[nxt] = 1
+                stack.append((nxt, iter(sorted(deps.get(nxt, ())))))
+    return order
+
+
+def _affected(
+    plan: Sequence[tuple[Segment, Rule]], kinds: Collection[str] | None, customers_changed: bool
+) -> builtins.list[tuple[Segment, Rule]]:
+    """The segments whose membership can change, given what changed."""
+    out: builtins.list[tuple[Segment, Rule]] = []
+    touched: set[str] = set()
+    for seg, rule in plan:
+        rk = rule.kinds
+        hit = (
+            rk is None
+            or (kinds is None)
+            or bool(rk & set(kinds))
+            or (customers_changed and rule.uses_customer)
+            or bool(rule.segments & touched)
+        )
+        if hit:
+            touched.add(seg.slug)
+            out.append((seg, rule))
+    return out
+
+
+def _render(stmt: sa.Select[Any], dialect: sa.Dialect) -> str:
+    try:
+        return str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    except Exception:  # some types cannot be inlined: show the parameters instead
+        compiled = stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+        return f"{compiled}\n-- parameters: {compiled.params!r}"
+
+
+def _explain(
+    conn: sa.Connection, stmt: sa.Select[Any], tables: Mapping[str, sa.Table]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The query plan, and a warning for each base table read in full."""
+    names = {t.name: short for short, t in tables.items()}
+    warnings: builtins.list[str] = []
+    plan: builtins.list[str] = []
+    if conn.dialect.name == "sqlite":
+        for r in conn.execute(_Explain(stmt)):
+            detail = str(r[3])
+            plan.append(detail)
+            words = detail.split()
+            # SCAN t, or SEARCH t USING INDEX … (workspace_id=?): every row of the workspace
+            whole = (words[:1] == ["SCAN"] and "COVERING INDEX" not in detail) or (
+                words[:1] == ["SEARCH"] and detail.endswith("(workspace_id=?)")
+            )
+            if len(words) >= 2 and whole and words[1] in names:
+                what = names[words[1]]
+                warnings.append(
+                    f"reads every row of {what}: "
+                    + (
+                        "conditions on attributes and text fields have no index"
+                        if what == "customers"
+                        else "no index serves this condition; add a kind or a window to the event condition"
+                    )
+                )
+    elif conn.dialect.name == "postgresql":
+        import json
+
+        doc: Any = conn.execute(_Explain(stmt)).scalar()
+        root = doc if isinstance(doc, list) else json.loads(doc)
+        stack = [root[0]["Plan"]]
+        while stack:
+            node = stack.pop()
+            plan.append(f"{node.get('Node Type')} {node.get('Relation Name', '')}".strip())
+            if node.get("Node Type") == "Seq Scan" and node.get("Relation Name") in names:
+                warnings.append(f"reads every row of {names[node['Relation Name']]} (sequential scan)")
+            stack.extend(node.get("Plans", []))
+    return tuple(plan), tuple(dict.fromkeys(warnings))
+
+
+class _Explain(Executable, ClauseElement):
+    """``EXPLAIN`` of a statement, compiled with it (so its parameters are bound as usual)."""
+
+    inherit_cache = False
+
+    def __init__(self, statement: sa.Select[Any]) -> None:
+        self.statement = statement
+
+
+@compiles(_Explain)
+def _compile_explain(element: _Explain, compiler: Any, **kw: Any) -> str:
+    prefix = "EXPLAIN QUERY PLAN " if compiler.dialect.name == "sqlite" else "EXPLAIN (FORMAT JSON) "
+    return prefix + str(compiler.process(element.statement, **kw))
