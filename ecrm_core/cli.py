@@ -151,6 +151,8 @@ Quick start:
   ecrm init                                   # create the tables in ./ecrm.db
   ecrm customers import customers.csv         # load customers (CSV or JSONL)
   ecrm customers show ada@example.com         # the 360° view of one customer
+  ecrm segments preview 'purchase.count(90d) >= 3'   # who matches a rule
+  ecrm lifecycle show                         # customers per lifecycle stage
   ecrm demo                                   # a sample shop to explore
   ecrm --db postgresql+psycopg://u@host/crm db status
 
@@ -223,6 +225,10 @@ def make_cli(plugins: Sequence[Any] = (), *, entrypoints: bool = True) -> click.
         cli.add_command(command)
     cli.add_command(_db_group())
     cli.add_command(_customers_group())
+    from .cli_segments import lifecycle_group, segments_group
+
+    cli.add_command(segments_group())
+    cli.add_command(lifecycle_group())
 
     builtins = dict(cli.commands)
     manager.collect("ecrm_register_commands", cli=cli)
@@ -917,6 +923,23 @@ def render_report(state: State, report: Any) -> None:
                 f"{t.spend_eur:,.0f}",
             )
         out.print(top)
+
+    if report.by_phase and report.customers:
+        phases = Table(title="Customers by lifecycle phase (stages kept current by rules)", title_justify="left")
+        phases.add_column("phase")
+        phases.add_column("customers", justify="right")
+        phases.add_column("", no_wrap=True)
+        for phase, n in report.by_phase:
+            phases.add_row(phase, f"{n:,}", "[green]" + "█" * round(30 * n / report.customers) + "[/]")
+        out.print(phases)
+
+    if report.segments:
+        segs = Table(title="Segments (live: kept current as events arrive)", title_justify="left")
+        for column in ("segment", "members", "rule"):
+            segs.add_column(column, justify="right" if column == "members" else "left")
+        for seg in report.segments:
+            segs.add_row(escape(seg.name), f"{seg.member_count:,}", escape(seg.text or "(static list)"))
+        out.print(segs)
 
     offers = Table(title="Active offers", title_justify="left")
     for column in ("code", "name", "kind", "priority", "channels", "valid until"):

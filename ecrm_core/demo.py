@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from itertools import accumulate, pairwise
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import Conflict, EcrmError
@@ -37,6 +37,7 @@ from .errors import Conflict, EcrmError
 if TYPE_CHECKING:  # pragma: no cover
     from .crm import CRM
     from .domain import Offer
+    from .services.segments import Segment
 
 __all__ = [
     "DEFAULT_CUSTOMERS",
@@ -219,6 +220,7 @@ class DemoSummary:
     reused: bool
     seed: int | None
     seconds: float
+    segments: int = 0
 
 
 @dataclass
@@ -296,6 +298,8 @@ def build_demo(
             "build the demo in another workspace (--workspace demo) or database (--db sqlite:///demo.db)"
         )
     if demo and not fresh:
+        if _create_segments(crm):  # a demo built before segments existed
+            crm.segments.refresh()
         return DemoSummary(
             customers=demo,
             interactions=crm.interactions.count(),
@@ -308,7 +312,8 @@ def build_demo(
     if progress:
         progress.start("planning", customers)
     plans = _plan_customers(customers, seed, end, months, progress)
-    with crm.db.write() as conn:
+    # A bulk load: live segment upkeep waits, one full refresh follows.
+    with crm.segments.paused(), crm.db.write() as conn:
         view = crm.using(conn)
         if demo:
             _delete_demo(view, conn)
@@ -326,6 +331,10 @@ def build_demo(
         if progress:
             progress.start("offers", None)
         offers = _create_offers(view, end)
+    if progress:
+        progress.start("segments", None)
+    n_segments = _create_segments(crm)
+    crm.segments.refresh()  # lifecycle stages by their rules, then every segment
     return DemoSummary(
         customers=len(result.created),
         interactions=tracked.stored,
@@ -333,6 +342,7 @@ def build_demo(
         reused=False,
         seed=seed,
         seconds=time.perf_counter() - started,
+        segments=n_segments,
     )
 
 
@@ -431,7 +441,6 @@ def _plan_customers(n: int, seed: int, end: datetime, months: int, progress: Dem
             consent["email"] = {"status": "denied", "at": signup, "source": "signup form"}
         if phone and rng.random() < 0.35:
             consent["sms"] = {"status": "granted", "at": signup, "source": "checkout"}
-        purchases = [at for at, _cart, bought in plan.sessions if bought]
         plan.row = {
             "external_id": plan.external_id,
             "email": email,
@@ -439,7 +448,6 @@ def _plan_customers(n: int, seed: int, end: datetime, months: int, progress: Dem
             "timezone": tz,
             "locale": region.locale,
             "consent": consent,
-            "lifecycle_stage": _stage(purchases, end),
             "attributes": {
                 "country": region.code,
                 "signup_date": signup.date().isoformat(),
@@ -477,28 +485,6 @@ def _plan_sessions(plan: _Plan, rng: random.Random, month_starts: list[datetime]
                 bought = cart and rng.random() < seg.buy
                 plan.sessions.append((at, cart, bought))
     plan.sessions.sort()
-
-
-def _stage(purchases: list[datetime], end: datetime) -> str:
-    """The lifecycle stage the purchase history implies."""
-    if not purchases:
-        return "prospect"
-    age = (end - purchases[-1]).days
-    gaps = [(b - a).days for a, b in pairwise(purchases)]
-    if age <= 90 and gaps and gaps[-1] > 180:
-        return "won_back"
-    if (end - purchases[0]).days <= 60:
-        return "new"
-    if age <= 90:
-        return "active"
-    if age <= 210:
-        return "at_risk"
-    return "lapsed"
-
-
-# ---------------------------------------------------------------------------
-# interactions
-# ---------------------------------------------------------------------------
 
 
 def _demo_ids(crm: CRM, conn: Any) -> dict[str, int]:
@@ -767,6 +753,48 @@ def _delete_demo(crm: CRM, conn: Any) -> None:
     conn.execute(sa.delete(c).where(c.c.workspace_id == ws, c.c.external_id.like(f"{DEMO_ID_PREFIX}%")))
     o = t["offers"]
     conn.execute(sa.delete(o).where(o.c.workspace_id == ws, o.c.code.like(f"{DEMO_OFFER_PREFIX}%")))
+    s, m = t["segments"], t["segment_members"]
+    demo_segments = sa.select(s.c.id).where(s.c.workspace_id == ws, s.c.slug.like(f"{DEMO_SEGMENT_PREFIX}%"))
+    conn.execute(sa.delete(m).where(m.c.segment_id.in_(demo_segments)))
+    conn.execute(sa.delete(s).where(s.c.workspace_id == ws, s.c.slug.like(f"{DEMO_SEGMENT_PREFIX}%")))
+
+
+#: The demo's segments: who a marketer would want to reach (see docs/segments.md).
+DEMO_SEGMENT_PREFIX = "demo-"
+DEMO_SEGMENTS = (
+    ("demo-vip", "VIP: 5+ orders and 500+ spent in a year", "purchase.count(365d) >= 5 and purchase.sum(365d) > 500"),
+    (
+        "demo-at-risk-spenders",
+        "At risk, spent 300+ in total",
+        'lifecycle_stage in ("at_risk", "lapsed") and purchase.sum() > 300',
+    ),
+    (
+        "demo-window-shoppers",
+        "Browsed 3+ products this month, bought nothing",
+        "product_view.count(30d) >= 3 and purchase.count(30d) == 0",
+    ),
+    (
+        "demo-newsletter-fans",
+        "Opened 2+ newsletters in 90 days, e-mail consent",
+        "email_open.count(90d) >= 2 and consent(email)",
+    ),
+    ("demo-complainers", "Complained in the last 180 days", "complaint.count(180d) >= 1"),
+    (
+        "demo-kr-vip",
+        "VIPs in Korea (a segment of a segment)",
+        'segment("demo-vip") and attributes.country == "KR"',
+    ),
+)
+
+
+def _create_segments(crm: CRM) -> int:
+    existing = {s.slug for s in crm.segments.list()}
+    made = 0
+    for slug, name, rule in DEMO_SEGMENTS:
+        if slug not in existing:
+            crm.segments.create(slug, rule, name=name, refresh=False)
+            made += 1
+    return made
 
 
 # ---------------------------------------------------------------------------
@@ -798,6 +826,8 @@ class ShopReport:
     revenue_by_currency: list[tuple[str, Decimal, int]]  # currency, net revenue, orders
     top_customers: list[TopCustomer]
     active_offers: list[Offer]
+    segments: list[Segment] = field(default_factory=list)
+    by_phase: list[tuple[str, int]] = field(default_factory=list)
 
 
 def shop_report(crm: CRM, *, top: int = 10) -> ShopReport:
@@ -878,4 +908,16 @@ def shop_report(crm: CRM, *, top: int = 10) -> ShopReport:
         ),
         top_customers=tops,
         active_offers=crm.offers.active(),
+        segments=crm.segments.list(),
+        by_phase=_by_phase(crm, by_stage),
     )
+
+
+def _by_phase(crm: CRM, by_stage: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Customers per CRM phase (acquisition, cultivation, retention)."""
+    stages = crm.registry.lifecycle_stages
+    totals: dict[str, int] = {"acquisition": 0, "cultivation": 0, "retention": 0}
+    for stage, n in by_stage:
+        if stage in stages:
+            totals[stages[stage].phase] = totals.get(stages[stage].phase, 0) + n
+    return list(totals.items())

@@ -507,6 +507,12 @@ def test_demo(run: Run, open_crm: Callable[[], CRM]) -> None:
     assert {o.code for o in crm.offers.list()} >= {"demo.welcome10", "demo.winback20"}
     stages = {c.lifecycle_stage for c in crm.customers.list(limit=200)}
     assert {"prospect", "active"} <= stages
+    # the stages come from the lifecycle rules, and the demo segments are filled
+    assert all(crm.lifecycle.stage_for(c.id) == c.lifecycle_stage for c in crm.customers.list(limit=30))
+    segments = {s.slug: s for s in crm.segments.list()}
+    assert {"demo-vip", "demo-kr-vip", "demo-window-shoppers"} <= set(segments)
+    assert segments["demo-vip"].member_count == len(crm.segments.members("demo-vip", limit=1000)) > 0
+    assert "Customers by lifecycle phase" in out and "Segments (live" in out
 
     again = run("demo", "--customers", "200")
     assert again.exit_code == 0 and "Reusing the demo" in again.output
