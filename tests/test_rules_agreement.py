@@ -228,8 +228,25 @@ trees = st.recursive(
 _workspaces = itertools.count()
 
 
-def load(crm: Any, people: list[dict[str, Any]], clock: dict[str, datetime]) -> Any:
-    """Store ``people`` in a fresh workspace; return that workspace's CRM view."""
+def insert_interactions(ws: Any, rows: list[dict[str, Any]]) -> None:
+    """Store interactions with a plain Core insert (bypassing ``track_many``)."""
+    now = ws.now()
+    with ws.db.write() as conn:
+        conn.execute(
+            sa.insert(ws.db.tables["interactions"]),
+            [
+                {**r, "workspace_id": ws.workspace, "origin_customer_id": r["customer_id"], "recorded_at": now}
+                for r in rows
+            ],
+        )
+
+
+def load(crm: Any, people: list[dict[str, Any]], clock: dict[str, datetime], *, direct: bool = False) -> Any:
+    """Store ``people`` in a fresh workspace; return that workspace's CRM view.
+
+    Interactions go through ``track_many`` (its fast path formats values
+    itself, which the agreement must cover), or a plain insert (``direct``).
+    """
     ws = crm.in_workspace(f"w{next(_workspaces)}")
     ids = []
     for n, p in enumerate(people):
@@ -243,7 +260,11 @@ def load(crm: Any, people: list[dict[str, Any]], clock: dict[str, datetime]) -> 
         )
         ids.append(c.id)
         if p["interactions"]:
-            ws.interactions.track_many([{**i, "customer_id": c.id} for i in p["interactions"]])
+            rows = [{**i, "customer_id": c.id} for i in p["interactions"]]
+            if direct:
+                insert_interactions(ws, rows)
+            else:
+                ws.interactions.track_many(rows)
     clock["now"] = NOW
     ws.segments.create(
         "picked", static=True, customer_ids=[i for i, p in zip(ids, people, strict=True) if p["in_static"]]
