@@ -82,8 +82,11 @@ def test_preview_counts_samples_and_shows_sql_without_storing(shop):
 
 
 def test_event_conditions_use_the_kind_and_time_index(shop):
-    for rule in ("purchase.count(90d) >= 3 and purchase.sum(90d) > 100", "purchase.last() within 7d",
-                 'purchase[category == "shoes"].count() >= 2'):
+    for rule in (
+        "purchase.count(90d) >= 3 and purchase.sum(90d) > 100",
+        "purchase.last() within 7d",
+        'purchase[category == "shoes"].count() >= 2',
+    ):
         p = shop.segments.preview(rule)
         assert any("ws_kind_time (workspace_id=? AND kind=?" in step for step in p.plan), p.plan
         assert not any("interactions" in w for w in p.warnings), p.warnings
@@ -399,3 +402,26 @@ def test_live_refresh_failure_never_loses_the_write(shop, caplog):
     assert any(f.plugin == "core.segments" for f in shop.plugins.failures)
     with pytest.raises(RuleError, match="no longer validates"):
         shop.segments.refresh()
+
+
+# --- offer eligibility (the rule slot of offers) ------------------------------------
+def test_offer_eligibility_rules(shop):
+    ada = shop.customers.create(email="ada@example.com", attributes={"country": "KR"})
+    bob = shop.customers.create(email="bob@example.com", attributes={"country": "US"})
+    for d in (1, 2, 3):
+        buy(shop, ada.id, d)
+    shop.segments.create("kr", 'country == "KR"')
+    shop.offers.create("welcome", "Welcome", priority=1)  # no rule: for everyone
+    loyal = shop.offers.create("loyal", "Thank you", priority=5, eligibility="purchase.count(90d) >= 3")
+    assert loyal.eligibility == {"event": {"kind": "purchase", "agg": "count", "window": "90d"}, "op": "ge", "value": 3}
+    shop.offers.create("kr-only", "For Korea", priority=3, eligibility={"segment": "kr"}, channels=["email"])
+    assert [o.code for o in shop.offers.eligible(ada.id)] == ["loyal", "kr-only", "welcome"]
+    assert [o.code for o in shop.offers.eligible(bob.id)] == ["welcome"]
+    assert [o.code for o in shop.offers.eligible(ada.id, channel="web")] == ["loyal", "welcome"]
+    assert shop.offers.audience("loyal").count == 1
+    with pytest.raises(RuleError) as err:
+        shop.offers.update("loyal", eligibility="purchase.count(90d) >= 3 and contry == 'KR'")
+    assert err.value.field == "eligibility.all[1].field"
+    assert shop.offers.get("loyal").eligibility == loyal.eligibility  # unchanged
+    with pytest.raises(Conflict, match="offer kr-only"):
+        shop.segments.delete("kr")

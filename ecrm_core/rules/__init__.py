@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from attrs import frozen
 
 from ..errors import ValidationError
+from ..validation import thaw
 from .memory import EvalContext, evaluate
 from .model import (
     All,
@@ -187,7 +188,7 @@ def compile_rule(rule: str | Mapping[str, Any] | Rule, catalogue: Catalogue) -> 
                 context = format_caret(text, line, column)
         raise RuleError(exc.field, exc.value, exc.problem, exc.fix, line=line, column=column, context=context) from None
     # The canonical tree is plain JSON (depth is bounded by now).
-    return Rule(json.loads(json.dumps(tree, default=str)), node)
+    return Rule(json.loads(json.dumps(thaw(tree), default=str)), node)
 
 
 _STEP = re.compile(r"\.?([A-Za-z_]+)|\[(\d+)\]")

@@ -57,10 +57,24 @@ class Offers(Service):
             "updated_at": o.updated_at,
         }
 
+    def _eligibility(self, fields: dict[str, Any]) -> None:
+        """Validate an eligibility rule (text or tree) into its canonical tree, in place."""
+        rule = fields.get("eligibility")
+        if rule is not None:
+            try:
+                fields["eligibility"] = dict(self.crm.segments.compile(rule).tree)
+            except ValidationError as exc:
+                raise exc.at("eligibility") from None
+
     def create(self, code: str, name: str, **fields: Any) -> Offer:
-        """Store a new offer; ``code`` must be unused in this workspace."""
+        """Store a new offer; ``code`` must be unused in this workspace.
+
+        ``eligibility`` is a rule (text or tree, see docs/rules.md) saying
+        who the offer is for; it is validated and stored as a tree.
+        """
         _unknown(fields, OFFER_WRITABLE)
         self.ready()
+        self._eligibility(fields)
         now = self.crm.now()
         offer = Offer(code=code, name=name, workspace=self.workspace, created_at=now, updated_at=now, **fields)
         t = self.t("offers")
@@ -98,6 +112,7 @@ class Offers(Service):
     def update(self, ref: int | str, **changes: Any) -> Offer:
         """Change fields of an offer (any of its writable fields)."""
         _unknown(changes, OFFER_WRITABLE)
+        self._eligibility(changes)
         current = self.get(ref)
         after = attrs.evolve(current, **changes, updated_at=self.crm.now())
         t = self.t("offers")
@@ -145,3 +160,29 @@ class Offers(Service):
             offers = [self._from_row(r._mapping) for r in conn.execute(q)]
         # Channel lists are short JSON arrays; filtering here keeps the SQL portable.
         return [o for o in offers if channel is None or not o.channels or channel in o.channels]
+
+    def eligible(
+        self, customer_id: int, at: datetime | None = None, *, channel: str | None = None
+    ) -> builtins.list[Offer]:
+        """The active offers this customer is eligible for, highest priority first.
+
+        An offer without an eligibility rule is for everyone.  Rules are
+        evaluated in memory against one load of the customer's data.
+        """
+        offers = self.active(at, channel=channel)
+        rules = {o.code: self.crm.segments.compile(o.eligibility) for o in offers if o.eligibility is not None}
+        if not rules:
+            return offers
+        kinds: set[str] | None = set()
+        for r in rules.values():
+            if r.kinds is None or kinds is None:
+                kinds = None
+            else:
+                kinds |= r.kinds
+        ctx = self.crm.segments.context(customer_id, kinds=kinds, at=at)
+        return [o for o in offers if o.code not in rules or rules[o.code].evaluate(ctx)]
+
+    def audience(self, ref: int | str, *, sample: int = 10) -> Any:
+        """Who an offer's eligibility rule selects now (a segments ``Preview``)."""
+        offer = self.get(ref)
+        return self.crm.segments.preview(offer.eligibility or {"field": "created_at", "op": "exists"}, sample=sample)

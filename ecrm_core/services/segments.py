@@ -29,7 +29,7 @@ from sqlalchemy.sql.expression import ClauseElement, Executable
 from ..domain import Customer
 from ..errors import Conflict, EcrmError, NotFound, ValidationError
 from ..rules import Catalogue, EvalContext, Rule, RuleError, SqlContext, compile_rule
-from ..validation import check_text
+from ..validation import check_text, thaw
 from ._base import Service
 
 __all__ = [
@@ -227,7 +227,11 @@ class Segments(Service):
     def _cached(self, rule: str | Mapping[str, Any], segments: Iterable[str]) -> Rule:
         """Compile a stored rule once per registry (stored rules are re-read on every refresh)."""
         segs = frozenset(segments)
-        key = (id(self.crm.registry), rule if isinstance(rule, str) else json.dumps(rule, sort_keys=True), segs)
+        key = (
+            id(self.crm.registry),
+            rule if isinstance(rule, str) else json.dumps(thaw(rule), sort_keys=True, default=str),
+            segs,
+        )
         cache = self.crm._shared.rule_cache
         hit = cache.get(key)
         if hit is None:
@@ -441,6 +445,14 @@ class Segments(Service):
         every = self.list()
         slugs = frozenset(s.slug for s in every)
         users = [s.slug for s in every if s.rule is not None and seg.slug in self._stored(s, slugs).segments]
+        o = self.t("offers")
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(o.c.code, o.c.eligibility).where(
+                    o.c.workspace_id == self.workspace, o.c.eligibility.is_not(None)
+                )
+            ).all()
+        users += [f"offer {r.code}" for r in rows if _refers_to(r.eligibility, seg.slug)]
         if users:
             raise Conflict(f"segment {seg.slug!r} is used by {', '.join(users)}; change their rules first")
         with self.db.write() as conn:
@@ -688,6 +700,23 @@ class Segments(Service):
         the rule uses are loaded); ``at`` defaults to the CRM's clock.
         """
         compiled = self.compile(rule)
+        ctx = self.context(customer, kinds=compiled.kinds, interactions=interactions, at=at)
+        return compiled.evaluate(ctx)
+
+    def context(
+        self,
+        customer: int | Customer,
+        *,
+        kinds: Collection[str] | None = None,
+        interactions: Sequence[Any] | None = None,
+        at: datetime | None = None,
+    ) -> EvalContext:
+        """The in-memory evaluation context of one customer, loaded once.
+
+        Evaluate several rules against it (``rule.evaluate(ctx)``): one query
+        for the interactions (only ``kinds``, if given) and one for the
+        segment memberships, whatever the number of rules.
+        """
         cust = customer if isinstance(customer, Customer) else self.crm.customers.get(customer)
         with self.db.read() as conn:
             if interactions is None:
@@ -695,17 +724,30 @@ class Segments(Service):
                 q = sa.select(i.c.kind, i.c.channel, i.c.occurred_at, i.c.amount, i.c.currency, i.c.properties).where(
                     i.c.workspace_id == self.workspace, i.c.customer_id == cust.id
                 )
-                if compiled.kinds is not None:
-                    q = q.where(i.c.kind.in_(sorted(compiled.kinds)))
+                if kinds is not None:
+                    q = q.where(i.c.kind.in_(sorted(kinds)))
                 interactions = conn.execute(q).all()
-            memberships = self._memberships(conn, cust.id) if compiled.segments and cust.id else set()
-        ctx = EvalContext(cust, interactions, at or self.crm.now(), frozenset(memberships), self.crm)
-        return compiled.evaluate(ctx)
+            memberships = self._memberships(conn, cust.id) if cust.id else set()
+        return EvalContext(cust, interactions, at or self.crm.now(), frozenset(memberships), self.crm)
 
 
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
+def _refers_to(tree: Any, slug: str) -> bool:
+    """Whether a stored rule tree uses ``segment(slug)``."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            if node.get("segment") == slug:
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
 def _check_slug(slug: Any) -> str:
     import re
 
