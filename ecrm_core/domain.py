@@ -283,23 +283,167 @@ class Interaction:
             raise ValidationError(missing, None, "amount and currency go together", f"send {missing} too, or neither")
 
 
-@attrs.define(slots=True, frozen=True)
 class InteractionBatch:
     """The interactions stored by one ``track``/``track_many`` transaction.
 
     Passed to ``ecrm_interactions_recorded`` once per committed batch, so a
     bulk import of a million rows calls a listener a few hundred times, not a
-    million.  The cheap summaries (:attr:`customer_ids`, :attr:`kinds`) need
-    no object per row; iterating builds :class:`Interaction` objects lazily.
+    million.  The batch is columnar and lazy: the bulk path hands over the
+    values it inserted, and nothing per row is built until a listener asks.
+    From cheapest to dearest: ``len(batch)``, :attr:`ids`,
+    :attr:`customer_ids` and :attr:`kinds` (frozensets), :attr:`columns`
+    (one tuple per field, for set-based work), :attr:`earliest`,
+    :attr:`rows` (one mapping per row) and iteration (one
+    :class:`Interaction` per row, without ``id`` and ``recorded_at``).
+    Every view is built once, on first use.
     """
 
+    #: The fields of :attr:`columns` and of each mapping in :attr:`rows`.
+    FIELDS = ("customer_id", "kind", "occurred_at", "channel", "amount", "currency", "properties", "idempotency_key")
+
+    __slots__ = ("_columns", "_customer_ids", "_kinds", "_len", "_rows", "_source", "ids", "workspace")
+
     workspace: str
-    rows: Sequence[Mapping[str, Any]] = attrs.field(repr=False)
-    customer_ids: frozenset[int]
-    kinds: frozenset[str]
+    #: The ids of the stored interactions, in row order, when the database
+    #: assigned them as one contiguous range (ecrm's writes on SQLite); else
+    #: ``None``.  A range, so ``ids.start``/``ids.stop`` bound an SQL query.
+    ids: range | None
+    _len: int
+    _source: tuple[Sequence[int], Sequence[Sequence[Any]], Mapping[str, int]] | None
+    _rows: Sequence[Mapping[str, Any]] | None
+    _columns: Mapping[str, tuple[Any, ...]] | None
+    _customer_ids: frozenset[int] | None
+    _kinds: frozenset[str] | None
+
+    def __init__(
+        self,
+        workspace: str,
+        rows: Sequence[Mapping[str, Any]],
+        customer_ids: frozenset[int] | None = None,
+        kinds: frozenset[str] | None = None,
+        *,
+        ids: range | None = None,
+    ) -> None:
+        """A batch of ``rows``: mappings with the keys of :attr:`FIELDS`."""
+        self._init(workspace, len(rows), None, ids)
+        object.__setattr__(self, "_rows", rows)
+        object.__setattr__(self, "_customer_ids", customer_ids)
+        object.__setattr__(self, "_kinds", kinds)
+
+    @classmethod
+    def from_tuples(
+        cls,
+        workspace: str,
+        customer_ids: Sequence[int],
+        tuples: Sequence[Sequence[Any]],
+        positions: Mapping[str, int],
+        *,
+        ids: range | None = None,
+    ) -> InteractionBatch:
+        """A batch over a bulk writer's own row tuples, without copying them.
+
+        ``customer_ids`` is the (resolved) customer of each row; ``positions``
+        gives, for every other name of :attr:`FIELDS`, its index in each of
+        ``tuples`` (``occurred_at`` an aware datetime, ``amount`` a
+        :class:`~decimal.Decimal` or ``None``, ``properties`` a mapping or its
+        JSON text).  The caller must not change the sequences afterwards.
+        """
+        if len(customer_ids) != len(tuples):
+            raise ValueError("one customer id per row tuple")
+        missing = set(cls.FIELDS[1:]) - set(positions)
+        if missing:
+            raise ValueError(f"positions lack {sorted(missing)}")
+        batch = object.__new__(cls)
+        batch._init(workspace, len(tuples), (customer_ids, tuples, positions), ids)
+        for name in ("_rows", "_customer_ids", "_kinds"):
+            object.__setattr__(batch, name, None)
+        return batch
+
+    def _init(self, workspace: str, n: int, source: Any, ids: range | None) -> None:
+        if ids is not None and len(ids) != n:
+            raise ValueError(f"{len(ids)} ids for {n} rows")
+        object.__setattr__(self, "workspace", workspace)
+        object.__setattr__(self, "ids", ids)
+        object.__setattr__(self, "_len", n)
+        object.__setattr__(self, "_source", source)
+        object.__setattr__(self, "_columns", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise attrs.exceptions.FrozenInstanceError()
+
+    def __delattr__(self, name: str) -> None:
+        raise attrs.exceptions.FrozenInstanceError()
+
+    def __repr__(self) -> str:
+        return f"InteractionBatch(workspace={self.workspace!r}, rows={self._len}, ids={self.ids!r}, kinds={set(self.kinds)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, InteractionBatch):
+            return NotImplemented
+        return self.workspace == other.workspace and self.ids == other.ids and self.columns == other.columns
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self._len
+
+    @property
+    def customer_ids(self) -> frozenset[int]:
+        """The customers of the batch (survivors of merges, as stored)."""
+        found = self._customer_ids
+        if found is None:
+            src = self._source
+            found = frozenset(src[0] if src is not None else self.columns["customer_id"])
+            object.__setattr__(self, "_customer_ids", found)
+        return found
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The interaction kinds in the batch."""
+        found = self._kinds
+        if found is None:
+            src = self._source
+            if src is not None:
+                from operator import itemgetter
+
+                found = frozenset(map(itemgetter(src[2]["kind"]), src[1]))
+            else:
+                found = frozenset(self.columns["kind"])
+            object.__setattr__(self, "_kinds", found)
+        return found
+
+    @property
+    def columns(self) -> Mapping[str, tuple[Any, ...]]:
+        """One tuple per name of :attr:`FIELDS`, in row order (``properties`` as stored:
+        JSON text from the bulk path, a mapping otherwise)."""
+        cols = self._columns
+        if cols is None:
+            from operator import itemgetter
+            from types import MappingProxyType
+
+            src = self._source
+            if src is not None:
+                cids, tuples, positions = src
+                built = {"customer_id": tuple(cids)}
+                for name in self.FIELDS[1:]:
+                    built[name] = tuple(map(itemgetter(positions[name]), tuples))
+            else:
+                given = self._rows or ()
+                built = {name: tuple([r.get(name) for r in given]) for name in self.FIELDS}
+            cols = MappingProxyType(built)
+            object.__setattr__(self, "_columns", cols)
+        return cols
+
+    @property
+    def rows(self) -> Sequence[Mapping[str, Any]]:
+        """One mapping per row with the keys of :attr:`FIELDS` (built on first use)."""
+        rows = self._rows
+        if rows is None:
+            cols = self.columns
+            names = self.FIELDS
+            rows = [dict(zip(names, values, strict=True)) for values in zip(*(cols[n] for n in names), strict=True)]
+            object.__setattr__(self, "_rows", rows)
+        return rows
 
     def __iter__(self) -> Iterator[Interaction]:
         import json
@@ -312,7 +456,8 @@ class InteractionBatch:
 
     @property
     def earliest(self) -> datetime | None:
-        return min((r["occurred_at"] for r in self.rows), default=None)
+        """The earliest ``occurred_at`` of the batch."""
+        return min(self.columns["occurred_at"], default=None)
 
 
 # --------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -188,6 +188,40 @@ _ENCODER = json.JSONEncoder(
 )
 
 
+def _make_encode() -> Callable[[Any], str]:
+    """``_ENCODER.encode`` without its per-call set-up (a new C encoder per call).
+
+    The C encoder ``JSONEncoder.encode`` itself builds for a mapping, built
+    once with the same options: the same text, errors and exceptions.
+    """
+    from json import encoder
+
+    make = getattr(encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - Python without the _json accelerator
+        return _ENCODER.encode
+    e = _ENCODER
+    chunks = make(
+        None,  # markers: no circular check
+        e.default,
+        encoder.encode_basestring,  # ensure_ascii=False
+        e.indent,
+        e.key_separator,
+        e.item_separator,
+        e.sort_keys,
+        e.skipkeys,
+        e.allow_nan,
+    )
+    join = "".join
+
+    def encode(value: Any) -> str:
+        return join(chunks(value, 0))  # type: ignore[no-any-return]
+
+    return encode
+
+
+_encode_mapping = _make_encode()
+
+
 def properties_json(value: Any, field: str = "properties", limit: int = MAX_PROPERTIES_BYTES) -> str:
     """Return the canonical JSON text of a properties mapping, or raise.
 
@@ -199,7 +233,7 @@ def properties_json(value: Any, field: str = "properties", limit: int = MAX_PROP
     if not isinstance(value, Mapping):
         raise ValidationError(field, value, "not a mapping", "send an object of key/value pairs")
     try:
-        text = _ENCODER.encode(value)
+        text = _encode_mapping(value)
     except RecursionError:
         raise ValidationError(
             field,

@@ -121,3 +121,96 @@ def test_cyclic_or_absurdly_nested_properties_are_clear_errors():
     for value in (cyclic, deep):
         with pytest.raises(ValidationError, match="not JSON-serialisable"):
             Interaction(kind="page_view", occurred_at=datetime.now(UTC), properties=value)
+
+
+def test_properties_json_is_canonical_and_matches_the_stdlib_encoder():
+    import json
+    from types import MappingProxyType
+
+    from ecrm_core.validation import properties_json
+
+    value = {"b": [1, 2.5, {"z": None, "y": True}], "a": "é\u2028", "n": MappingProxyType({"d": 1, "c": 2})}
+    expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=dict)
+    assert properties_json(value) == expected
+    assert properties_json({"y": 1, "x": 2}) == properties_json({"x": 2, "y": 1}) == '{"x":2,"y":1}'
+    assert properties_json(None) == properties_json({}) == "{}"
+    for bad, problem in (({"x": float("nan")}, "Out of range"), ({"x": object()}, "not JSON serializable")):
+        with pytest.raises(ValidationError, match=problem):
+            properties_json(bad)
+
+
+# -- InteractionBatch -----------------------------------------------------------------
+
+
+def _batch_rows():
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    return [
+        {
+            "customer_id": 7,
+            "kind": "purchase",
+            "occurred_at": t0 + timedelta(hours=1),
+            "channel": "web",
+            "amount": Decimal("9.5"),
+            "currency": "EUR",
+            "properties": '{"sku":"A"}',
+            "idempotency_key": "o-1",
+        },
+        {
+            "customer_id": 8,
+            "kind": "page_view",
+            "occurred_at": t0,
+            "channel": None,
+            "amount": None,
+            "currency": None,
+            "properties": {"path": "/"},
+            "idempotency_key": None,
+        },
+    ]
+
+
+def test_interaction_batch_from_rows():
+    from ecrm_core import InteractionBatch
+
+    rows = _batch_rows()
+    batch = InteractionBatch("default", rows, frozenset({7, 8}), frozenset({"purchase", "page_view"}))
+    assert len(batch) == 2 and batch.ids is None and batch.rows is rows
+    assert batch.customer_ids == {7, 8} and batch.kinds == {"purchase", "page_view"}
+    assert batch.columns["customer_id"] == (7, 8) and batch.columns["amount"] == (Decimal("9.5"), None)
+    assert batch.earliest == datetime(2025, 1, 1, tzinfo=UTC)
+    first, second = list(batch)
+    assert first.properties == {"sku": "A"} and first.amount == Decimal("9.5") and first.customer_id == 7
+    assert second.properties == {"path": "/"} and second.channel is None
+    # the summaries are optional: computed from the rows on first use
+    assert InteractionBatch("default", rows).kinds == {"purchase", "page_view"}
+    assert InteractionBatch("default", rows).customer_ids == {7, 8}
+    empty = InteractionBatch("default", [])
+    assert len(empty) == 0 and empty.earliest is None and list(empty) == [] and empty.kinds == frozenset()
+
+
+def test_interaction_batch_from_tuples_is_lazy_and_equal_to_rows():
+    import attrs
+
+    from ecrm_core import InteractionBatch
+
+    rows = _batch_rows()
+    positions = {name: i for i, name in enumerate(InteractionBatch.FIELDS[1:])}
+    tuples = [tuple(r[name] for name in InteractionBatch.FIELDS[1:]) for r in rows]
+    batch = InteractionBatch.from_tuples("default", [7, 8], tuples, positions, ids=range(10, 12))
+    assert len(batch) == 2 and batch.ids == range(10, 12)
+    assert batch._rows is None and batch._columns is None  # nothing per row yet
+    assert batch.customer_ids == {7, 8} and batch.kinds == {"purchase", "page_view"}
+    assert batch._rows is None and batch._columns is None  # the summaries need no columns
+    assert batch.columns["kind"] == ("purchase", "page_view")
+    assert batch.rows == rows and batch.rows is batch.rows  # built once
+    assert [i.kind for i in batch] == ["purchase", "page_view"]
+    assert batch == InteractionBatch("default", rows, ids=range(10, 12))
+    assert batch != InteractionBatch("default", rows)  # other ids
+    assert "rows=2" in repr(batch)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        batch.workspace = "other"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="ids for"):
+        InteractionBatch.from_tuples("default", [7, 8], tuples, positions, ids=range(3))
+    with pytest.raises(ValueError, match="one customer id per row"):
+        InteractionBatch.from_tuples("default", [7], tuples, positions)
+    with pytest.raises(ValueError, match="positions lack"):
+        InteractionBatch.from_tuples("default", [7, 8], tuples, {"kind": 0})

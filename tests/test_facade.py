@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -263,6 +263,130 @@ def test_track_by_alias_creates_prospects(crm, events):
         crm.interactions.track_many([{"kind": "page_view", "anonymous_id": "cookie-2"}], create_missing=False)
 
 
+def test_recorded_batches_hold_what_was_stored(crm, events):
+    a = crm.customers.create(email="a@example.com")
+    b = crm.customers.create(email="b@example.com")
+    crm.customers.merge(b.id, into=a.id)
+    rows = [
+        {
+            "kind": "purchase",
+            "customer_id": a.id,
+            "occurred_at": T0.astimezone(timezone(timedelta(hours=9))),
+            "amount": "5.50",
+            "currency": "eur",
+            "channel": "web",
+            "properties": {"b": 1, "a": [2]},
+            "idempotency_key": "p1",
+        },
+        {"kind": "page_view", "customer_id": b.id, "occurred_at": T0 + timedelta(seconds=1)},  # merged into a
+        {"kind": "page_view", "email": "new@example.com", "occurred_at": T0 + timedelta(seconds=2)},
+        {"kind": "click", "customer_id": a.id, "occurred_at": "2025-03-01T12:00:03Z", "idempotency_key": "c1"},
+    ]
+    crm.interactions.track_many(rows[:1])
+    events.calls.clear()
+    result = crm.interactions.track_many(rows, batch_size=2, atomic=False)
+    assert (result.stored, result.duplicates, result.created_customers) == (3, 1, 1)
+    batches = [e["batch"] for e in events.of("ecrm_interactions_recorded")]
+    assert [len(x) for x in batches] == [1, 2]  # the duplicate is in no batch
+    new = crm.customers.find(email="new@example.com")
+    assert [x.customer_ids for x in batches] == [{a.id}, {new.id, a.id}]
+    assert [x.kinds for x in batches] == [{"page_view"}, {"page_view", "click"}]
+    assert [r["customer_id"] for x in batches for r in x.rows] == [a.id, new.id, a.id]
+    assert batches[1].columns["occurred_at"] == (T0 + timedelta(seconds=2), T0 + timedelta(seconds=3))
+    assert batches[1].earliest == T0 + timedelta(seconds=2)
+    for batch in batches:
+        for got in batch:
+            assert got.workspace == crm.workspace and got.id is None
+    if crm.db.is_sqlite:
+        # ecrm holds SQLite's write lock: each batch's rows have consecutive ids
+        stored = crm.interactions.timeline(a.id) + crm.interactions.timeline(new.id)
+        assert sorted(i.id for i in stored if i.idempotency_key != "p1") == [i for x in batches for i in x.ids]
+        for batch in batches:
+            for interaction_id, row in zip(batch.ids, batch.rows, strict=True):
+                got = crm.interactions.get(interaction_id)
+                assert (got.customer_id, got.kind, got.occurred_at) == (
+                    row["customer_id"],
+                    row["kind"],
+                    row["occurred_at"],
+                )
+
+
+def test_payload_hashes_keep_their_stored_format(crm):
+    """Stored payload hashes must match what earlier versions wrote, or a retry
+    of an event stored before an upgrade would be taken for a conflict."""
+    import sqlalchemy as sa
+
+    a = crm.customers.create(email="a@example.com")
+    assert a.id == 1
+    at = datetime(2025, 3, 1, 12, 0, tzinfo=timezone(timedelta(hours=9)))
+    crm.interactions.track_many(
+        [
+            {
+                "kind": "purchase",
+                "customer_id": a.id,
+                "occurred_at": at,
+                "amount": "10.50",
+                "currency": "eur",
+                "properties": {"sku": "X", "a": [1, 2]},
+                "channel": "web",
+                "idempotency_key": "h1",
+            },
+            {"kind": "page_view", "email": "b@example.com", "idempotency_key": "h2"},
+            {
+                "kind": "page_view",
+                "customer_id": a.id,
+                "occurred_at": "2025-03-01T00:00:00.000001Z",
+                "idempotency_key": "h3",
+            },
+        ]
+    )
+    t = crm.db.tables["interactions"]
+    with crm.db.read() as conn:
+        hashes = dict(conn.execute(sa.select(t.c.idempotency_key, t.c.payload_hash)).all())
+    assert hashes == {
+        "h1": "19a09889e85dd43d3e30eefbb56d9745",
+        "h2": "314fb19ec0da6efafc237b220ad75f06",  # no occurred_at sent: the time is not hashed
+        "h3": "3228a69f9276019ca464ef6f313fec06",
+    }
+    # the same payloads again: duplicates, whatever the key order of the properties
+    again = crm.interactions.track_many(
+        [
+            {
+                "kind": "purchase",
+                "customer_id": a.id,
+                "occurred_at": at.astimezone(UTC),
+                "amount": Decimal("10.50"),
+                "currency": "EUR",
+                "properties": {"a": [1, 2], "sku": "X"},
+                "channel": "web",
+                "idempotency_key": "h1",
+            },
+            {"kind": "page_view", "email": "b@example.com", "idempotency_key": "h2"},
+        ]
+    )
+    assert (again.stored, again.duplicates) == (0, 2)
+
+
+def test_bad_values_of_other_types_are_row_errors(crm):
+    a = crm.customers.create(email="a@example.com")
+    rows = [
+        {"kind": 42, "customer_id": a.id},
+        {"kind": "page_view", "customer_id": a.id, "channel": ["web"]},
+        {"kind": "purchase", "customer_id": a.id, "amount": 1, "currency": ["EUR"]},
+        {"kind": "page_view", "customer_id": True},
+        {"kind": "page_view", "customer_id": 2**63},
+    ]
+    result = crm.interactions.track_many(rows, on_error="skip")
+    assert result.stored == 0
+    assert [(e.index, e.error.field) for e in result.errors] == [
+        (0, "kind"),
+        (1, "channel"),
+        (2, "currency"),
+        (3, "customer_id"),
+        (4, "customer_id"),
+    ]
+
+
 def test_timeline_pages_and_view(crm):
     a = crm.customers.create(email="a@example.com")
     crm.interactions.track_many(
@@ -335,7 +459,7 @@ def test_offers(crm):
     assert [o.code for o in crm.offers.active(T0 + timedelta(days=1), channel="sms")] == ["welcome"]
     assert [o.code for o in crm.offers.active(T0 + timedelta(days=40))] == ["welcome"]
     updated = crm.offers.update(
-        "welcome", priority=9, eligibility={"all": [{"field": "country", "op": "eq", "value": "KR"}]}
+        "welcome", priority=9, eligibility={"all": [{"field": "attributes.country", "op": "eq", "value": "KR"}]}
     )
     assert crm.offers.get(updated.id).eligibility["all"][0]["value"] == "KR"
     with pytest.raises(ValidationError):

@@ -9,10 +9,10 @@ one event per committed batch.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from hashlib import blake2b as _blake2b
 from typing import Any, Literal
 
 import attrs
@@ -97,20 +97,24 @@ class CustomerView:
     recent: tuple[Interaction, ...]
 
 
-class _Prepared:
-    """One validated row, ready to insert once its customer is resolved."""
-
-    __slots__ = ("hash", "index", "key", "ref", "summary", "values")
-
-    def __init__(
-        self, index: int, ref: Any, values: list[Any], key: str | None, hash_: str | None, summary: dict[str, Any]
-    ):
-        self.index = index
-        self.ref = ref
-        self.values = values
-        self.key = key
-        self.hash = hash_
-        self.summary = summary
+# A validated row, ready to insert once its customer is resolved, is one
+# tuple (the cheapest object per row).  Its first eight items are the insert's
+# columns after workspace_id, customer_id and origin_customer_id; then the
+# typed values listeners see, the customer reference and the row's index.
+_KIND, _CHANNEL, _AT_DB, _AMOUNT_DB, _CURRENCY, _PROPS, _KEY, _HASH, _AT, _AMOUNT, _REF, _INDEX = range(12)
+#: Where InteractionBatch finds each field in a prepared tuple.
+_BATCH_POSITIONS = {
+    "kind": _KIND,
+    "occurred_at": _AT,
+    "channel": _CHANNEL,
+    "amount": _AMOUNT,
+    "currency": _CURRENCY,
+    "properties": _PROPS,
+    "idempotency_key": _KEY,
+}
+_Prepared = tuple[Any, ...]
+_ALIAS_ROW_KEYS = frozenset(k for k, _ in _REF_KEYS)
+_MAX_ID = 2**63
 
 
 def _sqlite_dt(d: datetime) -> str:
@@ -380,6 +384,7 @@ class _TrackState:
         self.create_missing = create_missing
         self.keep = keep
         self.kinds = self.crm.registry.interaction_kinds
+        # Values already checked in this call (checked once, then a set lookup).
         self.channels: set[str] = set()
         self.currencies: set[str] = set()
         self.errors: list[RowError] = []
@@ -390,15 +395,21 @@ class _TrackState:
         self.created = 0
         self.seen_keys: dict[str, str] = {}
         self.sqlite = svc.db.is_sqlite
-        now = self.crm.now()
+        now = self.crm.now().astimezone(UTC)
         self.now = now
         self.now_db: Any = _sqlite_dt(now.replace(tzinfo=None)) if self.sqlite else now
         self._sql: str | None = None
+        self._ids_sql: str | None = None
         self._positional = True
 
     # -- per row -----------------------------------------------------------
     def prepare(self, index: int, row: Mapping[str, Any] | Interaction) -> _Prepared | None:
+        """Validate and normalise one row: its prepared tuple, or ``None``
+        (a duplicate of an earlier row of this call, or a bad row, recorded
+        in :attr:`errors`)."""
         try:
+            if isinstance(row, Interaction):
+                return self._prepare_interaction(index, row)
             return self._prepare(index, row)
         except _Duplicate:
             return None
@@ -406,60 +417,82 @@ class _TrackState:
             self.errors.append(RowError(index, exc))
             return None
 
-    def _prepare(self, index: int, row: Mapping[str, Any] | Interaction) -> _Prepared:
-        if isinstance(row, Interaction):
-            kind, occurred_at, channel = row.kind, row.occurred_at, row.channel
-            amount, currency, key = row.amount, row.currency, row.idempotency_key
-            props = properties_json(row.properties)
-            if row.customer_id is None:
-                raise ValidationError("customer_id", None, "no customer", "set customer_id on the Interaction")
-            ref: Any = row.customer_id
-            stamped = True
-            self.crm.check_kind(kind)
-        else:
-            if not isinstance(row, Mapping):
-                raise ValidationError("row", row, "not an object", "send one mapping per interaction")
-            if not _ROW_KEY_SET.issuperset(row.keys()):
-                import difflib
-
-                for k in row:
-                    if k in _ROW_KEY_SET:
-                        continue
-                    close = difflib.get_close_matches(str(k), ROW_KEYS, n=1)
-                    hint = f"did you mean {close[0]!r}? " if close else ""
-                    raise ValidationError(str(k), row[k], "unknown field", f"{hint}fields: {', '.join(ROW_KEYS)}")
-            kind = row.get("kind")  # type: ignore[assignment]
-            if kind not in self.kinds:
-                self.crm.check_kind(kind)
-            at = row.get("occurred_at")
-            occurred_at = self.now if at is None else aware_datetime(at, "occurred_at")
-            stamped = at is not None
-            channel = row.get("channel")
-            if channel is not None and channel not in self.channels:
-                self.channels.add(check_slug(channel, "channel", "channel name"))
-            amount = row.get("amount")
-            currency = row.get("currency")
-            if amount is not None:
-                amount = check_amount(amount)
-            if currency is not None and currency not in self.currencies:
-                currency = check_currency(currency)
-                self.currencies.add(currency)
-            if (amount is None) != (currency is None):
-                missing = "currency" if currency is None else "amount"
-                raise ValidationError(
-                    missing, None, "amount and currency go together", f"send {missing} too, or neither"
-                )
-            props = properties_json(row.get("properties"))
-            key = row.get("idempotency_key")
-            if key is not None:
-                check_key(key)
-            ref = self._ref(row)
-        # The stored text form on SQLite (UTC, always with microseconds).
-        text_at = occurred_at.replace(tzinfo=None).isoformat(" ", "microseconds")
+    def _prepare(self, index: int, row: Mapping[str, Any]) -> _Prepared:
+        # The bulk path: every row is checked, but the common case (known
+        # kind, aware UTC datetime, known channel, customer_id) costs a few
+        # dict and set lookups; anything else goes through the validation
+        # functions, which give the errors.
+        if not isinstance(row, Mapping):
+            raise ValidationError("row", row, "not an object", "send one mapping per interaction")
+        if not _ROW_KEY_SET.issuperset(row.keys()):
+            _unknown_field(row)
+        get = row.get
+        kind = get("kind")
+        if type(kind) is not str or kind not in self.kinds:
+            kind = self.crm.check_kind(kind)
+        at = get("occurred_at")
+        occurred_at = self.now if at is None else aware_datetime(at, "occurred_at")
+        channel = get("channel")
+        if channel is not None and (type(channel) is not str or channel not in self.channels):
+            self.channels.add(check_slug(channel, "channel", "channel name"))
+        amount = get("amount")
+        currency = get("currency")
+        if amount is not None:
+            amount = check_amount(amount)
+        if currency is not None and (type(currency) is not str or currency not in self.currencies):
+            currency = check_currency(currency)
+            self.currencies.add(currency)
+        if (amount is None) != (currency is None):
+            missing = "currency" if currency is None else "amount"
+            raise ValidationError(missing, None, "amount and currency go together", f"send {missing} too, or neither")
+        props = get("properties")
+        props = "{}" if props is None else properties_json(props)
+        key = get("idempotency_key")
         if key is not None:
-            h = hashlib.blake2b(
+            check_key(key)
+        ref = get("customer_id")
+        if type(ref) is not int or not 0 < ref < _MAX_ID or not _ALIAS_ROW_KEYS.isdisjoint(row):
+            ref = self._ref(row)
+        return self._finish(index, ref, kind, occurred_at, at is not None, channel, amount, currency, props, key)
+
+    def _prepare_interaction(self, index: int, row: Interaction) -> _Prepared:
+        if row.customer_id is None:
+            raise ValidationError("customer_id", None, "no customer", "set customer_id on the Interaction")
+        self.crm.check_kind(row.kind)
+        return self._finish(
+            index,
+            row.customer_id,
+            row.kind,
+            row.occurred_at.astimezone(UTC),
+            True,
+            row.channel,
+            row.amount,
+            row.currency,
+            properties_json(row.properties),
+            row.idempotency_key,
+        )
+
+    def _finish(
+        self,
+        index: int,
+        ref: Any,
+        kind: str,
+        occurred_at: datetime,
+        stamped: bool,
+        channel: str | None,
+        amount: Decimal | None,
+        currency: str | None,
+        props: str,
+        key: str | None,
+    ) -> _Prepared:
+        # The stored text form on SQLite (UTC, always with microseconds):
+        # isoformat of an aware UTC datetime, without its "+00:00".
+        text_at = occurred_at.isoformat(" ", "microseconds")[:26]
+        if key is not None:
+            h = _blake2b(
                 # A time ecrm filled in (no occurred_at sent) is not part of the
-                # payload: a retry of the same event must match.
+                # payload: a retry of the same event must match.  The format
+                # is what stored payload hashes were made with: keep it.
                 f"{ref}|{kind}|{channel}|{text_at if stamped else ''}|{amount}|{currency}|{props}".encode(),
                 digest_size=16,
             ).hexdigest()
@@ -472,26 +505,29 @@ class _TrackState:
             self.seen_keys[key] = h
         else:
             h = None
-        dt = text_at if self.sqlite else occurred_at
-        amt = (str(amount) if self.sqlite else amount) if amount is not None else None
-        values = [self.ws, None, None, kind, channel, dt, amt, currency, props, key, h, self.now_db]
-        summary = {
-            "kind": kind,
-            "occurred_at": occurred_at,
-            "channel": channel,
-            "amount": amount,
-            "currency": currency,
-            "properties": props,
-            "idempotency_key": key,
-        }
-        return _Prepared(index, ref, values, key, h, summary)
+        if self.sqlite:
+            return (
+                kind,
+                channel,
+                text_at,
+                None if amount is None else str(amount),
+                currency,
+                props,
+                key,
+                h,
+                occurred_at,
+                amount,
+                ref,
+                index,
+            )
+        return (kind, channel, occurred_at, amount, currency, props, key, h, occurred_at, amount, ref, index)
 
     @staticmethod
     def _ref(row: Mapping[str, Any]) -> Any:
         cid = row.get("customer_id")
         refs = [(kind, row[k]) for k, kind in _REF_KEYS if row.get(k) is not None]
         if cid is not None:
-            if isinstance(cid, bool) or not isinstance(cid, int) or not 0 < cid < 2**63:
+            if isinstance(cid, bool) or not isinstance(cid, int) or not 0 < cid < _MAX_ID:
                 raise ValidationError("customer_id", cid, "not a valid id", "send the integer id ecrm assigned")
             if refs:
                 raise ValidationError(
@@ -533,6 +569,25 @@ class _TrackState:
             self._sql = compiled.string
         return self._sql
 
+    def _live_ids_sqlite(self, conn: sa.Connection, ids: set[int]) -> dict[Any, int]:
+        """SQLite: ``{id: live id}`` for the batch's customer ids, in one query
+        with one JSON parameter instead of thousands of bound ids."""
+        if self._ids_sql is None:
+            c = self.svc.t("customers")
+            wanted = sa.select(sa.column("value", sa.Integer)).select_from(
+                sa.func.json_each(sa.bindparam("ids", type_=sa.String))
+            )
+            q = sa.select(c.c.id, sa.func.coalesce(c.c.merged_into, c.c.id)).where(
+                c.c.workspace_id == sa.bindparam("ws", type_=sa.String), c.c.id.in_(wanted)
+            )
+            compiled = q.compile(dialect=conn.dialect)
+            assert compiled.positiontup == ["ws", "ids"], compiled.positiontup
+            self._ids_sql = compiled.string
+        import json
+
+        ids_json = json.dumps(sorted(ids))
+        return dict(conn.exec_driver_sql(self._ids_sql, (self.ws, ids_json)).all())  # type: ignore[arg-type]
+
     def _customers(self, conn: sa.Connection, batch: list[_Prepared]) -> dict[Any, int]:
         """Map each row's customer reference to a live customer id, set-based.
 
@@ -540,24 +595,16 @@ class _TrackState:
         become new prospects (``create_missing``), created on this
         connection so they commit or roll back with the interactions.
         """
-        ids = {p.ref for p in batch if isinstance(p.ref, int)}
-        aliases = {p.ref for p in batch if isinstance(p.ref, Alias)}
+        refs = set(map(_ref_of, batch))
+        aliases = {r for r in refs if type(r) is not int}
+        ids = refs - aliases if aliases else refs
         out: dict[Any, int] = {}
         if ids:
-            c = self.svc.t("customers")
-            vals = sorted(ids)
             if self.sqlite:
-                # One JSON parameter instead of thousands of bound ids.
-                import json
-
-                wanted = sa.select(sa.column("value", sa.Integer)).select_from(
-                    sa.func.json_each(sa.bindparam("ids", type_=sa.String))
-                )
-                q = sa.select(c.c.id, sa.func.coalesce(c.c.merged_into, c.c.id)).where(
-                    c.c.workspace_id == self.ws, c.c.id.in_(wanted)
-                )
-                out.update((r[0], r[1]) for r in conn.execute(q, {"ids": json.dumps(vals)}).all())
+                out = self._live_ids_sqlite(conn, ids)
             else:
+                c = self.svc.t("customers")
+                vals = sorted(ids)
                 for i in range(0, len(vals), 30000):
                     q = sa.select(c.c.id, sa.func.coalesce(c.c.merged_into, c.c.id)).where(
                         c.c.workspace_id == self.ws, c.c.id.in_(vals[i : i + 30000])
@@ -579,68 +626,97 @@ class _TrackState:
             out.update(found)
         return out
 
+    def _max_id(self, conn: sa.Connection) -> int:
+        i = self.svc.t("interactions")
+        return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(i.c.id), 0))).scalar_one())
+
     def insert(self, conn: sa.Connection, batch: list[_Prepared]) -> None:
         resolved = self._customers(conn, batch)
-        rows = []
-        good: list[_Prepared] = []
-        for p in batch:
-            cid = resolved.get(p.ref)
-            if cid is None:
-                what = "customer" if isinstance(p.ref, int) else f"customer with {p.ref.kind}"
-                self.errors.append(RowError(p.index, NotFound(what, p.ref if isinstance(p.ref, int) else p.ref.value)))
-                continue
-            p.values[1] = cid
-            p.values[2] = cid
-            p.summary["customer_id"] = cid
-            rows.append(tuple(p.values) if self._positional else dict(zip(_INSERT_COLUMNS, p.values, strict=True)))
-            good.append(p)
-        if not rows:
-            return
+        ws, now_db = self.ws, self.now_db
+        found = list(map(resolved.get, map(_ref_of, batch)))
+        if None not in found:
+            cids: list[int] = found  # type: ignore[assignment]
+        else:
+            good: list[_Prepared] = []
+            for p, cid in zip(batch, found, strict=True):
+                if cid is None:
+                    ref = p[_REF]
+                    what = "customer" if isinstance(ref, int) else f"customer with {ref.kind}"
+                    self.errors.append(RowError(p[_INDEX], NotFound(what, ref if isinstance(ref, int) else ref.value)))
+                else:
+                    good.append(p)
+            batch = good
+            cids = [c for c in found if c is not None]
+            if not batch:
+                return
+        # The insert's rows: (workspace, customer, origin customer, *the first
+        # eight items of the prepared tuple, recorded_at).
+        rows: list[Any] = [
+            (ws, cid, cid, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], now_db)
+            for p, cid in zip(batch, cids, strict=True)
+        ]
+        if not self._positional:
+            rows = [dict(zip(_INSERT_COLUMNS, r, strict=True)) for r in rows]
         sql = self._statement(conn)
-        keyed = [p for p in good if p.key is not None]
-        before = 0
-        i = self.svc.t("interactions")
-        if keyed or self.keep:
-            before = conn.execute(sa.select(sa.func.coalesce(sa.func.max(i.c.id), 0))).scalar_one()
+        keyed = any(p[_KEY] is not None for p in batch)
+        # On SQLite ecrm holds the write lock: the rows it inserts get the ids
+        # right after the largest one, so max(id) before and after bound them.
+        before = self._max_id(conn) if keyed or self.keep or self.sqlite else 0
         inserted = conn.exec_driver_sql(sql, rows).rowcount  # type: ignore[arg-type]
         if inserted == len(rows):
-            stored = good
+            stored, stored_cids = batch, cids
         else:
             # Some keyed rows hit an existing key: same payload = duplicate
             # (fine, idempotent), different payload = conflict.
+            i = self.svc.t("interactions")
             existing: dict[str, tuple[str, int]] = {}
-            keys = [p.key for p in keyed]
+            keys = [p[_KEY] for p in batch if p[_KEY] is not None]
             for j in range(0, len(keys), 900):
                 q = sa.select(i.c.idempotency_key, i.c.payload_hash, i.c.id).where(
                     i.c.workspace_id == self.ws, i.c.idempotency_key.in_(keys[j : j + 900])
                 )
                 existing.update({k: (h, rid) for k, h, rid in conn.execute(q)})
-            stored = []
-            for p in good:
-                if p.key is None:
-                    stored.append(p)
-                    continue
-                h, rid = existing[p.key]
-                if rid > before:
-                    stored.append(p)
-                elif h == p.hash:
-                    self.duplicates += 1
-                else:
-                    self.errors.append(RowError(p.index, IdempotencyConflict(p.key)))
+            stored, stored_cids = [], []
+            for p, cid in zip(batch, cids, strict=True):
+                key = p[_KEY]
+                if key is not None:
+                    h, rid = existing[key]
+                    if rid <= before:
+                        if h == p[_HASH]:
+                            self.duplicates += 1
+                        else:
+                            self.errors.append(RowError(p[_INDEX], IdempotencyConflict(key)))
+                        continue
+                stored.append(p)
+                stored_cids.append(cid)
         self.stored += len(stored)
         if stored:
-            summaries = [p.summary for p in stored]
-            self.batches.append(
-                InteractionBatch(
-                    workspace=self.ws,
-                    rows=summaries,
-                    customer_ids=frozenset(s["customer_id"] for s in summaries),
-                    kinds=frozenset(s["kind"] for s in summaries),
-                )
-            )
+            ids = None
+            if self.sqlite:
+                after = self._max_id(conn)
+                if after - before == len(stored):
+                    ids = range(before + 1, after + 1)
+            self.batches.append(InteractionBatch.from_tuples(self.ws, stored_cids, stored, _BATCH_POSITIONS, ids=ids))
             if self.keep:
+                i = self.svc.t("interactions")
                 q = sa.select(i).where(i.c.workspace_id == self.ws, i.c.id > before).order_by(i.c.id)
                 self.kept.extend(self.svc._from_row(r._mapping) for r in conn.execute(q))
+
+
+def _ref_of(p: _Prepared) -> Any:
+    return p[_REF]
+
+
+def _unknown_field(row: Mapping[str, Any]) -> None:
+    """Raise the error for the first key of ``row`` that is not a field."""
+    import difflib
+
+    for k in row:
+        if k in _ROW_KEY_SET:
+            continue
+        close = difflib.get_close_matches(str(k), ROW_KEYS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValidationError(str(k), row[k], "unknown field", f"{hint}fields: {', '.join(ROW_KEYS)}")
 
 
 class _Duplicate(EcrmError):

@@ -1,10 +1,12 @@
 """The SQL side of ecrm-stats: incremental upserts, merge folding, rebuild, reads.
 
 Everything here is set-based: a committed batch of interactions becomes one
-``INSERT ... ON CONFLICT DO UPDATE`` executed with ``executemany`` over the
-batch's (customer, kind) groups; a merge is one ``INSERT ... SELECT ... ON
-CONFLICT`` plus one ``DELETE``; a rebuild is one ``DELETE`` plus one
-``INSERT ... SELECT ... GROUP BY``.
+``INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE`` over the batch's
+id range when the core reports one (SQLite), else one ``INSERT ... ON
+CONFLICT DO UPDATE`` executed with ``executemany`` over the batch's
+(customer, kind) groups, aggregated in Python from the batch's columns; a
+merge is one ``INSERT ... SELECT ... ON CONFLICT`` plus one ``DELETE``; a
+rebuild is one ``DELETE`` plus one ``INSERT ... SELECT ... GROUP BY``.
 
 Amounts: sums are exact on PostgreSQL (``NUMERIC``).  SQLite has no decimal
 arithmetic, so there the sums are kept in double precision and rounded to
@@ -34,6 +36,7 @@ __all__ = [
     "CustomerStats",
     "stats_table",
     "aggregate",
+    "aggregate_columns",
     "apply_batch",
     "fold_merge",
     "rebuild",
@@ -153,15 +156,26 @@ def _upsert(conn: sa.Connection, table: sa.Table, source: Any = None) -> Any:
 def aggregate(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[int, str], list[Any]]:
     """Group interaction rows by (customer_id, kind): ``[count, amount_sum, first_at, last_at]``.
 
-    ``rows`` are the mappings of :attr:`ecrm_core.InteractionBatch.rows`
+    ``rows`` are mappings like those of :attr:`ecrm_core.InteractionBatch.rows`
     (``customer_id``, ``kind``, aware ``occurred_at``, ``amount`` or ``None``).
     """
+    rows = list(rows)
+    return aggregate_columns(
+        [r["customer_id"] for r in rows],
+        [r["kind"] for r in rows],
+        [r["occurred_at"] for r in rows],
+        [r["amount"] for r in rows],
+    )
+
+
+def aggregate_columns(
+    customer_ids: Iterable[int], kinds: Iterable[str], occurred: Iterable[datetime], amounts: Iterable[Any]
+) -> dict[tuple[int, str], list[Any]]:
+    """:func:`aggregate` over columns, as in :attr:`ecrm_core.InteractionBatch.columns`."""
     groups: dict[tuple[int, str], list[Any]] = {}
     get = groups.get
-    for row in rows:
-        key = (row["customer_id"], row["kind"])
-        amount = row["amount"]
-        at = row["occurred_at"]
+    for cid, kind, at, amount in zip(customer_ids, kinds, occurred, amounts, strict=True):
+        key = (cid, kind)
         g = get(key)
         if g is None:
             groups[key] = [1, amount, at, at]
@@ -195,23 +209,63 @@ def _prepared_upsert(conn: sa.Connection, table: sa.Table) -> tuple[str, tuple[s
     return found
 
 
+def _prepared_range_upsert(conn: sa.Connection, table: sa.Table, interactions: sa.Table) -> str:
+    """SQLite: the upsert of one id range of the interactions, grouped in SQL (cached on the table)."""
+    cache: dict[str, str] = table.info.setdefault("ecrm_stats.range_upsert", {})
+    key = conn.dialect.name
+    found = cache.get(key)
+    if found is None:
+        i = interactions.c
+        source = (
+            sa.select(
+                i.workspace_id,
+                i.customer_id,
+                i.kind,
+                sa.func.count(),
+                sa.func.sum(i.amount),
+                sa.func.min(i.occurred_at),
+                sa.func.max(i.occurred_at),
+            )
+            .where(
+                i.id >= sa.bindparam("lo", type_=sa.Integer),
+                i.id < sa.bindparam("hi", type_=sa.Integer),
+                i.workspace_id == sa.bindparam("ws", type_=sa.String),
+            )
+            .group_by(i.workspace_id, i.customer_id, i.kind)
+        )
+        compiled = _upsert(conn, table, source).compile(dialect=conn.dialect)
+        if compiled.positional and list(compiled.positiontup or ()) != ["lo", "hi", "ws"]:  # pragma: no cover
+            raise AssertionError(f"unexpected parameter order {compiled.positiontup}")
+        found = cache[key] = compiled.string
+    return found
+
+
 def apply_batch(crm: CRM, batch: InteractionBatch) -> int:
     """Add a committed batch of interactions to the stats; return the number of groups upserted.
 
-    The batch is aggregated in Python, then written with one set-based
-    upsert (``executemany`` of a statement compiled once) in one transaction.
-    Values are converted to the driver's representation here, once per
-    group, rather than by SQLAlchemy per parameter: this hook runs for every
+    One statement in one transaction.  On SQLite the core reports the
+    batch's id range (:attr:`~ecrm_core.InteractionBatch.ids`), and the
+    stats are grouped and upserted by SQLite itself (``INSERT ... SELECT ...
+    GROUP BY ... ON CONFLICT DO UPDATE`` over that range): no Python work
+    per row, and the groups reach the table in key order.  Otherwise the
+    batch's columns are aggregated in Python and written with one
+    ``executemany`` of an upsert compiled once, values converted to the
+    driver's representation once per group.  This hook runs for every
     batch of every ingest and must stay cheap next to the core's own insert.
     """
-    if not batch.rows:
+    if not len(batch):
         return 0
     table = stats_table(crm)
     ws = batch.workspace
-    groups = aggregate(batch.rows)
+    ids = getattr(batch, "ids", None)
     with crm.db.write() as conn:
-        sql, order = _prepared_upsert(conn, table)
         dialect = conn.dialect
+        if ids is not None and dialect.name == "sqlite":
+            sql = _prepared_range_upsert(conn, table, crm.db.tables["interactions"])
+            return int(conn.exec_driver_sql(sql, (ids.start, ids.stop, ws)).rowcount)
+        cols = batch.columns
+        groups = aggregate_columns(cols["customer_id"], cols["kind"], cols["occurred_at"], cols["amount"])
+        sql, order = _prepared_upsert(conn, table)
         if dialect.name == "sqlite":
             dt: Any = _sqlite_datetime
             amount: Any = str
