@@ -687,7 +687,7 @@ def _create_offers(crm: CRM, end: datetime) -> int:
             "content": {"percent": 10, "headline": "Welcome! Here is 10% off"},
             "priority": 50,
             "channels": ["email", "web", "app"],
-            "eligibility": {"lifecycle_stage": {"in": ["prospect", "new"]}},
+            "eligibility": 'lifecycle_stage in ("prospect", "new")',
         },
         {
             "code": "demo.winback20",
@@ -696,7 +696,7 @@ def _create_offers(crm: CRM, end: datetime) -> int:
             "content": {"percent": 20, "coupon": "COMEBACK20"},
             "priority": 80,
             "channels": ["email"],
-            "eligibility": {"lifecycle_stage": {"in": ["at_risk", "lapsed"]}},
+            "eligibility": 'lifecycle_stage in ("at_risk", "lapsed")',
         },
         {
             "code": "demo.free_shipping",
@@ -730,7 +730,7 @@ def _create_offers(crm: CRM, end: datetime) -> int:
             "content": {"page": "/vip"},
             "priority": 90,
             "status": "paused",
-            "eligibility": {"attribute": {"segment": "heavy"}},
+            "eligibility": 'attributes.segment == "heavy"',
         },
     ]
     for offer in offers:
