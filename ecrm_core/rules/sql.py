@@ -235,10 +235,11 @@ def _compare(lhs: Any, op: str, value: Any, *, rhs: Any = None) -> Clause:
         return cast(Clause, _BINARY[op](lhs, r))
     if op == "between":
         return sa.and_(lhs >= value[0], lhs <= value[1])
-    if op == "in":
-        return cast(Clause, lhs.in_(list(value)))
-    if op == "not_in":
-        return cast(Clause, lhs.not_in(list(value)))
+    if op in ("in", "not_in"):
+        # Bind the list with the left side's type: left to itself SQLAlchemy
+        # types it from the first value, so (30, 0.1) became INTEGERs on PostgreSQL.
+        values = sa.bindparam(None, list(value), expanding=True, type_=getattr(lhs, "type", None))
+        return cast(Clause, lhs.in_(values) if op == "in" else lhs.not_in(values))
     raise ValueError(op)  # pragma: no cover
 
 
@@ -309,7 +310,9 @@ class _Json:
     def number(self) -> ColumnElement[Any]:
         if self.sqlite:
             return sa.func.json_extract(self.col, self.path)
-        return sa.cast(self.col[self.key].as_string(), sa.Numeric)
+        # double precision: values (numbers below 10^15) bind as floats, so
+        # 0.1 stays 0.1 (a NUMERIC bind without a scale would round it)
+        return sa.cast(self.col[self.key].as_string(), sa.Float)
 
     def boolean_is(self, value: bool) -> Clause:
         if self.sqlite:
