@@ -311,6 +311,29 @@ def test_recorded_batches_hold_what_was_stored(crm, events):
                 )
 
 
+def test_customer_ids_resolve_per_batch_by_primary_key(crm):
+    a, b, c = (crm.customers.create(email=f"{n}@example.com") for n in "abc")
+    crm.customers.merge(b.id, into=a.id)
+    rows = [{"kind": "page_view", "customer_id": cid, "occurred_at": T0} for cid in (a.id, b.id, c.id, 9999)]
+    result = crm.interactions.track_many(rows, on_error="skip")
+    assert result.stored == 3 and [(e.index, str(e.error)) for e in result.errors] == [
+        (3, "customer 9999 not found in this workspace")
+    ]
+    assert [i.customer_id for i in crm.interactions.timeline(a.id)] == [a.id, a.id]
+    other = crm.in_workspace("other")
+    assert other.interactions.track_many(rows[:1], on_error="skip").errors[0].index == 0  # not in this workspace
+    if crm.db.is_sqlite:  # one primary-key lookup per id, whatever the number of customers
+        from ecrm_core.services.interactions import _TrackState
+
+        state = _TrackState(crm.interactions, True, False)
+        with crm.db.read() as conn:
+            state._unusual_ids_sqlite(conn, {a.id})
+            plan = " ".join(
+                str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + state._ids_sql, ("[1]", "x"))
+            )
+        assert "INTEGER PRIMARY KEY" in plan and "INDEX ix_" not in plan, plan
+
+
 def test_payload_hashes_keep_their_stored_format(crm):
     """Stored payload hashes must match what earlier versions wrote, or a retry
     of an event stored before an upgrade would be taken for a conflict."""

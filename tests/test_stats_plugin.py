@@ -224,6 +224,18 @@ def test_sql_and_python_aggregation_agree(crm_factory: Factory, monkeypatch: pyt
     assert store.rebuild(python_crm) == len(in_python) and table_rows(python_crm) == in_python
 
 
+def test_the_range_upsert_reads_the_batch_by_rowid(stats_crm: CRM) -> None:
+    """The per-batch SQL must read the batch's id range, not scan an index of the
+    whole workspace (which SQLite, without ANALYZE, would pick for a workspace
+    condition): its cost must not grow with the table."""
+    with stats_crm.db.read() as conn:
+        sql = store._prepared_range_upsert(
+            conn, stats_crm.db.tables["customer_stats"], stats_crm.db.tables["interactions"]
+        )
+        plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, (1, 10)).all())
+    assert "INTEGER PRIMARY KEY" in plan and "ws_customer_time" not in plan, plan
+
+
 def test_values_of_one_customer(stats_crm: CRM) -> None:
     cid, other = make_customers(stats_crm, 2)
     paris = timezone(timedelta(hours=2))

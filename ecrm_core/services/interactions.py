@@ -408,8 +408,12 @@ class _TrackState:
         (a duplicate of an earlier row of this call, or a bad row, recorded
         in :attr:`errors`)."""
         try:
+            if type(row) is dict:  # the common case, without ABC checks
+                return self._prepare(index, row)
             if isinstance(row, Interaction):
                 return self._prepare_interaction(index, row)
+            if not isinstance(row, Mapping):
+                raise ValidationError("row", row, "not an object", "send one mapping per interaction")
             return self._prepare(index, row)
         except _Duplicate:
             return None
@@ -422,8 +426,6 @@ class _TrackState:
         # kind, aware UTC datetime, known channel, customer_id) costs a few
         # dict and set lookups; anything else goes through the validation
         # functions, which give the errors.
-        if not isinstance(row, Mapping):
-            raise ValidationError("row", row, "not an object", "send one mapping per interaction")
         if not _ROW_KEY_SET.issuperset(row.keys()):
             _unknown_field(row)
         get = row.get
@@ -569,47 +571,57 @@ class _TrackState:
             self._sql = compiled.string
         return self._sql
 
-    def _live_ids_sqlite(self, conn: sa.Connection, ids: set[int]) -> dict[Any, int]:
-        """SQLite: ``{id: live id}`` for the batch's customer ids, in one query
-        with one JSON parameter instead of thousands of bound ids."""
+    def _unusual_ids_sqlite(self, conn: sa.Connection, ids: set[int]) -> dict[Any, int | None]:
+        """SQLite: the batch's customer ids that are not live customers of this
+        workspace: ``{id: survivor}`` for merged ones, ``{id: None}`` for
+        unknown ones; every other id is its own live customer.
+
+        One query, with one JSON parameter instead of thousands of bound ids,
+        driven by the ids (a primary-key lookup each: its cost does not grow
+        with the number of customers), returning only the exceptions.
+        """
         if self._ids_sql is None:
             c = self.svc.t("customers")
-            wanted = sa.select(sa.column("value", sa.Integer)).select_from(
-                sa.func.json_each(sa.bindparam("ids", type_=sa.String))
-            )
-            q = sa.select(c.c.id, sa.func.coalesce(c.c.merged_into, c.c.id)).where(
-                c.c.workspace_id == sa.bindparam("ws", type_=sa.String), c.c.id.in_(wanted)
+            j = sa.func.json_each(sa.bindparam("ids", type_=sa.String)).table_valued("value").alias("j")
+            on = sa.and_(c.c.id == j.c.value, c.c.workspace_id == sa.bindparam("ws", type_=sa.String))
+            q = (
+                sa.select(j.c.value, c.c.id, c.c.merged_into)
+                .select_from(j.outerjoin(c, on))
+                .where(sa.or_(c.c.id.is_(None), c.c.merged_into.is_not(None)))
             )
             compiled = q.compile(dialect=conn.dialect)
-            assert compiled.positiontup == ["ws", "ids"], compiled.positiontup
+            assert compiled.positiontup == ["ids", "ws"], compiled.positiontup
             self._ids_sql = compiled.string
         import json
 
-        ids_json = json.dumps(sorted(ids))
-        return dict(conn.exec_driver_sql(self._ids_sql, (self.ws, ids_json)).all())  # type: ignore[arg-type]
+        rows = conn.exec_driver_sql(self._ids_sql, (json.dumps(sorted(ids)), self.ws)).all()
+        return {value: (None if cid is None else merged) for value, cid, merged in rows}
 
-    def _customers(self, conn: sa.Connection, batch: list[_Prepared]) -> dict[Any, int]:
-        """Map each row's customer reference to a live customer id, set-based.
+    def _customers(self, conn: sa.Connection, refs: set[Any]) -> dict[Any, int | None]:
+        """Resolve the batch's customer references (ids and aliases), set-based.
 
-        Ids of merged customers resolve to the survivor.  Unknown aliases
-        become new prospects (``create_missing``), created on this
-        connection so they commit or roll back with the interactions.
+        Returns the exceptions only: ``{reference: live customer id or None}``
+        for every alias, for merged ids (to the survivor) and for unknown ids
+        (``None``); an id missing from the result is a live customer.
+        Unknown aliases become new prospects (``create_missing``), created on
+        this connection so they commit or roll back with the interactions.
         """
-        refs = set(map(_ref_of, batch))
         aliases = {r for r in refs if type(r) is not int}
         ids = refs - aliases if aliases else refs
-        out: dict[Any, int] = {}
+        out: dict[Any, int | None] = {}
         if ids:
             if self.sqlite:
-                out = self._live_ids_sqlite(conn, ids)
+                out = self._unusual_ids_sqlite(conn, ids)
             else:
                 c = self.svc.t("customers")
                 vals = sorted(ids)
+                live: dict[int, int] = {}
                 for i in range(0, len(vals), 30000):
                     q = sa.select(c.c.id, sa.func.coalesce(c.c.merged_into, c.c.id)).where(
                         c.c.workspace_id == self.ws, c.c.id.in_(vals[i : i + 30000])
                     )
-                    out.update((r[0], r[1]) for r in conn.execute(q).all())
+                    live.update((r[0], r[1]) for r in conn.execute(q).all())
+                out = {i: live.get(i) for i in vals if live.get(i) != i}
         if aliases:
             view = self.crm.using(conn)
             found = view.customers._resolve(conn, aliases)
@@ -623,7 +635,7 @@ class _TrackState:
                 )
                 self.created += len(result.created)
                 found.update(view.customers._resolve(conn, missing))
-            out.update(found)
+            out.update({al: found.get(al) for al in aliases})
         return out
 
     def _max_id(self, conn: sa.Connection) -> int:
@@ -631,9 +643,10 @@ class _TrackState:
         return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(i.c.id), 0))).scalar_one())
 
     def insert(self, conn: sa.Connection, batch: list[_Prepared]) -> None:
-        resolved = self._customers(conn, batch)
+        refs = list(map(_ref_of, batch))
+        exceptions = self._customers(conn, set(refs))
         ws, now_db = self.ws, self.now_db
-        found = list(map(resolved.get, map(_ref_of, batch)))
+        found = [exceptions.get(r, r) for r in refs] if exceptions else refs
         if None not in found:
             cids: list[int] = found  # type: ignore[assignment]
         else:
