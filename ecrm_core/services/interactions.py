@@ -668,9 +668,9 @@ class _TrackState:
             (ws, cid, cid, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], now_db)
             for p, cid in zip(batch, cids, strict=True)
         ]
+        sql = self._statement(conn)  # first: it learns the driver's parameter style
         if not self._positional:
             rows = [dict(zip(_INSERT_COLUMNS, r, strict=True)) for r in rows]
-        sql = self._statement(conn)
         keyed = any(p[_KEY] is not None for p in batch)
         # On SQLite ecrm holds the write lock: the rows it inserts get the ids
         # right after the largest one, so max(id) before and after bound them.
