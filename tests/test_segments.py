@@ -77,8 +77,10 @@ def test_preview_counts_samples_and_shows_sql_without_storing(shop):
     assert p.count == 2 and len(p.sample) == 1 and p.sample[0].attributes["country"] == "KR"
     assert "kind = 'purchase'" in p.sql and "'KR'" in p.sql and p.text == 'country == "KR" and purchase.count(30d) >= 1'
     assert p.plan and shop.segments.list() == []
-    # attribute conditions cannot use an index: preview says so
-    assert any("reads every row of customers" in w for w in p.warnings)
+    # driven by the purchase subquery: customers are fetched by primary key, no full read
+    assert p.warnings == () and any("INTEGER PRIMARY KEY" in step for step in p.plan), p.plan
+    # an attribute condition alone cannot use an index: preview says so
+    assert any("reads every row of customers" in w for w in shop.segments.preview('country == "KR"').warnings)
 
 
 def test_event_conditions_use_the_kind_and_time_index(shop):

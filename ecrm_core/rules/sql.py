@@ -15,7 +15,7 @@ for a customer with no matching interaction (``count < 1``) compiles to
 
 from __future__ import annotations
 
-import operator
+import operator as op_
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -24,7 +24,8 @@ from typing import Any, cast
 import sqlalchemy as sa
 from attrs import field, frozen
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import ColumnElement, UnaryExpression
 
 from ..errors import ValidationError
 from . import memory
@@ -80,12 +81,34 @@ class SqlContext:
 def select_ids(node: Node, ctx: SqlContext) -> sa.Select[tuple[int]]:
     """``SELECT id FROM customers WHERE <workspace, not merged, restrict, rule>``."""
     c = ctx.customers
+    ws: ColumnElement[Any] = c.c.workspace_id
+    merged: ColumnElement[Any] = c.c.merged_into
+    if ctx.dialect == "sqlite" and ctx.restrict is None and _driven_by_subquery(node):
+        # Let SQLite drive the query from the (small) IN-subquery through the
+        # primary key: a unary + keeps it off the (workspace, …) indexes,
+        # which would make it visit every customer of the workspace.
+        ws, merged = _unindexed(ws), _unindexed(merged)
     return sa.select(c.c.id).where(
-        c.c.workspace_id == ctx.workspace,
-        c.c.merged_into.is_(None),
+        ws == ctx.workspace,
+        merged.is_(None),
         ctx.restrict_clause(c.c.id),
         compile_clause(node, ctx),
     )
+
+
+def _unindexed(col: ColumnElement[Any]) -> ColumnElement[Any]:
+    return UnaryExpression(col, operator=operators.custom_op("+"), type_=col.type)
+
+
+def _driven_by_subquery(node: Node) -> bool:
+    """Whether every member must be in some ``IN (subquery)`` of the rule's top level."""
+    parts = node.children if isinstance(node, All) else (node,)
+    for part in parts:
+        if isinstance(part, SegmentRef):
+            return True
+        if isinstance(part, EventCond) and not memory.holds_when_empty(part):
+            return True
+    return False
 
 
 def compile_clause(node: Node, ctx: SqlContext) -> Clause:
@@ -220,12 +243,12 @@ def _scaled(value: Any) -> Any:
 
 
 _BINARY: dict[str, Callable[[Any, Any], Any]] = {
-    "eq": operator.eq,
-    "ne": operator.ne,
-    "lt": operator.lt,
-    "le": operator.le,
-    "gt": operator.gt,
-    "ge": operator.ge,
+    "eq": op_.eq,
+    "ne": op_.ne,
+    "lt": op_.lt,
+    "le": op_.le,
+    "gt": op_.gt,
+    "ge": op_.ge,
 }
 
 
