@@ -256,6 +256,55 @@ def run_baseline(path: Path, tuples: list[tuple[Any, ...]], customers: int, batc
     return Result("sqlite3.executemany (baseline)", len(tuples), seconds, "one transaction")
 
 
+def run_sql_floor(path: Path, tuples: list[tuple[Any, ...]], customers: int, batch_size: int, *, stats: bool) -> Result:
+    """The SQL the streaming facade runs, alone: what no Python work can beat.
+
+    The same tuples, in raw ``sqlite3``, batch by batch as ``track_many(...,
+    atomic=False)`` does: ``BEGIN IMMEDIATE``, ``max(id)``, the facade's
+    ``INSERT ... ON CONFLICT DO NOTHING``, ``COMMIT``; with ``stats``, then the
+    ecrm-stats plugin's own statement for the batch's id range in its own
+    transaction.  No validation, no hashing, no customer lookup, no events.
+    """
+    plugin = stats_plugin()
+    crm, _ = fresh_crm(path, [plugin], customers)
+    from ecrm_stats import store
+
+    with crm.db.engine.connect() as sa_conn:
+        stats_sql = store._prepared_range_upsert(
+            sa_conn, crm.db.tables["customer_stats"], crm.db.tables["interactions"]
+        )
+    crm.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        sql = (
+            f"INSERT INTO ecrm_interactions ({', '.join(INSERT_COLUMNS)}) "
+            f"VALUES ({', '.join('?' for _ in INSERT_COLUMNS)}) "
+            "ON CONFLICT (workspace_id, idempotency_key) DO NOTHING"
+        )
+        gc.collect()
+        start = time.perf_counter()
+        cur = conn.cursor()
+        for i in range(0, len(tuples), batch_size):
+            chunk = tuples[i : i + batch_size]
+            cur.execute("BEGIN IMMEDIATE")
+            (before,) = cur.execute("SELECT coalesce(max(id), 0) FROM ecrm_interactions").fetchone()
+            cur.executemany(sql, chunk)
+            cur.execute("COMMIT")
+            if stats:
+                cur.execute("BEGIN IMMEDIATE")
+                cur.execute(stats_sql, (before + 1, before + 1 + len(chunk)))
+                cur.execute("COMMIT")
+        seconds = time.perf_counter() - start
+    finally:
+        conn.close()
+    name = "sqlite3, the facade's SQL per batch" + (" + the stats upsert" if stats else "")
+    return Result(name, len(tuples), seconds, "floor: SQL only, atomic=False")
+
+
 def best_of(n: int, argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, str]:
     """Best wall time (s) of ``n`` runs of ``argv``, and the last run's stdout."""
     best = float("inf")
@@ -344,6 +393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the SQLite files")
     parser.add_argument("--profile", action="store_true", help="also profile track_many (stats, atomic=False)")
     parser.add_argument("--no-startup", action="store_true", help="skip the import/CRM build timings")
+    parser.add_argument(
+        "--sql-floor",
+        action="store_true",
+        help="also time the streaming facade's SQL alone in raw sqlite3 (with and without the stats upsert)",
+    )
     args = parser.parse_args(argv)
 
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="ecrm-bench-"))
@@ -388,8 +442,18 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
         del rows
         gc.collect()
         baseline = run_baseline(workdir / "baseline.db", tuples, args.customers, args.batch_size)
-        del tuples
     console.print(f"  baseline: {baseline.rate:,.0f} rows/s")
+    floors: list[Result] = []
+    if args.sql_floor:
+        for stats in (False, True):
+            with console.status("SQL floor"):
+                floors.append(
+                    run_sql_floor(
+                        workdir / f"floor{int(stats)}.db", tuples, args.customers, args.batch_size, stats=stats
+                    )
+                )
+            console.print(f"  {floors[-1].name}: {floors[-1].rate:,.0f} rows/s")
+    del tuples
 
     table = Table(title=f"ingest of {args.rows:,} interactions (SQLite file, WAL, synchronous=NORMAL)")
     table.add_column("path")
@@ -397,7 +461,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
     table.add_column("rows/s", justify="right")
     table.add_column("÷ baseline", justify="right")
     table.add_column("note")
-    for r in [*results, baseline]:
+    for r in [*results, *floors, baseline]:
         ratio = r.rate / baseline.rate
         style = "" if r is baseline else ("green" if ratio >= GOAL_RATIO else "red")
         table.add_row(

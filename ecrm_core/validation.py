@@ -228,10 +228,13 @@ def properties_json(value: Any, field: str = "properties", limit: int = MAX_PROP
     Keys must be strings, values JSON types (no NaN/Infinity), and the
     encoding at most ``limit`` bytes.
     """
-    if value is None or (type(value) is dict and not value):
+    if type(value) is not dict:  # a plain dict: no ABC check
+        if value is None:
+            return "{}"
+        if not isinstance(value, Mapping):
+            raise ValidationError(field, value, "not a mapping", "send an object of key/value pairs")
+    elif not value:
         return "{}"
-    if not isinstance(value, Mapping):
-        raise ValidationError(field, value, "not a mapping", "send an object of key/value pairs")
     try:
         text = _encode_mapping(value)
     except RecursionError:

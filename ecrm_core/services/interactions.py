@@ -21,6 +21,8 @@ import sqlalchemy as sa
 from ..domain import Alias, Interaction, InteractionBatch
 from ..errors import BatchError, EcrmError, IdempotencyConflict, NotFound, RowError, ValidationError
 from ..validation import (
+    _MAX_YEAR,
+    _MIN_YEAR,
     aware_datetime,
     check_amount,
     check_currency,
@@ -113,6 +115,7 @@ _BATCH_POSITIONS = {
     "idempotency_key": _KEY,
 }
 _Prepared = tuple[Any, ...]
+_HASHER = _blake2b(digest_size=16)  # copied per keyed row, never updated itself
 _ALIAS_ROW_KEYS = frozenset(k for k, _ in _REF_KEYS)
 _MAX_ID = 2**63
 
@@ -426,14 +429,19 @@ class _TrackState:
         # kind, aware UTC datetime, known channel, customer_id) costs a few
         # dict and set lookups; anything else goes through the validation
         # functions, which give the errors.
-        if not _ROW_KEY_SET.issuperset(row.keys()):
+        if not _ROW_KEY_SET.issuperset(row):
             _unknown_field(row)
         get = row.get
         kind = get("kind")
         if type(kind) is not str or kind not in self.kinds:
             kind = self.crm.check_kind(kind)
         at = get("occurred_at")
-        occurred_at = self.now if at is None else aware_datetime(at, "occurred_at")
+        if at is None:
+            occurred_at = self.now
+        elif type(at) is datetime and at.tzinfo is UTC and _MIN_YEAR <= at.year <= _MAX_YEAR:
+            occurred_at = at  # aware_datetime's own fast path, without the call
+        else:
+            occurred_at = aware_datetime(at, "occurred_at")
         channel = get("channel")
         if channel is not None and (type(channel) is not str or channel not in self.channels):
             self.channels.add(check_slug(channel, "channel", "channel name"))
@@ -450,79 +458,54 @@ class _TrackState:
         props = get("properties")
         props = "{}" if props is None else properties_json(props)
         key = get("idempotency_key")
-        if key is not None:
+        if key is not None and (type(key) is not str or not 0 < len(key) <= 200 or not key.isprintable()):
             check_key(key)
         ref = get("customer_id")
         if type(ref) is not int or not 0 < ref < _MAX_ID or not _ALIAS_ROW_KEYS.isdisjoint(row):
             ref = self._ref(row)
-        return self._finish(index, ref, kind, occurred_at, at is not None, channel, amount, currency, props, key)
-
-    def _prepare_interaction(self, index: int, row: Interaction) -> _Prepared:
-        if row.customer_id is None:
-            raise ValidationError("customer_id", None, "no customer", "set customer_id on the Interaction")
-        self.crm.check_kind(row.kind)
-        return self._finish(
-            index,
-            row.customer_id,
-            row.kind,
-            row.occurred_at.astimezone(UTC),
-            True,
-            row.channel,
-            row.amount,
-            row.currency,
-            properties_json(row.properties),
-            row.idempotency_key,
-        )
-
-    def _finish(
-        self,
-        index: int,
-        ref: Any,
-        kind: str,
-        occurred_at: datetime,
-        stamped: bool,
-        channel: str | None,
-        amount: Decimal | None,
-        currency: str | None,
-        props: str,
-        key: str | None,
-    ) -> _Prepared:
         # The stored text form on SQLite (UTC, always with microseconds):
         # isoformat of an aware UTC datetime, without its "+00:00".
         text_at = occurred_at.isoformat(" ", "microseconds")[:26]
         if key is not None:
-            h = _blake2b(
-                # A time ecrm filled in (no occurred_at sent) is not part of the
-                # payload: a retry of the same event must match.  The format
-                # is what stored payload hashes were made with: keep it.
-                f"{ref}|{kind}|{channel}|{text_at if stamped else ''}|{amount}|{currency}|{props}".encode(),
-                digest_size=16,
-            ).hexdigest()
-            prev = self.seen_keys.get(key)
+            hasher = _HASHER.copy()  # blake2b, 16 bytes: cheaper than a new one with options
+            # A time ecrm filled in (no occurred_at sent) is not part of the
+            # payload: a retry of the same event must match.  The format is
+            # what stored payload hashes were made with: keep it.
+            hasher.update(
+                f"{ref}|{kind}|{channel}|{'' if at is None else text_at}|{amount}|{currency}|{props}".encode()
+            )
+            h = hasher.hexdigest()
+            seen = self.seen_keys
+            prev = seen.get(key)
             if prev is not None:
                 if prev != h:
                     raise IdempotencyConflict(key, " earlier in this call")
                 self.duplicates += 1
                 raise _Duplicate()
-            self.seen_keys[key] = h
+            seen[key] = h
         else:
             h = None
         if self.sqlite:
-            return (
-                kind,
-                channel,
-                text_at,
-                None if amount is None else str(amount),
-                currency,
-                props,
-                key,
-                h,
-                occurred_at,
-                amount,
-                ref,
-                index,
-            )
+            amount_db = None if amount is None else str(amount)
+            return (kind, channel, text_at, amount_db, currency, props, key, h, occurred_at, amount, ref, index)
         return (kind, channel, occurred_at, amount, currency, props, key, h, occurred_at, amount, ref, index)
+
+    def _prepare_interaction(self, index: int, row: Interaction) -> _Prepared:
+        # An Interaction is already valid: the mapping path re-checks it (the
+        # kind must be registered) and stores it the same way.
+        if row.customer_id is None:
+            raise ValidationError("customer_id", None, "no customer", "set customer_id on the Interaction")
+        fields = {
+            "kind": row.kind,
+            "occurred_at": row.occurred_at,
+            "customer_id": row.customer_id,
+            "channel": row.channel,
+            "amount": row.amount,
+            "currency": row.currency,
+            "properties": row.properties,
+            "idempotency_key": row.idempotency_key,
+        }
+        return self._prepare(index, fields)
 
     @staticmethod
     def _ref(row: Mapping[str, Any]) -> Any:
