@@ -328,10 +328,22 @@ def test_customer_ids_resolve_per_batch_by_primary_key(crm):
         state = _TrackState(crm.interactions, True, False)
         with crm.db.read() as conn:
             state._unusual_ids_sqlite(conn, {a.id})
-            plan = " ".join(
-                str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + state._ids_sql, ("[1]", "x"))
-            )
+            (sql,) = crm.db.tables["interactions"].info["ecrm.track_ids_sql"].values()
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, ("[1]", "x")))
         assert "INTEGER PRIMARY KEY" in plan and "INDEX ix_" not in plan, plan
+
+
+def test_bulk_statements_are_compiled_once_per_table(crm_factory):
+    plain, prefixed = crm_factory(), crm_factory(table_prefix="x_")
+    for crm in (plain, prefixed):
+        c = crm.customers.create(email="a@example.com")
+        for n in range(3):
+            crm.interactions.track("page_view", customer_id=c.id, idempotency_key=f"k{n}")
+        assert crm.interactions.track_many([{"kind": "click", "customer_id": c.id}]).stored == 1
+    (compiled,) = plain.db.tables["interactions"].info["ecrm.track_sql"].values()
+    (other,) = prefixed.db.tables["interactions"].info["ecrm.track_sql"].values()
+    assert "INTO ecrm_interactions" in compiled["insert"] and "INTO x_interactions" in other["insert"]
+    assert prefixed.interactions.count() == 4 and plain.interactions.count() == 4
 
 
 def test_payload_hashes_keep_their_stored_format(crm):

@@ -401,8 +401,6 @@ class _TrackState:
         now = self.crm.now().astimezone(UTC)
         self.now = now
         self.now_db: Any = _sqlite_dt(now.replace(tzinfo=None)) if self.sqlite else now
-        self._sql: str | None = None
-        self._ids_sql: str | None = None
         self._positional = True
 
     # -- per row -----------------------------------------------------------
@@ -533,10 +531,14 @@ class _TrackState:
         return Alias(*refs[0])
 
     # -- per batch ---------------------------------------------------------
-    def _statement(self, conn: sa.Connection) -> str:
-        if self._sql is None:
-            table = self.svc.t("interactions")
-            dialect = conn.dialect
+    def _compiled(self, conn: sa.Connection) -> dict[str, Any]:
+        """The statements of the bulk path, compiled once per table and dialect
+        (kept in the table's ``info``: a ``track()`` call does not compile)."""
+        table = self.svc.t("interactions")
+        cache: dict[str, dict[str, Any]] = table.info.setdefault("ecrm.track_sql", {})
+        dialect = conn.dialect
+        found = cache.get(_dialect_key(dialect))
+        if found is None:
             if dialect.name == "sqlite":
                 from sqlalchemy.dialects.sqlite import insert
             elif dialect.name == "postgresql":
@@ -547,12 +549,23 @@ class _TrackState:
             if hasattr(stmt, "on_conflict_do_nothing"):
                 stmt = stmt.on_conflict_do_nothing(index_elements=["workspace_id", "idempotency_key"])
             compiled = stmt.compile(dialect=dialect, column_keys=list(_INSERT_COLUMNS))
-            self._positional = bool(compiled.positional)
-            if self._positional:
+            if compiled.positional:
                 order = [p for p in (compiled.positiontup or [])]
                 assert tuple(order) == _INSERT_COLUMNS, order
-            self._sql = compiled.string
-        return self._sql
+            max_id = sa.select(sa.func.coalesce(sa.func.max(table.c.id), sa.literal_column("0"))).compile(
+                dialect=dialect
+            )
+            found = cache[_dialect_key(dialect)] = {
+                "insert": compiled.string,
+                "positional": bool(compiled.positional),
+                "max_id": max_id.string,
+            }
+        return found
+
+    def _statement(self, conn: sa.Connection) -> str:
+        compiled = self._compiled(conn)
+        self._positional = compiled["positional"]
+        return str(compiled["insert"])
 
     def _unusual_ids_sqlite(self, conn: sa.Connection, ids: set[int]) -> dict[Any, int | None]:
         """SQLite: the batch's customer ids that are not live customers of this
@@ -563,7 +576,9 @@ class _TrackState:
         driven by the ids (a primary-key lookup each: its cost does not grow
         with the number of customers), returning only the exceptions.
         """
-        if self._ids_sql is None:
+        cache: dict[str, str] = self.svc.t("interactions").info.setdefault("ecrm.track_ids_sql", {})
+        sql = cache.get(_dialect_key(conn.dialect))
+        if sql is None:
             c = self.svc.t("customers")
             j = sa.func.json_each(sa.bindparam("ids", type_=sa.String)).table_valued("value").alias("j")
             on = sa.and_(c.c.id == j.c.value, c.c.workspace_id == sa.bindparam("ws", type_=sa.String))
@@ -574,10 +589,10 @@ class _TrackState:
             )
             compiled = q.compile(dialect=conn.dialect)
             assert compiled.positiontup == ["ids", "ws"], compiled.positiontup
-            self._ids_sql = compiled.string
+            sql = cache[_dialect_key(conn.dialect)] = compiled.string
         import json
 
-        rows = conn.exec_driver_sql(self._ids_sql, (json.dumps(sorted(ids)), self.ws)).all()
+        rows = conn.exec_driver_sql(sql, (json.dumps(sorted(ids)), self.ws)).all()
         return {value: (None if cid is None else merged) for value, cid, merged in rows}
 
     def _customers(self, conn: sa.Connection, refs: set[Any]) -> dict[Any, int | None]:
@@ -622,8 +637,7 @@ class _TrackState:
         return out
 
     def _max_id(self, conn: sa.Connection) -> int:
-        i = self.svc.t("interactions")
-        return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(i.c.id), 0))).scalar_one())
+        return int(conn.exec_driver_sql(self._compiled(conn)["max_id"]).scalar_one())
 
     def insert(self, conn: sa.Connection, batch: list[_Prepared]) -> None:
         refs = list(map(_ref_of, batch))
@@ -697,6 +711,11 @@ class _TrackState:
                 i = self.svc.t("interactions")
                 q = sa.select(i).where(i.c.workspace_id == self.ws, i.c.id > before).order_by(i.c.id)
                 self.kept.extend(self.svc._from_row(r._mapping) for r in conn.execute(q))
+
+
+def _dialect_key(dialect: sa.Dialect) -> str:
+    """What compiled SQL depends on: the database and the driver's parameter style."""
+    return f"{dialect.name}+{dialect.driver}:{dialect.paramstyle}"
 
 
 def _ref_of(p: _Prepared) -> Any:

@@ -200,7 +200,7 @@ def _sqlite_datetime(value: datetime, utc: Any = UTC) -> str:
 def _prepared_upsert(conn: sa.Connection, table: sa.Table) -> tuple[str, tuple[str, ...] | None]:
     """The upsert compiled for ``conn``'s dialect (cached on the table): SQL and positional order."""
     cache: dict[str, tuple[str, tuple[str, ...] | None]] = table.info.setdefault("ecrm_stats.upsert", {})
-    key = conn.dialect.name
+    key = f"{conn.dialect.name}+{conn.dialect.driver}:{conn.dialect.paramstyle}"
     found = cache.get(key)
     if found is None:
         compiled = _upsert(conn, table).compile(dialect=conn.dialect, column_keys=[c.name for c in table.c])
@@ -212,7 +212,7 @@ def _prepared_upsert(conn: sa.Connection, table: sa.Table) -> tuple[str, tuple[s
 def _prepared_range_upsert(conn: sa.Connection, table: sa.Table, interactions: sa.Table) -> str:
     """SQLite: the upsert of one id range of the interactions, grouped in SQL (cached on the table)."""
     cache: dict[str, str] = table.info.setdefault("ecrm_stats.range_upsert", {})
-    key = conn.dialect.name
+    key = f"{conn.dialect.name}+{conn.dialect.driver}:{conn.dialect.paramstyle}"
     found = cache.get(key)
     if found is None:
         i = interactions.c
