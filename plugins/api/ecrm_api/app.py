@@ -1,0 +1,195 @@
+"""The app factory: :func:`create_app` returns a Litestar app for a CRM."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from litestar import Litestar, Request, Router
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.problem_details import ProblemDetailsPlugin
+
+from . import __version__
+from .auth import KeyAuthMiddleware, require_scope, route_policy
+from .config import ApiConfig
+from .keys import ApiKey, Keys
+from .problems import exception_handlers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ecrm_core.crm import CRM
+
+__all__ = ["create_app", "ApiState", "route_table"]
+
+
+class ApiState:
+    """What the handlers share, at ``app.state.ecrm``: the CRM, config and keys."""
+
+    def __init__(self, crm: CRM, config: ApiConfig, keys: Keys) -> None:
+        self.crm = crm
+        self.config = config
+        self.keys = keys
+        self._views: dict[str, CRM] = {}
+        self._lock = threading.Lock()
+
+    def crm_for(self, workspace: str) -> CRM:
+        """The CRM view of one workspace (built once, then reused)."""
+        view = self._views.get(workspace)
+        if view is None:
+            with self._lock:
+                view = self._views.get(workspace)
+                if view is None:
+                    view = self.crm if workspace == self.crm.workspace else self.crm.in_workspace(workspace)
+                    self._views[workspace] = view
+        return view
+
+
+def _state(request: Request[Any, Any, Any]) -> ApiState:
+    return request.app.state["ecrm"]  # type: ignore[no-any-return]
+
+
+def provide_crm(request: Request[Any, Any, Any]) -> CRM:
+    """Dependency ``crm``: the CRM of the calling key's workspace."""
+    key = request.scope.get("auth")
+    if not isinstance(key, ApiKey):  # public routes have no key: they get no workspace
+        raise RuntimeError("`crm` was asked for by a public route; public routes must not touch workspace data")
+    return _state(request).crm_for(key.workspace)
+
+
+def provide_key(request: Request[Any, Any, Any]) -> ApiKey:
+    """Dependency ``key``: the calling :class:`~ecrm_api.keys.ApiKey`."""
+    key = request.scope.get("auth")
+    if not isinstance(key, ApiKey):
+        raise RuntimeError("`key` was asked for by a public route")
+    return key
+
+
+def provide_api(request: Request[Any, Any, Any]) -> ApiState:
+    """Dependency ``api``: the :class:`ApiState`."""
+    return _state(request)
+
+
+def _rate_identifier(request: Request[Any, Any, Any]) -> str:
+    key = request.scope.get("auth")
+    return f"key:{key.key_id}" if isinstance(key, ApiKey) else f"ip:{get_remote_address(request)}"
+
+
+def _signature_namespace() -> dict[str, Any]:
+    # Handlers annotate with these under TYPE_CHECKING; Litestar resolves them here.
+    from ecrm_core.crm import CRM
+
+    return {"CRM": CRM, "ApiKey": ApiKey, "ApiState": ApiState}
+
+
+def _core_handlers() -> list[Any]:
+    from .routes import customers, interactions, offers, segments, system, tracking
+
+    out: list[Any] = []
+    for module in (system, customers, interactions, offers, segments, tracking):
+        out.extend(module.HANDLERS)
+    return out
+
+
+def create_app(
+    crm: CRM,
+    config: ApiConfig | None = None,
+    *,
+    route_handlers: Sequence[Any] = (),
+    **options: Any,
+) -> Litestar:
+    """A Litestar app serving ``crm`` over HTTP.
+
+    ::
+
+        from ecrm_core import CRM
+        from ecrm_api import create_app
+
+        crm = CRM("sqlite:///shop-crm.db")
+        app = create_app(crm)              # uvicorn module:app, or mount it
+
+    :param config: an :class:`~ecrm_api.config.ApiConfig`; or pass its fields
+        as keyword ``options`` (``create_app(crm, rate_limit=None)``).
+    :param route_handlers: more handlers of the host's (they need an access
+        policy too, see :mod:`ecrm_api.auth`).
+
+    Plugins add routes through ``ecrm_register_routes``; they are mounted
+    under ``/plugins``-free paths of their own choosing, beside the core's, and
+    are guarded the same way.  Raises :class:`ValueError` when a handler
+    declares no access policy (nothing is served unguarded).
+    """
+    if config is None:
+        config = ApiConfig(**options)
+    elif options:
+        raise TypeError("pass either config= or keyword options, not both")
+    keys = Keys(crm, cache_seconds=config.key_cache_seconds)
+    state = ApiState(crm, config, keys)
+    handlers = [*_core_handlers(), *crm.registry.routes, *route_handlers]
+    router = Router(path=config.path or "/", route_handlers=handlers)
+
+    middleware: list[Any] = [DefineMiddleware(KeyAuthMiddleware, keys=keys)]
+    if config.rate_limit is not None:
+        middleware.append(
+            RateLimitConfig(
+                rate_limit=config.rate_limit, identifier_for_request=_rate_identifier, exclude_opt_key="public"
+            ).middleware
+        )
+
+    openapi = None
+    if config.docs:
+        docs_router = Router(path=f"{config.path}/docs", route_handlers=[], opt={"public": "API documentation"})
+        openapi = OpenAPIConfig(
+            title="ecrm API",
+            version=__version__,
+            description=(
+                "The open REST API of ecrm: customers, interactions, offers, segments, and the Segment "
+                "tracking spec. Authenticate with `Authorization: Bearer <api key>`."
+            ),
+            path=f"{config.path}/docs",
+            openapi_router=docs_router,
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            components=Components(
+                security_schemes={
+                    "apiKey": SecurityScheme(type="http", scheme="bearer", description="an ecrm API key"),
+                    "writeKey": SecurityScheme(
+                        type="http", scheme="basic", description="a write key as user name (Segment SDKs)"
+                    ),
+                }
+            ),
+            security=[{"apiKey": []}],
+        )
+
+    app = Litestar(
+        route_handlers=[router],
+        guards=[require_scope],
+        middleware=middleware,
+        dependencies={
+            "crm": Provide(provide_crm, sync_to_thread=False),
+            "key": Provide(provide_key, sync_to_thread=False),
+            "api": Provide(provide_api, sync_to_thread=False),
+        },
+        exception_handlers=exception_handlers(),
+        plugins=[ProblemDetailsPlugin()],
+        openapi_config=openapi,
+        request_max_body_size=config.max_body_bytes,
+        state=State({"ecrm": state}),
+        signature_namespace=_signature_namespace(),
+        debug=False,
+    )
+    for _path, _method, handler in route_table(app):
+        route_policy(handler)  # raises for a handler without an access policy
+    return app
+
+
+def route_table(app: Litestar) -> Iterable[tuple[str, str, Any]]:
+    """Every ``(path, method, handler)`` the app serves (for audits and tests)."""
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            methods = sorted(getattr(handler, "http_methods", None) or ["WS"])
+            for method in methods:
+                yield route.path, method, handler

@@ -1,0 +1,98 @@
+"""How the API app is set up: :class:`ApiConfig`."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Literal
+
+import attrs
+from ecrm_core.errors import ValidationError
+
+__all__ = ["ApiConfig", "DEFAULT_EVENT_KINDS"]
+
+#: Segment "track" event names that become a core interaction kind (the
+#: Segment e-commerce and lifecycle specs); any other name is stored as kind
+#: ``event`` with the name in ``properties["event"]``.
+DEFAULT_EVENT_KINDS: Mapping[str, str] = {
+    "Order Completed": "purchase",
+    "Order Refunded": "refund",
+    "Product Viewed": "product_view",
+    "Product Added": "add_to_cart",
+    "Products Searched": "search",
+    "Signed Up": "signup",
+    "Signed In": "login",
+    "Email Opened": "email_open",
+    "Email Link Clicked": "click",
+    "Unsubscribed": "unsubscribe",
+}
+
+RateUnit = Literal["second", "minute", "hour", "day"]
+
+
+def _limit(value: tuple[str, int] | None) -> tuple[RateUnit, int] | None:
+    if value is None:
+        return None
+    unit, count = value
+    if unit not in ("second", "minute", "hour", "day") or not isinstance(count, int) or count < 1:
+        raise ValidationError(
+            "rate_limit", value, "not a rate", 'give (unit, count), e.g. ("second", 100), or None for no limit'
+        )
+    return unit, count  # type: ignore[return-value]
+
+
+def _secret(value: str | bytes | None) -> bytes:
+    if value is None:
+        value = os.environ.get("ECRM_API_SECRET") or secrets.token_bytes(32)
+    data = value.encode() if isinstance(value, str) else bytes(value)
+    if len(data) < 16:
+        raise ValidationError("secret", "***", "too short", "use at least 16 random bytes (ECRM_API_SECRET)")
+    return data
+
+
+@attrs.frozen
+class ApiConfig:
+    """Settings of :func:`ecrm_api.create_app` (all have defaults).
+
+    :param path: where the API's routes sit inside the app (``""``: at the
+        root).  To mount the app inside a host's ASGI app, leave it empty and
+        mount the app at the host's path instead.
+    :param max_body_bytes: request bodies larger than this get 413 before
+        they are read (1 MiB).
+    :param tracking_max_body_bytes: the same for the Segment-spec endpoints
+        (500 KB per batch, as Segment's own API); gzip bodies are limited
+        after decompression too.
+    :param rate_limit: requests per key per time unit, e.g. ``("second", 100)``;
+        ``None`` turns limiting off.  Counted per API key (per client address
+        for requests without a key) in this process.
+    :param secret: signs pagination cursors; default ``ECRM_API_SECRET`` or a
+        random one per process (cursors then do not survive a restart).
+    :param docs: serve the OpenAPI 3.1 document and the interactive docs.
+    :param event_kinds: Segment ``track`` event names mapped to interaction
+        kinds (default :data:`DEFAULT_EVENT_KINDS`).
+    :param key_cache_seconds: how long an authenticated key is trusted
+        before it is read again (a revocation by another process takes at
+        most this long).
+    :param future_tolerance: how far in the future a client timestamp may
+        be (after clock-skew correction) before it is rejected.
+    """
+
+    path: str = ""
+    max_body_bytes: int = 1_048_576
+    tracking_max_body_bytes: int = 512_000
+    rate_limit: tuple[RateUnit, int] | None = attrs.field(default=("second", 200), converter=_limit)
+    secret: bytes = attrs.field(default=None, converter=_secret, repr=False)
+    docs: bool = True
+    event_kinds: Mapping[str, str] = attrs.field(factory=lambda: dict(DEFAULT_EVENT_KINDS))
+    key_cache_seconds: float = 2.0
+    future_tolerance: timedelta = timedelta(days=1)
+
+    def __attrs_post_init__(self) -> None:
+        if self.path and (not self.path.startswith("/") or self.path.endswith("/")):
+            raise ValidationError("path", self.path, "not a route prefix", 'use "" or a path like "/crm"')
+        for name in ("max_body_bytes", "tracking_max_body_bytes"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1024:
+                raise ValidationError(name, v, "too small", "give at least 1024 bytes")

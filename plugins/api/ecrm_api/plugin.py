@@ -1,0 +1,55 @@
+"""The ecrm plugin (entry point ``api`` in the group ``ecrm.plugins``).
+
+It ships the ``api_keys`` table (its own migration branch) and the
+``ecrm serve`` and ``ecrm keys`` commands.  Importing it is cheap: Litestar
+is imported only when an app is built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ecrm_core.hookspecs import hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import click
+    import sqlalchemy as sa
+    from ecrm_core.registry import MigrationSource
+    from ecrm_core.storage import Naming
+
+from . import __version__ as __version__
+
+#: The ecrm hook API versions this plugin is written for.
+ECRM_HOOK_API = ">=1,<2"
+
+#: The plugin's name, whether loaded by entry point or passed by the host.
+ECRM_PLUGIN_NAME = "api"
+
+#: The Alembic branch with the plugin's table.
+MIGRATION_BRANCH = "ecrm_api"
+
+#: The branch's version directory, as a file system path.
+VERSIONS_DIR = str(Path(__file__).resolve().parent / "migrations" / "versions")
+
+
+@hookimpl
+def ecrm_register_tables(metadata: sa.MetaData, naming: Naming) -> None:
+    from .schema import define_table
+
+    define_table(metadata, naming)
+
+
+@hookimpl
+def ecrm_register_migrations() -> list[MigrationSource]:
+    from ecrm_core.registry import MigrationSource
+
+    return [MigrationSource(branch=MIGRATION_BRANCH, location=VERSIONS_DIR)]
+
+
+@hookimpl
+def ecrm_register_commands(cli: click.Group) -> None:
+    from .cli import keys, serve
+
+    cli.add_command(serve)
+    cli.add_command(keys)

@@ -1,0 +1,7 @@
+"""Routes: customers (being built)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+HANDLERS: list[Any] = []
