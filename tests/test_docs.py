@@ -3,8 +3,9 @@
 1. Every hook spec is documented in ``docs/hooks.md`` with its exact
    signature (adding a hook or changing a signature fails until the docs say so).
 2. Every hook is named in at least one test module (every hook has a test).
-3. Every ```python block of ``docs/*.md`` runs, page by page, in a temporary
-   directory (fence a block as ```python no-run to skip it).
+3. Every ```python block of ``docs/**/*.md`` runs, page by page, in a temporary
+   directory, as the body of a module of its own (fence a block as
+   ```python no-run to skip it).
 4. Every public name of ``ecrm_core`` is mentioned somewhere in ``docs/``.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +86,7 @@ def code_blocks(text: str) -> list[tuple[str, str, int]]:
 
 
 def doc_pages() -> list[Path]:
-    return sorted(DOCS.glob("*.md"))
+    return sorted(DOCS.rglob("*.md"))
 
 
 # ---------------------------------------------------------------------------
@@ -141,12 +144,17 @@ def test_hook_has_a_test(name: str) -> None:
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("page", doc_pages(), ids=lambda p: p.name)
+@pytest.mark.parametrize("page", doc_pages(), ids=lambda p: str(p.relative_to(DOCS)))
 def test_doc_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     for var in ("ECRM_PLUGINS", "ECRM_DISABLE_PLUGINS"):
         monkeypatch.delenv(var, raising=False)
-    namespace: dict[str, Any] = {"__name__": f"docs_{page.stem}"}
+    # A real module, so that libraries resolving annotations through
+    # sys.modules[fn.__module__] (Litestar, attrs) find the page's names.
+    name = "docs_" + "_".join(page.relative_to(DOCS).with_suffix("").parts).replace("-", "_")
+    module = types.ModuleType(name)
+    monkeypatch.setitem(sys.modules, name, module)
+    namespace: dict[str, Any] = module.__dict__
     blocks = [
         (code, line)
         for info, code, line in code_blocks(page.read_text(encoding="utf-8"))
@@ -168,7 +176,7 @@ def test_doc_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_there_are_examples() -> None:
-    pages = {p.name for p in doc_pages()}
+    pages = {p.name for p in DOCS.glob("*.md")}
     for name in (
         "index.md",
         "quickstart.md",

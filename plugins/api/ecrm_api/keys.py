@@ -171,12 +171,15 @@ class Keys:
         )
 
     def list(self, *, workspace: str | None = None, include_revoked: bool = False) -> list[ApiKey]:
-        """Keys of a workspace (default: the CRM's), oldest first."""
+        """Keys of a workspace (default: the CRM's), oldest first.
+
+        Without ``include_revoked``: the keys that still work (a rotated key
+        is listed until its grace period ends)."""
         t = self.table
         ws = check_slug(workspace or self.crm.workspace, "workspace", "workspace id")
         q = sa.select(t).where(t.c.workspace_id == ws).order_by(t.c.id)
         if not include_revoked:
-            q = q.where(t.c.revoked_at.is_(None))
+            q = q.where(sa.or_(t.c.revoked_at.is_(None), t.c.revoked_at > self.crm.now()))
         self.crm.db.check_schema()
         with self.crm.db.read() as conn:
             return [self._from_row(r) for r in conn.execute(q)]
