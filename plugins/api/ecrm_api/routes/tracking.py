@@ -1,7 +1,356 @@
-"""Routes: tracking (being built)."""
+"""Routes: the Segment Tracking API (``/v1/identify`` … ``/v1/batch``).
+
+Segment's and RudderStack's SDKs can be pointed at ecrm unchanged: they
+send their *write key* (an ecrm key with the ``ingest`` scope) as the
+Basic-auth user name, JSON (or gzip-compressed JSON) bodies, and expect a
+2xx.  The mapping to customers and interactions is in
+:mod:`ecrm_api.tracking`; this module reads the request (size-bounded,
+decompressed, decoded) and answers.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-HANDLERS: list[Any] = []
+import anyio.to_thread
+import msgspec
+from litestar import Request, post
+from litestar.di import NamedDependency
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+
+from ..app import ApiState
+from ..auth import credential
+from ..gzip import decode_body
+from ..keys import ApiKey
+from ..problems import problem, problem_responses
+from ..tracking import CALL_TYPES, MESSAGE_MAX_BYTES, MessageError, Outcome, Tracker, parse_time
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ecrm_core.crm import CRM
+
+__all__ = ["HANDLERS"]
+
+
+class RejectedMessage(msgspec.Struct):
+    """A message of the batch that was not stored."""
+
+    index: int
+    messageId: str | None  # noqa: N815 - Segment's spelling
+    field: str
+    problem: str
+    fix: str
+
+
+class TrackingResponse(msgspec.Struct):
+    """What was done with the request's messages.
+
+    ``success`` is Segment's own answer; ``accepted`` counts stored messages,
+    ``duplicates`` retries of stored ones (same ``messageId``, same payload),
+    ``rejected`` the batch messages that were not stored and why.
+    """
+
+    success: bool
+    accepted: int
+    duplicates: int
+    rejected: list[RejectedMessage]
+    notes: list[str]
+
+
+# ----------------------------------------------------------------------
+# OpenAPI: the request bodies (the handlers read the raw body themselves:
+# gzip, text/plain from analytics.js, and per-message errors in a batch)
+# ----------------------------------------------------------------------
+def _s(kind: OpenAPIType, description: str, **kw: Any) -> Schema:
+    return Schema(type=kind, description=description, **kw)
+
+
+_ID = Schema(
+    one_of=[Schema(type=OpenAPIType.STRING, max_length=200), Schema(type=OpenAPIType.INTEGER)],
+    description="an id (a string, or an integer sent as one)",
+)
+_TIME = _s(OpenAPIType.STRING, "ISO 8601 time with an offset", format="date-time")  # type: ignore[arg-type]
+_OBJ = _s(OpenAPIType.OBJECT, "free key/value pairs", additional_properties=True)
+_COMMON: dict[str, Schema] = {
+    "userId": _ID,
+    "anonymousId": _ID,
+    "messageId": _s(
+        OpenAPIType.STRING, "dedupe key: a retry with the same id is stored once", min_length=1, max_length=192
+    ),
+    "timestamp": _TIME,
+    "originalTimestamp": _TIME,
+    "sentAt": _TIME,
+    "context": _OBJ,
+    "integrations": _OBJ,
+    "channel": _s(OpenAPIType.STRING, "browser, server or mobile"),
+    "writeKey": _s(OpenAPIType.STRING, "the write key again (must be the one in Authorization)"),
+}
+_PER_CALL: dict[str, tuple[dict[str, Schema], list[str]]] = {
+    "identify": ({"traits": _OBJ}, []),
+    "track": (
+        {"event": _s(OpenAPIType.STRING, "the event's name", min_length=1, max_length=200), "properties": _OBJ},
+        ["event"],
+    ),
+    "page": (
+        {
+            "name": _s(OpenAPIType.STRING, "page name", max_length=200),
+            "category": _s(OpenAPIType.STRING, "page category", max_length=200),
+            "properties": _OBJ,
+        },
+        [],
+    ),
+    "screen": (
+        {
+            "name": _s(OpenAPIType.STRING, "screen name", max_length=200),
+            "category": _s(OpenAPIType.STRING, "screen category", max_length=200),
+            "properties": _OBJ,
+        },
+        [],
+    ),
+    "group": ({"groupId": _ID, "traits": _OBJ}, ["groupId"]),
+    "alias": ({"previousId": _ID}, ["userId", "previousId"]),
+}
+
+
+def _message_schema(call: str, *, in_batch: bool) -> Schema:
+    props, required = _PER_CALL[call]
+    properties = {**_COMMON, **props}
+    if in_batch:
+        properties["type"] = Schema(type=OpenAPIType.STRING, const=call)
+        required = ["type", *required]
+    else:
+        properties["type"] = Schema(type=OpenAPIType.STRING, enum=[call], description="optional here")
+    return Schema(
+        type=OpenAPIType.OBJECT,
+        properties=properties,
+        required=required or None,
+        additional_properties=True,
+        description=f"a Segment {call} call",
+    )
+
+
+def _batch_schema() -> Schema:
+    return Schema(
+        type=OpenAPIType.OBJECT,
+        required=["batch"],
+        additional_properties=True,
+        properties={
+            "batch": Schema(
+                type=OpenAPIType.ARRAY,
+                items=Schema(one_of=[_message_schema(c, in_batch=True) for c in CALL_TYPES]),
+                description="the messages (up to 500 KB in all, 32 KB each)",
+            ),
+            "sentAt": _TIME,
+            "context": _OBJ,
+            "writeKey": _COMMON["writeKey"],
+        },
+    )
+
+
+def _operation(schema: Schema) -> type[Operation]:
+    body = RequestBody(
+        content={
+            "application/json": OpenAPIMediaType(schema=schema),
+            "text/plain": OpenAPIMediaType(schema=schema),
+        },
+        required=True,
+        description="JSON, optionally with Content-Encoding: gzip",
+    )
+
+    @dataclass
+    class _TrackingOperation(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = body
+
+    return _TrackingOperation
+
+
+# ----------------------------------------------------------------------
+# reading the request
+# ----------------------------------------------------------------------
+def _too_large(limit: int) -> Exception:
+    return problem(
+        413, "too-large", "Request body too large", f"the body is larger than {limit} bytes; send smaller batches"
+    )
+
+
+async def _read(request: Request[Any, Any, Any], limit: int) -> bytes:
+    """The raw body, refused with 413 as soon as it passes ``limit`` bytes."""
+    length = request.headers.get("content-length")
+    if length is not None and length.strip().isdigit() and int(length) > limit:
+        raise _too_large(limit)
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            raise _too_large(limit)
+    return bytes(data)
+
+
+def _bad(field: str, what: str, fix: str) -> Exception:
+    return problem(
+        400,
+        "invalid-request",
+        "Invalid request",
+        f"{field}: {what}",
+        errors=[{"field": field, "problem": what, "fix": fix}],
+    )
+
+
+async def _document(request: Request[Any, Any, Any], api: ApiState, *, single: bool) -> dict[str, Any]:
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype not in ("", "application/json", "text/plain") and not ctype.endswith("+json"):
+        raise problem(
+            415,
+            "unsupported-media-type",
+            "Unsupported media type",
+            f"Content-Type {ctype!r} is not accepted here; send application/json",
+            errors=[{"field": "header.content-type", "problem": "unsupported", "fix": "send application/json"}],
+        )
+    limit = api.config.tracking_max_body_bytes
+    raw = await _read(request, limit)
+    body = decode_body(raw, request.headers.get("content-encoding"), MESSAGE_MAX_BYTES if single else limit)
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise _bad("body", f"not valid JSON ({exc})", "send one JSON object (UTF-8)") from None
+    if type(doc) is not dict:
+        raise _bad("body", "not a JSON object", "send one JSON object")
+    return doc
+
+
+def _check_write_key(doc: dict[str, Any], request: Request[Any, Any, Any]) -> None:
+    """A ``writeKey`` in the body must be the key the request was authenticated with."""
+    write_key = doc.get("writeKey")
+    if write_key is None:
+        return
+    if write_key != credential(request.headers.get("authorization")):
+        raise problem(
+            401,
+            "unauthorized",
+            "Not authenticated",
+            "the writeKey in the body is not the key in the Authorization header; send one key",
+            headers={"WWW-Authenticate": 'Basic realm="ecrm"'},
+        )
+
+
+def _answer(outcome: Outcome) -> TrackingResponse:
+    return TrackingResponse(
+        success=True,
+        accepted=outcome.accepted,
+        duplicates=outcome.duplicates,
+        rejected=[RejectedMessage(r.index, r.message_id, r.field, r.problem, r.fix) for r in outcome.rejected],
+        notes=list(outcome.notes),
+    )
+
+
+def _tracker(crm: CRM, api: ApiState) -> Tracker:
+    return Tracker(crm, event_kinds=api.config.event_kinds, future_tolerance=api.config.future_tolerance)
+
+
+async def _single(call: str, request: Request[Any, Any, Any], crm: CRM, api: ApiState) -> TrackingResponse:
+    doc = await _document(request, api, single=True)
+    _check_write_key(doc, request)
+    tracker = _tracker(crm, api)
+    try:
+        outcome = await anyio.to_thread.run_sync(functools.partial(tracker.ingest_one, doc, call=call))
+    except MessageError as exc:
+        err = [{"field": exc.field, "problem": exc.problem, "fix": exc.fix}]
+        if exc.conflict:
+            raise problem(409, "conflict", "Conflict", f"{exc.field}: {exc.problem}; {exc.fix}", errors=err) from None
+        raise problem(
+            422, "validation", "Invalid value", f"{exc.field}: {exc.problem}; {exc.fix}", errors=err
+        ) from None
+    return _answer(outcome)
+
+
+_COMMON_OPTS: dict[str, Any] = {
+    "opt": {"scope": "ingest"},
+    "tags": ["tracking (Segment spec)"],
+    "request_max_body_size": None,  # read and bounded by the handler (ApiConfig.tracking_max_body_bytes)
+    "status_code": 200,
+    "security": [{"writeKey": []}, {"apiKey": []}],
+}
+
+
+def _single_handler(call: str, doc: str) -> Any:
+    async def handler(
+        request: Request[Any, Any, Any], crm: NamedDependency[CRM], api: NamedDependency[ApiState]
+    ) -> TrackingResponse:
+        return await _single(call, request, crm, api)
+
+    handler.__doc__ = doc
+    handler.__name__ = handler.__qualname__ = f"segment_{call}"
+    return post(
+        f"/v1/{call}",
+        operation_class=_operation(_message_schema(call, in_batch=False)),
+        responses=problem_responses(409),
+        summary=f"Segment {call}",
+        operation_id=f"segment_{call}",
+        **_COMMON_OPTS,
+    )(handler)
+
+
+identify = _single_handler(
+    "identify",
+    "Segment `identify`: create or update the customer with `userId` (external id) and the traits "
+    "(email, phone, name or firstName+lastName; other traits into attributes); `anonymousId` is linked "
+    "to the customer (an anonymous prospect is merged in). Records an `identify` interaction.",
+)
+track = _single_handler(
+    "track",
+    "Segment `track`: one interaction. The event name is mapped to an interaction kind through the "
+    "API's `event_kinds` (e.g. `Order Completed` -> `purchase` with amount from `properties.revenue`/"
+    "`total` and `currency`), other names are kind `event` with `properties.event` = the name.",
+)
+page = _single_handler("page", "Segment `page`: a `page_view` interaction (`name`, `category` and properties kept).")
+screen = _single_handler(
+    "screen", "Segment `screen`: a `screen_view` interaction (`name`, `category` and properties kept)."
+)
+group = _single_handler(
+    "group",
+    "Segment `group`: sets `attributes.group` = {id, traits} on the customer and records an `event` "
+    "interaction named `group`.",
+)
+alias = _single_handler(
+    "alias",
+    "Segment `alias`: the customer known by `previousId` (external id or anonymous id) is merged into "
+    "the one with `userId` (created if new); an unknown `previousId` is linked to it as an alias.",
+)
+
+
+@post(
+    "/v1/batch",
+    operation_class=_operation(_batch_schema()),
+    responses=problem_responses(),
+    summary="Segment batch",
+    operation_id="segment_batch",
+    **_COMMON_OPTS,
+)
+async def batch(
+    request: Request[Any, Any, Any], crm: NamedDependency[CRM], api: NamedDependency[ApiState]
+) -> TrackingResponse:
+    """Segment `batch` (what the server SDKs send): `{"batch": [messages], "sentAt", "context"}`.
+
+    Valid messages are stored even when others are not (an SDK drops a
+    whole batch on a 4xx); the 200 answer lists each rejected message with
+    its index, messageId, field and problem.  A request malformed as a
+    whole (not JSON, no `batch` list, too large) is a 4xx and stores nothing.
+    Limits: 500 KB per request (after decompression), 32 KB per message.
+    """
+    doc = await _document(request, api, single=False)
+    _check_write_key(doc, request)
+    messages = doc.get("batch")
+    if type(messages) is not list:
+        raise _bad("body.batch", "missing or not a list", 'send {"batch": [message, ...]}')
+    try:
+        sent_at = parse_time(doc.get("sentAt"), "body.sentAt")
+    except MessageError as exc:
+        raise _bad(exc.field, exc.problem, exc.fix) from None
+    tracker = _tracker(crm, api)
+    outcome = await anyio.to_thread.run_sync(functools.partial(tracker.ingest, messages, sent_at=sent_at))
+    return _answer(outcome)
+
+
+HANDLERS: list[Any] = [identify, track, page, screen, group, alias, batch]

@@ -1,0 +1,634 @@
+"""Segment Tracking API messages mapped to ecrm customers and interactions.
+
+No HTTP here: :class:`Tracker` takes decoded JSON messages (the bodies of
+``/v1/identify`` … ``/v1/alias``, or the items of a ``/v1/batch``) and
+stores what they say through the ``CRM`` facade.  The routes in
+:mod:`ecrm_api.routes.tracking` read, decompress and decode the request and
+hand the messages over.
+
+=========  ===================================================================
+call       what ecrm does
+=========  ===================================================================
+identify   upserts the customer by ``userId`` (external id) with the traits
+           (``email``, ``phone``, ``name`` or ``firstName`` + ``lastName``;
+           other traits merged into ``attributes``), links ``anonymousId`` as
+           an alias of kind ``anonymous`` (merging the anonymous prospect into
+           the identified customer), records an ``identify`` interaction
+track      an interaction: the event name mapped through
+           ``ApiConfig.event_kinds`` (``Order Completed`` -> ``purchase`` with
+           ``amount`` from ``properties.revenue`` or ``properties.total``),
+           else kind ``event``; ``properties["event"]`` is the event name
+page       a ``page_view`` interaction (``name``/``category`` kept)
+screen     a ``screen_view`` interaction (``name``/``category`` kept)
+group      sets ``attributes["group"] = {"id", "traits"}`` on the customer and
+           records an ``event`` interaction named ``group``
+alias      merges the customer known by ``previousId`` into the one with
+           ``userId`` (or links ``previousId`` as an ``anonymous`` alias)
+=========  ===================================================================
+
+``messageId`` becomes the interaction's idempotency key ``segment:<id>``:
+a retry stores nothing new, the same id with another payload is a conflict.
+Client clocks are corrected as Segment does:
+``timestamp = receivedAt - (sentAt - originalTimestamp)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import msgspec
+import sqlalchemy as sa
+from ecrm_core.domain import Alias, Customer
+from ecrm_core.errors import Conflict, EcrmError, IdempotencyConflict, ValidationError
+from ecrm_core.validation import check_amount, check_currency, properties_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ecrm_core.crm import CRM
+
+__all__ = [
+    "CALL_TYPES",
+    "KEY_PREFIX",
+    "MESSAGE_MAX_BYTES",
+    "MessageError",
+    "Outcome",
+    "Rejected",
+    "Tracker",
+    "corrected_time",
+    "parse_time",
+]
+
+#: The Segment calls ecrm takes.
+CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias")
+#: Segment's limit for one message (32 KB).
+MESSAGE_MAX_BYTES = 32 * 1024
+#: Put in front of a ``messageId`` to make the interaction's idempotency key
+#: (so it cannot clash with keys sent to the REST API).
+KEY_PREFIX = "segment:"
+#: A retried message is skew-corrected again with its new ``sentAt``; the
+#: corrected time then differs by the network latency.  Within this much the
+#: stored time is kept and the retry counts as a duplicate.
+RETRY_TOLERANCE = timedelta(minutes=5)
+#: Event times before this are refused (a dead device clock, a unit mistake).
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+
+_MAX_ID_LENGTH = 200
+_MAX_MESSAGE_ID = 200 - len(KEY_PREFIX)
+_SET_BASED = frozenset({"track", "page", "screen"})
+_CHANNELS = {"browser": "web", "mobile": "app", "server": "server"}
+_IDENTITY_TRAITS = ("email", "phone")
+_NAME_TRAITS = frozenset({"name", "email", "phone"})
+_AMOUNT_STEP = Decimal("0.0001")
+
+
+class MessageError(Exception):
+    """One message was rejected: ``field`` (a path into the request), ``problem``, ``fix``.
+
+    ``conflict`` is true when the message reuses a ``messageId`` with another
+    payload (409 for a single message).
+    """
+
+    def __init__(self, field: str, problem: str, fix: str, *, conflict: bool = False) -> None:
+        super().__init__(f"{field}: {problem}; {fix}")
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+        self.conflict = conflict
+
+
+@attrs.frozen
+class Rejected:
+    """A message of a batch that was not stored, and why."""
+
+    index: int
+    message_id: str | None
+    field: str
+    problem: str
+    fix: str
+    conflict: bool = False
+
+
+@attrs.frozen
+class Outcome:
+    """What :meth:`Tracker.ingest` did: messages stored, duplicates skipped, rejected ones."""
+
+    accepted: int
+    duplicates: int
+    rejected: tuple[Rejected, ...]
+    notes: tuple[str, ...] = ()
+
+
+# ----------------------------------------------------------------------
+# values
+# ----------------------------------------------------------------------
+def parse_time(value: Any, field: str) -> datetime | None:
+    """An ISO 8601 time with a UTC offset (as UTC), ``None`` for absent; raises :class:`MessageError`."""
+    if value is None:
+        return None
+    if type(value) is not str or len(value) > 64:
+        raise MessageError(field, "not a time", 'send an ISO 8601 time with an offset, e.g. "2024-05-01T12:00:00Z"')
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise MessageError(field, f"not an ISO 8601 time: {value!r}", 'send e.g. "2024-05-01T12:00:00.000Z"') from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise MessageError(field, "no time zone (a naive time)", 'add the offset, e.g. "Z" or "+02:00"')
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise MessageError(field, "out of range", "send a time between 2000 and 9999") from None
+
+
+def corrected_time(timestamp: datetime | None, sent_at: datetime | None, received_at: datetime) -> datetime | None:
+    """Segment's clock-skew correction: ``receivedAt - (sentAt - timestamp)``.
+
+    Without ``sentAt`` the client's time is taken as is; without a time,
+    ``None`` (the caller uses ``receivedAt``).
+    """
+    if timestamp is None:
+        return None
+    if sent_at is None:
+        return timestamp
+    return received_at - (sent_at - timestamp)
+
+
+def _identifier(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if type(value) is int:
+        value = str(value)
+    elif type(value) is not str:
+        raise MessageError(field, "not a string", "send the id as a string (or an integer)")
+    value = value.strip()
+    if not value:
+        return None
+    if len(value) > _MAX_ID_LENGTH or not value.isprintable():
+        raise MessageError(field, f"longer than {_MAX_ID_LENGTH} characters or not printable", "send a shorter id")
+    return value
+
+
+def _object(value: Any, field: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if type(value) is not dict:
+        raise MessageError(field, "not an object", "send an object of key/value pairs (or leave it out)")
+    return value
+
+
+def _text(value: Any, field: str, max_length: int = 200) -> str | None:
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise MessageError(field, "not a string", "send text")
+    if len(value) > max_length or "\x00" in value:
+        raise MessageError(field, f"longer than {max_length} characters or contains NUL", "send shorter text")
+    return value
+
+
+def _amount(props: Mapping[str, Any], path: str) -> tuple[Decimal, str] | None:
+    for name in ("revenue", "total", "value"):
+        raw = props.get(name)
+        if raw is None:
+            continue
+        try:
+            amount = check_amount(raw, f"{path}.{name}")
+        except ValidationError as exc:
+            raise MessageError(exc.field, exc.problem, exc.fix) from None
+        amount = amount.quantize(_AMOUNT_STEP, rounding=ROUND_HALF_EVEN)
+        try:
+            amount = check_amount(amount, f"{path}.{name}")
+        except ValidationError as exc:
+            raise MessageError(exc.field, exc.problem, exc.fix) from None
+        currency = props.get("currency") or "USD"
+        if type(currency) is str:
+            currency = currency.strip().upper()
+        try:
+            currency = check_currency(currency, f"{path}.currency")
+        except ValidationError as exc:
+            raise MessageError(exc.field, exc.problem, exc.fix) from None
+        return amount, currency
+    return None
+
+
+# ----------------------------------------------------------------------
+# one message
+# ----------------------------------------------------------------------
+@attrs.define
+class _Message:
+    """A validated message: the interaction row and what the slow path needs."""
+
+    index: int
+    type: str
+    message_id: str | None
+    path: str
+    row: dict[str, Any]
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    previous_id: str | None = None
+    customer: dict[str, Any] = attrs.field(factory=dict)
+    group: dict[str, Any] | None = None
+
+
+class Tracker:
+    """Stores Segment messages in ``crm`` (one workspace's CRM view).
+
+    :param event_kinds: ``track`` event names mapped to interaction kinds.
+    :param future_tolerance: how far after ``received_at`` a (corrected)
+        event time may be.
+    :param received_at: when the request arrived (default: now).
+    """
+
+    def __init__(
+        self,
+        crm: CRM,
+        *,
+        event_kinds: Mapping[str, str],
+        future_tolerance: timedelta = timedelta(days=1),
+        received_at: datetime | None = None,
+    ) -> None:
+        self.crm = crm
+        self.event_kinds = event_kinds
+        self.received_at = (received_at or crm.now()).astimezone(UTC)
+        self.latest = self.received_at + future_tolerance
+        self.sale_kinds = {n for n, k in crm.registry.interaction_kinds.items() if getattr(k, "sale", False)}
+
+    # -- validation --------------------------------------------------------
+    def prepare(
+        self,
+        message: Any,
+        index: int,
+        path: str,
+        *,
+        call: str | None = None,
+        sent_at: datetime | None = None,
+    ) -> _Message:
+        """Validate one message and map it; raises :class:`MessageError` naming the field."""
+        if type(message) is not dict:
+            raise MessageError(path, "not an object", "send each message as a JSON object")
+        get = message.get
+        kind = get("type")
+        if call is not None:
+            if kind is not None and kind != call:
+                raise MessageError(
+                    f"{path}.type", f"{kind!r} sent to the {call} endpoint", f'send "{call}" or leave it out'
+                )
+            kind = call
+        elif kind not in CALL_TYPES:
+            raise MessageError(f"{path}.type", f"unknown call type {kind!r}", f"send one of {', '.join(CALL_TYPES)}")
+        message_id = get("messageId")
+        if message_id is not None:
+            if (
+                type(message_id) is not str
+                or not 0 < len(message_id) <= _MAX_MESSAGE_ID
+                or not message_id.isprintable()
+            ):
+                raise MessageError(
+                    f"{path}.messageId", f"not 1 to {_MAX_MESSAGE_ID} printable characters", "send a UUID"
+                )
+        user_id = _identifier(get("userId"), f"{path}.userId")
+        anonymous_id = _identifier(get("anonymousId"), f"{path}.anonymousId")
+        # The event's time, corrected for the client's clock.
+        t_field = "originalTimestamp" if get("originalTimestamp") is not None else "timestamp"
+        client_time = parse_time(get(t_field), f"{path}.{t_field}")
+        own_sent = parse_time(get("sentAt"), f"{path}.sentAt")
+        try:
+            at = corrected_time(client_time, own_sent or sent_at, self.received_at)
+        except OverflowError:
+            raise MessageError(
+                f"{path}.sentAt", "sentAt and the event time are too far apart", "send real times"
+            ) from None
+        if at is not None:
+            if at > self.latest:
+                raise MessageError(
+                    f"{path}.{t_field}",
+                    f"{at.isoformat()} is in the future (after clock-skew correction)",
+                    "send the time the event happened; check the client's clock and sentAt",
+                )
+            if at < EARLIEST:
+                raise MessageError(f"{path}.{t_field}", "before 2000", "send the time the event happened")
+        context = _object(get("context"), f"{path}.context")
+        channel = _CHANNELS.get(get("channel")) if type(get("channel")) is str else None
+        props: dict[str, Any]
+        row: dict[str, Any] = {}
+        msg = _Message(index, kind, message_id, path, row, user_id, anonymous_id)
+        if kind == "alias":
+            previous = _identifier(get("previousId"), f"{path}.previousId")
+            if user_id is None:
+                raise MessageError(f"{path}.userId", "missing", "send the new userId of the customer")
+            if previous is None:
+                raise MessageError(f"{path}.previousId", "missing", "send the id the customer was known by before")
+            msg.previous_id = previous
+            kind_name, props = "identify", {"type": "alias", "previousId": previous}
+        else:
+            if user_id is None and anonymous_id is None:
+                raise MessageError(f"{path}.userId", "no userId or anonymousId", "send userId, anonymousId or both")
+            if kind == "track":
+                event = _text(get("event"), f"{path}.event")
+                if not event:
+                    raise MessageError(f"{path}.event", "missing", 'send the event\'s name, e.g. "Order Completed"')
+                props = dict(_object(get("properties"), f"{path}.properties"))
+                kind_name = self.event_kinds.get(event, "event")
+                props["event"] = event
+                if kind_name in self.sale_kinds:
+                    money = _amount(props, f"{path}.properties")
+                    if money is not None:
+                        row["amount"], row["currency"] = money
+            elif kind in ("page", "screen"):
+                props = dict(_object(get("properties"), f"{path}.properties"))
+                for name in ("name", "category"):
+                    value = _text(get(name), f"{path}.{name}")
+                    if value is not None:
+                        props[name] = value
+                kind_name = "page_view" if kind == "page" else "screen_view"
+                channel = channel or ("web" if kind == "page" else "app")
+            elif kind == "group":
+                group_id = _identifier(get("groupId"), f"{path}.groupId")
+                if group_id is None:
+                    raise MessageError(f"{path}.groupId", "missing", "send the group's (account's) id")
+                traits = _object(get("traits"), f"{path}.traits")
+                msg.group = {"id": group_id, "traits": traits}
+                kind_name, props = "event", {"event": "group", "groupId": group_id, "traits": traits}
+            else:  # identify
+                traits = _object(get("traits"), f"{path}.traits")
+                msg.customer = self._traits(traits, f"{path}.traits")
+                kind_name, props = "identify", {"traits": traits}
+        campaign = context.get("campaign")
+        if type(campaign) is dict and campaign and "campaign" not in props:
+            props["campaign"] = campaign
+        row["kind"] = kind_name
+        if at is not None:
+            row["occurred_at"] = at
+        if channel is not None:
+            row["channel"] = channel
+        if user_id is not None:
+            row["external_id"] = user_id
+        else:
+            row["anonymous_id"] = anonymous_id
+        if message_id is not None:
+            row["idempotency_key"] = KEY_PREFIX + message_id
+        row["properties"] = props
+        try:
+            properties_json(props, f"{path}.properties")
+        except ValidationError as exc:
+            # identify/group keep their traits in the properties: name what was sent
+            field = exc.field if kind in ("track", "page", "screen", "alias") else f"{path}.traits"
+            raise MessageError(field, exc.problem, exc.fix) from None
+        return msg
+
+    @staticmethod
+    def _traits(traits: Mapping[str, Any], path: str) -> dict[str, Any]:
+        """Customer fields from identify traits (validated here, applied later)."""
+        fields: dict[str, Any] = {}
+        for name in _IDENTITY_TRAITS:
+            value = traits.get(name)
+            if value is not None and value != "":
+                fields[name] = value
+        name = traits.get("name")
+        if name is None:
+            first, last = traits.get("firstName"), traits.get("lastName")
+            parts = [p.strip() for p in (first, last) if type(p) is str and p.strip()]
+            name = " ".join(parts) or None
+        if name is not None:
+            fields["name"] = name
+        attributes = {k: v for k, v in traits.items() if k not in _NAME_TRAITS}
+        if attributes:
+            fields["attributes"] = attributes
+        try:
+            Customer(**fields)
+        except ValidationError as exc:
+            head, _, rest = exc.field.partition(".")
+            field = (
+                path if head == "attributes" and not rest else f"{path}.{rest if head == 'attributes' else exc.field}"
+            )
+            raise MessageError(field, exc.problem, exc.fix) from None
+        return fields
+
+    # -- storing -------------------------------------------------------------
+    def ingest(
+        self,
+        messages: Sequence[Any],
+        *,
+        path: str = "body.batch",
+        sent_at: datetime | None = None,
+        call: str | None = None,
+    ) -> Outcome:
+        """Store a batch: each valid message is stored, each invalid one reported.
+
+        ``track``/``page``/``screen`` go through one set-based
+        ``crm.interactions.track_many``; ``identify``, ``group`` and
+        ``alias`` change customers and are handled one by one first (so the
+        events of the same batch land on the stitched customer).
+        """
+        rejected: list[Rejected] = []
+        fast: list[_Message] = []
+        slow: list[_Message] = []
+        for index, message in enumerate(messages):
+            where = f"{path}[{index}]"
+            try:
+                if _encoded_size(message) > MESSAGE_MAX_BYTES:
+                    raise MessageError(
+                        where,
+                        f"larger than {MESSAGE_MAX_BYTES} bytes",
+                        "send smaller messages (Segment's limit is 32 KB)",
+                    )
+                m = self.prepare(message, index, where, call=call, sent_at=sent_at)
+            except MessageError as exc:
+                rejected.append(_rejected(index, message, exc))
+                continue
+            (fast if m.type in _SET_BASED else slow).append(m)
+        accepted = duplicates = 0
+        notes: list[str] = []
+        for m in slow:
+            try:
+                stored, more = self._one(m)
+            except MessageError as exc:
+                rejected.append(Rejected(m.index, m.message_id, exc.field, exc.problem, exc.fix, exc.conflict))
+                continue
+            accepted += stored
+            duplicates += 1 - stored
+            notes += more
+        if fast:
+            a, d, errs = self._many(fast)
+            accepted += a
+            duplicates += d
+            rejected += errs
+        rejected.sort(key=lambda r: r.index)
+        return Outcome(accepted, duplicates, tuple(rejected), tuple(notes))
+
+    def ingest_one(self, message: Any, *, call: str) -> Outcome:
+        """Store one message (a single-call endpoint); raises :class:`MessageError` when rejected."""
+        m = self.prepare(message, 0, "body", call=call)
+        if m.type in _SET_BASED:
+            a, d, errs = self._many([m])
+            if errs:
+                e = errs[0]
+                raise MessageError(e.field, e.problem, e.fix, conflict=e.conflict)
+            return Outcome(a, d, ())
+        stored, notes = self._one(m)
+        return Outcome(stored, 1 - stored, (), tuple(notes))
+
+    # set-based: track, page, screen
+    def _many(self, msgs: list[_Message]) -> tuple[int, int, list[Rejected]]:
+        rows = [m.row for m in msgs]
+        self._keep_stored_times(rows)
+        result = self.crm.interactions.track_many(rows, on_error="skip", atomic=True, batch_size=max(1, len(rows)))
+        errs = [_row_rejected(msgs[e.index], e.error) for e in result.errors]
+        return result.stored, result.duplicates, errs
+
+    def _keep_stored_times(self, rows: list[dict[str, Any]]) -> None:
+        """Rows whose key is stored already get the stored time back when theirs
+        is within :data:`RETRY_TOLERANCE` (a retry, corrected with a new sentAt),
+        so the core sees the same payload: a duplicate, not a conflict."""
+        # Rows without a time of their own are hashed without one: nothing to keep.
+        keyed = {r["idempotency_key"]: r for r in rows if "idempotency_key" in r and "occurred_at" in r}
+        if not keyed:
+            return
+        i = self.crm.db.tables["interactions"]
+        found: dict[str, datetime] = {}
+        keys = list(keyed)
+        with self.crm.db.read() as conn:
+            for start in range(0, len(keys), 900):
+                q = sa.select(i.c.idempotency_key, i.c.occurred_at).where(
+                    i.c.workspace_id == self.crm.workspace, i.c.idempotency_key.in_(keys[start : start + 900])
+                )
+                found.update((k, at) for k, at in conn.execute(q))
+        for key, stored in found.items():
+            row = keyed[key]
+            at = row["occurred_at"]
+            if stored.tzinfo is None:
+                stored = stored.replace(tzinfo=UTC)
+            if abs(at - stored) <= RETRY_TOLERANCE:
+                row["occurred_at"] = stored.astimezone(UTC)
+
+    # one by one: identify, group, alias
+    def _one(self, m: _Message) -> tuple[int, list[str]]:
+        """Store one customer-changing message; ``(1, notes)`` stored, ``(0, [])`` a duplicate."""
+        key = m.row.get("idempotency_key")
+        if key is not None and self.crm.interactions.by_key(key) is not None:
+            # A retry (or a reuse): the customer changes were made the first
+            # time; the interaction decides duplicate or conflict.
+            a, d, errs = self._many([m])
+            if errs:
+                e = errs[0]
+                raise MessageError(e.field, e.problem, e.fix, conflict=e.conflict)
+            return a, []
+        notes: list[str] = []
+        try:
+            if m.type == "identify":
+                cid = self._stitch(m.user_id, m.anonymous_id, notes)
+                self._apply_traits(cid, m.customer, notes)
+            elif m.type == "alias":
+                assert m.user_id is not None and m.previous_id is not None
+                self._alias(m.user_id, m.previous_id)
+            else:  # group
+                cid = self._stitch(m.user_id, m.anonymous_id if m.user_id is None else None, notes)
+                self.crm.customers.update(cid, attributes={"group": m.group})
+        except Conflict as exc:
+            raise MessageError(m.path, "conflicts with stored customers", str(exc), conflict=True) from None
+        except ValidationError as exc:
+            raise MessageError(f"{m.path}.{exc.field}", exc.problem, exc.fix) from None
+        a, _d, errs = self._many([m])
+        if errs:
+            e = errs[0]
+            raise MessageError(e.field, e.problem, e.fix, conflict=e.conflict)
+        return a, [f"{m.path}: {n}" for n in notes]
+
+    def _stitch(self, user_id: str | None, anonymous_id: str | None, notes: list[str]) -> int:
+        """The customer of ``userId`` (created if new), with ``anonymousId`` linked to it."""
+        customers = self.crm.customers
+        anon = Alias("anonymous", anonymous_id) if anonymous_id else None
+        if user_id is None:
+            assert anon is not None
+            found = customers.find(alias=anon)
+            if found is not None:
+                assert found.id is not None
+                return found.id
+            created = customers.upsert(aliases=[anon])
+            assert created.id is not None
+            return created.id
+        by_user = customers.find(external_id=user_id)
+        by_anon = customers.find(alias=anon) if anon is not None else None
+        if by_anon is not None and by_anon.external_id not in (None, user_id):
+            notes.append(
+                f"anonymousId {anonymous_id!r} belongs to another identified customer ({by_anon.id}); not linked"
+            )
+            anon, by_anon = None, None
+        if by_user is not None and by_anon is not None and by_user.id != by_anon.id:
+            assert by_user.id is not None and by_anon.id is not None
+            customers.merge(by_anon.id, into=by_user.id, actor="segment", reason="identify: anonymousId -> userId")
+            return by_user.id
+        if by_user is not None and (anon is None or by_anon is not None):
+            assert by_user.id is not None
+            return by_user.id
+        c = customers.upsert(external_id=user_id, aliases=[anon] if anon is not None else None)
+        assert c.id is not None
+        return c.id
+
+    def _apply_traits(self, cid: int, fields: dict[str, Any], notes: list[str]) -> None:
+        if not fields:
+            return
+        try:
+            self.crm.customers.update(cid, **fields)
+        except Conflict:
+            # The e-mail or phone belongs to someone else: keep the rest.
+            rest = {k: v for k, v in fields.items() if k not in _IDENTITY_TRAITS}
+            dropped = sorted(set(fields) - set(rest))
+            notes.append(f"traits {', '.join(dropped)} belong to another customer; not applied")
+            if rest:
+                self.crm.customers.update(cid, **rest)
+
+    def _alias(self, user_id: str, previous_id: str) -> None:
+        customers = self.crm.customers
+        previous = customers.find(external_id=previous_id) or customers.find(alias=Alias("anonymous", previous_id))
+        target = customers.find(external_id=user_id)
+        if target is None:
+            target = customers.upsert(external_id=user_id)
+        assert target.id is not None
+        if previous is None:
+            customers.upsert(external_id=user_id, aliases=[Alias("anonymous", previous_id)])
+        elif previous.id != target.id:
+            assert previous.id is not None
+            customers.merge(previous.id, into=target.id, actor="segment", reason="alias: previousId -> userId")
+
+
+_FIELD_NAMES = {
+    "occurred_at": "timestamp",
+    "external_id": "userId",
+    "anonymous_id": "anonymousId",
+    "idempotency_key": "messageId",
+    "amount": "properties.revenue",
+    "currency": "properties.currency",
+    "customer_id": "userId",
+}
+
+
+def _row_rejected(m: _Message, error: EcrmError) -> Rejected:
+    if isinstance(error, IdempotencyConflict):
+        return Rejected(
+            m.index,
+            m.message_id,
+            f"{m.path}.messageId",
+            "messageId reused with a different payload",
+            "send a retry unchanged, or give a new event a new messageId",
+            conflict=True,
+        )
+    if isinstance(error, ValidationError):
+        head, _, rest = error.field.partition(".")
+        name = _FIELD_NAMES.get(head, head)
+        field = f"{m.path}.{name}{'.' + rest if rest else ''}"
+        if error.field.startswith("alias."):
+            field = f"{m.path}.{'anonymousId' if 'anonymous' in error.field else 'userId'}"
+        return Rejected(m.index, m.message_id, field, error.problem, error.fix)
+    return Rejected(m.index, m.message_id, m.path, str(error), "fix or remove this message")
+
+
+def _rejected(index: int, message: Any, exc: MessageError) -> Rejected:
+    mid = message.get("messageId") if type(message) is dict else None
+    return Rejected(index, mid if type(mid) is str else None, exc.field, exc.problem, exc.fix)
+
+
+def _encoded_size(message: Any) -> int:
+    return len(msgspec.json.encode(message))
