@@ -64,6 +64,7 @@ EVENT_HOOKS = (
     "ecrm_customers_created",
     "ecrm_customers_updated",
     "ecrm_customers_merged",
+    "ecrm_customers_deleted",
     "ecrm_interactions_recorded",
     "ecrm_segment_entered",
     "ecrm_segment_exited",
@@ -240,6 +241,21 @@ def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
     :param merge: the audit record: source (now a tombstone redirecting to
         the target), target, and how many interactions and aliases moved.
         Plugins with their own per-customer rows should move them here.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_customers_deleted(crm: CRM, customer_ids: Sequence[int]) -> None:
+    """Customers were deleted, with everything ecrm kept about them.
+
+    :param customer_ids: the deleted ids: the customer and the tombstones of
+        the customers that had been merged into it.
+
+    Fired after the delete committed.  Plugins with per-customer rows that
+    are not removed by ``ON DELETE CASCADE`` (files, caches, rows in other
+    systems) should erase them here.
 
     .. versionadded:: 1.0
     """

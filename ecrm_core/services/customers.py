@@ -13,13 +13,13 @@ import sqlalchemy as sa
 
 from ..domain import CUSTOMER_WRITABLE, Alias, Consent, Customer, CustomerChange, MergeRecord
 from ..errors import BatchError, Conflict, EcrmError, NotFound, RowError, ValidationError
-from ..validation import check_text, thaw
+from ..validation import aware_datetime, check_text, normalize_email, normalize_phone, thaw
 from ._base import Service
 
 if TYPE_CHECKING:  # pragma: no cover
-    pass
+    from ..rules import Rule
 
-__all__ = ["Customers", "UpsertResult"]
+__all__ = ["Customers", "CustomerPage", "SEARCH_SORTS", "UpsertResult"]
 
 #: Customer fields that are also identity aliases (kind of alias per field).
 IDENTITY_FIELDS = {"external_id": "external", "email": "email", "phone": "phone"}
@@ -30,6 +30,13 @@ _RACE_RETRIES = 5
 #: SQLSTATEs of losing such a race: unique_violation, deadlock_detected,
 #: serialization_failure.
 _RACE_STATES = frozenset({"23505", "40P01", "40001"})
+
+
+#: Fields :meth:`Customers.search` sorts on (``-field``: descending).  A
+#: whitelist: nothing else reaches an ORDER BY.
+SEARCH_SORTS = ("id", "created_at", "updated_at", "name", "email")
+_NULLABLE_SORTS = frozenset({"name", "email"})
+_MAX_SEARCH_LIMIT = 1000
 
 
 def _lost_race(exc: sa.exc.DBAPIError) -> bool:
@@ -46,6 +53,20 @@ class UpsertResult:
     created: tuple[int, ...]
     updated: tuple[int, ...]
     errors: tuple[RowError, ...]
+
+
+@attrs.frozen
+class CustomerPage:
+    """One page of :meth:`Customers.search`.
+
+    ``next_after`` is the position after the last item — pass it back as
+    ``after=`` for the next page — or ``None`` on the last page.  It is plain
+    JSON data (``[sort value, id]``, datetimes as ISO 8601 text), so an API
+    layer can sign it into an opaque cursor.
+    """
+
+    items: tuple[Customer, ...]
+    next_after: tuple[Any, ...] | None
 
 
 def _unknown(fields: Iterable[str], allowed: Iterable[str], where: str = "") -> None:
@@ -173,6 +194,69 @@ class Customers(Service):
             ).all()
         return [Alias(r.kind, r.value) for r in rows]
 
+    def add_alias(self, customer_id: int, kind: str, value: str) -> Alias:
+        """Give the customer one more identity (e.g. a cookie id); return it normalised.
+
+        Adding an alias the customer already has changes nothing.  Raises
+        :class:`~ecrm_core.errors.Conflict` when another customer has it
+        (naming that customer: merge the two if they are one person) or
+        when ``customer_id`` was merged (add it to the survivor).
+        """
+        alias = Alias(kind, value)
+        current = self._live(customer_id)
+        assert current.id is not None
+        try:
+            with self.db.write() as conn:
+                self._claim(conn, current.id, [alias], self.crm.now())
+        except sa.exc.IntegrityError:
+            # Claimed concurrently between our check and our insert.
+            for al, owner in self._resolve(None, [alias]).items():
+                if owner != current.id:
+                    raise Conflict(
+                        f"{al.kind} {al.value!r} already belongs to customer {owner}; "
+                        f"use that customer, or merge them with crm.customers.merge({current.id}, into={owner})"
+                    ) from None
+            raise
+        return alias
+
+    def remove_alias(self, customer_id: int, kind: str, value: str) -> None:
+        """Forget one identity of the customer.
+
+        Raises :class:`~ecrm_core.errors.NotFound` when the customer does not
+        have it, and :class:`~ecrm_core.errors.Conflict` for the aliases that
+        mirror the customer's ``email``, ``phone`` or ``external_id`` (change
+        the field instead: ``update(id, email=None)``).
+        """
+        alias = Alias(kind, value)
+        current = self._live(customer_id)
+        for name, field_kind in IDENTITY_FIELDS.items():
+            if field_kind == alias.kind and getattr(current, name) == alias.value:
+                raise Conflict(
+                    f"{alias.kind} {alias.value!r} is customer {current.id}'s {name}; "
+                    f"change the field instead (update({current.id}, {name}=None))"
+                )
+        a = self.t("aliases")
+        with self.db.write() as conn:
+            gone = conn.execute(
+                sa.delete(a).where(
+                    a.c.workspace_id == self.workspace,
+                    a.c.customer_id == current.id,
+                    a.c.kind == alias.kind,
+                    a.c.value == alias.value,
+                )
+            ).rowcount
+        if not gone:
+            raise NotFound("alias", f"{alias.kind}:{alias.value}")
+
+    def _live(self, customer_id: int) -> Customer:
+        """The customer with this id; Conflict for a merged (tombstone) id."""
+        current = self.get(customer_id, follow_merged=False)
+        if current.merged_into is not None:
+            raise Conflict(
+                f"customer {customer_id} was merged into {current.merged_into}; use customer {current.merged_into}"
+            )
+        return current
+
     def list(
         self, *, limit: int = 100, after: int | None = None, lifecycle_stage: str | None = None
     ) -> builtins.list[Customer]:
@@ -199,6 +283,148 @@ class Customers(Service):
                     sa.select(sa.func.count()).where(t.c.workspace_id == self.workspace, t.c.merged_into.is_(None))
                 ).scalar_one()
             )
+
+    def search(
+        self,
+        *,
+        email: str | None = None,
+        external_id: str | None = None,
+        phone: str | None = None,
+        lifecycle_stage: str | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        updated_after: datetime | str | None = None,
+        segment: str | int | None = None,
+        where: str | Mapping[str, Any] | Rule | None = None,
+        sort: str = "id",
+        after: Sequence[Any] | None = None,
+        limit: int = 50,
+    ) -> CustomerPage:
+        """Live customers matching every filter given, one page at a time.
+
+        Filters: ``email``, ``external_id``, ``phone`` (exact, normalised like
+        stored values), ``lifecycle_stage``, ``created_after`` /
+        ``created_before`` / ``updated_after`` (aware datetimes, exclusive),
+        ``segment`` (member of the segment with this slug or id) and
+        ``where``: a rule (text or tree, see ``docs/rules.md``) compiled to
+        SQL — never evaluated as code.  ``sort`` is one of
+        :data:`SEARCH_SORTS`, ``-field`` for descending; NULL names and
+        e-mails sort last ascending, first descending.  Pagination is by
+        keyset (sort value, id), never OFFSET: pass the page's
+        ``next_after`` as ``after``.  ``limit``: 1..1000.  A bad value raises
+        :class:`~ecrm_core.errors.ValidationError` naming the parameter.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_SEARCH_LIMIT:
+            raise ValidationError("limit", limit, "out of range", f"send 1..{_MAX_SEARCH_LIMIT}")
+        field, descending = self._sort(sort)
+        self.ready()
+        t = self.t("customers")
+        conds: builtins.list[sa.ColumnElement[bool]] = [t.c.workspace_id == self.workspace, t.c.merged_into.is_(None)]
+        if email is not None:
+            conds.append(t.c.email == normalize_email(email, "email"))
+        if external_id is not None:
+            conds.append(t.c.external_id == check_text(external_id, "external_id", max_length=200))
+        if phone is not None:
+            conds.append(t.c.phone == normalize_phone(phone, "phone"))
+        if lifecycle_stage is not None:
+            conds.append(t.c.lifecycle_stage == self.crm.check_stage(lifecycle_stage))
+        for name, value, column, op in (
+            ("created_after", created_after, t.c.created_at, "gt"),
+            ("created_before", created_before, t.c.created_at, "lt"),
+            ("updated_after", updated_after, t.c.updated_at, "gt"),
+        ):
+            if value is not None:
+                when = aware_datetime(value, name)
+                conds.append(column > when if op == "gt" else column < when)
+        if segment is not None:
+            conds.append(t.c.id.in_(self._segment_members(segment)))
+        rule = self._where_rule(where) if where is not None else None
+        column = t.c[field]
+        if after is not None:
+            conds.append(self._keyset(column, field, descending, after))
+        if descending:
+            order = [column.desc().nulls_first(), t.c.id.desc()] if field != "id" else [t.c.id.desc()]
+        else:
+            order = [column.asc().nulls_last(), t.c.id.asc()] if field != "id" else [t.c.id.asc()]
+        with self.db.read() as conn:
+            if rule is not None:
+                conds.append(rule.clause(self.crm.segments._sql_context(conn)))
+            q = sa.select(t).where(*conds).order_by(*order).limit(limit + 1)
+            rows = conn.execute(q).all()
+        items = tuple(self._from_row(r) for r in rows[:limit])
+        next_after = None
+        if len(rows) > limit:
+            last = items[-1]
+            value = getattr(last, field)
+            next_after = (value.isoformat() if isinstance(value, datetime) else value, last.id)
+        return CustomerPage(items, next_after)
+
+    @staticmethod
+    def _sort(sort: Any) -> tuple[str, bool]:
+        fix = f"sort on one of {', '.join(SEARCH_SORTS)}; prefix '-' for descending, e.g. '-created_at'"
+        if not isinstance(sort, str):
+            raise ValidationError("sort", sort, "not a sort field", fix)
+        descending = sort.startswith("-")
+        field = sort[1:] if descending else sort
+        if field not in SEARCH_SORTS:
+            raise ValidationError("sort", sort, "not a sortable field", fix)
+        return field, descending
+
+    def _keyset(
+        self, column: sa.ColumnElement[Any], field: str, descending: bool, after: Sequence[Any]
+    ) -> sa.ColumnElement[bool]:
+        """The condition "after position ``after``" in the order (column, id)."""
+        fix = "pass the next_after of the previous page unchanged"
+        t = self.t("customers")
+        if isinstance(after, (str, bytes)) or not isinstance(after, Sequence) or len(after) != 2:
+            raise ValidationError("after", after, "not a position", fix)
+        value, last_id = after
+        if isinstance(last_id, bool) or not isinstance(last_id, int) or not 0 < last_id < 2**63:
+            raise ValidationError("after", after, "not a position", fix)
+        ident = t.c.id < last_id if descending else t.c.id > last_id
+        if field == "id":
+            if value != last_id:
+                raise ValidationError("after", after, "not a position of this sort", fix)
+            return ident
+        if field in ("created_at", "updated_at"):
+            try:
+                value = aware_datetime(value, "after")
+            except ValidationError:
+                raise ValidationError("after", after, "not a position of this sort", fix) from None
+        elif value is not None and (not isinstance(value, str) or field not in _NULLABLE_SORTS):
+            raise ValidationError("after", after, "not a position of this sort", fix)
+        if value is None:
+            if field not in _NULLABLE_SORTS:
+                raise ValidationError("after", after, "not a position of this sort", fix)
+            # NULLs come last ascending (then nothing but more NULLs by id),
+            # first descending (then more NULLs by id, then every value).
+            return (
+                sa.and_(column.is_(None), ident)
+                if not descending
+                else sa.or_(sa.and_(column.is_(None), ident), column.is_not(None))
+            )
+        beyond = column < value if descending else column > value
+        cond = sa.or_(beyond, sa.and_(column == value, ident))
+        return sa.or_(cond, column.is_(None)) if (field in _NULLABLE_SORTS and not descending) else cond
+
+    def _segment_members(self, ref: str | int) -> sa.Select[Any]:
+        m = self.t("segment_members")
+        try:
+            seg = self.crm.segments.get(ref)
+        except NotFound as exc:
+            raise ValidationError(
+                "segment", ref, "unknown segment", f"{exc}; list segments with crm.segments.list()"
+            ) from None
+        return sa.select(m.c.customer_id).where(m.c.segment_id == seg.id)
+
+    def _where_rule(self, where: str | Mapping[str, Any] | Rule) -> Rule:
+        try:
+            return self.crm.segments.compile(where)
+        except ValidationError as exc:  # RuleError, RuleSyntaxError
+            line, column = getattr(exc, "line", None), getattr(exc, "column", None)
+            at = f" at line {line}, column {column}" if line is not None else ""
+            inner = f" ({exc.field})" if exc.field not in ("rule", "") else ""
+            raise ValidationError("where", where, f"{exc.problem}{inner}{at}", exc.fix) from None
 
     def consent_history(self, customer_id: int) -> builtins.list[dict[str, Any]]:
         """Every consent change of the customer, oldest first."""
@@ -813,3 +1039,101 @@ class Customers(Service):
         if after != target:
             self.crm.emit("ecrm_customers_updated", changes=[CustomerChange(target, after)])
         return record
+
+    # ------------------------------------------------------------------
+    # delete
+    # ------------------------------------------------------------------
+    def delete(self, customer_id: int, *, actor: str | None = None) -> tuple[int, ...]:
+        """Delete a customer and everything ecrm keeps about them; return the deleted ids.
+
+        In one transaction, set-based: the customer, the tombstones of the
+        customers merged into it, their aliases, consent history,
+        interactions, segment memberships (member counts follow) and the
+        audit records about them; plugin tables that reference customers with
+        ``ON DELETE CASCADE`` follow.  An ``customer.delete`` audit record
+        (ids only) is kept.  Fires ``ecrm_customers_deleted`` after commit
+        (``ecrm_segment_exited`` is not fired for deleted customers).
+        Raises :class:`~ecrm_core.errors.NotFound`, or
+        :class:`~ecrm_core.errors.Conflict` for a merged id (delete the
+        survivor: that deletes the tombstone too).
+        """
+        if actor is not None:
+            actor = check_text(actor, "actor", max_length=200)
+        current = self._live(customer_id)
+        assert current.id is not None
+        cid = current.id
+        try:
+            ids = self._delete(cid, customer_id, actor)
+        except sa.exc.IntegrityError:
+            raise Conflict(
+                f"customer {cid} is still referenced by a table without ON DELETE CASCADE (a plugin's); "
+                "nothing was deleted — the plugin must declare its foreign key with ondelete='CASCADE'"
+            ) from None
+        self.crm.emit("ecrm_customers_deleted", customer_ids=ids)
+        return ids
+
+    def _delete(self, cid: int, customer_id: int, actor: str | None) -> tuple[int, ...]:
+        t, a, i, e, log, s, m = (
+            self.t(n)
+            for n in (
+                "customers",
+                "aliases",
+                "interactions",
+                "consent_events",
+                "audit_log",
+                "segments",
+                "segment_members",
+            )
+        )
+        with self.db.write() as conn:
+            locked = self._locked(conn, [cid]).get(cid)
+            if locked is None:
+                raise NotFound("customer", customer_id)
+            if locked.merged_into is not None:
+                raise Conflict(f"customer {customer_id} was merged into {locked.merged_into} meanwhile")
+            ids: tuple[int, ...] = tuple(
+                conn.scalars(
+                    sa.select(t.c.id)
+                    .where(t.c.workspace_id == self.workspace, sa.or_(t.c.id == cid, t.c.merged_into == cid))
+                    .order_by(t.c.id)
+                ).all()
+            )
+            doomed = sa.select(t.c.id).where(
+                t.c.workspace_id == self.workspace, sa.or_(t.c.id == cid, t.c.merged_into == cid)
+            )
+            leaving = (
+                sa.select(sa.func.count())
+                .where(m.c.segment_id == s.c.id, m.c.customer_id.in_(doomed))
+                .scalar_subquery()
+            )
+            conn.execute(
+                sa.update(s)
+                .where(s.c.id.in_(sa.select(m.c.segment_id).where(m.c.customer_id.in_(doomed))))
+                .values(member_count=s.c.member_count - leaving)
+            )
+            conn.execute(sa.delete(m).where(m.c.customer_id.in_(doomed)))
+            conn.execute(sa.delete(e).where(e.c.customer_id.in_(doomed)))
+            conn.execute(sa.delete(a).where(a.c.workspace_id == self.workspace, a.c.customer_id.in_(doomed)))
+            interactions = conn.execute(
+                sa.delete(i).where(i.c.workspace_id == self.workspace, i.c.customer_id.in_(doomed))
+            ).rowcount
+            conn.execute(
+                sa.delete(log).where(
+                    log.c.workspace_id == self.workspace,
+                    log.c.entity == "customer",
+                    log.c.entity_id.in_([str(x) for x in ids]),
+                )
+            )
+            conn.execute(sa.delete(t).where(t.c.workspace_id == self.workspace, t.c.id.in_(ids)))
+            conn.execute(
+                sa.insert(log).values(
+                    workspace_id=self.workspace,
+                    at=self.crm.now(),
+                    action="customer.delete",
+                    entity="customer",
+                    entity_id=str(cid),
+                    actor=actor,
+                    details={"customer_ids": list(ids), "deleted_interactions": interactions},
+                )
+            )
+        return ids

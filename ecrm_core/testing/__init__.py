@@ -76,6 +76,10 @@ class EventRecorder:
         self.calls.append(("ecrm_customers_merged", {"merge": merge}))
 
     @hookimpl
+    def ecrm_customers_deleted(self, customer_ids: Any) -> None:
+        self.calls.append(("ecrm_customers_deleted", {"customer_ids": list(customer_ids)}))
+
+    @hookimpl
     def ecrm_interactions_recorded(self, batch: Any) -> None:
         self.calls.append(("ecrm_interactions_recorded", {"batch": batch}))
 
