@@ -510,7 +510,7 @@ class Tracker:
         if key is not None and self.crm.interactions.by_key(key) is not None:
             # A retry (or a reuse): the customer changes were made the first
             # time; the interaction decides duplicate or conflict.
-            a, d, errs = self._many([m])
+            a, _d, errs = self._many([m])
             if errs:
                 e = errs[0]
                 raise MessageError(e.field, e.problem, e.fix, conflict=e.conflict)

@@ -23,7 +23,6 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from ..app import ApiState
 from ..auth import credential
 from ..gzip import decode_body
-from ..keys import ApiKey
 from ..problems import problem, problem_responses
 from ..tracking import CALL_TYPES, MESSAGE_MAX_BYTES, MessageError, Outcome, Tracker, parse_time
 
@@ -37,7 +36,7 @@ class RejectedMessage(msgspec.Struct):
     """A message of the batch that was not stored."""
 
     index: int
-    messageId: str | None  # noqa: N815 - Segment's spelling
+    messageId: str | None
     field: str
     problem: str
     fix: str
