@@ -141,6 +141,15 @@ class Interactions(Service):
         key with a different payload raises
         :class:`~ecrm_core.errors.IdempotencyConflict`.
         """
+        return self.track_status(kind, **fields)[0]
+
+    def track_status(self, kind: str, **fields: Any) -> tuple[Interaction, bool]:
+        """Like :meth:`track`, and whether it stored something: ``(interaction, created)``.
+
+        ``created`` is ``False`` when an idempotent retry returned the
+        interaction stored earlier with the same ``idempotency_key`` (an API
+        answers 200 instead of 201 then).
+        """
         row = {"kind": kind, **fields}
         try:
             result = self._track(
@@ -150,11 +159,11 @@ class Interactions(Service):
             raise exc.errors[0].error from None
         stored = result[1]
         if stored:
-            return stored[0]
+            return stored[0], True
         key = fields.get("idempotency_key")
         found = self.by_key(key) if key else None
         assert found is not None
-        return found
+        return found, False
 
     def track_many(
         self,

@@ -96,6 +96,7 @@ def _prefix(exc: ValidationError) -> str:
 
 
 _KEY = re.compile(r"^\$\.?")
+_UNKNOWN = re.compile(r"unknown field `([^`]{1,200})`")
 
 
 def _on_litestar_validation(request: Request[Any, Any, Any], exc: LitestarValidationException) -> Response[Any]:
@@ -105,9 +106,15 @@ def _on_litestar_validation(request: Request[Any, Any, Any], exc: LitestarValida
         if not isinstance(item, dict):
             continue
         source = item.get("source") or "body"
+        source = str(getattr(source, "value", source))  # Litestar's ParamType enum: "query", "path", ...
         key = str(item.get("key") or "")
         key = _KEY.sub("", key)
+        if key == "data" and source == "body":  # Litestar names the whole body by its kwarg
+            key = ""
         field = f"{source}.{key}" if key else str(source)
+        unknown = _UNKNOWN.search(str(item.get("message", "")))
+        if unknown:  # name the unknown field itself, not the object holding it
+            field = f"{field}.{unknown.group(1)}"
         errs.append({"field": field, "problem": str(item.get("message", "invalid")), "fix": _fix(item)})
     detail = str(exc.detail or "the request does not match the API's schema")
     if not errs:
@@ -191,9 +198,22 @@ def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[
     return _render(request, p)
 
 
+def _on_too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    # msgspec refuses absurdly nested JSON with RecursionError while decoding the body.
+    p = problem(
+        400,
+        "invalid-request",
+        "Invalid request",
+        "body: the JSON document is nested too deeply",
+        errors=[{"field": "body", "problem": "nested too deeply", "fix": "send flatter JSON"}],
+    )
+    return _render(request, p)
+
+
 def exception_handlers() -> dict[type[Exception] | int, Any]:
     """The handlers :func:`ecrm_api.create_app` installs."""
     return {
+        RecursionError: _on_too_deep,
         EcrmError: _on_ecrm,
         LitestarValidationException: _on_litestar_validation,
         HTTPException: _on_http,
