@@ -352,8 +352,12 @@ class Tracker:
                 msg.group = {"id": group_id, "traits": traits}
                 kind_name, props = "event", {"event": "group", "groupId": group_id, "traits": traits}
             else:  # identify
-                traits = _object(get("traits"), f"{path}.traits")
-                msg.customer = self._traits(traits, f"{path}.traits")
+                # RudderStack's SDKs send identify traits in context.traits only
+                traits_path = f"{path}.traits" if get("traits") is not None else f"{path}.context.traits"
+                traits = _object(get("traits"), f"{path}.traits") or _object(
+                    context.get("traits"), f"{path}.context.traits"
+                )
+                msg.customer = self._traits(traits, traits_path)
                 kind_name, props = "identify", {"traits": traits}
         campaign = context.get("campaign")
         if type(campaign) is dict and campaign and "campaign" not in props:
