@@ -20,7 +20,7 @@ from . import __version__
 from .auth import KeyAuthMiddleware, require_scope, route_policy
 from .config import ApiConfig
 from .keys import ApiKey, Keys
-from .problems import exception_handlers
+from .problems import exception_handlers, problem
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
@@ -130,7 +130,13 @@ def create_app(
     keys = Keys(crm, cache_seconds=config.key_cache_seconds)
     state = ApiState(crm, config, keys)
     handlers = [*_core_handlers(), *crm.registry.routes, *route_handlers]
-    router = Router(path=config.path or "/", route_handlers=handlers)
+    # Two routers so that the OpenAPI document says which routes need a key.
+    public = [h for h in handlers if _is_public(h)]
+    guarded = [h for h in handlers if not _is_public(h)]
+    routers = [
+        Router(path=config.path or "/", route_handlers=guarded, security=[{"apiKey": []}]),
+        Router(path=config.path or "/", route_handlers=public),
+    ]
 
     middleware: list[Any] = [DefineMiddleware(KeyAuthMiddleware, keys=keys)]
     if config.rate_limit is not None:
@@ -142,7 +148,9 @@ def create_app(
 
     openapi = None
     if config.docs:
-        docs_router = Router(path=f"{config.path}/docs", route_handlers=[], opt={"public": "API documentation"})
+        docs_router = Router(
+            path=f"{config.path}/docs", route_handlers=[], opt={"public": "API documentation"}, include_in_schema=False
+        )
         openapi = OpenAPIConfig(
             title="ecrm API",
             version=__version__,
@@ -161,11 +169,35 @@ def create_app(
                     ),
                 }
             ),
-            security=[{"apiKey": []}],
         )
 
+    allowed_query: dict[int, frozenset[str]] = {}
+
+    def reject_unknown_query(request: Request[Any, Any, Any]) -> None:
+        allowed = allowed_query.get(id(request.route_handler))
+        if allowed is None:
+            return
+        unknown = sorted(set(request.query_params) - allowed)
+        if unknown:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise problem(
+                400,
+                "invalid-request",
+                "Invalid request",
+                f"query.{unknown[0]}: unknown query parameter",
+                errors=[
+                    {
+                        "field": f"query.{name}",
+                        "problem": "unknown query parameter",
+                        "fix": f"this route takes: {known}",
+                    }
+                    for name in unknown
+                ],
+            )
+
     app = Litestar(
-        route_handlers=[router],
+        route_handlers=routers,
+        before_request=reject_unknown_query,
         guards=[require_scope],
         middleware=middleware,
         dependencies={
@@ -183,7 +215,16 @@ def create_app(
     )
     for _path, _method, handler in route_table(app):
         route_policy(handler)  # raises for a handler without an access policy
+    for route in app.routes:
+        for handler, kwargs_model in getattr(route, "route_handler_map", {}).values():
+            if not (handler.opt or {}).get("allow_unknown_query"):
+                allowed_query[id(handler)] = frozenset(p.field_alias for p in kwargs_model.expected_query_params)
     return app
+
+
+def _is_public(handler: Any) -> bool:
+    opt = getattr(handler, "opt", None) or {}
+    return bool(opt.get("public")) and not isinstance(handler, Router)
 
 
 def route_table(app: Litestar) -> Iterable[tuple[str, str, Any]]:
