@@ -168,7 +168,10 @@ class Offers(Service):
 
         An offer without an eligibility rule is for everyone.  Rules are
         evaluated in memory against one load of the customer's data.
+        Raises :class:`~ecrm_core.errors.NotFound` for a customer that is not
+        in this workspace (a merged id answers for the survivor).
         """
+        customer_id = self.crm.customers.get(customer_id).id or customer_id
         offers = self.active(at, channel=channel)
         rules = {o.code: self.crm.segments.compile(o.eligibility) for o in offers if o.eligibility is not None}
         if not rules:
