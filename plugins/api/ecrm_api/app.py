@@ -211,6 +211,7 @@ def create_app(
         request_max_body_size=config.max_body_bytes,
         state=State({"ecrm": state}),
         signature_namespace=_signature_namespace(),
+        logging_config=None,  # an embedded app must not reconfigure the host's logging
         debug=False,
     )
     for _path, _method, handler in route_table(app):
