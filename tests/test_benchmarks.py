@@ -42,3 +42,39 @@ def test_segments_benchmark_smoke(tmp_path):
     ):
         assert figure in out, figure
     assert not (tmp_path / "seg.db").exists()  # removed without --keep
+
+
+def test_api_benchmark_smoke(tmp_path):
+    env = {**os.environ, "COLUMNS": "250"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "api.py"),
+            "--customers=300",
+            "--events=1000",
+            "--warmup-events=100",
+            "--requests=300",
+            "--warmup=30",
+            "--concurrency=4",
+            f"--dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for figure in (
+        "POST /v1/batch",
+        "events/s",
+        "GET /customers/{id}",
+        "p50 ms",
+        "p99 ms",
+        "vs bare",
+        "2 cores" if os.cpu_count() == 2 else "cores",
+    ):
+        assert figure in out, figure
+    assert "stored (accepted) 1,000 of 1,000" in out
+    assert "non-200" not in out
+    assert not (tmp_path / "api-bench.db").exists()  # removed without --keep

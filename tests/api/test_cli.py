@@ -252,6 +252,13 @@ def test_serve_process_keys_from_another_process(tmp_path: Path) -> None:
                 except httpx.TransportError:
                     time.sleep(0.05)
             assert http.get("/health").json() == {"status": "ok"}
+            # TCP_NODELAY on the served sockets: no ~40 ms Nagle/delayed-ACK stall per response
+            timings = []
+            for _ in range(15):
+                t0 = time.perf_counter()
+                http.get("/health")
+                timings.append(time.perf_counter() - t0)
+            assert sorted(timings)[7] < 0.02, timings
             assert http.get("/docs/openapi.json").status_code == 200
 
             made = ecrm("keys", "create", "live", "--scope", "read", "--json", env=env)

@@ -1,0 +1,496 @@
+"""Benchmark of the REST API (ecrm-api) beside a bare Litestar app doing the same JSON work.
+
+Run by hand (not a test)::
+
+    python benchmarks/api.py                          # reference run
+    python benchmarks/api.py --customers 2000 --events 20000 --requests 3000   # quick
+
+Two measurements, each against the ecrm app and against a bare Litestar app,
+one server at a time, each served by uvicorn in its OWN process (one worker)
+and loaded from THIS process over loopback (a second process, as a client
+would be):
+
+* ingest: ``POST /v1/batch`` with 100 Segment ``track`` events per request
+  (each with a ``messageId``; Basic auth with an ``ingest`` write key, as the
+  SDKs send it).  The bare endpoint decodes the same JSON body, walks its
+  events and answers the same small JSON document: no validation, no
+  database.  Figure: events/s (goal >= 50,000).
+* read: ``GET /customers/{id}`` (Bearer key with ``read``) on a SQLite file
+  with ``--customers`` customers, random ids.  The bare endpoint returns the
+  very JSON the ecrm app answered for that id (fetched first) from a dict:
+  no auth, no database.  Figures: p50/p99 latency under ``--concurrency``
+  keep-alive connections (goal: ecrm <= 1.5x bare).
+
+The load generator is a minimal asyncio HTTP/1.1 client (pre-built request
+bytes, Content-Length responses) so that the client costs little CPU; on a
+2-core machine the server and the client each get about one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+EVENTS_PER_REQUEST = 100
+INGEST_GOAL = 50_000
+GET_GOAL = 1.5
+DEFAULT_GET = "/customers/{id}"
+FALLBACK_GET = "/customers/{id}/view?recent=0"
+EVENT_NAMES = ("Product Viewed", "Product Added", "Order Completed", "Signed In", "Video Played")
+
+
+# ---------------------------------------------------------------------------
+# the servers (run in their own process: python benchmarks/api.py --serve ...)
+# ---------------------------------------------------------------------------
+
+
+def bare_app(bodies_file: Path) -> Any:
+    """Litestar with the two endpoints and nothing else (no auth, no middleware, no database)."""
+    import msgspec
+    from litestar import Litestar, Request, get, post
+
+    answers: dict[str, Any] = json.loads(bodies_file.read_text())
+
+    @post("/v1/batch", status_code=200)
+    async def batch(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        doc = msgspec.json.decode(await request.body())
+        accepted = 0
+        for message in doc["batch"]:
+            if message.get("type") == "track" and message.get("messageId"):
+                accepted += 1
+        return {"success": True, "accepted": accepted, "duplicates": 0, "rejected": [], "notes": []}
+
+    @get("/customers/{rest:path}")
+    async def customer(request: Request[Any, Any, Any], rest: str) -> Any:
+        query = request.scope["query_string"]
+        return answers[request.scope["path"] + ("?" + query.decode() if query else "")]
+
+    return Litestar(route_handlers=[batch, customer], debug=False)
+
+
+def serve(kind: str, db: str, bodies: str | None, entrypoints: bool, live_segments: bool = True) -> None:
+    import socket
+
+    import uvicorn
+
+    if kind == "ecrm":
+        import ecrm_api.plugin
+        from ecrm_api import create_app
+
+        from ecrm_core import CRM
+
+        crm = CRM(db, plugins=[ecrm_api.plugin], load_entrypoints=entrypoints, live_segments=live_segments)
+        app = create_app(crm, rate_limit=None, docs=False, secret=b"b" * 32)
+    else:
+        assert bodies is not None
+        app = bare_app(Path(bodies))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # so asyncio sets TCP_NODELAY
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    print(f"PORT {sock.getsockname()[1]}", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+
+
+@dataclass
+class Server:
+    kind: str
+    proc: subprocess.Popen[str]
+    port: int
+
+    @classmethod
+    def start(cls, kind: str, db: str, bodies: Path | None, entrypoints: bool, live_segments: bool = True) -> Server:
+        args = [sys.executable, __file__, "--serve", kind, "--db", db]
+        if bodies is not None:
+            args += ["--bodies", str(bodies)]
+        if entrypoints:
+            args.append("--entrypoints")
+        if not live_segments:
+            args.append("--no-live-segments")
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("PORT "):
+            proc.kill()
+            raise SystemExit(f"the {kind} server did not start")
+        server = cls(kind, proc, int(line.split()[1]))
+        server.wait_listening()
+        return server
+
+    def wait_listening(self) -> None:
+        import socket
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the {self.kind} server did not start listening") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# ---------------------------------------------------------------------------
+# the load generator: keep-alive HTTP/1.1 over asyncio streams
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    seconds: float
+    latencies_ns: list[int] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    bodies: list[bytes] = field(default_factory=list)
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies_ns)
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies_ns)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
+
+
+def request_bytes(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    if body or method == "POST":
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    body = await reader.readexactly(length) if length else b""
+    return status, body
+
+
+async def _load(
+    port: int, requests: list[bytes], concurrency: int, *, keep_bodies: bool = False, warmup: int = 0
+) -> Result:
+    timed = requests[warmup:]
+    queue = list(reversed(timed))
+    warm = list(reversed(requests[:warmup]))
+    result = Result(0.0)
+    if keep_bodies:
+        result.bodies = [b""] * len(timed)
+
+    async def worker(jobs: list[bytes], record: bool) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while jobs:
+                index = len(jobs) - 1
+                req = jobs.pop()
+                t0 = time.perf_counter_ns()
+                writer.write(req)
+                status, body = await _read_response(reader)
+                if record:
+                    result.latencies_ns.append(time.perf_counter_ns() - t0)
+                    result.statuses[status] = result.statuses.get(status, 0) + 1
+                    if keep_bodies:
+                        result.bodies[len(timed) - 1 - index] = body
+        finally:
+            writer.close()
+
+    if warm:
+        await asyncio.gather(*(worker(warm, False) for _ in range(concurrency)))
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(queue, True) for _ in range(concurrency)))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def load(port: int, requests: list[bytes], concurrency: int, **kw: Any) -> Result:
+    return asyncio.run(_load(port, requests, concurrency, **kw))
+
+
+# ---------------------------------------------------------------------------
+# the data
+# ---------------------------------------------------------------------------
+
+
+def prepare(db: str, customers: int, entrypoints: bool) -> tuple[str, str]:
+    """Customers ``user-1`` … on a fresh SQLite file; return (ingest token, read token)."""
+    import ecrm_api.plugin
+    from ecrm_api import Keys
+
+    from ecrm_core import CRM
+
+    with CRM(db, plugins=[ecrm_api.plugin], load_entrypoints=entrypoints) as crm:
+        crm.upgrade()
+        rows = (
+            {"external_id": f"user-{i}", "email": f"user{i}@example.com", "name": f"User {i}"} for i in range(customers)
+        )
+        crm.customers.upsert_many(rows, batch_size=5000)
+        keys = Keys(crm)
+        return keys.create("bench-ingest", scopes=["ingest"]).token, keys.create("bench-read", scopes=["read"]).token
+
+
+def batches(n_events: int, customers: int, seed: int) -> list[bytes]:
+    """Segment batch bodies of 100 ``track`` events, each with its own messageId."""
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    out = []
+    for start in range(0, n_events, EVENTS_PER_REQUEST):
+        events = []
+        for _ in range(min(EVENTS_PER_REQUEST, n_events - start)):
+            name = rng.choice(EVENT_NAMES)
+            props: dict[str, Any] = {
+                "product_id": f"sku-{rng.randrange(5000)}",
+                "price": rng.randrange(100, 10000) / 100,
+            }
+            if name == "Order Completed":
+                props.update(order_id=uuid.UUID(int=rng.getrandbits(128)).hex, revenue=props["price"], currency="EUR")
+            events.append(
+                {
+                    "type": "track",
+                    "event": name,
+                    "userId": f"user-{rng.randrange(customers)}",
+                    "messageId": str(uuid.UUID(int=rng.getrandbits(128))),
+                    "timestamp": (now - timedelta(seconds=rng.randrange(86400 * 30))).isoformat(),
+                    "properties": props,
+                    "context": {"library": {"name": "analytics-python", "version": "2.3.0"}},
+                }
+            )
+        out.append(json.dumps({"batch": events, "sentAt": now.isoformat()}, separators=(",", ":")).encode())
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    ingest: dict[str, Result] = field(default_factory=dict)
+    get: dict[str, Result] = field(default_factory=dict)
+
+
+def run(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="ecrm-api-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    db_file = workdir / "api-bench.db"
+    if db_file.exists():
+        db_file.unlink()
+    db = f"sqlite:///{db_file}"
+    cores = os.cpu_count() or 1
+    plugins = "installed plugins loaded" if args.entrypoints else "api plugin only"
+    live = "off" if args.no_live_segments else "on"
+    console.print(
+        f"[bold]ecrm API benchmark[/]: {cores} cores on this machine; the server (uvicorn, 1 worker) and the "
+        "load generator (asyncio, this process) are separate processes sharing them"
+    )
+    console.print(f"ecrm server: {plugins}, live segments {live}, rate limit off, SQLite file")
+    try:
+        t0 = time.perf_counter()
+        ingest_token, read_token = prepare(db, args.customers, args.entrypoints)
+        console.print(f"setup: {args.customers:,} customers in {time.perf_counter() - t0:.1f} s ({db_file})")
+        bodies = batches(args.events, args.customers, args.seed)
+        warm_bodies = batches(args.warmup_events, args.customers, args.seed + 1)
+        basic = "Basic " + base64.b64encode(f"{ingest_token}:".encode()).decode()
+        ingest_headers = {"Authorization": basic, "Content-Type": "application/json"}
+        ids = [random.Random(args.seed).randrange(1, args.customers + 1) for _ in range(min(args.customers, 2000))]
+        rng = random.Random(args.seed + 2)
+        get_ids = [rng.choice(ids) for _ in range(args.requests)]
+        warm_ids = [rng.choice(ids) for _ in range(args.warmup)]
+        get_template = args.get_path
+        get_paths: list[str] = []
+        warm_paths: list[str] = []
+
+        figures = Figures()
+        # -- ecrm --------------------------------------------------------
+        server = Server.start("ecrm", db, None, args.entrypoints, not args.no_live_segments)
+        try:
+            read_headers = {"Authorization": f"Bearer {read_token}"}
+            distinct = sorted(set(ids))
+
+            def fetch(template: str) -> Result:
+                reqs = [request_bytes("GET", template.format(id=i), read_headers) for i in distinct]
+                return load(server.port, reqs, 4, keep_bodies=True)
+
+            fetched = fetch(get_template)
+            if set(fetched.statuses) <= {404, 405} and get_template == DEFAULT_GET:
+                get_template = FALLBACK_GET
+                console.print(
+                    f"[yellow]GET {DEFAULT_GET} is not served by this build: measuring GET {FALLBACK_GET} "
+                    "instead (the same customer row, plus its empty summary)[/]"
+                )
+                fetched = fetch(get_template)
+            if fetched.statuses.get(200) != len(distinct):
+                raise SystemExit(f"GET {get_template} on the ecrm app answered {fetched.statuses}")
+            answers = {get_template.format(id=i): json.loads(b) for i, b in zip(distinct, fetched.bodies, strict=True)}
+            (workdir / "customers.json").write_text(json.dumps(answers))
+            get_paths = [get_template.format(id=i) for i in get_ids]
+            warm_paths = [get_template.format(id=i) for i in warm_ids]
+            get_reqs = [request_bytes("GET", p, read_headers) for p in warm_paths + get_paths]
+            figures.get["ecrm"] = load(server.port, get_reqs, args.concurrency, warmup=len(warm_paths))
+            ingest_reqs = [request_bytes("POST", "/v1/batch", ingest_headers, b) for b in warm_bodies + bodies]
+            figures.ingest["ecrm"] = load(
+                server.port, ingest_reqs, args.ingest_concurrency, keep_bodies=True, warmup=len(warm_bodies)
+            )
+        finally:
+            server.stop()
+        accepted = sum(json.loads(b).get("accepted", 0) for b in figures.ingest["ecrm"].bodies if b)
+        # -- bare --------------------------------------------------------
+        server = Server.start("bare", db, workdir / "customers.json", False)
+        try:
+            figures.get["bare"] = load(
+                server.port,
+                [request_bytes("GET", p, {}) for p in warm_paths + get_paths],
+                args.concurrency,
+                warmup=len(warm_paths),
+            )
+            figures.ingest["bare"] = load(
+                server.port,
+                [
+                    request_bytes("POST", "/v1/batch", {"Content-Type": "application/json"}, b)
+                    for b in warm_bodies + bodies
+                ],
+                args.ingest_concurrency,
+                warmup=len(warm_bodies),
+            )
+        finally:
+            server.stop()
+
+        report(console, figures, args, accepted, cores)
+    finally:
+        if not args.keep and not args.dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif not args.keep:
+            db_file.unlink(missing_ok=True)
+
+
+def report(console: Any, f: Figures, args: argparse.Namespace, accepted: int, cores: int) -> None:
+    from rich.table import Table
+
+    def bad(r: Result) -> str:
+        other = {k: v for k, v in r.statuses.items() if k != 200}
+        return f" [red]non-200: {other}[/]" if other else ""
+
+    t = Table(
+        title=f"ingest: POST /v1/batch, {EVENTS_PER_REQUEST} track events per request, "
+        f"{args.events:,} events, {args.ingest_concurrency} connections"
+    )
+    for c in ("app", "events/s", "requests/s", "p50 ms", "p99 ms", "vs bare"):
+        t.add_column(c, justify="right" if c != "app" else "left")
+    e, b = f.ingest["ecrm"], f.ingest["bare"]
+    ev = {k: args.events / r.seconds for k, r in f.ingest.items()}
+    for name, r in (("ecrm /v1/batch", e), ("bare Litestar", b)):
+        key = "ecrm" if name.startswith("ecrm") else "bare"
+        t.add_row(
+            name + bad(r),
+            f"{ev[key]:,.0f}",
+            f"{r.requests / r.seconds:,.0f}",
+            f"{r.pct(0.5):.2f}",
+            f"{r.pct(0.99):.2f}",
+            f"{ev['ecrm'] / ev['bare']:.2f}x" if key == "ecrm" else "",
+        )
+    console.print(t)
+    goal = "[green]met[/]" if ev["ecrm"] >= INGEST_GOAL else "[yellow]not met[/]"
+    console.print(
+        f"goal: ingest >= {INGEST_GOAL:,} events/s -> {ev['ecrm']:,.0f} events/s, {goal}; "
+        f"stored (accepted) {accepted:,} of {args.events:,}"
+    )
+
+    t = Table(
+        title=f"read: GET /customers/{{id}}, {args.requests:,} requests, {args.concurrency} connections, "
+        f"{args.customers:,} customers"
+    )
+    for c in ("app", "requests/s", "p50 ms", "p99 ms", "p50 vs bare", "p99 vs bare"):
+        t.add_column(c, justify="right" if c != "app" else "left")
+    e, b = f.get["ecrm"], f.get["bare"]
+    t.add_row(
+        "ecrm GET /customers/{id}" + bad(e),
+        f"{e.requests / e.seconds:,.0f}",
+        f"{e.pct(0.5):.2f}",
+        f"{e.pct(0.99):.2f}",
+        f"{e.pct(0.5) / b.pct(0.5):.2f}x",
+        f"{e.pct(0.99) / b.pct(0.99):.2f}x",
+    )
+    t.add_row(
+        "bare Litestar" + bad(b), f"{b.requests / b.seconds:,.0f}", f"{b.pct(0.5):.2f}", f"{b.pct(0.99):.2f}", "", ""
+    )
+    console.print(t)
+    ratio = e.pct(0.5) / b.pct(0.5)
+    goal = "[green]met[/]" if ratio <= GET_GOAL else "[yellow]not met[/]"
+    console.print(f"goal: GET overhead <= {GET_GOAL}x bare (p50) -> {ratio:.2f}x, {goal}")
+    console.print(
+        f"machine: {cores} cores; server and load generator each about one core; figures vary by 10-20 % "
+        "between runs on a small VM: compare runs from the same machine"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="ecrm REST API vs bare Litestar: ingest events/s and GET latency")
+    p.add_argument("--customers", type=int, default=20_000, help="customers in the SQLite file (20,000)")
+    p.add_argument("--events", type=int, default=200_000, help="events sent to /v1/batch (200,000)")
+    p.add_argument("--warmup-events", type=int, default=2_000, help="events sent before timing (2,000)")
+    p.add_argument("--requests", type=int, default=20_000, help="timed GET requests (20,000)")
+    p.add_argument("--warmup", type=int, default=1_000, help="GET requests before timing (1,000)")
+    p.add_argument("--concurrency", type=int, default=16, help="connections for the GET load (16)")
+    p.add_argument("--ingest-concurrency", type=int, default=4, help="connections for the ingest load (4)")
+    p.add_argument(
+        "--get-path",
+        default=DEFAULT_GET,
+        help="the GET to time, {id} is a customer id (default %(default)s; "
+        f"{FALLBACK_GET} is used when the build has no GET /customers/{{id}})",
+    )
+    p.add_argument("--entrypoints", action="store_true", help="load the installed plugins (e.g. ecrm-stats) too")
+    p.add_argument(
+        "--no-live-segments",
+        action="store_true",
+        help="turn live segments/lifecycle refresh off in the ecrm server (on by default, as in `ecrm serve`)",
+    )
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--dir", default=None, help="where the SQLite file goes (default: a temporary directory)")
+    p.add_argument("--keep", action="store_true", help="keep the SQLite file")
+    p.add_argument("--serve", choices=["ecrm", "bare"], help=argparse.SUPPRESS)
+    p.add_argument("--db", help=argparse.SUPPRESS)
+    p.add_argument("--bodies", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve:
+        serve(args.serve, args.db, args.bodies, args.entrypoints, not args.no_live_segments)
+        return
+    if args.customers < 1 or args.events < EVENTS_PER_REQUEST or args.requests < 1:
+        p.error("--customers >= 1, --events >= 100 and --requests >= 1")
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
