@@ -20,6 +20,7 @@ from litestar import Request, Response, delete, get, patch, post, put
 from litestar.connection import ASGIConnection
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
@@ -346,6 +347,7 @@ def create_customer(crm: NamedDependency[CRM], data: JSONBody[CustomerIn]) -> Cu
     tags=["customers"],
     sync_to_thread=True,
     responses={
+        200: ResponseSpec(data_container=CustomerOut, description="An existing customer was updated"),
         **problem_responses(409),
     },
 )
@@ -472,10 +474,10 @@ def search_customers(
     request: Request[Any, Any, Any],
     crm: NamedDependency[CRM],
     api: NamedDependency[ApiState],
-    email: Annotated[Email | None, Parameter(description="exact e-mail (normalised)")] = None,
-    external_id: Annotated[Text200 | None, Parameter(description="exact external id")] = None,
-    phone: Annotated[Phone | None, Parameter(description="exact phone (normalised to E.164)")] = None,
-    lifecycle_stage: Annotated[Slug | None, Parameter(description="customers in this stage")] = None,
+    email: Annotated[str | None, Parameter(max_length=320, description="exact e-mail (normalised)")] = None,
+    external_id: Annotated[str | None, Parameter(max_length=200, description="exact external id")] = None,
+    phone: Annotated[str | None, Parameter(max_length=64, description="exact phone (normalised to E.164)")] = None,
+    lifecycle_stage: Annotated[str | None, Parameter(max_length=64, description="customers in this stage")] = None,
     created_after: Annotated[AwareTime | None, Parameter(description="created after (ISO 8601 with offset)")] = None,
     created_before: Annotated[AwareTime | None, Parameter(description="created before (ISO 8601 with offset)")] = None,
     updated_after: Annotated[AwareTime | None, Parameter(description="updated after (ISO 8601 with offset)")] = None,
@@ -516,6 +518,15 @@ def search_customers(
             )
         if len(request.query_params.getall(name)) > 1:
             raise ValidationError(f"query.{name}", name, "given more than once", "send each parameter once")
+    for name in ("created_after", "created_before", "updated_after"):
+        raw = request.query_params.get(name)
+        if raw is not None:  # numbers would be taken for Unix times otherwise
+            try:
+                datetime.fromisoformat(raw)
+            except ValueError:
+                raise ValidationError(
+                    f"query.{name}", raw, "not an ISO 8601 date-time", "send e.g. 2026-01-31T00:00:00Z"
+                ) from None
     for name, value in (
         ("email", email),
         ("external_id", external_id),
@@ -533,7 +544,9 @@ def search_customers(
         "created_after": created_after,
         "created_before": created_before,
         "updated_after": updated_after,
-        "segment": int(segment) if segment is not None and segment.isdigit() and len(segment) < 19 else segment,
+        "segment": int(segment)
+        if segment is not None and segment.isascii() and segment.isdigit() and len(segment) < 19
+        else segment,
         "where": where,
     }
     given = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in filters.items() if v is not None}
