@@ -92,7 +92,9 @@ def test_active_and_eligible(live_api, writer):
     _problem(writer.get("/customers/999999/offers"), 404)
     _problem(writer.get("/offers/active", params={"at": "2024-01-01T00:00:00"}), 422, "query.at")
     _problem(writer.get("/offers/active", params={"at": "9999-01-01T00:00:00Z"}), 422, "query.at")
-    _problem(writer.get("/offers/active", params={"at": "yesterday"}), 400)
+    _problem(writer.get("/offers/active", params={"at": "yesterday"}), 422, "query.at")
+    _problem(writer.get("/offers/active", params={"at": "1.7e-242"}), 422, "query.at")  # no Unix-time guessing
+    _problem(writer.get(f"/customers/{buyer.id}/offers", params={"at": "2024-01-01"}), 422, "query.at")
     _problem(writer.get("/offers/active", params={"channel": "Not A Channel"}), 422, "query.channel")
 
 

@@ -176,22 +176,27 @@ def list_offers(
 @get("/offers/active", opt={"scope": "read"}, tags=["offers"], sync_to_thread=True, responses=problem_responses())
 def active_offers(
     crm: NamedDependency[CRM],
-    at: Annotated[AwareTime | None, Parameter(description="when (ISO 8601 with offset); default now")] = None,
+    at: Annotated[
+        str | None,
+        Parameter(
+            max_length=64, description="when: ISO 8601 with an offset, e.g. 2024-05-01T12:00:00+09:00; default now"
+        ),
+    ] = None,
     channel: Annotated[str | None, Parameter(max_length=64, description="only offers shown on this channel")] = None,
 ) -> OfferList:
     """Offers live at ``at`` (default now), optionally on ``channel``, highest priority first."""
-    at, channel = _when_where(at, channel)
-    return OfferList(items=[offer_out(o) for o in _core(lambda: crm.offers.active(at, channel=channel))])
+    when, channel = _when_where(at, channel)
+    return OfferList(items=[offer_out(o) for o in _core(lambda: crm.offers.active(when, channel=channel))])
 
 
-def _when_where(at: datetime | None, channel: str | None) -> tuple[datetime | None, str | None]:
+def _when_where(at: str | None, channel: str | None) -> tuple[datetime | None, str | None]:
+    """``at`` parsed as ISO 8601 only (not a number: no Unix-time guessing)."""
     from ecrm_core.validation import aware_datetime, check_slug
 
-    if at is not None:
-        at = aware_datetime(at, "query.at")
+    when = None if at is None else aware_datetime(at, "query.at")
     if channel is not None:
         check_slug(channel, "query.channel", "channel name")
-    return at, channel
+    return when, channel
 
 
 @get(
@@ -244,13 +249,18 @@ def delete_offer(ref: RefParam, crm: NamedDependency[CRM]) -> None:
 def customer_offers(
     customer_id: Annotated[int, Parameter(ge=1, le=MAX_ID, description="the customer's id")],
     crm: NamedDependency[CRM],
-    at: Annotated[AwareTime | None, Parameter(description="when (ISO 8601 with offset); default now")] = None,
+    at: Annotated[
+        str | None,
+        Parameter(
+            max_length=64, description="when: ISO 8601 with an offset, e.g. 2024-05-01T12:00:00+09:00; default now"
+        ),
+    ] = None,
     channel: Annotated[str | None, Parameter(max_length=64, description="only offers shown on this channel")] = None,
 ) -> OfferList:
     """The live offers this customer is eligible for, highest priority first
     (an offer without an eligibility rule is for everyone)."""
-    at, channel = _when_where(at, channel)
-    return OfferList(items=[offer_out(o) for o in crm.offers.eligible(customer_id, at, channel=channel)])
+    when, channel = _when_where(at, channel)
+    return OfferList(items=[offer_out(o) for o in crm.offers.eligible(customer_id, when, channel=channel)])
 
 
 HANDLERS: list[Any] = [
