@@ -83,7 +83,10 @@ def bare_app(bodies_file: Path) -> Any:
     return Litestar(route_handlers=[batch, customer], debug=False)
 
 
-def serve(kind: str, db: str, bodies: str | None, entrypoints: bool, live_segments: bool = True) -> None:
+MODES: dict[str, Any] = {"background": "background", "commit": True, "off": False}
+
+
+def serve(kind: str, db: str, bodies: str | None, entrypoints: bool, live_segments: str = "background") -> None:
     import socket
 
     import uvicorn
@@ -94,7 +97,7 @@ def serve(kind: str, db: str, bodies: str | None, entrypoints: bool, live_segmen
 
         from ecrm_core import CRM
 
-        crm = CRM(db, plugins=[ecrm_api.plugin], load_entrypoints=entrypoints, live_segments=live_segments)
+        crm = CRM(db, plugins=[ecrm_api.plugin], load_entrypoints=entrypoints, live_segments=MODES[live_segments])
         app = create_app(crm, rate_limit=None, docs=False, secret=b"b" * 32)
     else:
         assert bodies is not None
@@ -117,14 +120,15 @@ class Server:
     port: int
 
     @classmethod
-    def start(cls, kind: str, db: str, bodies: Path | None, entrypoints: bool, live_segments: bool = True) -> Server:
+    def start(
+        cls, kind: str, db: str, bodies: Path | None, entrypoints: bool, live_segments: str = "background"
+    ) -> Server:
         args = [sys.executable, __file__, "--serve", kind, "--db", db]
         if bodies is not None:
             args += ["--bodies", str(bodies)]
         if entrypoints:
             args.append("--entrypoints")
-        if not live_segments:
-            args.append("--no-live-segments")
+        args += ["--live-segments", live_segments]
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -311,7 +315,7 @@ def run(args: argparse.Namespace) -> None:
     db = f"sqlite:///{db_file}"
     cores = os.cpu_count() or 1
     plugins = "installed plugins loaded" if args.entrypoints else "api plugin only"
-    live = "off" if args.no_live_segments else "on"
+    live = args.live_segments
     console.print(
         f"[bold]ecrm API benchmark[/]: {cores} cores on this machine; the server (uvicorn, 1 worker) and the "
         "load generator (asyncio, this process) are separate processes sharing them"
@@ -335,7 +339,7 @@ def run(args: argparse.Namespace) -> None:
 
         figures = Figures()
         # -- ecrm --------------------------------------------------------
-        server = Server.start("ecrm", db, None, args.entrypoints, not args.no_live_segments)
+        server = Server.start("ecrm", db, None, args.entrypoints, args.live_segments)
         try:
             read_headers = {"Authorization": f"Bearer {read_token}"}
             distinct = sorted(set(ids))
@@ -473,9 +477,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--entrypoints", action="store_true", help="load the installed plugins (e.g. ecrm-stats) too")
     p.add_argument(
+        "--live-segments",
+        choices=list(MODES),
+        default="background",
+        help="live segment/lifecycle refresh in the ecrm server: in a background thread (default, as in "
+        "`ecrm serve`), at commit in the request, or off",
+    )
+    p.add_argument(
         "--no-live-segments",
-        action="store_true",
-        help="turn live segments/lifecycle refresh off in the ecrm server (on by default, as in `ecrm serve`)",
+        dest="live_segments",
+        action="store_const",
+        const="off",
+        help="the same as --live-segments off",
     )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--dir", default=None, help="where the SQLite file goes (default: a temporary directory)")
@@ -485,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bodies", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.db, args.bodies, args.entrypoints, not args.no_live_segments)
+        serve(args.serve, args.db, args.bodies, args.entrypoints, args.live_segments)
         return
     if args.customers < 1 or args.events < EVENTS_PER_REQUEST or args.requests < 1:
         p.error("--customers >= 1, --events >= 100 and --requests >= 1")

@@ -7,7 +7,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 
@@ -39,7 +39,8 @@ class _Shared:
         self.root_db: Database | None = None
         self.lock = threading.Lock()
         self.closed = False
-        self.live_segments = True
+        self.live_segments: bool | str = True
+        self.live_worker: Any = None  # default_plugins.segments.LiveWorker, made on first use
         self.rule_cache: dict[Any, Any] = {}
 
 
@@ -65,8 +66,12 @@ class CRM:
         ``ECRM_PLUGINS``); ``disable``: block-list (or ``ECRM_DISABLE_PLUGINS``).
     :param clock: returns "now" as an aware datetime (tests, simulations).
     :param live_segments: keep segments and lifecycle stages current after
-        every committed change (incremental refresh); ``False`` leaves it to
-        ``crm.segments.refresh()`` (e.g. from a worker or cron).
+        every committed change (incremental refresh): ``True`` right after
+        the commit, in the writing thread; ``"background"`` in one worker
+        thread that coalesces changes and refreshes every ~0.1 s (writers do
+        not wait; ``crm.segments.flush()`` waits for it, ``close()`` drains
+        it); ``False`` leaves it to ``crm.segments.refresh()`` (e.g. from a
+        worker or cron).
 
     Nothing is connected or imported beyond the plugins until first use.
     """
@@ -86,7 +91,7 @@ class CRM:
         disable: Iterable[str] | None = None,
         clock: Clock | None = None,
         echo: bool = False,
-        live_segments: bool = True,
+        live_segments: bool | Literal["background"] = True,
     ) -> None:
         if not isinstance(table_prefix, str) or not all(c.isalnum() or c == "_" for c in table_prefix):
             raise ValidationError(
@@ -96,7 +101,7 @@ class CRM:
         manager = Plugins()
         manager.load(plugins=plugins, entrypoints=load_entrypoints, enable=enable, disable=disable)
         self._shared = _Shared(manager, clock or _system_clock)
-        self._shared.live_segments = bool(live_segments)
+        self._shared.live_segments = _live_mode(live_segments)
         self._shared.root_db = self.db
         self.workspace = check_slug(workspace, "workspace", "workspace id")
         self._build_services()
@@ -329,6 +334,16 @@ class CRM:
     def __repr__(self) -> str:
         url = self.db.engine.url.render_as_string(hide_password=True)
         return f"<CRM {url} workspace={self.workspace!r} plugins={len(self.plugins.loaded())}>"
+
+
+def _live_mode(value: Any) -> bool | str:
+    if value == "background":
+        return "background"
+    if isinstance(value, bool):
+        return value
+    raise ValidationError(
+        "live_segments", value, "not a live-segments mode", "use True (at commit), 'background' or False"
+    )
 
 
 def _registered(name: Any, known: Mapping[str, Any], field: str, what: str) -> str:

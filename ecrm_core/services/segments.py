@@ -189,13 +189,23 @@ class Segments(Service):
     """``crm.segments``: who is in which segment, kept current."""
 
     @property
-    def live(self) -> bool:
-        """Whether segments and stages follow every committed change (see ``CRM(live_segments=)``)."""
-        return bool(self.crm._shared.live_segments)
+    def live(self) -> bool | str:
+        """Whether segments and stages follow every committed change: ``True``,
+        ``"background"`` or ``False`` (see ``CRM(live_segments=)``); settable."""
+        return self.crm._shared.live_segments
 
     @live.setter
-    def live(self, value: bool) -> None:
-        self.crm._shared.live_segments = bool(value)
+    def live(self, value: bool | str) -> None:
+        from ..crm import _live_mode
+
+        self.crm._shared.live_segments = _live_mode(value)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the background live refresh (``CRM(live_segments="background")``)
+        has handled every change committed so far; ``False`` if ``timeout``
+        seconds passed first.  Returns ``True`` at once in the other modes."""
+        w = self.crm._shared.live_worker
+        return True if w is None else bool(w.flush(timeout))
 
     @contextmanager
     def paused(self) -> Iterator[None]:

@@ -187,6 +187,15 @@ behind a proxy on PostgreSQL.
     "(a key revoked by `ecrm keys revoke` stops working within this time).",
 )
 @click.option(
+    "--live-segments",
+    type=click.Choice(["background", "commit", "off"]),
+    default="background",
+    show_default=True,
+    help="Keep segments and lifecycle stages current: in a background thread a fraction of a second "
+    "after each write (requests do not wait), at commit in the request, or not at all (run "
+    "`ecrm segments refresh` from cron).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
@@ -202,12 +211,14 @@ def serve(
     rate_limit: str,
     no_docs: bool,
     key_cache: float,
+    live_segments: str,
     log_level: str,
 ) -> None:
     from ecrm_core.errors import ValidationError
 
     rate = parse_rate(rate_limit)
     crm = _crm(ctx)
+    crm.segments.live = {"background": "background", "commit": True, "off": False}[live_segments]
     _require_schema(ctx, crm)
     from .app import create_app
     from .config import ApiConfig
