@@ -648,6 +648,15 @@ def remove_alias(
     _check_text(value, "path.value")
     try:
         crm.customers.remove_alias(customer_id, kind, value)
+    except Conflict as exc:
+        if "change the field" not in str(exc):
+            raise
+        raise problem(
+            409,
+            "conflict",
+            "Conflict",
+            f"{str(exc).split(';')[0]}; change the field with PATCH /customers/{customer_id} instead",
+        ) from exc
     except ValidationError as exc:
         name = "path.kind" if exc.field == "alias.kind" else "path.value"
         raise ValidationError(name, exc.value, exc.problem, exc.fix) from None
