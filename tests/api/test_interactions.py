@@ -250,7 +250,7 @@ def test_timeline_pages_without_duplicates_or_gaps(live_api, ingest, reader):
         reader.get(
             f"/customers/{c.id}/timeline", params={"limit": 5, "kinds": "click", "cursor": first["next_cursor"]}
         ),
-        422,
+        400,
         "query.cursor",
     )
 
@@ -315,5 +315,5 @@ def test_other_workspace_ids_are_404(live_api):
         a_ingest.post("/interactions", json={"kind": "click", "customer_id": stored["customer_id"]})
     page = a_ingest.get(f"/customers/{stored['customer_id']}/timeline", params={"limit": 1}).json()
     b_cust = b_reader.post("/interactions", json={"kind": "click", "email": "wsb@example.com"}).json()["customer_id"]
-    _problem(b_reader.get(f"/customers/{b_cust}/timeline", params={"cursor": page["next_cursor"]}), 422, "query.cursor")
+    _problem(b_reader.get(f"/customers/{b_cust}/timeline", params={"cursor": page["next_cursor"]}), 400, "query.cursor")
     assert live_api.crm.in_workspace("b").interactions.count() == 1

@@ -14,13 +14,13 @@ from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.problem_details import ProblemDetailsPlugin
+from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
 
 from . import __version__
 from .auth import KeyAuthMiddleware, require_scope, route_policy
 from .config import ApiConfig
 from .keys import ApiKey, Keys
-from .problems import exception_handlers, problem
+from .problems import exception_handlers, problem, render_problem
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
@@ -206,7 +206,7 @@ def create_app(
             "api": Provide(provide_api, sync_to_thread=False),
         },
         exception_handlers=exception_handlers(),
-        plugins=[ProblemDetailsPlugin()],
+        plugins=[ProblemDetailsPlugin(ProblemDetailsConfig(exception_handler=render_problem))],
         openapi_config=openapi,
         request_max_body_size=config.max_body_bytes,
         state=State({"ecrm": state}),

@@ -6,6 +6,8 @@ with HMAC-SHA256 under the app's secret (:attr:`ApiConfig.secret`), bound to
 the workspace and to what it pages through.  A cursor that was altered,
 made for another workspace or listing, or is not a cursor at all is
 refused with a 400 problem naming ``query.cursor`` — never decoded into SQL.
+(:func:`decode_cursor` raises :class:`ValidationError`; the API answers it
+with 400, as a malformed parameter, not 422.)
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import json
 from typing import Any
 
 from ecrm_core.errors import ValidationError
+
+from .problems import problem
 
 __all__ = ["encode_cursor", "decode_cursor"]
 
@@ -36,7 +40,20 @@ def encode_cursor(secret: bytes, scope: str, position: Any) -> str:
 
 
 def decode_cursor(secret: bytes, scope: str, cursor: str, field: str = "query.cursor") -> Any:
-    """The position in ``cursor``; :class:`ValidationError` if it is not one of ours for ``scope``."""
+    """The position in ``cursor``; a 400 problem naming ``field`` if it is not one of ours for ``scope``."""
+    try:
+        return _decode(secret, scope, cursor, field)
+    except ValidationError as exc:
+        raise problem(
+            400,
+            "invalid-request",
+            "Invalid request",
+            str(exc),
+            errors=[{"field": exc.field, "problem": exc.problem, "fix": exc.fix}],
+        ) from None
+
+
+def _decode(secret: bytes, scope: str, cursor: str, field: str) -> Any:
     fix = "send back the `next_cursor` of the previous page unchanged, or omit it for the first page"
     if not isinstance(cursor, str) or not cursor or len(cursor) > 2000:
         raise ValidationError(field, cursor, "not a cursor", fix)

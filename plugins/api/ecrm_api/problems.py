@@ -26,7 +26,7 @@ from litestar.exceptions import (
 from litestar.exceptions import ValidationException as LitestarValidationException
 from litestar.plugins.problem_details import ProblemDetailsException
 
-__all__ = ["problem", "exception_handlers", "ProblemDetailsException"]
+__all__ = ["problem", "exception_handlers", "render_problem", "problem_responses", "ProblemDetailsException"]
 
 log = logging.getLogger("ecrm_api")
 MEDIA_TYPE = "application/problem+json"
@@ -61,10 +61,14 @@ def _field_error(exc: ValidationError, prefix: str = "body") -> dict[str, Any]:
     return {"field": field, "problem": exc.problem, "fix": exc.fix}
 
 
-def _render(request: Request[Any, Any, Any], p: ProblemDetailsException) -> Response[Any]:
+def render_problem(request: Request[Any, Any, Any], p: ProblemDetailsException) -> Response[Any]:
+    """A problem exception as a response, with ``instance`` set to the request path."""
     if p.instance is None:
         p.instance = request.url.path
     return p.to_response(request)
+
+
+_render = render_problem
 
 
 def _on_ecrm(request: Request[Any, Any, Any], exc: EcrmError) -> Response[Any]:
