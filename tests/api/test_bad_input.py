@@ -94,6 +94,8 @@ def test_bad_bodies_are_4xx_problems_and_store_nothing(target, case):
         url = _url(path, ids)
         r = client.request(method, url, content=body, headers={"Content-Type": content_type})
         assert 400 <= r.status_code < 500, f"{case}: {method} {url} -> {r.status_code} {r.text[:300]}"
+        if case == "not-json-content-type":
+            assert r.status_code == 415, (method, url, r.text)
         assert r.headers["content-type"].startswith("application/problem+json"), (method, url, r.headers)
         problem = r.json()
         assert problem["status"] == r.status_code and problem["type"].startswith("urn:ecrm:problem:")

@@ -173,7 +173,26 @@ def create_app(
 
     allowed_query: dict[int, frozenset[str]] = {}
 
-    def reject_unknown_query(request: Request[Any, Any, Any]) -> None:
+    json_bodies: set[int] = set()
+
+    def check_request(request: Request[Any, Any, Any]) -> None:
+        """Before every handler: a JSON body must say so (415), and no unknown query parameter (400)."""
+        if id(request.route_handler) in json_bodies:
+            media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+                raise problem(
+                    415,
+                    "unsupported-media-type",
+                    "Unsupported media type",
+                    f"send the body as application/json (got {media or 'no content type'!r})",
+                    errors=[
+                        {
+                            "field": "header.content-type",
+                            "problem": "not JSON",
+                            "fix": "send Content-Type: application/json",
+                        }
+                    ],
+                )
         allowed = allowed_query.get(id(request.route_handler))
         if allowed is None:
             return
@@ -197,7 +216,7 @@ def create_app(
 
     app = Litestar(
         route_handlers=routers,
-        before_request=reject_unknown_query,
+        before_request=check_request,
         guards=[require_scope],
         middleware=middleware,
         dependencies={
@@ -218,6 +237,8 @@ def create_app(
         route_policy(handler)  # raises for a handler without an access policy
     for route in app.routes:
         for handler, kwargs_model in getattr(route, "route_handler_map", {}).values():
+            if "data" in handler.parsed_fn_signature.parameters:
+                json_bodies.add(id(handler))
             if not (handler.opt or {}).get("allow_unknown_query"):
                 allowed_query[id(handler)] = frozenset(p.field_alias for p in kwargs_model.expected_query_params)
     return app
