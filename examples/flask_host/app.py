@@ -69,8 +69,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8002)
     args = parser.parse_args()
     app, _crm = build(f"sqlite:///{args.db}")
-    print(f"Flask app on http://127.0.0.1:{args.port}/  -  ecrm API docs: http://127.0.0.1:{args.port}{MOUNT}/docs")
-    print(f"create a key: ecrm --db sqlite:///{args.db} keys create me --scope read --scope write")
+    print(
+        f"Flask app on http://127.0.0.1:{args.port}/  -  ecrm API docs: http://127.0.0.1:{args.port}{MOUNT}/docs",
+        flush=True,
+    )
+    print(f"create a key: ecrm --db sqlite:///{args.db} keys create me --scope read --scope write", flush=True)
     app.run(host="127.0.0.1", port=args.port, threaded=True)
 
 

@@ -115,7 +115,7 @@ def test_example_script_runs(name: str, tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / name / "app.py"), str(tmp_path / "shop.db"), "--port", str(port)],
+        [sys.executable, "-u", str(EXAMPLES / name / "app.py"), str(tmp_path / "shop.db"), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
