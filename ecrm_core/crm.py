@@ -42,6 +42,10 @@ class _Shared:
         self.live_segments: bool | str = True
         self.live_worker: Any = None  # default_plugins.segments.LiveWorker, made on first use
         self.rule_cache: dict[Any, Any] = {}
+        self.secret: Any = None  # str | list[str] | None
+        self.signer: Any = None  # signing.Signer, made on first use
+        self.channel_config: dict[str, dict[str, Any]] = {}
+        self.channels: dict[str, Any] = {}  # name -> Channel, built on first use
 
 
 class CRM:
@@ -72,6 +76,13 @@ class CRM:
         not wait; ``crm.segments.flush()`` waits for it, ``close()`` drains
         it); ``False`` leaves it to ``crm.segments.refresh()`` (e.g. from a
         worker or cron).
+    :param secret: the key that signs public links (unsubscribe, click,
+        open); a list rotates keys (the last signs, all verify).  Defaults
+        to ``ECRM_SECRET`` (comma-separated for rotation).  Never logged.
+    :param channels: per-channel configuration, e.g.
+        ``{"email": {"transport": "smtp", "host": "...", "policy": {...}}}``;
+        ``policy`` is a :class:`~ecrm_core.channels.DeliveryPolicy`, the rest
+        goes to the channel plugin.
 
     Nothing is connected or imported beyond the plugins until first use.
     """
@@ -92,6 +103,8 @@ class CRM:
         clock: Clock | None = None,
         echo: bool = False,
         live_segments: bool | Literal["background"] = True,
+        secret: str | Sequence[str] | None = None,
+        channels: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if not isinstance(table_prefix, str) or not all(c.isalnum() or c == "_" for c in table_prefix):
             raise ValidationError(
@@ -103,6 +116,8 @@ class CRM:
         self._shared = _Shared(manager, clock or _system_clock)
         self._shared.live_segments = _live_mode(live_segments)
         self._shared.root_db = self.db
+        self._shared.secret = secret
+        self._shared.channel_config = _channel_config(channels)
         self.workspace = check_slug(workspace, "workspace", "workspace id")
         self._build_services()
         self._shared.registry = self._collect_registry()
@@ -113,6 +128,7 @@ class CRM:
         from .services.customers import Customers
         from .services.interactions import Interactions
         from .services.lifecycle import Lifecycle
+        from .services.messages import Channels, Messages
         from .services.offers import Offers
         from .services.segments import Segments
 
@@ -121,6 +137,8 @@ class CRM:
         self.offers = Offers(self)
         self.segments = Segments(self)
         self.lifecycle = Lifecycle(self)
+        self.channels = Channels(self)
+        self.messages = Messages(self)
 
     # ------------------------------------------------------------------
     # views
@@ -233,6 +251,7 @@ class CRM:
             admin_pages=by_name("ecrm_register_admin_pages", "admin page"),
             routes=tuple(routes),
             migrations=migrations,
+            purposes=by_name("ecrm_register_message_purposes", "message purpose"),
         )
 
     def check_kind(self, kind: Any, field: str = "kind") -> str:
@@ -294,6 +313,24 @@ class CRM:
     # ------------------------------------------------------------------
     # schema and lifetime
     # ------------------------------------------------------------------
+    @property
+    def signer(self) -> Any:
+        """The :class:`~ecrm_core.signing.Signer` for public links (``CRM(secret=)``
+        or ``ECRM_SECRET``); raises :class:`~ecrm_core.signing.MissingSecret`
+        when neither is set."""
+        shared = self._shared
+        if shared.signer is None:
+            from .signing import MissingSecret, Signer, secret_from_env
+
+            secret = shared.secret if shared.secret is not None else secret_from_env()
+            if not secret:
+                raise MissingSecret()
+            try:
+                shared.signer = Signer(secret)
+            except ValueError as exc:
+                raise ValidationError("secret", "***", str(exc), "use a long random string") from None
+        return shared.signer
+
     def now(self) -> datetime:
         """The CRM's clock (aware, UTC)."""
         return self._shared.clock()
@@ -323,6 +360,7 @@ class CRM:
             return
         self._shared.closed = True
         self._shared.plugins.notify("ecrm_shutdown", crm=self)
+        self.channels.close_all()
         self.db.dispose()
 
     def __enter__(self) -> CRM:
@@ -334,6 +372,20 @@ class CRM:
     def __repr__(self) -> str:
         url = self.db.engine.url.render_as_string(hide_password=True)
         return f"<CRM {url} workspace={self.workspace!r} plugins={len(self.plugins.loaded())}>"
+
+
+def _channel_config(value: Any) -> dict[str, dict[str, Any]]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError("channels", value, "not a mapping", "pass e.g. {'email': {'transport': 'smtp'}}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, conf in value.items():
+        check_slug(name, f"channels.{name}", "channel name")
+        if not isinstance(conf, Mapping):
+            raise ValidationError(f"channels.{name}", "...", "not a mapping", "pass the channel's settings as a dict")
+        out[name] = dict(conf)
+    return out
 
 
 def _live_mode(value: Any) -> bool | str:

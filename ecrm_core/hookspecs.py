@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import click
     import sqlalchemy as sa
 
+    from .channels import MessageEvent, Purpose
     from .crm import CRM
     from .domain import Customer, CustomerChange, InteractionBatch, MergeRecord
     from .registry import (
@@ -49,12 +50,13 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
         StrategySpec,
     )
     from .services.lifecycle import StageChange
+    from .services.messages import Outcome
     from .services.segments import Segment
     from .storage import Naming
 
 #: The hook API version this core implements (``major.minor``).  Minor
 #: versions only add hooks or arguments; a major version removes or changes.
-HOOK_API_VERSION = "1.0"
+HOOK_API_VERSION = "1.1"
 
 hookspec = pluggy.HookspecMarker("ecrm")
 hookimpl = pluggy.HookimplMarker("ecrm")
@@ -69,6 +71,8 @@ EVENT_HOOKS = (
     "ecrm_segment_entered",
     "ecrm_segment_exited",
     "ecrm_lifecycle_changed",
+    "ecrm_messages_dispatched",
+    "ecrm_message_events",
 )
 
 
@@ -121,6 +125,21 @@ def ecrm_register_channels(crm: CRM) -> Sequence[ChannelSpec] | None:
     :return: a list of :class:`~ecrm_core.registry.ChannelSpec`.
 
     .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_register_message_purposes(crm: CRM) -> Sequence[Purpose] | None:
+    """Why messages are sent — the "kinds of mail" a customer can opt out of.
+
+    :return: a list of :class:`~ecrm_core.channels.Purpose`.
+
+    The core registers ``transactional`` (receipts, password resets: no
+    marketing consent needed) and ``marketing``.  A purpose is what a
+    preference page lists and what a one-click unsubscribe opts out of;
+    consent for it is stored as ``consent["<channel>:<purpose>"]``.
+
+    .. versionadded:: 1.1
     """
 
 
@@ -309,6 +328,35 @@ def ecrm_lifecycle_changed(crm: CRM, changes: Sequence[StageChange]) -> None:
         the change is committed.
 
     .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_messages_dispatched(crm: CRM, outcomes: Sequence[Outcome]) -> None:
+    """Delivery attempts finished (one call per committed dispatch batch).
+
+    :param outcomes: :class:`~ecrm_core.services.messages.Outcome` objects
+        (``message`` uid, ``customer_id``, ``channel``, ``purpose``,
+        ``status`` — ``sent``, ``retrying`` or ``dead`` — and the channel's
+        :class:`~ecrm_core.channels.DeliveryResult`).  Campaigns and
+        analytics count sends here; the core already logged each attempt
+        and put it on the customer's timeline.
+
+    .. versionadded:: 1.1
+    """
+
+
+@hookspec
+def ecrm_message_events(crm: CRM, events: Sequence[MessageEvent]) -> None:
+    """Events came back from a channel (opens, clicks, bounces, complaints,
+    unsubscribes, replies), after the core applied them (suppressions,
+    consent, timeline).  A replayed event (same ``key``) is not reported
+    twice.
+
+    :param events: :class:`~ecrm_core.channels.MessageEvent` objects, with
+        ``customer_id`` filled in where the core could resolve it.
+
+    .. versionadded:: 1.1
     """
 
 

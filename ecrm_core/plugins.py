@@ -48,6 +48,7 @@ DEFAULT_PLUGINS = (
     ("core.kinds", "ecrm_core.default_plugins.kinds"),
     ("core.lifecycle", "ecrm_core.default_plugins.lifecycle"),
     ("core.segments", "ecrm_core.default_plugins.segments"),
+    ("core.messages", "ecrm_core.default_plugins.messages"),
 )
 
 ISOLATED_HOOKS = frozenset(hookspecs.EVENT_HOOKS) | {"ecrm_startup", "ecrm_shutdown"}

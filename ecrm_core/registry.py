@@ -187,3 +187,5 @@ class Registry:
     admin_pages: Mapping[str, AdminPage]
     routes: tuple[Any, ...]
     migrations: Mapping[str, MigrationSource]
+    #: :class:`~ecrm_core.channels.Purpose` objects, by name (hook API 1.1).
+    purposes: Mapping[str, Any] = field(factory=dict)

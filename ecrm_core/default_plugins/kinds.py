@@ -25,6 +25,16 @@ KINDS = (
     InteractionKind(name="offer_accepted", description="an offer was taken up"),
     InteractionKind(name="identify", description="the customer was identified (traits sent)"),
     InteractionKind(name="event", description="a custom event (name in properties['event'])"),
+    # The delivery pipeline (crm.messages): one interaction per attempt and per event.
+    InteractionKind(name="message_sent", description="a channel accepted a message for the customer"),
+    InteractionKind(name="message_deferred", description="a delivery attempt failed temporarily (retried)"),
+    InteractionKind(name="message_failed", description="a message could not be delivered (rejected or dead)"),
+    InteractionKind(name="message_blocked", description="a message was not sent (consent, suppression, cap)"),
+    InteractionKind(name="message_delivered", description="the provider confirmed delivery"),
+    InteractionKind(name="message_opened", description="a message was opened or read (non-email channels)"),
+    InteractionKind(name="bounce", description="a message bounced"),
+    InteractionKind(name="reply", description="the customer replied to a message"),
+    InteractionKind(name="resubscribe", description="the customer opted back in"),
 )
 
 

@@ -106,6 +106,9 @@ CORE_TABLES = (
     "segments",
     "segment_members",
     "lifecycle_rules",
+    "messages",
+    "delivery_attempts",
+    "suppressions",
 )
 
 
@@ -287,5 +290,75 @@ def build_metadata(naming: Naming) -> sa.MetaData:
         sa.Column("position", sa.Integer, nullable=False),
         sa.Column("rule", sa.JSON, nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
+    )
+    # --- the delivery pipeline (migration 0003_messages) ---
+    messages = sa.Table(
+        t("messages"),
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        ws(),
+        # Stable across attempts: the idempotency key handed to the provider.
+        sa.Column("uid", sa.String(64), nullable=False),
+        sa.Column("channel", sa.String(64), nullable=False),
+        sa.Column("customer_id", sa.Integer, fk("customers", "CASCADE"), nullable=False),
+        sa.Column("address", sa.String(320)),
+        sa.Column("purpose", sa.String(64), nullable=False),
+        sa.Column("template", sa.String(200)),
+        sa.Column("content", sa.JSON, nullable=False),
+        sa.Column("meta", sa.JSON, nullable=False),
+        # queued | sending | sent | blocked | dead | cancelled
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("reason", sa.String(500)),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("max_attempts", sa.Integer, nullable=False),
+        sa.Column("next_attempt_at", UTCDateTime()),
+        sa.Column("lease_until", UTCDateTime()),
+        sa.Column("provider_id", sa.String(500)),
+        sa.Column("dedupe_key", sa.String(200)),
+        sa.Column("transactional", sa.Boolean, nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("updated_at", UTCDateTime(), nullable=False),
+        sa.Column("sent_at", UTCDateTime()),
+        sa.UniqueConstraint("uid", name=f"uq_{t('messages')}_uid"),
+    )
+    sa.Index(f"ix_{t('messages')}_due", messages.c.status, messages.c.next_attempt_at)
+    sa.Index(
+        f"ix_{t('messages')}_customer",
+        messages.c.workspace_id,
+        messages.c.customer_id,
+        messages.c.channel,
+        messages.c.created_at,
+    )
+    sa.Index(f"uq_{t('messages')}_ws_dedupe", messages.c.workspace_id, messages.c.dedupe_key, unique=True)
+    attempts = sa.Table(
+        t("delivery_attempts"),
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("message_id", sa.Integer, fk("messages", "CASCADE"), nullable=False),
+        sa.Column("attempt_id", sa.String(64), nullable=False),
+        sa.Column("number", sa.Integer, nullable=False),
+        # started | accepted | deferred | rejected | lost (lease expired)
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("code", sa.String(100)),
+        sa.Column("reason", sa.String(1000)),
+        sa.Column("provider_id", sa.String(500)),
+        sa.Column("started_at", UTCDateTime(), nullable=False),
+        sa.Column("finished_at", UTCDateTime()),
+        sa.UniqueConstraint("attempt_id", name=f"uq_{t('delivery_attempts')}_attempt"),
+    )
+    sa.Index(f"ix_{t('delivery_attempts')}_message", attempts.c.message_id, attempts.c.number)
+    sa.Table(
+        t("suppressions"),
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        ws(),
+        sa.Column("channel", sa.String(64), nullable=False),
+        sa.Column("address", sa.String(320), nullable=False),
+        # all: nothing is sent (hard bounce, manual); marketing: only transactional
+        sa.Column("scope", sa.String(16), nullable=False),
+        sa.Column("reason", sa.String(64), nullable=False),
+        sa.Column("detail", sa.String(1000)),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.UniqueConstraint("workspace_id", "channel", "address", name=f"uq_{t('suppressions')}_ws_channel_address"),
     )
     return md
