@@ -239,6 +239,8 @@ class MessageEvent:
 
     Identify the message by ``message_id`` (the :attr:`Message.id`) when the
     provider echoes it, else by ``address`` (a DSN names the recipient).
+    ``workspace`` is needed only when neither the message nor the address
+    tells it (a preference page knows the customer, not a message).
     ``purpose`` (for ``unsubscribed``/``resubscribed``) is a purpose name, or
     ``None`` for the whole channel.  ``key`` makes the event idempotent: the
     same key twice is applied once (a replayed webhook or link).
@@ -249,6 +251,7 @@ class MessageEvent:
     message_id: str | None = None
     address: str | None = None
     customer_id: int | None = None
+    workspace: str | None = None
     purpose: str | None = None
     occurred_at: datetime | None = None
     url: str | None = None

@@ -1367,7 +1367,7 @@ class Messages(Service):
 
         for e in events:
             msg = by_uid.get(e.message_id or "")
-            workspace = msg["workspace_id"] if msg else self.workspace
+            workspace = msg["workspace_id"] if msg else (e.workspace or self.workspace)
             view = self.crm if workspace == self.workspace else self.crm.in_workspace(workspace)
             address = e.address or (msg["address"] if msg else None)
             customer_id = e.customer_id or (msg["customer_id"] if msg else None)
