@@ -71,8 +71,10 @@ def test_ecrm_register_channels(crm):
     with registered(crm, channel.plugin()):
         spec = crm.registry.channels["capture"]
         assert "templates" in spec.capabilities
-        assert spec.factory(crm).send({"to": "a@example.com"})["status"] == "accepted"
-    assert channel.sent == [{"to": "a@example.com"}]
+        ada = crm.customers.create(email="a@example.com", consent={"capture": "granted"})
+        record = crm.messages.send("capture", ada.id, {"body": "hi"})
+        assert crm.messages.dispatch().sent == 1
+    assert [m.id for m in channel.sent] == [record.id] and channel.sent[0].to == "a@example.com"
     assert "capture" not in crm.registry.channels
 
 

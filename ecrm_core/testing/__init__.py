@@ -15,7 +15,10 @@ And these helpers:
 * :func:`registered` — a context manager that registers a plugin on a CRM for
   the duration of a block;
 * :class:`EventRecorder` — a plugin that records every event hook call;
-* :class:`CapturingChannel` — a fake channel that keeps what it was sent.
+* :class:`CapturingChannel` / :class:`MemoryChannel` — a channel that keeps
+  what it was sent, with scriptable failures (:mod:`ecrm_core.testing.channels`);
+* :class:`ChannelConformance` — the suite every channel plugin subclasses;
+* :class:`FakeClock` — a settable clock for ``CRM(clock=...)``.
 """
 
 from __future__ import annotations
@@ -31,9 +34,17 @@ import pytest
 
 from ..crm import CRM
 from ..hookspecs import hookimpl
-from ..registry import ChannelSpec
+from .channels import ChannelConformance, FakeClock, MemoryChannel
 
-__all__ = ["registered", "EventRecorder", "CapturingChannel", "make_crm"]
+__all__ = [
+    "registered",
+    "EventRecorder",
+    "CapturingChannel",
+    "MemoryChannel",
+    "ChannelConformance",
+    "FakeClock",
+    "make_crm",
+]
 
 
 @contextmanager
@@ -96,40 +107,13 @@ class EventRecorder:
         self.calls.append(("ecrm_lifecycle_changed", {"changes": list(changes)}))
 
 
-@attrs.define
-class CapturingChannel:
-    """A fake channel: ``send(message)`` keeps the message and accepts it.
+class CapturingChannel(MemoryChannel):
+    """A :class:`~ecrm_core.testing.channels.MemoryChannel` named ``capture``
+    with the ``templates`` capability: ``sent`` keeps what it was given; set
+    ``fail_with`` to an exception to make every send raise."""
 
-    Register it with :meth:`plugin`; set ``fail_with`` to an exception to
-    make every send raise (for failure-path tests).
-    """
-
-    name: str = "capture"
-    sent: list[Any] = attrs.field(factory=list)
-    fail_with: BaseException | None = None
-
-    def send(self, message: Any) -> dict[str, Any]:
-        if self.fail_with is not None:
-            raise self.fail_with
-        self.sent.append(message)
-        return {"status": "accepted", "provider_id": f"{self.name}-{len(self.sent)}"}
-
-    def plugin(self) -> Any:
-        channel = self
-
-        class _Plugin:
-            @hookimpl
-            def ecrm_register_channels(self) -> list[ChannelSpec]:
-                return [
-                    ChannelSpec(
-                        name=channel.name,
-                        factory=lambda crm: channel,
-                        capabilities=frozenset(["templates"]),
-                        description="captures messages in memory (tests)",
-                    )
-                ]
-
-        return _Plugin()
+    def __init__(self, name: str = "capture") -> None:
+        super().__init__(name=name, capabilities=("templates",))
 
 
 _TEMPLATES: dict[tuple[str, ...], Path] = {}
