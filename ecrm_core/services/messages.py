@@ -951,8 +951,8 @@ class Messages(Service):
             if conn is not None:
                 rows = conn.execute(q).all()
             else:
-                with self.db.read() as c:
-                    rows = c.execute(q).all()
+                with self.db.read() as rconn:
+                    rows = rconn.execute(q).all()
             out.update({r.id: plain_customer(svc._from_row(r)) for r in rows})
         return out
 
