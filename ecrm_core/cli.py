@@ -65,6 +65,7 @@ class State:
     entrypoints: bool
     plugins: Plugins
     load_error: str | None = None
+    config: dict[str, Any] = field(default_factory=dict, repr=False)
     _crm: CRM | None = field(default=None, repr=False)
     _out: Console | None = field(default=None, repr=False)
     _err: Console | None = field(default=None, repr=False)
@@ -80,6 +81,8 @@ class State:
                 workspace=self.workspace,
                 plugins=self.plugin_objects,
                 load_entrypoints=self.entrypoints,
+                channels=self.config.get("channels"),
+                secret=self.config.get("secret"),
             )
             click.get_current_context().find_root().call_on_close(self._crm.close)
         return self._crm
@@ -208,9 +211,17 @@ def make_cli(plugins: Sequence[Any] = (), *, entrypoints: bool = True) -> click.
         show_default=True,
         help="Workspace (tenant) to work in (env ECRM_WORKSPACE), e.g. --workspace shop_kr.",
     )
+    @click.option(
+        "--config",
+        "config_file",
+        envvar="ECRM_CONFIG",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="A TOML file (env ECRM_CONFIG) with channel settings and the signing secret, e.g. "
+        '[channels.email] from = "Shop <news@shop.example>"; see docs/channels.md.',
+    )
     @click.version_option(package_name="ecrm-core", prog_name="ecrm", message="%(prog)s %(version)s")
     @click.pass_context
-    def cli(ctx: click.Context, db: str, prefix: str, workspace: str) -> None:
+    def cli(ctx: click.Context, db: str, prefix: str, workspace: str, config_file: Path | None) -> None:
         ctx.obj = State(
             db=db,
             prefix=prefix,
@@ -219,6 +230,7 @@ def make_cli(plugins: Sequence[Any] = (), *, entrypoints: bool = True) -> click.
             entrypoints=entrypoints,
             plugins=manager,
             load_error=load_error,
+            config=_read_config(config_file),
         )
 
     for command in (init_command, plugins_command, demo_command):
@@ -229,6 +241,9 @@ def make_cli(plugins: Sequence[Any] = (), *, entrypoints: bool = True) -> click.
 
     cli.add_command(segments_group())
     cli.add_command(lifecycle_group())
+    from .cli_messages import messages_group
+
+    cli.add_command(messages_group())
 
     builtins = dict(cli.commands)
     manager.collect("ecrm_register_commands", cli=cli)
@@ -237,6 +252,23 @@ def make_cli(plugins: Sequence[Any] = (), *, entrypoints: bool = True) -> click.
             log.warning("ecrm: a plugin tried to replace the built-in command %r; kept the built-in one", name)
             cli.commands[name] = command
     return cli
+
+
+def _read_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"{path}: not valid TOML: {exc}", param_hint="--config") from None
+    unknown = sorted(set(data) - {"channels", "secret"})
+    if unknown:
+        raise click.BadParameter(
+            f"{path}: unknown section(s) {', '.join(unknown)}; known: channels, secret", param_hint="--config"
+        )
+    return data
 
 
 def main(argv: Sequence[str] | None = None, *, plugins: Sequence[Any] = (), entrypoints: bool = True) -> None:

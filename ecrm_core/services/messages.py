@@ -808,7 +808,13 @@ class Messages(Service):
                     if ctx_fn is not None:
                         ctx.update(_plain(ctx_fn(c), "context"))
                     ctx["customer"] = c
-                    ctx["message"] = {"id": uid, "channel": channel_name, "purpose": purp.name}
+                    ctx["message"] = {
+                        "id": uid,
+                        "channel": channel_name,
+                        "purpose": purp.name,
+                        "transactional": purp.transactional,
+                        "workspace": self.workspace,
+                    }
                     content = chan.render(template, ctx, message_id=uid, purpose=purp.name)
                 plans.append(
                     {
