@@ -50,7 +50,7 @@ from ..channels import (
     MessageEvent,
     Purpose,
 )
-from ..errors import Conflict, NotFound, ValidationError
+from ..errors import Conflict, IdempotencyConflict, NotFound, ValidationError
 from ..validation import check_slug, thaw
 from ._base import Service
 
@@ -1422,30 +1422,35 @@ class Messages(Service):
                     v = getattr(e, k)
                     if v:
                         props["message" if k == "message_id" else k] = _short(str(v), 2000)
-                _, created = self.crm.using(conn).interactions.track_status(
-                    kind,
-                    customer_id=e.customer_id,
-                    channel=e.channel,
-                    occurred_at=e.occurred_at or now,
-                    idempotency_key=f"event:{e.channel}:{e.key}" if e.key else None,
-                    properties=props,
-                )
+                try:
+                    _, created = self.crm.using(conn).interactions.track_status(
+                        kind,
+                        customer_id=e.customer_id,
+                        channel=e.channel,
+                        occurred_at=e.occurred_at or now,
+                        idempotency_key=f"event:{e.channel}:{e.key}" if e.key else None,
+                        properties=props,
+                    )
+                except IdempotencyConflict:
+                    return False  # the same event key, told differently: still a replay
                 if not created:
                     return False  # a replay: nothing changes
             if e.type == "bounced" and e.address:
                 self._suppress(conn, [(e.channel, e.address, "all", "hard_bounce", e.detail or None)])
             elif e.type == "complained" and e.address:
                 self._suppress(conn, [(e.channel, e.address, "marketing", "complaint", e.detail or None)])
-        if e.customer_id is not None and e.type in ("complained", "unsubscribed", "resubscribed"):
-            target = e.channel if (e.type == "complained" or not e.purpose) else f"{e.channel}:{e.purpose}"
-            granted = e.type == "resubscribed"
-            current = self.crm.customers.get(e.customer_id)
-            state = current.consent.get(target)
-            if state is None or state.granted != granted:
-                self.crm.customers.set_consent(
-                    e.customer_id,
-                    target,
-                    granted,
-                    source=f"{e.channel} {e.type}" + (f" ({e.message_id})" if e.message_id else ""),
-                )
+            # consent changes commit with the event: a crash cannot keep one without the other
+            view = self.crm.using(conn)
+            if e.customer_id is not None and e.type in ("complained", "unsubscribed", "resubscribed"):
+                target = e.channel if (e.type == "complained" or not e.purpose) else f"{e.channel}:{e.purpose}"
+                granted = e.type == "resubscribed"
+                current = view.customers.get(e.customer_id)
+                state = current.consent.get(target)
+                if state is None or state.granted != granted:
+                    view.customers.set_consent(
+                        e.customer_id,
+                        target,
+                        granted,
+                        source=f"{e.channel} {e.type}" + (f" ({e.message_id})" if e.message_id else ""),
+                    )
         return True

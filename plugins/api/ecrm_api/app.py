@@ -129,7 +129,9 @@ def create_app(
         raise TypeError("pass either config= or keyword options, not both")
     keys = Keys(crm, cache_seconds=config.key_cache_seconds)
     state = ApiState(crm, config, keys)
-    handlers = [*_core_handlers(), *crm.registry.routes, *route_handlers]
+    from .routes.channels import channel_handlers
+
+    handlers = [*_core_handlers(), *crm.registry.routes, *channel_handlers(crm), *route_handlers]
     # Two routers so that the OpenAPI document says which routes need a key.
     public = [h for h in handlers if _is_public(h)]
     guarded = [h for h in handlers if not _is_public(h)]
