@@ -317,3 +317,19 @@ def test_unknown_transport_lists_the_installed_ones():
 def test_content_round_trips_json():
     c = Content(subject="s", body="b", html="<p>h</p>", headers={"X-A": "1"})
     assert Content.from_json(c.to_json()) == c
+
+
+def test_ecrm_register_message_purposes(tmp_path, memory, clock):
+    from ecrm_core.channels import Purpose
+
+    class Plugin:
+        @hookimpl
+        def ecrm_register_message_purposes(self):
+            return [Purpose(name="newsletter", description="monthly"), Purpose(name="marketing")]
+
+    crm = build(tmp_path, memory, clock)
+    from ecrm_core import PluginError
+
+    with pytest.raises(PluginError, match="message purpose 'marketing' is registered twice"):
+        crm.register_plugin(Plugin())
+    assert "newsletter" not in crm.registry.purposes
