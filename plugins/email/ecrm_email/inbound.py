@@ -663,7 +663,7 @@ def _dsn_details(msg: MimeMessage) -> dict[str, str]:
                 value = str(block.get(h, ""))
                 addr = parseaddr(value.partition(";")[2].strip() if ";" in value else value)[1]
                 if addr:
-                    out.setdefault(addr.lower(), detail[:1000])
+                    out.setdefault(addr.lower(), " ".join(detail.split())[:1000])
     return out
 
 
@@ -813,7 +813,7 @@ def _controller_class() -> Any:
             server = getattr(self, "server", None)
             if server is not None and server.sockets:
                 self.port = server.sockets[0].getsockname()[1]
-            super()._trigger_server()
+            super()._trigger_server()  # type: ignore[no-untyped-call]
 
     return InboundController
 
