@@ -138,10 +138,9 @@ def parse_mailbox(field: str, value: Any) -> Address:
     if header.defects:
         raise ValidationError(field, value, f"is not a valid address ({header.defects[0]})", fix)
     groups = header.groups
-    if len(groups) != 1 or groups[0].display_name is not None:
-        problem = "is a group or a list of addresses" if groups else "holds no address"
-        raise ValidationError(field, value, problem, fix)
-    addresses = groups[0].addresses
+    if any(group.display_name is not None for group in groups):
+        raise ValidationError(field, value, "is a group of addresses", fix)
+    addresses = header.addresses
     if len(addresses) != 1:
         raise ValidationError(field, value, f"holds {len(addresses)} addresses, not one", fix)
     address = addresses[0]

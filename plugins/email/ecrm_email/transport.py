@@ -158,6 +158,10 @@ def classify_reply(code: int, resp: bytes | str, *, stage: str) -> DeliveryResul
         return DeliveryResult.accepted(None, code=code_str)
     if 400 <= code < 500:
         return DeliveryResult.deferred(reason, code=code_str)
+    if code == 530:  # "authentication required": a configuration problem, keep the message
+        return DeliveryResult.deferred(
+            f"{reason}: the server requires AUTH; set smtp.username and smtp.password", code=code_str
+        )
     if 500 <= code < 600:
         suppress = False
         if stage in ("rcpt", "data"):
