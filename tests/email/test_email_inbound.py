@@ -364,3 +364,27 @@ def test_a_database_failure_asks_the_sender_to_retry(crm, sent, inbound_server, 
     ):
         smtp.sendmail("", ["abuse@shop.example"], raw)
     assert info.value.smtp_code == 451
+
+
+def test_mailto_unsubscribe_through_the_inbound_server(crm, sent, inbound_server):
+    [event] = parse_inbound_mail(f"From: ada@example.com\r\nSubject: unsubscribe {sent.id}\r\n\r\n".encode())
+    assert (event.type, event.message_id, event.purpose) == ("unsubscribed", sent.id, None)
+    with smtplib.SMTP("127.0.0.1", inbound_server.port, timeout=10) as smtp:
+        for subject in (f"Unsubscribe {sent.id}", "unsubscribe " + "0" * 32, f"Re: unsubscribe {sent.id}"):
+            mail = f"From: Ada <ada@example.com>\r\nTo: unsubscribe@shop.example\r\nSubject: {subject}\r\n\r\n"
+            assert smtp.sendmail("ada@example.com", ["unsubscribe@shop.example"], mail.encode()) == {}
+    # narrowed to the message's purpose, like the one-click link (same key: a later click is a replay)
+    state = {k: v.status for k, v in crm.customers.get(sent.customer_id).consent.items()}
+    assert state == {"email": "granted", "email:marketing": "denied"}
+    assert kinds(crm, sent.customer_id).count("unsubscribe") == 1
+    links = Links(crm.signer, BASE)
+    token = links.unsubscribe_url(message_id=sent.id, purpose="marketing").rsplit("/", 1)[1]
+    click = handle(
+        crm,
+        links,
+        InboundRequest(
+            route="unsubscribe/{token}", method="POST", params={"token": token}, body=b"List-Unsubscribe=One-Click"
+        ),
+        webhook_secret=None,
+    )
+    assert crm.messages.apply_events(click.events) == []

@@ -37,7 +37,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from email.message import Message as MimeMessage
 from email.parser import BytesParser, HeaderParser
 from email.utils import getaddresses, parseaddr, parsedate_to_datetime
@@ -101,6 +101,7 @@ WEBHOOK_MAX_EVENTS = 1000
 _HTML = "text/html; charset=utf-8"
 _NO_STORE = {"cache-control": "no-store", "x-robots-tag": "noindex"}
 _ID = re.compile(r"^[A-Za-z0-9._\-]{1,200}$")
+_MAILTO_SUBJECT = re.compile(r"^\s*unsubscribe\s+([A-Za-z0-9._\-]{1,200})\s*$", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------
@@ -212,6 +213,16 @@ def _message_owner(crm: Any, message_id: str) -> tuple[str, int] | None:
     with crm.db.read() as conn:
         row = conn.execute(sa.select(t.c.workspace_id, t.c.customer_id).where(t.c.uid == message_id)).first()
     return (row.workspace_id, row.customer_id) if row else None
+
+
+def _message_purpose(crm: Any, message_id: str) -> str | None:
+    """The purpose of a message, in any workspace (``None`` if unknown)."""
+    import sqlalchemy as sa
+
+    t = crm.db.tables["messages"]
+    with crm.db.read() as conn:
+        purpose = conn.execute(sa.select(t.c.purpose).where(t.c.uid == message_id)).scalar()
+    return str(purpose) if purpose is not None else None
 
 
 def _purposes(crm: Any) -> list[Any]:
@@ -644,7 +655,10 @@ def _occurred(msg: MimeMessage) -> datetime | None:
         value = parsedate_to_datetime(str(msg.get("Date") or ""))
     except (TypeError, ValueError, IndexError):
         return None
-    return value if value is not None and value.tzinfo is not None else None
+    if value is None:
+        return None
+    # "-0000" (RFC 5322: UTC, local zone unknown) parses as naive: it is UTC
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _dsn_details(msg: MimeMessage) -> dict[str, str]:
@@ -715,6 +729,10 @@ def parse_inbound_mail(raw: bytes, *, channel: str = "email") -> list[MessageEve
     * an ARF complaint (``multipart/report; report-type=feedback-report``
       with ``Feedback-Type: abuse``): ``complained`` for the original
       recipient;
+    * a ``List-Unsubscribe`` mailto request (subject ``unsubscribe <message
+      id>``, as the e-mail channel's ``unsubscribe_mailto`` asks for):
+      ``unsubscribed`` for the message, ``purpose=None`` (the whole channel;
+      :class:`InboundMailHandler` narrows it to the message's purpose);
     * anything else: ``[]``.
 
     If the report quotes the original message, its ``X-Ecrm-Message`` header
@@ -731,6 +749,23 @@ def parse_inbound_mail(raw: bytes, *, channel: str = "email") -> list[MessageEve
         and str(msg.get_param("report-type") or "").lower() == "feedback-report"
     ):
         return _complaint(msg, report_id, channel)
+    if msg.get_content_maintype() != "multipart" or msg.get_content_type() == "multipart/alternative":
+        match = _MAILTO_SUBJECT.match(str(msg.get("Subject") or ""))
+        if match:
+            mid = match.group(1)
+            sender = parseaddr(str(msg.get("From") or ""))[1] or None
+            return [
+                MessageEvent(
+                    type="unsubscribed",
+                    channel=channel,
+                    message_id=mid,
+                    purpose=None,
+                    occurred_at=_occurred(msg),
+                    key=f"unsub:{mid}:*",
+                    detail="List-Unsubscribe mailto" + (f" from {sender}" if sender else ""),
+                    properties={"source": "mailto"},
+                )
+            ]
     from flufl.bounce import all_failures
 
     try:
@@ -795,12 +830,28 @@ class InboundMailHandler:
             log.info("inbound mail from %r is neither a bounce nor a complaint; dropped", envelope.mail_from)
             return "250 OK"
         try:
-            applied = await asyncio.to_thread(self.crm.messages.apply_events, events)
+            applied = await asyncio.to_thread(self._apply, events)
         except Exception:
             log.exception("could not record %d event(s) from inbound mail; asking the sender to retry", len(events))
             return "451 4.3.0 Could not record the report, try again later"
         log.info("inbound mail from %r: %d event(s), %d new", envelope.mail_from, len(events), len(applied))
         return "250 OK"
+
+    def _apply(self, events: list[MessageEvent]) -> list[MessageEvent]:
+        """Apply ``events``; a mailto unsubscribe is narrowed to its message's
+        purpose (and dropped if the message is unknown)."""
+        import attrs
+
+        out: list[MessageEvent] = []
+        for e in events:
+            if e.type == "unsubscribed" and e.properties.get("source") == "mailto" and e.message_id:
+                purpose = _message_purpose(self.crm, e.message_id)
+                if purpose is None:
+                    log.info("mailto unsubscribe for unknown message %r; dropped", e.message_id)
+                    continue
+                e = attrs.evolve(e, purpose=purpose, key=f"unsub:{e.message_id}:{purpose}")
+            out.append(e)
+        return self.crm.messages.apply_events(out) if out else []
 
 
 def _controller_class() -> Any:
