@@ -78,3 +78,17 @@ def test_api_benchmark_smoke(tmp_path):
     assert "stored (accepted) 1,000 of 1,000" in out
     assert "non-200" not in out
     assert not (tmp_path / "api-bench.db").exists()  # removed without --keep
+
+
+def test_email_benchmark_smoke():
+    env = {**os.environ, "COLUMNS": "250"}
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "email.py"), "--messages=150", "--repeat=1", "--batch-size=50"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for figure in ("ecrm: send_many + dispatch (full pipeline)", "smtplib: the same bytes", "ratio ecrm / smtplib"):
+        assert figure in proc.stdout, figure

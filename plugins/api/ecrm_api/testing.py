@@ -32,10 +32,10 @@ __all__ = ["LiveApi", "serve_in_thread"]
 
 
 class _Server:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, port: int = 0) -> None:
         import uvicorn
 
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", access_log=False)
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="ecrm-api-test-server", daemon=True)
 
@@ -55,9 +55,9 @@ class _Server:
         self.thread.join(timeout=10)
 
 
-def serve_in_thread(app: Any) -> tuple[str, Callable[[], None]]:
-    """Serve an ASGI app with uvicorn on 127.0.0.1 (free port); return ``(url, stop)``."""
-    server = _Server(app)
+def serve_in_thread(app: Any, port: int = 0) -> tuple[str, Callable[[], None]]:
+    """Serve an ASGI app with uvicorn on 127.0.0.1 (``port``, default a free one); return ``(url, stop)``."""
+    server = _Server(app, port)
     return server.start(), server.stop
 
 
