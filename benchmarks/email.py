@@ -35,12 +35,12 @@ import sys
 if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
     del sys.path[0]
 
-import argparse  # noqa: E402
-import shutil  # noqa: E402
-import smtplib  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import shutil
+import smtplib
+import tempfile
+import time
+from pathlib import Path
 
 GOAL = 0.5
 
@@ -63,13 +63,13 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the SQLite files")
     args = parser.parse_args()
 
+    from ecrm_email import plugin as email_plugin
+    from ecrm_email.testing import smtp_config, start_smtp_server
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
 
     from ecrm_core import CRM
-    from ecrm_email import plugin as email_plugin
-    from ecrm_email.testing import smtp_config, start_smtp_server
 
     console = Console()
     tmp = Path(tempfile.mkdtemp(prefix="ecrm-email-bench-"))
@@ -124,9 +124,11 @@ def main() -> None:
                     customer_ids=ids,
                     offer="spring",
                     context={"favourite": "tea", "products": products},
-                    progress=lambda k: progress.advance(decide, k),
+                    progress=lambda k, task=decide: progress.advance(task, k),
                 )
-                sent = crm.messages.dispatch(batch_size=args.batch_size, progress=lambda k: progress.advance(send, k))
+                sent = crm.messages.dispatch(
+                    batch_size=args.batch_size, progress=lambda k, task=send: progress.advance(task, k)
+                )
                 elapsed = time.perf_counter() - t0
             assert report.queued == n and sent.sent == n, (report, sent)
             received = server.wait_for(n, timeout=60)

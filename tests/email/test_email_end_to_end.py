@@ -8,13 +8,13 @@ import socket
 
 import httpx
 import pytest
-
 from ecrm_api import plugin as api_plugin
 from ecrm_api.app import create_app
 from ecrm_api.testing import serve_in_thread
-from ecrm_core.testing import make_crm
 from ecrm_email import plugin as email_plugin
 from ecrm_email.testing import smtp_config
+
+from ecrm_core.testing import make_crm
 
 TEMPLATE = {
     "subject": "{{ customer.first_name }}, {{ offer.name }}",
@@ -118,7 +118,7 @@ def test_send_parse_back_click_open_unsubscribe(shop):
 
 
 def test_preference_page_over_http(shop):
-    crm, server, base = shop
+    crm, server, _ = shop
     bob = crm.customers.create(email="bob@example.com", name="Bob", consent={"email": "granted"})
     crm.messages.send("email", bob.id, TEMPLATE, offer="spring")
     crm.messages.dispatch()
