@@ -80,7 +80,8 @@ class ReceivedEnvelope:
 
     @property
     def message(self) -> EmailMessage:
-        return cast(EmailMessage, email.message_from_bytes(self.data, policy=email.policy.default))
+        parsed: EmailMessage = email.message_from_bytes(self.data, policy=email.policy.default)
+        return parsed
 
 
 class SMTPTestServer:
@@ -209,7 +210,7 @@ class _Handler:
             return cast(str, arg)
         if kind == "drop":
             if server.transport is not None:
-                server.transport.abort()
+                cast(asyncio.Transport, server.transport).abort()
             await asyncio.sleep(3600)  # connection_lost() cancels this task
         if kind == "delay":
             await asyncio.sleep(arg)
@@ -268,9 +269,9 @@ class _Controller(Controller):
         return _CountingSMTP(self.handler, kit=self._kit, **self.SMTP_kwargs)
 
     def _trigger_server(self) -> None:
-        assert self.server is not None
-        self.port = self.server.sockets[0].getsockname()[1]  # port 0: the kernel chose one
-        super()._trigger_server()
+        server = cast(asyncio.Server, self.server)
+        self.port = server.sockets[0].getsockname()[1]  # port 0: the kernel chose one
+        super()._trigger_server()  # type: ignore[no-untyped-call]
 
 
 class _QuietFilter(logging.Filter):
