@@ -357,10 +357,9 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         budget = _budget()
         if budget is not None:
             budget.tick()
-        if isinstance(__obj, types.BuiltinMethodType | types.MethodType) and isinstance(
-            getattr(__obj, "__self__", None), str
-        ):
-            args = __self._check_str_method(__obj.__self__, __obj.__name__, args, kwargs)
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(__obj, types.BuiltinMethodType | types.MethodType) and isinstance(owner, str):
+            args = __self._check_str_method(owner, __obj.__name__, args, kwargs)
         return __self._produced(super().call(__context, __obj, *args, **kwargs))
 
     def _check_str_method(self, s: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
@@ -388,7 +387,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         def bounded(*args: Any, **kwargs: Any) -> str:
             self._check_format_spec(fmt)
             self._check_weight((args, kwargs))
-            return self._produced(wrapper(*args, **kwargs))
+            result: str = self._produced(wrapper(*args, **kwargs))  # a Markup stays a Markup
+            return result
 
         return bounded
 
@@ -506,6 +506,35 @@ class _StoredLoader(BaseLoader):
             return now is not None and now["updated_at"] == stamp and now[part] == source
 
         return source, f"db:{self.workspace}/{template}", uptodate
+
+
+class _Shadowed(BaseLoader):
+    """A directory or built-in loader whose templates give way to stored ones.
+
+    A template loaded from here stays valid while no stored template of the
+    same name appears (checked through the row cache, so a template saved by
+    another process is seen within ``cache_seconds``).
+    """
+
+    def __init__(self, inner: BaseLoader, templates: Templates, workspace: str) -> None:
+        self.inner = inner
+        self.templates = templates
+        self.workspace = workspace
+
+    def get_source(self, environment: Any, template: str) -> tuple[str, str | None, Callable[[], bool] | None]:
+        source, filename, inner_uptodate = self.inner.get_source(environment, template)
+        split = _split(template)
+        stored = split[0] if split is not None and _NAME.match(split[0]) else None
+
+        def uptodate() -> bool:
+            if inner_uptodate is not None and not inner_uptodate():
+                return False
+            if stored is None:
+                return True
+            row = self.templates._row(self.workspace, stored)
+            return row is None or row[split[1]] is None  # type: ignore[index]
+
+        return source, filename, uptodate
 
 
 # ---------------------------------------------------------------------------
@@ -757,8 +786,9 @@ class Templates:
             if env is None:
                 loaders: builtins.list[BaseLoader] = [_StoredLoader(self, workspace)]
                 if self.directory is not None:
-                    loaders.append(FileSystemLoader(self.directory))
-                loaders.append(PrefixLoader({"layouts": FileSystemLoader(LAYOUTS_DIR)}))
+                    loaders.append(_Shadowed(FileSystemLoader(self.directory), self, workspace))
+                builtin = PrefixLoader({"layouts": FileSystemLoader(LAYOUTS_DIR)})
+                loaders.append(_Shadowed(builtin, self, workspace))
                 env = _Sandbox(ChoiceLoader(loaders), self.max_output)
                 self._envs[workspace] = env
         return env
