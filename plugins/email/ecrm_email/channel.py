@@ -226,9 +226,17 @@ class EmailChannel(Channel):
         return ROUTES
 
     def handle_inbound(self, request: InboundRequest) -> InboundResponse:
-        from .inbound import handle
+        from ecrm_core.channels import InboundRejected
 
-        return handle(self.crm, self.links, request, webhook_secret=self.webhook_secret)  # type: ignore[no-any-return]
+        from .inbound import error_response, handle
+
+        try:
+            return handle(self.crm, self.links, request, webhook_secret=self.webhook_secret)  # type: ignore[no-any-return]
+        except InboundRejected as exc:
+            if request.route == "webhook" or request.method != "GET":
+                raise  # machines (and forms posted by them) get a problem document
+            # A person followed a link from a mail: show a page, not JSON.
+            return error_response(exc)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         if self._transport is not None:
