@@ -1115,7 +1115,7 @@ def html_to_text(html: str) -> str:
 
     text = get_text(html, ParserConfig(display_links=True))
     lines = [line.rstrip() for line in text.splitlines()]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
 _HTML_DOC = re.compile(r"<html[\s>]", re.I)
