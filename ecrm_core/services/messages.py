@@ -209,6 +209,26 @@ def plain_customer(c: Customer) -> dict[str, Any]:
     }
 
 
+def _plain_row(m: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`plain_customer` straight from a stored row (already validated on
+    the way in: the bulk paths skip rebuilding a Customer per message)."""
+    name = m["name"]
+    consent = m["consent"] or {}
+    return {
+        "id": m["id"],
+        "external_id": m["external_id"],
+        "email": m["email"],
+        "phone": m["phone"],
+        "name": name,
+        "first_name": (name or "").split(" ")[0] or None,
+        "attributes": dict(m["attributes"] or {}),
+        "lifecycle_stage": m["lifecycle_stage"],
+        "timezone": m["timezone"],
+        "locale": m["locale"],
+        "consent": {k: (v.get("status") if isinstance(v, Mapping) else v) for k, v in consent.items()},
+    }
+
+
 _PLAIN_SCALARS = (str, int, float, bool, type(None), Decimal, datetime, date)
 
 
@@ -959,7 +979,7 @@ class Messages(Service):
             else:
                 with self.db.read() as rconn:
                     rows = rconn.execute(q).all()
-            out.update({r.id: plain_customer(svc._from_row(r)) for r in rows})
+            out.update({r.id: _plain_row(r._mapping) for r in rows})
         return out
 
     # -- dispatch --------------------------------------------------------

@@ -173,7 +173,13 @@ class EmailChannel(Channel):
             rendered_subject, html, text = rendered.subject, rendered.html, rendered.text
         if html is not None:
             if self.track_clicks:
-                html = rewrite_links(html, lambda url: self.links.click_url(message_id=message_id, url=url))
+                own = f"{self.base_url}/channels/email/"
+
+                def track(url: str) -> str | None:
+                    # ecrm's own links (unsubscribe, preferences) are already signed
+                    return None if url.startswith(own) else self.links.click_url(message_id=message_id, url=url)
+
+                html = rewrite_links(html, track)
             if self.track_opens:
                 html = add_open_pixel(html, self.links.open_url(message_id=message_id))
         return Content(subject=rendered_subject, body=text, html=html, headers=headers)
