@@ -209,7 +209,7 @@ def plain_customer(c: Customer) -> dict[str, Any]:
     }
 
 
-def _plain_row(m: Mapping[str, Any]) -> dict[str, Any]:
+def _plain_row(m: Mapping[Any, Any]) -> dict[str, Any]:
     """:func:`plain_customer` straight from a stored row (already validated on
     the way in: the bulk paths skip rebuilding a Customer per message)."""
     name = m["name"]
