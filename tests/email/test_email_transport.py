@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,20 @@ def envelope(to: str = "ada@example.com", *, uid: str | None = None, subject: st
     )
 
 
+_OPEN: list[SMTPTransport] = []
+
+
 def transport(server: SMTPTestServer, **overrides: Any) -> SMTPTransport:
-    return SMTPTransport(**smtp_config(server, **overrides))
+    t = SMTPTransport(**smtp_config(server, **overrides))
+    _OPEN.append(t)
+    return t
+
+
+@pytest.fixture(autouse=True)
+def _close_transports() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
 
 
 @pytest.fixture
@@ -87,7 +100,9 @@ def test_starttls_with_auth(smtp_starttls_server: SMTPTestServer) -> None:
 def test_starttls_server_requires_auth(smtp_starttls_server: SMTPTestServer) -> None:
     config = smtp_config(smtp_starttls_server)
     del config["username"], config["password"]
-    result = SMTPTransport(**config).send(envelope())
+    t = SMTPTransport(**config)
+    _OPEN.append(t)
+    result = t.send(envelope())
     assert result.status == "deferred"  # a configuration problem: nothing is lost
     assert result.code is not None and result.code.startswith("530")
     assert "smtp.username" in result.reason
@@ -152,6 +167,7 @@ def test_plaintext_auth_to_loopback_only_when_chosen(smtp_server: SMTPTestServer
 
 def test_stevedore_driver(smtp_server: SMTPTestServer) -> None:
     t = load_transport("email", "smtp", **smtp_config(smtp_server))
+    _OPEN.append(t)
     assert isinstance(t, SMTPTransport)
     assert t.send(envelope()).status == "accepted"
 

@@ -159,8 +159,9 @@ class SMTPTestServer:
         """Answer the next command at ``at`` only after ``seconds`` (then normally)."""
         self._program(at, ("delay", float(seconds)), times)
 
-    def disconnect_all(self) -> None:
-        """Close every open client connection (as a server closing idle ones)."""
+    def disconnect_all(self, *, abort: bool = False) -> None:
+        """Close every open client connection (as a server closing idle ones);
+        ``abort=True`` resets them without a TLS goodbye (used at shutdown)."""
         controller = self._controller
         if controller is None:
             return
@@ -168,8 +169,16 @@ class SMTPTestServer:
         async def _close() -> None:
             for smtp in list(self._live):
                 if smtp.transport is not None:
-                    smtp.transport.close()
-            await asyncio.sleep(0.05)
+                    if abort:
+                        cast(asyncio.Transport, smtp.transport).abort()
+                    else:
+                        smtp.transport.close()
+            # Wait for the sessions to end (a TLS close finishes asynchronously).
+            for _ in range(200):
+                if not self._live:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)
 
         asyncio.run_coroutine_threadsafe(_close(), controller.loop).result(timeout=5)
 
@@ -354,6 +363,8 @@ def start_smtp_server(
             kit.connections = 0  # the controller's own start-up probe
         yield kit
     finally:
+        with contextlib.suppress(Exception):
+            kit.disconnect_all(abort=True)  # end open sessions before the loop stops
         kit._controller = None
         with contextlib.suppress(Exception):
             controller.stop(no_assert=True)
