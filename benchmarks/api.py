@@ -28,16 +28,22 @@ bytes, Content-Length responses) so that the client costs little CPU; on a
 
 from __future__ import annotations
 
+import os
+import sys
+
+# benchmarks/email.py would shadow the standard library's ``email`` package
+# (this script's folder comes first on sys.path): drop the folder first.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
 import argparse
 import asyncio
 import base64
 import json
-import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid

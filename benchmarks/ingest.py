@@ -33,17 +33,23 @@ The figure of merit is the ratio facade rows/s ÷ baseline rows/s (goal ≥ 0.5)
 
 from __future__ import annotations
 
+import os
+import sys
+
+# benchmarks/email.py would shadow the standard library's ``email`` package
+# (this script's folder comes first on sys.path): drop the folder first.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
 import argparse
 import cProfile
 import gc
 import io
-import os
 import pstats
 import random
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence

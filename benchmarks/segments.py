@@ -27,14 +27,20 @@ no ``ANALYZE``), with a fixed clock so that every query uses the same "now":
 
 from __future__ import annotations
 
+import os
+import sys
+
+# benchmarks/email.py would shadow the standard library's ``email`` package
+# (this script's folder comes first on sys.path): drop the folder first.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
 import argparse
 import gc
 import math
-import os
 import random
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
