@@ -82,7 +82,7 @@ class EmailChannel(Channel):
             raise ChannelConfigError(
                 "channels.email.from: missing; set the sender, e.g. {'from': 'Shop <news@shop.example>'}"
             )
-        name, addr = parseaddr(str(sender))
+        _name, addr = parseaddr(str(sender))
         if "@" not in addr:
             raise ChannelConfigError(f"channels.email.from: {sender!r} is not an address; use 'Name <a@b.example>'")
         self.sender = str(sender)
