@@ -9,9 +9,10 @@ Behaviour shared with SQLite is checked by running the tests of
 PostgreSQL; the rest is what only a server with concurrent writers, real
 schemas, NUMERIC and timestamptz can show.
 
-Tracking works on PostgreSQL, except under concurrent writers, where the
-bulk path can take another transaction's rows for its own: those tests are
-xfails naming the cause (see ``RACE_FAILS``), to be unmarked with the fix.
+Tracking under concurrent writers: the bulk path learns which rows it stored
+from ``INSERT … ON CONFLICT DO NOTHING RETURNING`` (another transaction's
+rows committed meanwhile are never taken for its own); the tests below make
+such a writer commit at the exact moment before the call's INSERT.
 """
 
 from __future__ import annotations
@@ -447,13 +448,6 @@ def test_tracking_in_the_host_transaction(crm: CRM, events: EventRecorder) -> No
     assert crm.interactions.count() == 1
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "race, see RACE_FAILS below: under READ COMMITTED _TrackState.insert() can take rows another transaction "
-        "committed for its own (max(id) bounds); fix: INSERT … ON CONFLICT DO NOTHING RETURNING id on PostgreSQL"
-    ),
-)
 def test_concurrent_tracking(crm: CRM) -> None:
     ids = list(crm.customers.upsert_many([{"external_id": str(i)} for i in range(10)]).created)
 
@@ -470,43 +464,16 @@ def test_concurrent_tracking(crm: CRM) -> None:
     assert crm.interactions.count() == 6 * 15 + 30 and crm.customers.count() == 15
 
 
-# The race below; these tests once stepped around a parameter-style bug
-# (now fixed) by making the bulk path build its rows as mappings.
-RACE_FAILS = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "interactions.py: _TrackState.insert() counts every row with id > max(id) (read before its INSERT) as its "
-        "own, so rows other transactions commit meanwhile are taken for stored rows (PostgreSQL, READ COMMITTED); "
-        "fix: INSERT ... ON CONFLICT DO NOTHING RETURNING id, idempotency_key and use the returned ids"
-    ),
-)
-
-
-@pytest.fixture
-def named_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ecrm_core.services import interactions
-
-    state = getattr(interactions, "_TrackState", None)
-    if state is None:  # rewritten: nothing to step around
-        return
-    init = state.__init__
-
-    def patched(self: Any, svc: Any, *args: Any) -> None:
-        init(self, svc, *args)
-        self._positional = svc.db.engine.dialect.positional
-
-    monkeypatch.setattr(state, "__init__", patched)
-
-
 def commit_meanwhile(crm: CRM, **row: Any) -> None:
-    """Commit an interaction from another connection right after the next
-    ``max(id)`` query on ``crm``'s engine (a concurrent writer, made exact)."""
+    """Commit an interaction from another connection right before ``crm``'s
+    next INSERT into the interactions table (a concurrent writer, made exact:
+    after anything the call read first, before its own rows exist)."""
     t = crm.db.tables["interactions"]
     done: list[bool] = []
 
-    def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "max(" in statement.lower() and not done:
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        head = statement.lstrip()[:200].lower()
+        if not done and head.startswith("insert into") and t.name in head.split("(")[0]:
             done.append(True)
             now = crm.now()
             with crm.db.engine.begin() as other:
@@ -514,19 +481,17 @@ def commit_meanwhile(crm: CRM, **row: Any) -> None:
                     t.insert().values(workspace_id="default", occurred_at=now, recorded_at=now, properties={}, **row)
                 )
 
-    sa.event.listen(crm.db.engine, "after_cursor_execute", after)
+    sa.event.listen(crm.db.engine, "before_cursor_execute", before)
 
 
-@RACE_FAILS
-def test_track_returns_its_own_row_under_concurrency(crm: CRM, named_rows: None) -> None:
+def test_track_returns_its_own_row_under_concurrency(crm: CRM) -> None:
     c = crm.customers.create(email="a@example.com")
     commit_meanwhile(crm, customer_id=c.id, origin_customer_id=c.id, kind="login")
     got = crm.interactions.track("purchase", customer_id=c.id, amount="5", currency="EUR")
     assert got.kind == "purchase"  # was: the other transaction's "login"
 
 
-@RACE_FAILS
-def test_concurrent_same_key_with_another_payload_conflicts(crm: CRM, events: EventRecorder, named_rows: None) -> None:
+def test_concurrent_same_key_with_another_payload_conflicts(crm: CRM, events: EventRecorder) -> None:
     c = crm.customers.create(email="a@example.com")
     commit_meanwhile(
         crm, customer_id=c.id, origin_customer_id=c.id, kind="login", idempotency_key="k1", payload_hash="other"

@@ -9,6 +9,7 @@ one event per committed batch.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -599,7 +600,6 @@ class _TrackState:
             compiled = q.compile(dialect=conn.dialect)
             assert compiled.positiontup == ["ids", "ws"], compiled.positiontup
             sql = cache[_dialect_key(conn.dialect)] = compiled.string
-        import json
 
         rows = conn.exec_driver_sql(sql, (json.dumps(sorted(ids)), self.ws)).all()
         return {value: (None if cid is None else merged) for value, cid, merged in rows}
@@ -674,6 +674,9 @@ class _TrackState:
             (ws, cid, cid, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], now_db)
             for p, cid in zip(batch, cids, strict=True)
         ]
+        if not self.sqlite:
+            self._insert_returning(conn, batch, cids, rows)
+            return
         sql = self._statement(conn)  # first: it learns the driver's parameter style
         if not self._positional:
             rows = [dict(zip(_INSERT_COLUMNS, r, strict=True)) for r in rows]
@@ -720,6 +723,63 @@ class _TrackState:
                 i = self.svc.t("interactions")
                 q = sa.select(i).where(i.c.workspace_id == self.ws, i.c.id > before).order_by(i.c.id)
                 self.kept.extend(self.svc._from_row(r._mapping) for r in conn.execute(q))
+
+    def _insert_returning(self, conn: sa.Connection, batch: list[_Prepared], cids: list[int], rows: list[Any]) -> None:
+        """The insert on a server database (PostgreSQL): ``INSERT … ON CONFLICT
+        DO NOTHING RETURNING``, so the rows this call stored are exactly the
+        rows the server returns.  (The SQLite path bounds them by ``max(id)``
+        under its write lock; on a server other transactions commit rows
+        meanwhile, so bounds would take their rows for this call's.)"""
+        table = self.svc.t("interactions")
+        cache: dict[str, Any] = table.info.setdefault("ecrm.track_returning", {})
+        stmt = cache.get(_dialect_key(conn.dialect) + str(self.keep))
+        if stmt is None:
+            if conn.dialect.name == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert
+            else:  # pragma: no cover - other backends: the unique index still guards
+                insert = sa.insert  # type: ignore[assignment]
+            stmt = insert(table)
+            if hasattr(stmt, "on_conflict_do_nothing"):
+                stmt = stmt.on_conflict_do_nothing(index_elements=["workspace_id", "idempotency_key"])
+            returned = list(table.c) if self.keep else [table.c.id, table.c.idempotency_key]
+            stmt = cache[_dialect_key(conn.dialect) + str(self.keep)] = stmt.returning(*returned)
+        # Through the Core (the driver does not return rows of an executemany
+        # otherwise): the properties column takes the mapping, not its JSON text.
+        loads = json.loads
+        params = [dict(zip(_INSERT_COLUMNS, r, strict=True)) for r in rows]
+        for d in params:
+            d["properties"] = loads(d["properties"])
+        got = conn.execute(stmt, params).all()
+        stored, stored_cids = batch, cids
+        if len(got) != len(rows):
+            # Some keyed rows hit a key stored before (by an earlier call or a
+            # concurrent transaction, which ON CONFLICT waited for): same
+            # payload = duplicate (idempotent), different payload = conflict.
+            mine = {r.idempotency_key for r in got if r.idempotency_key is not None}
+            lost = [p[_KEY] for p in batch if p[_KEY] is not None and p[_KEY] not in mine]
+            i = table
+            existing: dict[str, str | None] = {}
+            for j in range(0, len(lost), 900):
+                q = sa.select(i.c.idempotency_key, i.c.payload_hash).where(
+                    i.c.workspace_id == self.ws, i.c.idempotency_key.in_(lost[j : j + 900])
+                )
+                existing.update({k: h for k, h in conn.execute(q)})
+            stored, stored_cids = [], []
+            for p, cid in zip(batch, cids, strict=True):
+                key = p[_KEY]
+                if key is not None and key not in mine:
+                    if existing.get(key) == p[_HASH]:
+                        self.duplicates += 1
+                    else:
+                        self.errors.append(RowError(p[_INDEX], IdempotencyConflict(key)))
+                    continue
+                stored.append(p)
+                stored_cids.append(cid)
+        self.stored += len(stored)
+        if stored:
+            self.batches.append(InteractionBatch.from_tuples(self.ws, stored_cids, stored, _BATCH_POSITIONS, ids=None))
+            if self.keep:
+                self.kept.extend(self.svc._from_row(r._mapping) for r in sorted(got, key=lambda r: r.id))
 
 
 def _dialect_key(dialect: sa.Dialect) -> str:
