@@ -42,7 +42,7 @@ from .model import (
     SegmentRef,
 )
 
-__all__ = ["SqlContext", "compile_clause", "select_ids"]
+__all__ = ["SqlContext", "compile_clause", "ids_clause", "select_ids", "unindexed"]
 
 Clause = ColumnElement[bool]
 
@@ -72,10 +72,35 @@ class SqlContext:
     def interactions(self) -> sa.Table:
         return self.tables["interactions"]
 
+    _restrict_ids: list[int] | None = field(init=False, eq=False, repr=False)
+
+    @_restrict_ids.default
+    def _sorted_restrict(self) -> list[int] | None:
+        return None if self.restrict is None else sorted(self.restrict)
+
     def restrict_clause(self, column: ColumnElement[Any]) -> Clause:
-        if self.restrict is None:
+        """``column`` is one of the restricted customers (``true`` when there
+        is no restriction).  The ids are ONE bound parameter (a JSON array on
+        SQLite, an array on PostgreSQL), not thousands: the statement stays
+        cacheable and cheap to compile, whatever the number of customers."""
+        if self._restrict_ids is None:
             return sa.true()
-        return column.in_(sa.bindparam("restrict_ids", list(self.restrict), expanding=True))
+        return ids_clause(column, self._restrict_ids, self.dialect, name="restrict_ids")
+
+
+def ids_clause(column: ColumnElement[Any], ids: Sequence[int], dialect: str, *, name: str = "ids") -> Clause:
+    """``column IN ids`` with the ids bound as one parameter: ``IN (SELECT value
+    FROM json_each(:ids))`` on SQLite, ``= ANY(:ids)`` on PostgreSQL (an
+    expanding ``IN`` elsewhere).  Either way the database drives the lookup
+    from the list through an index on ``column``."""
+    if dialect == "sqlite":
+        import json
+
+        each = sa.func.json_each(sa.bindparam(name, json.dumps(list(ids)), type_=sa.String)).table_valued("value")
+        return column.in_(sa.select(each.c.value))
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam(name, list(ids), type_=postgresql.ARRAY(sa.BigInteger)))
+    return column.in_(sa.bindparam(name, list(ids), expanding=True))
 
 
 def select_ids(node: Node, ctx: SqlContext) -> sa.Select[tuple[int]]:
@@ -83,11 +108,12 @@ def select_ids(node: Node, ctx: SqlContext) -> sa.Select[tuple[int]]:
     c = ctx.customers
     ws: ColumnElement[Any] = c.c.workspace_id
     merged: ColumnElement[Any] = c.c.merged_into
-    if ctx.dialect == "sqlite" and ctx.restrict is None and _driven_by_subquery(node):
-        # Let SQLite drive the query from the (small) IN-subquery through the
-        # primary key: a unary + keeps it off the (workspace, …) indexes,
-        # which would make it visit every customer of the workspace.
-        ws, merged = _unindexed(ws), _unindexed(merged)
+    if ctx.dialect == "sqlite" and (ctx.restrict is not None or _driven_by_subquery(node)):
+        # Let SQLite drive the query from the (small) IN-subquery, or from the
+        # restricted ids, through the primary key: a unary + keeps it off the
+        # (workspace, …) indexes, which would make it visit every customer of
+        # the workspace.
+        ws, merged = unindexed(ws), unindexed(merged)
     return sa.select(c.c.id).where(
         ws == ctx.workspace,
         merged.is_(None),
@@ -96,7 +122,8 @@ def select_ids(node: Node, ctx: SqlContext) -> sa.Select[tuple[int]]:
     )
 
 
-def _unindexed(col: ColumnElement[Any]) -> ColumnElement[Any]:
+def unindexed(col: ColumnElement[Any]) -> ColumnElement[Any]:
+    """``+col`` on SQLite: the same value, but the planner will not use an index on ``col`` for it."""
     return UnaryExpression(col, operator=operators.custom_op("+"), type_=col.type)
 
 
@@ -167,10 +194,18 @@ def _events(conds: list[EventCond], ctx: SqlContext) -> Clause:
     # workspace; grouping by ``customer_id + 0`` lets it pick the (workspace,
     # kind, time) index, which reads only the matching kind and window.
     # (Incremental refreshes keep the customer index: few customers.)
+    # Restricted to a few customers (incremental refresh), it is the other
+    # way round: a unary + on ``kind`` keeps SQLite on the (workspace,
+    # customer, time) index, a few entries per customer, instead of reading
+    # every interaction of the kind in the window.
     who: ColumnElement[Any] = i.c.customer_id
-    if ctx.restrict is None and ctx.dialect == "sqlite":
-        who = (i.c.customer_id + 0).label("customer_id")
-    q = sa.select(who).where(i.c.workspace_id == ctx.workspace, i.c.kind == first.kind)
+    kind: ColumnElement[Any] = i.c.kind
+    if ctx.dialect == "sqlite":
+        if ctx.restrict is None:
+            who = (i.c.customer_id + 0).label("customer_id")
+        else:
+            kind = unindexed(kind)
+    q = sa.select(who).where(i.c.workspace_id == ctx.workspace, kind == first.kind)
     if first.window is not None:
         q = q.where(i.c.occurred_at >= ctx.now - first.window.start)
         if first.window.end is not None:

@@ -14,6 +14,7 @@ import difflib
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -29,6 +30,7 @@ from sqlalchemy.sql.expression import ClauseElement, Executable
 from ..domain import Customer
 from ..errors import Conflict, EcrmError, NotFound, ValidationError
 from ..rules import Catalogue, EvalContext, Rule, RuleError, SqlContext, compile_rule
+from ..rules.sql import ids_clause
 from ..validation import check_text, thaw
 from ._base import Service
 
@@ -615,31 +617,16 @@ class Segments(Service):
         )
 
     def _refresh_one(self, seg: Segment, rule: Rule, ids: Sequence[int] | None) -> SegmentChange:
-        m, s = self.t("segment_members"), self.t("segments")
+        s = self.t("segments")
         entered: builtins.list[int] = []
         exited: builtins.list[int] = []
         now = self.crm.now()
         with self.db.write() as conn:
-            for chunk in [None] if ids is None else _chunks(ids):
-                ctx = self._sql_context(conn, restrict=chunk)
-                members = sa.select(m.c.customer_id).where(
-                    m.c.segment_id == seg.id, ctx.restrict_clause(m.c.customer_id)
-                )
-                wanted = rule.select(ctx)
-                w = wanted.subquery()
-                ins = self._insert(conn).from_select(
-                    ["segment_id", "customer_id", "entered_at"],
-                    sa.select(sa.literal(seg.id), w.c.id, sa.literal(now, type_=m.c.entered_at.type)).where(
-                        w.c.id.not_in(members)
-                    ),
-                )
-                entered += conn.scalars(ins.on_conflict_do_nothing().returning(m.c.customer_id)).all()
-                gone = sa.delete(m).where(
-                    m.c.segment_id == seg.id,
-                    ctx.restrict_clause(m.c.customer_id),
-                    m.c.customer_id.not_in(wanted),
-                )
-                exited += conn.scalars(gone.returning(m.c.customer_id)).all()
+            if ids is None:
+                self._refresh_full(conn, seg, rule, now, entered, exited)
+            else:
+                for chunk in _chunks(ids):
+                    self._refresh_chunk(conn, seg, rule, chunk, now, entered, exited)
             conn.execute(
                 sa.update(s)
                 .where(s.c.id == seg.id)
@@ -647,6 +634,78 @@ class Segments(Service):
             )
         fresh = attrs.evolve(seg, member_count=seg.member_count + len(entered) - len(exited), refreshed_at=now)
         return SegmentChange(fresh, tuple(entered), tuple(exited))
+
+    # Both ways evaluate the rule ONCE, then change only the difference; what
+    # counts as entered/exited is what the INSERT … ON CONFLICT DO NOTHING and
+    # the DELETE return, so a concurrent refresh of the same segment (on a
+    # server database) cannot make an event fire twice.
+
+    def _refresh_chunk(
+        self,
+        conn: sa.Connection,
+        seg: Segment,
+        rule: Rule,
+        chunk: Sequence[int],
+        now: datetime,
+        entered: builtins.list[int],
+        exited: builtins.list[int],
+    ) -> None:
+        """Incremental: a few thousand customers, diffed in memory."""
+        m = self.t("segment_members")
+        ctx = self._sql_context(conn, restrict=chunk)
+        wanted: set[int] = set(conn.scalars(rule.select(ctx)))
+        current = set(
+            conn.scalars(
+                sa.select(m.c.customer_id).where(m.c.segment_id == seg.id, ctx.restrict_clause(m.c.customer_id))
+            )
+        )
+        add, drop = sorted(wanted - current), sorted(current - wanted)
+        dialect = conn.dialect.name
+        if add:
+            each = _id_rows(add, dialect)
+            ins = self._insert(conn).from_select(
+                ["segment_id", "customer_id", "entered_at"],
+                sa.select(sa.literal(seg.id), each, sa.literal(now, type_=m.c.entered_at.type)).where(sa.true()),
+            )
+            entered += conn.scalars(ins.on_conflict_do_nothing().returning(m.c.customer_id)).all()
+        if drop:
+            gone = sa.delete(m).where(m.c.segment_id == seg.id, ids_clause(m.c.customer_id, drop, dialect))
+            exited += conn.scalars(gone.returning(m.c.customer_id)).all()
+
+    def _refresh_full(
+        self,
+        conn: sa.Connection,
+        seg: Segment,
+        rule: Rule,
+        now: datetime,
+        entered: builtins.list[int],
+        exited: builtins.list[int],
+    ) -> None:
+        """Full: the rule's members into a temporary table, then two set-based
+        statements against it (no member list in Python, however large)."""
+        m = self.t("segment_members")
+        ctx = self._sql_context(conn)
+        tmp = sa.Table(
+            f"ecrm_wanted_{uuid.uuid4().hex[:12]}",
+            sa.MetaData(),
+            sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+            prefixes=["TEMPORARY"],
+        )
+        tmp.create(conn)
+        try:
+            conn.execute(tmp.insert().from_select(["id"], rule.select(ctx)))
+            members = sa.select(m.c.customer_id).where(m.c.segment_id == seg.id)
+            ins = self._insert(conn).from_select(
+                ["segment_id", "customer_id", "entered_at"],
+                sa.select(sa.literal(seg.id), tmp.c.id, sa.literal(now, type_=m.c.entered_at.type)).where(
+                    tmp.c.id.not_in(members)
+                ),
+            )
+            entered += conn.scalars(ins.on_conflict_do_nothing().returning(m.c.customer_id)).all()
+            gone = sa.delete(m).where(m.c.segment_id == seg.id, m.c.customer_id.not_in(sa.select(tmp.c.id)))
+            exited += conn.scalars(gone.returning(m.c.customer_id)).all()
+        finally:
+            tmp.drop(conn)
 
     def _emit(self, change: SegmentChange) -> None:
         if change.entered:
@@ -775,6 +834,18 @@ def _ids(values: Iterable[int], field_name: str, *, allow_empty: bool = True) ->
             raise ValidationError(f"{field_name}[{i}]", v, "not a customer id", "pass positive integer ids")
         out[v] = None
     return builtins.list(out)
+
+
+def _id_rows(ids: Sequence[int], dialect: str) -> Any:
+    """The ids as a column of rows (``json_each`` on SQLite, ``unnest`` on
+    PostgreSQL): one bound parameter, however many ids."""
+    if dialect == "sqlite":
+        return (
+            sa.func.json_each(sa.bindparam("ids", json.dumps(list(ids)), type_=sa.String)).table_valued("value").c.value
+        )
+    if dialect == "postgresql":
+        return sa.func.unnest(sa.bindparam("ids", list(ids), type_=postgresql.ARRAY(sa.BigInteger))).column_valued("id")
+    return sa.values(sa.column("id", sa.BigInteger), name="ids").data([(i,) for i in ids]).c.id
 
 
 def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:

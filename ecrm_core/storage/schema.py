@@ -189,11 +189,15 @@ def build_metadata(naming: Naming) -> sa.MetaData:
         sa.Column("payload_hash", sa.String(32)),
         sa.Column("recorded_at", UTCDateTime(), nullable=False),
     )
+    # Covering for behaviour conditions over a few customers (incremental
+    # refresh): kind and amount are read from the index, not the rows.
     sa.Index(
         f"ix_{t('interactions')}_ws_customer_time",
         interactions.c.workspace_id,
         interactions.c.customer_id,
         interactions.c.occurred_at,
+        interactions.c.kind,
+        interactions.c.amount,
     )
     sa.Index(
         f"ix_{t('interactions')}_ws_kind_time",
