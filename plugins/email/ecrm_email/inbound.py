@@ -100,6 +100,16 @@ WEBHOOK_MAX_EVENTS = 1000
 
 _HTML = "text/html; charset=utf-8"
 _NO_STORE = {"cache-control": "no-store", "x-robots-tag": "noindex"}
+#: The pages load nothing and run no script; no other site may frame them
+#: (clickjacking the one-click unsubscribe button) or take their forms elsewhere.
+_PAGE_HEADERS = {
+    **_NO_STORE,
+    "content-security-policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+}
 _ID = re.compile(r"^[A-Za-z0-9._\-]{1,200}$")
 _MAILTO_SUBJECT = re.compile(r"^\s*unsubscribe\s+([A-Za-z0-9._\-]{1,200})\s*$", re.IGNORECASE)
 
@@ -122,7 +132,7 @@ def _pages() -> Any:
 
 def _page(name: str, *, status: int = 200, events: Sequence[MessageEvent] = (), **context: Any) -> InboundResponse:
     html = _pages().get_template(name).render(**context)
-    return InboundResponse(status=status, body=html, content_type=_HTML, headers=dict(_NO_STORE), events=events)
+    return InboundResponse(status=status, body=html, content_type=_HTML, headers=dict(_PAGE_HEADERS), events=events)
 
 
 def error_response(exc: InboundRejected, *, title: str = "E-mail preferences") -> InboundResponse:
