@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import anyio.to_thread
 import msgspec
 from ecrm_core.errors import Conflict, ValidationError
 from litestar import Request, Response, delete, get, patch, post, put
@@ -24,6 +25,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
+from ..app import workspace_crm
 from ..cursors import decode_cursor, encode_cursor
 from ..problems import problem, problem_responses
 
@@ -297,8 +299,10 @@ def _fields(data: CustomerIn | CustomerPatch) -> dict[str, Any]:
     return out
 
 
-def json_only(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
-    """Guard: a request body must be sent as ``application/json`` (415 otherwise)."""
+async def json_only(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+    """Guard: a request body must be sent as ``application/json`` (415 otherwise).
+
+    A coroutine: Litestar runs a synchronous guard in a worker thread."""
     ctype = connection.headers.get("content-type", "")
     media = ctype.split(";", 1)[0].strip().lower()
     if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
@@ -374,7 +378,6 @@ def upsert_customer(crm: NamedDependency[CRM], data: JSONBody[CustomerIn]) -> Re
     "/customers/{customer_id:int}",
     opt={"scope": "read"},
     tags=["customers"],
-    sync_to_thread=True,
     responses=problem_responses(404),
     response_headers=[
         ResponseHeader(
@@ -385,19 +388,25 @@ def upsert_customer(crm: NamedDependency[CRM], data: JSONBody[CustomerIn]) -> Re
         )
     ],
 )
-def get_customer(
-    request: Request[Any, Any, Any], crm: NamedDependency[CRM], customer_id: PathId
-) -> Response[CustomerOut]:
+async def get_customer(request: Request[Any, Any, Any], customer_id: PathId) -> Response[CustomerOut]:
     """A customer by id.
 
     The id of a merged customer answers with the survivor, and the
     ``Content-Location`` header then names the survivor's URL.
     """
-    c = crm.customers.get(customer_id)
+    # On SQLite the read is one indexed statement (~30 µs, see ecrm_api.reads):
+    # cheaper on the event loop than the hop to a worker thread.  Elsewhere it
+    # is a network round trip: a worker thread.
+    api, crm = workspace_crm(request)
+    reader = api.reader
+    if reader.fast:
+        out = reader.read(crm, customer_id)
+    else:
+        out = await anyio.to_thread.run_sync(reader.read, crm, customer_id)
     headers = {}
-    if c.id != customer_id:
-        headers["Content-Location"] = f"{request.url.path.rsplit('/', 1)[0]}/{c.id}"
-    return Response(customer_out(c), headers=headers)
+    if out.id != customer_id:
+        headers["Content-Location"] = f"{request.url.path.rsplit('/', 1)[0]}/{out.id}"
+    return Response(out, headers=headers)
 
 
 @patch(
