@@ -19,7 +19,7 @@ pipeline for the GIL):
   connection, the delivery log, a timeline interaction per message). The
   CRM is a SQLite file; customers are created before the clock starts.
 * **smtplib** (baseline): the same messages, pre-rendered (built from the
-  outbox's stored content with ``ecrm_email.mime`` before the clock
+  outbox's stored content with ``ecrm_email.mime.message_data`` before the clock
   starts), sent with ``smtplib.SMTP.sendmail`` over ONE connection.
 
 Each side runs ``--repeat`` times (alternating, fresh server state); the
@@ -127,12 +127,12 @@ def _server(kind: str):  # type: ignore[no-untyped-def]
 
 def _prerendered(crm, n: int) -> list[tuple[str, list[str], bytes]]:  # type: ignore[no-untyped-def]
     """The outbox's messages as the bytes the e-mail channel builds (before the clock)."""
-    from ecrm_email.mime import build_message, message_bytes
+    from ecrm_email.mime import message_data
 
     channel = crm.channels.get("email")
     out = []
     for m in crm.messages.list(status="sent", limit=min(n, 10_000)):
-        msg = build_message(
+        data = message_data(
             message_id=m.id,
             from_=channel.sender,
             to=m.address,
@@ -140,9 +140,10 @@ def _prerendered(crm, n: int) -> list[tuple[str, list[str], bytes]]:  # type: ig
             text=m.content.body,
             html=m.content.html,
             headers=m.content.headers,
+            reply_to=channel.reply_to,
             domain=channel.domain,
         )
-        out.append((channel.bounce_address, [m.address], message_bytes(msg)))
+        out.append((channel.bounce_address, [m.address], data))
     while len(out) < n:  # list() pages at 10,000
         out.extend(out[: n - len(out)])
     return out

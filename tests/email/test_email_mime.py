@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from datetime import UTC, datetime, timedelta, timezone
+from email.header import decode_header, make_header
 from email.message import EmailMessage
 from typing import Any, cast
 
 import pytest
-from ecrm_email.mime import build_message, envelope_sender, message_bytes, parse_mailbox
+from ecrm_email import mime
+from ecrm_email.mime import build_message, envelope_sender, message_bytes, message_data, parse_mailbox
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from ecrm_core.errors import ValidationError
 
@@ -315,3 +320,147 @@ def test_other_bad_arguments(overrides: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as err:
         build(**overrides)
     assert err.value.field == field
+
+
+# ---------------------------------------------------------------------------
+# The bytes are written directly (message_data): same message, same checks
+# ---------------------------------------------------------------------------
+
+
+def data(**overrides: Any) -> bytes:
+    kwargs: dict[str, Any] = {
+        "message_id": "0f3a9c",
+        "from_": "Shop <shop@example.com>",
+        "to": "Ada Lovelace <ada@example.com>",
+        "subject": "Your order",
+        "text": "Thanks for your order.",
+        "domain": "mail.example.com",
+        "date": WHEN,
+    }
+    kwargs.update(overrides)
+    return message_data(**kwargs)
+
+
+def parse(raw: bytes) -> EmailMessage:
+    return cast(EmailMessage, email.message_from_bytes(raw, policy=email.policy.default))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"html": "<p>Thanks <b>Ada</b></p>", "reply_to": "Support <help@example.com>"},
+        {"subject": "Grüße 🎉 " * 12, "text": "Привет, мир\n" * 40, "html": "<p>" + "ü" * 300 + "</p>"},
+        {"headers": {"List-Unsubscribe": "<https://crm.example.com/u/" + "t" * 200 + ">", "X-Note": "naïve"}},
+    ],
+)
+def test_message_data_is_what_build_message_holds(overrides: dict[str, Any]) -> None:
+    raw = data(**overrides)
+    assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"") and raw.isascii()
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    # Written the way the email package writes it: parsing and writing again gives the same bytes.
+    assert message_bytes(parse(raw)) == raw
+    built = build(**overrides)
+    assert parse(message_bytes(built)).keys() == parse(raw).keys()
+
+
+def test_body_transfer_encodings() -> None:
+    def part_cte(text: str) -> tuple[str, str]:
+        parsed = parse(data(text=text))
+        return parsed["Content-Transfer-Encoding"], content(parsed)
+
+    assert part_cte("short ASCII lines\n.\nFrom here\n") == ("7bit", "short ASCII lines\n.\nFrom here\n")
+    long_line = "x = 1; " * 40 + "trailing space \n=?utf-8?q?x?=\n"
+    assert part_cte(long_line) == ("quoted-printable", long_line)
+    latin = "Grüße aus Köln: wir freuen uns auf Ihren nächsten Besuch.  \n" * 3
+    assert part_cte(latin) == ("quoted-printable", latin)
+    cyrillic = "Привет, мир\n" * 20
+    assert part_cte(cyrillic) == ("base64", cyrillic)
+    assert part_cte("a\r\nb\rc\n") == ("7bit", "a\nb\nc\n")  # line ends normalised to CRLF on the wire
+    assert part_cte("") == ("7bit", "\n")
+
+
+def test_multipart_boundary_never_occurs_in_a_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = "===============0000000000000000042=="
+    draws = iter([42, 42, 7])
+    monkeypatch.setattr(mime.secrets, "randbits", lambda _bits: next(draws))
+    text = f"--{taken}\nContent-Type: text/html\n\n<script>evil</script>\n--{taken}--\n"
+    raw = data(text=text, html="<p>hi</p>")
+    parsed = parse(raw)
+    assert parsed.get_boundary() == "===============0000000000000000007=="
+    parts = list(parsed.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
+    assert content(parts[0]) == text
+    assert content(parts[1]) == "<p>hi</p>\n"
+
+
+@pytest.mark.parametrize("name", ["Bcc: eve@evil.example, A Very Long Display Name, Inc. " * 3, "Zoë, " * 80])
+def test_long_display_names_stay_one_mailbox(name: str) -> None:
+    """A long quoted display name is not folded inside its quotes (the header
+    registry drops them when it folds, which turned the name into a list of
+    addresses); a non-ASCII one is folded between encoded-words."""
+    raw = data(to=f'"{name}" <ada@example.com>')
+    headers = raw.split(b"\r\n\r\n", 1)[0]
+    assert max(len(line) for line in headers.split(b"\r\n")) <= 998
+    parsed = parse(raw)
+    assert parsed.keys() == TEXT_ONLY
+    assert len(parsed["To"].addresses) == 1
+    assert parsed["To"].addresses[0].addr_spec == "ada@example.com"
+    assert display_name(raw) == parse_mailbox("to", f'"{name}" <ada@example.com>').display_name
+
+
+def display_name(raw: bytes, field: str = "To") -> str:
+    """The display name of the (one) mailbox in ``field`` as an RFC 2047 reader
+    decodes it.  (The email package's own address parser keeps the folding
+    space between two encoded-words of a phrase, which RFC 2047 6.2 drops.)"""
+    parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
+    value = "".join(str(parsed[field]).splitlines())
+    if "=?" not in value:
+        return parse(raw)[field].addresses[0].display_name  # type: ignore[no-any-return]
+    words, _, _ = value.rpartition(" <")
+    return str(make_header(decode_header(words)))
+
+
+_ATEXT = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=_ATEXT + '.@ "<>(),;:[]\\é', min_size=1, max_size=24))
+def test_plain_address_shortcut_agrees_with_the_parser(value: str) -> None:
+    """Bare addr-specs skip the header parser: same Address, same errors."""
+
+    def outcome() -> tuple[str, ...]:
+        try:
+            a = parse_mailbox("to", value)
+        except ValidationError as exc:
+            return ("error", exc.problem)
+        return ("ok", a.username, a.domain, a.display_name, a.addr_spec)
+
+    fast = outcome()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mime, "_PLAIN_ADDRESS", re.compile(r"(?!)"))
+        slow = outcome()
+    assert fast == slow
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=90),
+    subject=st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=120),
+)
+def test_any_name_and_subject_round_trip_with_the_exact_header_set(name: str, subject: str) -> None:
+    """What was validated is what a reader gets back: one mailbox with the same
+    display name, the same subject (as a reader unfolds it), the same headers."""
+    assume("=?" not in name)
+    quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '" <ada@example.com>'
+    try:
+        expected = parse_mailbox("to", quoted)
+    except ValidationError:
+        return  # refused (e.g. U+0085 is a control character): nothing is built either
+    raw = data(to=quoted, subject=subject, html="<p>x</p>")
+    parsed = parse(raw)
+    assert parsed.keys() == [*HEAD, "MIME-Version", "Content-Type"]
+    assert len(parsed["To"].addresses) == 1
+    assert parsed["To"].addresses[0].addr_spec == "ada@example.com"
+    assert " ".join(display_name(raw).split()) == " ".join(expected.display_name.split())
+    assert parsed["Subject"] == subject.strip() or " ".join(parsed["Subject"].split()) == " ".join(subject.split())

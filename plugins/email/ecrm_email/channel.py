@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from email.headerregistry import Address
 from email.utils import parseaddr
 from typing import Any
 
@@ -185,11 +184,11 @@ class EmailChannel(Channel):
         return Content(subject=rendered_subject, body=text, html=html, headers=headers)
 
     def _envelope(self, message: Message) -> Any:
-        from .mime import build_message, message_bytes
+        from .mime import _message_data
         from .transport import Envelope
 
         content = message.content
-        msg = build_message(
+        data, recipient = _message_data(
             message_id=message.id,
             from_=self.sender,
             to=message.to,
@@ -199,11 +198,12 @@ class EmailChannel(Channel):
             headers=content.headers,
             reply_to=self.reply_to,
             domain=self.domain,
+            date=None,
         )
         return Envelope(
             mail_from=self.bounce_address,
-            rcpt=Address(addr_spec=message.to).addr_spec,
-            data=message_bytes(msg),
+            rcpt=recipient.addr_spec,
+            data=data,
             message_id=message.id,
             attempt_id=message.attempt_id,
         )

@@ -1,9 +1,16 @@
 """Build the RFC 5322 / MIME message of one e-mail, safely.
 
-Everything is done by the standard library's :mod:`email` package
-(:class:`~email.message.EmailMessage` with :data:`email.policy.SMTP`): this
-module only *validates* what goes into the headers, so that no caller input
-can add, remove or rewrite a header.
+:func:`message_data` writes the message bytes for ``DATA`` (what the e-mail
+channel sends); :func:`build_message` returns the same message parsed back
+as an :class:`~email.message.EmailMessage` (:func:`message_bytes` gives its
+bytes).  Every encoding is done by the standard library's :mod:`email`
+package: ASCII header fields that fit on a line are written as they are;
+non-ASCII or long ones are folded by its header registry (policy
+:data:`email.policy.SMTP`), display names quoted by
+:func:`email.utils.formataddr` (never folded inside the quotes) or encoded
+by :class:`email.header.Header`, as are encoded-word lookalikes, bodies encoded by :func:`binascii.b2a_qp` /
+:mod:`email.base64mime`.  This module *validates* what goes into the
+headers, so that no caller input can add, remove or rewrite a header:
 
 * CR, LF, NUL and every other control character (C0, DEL, C1, U+2028/9) in
   the subject, the addresses and custom header values is rejected with a
@@ -21,14 +28,20 @@ can add, remove or rewrite a header.
 
 from __future__ import annotations
 
+import binascii
+import functools
 import re
+import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from email import base64mime
 from email import policy as email_policy
 from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
-from typing import Any
+from email.parser import BytesParser
+from email.utils import format_datetime, formataddr
+from typing import Any, cast
 
 from ecrm_core.errors import ValidationError
 
@@ -36,6 +49,7 @@ __all__ = [
     "PROTECTED_HEADERS",
     "ALLOWED_OVERRIDES",
     "build_message",
+    "message_data",
     "message_bytes",
     "envelope_sender",
     "parse_mailbox",
@@ -73,12 +87,22 @@ _ENCODED_WORD = re.compile(r"=\?.*\?=", re.DOTALL)
 # The left part of a Message-ID (a safe subset of RFC 5322 dot-atom-text).
 _ID_LEFT = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+# The common case of an address: a bare addr-spec ``local@host`` whose local
+# part is an RFC 5322 dot-atom and whose host is ASCII labels (_LABEL).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = re.compile(
+    rf"({_ATEXT}(?:\.{_ATEXT})*)@((?:(?!-)[A-Za-z0-9-]{{1,63}}(?<!-)\.)*(?!-)[A-Za-z0-9-]{{1,63}}(?<!-))"
+)
 _MAX_LINE = 998
 
 # SMTP line endings; 7-bit transfer encodings (quoted-printable/base64 for
 # non-ASCII parts, so no 8BITMIME is needed); headers stored raw (the
 # verbatim List-Unsubscribe, the pre-encoded ones) are not refolded.
 _POLICY = email_policy.SMTP.clone(cte_type="7bit", refold_source="none")
+_CRLF = "\r\n"
+# Header lines and 7bit body lines up to this length are written as they are
+# (the policy's max_line_length); longer ones are folded / encoded.
+_FOLD_AT = 78
 
 
 def _describe_control(value: str) -> str:
@@ -131,6 +155,11 @@ def parse_mailbox(field: str, value: Any) -> Address:
             "contains an RFC 2047 encoded-word ('=?...?=')",
             "pass the display name as plain Unicode text (it is encoded for you) and a plain address",
         )
+    plain = _PLAIN_ADDRESS.fullmatch(text)
+    if plain is not None:
+        # A bare dot-atom addr-spec with an ASCII host name: what the parser
+        # below would return for it, without running the parser.
+        return Address(username=plain[1], domain=plain[2])
     try:
         header: Any = email_policy.default.header_factory("to", text)
     except Exception:  # the parser raises assorted errors on broken input
@@ -210,6 +239,208 @@ def _check_custom_headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
     return out
 
 
+def _validated(
+    *,
+    message_id: str,
+    from_: str,
+    to: str,
+    subject: str,
+    text: str,
+    html: str | None,
+    headers: Mapping[str, str] | None,
+    reply_to: str | None,
+    domain: str,
+    date: datetime | None,
+) -> tuple[Address, Address, Address | None, list[tuple[str, str]], datetime]:
+    if not isinstance(message_id, str) or len(message_id) > 200 or not _ID_LEFT.fullmatch(message_id):
+        raise ValidationError(
+            "message_id", message_id, "is not a valid Message-ID left part", "use letters, digits, '.', '-', '_'"
+        )
+    if (
+        not isinstance(domain, str)
+        or not domain.isascii()
+        or not all(_LABEL.fullmatch(label) for label in domain.split("."))
+    ):
+        raise ValidationError("domain", domain, "is not a valid domain", "use a host name such as 'mail.example.com'")
+    sender = _configured_mailbox("from", from_)
+    recipient = parse_mailbox("to", to)
+    reply = _configured_mailbox("reply_to", reply_to) if reply_to is not None else None
+    _check_text("subject", subject, what="subject")
+    if not isinstance(text, str):
+        raise ValidationError("text", text, "must be a string", "pass the plain-text part as text")
+    if html is not None and not isinstance(html, str):
+        raise ValidationError("html", html, "must be a string or None", "pass the HTML part as text")
+    custom = _check_custom_headers(headers or {})
+    when = date if date is not None else datetime.now(UTC)
+    if when.tzinfo is None:
+        raise ValidationError("date", date, "is a naive datetime", "pass an aware datetime (e.g. in UTC)")
+    return sender, recipient, reply, custom, when
+
+
+@functools.lru_cache(maxsize=64)
+def _configured_mailbox(field: str, value: str) -> Address:
+    """:func:`parse_mailbox` for the few values that repeat on every message
+    (the sender, the reply-to): parsed once.  Errors are not cached."""
+    return parse_mailbox(field, value)
+
+
+def _folded(name: str, value: Any) -> str:
+    """One header field, folded by the email package's header registry
+    (policy SMTP): used for what the plain path below does not cover
+    (non-ASCII text, long lines)."""
+    return str(_POLICY.header_factory(name, value).fold(policy=_POLICY))
+
+
+def _fits(name: str, value: str) -> bool:
+    return value.isascii() and len(name) + 2 + len(value) <= _FOLD_AT
+
+
+def _unstructured(name: str, value: str) -> str:
+    if "=?" in value:  # looks like an encoded-word: encode it all, so it reads back literally
+        return f"{name}: " + _encoded_raw(name, value).replace("\n", _CRLF) + _CRLF
+    if _fits(name, value):
+        return f"{name}: {value}{_CRLF}"
+    return _folded(name, value)
+
+
+def _mailbox(name: str, address: Address) -> str:
+    display = address.display_name
+    if not display.strip():
+        return f"{name}: {address.addr_spec}{_CRLF}"
+    if display.isascii():
+        value = formataddr((display, address.addr_spec))  # a quoted-string when the name has specials
+        if len(name) + 2 + len(value) <= _MAX_LINE:
+            return f"{name}: {value}{_CRLF}"  # not folded: folding could split the quoted-string
+    # Non-ASCII (or huge) display names: RFC 2047 encoded-words, folded between words.
+    words = Header(display, "utf-8", header_name=name).encode(linesep=_CRLF)
+    return f"{name}: {words} <{address.addr_spec}>{_CRLF}"
+
+
+def _custom(name: str, value: str) -> str:
+    if value.isascii() and ("=?" not in value or name.lower() in ALLOWED_OVERRIDES):
+        return f"{name}: {value}{_CRLF}"  # verbatim: URIs must not be folded into encoded-words
+    return f"{name}: " + _encoded_raw(name, value).replace("\n", _CRLF) + _CRLF
+
+
+def _body(text: str) -> tuple[str, bytes]:
+    """``(Content-Transfer-Encoding, CRLF body)`` of a UTF-8 text part, 7-bit clean.
+
+    The email package's choice: ``7bit`` for ASCII text with short lines,
+    else quoted-printable, or base64 when that is shorter (mostly non-Latin
+    text).  The encoders are :func:`binascii.b2a_qp` and
+    :func:`email.base64mime.body_encode`.
+    """
+    lines = text.encode("utf-8").splitlines()
+    if text.isascii() and max(map(len, lines), default=0) <= _FOLD_AT:
+        return "7bit", b"\r\n".join(lines) + b"\r\n"
+    qp = binascii.b2a_qp(b"\n".join(lines) + b"\n", istext=True).replace(b"\n", b"\r\n")
+    if not text.isascii():
+        b64 = base64mime.body_encode(b"\r\n".join(lines) + b"\r\n", 76, _CRLF).encode("ascii")
+        if len(b64) < len(qp):
+            return "base64", b64
+    return "quoted-printable", qp
+
+
+def _boundary(*parts: bytes) -> str:
+    """A random multipart boundary that occurs in none of the (encoded) parts."""
+    while True:
+        boundary = f"==============={secrets.randbits(63):019d}=="
+        raw = boundary.encode("ascii")
+        if not any(raw in part for part in parts):
+            return boundary
+
+
+def message_data(
+    *,
+    message_id: str,
+    from_: str,
+    to: str,
+    subject: str,
+    text: str,
+    html: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    reply_to: str | None = None,
+    domain: str = "localhost",
+    date: datetime | None = None,
+) -> bytes:
+    """The message of :func:`build_message` as the CRLF bytes for ``DATA``
+    (what the e-mail channel sends), without building an
+    :class:`~email.message.EmailMessage` first.  Same arguments, same
+    validation (:class:`ValidationError` on unsafe input)."""
+    return _message_data(
+        message_id=message_id,
+        from_=from_,
+        to=to,
+        subject=subject,
+        text=text,
+        html=html,
+        headers=headers,
+        reply_to=reply_to,
+        domain=domain,
+        date=date,
+    )[0]
+
+
+def _message_data(
+    *,
+    message_id: str,
+    from_: str,
+    to: str,
+    subject: str,
+    text: str,
+    html: str | None,
+    headers: Mapping[str, str] | None,
+    reply_to: str | None,
+    domain: str,
+    date: datetime | None,
+) -> tuple[bytes, Address]:
+    """The bytes and the parsed recipient (for ``RCPT TO``)."""
+    sender, recipient, reply, custom, when = _validated(
+        message_id=message_id,
+        from_=from_,
+        to=to,
+        subject=subject,
+        text=text,
+        html=html,
+        headers=headers,
+        reply_to=reply_to,
+        domain=domain,
+        date=date,
+    )
+    # The header fields in the order the email package writes them.
+    fields = [
+        f"Message-ID: <{message_id}@{domain}>{_CRLF}",
+        f"Date: {format_datetime(when)}{_CRLF}",
+        _mailbox("From", sender),
+        _mailbox("To", recipient),
+    ]
+    if reply is not None:
+        fields.append(_mailbox("Reply-To", reply))
+    fields.append(_unstructured("Subject", subject))
+    fields.append(f"X-Ecrm-Message: {message_id}{_CRLF}")
+    fields.extend(_custom(name, value) for name, value in custom)
+    cte, body = _body(text)
+    if html is None:
+        fields.append(f'Content-Type: text/plain; charset="utf-8"{_CRLF}')
+        fields.append(f"Content-Transfer-Encoding: {cte}{_CRLF}")
+        fields.append(f"MIME-Version: 1.0{_CRLF}{_CRLF}")
+        return "".join(fields).encode("ascii") + body, recipient
+    html_cte, html_body = _body(html)
+    boundary = _boundary(body, html_body)
+    fields.append(f"MIME-Version: 1.0{_CRLF}")
+    fields.append(f'Content-Type: multipart/alternative;{_CRLF} boundary="{boundary}"{_CRLF}{_CRLF}')
+    fields.append(f"--{boundary}{_CRLF}")
+    fields.append(f'Content-Type: text/plain; charset="utf-8"{_CRLF}Content-Transfer-Encoding: {cte}{_CRLF}{_CRLF}')
+    between = (
+        f"{_CRLF}--{boundary}{_CRLF}"
+        f'Content-Type: text/html; charset="utf-8"{_CRLF}Content-Transfer-Encoding: {html_cte}{_CRLF}{_CRLF}'
+    )
+    end = f"{_CRLF}--{boundary}--{_CRLF}"
+    return b"".join(
+        ("".join(fields).encode("ascii"), body, between.encode("ascii"), html_body, end.encode("ascii"))
+    ), recipient
+
+
 def build_message(
     *,
     message_id: str,
@@ -229,51 +460,23 @@ def build_message(
     ``Message-ID: <{message_id}@{domain}>`` (so a retry carries the same id)
     and ``X-Ecrm-Message: {message_id}`` (so a bounce quoting the original
     can be matched).  Raises :class:`ValidationError` on unsafe input.
-    """
-    if not isinstance(message_id, str) or len(message_id) > 200 or not _ID_LEFT.fullmatch(message_id):
-        raise ValidationError(
-            "message_id", message_id, "is not a valid Message-ID left part", "use letters, digits, '.', '-', '_'"
-        )
-    if (
-        not isinstance(domain, str)
-        or not domain.isascii()
-        or not all(_LABEL.fullmatch(label) for label in domain.split("."))
-    ):
-        raise ValidationError("domain", domain, "is not a valid domain", "use a host name such as 'mail.example.com'")
-    sender = parse_mailbox("from", from_)
-    recipient = parse_mailbox("to", to)
-    reply = parse_mailbox("reply_to", reply_to) if reply_to is not None else None
-    _check_text("subject", subject, what="subject")
-    if not isinstance(text, str):
-        raise ValidationError("text", text, "must be a string", "pass the plain-text part as text")
-    if html is not None and not isinstance(html, str):
-        raise ValidationError("html", html, "must be a string or None", "pass the HTML part as text")
-    custom = _check_custom_headers(headers or {})
-    when = date if date is not None else datetime.now(UTC)
-    if when.tzinfo is None:
-        raise ValidationError("date", date, "is a naive datetime", "pass an aware datetime (e.g. in UTC)")
 
-    msg = EmailMessage(policy=_POLICY)
-    msg["Message-ID"] = f"<{message_id}@{domain}>"
-    msg["Date"] = when
-    msg["From"] = sender
-    msg["To"] = recipient
-    if reply is not None:
-        msg["Reply-To"] = reply
-    if "=?" in subject:
-        msg.set_raw("Subject", _encoded_raw("Subject", subject))
-    else:
-        msg["Subject"] = subject
-    msg.set_raw("X-Ecrm-Message", message_id)
-    for name, value in custom:
-        if value.isascii() and ("=?" not in value or name.lower() in ALLOWED_OVERRIDES):
-            msg.set_raw(name, value)  # verbatim: URIs must not be folded into encoded-words
-        else:
-            msg.set_raw(name, _encoded_raw(name, value))
-    msg.set_content(text, charset="utf-8")
-    if html is not None:
-        msg.add_alternative(html, subtype="html", charset="utf-8")
-    return msg
+    The message is :func:`message_data` parsed back by the email package,
+    so ``message_bytes(build_message(...))`` are the bytes the channel sends.
+    """
+    data = message_data(
+        message_id=message_id,
+        from_=from_,
+        to=to,
+        subject=subject,
+        text=text,
+        html=html,
+        headers=headers,
+        reply_to=reply_to,
+        domain=domain,
+        date=date,
+    )
+    return cast(EmailMessage, BytesParser(policy=_POLICY).parsebytes(data))
 
 
 def message_bytes(msg: EmailMessage) -> bytes:
