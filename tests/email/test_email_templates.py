@@ -15,7 +15,7 @@ import ecrm_email.plugin
 import lxml.html
 import pytest
 import sqlalchemy as sa
-from ecrm_email.templates import Rendered, Templates, add_open_pixel, rewrite_links, sample_context
+from ecrm_email.templates import Rendered, Templates, add_open_pixel, rewrite_links, sample_context, track_html
 
 from ecrm_core import CRM
 from ecrm_core.channels import TemplateError
@@ -516,6 +516,11 @@ def test_helpers_on_a_rendered_message(templates: Templates) -> None:
     ]
     assert doc.find(".//body")[-1].get("src") == "https://crm/o"
     assert "@media" in out  # the layout's responsive rules survive
+    # track_html does both in one parse of the document: the same result
+    assert track_html(r.html, lambda u: "https://crm.example.com/click?to=" + u, "https://crm/o") == out
+    assert track_html(PAGE, None, "https://t/o") == add_open_pixel(PAGE, "https://t/o")
+    assert track_html(PAGE, lambda u: u + "#t") == rewrite_links(PAGE, lambda u: u + "#t")
+    assert track_html("<p>hi</p>") == "<p>hi</p>"
 
 
 def test_a_stored_layout_overrides_the_built_in_one(templates: Templates) -> None:

@@ -147,7 +147,7 @@ class EmailChannel(Channel):
         return str(email) if email else None
 
     def render(self, template: Any, context: Mapping[str, Any], *, message_id: str, purpose: str) -> Content:
-        from .templates import add_open_pixel, rewrite_links
+        from .templates import track_html
 
         message = dict(context.get("message") or {})
         workspace = message.get("workspace") or self.crm.workspace
@@ -170,17 +170,15 @@ class EmailChannel(Channel):
         else:
             rendered = self.templates(workspace).render(template, ctx)
             rendered_subject, html, text = rendered.subject, rendered.html, rendered.text
-        if html is not None:
-            if self.track_clicks:
-                own = f"{self.base_url}/channels/email/"
+        if html is not None and (self.track_clicks or self.track_opens):
+            own = f"{self.base_url}/channels/email/"
 
-                def track(url: str) -> str | None:
-                    # ecrm's own links (unsubscribe, preferences) are already signed
-                    return None if url.startswith(own) else self.links.click_url(message_id=message_id, url=url)
+            def track(url: str) -> str | None:
+                # ecrm's own links (unsubscribe, preferences) are already signed
+                return None if url.startswith(own) else self.links.click_url(message_id=message_id, url=url)
 
-                html = rewrite_links(html, track)
-            if self.track_opens:
-                html = add_open_pixel(html, self.links.open_url(message_id=message_id))
+            pixel = self.links.open_url(message_id=message_id) if self.track_opens else None
+            html = track_html(html, track if self.track_clicks else None, pixel)
         return Content(subject=rendered_subject, body=text, html=html, headers=headers)
 
     def _envelope(self, message: Message) -> Any:

@@ -335,10 +335,17 @@ def _body(text: str) -> tuple[str, bytes]:
         return "7bit", b"\r\n".join(lines) + b"\r\n"
     qp = binascii.b2a_qp(b"\n".join(lines) + b"\n", istext=True).replace(b"\n", b"\r\n")
     if not text.isascii():
-        b64 = base64mime.body_encode(b"\r\n".join(lines) + b"\r\n", 76, _CRLF).encode("ascii")
-        if len(b64) < len(qp):
-            return "base64", b64
+        raw = b"\r\n".join(lines) + b"\r\n"
+        if _base64_size(len(raw)) < len(qp):
+            return "base64", base64mime.body_encode(raw, 76, _CRLF).encode("ascii")
     return "quoted-printable", qp
+
+
+def _base64_size(n: int) -> int:
+    """The length of :func:`email.base64mime.body_encode` of ``n`` bytes
+    (lines of 76 characters, 57 bytes each, and CRLF)."""
+    lines, rest = divmod(n, 57)
+    return lines * 78 + (4 * -(-rest // 3) + 2 if rest else 0)
 
 
 def _boundary(*parts: bytes) -> str:

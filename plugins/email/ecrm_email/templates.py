@@ -80,6 +80,7 @@ __all__ = [
     "sample_context",
     "rewrite_links",
     "add_open_pixel",
+    "track_html",
 ]
 
 #: The parts of a template, in rendering order.
@@ -1149,38 +1150,45 @@ def rewrite_links(html: str, make_url: Callable[[str], str | None]) -> str:
     the attribute ``data-ecrm-notrack`` are left unchanged (the attribute is
     removed from the output).  The rest of the document is kept.
     """
-    root, document = _parse(html)
-    for a in root.iter("a"):
-        if "data-ecrm-notrack" in a.attrib:
-            del a.attrib["data-ecrm-notrack"]
-            continue
-        href = a.get("href")
-        if href is None:
-            continue
-        href = href.strip()
-        if urlsplit(href).scheme.lower() not in ("http", "https"):
-            continue
-        new = make_url(href)
-        if new is not None:
-            a.set("href", new)
-    return _serialise(root, document)
+    return track_html(html, make_url)
 
 
 def add_open_pixel(html: str, url: str) -> str:
     """Append a 1x1 tracking ``<img>`` (``alt=""``) at the end of ``<body>``."""
-    import lxml.html  # type: ignore[import-untyped]
+    return track_html(html, pixel_url=url)
 
+
+def track_html(html: str, make_url: Callable[[str], str | None] | None = None, pixel_url: str | None = None) -> str:
+    """:func:`rewrite_links` (when ``make_url`` is given) and :func:`add_open_pixel`
+    (when ``pixel_url`` is given) in one parse of the document."""
     root, document = _parse(html)
-    body = root.find(".//body") if document else root
-    if body is None:
-        body = root
-    img = lxml.html.Element(
-        "img",
-        src=url,
-        width="1",
-        height="1",
-        alt="",
-        style="display:block;width:1px;height:1px;border:0;margin:0;padding:0",
-    )
-    body.append(img)
+    if make_url is not None:
+        for a in root.iter("a"):
+            if "data-ecrm-notrack" in a.attrib:
+                del a.attrib["data-ecrm-notrack"]
+                continue
+            href = a.get("href")
+            if href is None:
+                continue
+            href = href.strip()
+            if urlsplit(href).scheme.lower() not in ("http", "https"):
+                continue
+            new = make_url(href)
+            if new is not None:
+                a.set("href", new)
+    if pixel_url is not None:
+        import lxml.html  # type: ignore[import-untyped]
+
+        body = root.find(".//body") if document else root
+        if body is None:
+            body = root
+        img = lxml.html.Element(
+            "img",
+            src=pixel_url,
+            width="1",
+            height="1",
+            alt="",
+            style="display:block;width:1px;height:1px;border:0;margin:0;padding:0",
+        )
+        body.append(img)
     return _serialise(root, document)
