@@ -982,6 +982,26 @@ class Messages(Service):
             out.update({r.id: _plain_row(r._mapping) for r in rows})
         return out
 
+    def _consent_of(self, conn: sa.Connection, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """What a claim re-checks of live customers (consent, timezone), by id:
+        only those columns are read."""
+        t = self.t("customers")
+        out: dict[int, dict[str, Any]] = {}
+        ordered = builtins.list(ids)
+        for i in range(0, len(ordered), 500):
+            q = sa.select(t.c.id, t.c.consent, t.c.timezone).where(
+                t.c.workspace_id == self.workspace, t.c.id.in_(ordered[i : i + 500]), t.c.merged_into.is_(None)
+            )
+            for cid, consent, tz in conn.execute(q):
+                out[cid] = {
+                    "id": cid,
+                    "timezone": tz,
+                    "consent": {
+                        k: (v.get("status") if isinstance(v, Mapping) else v) for k, v in (consent or {}).items()
+                    },
+                }
+        return out
+
     # -- dispatch --------------------------------------------------------
     def dispatch(
         self,
@@ -1044,7 +1064,7 @@ class Messages(Service):
                     .values(status="lost", finished_at=now, reason="lease expired: the worker did not report back")
                 )
             # Consent and suppression may have changed since the decision.
-            customers = self._customers(builtins.list({r["customer_id"] for r in rows}), single=False, conn=conn)
+            customers = self._consent_of(conn, {r["customer_id"] for r in rows})
             by_channel: dict[str, builtins.list[Mapping[str, Any]]] = {}
             for r in rows:
                 by_channel.setdefault(r["channel"], []).append(r)
