@@ -225,8 +225,13 @@ def _plain_row(m: Mapping[Any, Any]) -> dict[str, Any]:
         "lifecycle_stage": m["lifecycle_stage"],
         "timezone": m["timezone"],
         "locale": m["locale"],
-        "consent": {k: (v.get("status") if isinstance(v, Mapping) else v) for k, v in consent.items()},
+        "consent": _statuses(consent),
     }
+
+
+def _statuses(consent: Mapping[str, Any] | None) -> dict[str, Any]:
+    """channel/purpose -> consent status, from the stored consent column."""
+    return {k: (v.get("status") if isinstance(v, Mapping) else v) for k, v in (consent or {}).items()}
 
 
 _PLAIN_SCALARS = (str, int, float, bool, type(None), Decimal, datetime, date)
@@ -964,7 +969,10 @@ class Messages(Service):
         self, ids: Sequence[int], single: bool, conn: sa.Connection | None = None
     ) -> dict[int, dict[str, Any]]:
         """Plain data of live customers by id (a merged id follows to the survivor
-        for a single send; bulk sends skip merged and unknown ids)."""
+        for a single send; bulk sends skip merged and unknown ids).
+
+        With ``conn`` (a claim re-checking consent inside its transaction) only
+        what the claim needs is read: ``id``, ``consent`` and ``timezone``."""
         if single:
             c = self.crm.customers.get(ids[0])  # NotFound for an unknown id
             return {ids[0]: plain_customer(c)}
@@ -973,33 +981,15 @@ class Messages(Service):
         out: dict[int, dict[str, Any]] = {}
         ordered = builtins.list(ids)
         for i in range(0, len(ordered), 500):
-            q = svc._select().where(t.c.id.in_(ordered[i : i + 500]), t.c.merged_into.is_(None))
+            live = (t.c.id.in_(ordered[i : i + 500]), t.c.merged_into.is_(None))
             if conn is not None:
-                rows = conn.execute(q).all()
-            else:
-                with self.db.read() as rconn:
-                    rows = rconn.execute(q).all()
+                q = sa.select(t.c.id, t.c.consent, t.c.timezone).where(t.c.workspace_id == self.workspace, *live)
+                for cid, consent, tz in conn.execute(q):
+                    out[cid] = {"id": cid, "timezone": tz, "consent": _statuses(consent)}
+                continue
+            with self.db.read() as rconn:
+                rows = rconn.execute(svc._select().where(*live)).all()
             out.update({r.id: _plain_row(r._mapping) for r in rows})
-        return out
-
-    def _consent_of(self, conn: sa.Connection, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
-        """What a claim re-checks of live customers (consent, timezone), by id:
-        only those columns are read."""
-        t = self.t("customers")
-        out: dict[int, dict[str, Any]] = {}
-        ordered = builtins.list(ids)
-        for i in range(0, len(ordered), 500):
-            q = sa.select(t.c.id, t.c.consent, t.c.timezone).where(
-                t.c.workspace_id == self.workspace, t.c.id.in_(ordered[i : i + 500]), t.c.merged_into.is_(None)
-            )
-            for cid, consent, tz in conn.execute(q):
-                out[cid] = {
-                    "id": cid,
-                    "timezone": tz,
-                    "consent": {
-                        k: (v.get("status") if isinstance(v, Mapping) else v) for k, v in (consent or {}).items()
-                    },
-                }
         return out
 
     # -- dispatch --------------------------------------------------------
@@ -1064,7 +1054,7 @@ class Messages(Service):
                     .values(status="lost", finished_at=now, reason="lease expired: the worker did not report back")
                 )
             # Consent and suppression may have changed since the decision.
-            customers = self._consent_of(conn, {r["customer_id"] for r in rows})
+            customers = self._customers(builtins.list({r["customer_id"] for r in rows}), single=False, conn=conn)
             by_channel: dict[str, builtins.list[Mapping[str, Any]]] = {}
             for r in rows:
                 by_channel.setdefault(r["channel"], []).append(r)
