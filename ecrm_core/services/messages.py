@@ -1090,17 +1090,12 @@ class Messages(Service):
                 return []
             policies = {ch: self.crm.channels.policy(ch) for ch in by_channel}
             claimed: builtins.list[_Claimed] = []
-            attempt_rows, updates = [], []
+            attempt_rows: builtins.list[dict[str, Any]] = []
+            leased: dict[str, builtins.list[int]] = {}  # channel -> row ids (one lease per channel)
             for r in live:
                 number = r["attempts"] + 1
                 attempt_id = uuid.uuid4().hex
-                updates.append(
-                    {
-                        "_id": r["id"],
-                        "_n": number,
-                        "_lease": now + timedelta(seconds=policies[r["channel"]].lease),
-                    }
-                )
+                leased.setdefault(r["channel"], []).append(r["id"])
                 attempt_rows.append(
                     {
                         "message_id": r["id"],
@@ -1132,14 +1127,16 @@ class Messages(Service):
                         timezone=c["timezone"] or policies[r["channel"]].default_timezone,
                     )
                 )
-            conn.execute(
-                sa.update(t)
-                .where(t.c.id == sa.bindparam("_id"))
-                .values(
-                    status="sending", attempts=sa.bindparam("_n"), lease_until=sa.bindparam("_lease"), updated_at=now
-                ),
-                updates,
-            )
+            # Set-based: the rows were read (and locked) in this transaction, so
+            # attempts + 1 is the number each attempt row carries.
+            for ch, row_ids in leased.items():
+                lease = now + timedelta(seconds=policies[ch].lease)
+                for i in range(0, len(row_ids), 500):
+                    conn.execute(
+                        sa.update(t)
+                        .where(t.c.id.in_(row_ids[i : i + 500]))
+                        .values(status="sending", attempts=t.c.attempts + 1, lease_until=lease, updated_at=now)
+                    )
             conn.execute(sa.insert(a), attempt_rows)
         return claimed
 
