@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 from litestar import Litestar, Request, Router
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -22,6 +23,7 @@ from .config import ApiConfig
 from .keys import ApiKey, Keys
 from .problems import exception_handlers, problem, render_problem
 from .reads import CustomerReader
+from .writer import GroupWriter
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
@@ -37,6 +39,7 @@ class ApiState:
         self.config = config
         self.keys = keys
         self.reader = CustomerReader(crm)
+        self.writer = GroupWriter(max_group_events=config.ingest_max_group, max_wait=config.ingest_max_wait)
         self._views: dict[str, CRM] = {}
         self._lock = threading.Lock()
 
@@ -232,8 +235,13 @@ def create_app(
                 ],
             )
 
+    async def stop_writer() -> None:
+        # After the server stopped taking requests: store what was handed over.
+        await anyio.to_thread.run_sync(state.writer.close)
+
     app = Litestar(
         route_handlers=routers,
+        on_shutdown=[stop_writer],
         before_request=check_request,
         middleware=middleware,
         dependencies={

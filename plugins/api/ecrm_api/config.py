@@ -77,6 +77,12 @@ class ApiConfig:
         most this long).
     :param future_tolerance: how far in the future a client timestamp may
         be (after clock-skew correction) before it is rejected.
+    :param ingest_max_group: the tracking endpoints' group commit: at most
+        this many messages (of any number of requests) are stored in one
+        transaction (a larger request is a group alone).
+    :param ingest_max_wait: the group-commit writer, having work, waits at
+        most this long (seconds) for requests that are still being read and
+        parsed; it never waits when none are.
     """
 
     path: str = ""
@@ -88,10 +94,19 @@ class ApiConfig:
     event_kinds: Mapping[str, str] = attrs.field(factory=lambda: dict(DEFAULT_EVENT_KINDS))
     key_cache_seconds: float = 2.0
     future_tolerance: timedelta = timedelta(days=1)
+    ingest_max_group: int = 5000
+    ingest_max_wait: float = 0.005
 
     def __attrs_post_init__(self) -> None:
         if self.path and (not self.path.startswith("/") or self.path.endswith("/")):
             raise ValidationError("path", self.path, "not a route prefix", 'use "" or a path like "/crm"')
+        if isinstance(self.ingest_max_group, bool) or not isinstance(self.ingest_max_group, int):
+            raise ValidationError("ingest_max_group", self.ingest_max_group, "not an integer", "give 1 or more")
+        if self.ingest_max_group < 1:
+            raise ValidationError("ingest_max_group", self.ingest_max_group, "too small", "give 1 or more")
+        wait = self.ingest_max_wait
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 1:
+            raise ValidationError("ingest_max_wait", wait, "out of range", "give seconds from 0 to 1, e.g. 0.005")
         for name in ("max_body_bytes", "tracking_max_body_bytes"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1024:

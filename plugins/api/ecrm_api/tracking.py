@@ -121,6 +121,42 @@ class Outcome:
     notes: tuple[str, ...] = ()
 
 
+@attrs.define
+class Parsed:
+    """One request's messages, validated and mapped, and what became of them.
+
+    :meth:`Tracker.parse` fills :attr:`fast` (track, page, screen: stored
+    set-based, by :func:`store_events`), :attr:`slow` (identify, group,
+    alias: :meth:`Tracker.store_slow`) and :attr:`rejected`; storing counts
+    into :attr:`accepted`, :attr:`duplicates`, :attr:`rejected` and
+    :attr:`notes`.
+    """
+
+    fast: list[_Message] = attrs.field(factory=list)
+    slow: list[_Message] = attrs.field(factory=list)
+    rejected: list[Rejected] = attrs.field(factory=list)
+    notes: list[str] = attrs.field(factory=list)
+    accepted: int = 0
+    duplicates: int = 0
+
+    @property
+    def events(self) -> int:
+        """Messages still to store."""
+        return len(self.fast) + len(self.slow)
+
+    def outcome(self) -> Outcome:
+        """The answer of a batch."""
+        rejected = sorted(self.rejected, key=lambda r: r.index)
+        return Outcome(self.accepted, self.duplicates, tuple(rejected), tuple(self.notes))
+
+    def single(self) -> Outcome:
+        """The answer of a single-call endpoint: raises :class:`MessageError` for a rejected message."""
+        if self.rejected:
+            e = self.rejected[0]
+            raise MessageError(e.field, e.problem, e.fix, conflict=e.conflict)
+        return Outcome(self.accepted, self.duplicates, (), tuple(self.notes))
+
+
 # ----------------------------------------------------------------------
 # values
 # ----------------------------------------------------------------------
@@ -411,6 +447,48 @@ class Tracker:
         return fields
 
     # -- storing -------------------------------------------------------------
+    def parse(
+        self,
+        messages: Sequence[Any],
+        *,
+        path: str = "body.batch",
+        sent_at: datetime | None = None,
+        call: str | None = None,
+    ) -> Parsed:
+        """Validate and map a batch (no database access): what :meth:`store_slow`
+        and :func:`store_events` take."""
+        parsed = Parsed()
+        for index, message in enumerate(messages):
+            where = f"{path}[{index}]"
+            try:
+                if _encoded_size(message) > MESSAGE_MAX_BYTES:
+                    raise MessageError(
+                        where,
+                        f"larger than {MESSAGE_MAX_BYTES} bytes",
+                        "send smaller messages (Segment's limit is 32 KB)",
+                    )
+                m = self.prepare(message, index, where, call=call, sent_at=sent_at)
+            except MessageError as exc:
+                parsed.rejected.append(_rejected(index, message, exc))
+                continue
+            (parsed.fast if m.type in _SET_BASED else parsed.slow).append(m)
+        return parsed
+
+    def store_slow(self, parsed: Parsed) -> None:
+        """Apply the customer-changing messages (identify, group, alias) one by
+        one, counting into ``parsed``; the events (:attr:`Parsed.fast`) are left
+        for :func:`store_events`."""
+        for m in parsed.slow:
+            try:
+                stored, more = self._one(m)
+            except MessageError as exc:
+                parsed.rejected.append(Rejected(m.index, m.message_id, exc.field, exc.problem, exc.fix, exc.conflict))
+                continue
+            parsed.accepted += stored
+            parsed.duplicates += 1 - stored
+            parsed.notes += more
+        parsed.slow = []
+
     def ingest(
         self,
         messages: Sequence[Any],
@@ -424,88 +502,35 @@ class Tracker:
         ``track``/``page``/``screen`` go through one set-based
         ``crm.interactions.track_many``; ``identify``, ``group`` and
         ``alias`` change customers and are handled one by one first (so the
-        events of the same batch land on the stitched customer).
+        events of the same batch land on the stitched customer).  The HTTP
+        endpoints do the same through the app's group-commit writer
+        (:mod:`ecrm_api.writer`), which stores the events of many requests in
+        one transaction.
         """
-        rejected: list[Rejected] = []
-        fast: list[_Message] = []
-        slow: list[_Message] = []
-        for index, message in enumerate(messages):
-            where = f"{path}[{index}]"
-            try:
-                if _encoded_size(message) > MESSAGE_MAX_BYTES:
-                    raise MessageError(
-                        where,
-                        f"larger than {MESSAGE_MAX_BYTES} bytes",
-                        "send smaller messages (Segment's limit is 32 KB)",
-                    )
-                m = self.prepare(message, index, where, call=call, sent_at=sent_at)
-            except MessageError as exc:
-                rejected.append(_rejected(index, message, exc))
-                continue
-            (fast if m.type in _SET_BASED else slow).append(m)
-        accepted = duplicates = 0
-        notes: list[str] = []
-        for m in slow:
-            try:
-                stored, more = self._one(m)
-            except MessageError as exc:
-                rejected.append(Rejected(m.index, m.message_id, exc.field, exc.problem, exc.fix, exc.conflict))
-                continue
-            accepted += stored
-            duplicates += 1 - stored
-            notes += more
-        if fast:
-            a, d, errs = self._many(fast)
-            accepted += a
-            duplicates += d
-            rejected += errs
-        rejected.sort(key=lambda r: r.index)
-        return Outcome(accepted, duplicates, tuple(rejected), tuple(notes))
+        parsed = self.parse(messages, path=path, sent_at=sent_at, call=call)
+        self.store_slow(parsed)
+        if parsed.fast:
+            store_events(self.crm, [parsed])
+        return parsed.outcome()
+
+    def parse_one(self, message: Any, *, call: str) -> Parsed:
+        """Validate and map one message of a single-call endpoint; raises :class:`MessageError`."""
+        m = self.prepare(message, 0, "body", call=call)
+        return Parsed(fast=[m]) if m.type in _SET_BASED else Parsed(slow=[m])
 
     def ingest_one(self, message: Any, *, call: str) -> Outcome:
         """Store one message (a single-call endpoint); raises :class:`MessageError` when rejected."""
-        m = self.prepare(message, 0, "body", call=call)
-        if m.type in _SET_BASED:
-            a, d, errs = self._many([m])
-            if errs:
-                e = errs[0]
-                raise MessageError(e.field, e.problem, e.fix, conflict=e.conflict)
-            return Outcome(a, d, ())
-        stored, notes = self._one(m)
-        return Outcome(stored, 1 - stored, (), tuple(notes))
+        parsed = self.parse_one(message, call=call)
+        self.store_slow(parsed)
+        if parsed.fast:
+            store_events(self.crm, [parsed])
+        return parsed.single()
 
-    # set-based: track, page, screen
+    # set-based: track, page, screen (and the interaction of the others)
     def _many(self, msgs: list[_Message]) -> tuple[int, int, list[Rejected]]:
-        rows = [m.row for m in msgs]
-        self._keep_stored_times(rows)
-        result = self.crm.interactions.track_many(rows, on_error="skip", atomic=True, batch_size=max(1, len(rows)))
-        errs = [_row_rejected(msgs[e.index], e.error) for e in result.errors]
-        return result.stored, result.duplicates, errs
-
-    def _keep_stored_times(self, rows: list[dict[str, Any]]) -> None:
-        """Rows whose key is stored already get the stored time back when theirs
-        is within :data:`RETRY_TOLERANCE` (a retry, corrected with a new sentAt),
-        so the core sees the same payload: a duplicate, not a conflict."""
-        # Rows without a time of their own are hashed without one: nothing to keep.
-        keyed = {r["idempotency_key"]: r for r in rows if "idempotency_key" in r and "occurred_at" in r}
-        if not keyed:
-            return
-        i = self.crm.db.tables["interactions"]
-        found: dict[str, datetime] = {}
-        keys = list(keyed)
-        with self.crm.db.read() as conn:
-            for start in range(0, len(keys), 900):
-                q = sa.select(i.c.idempotency_key, i.c.occurred_at).where(
-                    i.c.workspace_id == self.crm.workspace, i.c.idempotency_key.in_(keys[start : start + 900])
-                )
-                found.update((k, at) for k, at in conn.execute(q))
-        for key, stored in found.items():
-            row = keyed[key]
-            at = row["occurred_at"]
-            if stored.tzinfo is None:
-                stored = stored.replace(tzinfo=UTC)
-            if abs(at - stored) <= RETRY_TOLERANCE:
-                row["occurred_at"] = stored.astimezone(UTC)
+        parsed = Parsed(fast=msgs)
+        store_events(self.crm, [parsed])
+        return parsed.accepted, parsed.duplicates, parsed.rejected
 
     # one by one: identify, group, alias
     def _one(self, m: _Message) -> tuple[int, list[str]]:
@@ -596,6 +621,171 @@ class Tracker:
         elif previous.id != target.id:
             assert previous.id is not None
             customers.merge(previous.id, into=target.id, actor="segment", reason="alias: previousId -> userId")
+
+
+# ----------------------------------------------------------------------
+# storing the events of one or many requests (one transaction)
+# ----------------------------------------------------------------------
+class _Recount(Exception):
+    """Internal: the group's counts cannot be split per request exactly (roll back, store each alone)."""
+
+
+class _Retries(Exception):
+    """Internal: the group has retried messages (roll back, store it again looking at stored keys first)."""
+
+
+def store_events(crm: CRM, parts: Sequence[Parsed]) -> None:
+    """Store the :attr:`~Parsed.fast` messages of ``parts`` (one request each)
+    in one ``track_many`` transaction and count into each part.
+
+    This is the group commit of :mod:`ecrm_api.writer`; with one part it is
+    a plain batch.  Each part gets its own stored, duplicate and rejected
+    messages.  Raises what ``track_many`` raises (the caller decides what to
+    retry); nothing is stored or counted then.
+
+    The common case, no message stored before, costs one ``track_many``.
+    When the core reports a duplicate (with several parts: which part's?) or
+    a ``messageId`` conflict (maybe a retry with a re-corrected time), the
+    transaction is rolled back and the group stored again, reading first,
+    in the write transaction (on SQLite ``BEGIN IMMEDIATE``: nobody writes in
+    between), which keys are stored already: a retry whose time is within
+    :data:`RETRY_TOLERANCE` of the stored one gets the stored time back (a
+    duplicate, not a conflict), the same goes for one ``messageId`` sent by
+    two requests of the group, and duplicates are told apart per part.
+    Should the core's totals still not match that split (another process
+    wrote the same key meanwhile, or a row failed after its key was seen),
+    each part is stored on its own.
+    """
+    msgs: list[_Message] = []
+    owner: list[int] = []
+    for n, part in enumerate(parts):
+        msgs += part.fast
+        owner += [n] * len(part.fast)
+    if not msgs:
+        return
+    try:
+        split, errors = _store_group(crm, msgs, owner, len(parts), look_first=False)
+    except _Retries:
+        try:
+            split, errors = _store_group(crm, msgs, owner, len(parts), look_first=True)
+        except _Recount:
+            for part in parts:
+                store_events(crm, [part])
+            return
+    for n, (accepted, duplicates) in enumerate(split):
+        parts[n].accepted += accepted
+        parts[n].duplicates += duplicates
+    for index, error in errors.items():
+        parts[owner[index]].rejected.append(_row_rejected(msgs[index], error))
+    for part in parts:
+        part.fast = []
+
+
+def _store_group(
+    crm: CRM, msgs: list[_Message], owner: list[int], parts: int, *, look_first: bool
+) -> tuple[list[tuple[int, int]], dict[int, EcrmError]]:
+    rows = [m.row for m in msgs]
+    with crm.db.write() as conn:
+        stored: dict[str, datetime] = {}
+        if look_first:
+            stored = _stored_keys(crm, conn, rows)
+            _keep_stored_times(rows, owner, stored)
+        result = crm.using(conn).interactions.track_many(rows, on_error="skip", atomic=True, batch_size=len(rows))
+        errors = {e.index: e.error for e in result.errors}
+        if not look_first and (
+            (result.duplicates and parts > 1)
+            or any(isinstance(e, IdempotencyConflict) and rows[i].get("occurred_at") for i, e in errors.items())
+        ):
+            raise _Retries()  # rolls back: nothing stored, no event
+        if parts == 1:
+            split = [(result.stored, result.duplicates)]
+        elif not look_first:  # nothing was stored before, no key twice: each part's rows, less its errors
+            counts = [0] * parts
+            for n in owner:
+                counts[n] += 1
+            for i in errors:
+                counts[owner[i]] -= 1
+            if sum(counts) != result.stored:  # pragma: no cover - defensive: the careful way
+                raise _Retries()
+            split = [(c, 0) for c in counts]
+        else:
+            split = _split(rows, owner, errors, stored, parts, result.stored, result.duplicates)
+    return split, errors
+
+
+def _stored_keys(crm: CRM, conn: sa.Connection, rows: list[dict[str, Any]]) -> dict[str, datetime]:
+    """The rows' idempotency keys that are stored already, with their stored times."""
+    unique = list(dict.fromkeys(r["idempotency_key"] for r in rows if "idempotency_key" in r))
+    stored: dict[str, datetime] = {}
+    if not unique:
+        return stored
+    i = crm.db.tables["interactions"]
+    for start in range(0, len(unique), 900):
+        q = sa.select(i.c.idempotency_key, i.c.occurred_at).where(
+            i.c.workspace_id == crm.workspace, i.c.idempotency_key.in_(unique[start : start + 900])
+        )
+        stored.update((k, at) for k, at in conn.execute(q))
+    return stored
+
+
+def _keep_stored_times(rows: list[dict[str, Any]], owner: list[int], stored: Mapping[str, datetime]) -> None:
+    """A retried message gets the time of the stored one (or of the same
+    messageId sent by another request of the group) when its own is within
+    :data:`RETRY_TOLERANCE`: the SDK corrected it with a new ``sentAt``.
+
+    Rows are replaced, not changed (a retry of the group stores the rows as
+    sent).  Rows without a time of their own are hashed without one: nothing
+    to keep.
+    """
+    first: dict[str, tuple[int, datetime]] = {}
+    for n, row in enumerate(rows):
+        key = row.get("idempotency_key")
+        at = row.get("occurred_at")
+        if key is None or at is None:
+            continue
+        target = stored.get(key)
+        if target is None:
+            earlier = first.get(key)
+            if earlier is None:
+                first[key] = (owner[n], at)
+                continue
+            if earlier[0] == owner[n]:  # one request, two payloads for one id: a conflict
+                continue
+            target = earlier[1]
+        if target.tzinfo is None:
+            target = target.replace(tzinfo=UTC)
+        if at != target and abs(at - target) <= RETRY_TOLERANCE:
+            rows[n] = {**row, "occurred_at": target.astimezone(UTC)}
+
+
+def _split(
+    rows: list[dict[str, Any]],
+    owner: list[int],
+    errors: Mapping[int, EcrmError],
+    existing: Mapping[str, Any],
+    parts: int,
+    stored: int,
+    duplicates: int,
+) -> list[tuple[int, int]]:
+    """``(accepted, duplicates)`` per part: a keyed row is a duplicate when its
+    key was stored before the group or by an earlier row of it.  Raises
+    :class:`_Recount` when that does not add up to the core's totals."""
+    seen: set[str] = set()
+    accepted_by = [0] * parts
+    duplicate_by = [0] * parts
+    for n, row in enumerate(rows):
+        key = row.get("idempotency_key")
+        if n in errors:
+            continue
+        if key is None or (key not in seen and key not in existing):
+            accepted_by[owner[n]] += 1
+            if key is not None:
+                seen.add(key)
+        else:
+            duplicate_by[owner[n]] += 1
+    if sum(accepted_by) != stored or sum(duplicate_by) != duplicates:
+        raise _Recount()
+    return list(zip(accepted_by, duplicate_by, strict=True))
 
 
 _FIELD_NAMES = {

@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 import msgspec
 from litestar import Request, post
-from litestar.di import NamedDependency
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 
-from ..app import ApiState
+from ..app import ApiState, workspace_crm
 from ..auth import credential
 from ..gzip import decode_body
 from ..problems import problem, problem_responses
@@ -248,19 +247,34 @@ def _tracker(crm: CRM, api: ApiState) -> Tracker:
     return Tracker(crm, event_kinds=api.config.event_kinds, future_tolerance=api.config.future_tolerance)
 
 
-async def _single(call: str, request: Request[Any, Any, Any], crm: CRM, api: ApiState) -> TrackingResponse:
-    doc = await _document(request, api, single=True)
-    _check_write_key(doc, request)
-    tracker = _tracker(crm, api)
-    try:
-        outcome = await anyio.to_thread.run_sync(functools.partial(tracker.ingest_one, doc, call=call))
-    except MessageError as exc:
-        err = [{"field": exc.field, "problem": exc.problem, "fix": exc.fix}]
-        if exc.conflict:
-            raise problem(409, "conflict", "Conflict", f"{exc.field}: {exc.problem}; {exc.fix}", errors=err) from None
-        raise problem(
-            422, "validation", "Invalid value", f"{exc.field}: {exc.problem}; {exc.fix}", errors=err
-        ) from None
+def _unprocessable(exc: MessageError) -> Exception:
+    err = [{"field": exc.field, "problem": exc.problem, "fix": exc.fix}]
+    if exc.conflict:
+        return problem(409, "conflict", "Conflict", f"{exc.field}: {exc.problem}; {exc.fix}", errors=err)
+    return problem(422, "validation", "Invalid value", f"{exc.field}: {exc.problem}; {exc.fix}", errors=err)
+
+
+#: A batch of more messages than this is validated in a worker thread, not on
+#: the event loop (other requests would wait for it meanwhile).
+PARSE_INLINE = 200
+
+
+async def _single(call: str, request: Request[Any, Any, Any]) -> TrackingResponse:
+    # No `crm`/`api` dependencies: Litestar resolves two dependencies in an
+    # anyio task group, which costs more than it brings here.
+    api, crm = workspace_crm(request)
+    with api.writer.slot() as slot:
+        doc = await _document(request, api, single=True)
+        _check_write_key(doc, request)
+        tracker = _tracker(crm, api)
+        try:
+            parsed = tracker.parse_one(doc, call=call)
+        except MessageError as exc:
+            raise _unprocessable(exc) from None
+        outcome = await slot.submit(tracker, parsed)
+    if outcome.rejected:
+        r = outcome.rejected[0]
+        raise _unprocessable(MessageError(r.field, r.problem, r.fix, conflict=r.conflict))
     return _answer(outcome)
 
 
@@ -274,10 +288,8 @@ _COMMON_OPTS: dict[str, Any] = {
 
 
 def _single_handler(call: str, doc: str) -> Any:
-    async def handler(
-        request: Request[Any, Any, Any], crm: NamedDependency[CRM], api: NamedDependency[ApiState]
-    ) -> TrackingResponse:
-        return await _single(call, request, crm, api)
+    async def handler(request: Request[Any, Any, Any]) -> TrackingResponse:
+        return await _single(call, request)
 
     handler.__doc__ = doc
     handler.__name__ = handler.__qualname__ = f"segment_{call}"
@@ -327,9 +339,7 @@ alias = _single_handler(
     operation_id="segment_batch",
     **_COMMON_OPTS,
 )
-async def batch(
-    request: Request[Any, Any, Any], crm: NamedDependency[CRM], api: NamedDependency[ApiState]
-) -> TrackingResponse:
+async def batch(request: Request[Any, Any, Any]) -> TrackingResponse:
     """Segment `batch` (what the server SDKs send): `{"batch": [messages], "sentAt", "context"}`.
 
     Valid messages are stored even when others are not (an SDK drops a
@@ -337,18 +347,23 @@ async def batch(
     its index, messageId, field and problem.  A request malformed as a
     whole (not JSON, no `batch` list, too large) is a 4xx and stores nothing.
     Limits: 500 KB per request (after decompression), 32 KB per message.
+    The answer comes once the stored messages are committed.
     """
-    doc = await _document(request, api, single=False)
-    _check_write_key(doc, request)
-    messages = doc.get("batch")
-    if type(messages) is not list:
-        raise _bad("body.batch", "missing or not a list", 'send {"batch": [message, ...]}')
-    try:
-        sent_at = parse_time(doc.get("sentAt"), "body.sentAt")
-    except MessageError as exc:
-        raise _bad(exc.field, exc.problem, exc.fix) from None
-    tracker = _tracker(crm, api)
-    outcome = await anyio.to_thread.run_sync(functools.partial(tracker.ingest, messages, sent_at=sent_at))
+    api, crm = workspace_crm(request)
+    with api.writer.slot() as slot:
+        doc = await _document(request, api, single=False)
+        _check_write_key(doc, request)
+        messages = doc.get("batch")
+        if type(messages) is not list:
+            raise _bad("body.batch", "missing or not a list", 'send {"batch": [message, ...]}')
+        try:
+            sent_at = parse_time(doc.get("sentAt"), "body.sentAt")
+        except MessageError as exc:
+            raise _bad(exc.field, exc.problem, exc.fix) from None
+        tracker = _tracker(crm, api)
+        parse = functools.partial(tracker.parse, messages, sent_at=sent_at)
+        parsed = parse() if len(messages) <= PARSE_INLINE else await anyio.to_thread.run_sync(parse)
+        outcome = await slot.submit(tracker, parsed)
     return _answer(outcome)
 
 

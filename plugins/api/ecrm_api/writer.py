@@ -1,0 +1,265 @@
+"""Group commit for the tracking endpoints (``/v1/*``): one writer per app.
+
+A request to ``/v1/batch`` (or a single call) is read, decoded, validated
+and mapped on the event loop; then its messages go to the app's
+:class:`GroupWriter`, and the request waits.  The writer is one thread: it
+takes every request waiting for it, up to ``max_group_events`` messages,
+and stores their events with **one** ``crm.interactions.track_many`` in one
+transaction (:func:`ecrm_api.tracking.store_events`), then answers each
+request with its own counts and rejected messages.  A transaction's fixed
+costs (the COMMIT and its random index pages, the customer lookups, the
+live segment refresh the core runs after each committed batch) are paid
+once per group instead of once per request.
+
+What a 200 means is unchanged: the request's rows are committed (durable)
+before it is answered.  Per request:
+
+* counts and ``rejected`` entries are its own (the index of the message in
+  *its* batch);
+* dedupe on ``messageId`` is exact: two requests of one group with the same
+  id store it once (the later one counts a duplicate, or is rejected as a
+  conflict when the payload differs);
+* when the group's transaction fails, nothing of it is stored and each
+  request is retried alone, so one bad request fails only itself.
+
+``identify``, ``group`` and ``alias`` messages change customers; the writer
+applies them one by one, before the group's events (as a batch always
+did).
+
+The writer waits for more requests only while some are being read and
+parsed (announced with :meth:`GroupWriter.slot`), and at most ``max_wait``
+seconds: an idle server answers a lone request at once.  It is per process
+(per app): several server processes each group their own requests, and
+SQLite still serialises their transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+
+from .tracking import Outcome, Parsed, Tracker, store_events
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ecrm_core.crm import CRM
+
+__all__ = ["GroupWriter", "WriterStats"]
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define
+class WriterStats:
+    """What a :class:`GroupWriter` did (for tests, benchmarks and monitoring)."""
+
+    groups: int = 0
+    requests: int = 0
+    events: int = 0
+    largest: int = 0
+    retried: int = 0
+
+
+@attrs.define(eq=False)
+class _Work:
+    tracker: Tracker
+    parsed: Parsed
+    done: Callable[[Outcome | None, BaseException | None], None]
+    failed: BaseException | None = None
+
+    @property
+    def crm(self) -> CRM:
+        return self.tracker.crm
+
+
+class Slot:
+    """A request on its way to the writer: counted while it is read and parsed,
+    so the writer waits for it instead of committing without it."""
+
+    def __init__(self, writer: GroupWriter) -> None:
+        self._writer = writer
+        self._open = True
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """No more work will come through this slot (idempotent)."""
+        if self._open:
+            self._open = False
+            self._writer._released()
+
+    async def submit(self, tracker: Tracker, parsed: Parsed) -> Outcome:
+        """Hand the request's messages to the writer; returns once they are stored (durable)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+
+        def settle(outcome: Outcome | None, error: BaseException | None) -> None:
+            if future.done():  # the client went away: the rows are stored all the same
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                assert outcome is not None
+                future.set_result(outcome)
+
+        def done(outcome: Outcome | None, error: BaseException | None) -> None:
+            try:
+                loop.call_soon_threadsafe(settle, outcome, error)
+            except RuntimeError:  # pragma: no cover - the loop is closed (shutdown)
+                pass
+
+        self._writer._put(_Work(tracker, parsed, done), self)
+        return await future
+
+
+class GroupWriter:
+    """The group-commit writer of one app (see the module's text).
+
+    :param max_group_events: messages stored in one transaction at most
+        (a request is never split: one larger than this is a group alone).
+    :param max_wait: how long (seconds) the writer, having work, waits for
+        requests that are still being read or parsed before it commits
+        without them.
+
+    The thread starts with the first request and stops at :meth:`close`
+    (the app's shutdown), after storing everything handed to it.
+    """
+
+    def __init__(self, *, max_group_events: int = 5000, max_wait: float = 0.005) -> None:
+        self.max_group_events = max_group_events
+        self.max_wait = max_wait
+        self.stats = WriterStats()
+        self._queue: deque[_Work] = deque()
+        self._preparing = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    # -- the request's side (event loop) ---------------------------------
+    def slot(self) -> Slot:
+        """Announce a request: use as ``with writer.slot() as slot: ... await slot.submit(...)``."""
+        with self._cond:
+            self._preparing += 1
+        return Slot(self)
+
+    def _released(self) -> None:
+        with self._cond:
+            self._preparing -= 1
+            self._cond.notify_all()
+
+    def _put(self, work: _Work, slot: Slot) -> None:
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                self._closing = False
+                self._thread = threading.Thread(target=self._run, name="ecrm-api-writer", daemon=True)
+                self._thread.start()
+            self._queue.append(work)
+            if slot._open:
+                slot._open = False
+                self._preparing -= 1
+            self._cond.notify_all()
+
+    @property
+    def pending(self) -> int:
+        """Requests handed over and not taken into a group yet."""
+        with self._cond:
+            return len(self._queue)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Store what was handed over, then stop the thread (a later request starts it again)."""
+        with self._cond:
+            thread = self._thread
+            self._closing = True
+            self._cond.notify_all()
+        if thread is not None:
+            thread.join(timeout)
+
+    # -- the writer thread -------------------------------------------------
+    def _take(self) -> list[_Work] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    self._thread = None
+                    return None
+                self._cond.wait()
+            group = [self._queue.popleft()]
+            size = group[0].parsed.events
+            deadline = time.monotonic() + self.max_wait
+            while size < self.max_group_events:
+                if self._queue:
+                    nxt = self._queue[0].parsed.events
+                    if size + nxt > self.max_group_events:
+                        break
+                    group.append(self._queue.popleft())
+                    size += nxt
+                    continue
+                left = deadline - time.monotonic()
+                if self._preparing <= 0 or self._closing or left <= 0:
+                    break
+                self._cond.wait(left)
+            return group
+
+    def _run(self) -> None:
+        while True:
+            group = self._take()
+            if group is None:
+                return
+            try:
+                self._store(group)
+            except BaseException as exc:  # pragma: no cover - a bug: answer, never hang a request
+                log.exception("ecrm-api writer: a group failed unexpectedly")
+                for work in group:
+                    if work.failed is None:
+                        work.failed = exc
+            for work in group:
+                if work.failed is not None:
+                    work.done(None, work.failed)
+                else:
+                    work.done(work.parsed.outcome(), None)
+
+    def _store(self, group: list[_Work]) -> None:
+        st = self.stats
+        st.groups += 1
+        st.requests += len(group)
+        events = sum(w.parsed.events for w in group)
+        st.events += events
+        st.largest = max(st.largest, events)
+        # Customer changes first, request by request (the events of a batch
+        # land on the customers its identify/alias messages stitched).
+        for work in group:
+            if work.parsed.slow:
+                try:
+                    work.tracker.store_slow(work.parsed)
+                except Exception as exc:
+                    work.failed = exc
+        # Then the events: one transaction per workspace in the group.
+        by_workspace: dict[str, list[_Work]] = {}
+        for work in group:
+            if work.failed is None and work.parsed.fast:
+                by_workspace.setdefault(work.crm.workspace, []).append(work)
+        for works in by_workspace.values():
+            try:
+                store_events(works[0].crm, [w.parsed for w in works])
+            except Exception as exc:
+                if len(works) == 1:
+                    works[0].failed = exc
+                    continue
+                # Nothing of the group was stored: each request alone, so
+                # that a bad one fails only itself.
+                st.retried += 1
+                log.warning("ecrm-api writer: a group of %d requests failed (%s); storing each alone", len(works), exc)
+                for work in works:
+                    try:
+                        store_events(work.crm, [work.parsed])
+                    except Exception as alone:
+                        work.failed = alone
