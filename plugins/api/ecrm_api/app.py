@@ -198,7 +198,10 @@ def create_app(
 
         A coroutine although it does no I/O: Litestar would run a synchronous
         hook in a worker thread."""
-        if id(request.route_handler) in json_bodies:
+        handler = id(request.route_handler)
+        if handler not in json_bodies and not request.scope["query_string"]:
+            return
+        if handler in json_bodies:
             media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
             if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
                 raise problem(
@@ -214,7 +217,7 @@ def create_app(
                         }
                     ],
                 )
-        allowed = allowed_query.get(id(request.route_handler))
+        allowed = allowed_query.get(handler)
         if allowed is None:
             return
         unknown = sorted(set(request.query_params) - allowed)
@@ -238,6 +241,7 @@ def create_app(
     async def stop_writer() -> None:
         # After the server stopped taking requests: store what was handed over.
         await anyio.to_thread.run_sync(state.writer.close)
+        state.reader.close()
 
     app = Litestar(
         route_handlers=routers,

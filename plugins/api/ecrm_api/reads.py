@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from ecrm_core.domain import Customer
 from ecrm_core.errors import NotFound
+from ecrm_core.storage import UTCDateTime
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
@@ -52,6 +53,16 @@ _COLUMNS = (
 )
 
 
+def _processor(type_: Any, dialect: sa.Dialect) -> Callable[[Any], Any] | None:
+    """The column type's result processor; for ecrm's ``UTCDateTime`` its own
+    conversion, which reads SQLite's text directly (``fromisoformat``)
+    instead of SQLAlchemy's generic, regular-expression one first."""
+    if isinstance(type_, UTCDateTime):
+        convert = type_.process_result_value
+        return lambda value: convert(value, dialect)
+    return type_.dialect_impl(dialect).result_processor(dialect, None)  # type: ignore[no-any-return]
+
+
 class CustomerReader:
     """Reads one customer as a ``CustomerOut`` (see the module's text).
 
@@ -70,6 +81,9 @@ class CustomerReader:
         self._lock = threading.Lock()
         self._sql: str | None = None
         self._processors: list[Callable[[Any], Any] | None] = []
+        self._local = threading.local()
+        self._held: list[Any] = []
+        self._generation = 0
 
     def _compile(self) -> str:
         with self._lock:
@@ -88,24 +102,51 @@ class CustomerReader:
                 dialect = self._engine.dialect
                 compiled = q.compile(dialect=dialect)
                 assert compiled.positiontup == ["ws", "id"], compiled.positiontup
-                self._processors = [
-                    c.c[name].type.dialect_impl(dialect).result_processor(dialect, None) for name in _COLUMNS
-                ]
+                self._processors = [_processor(c.c[name].type, dialect) for name in _COLUMNS]
                 self._db.check_schema()
                 self._sql = compiled.string
             return self._sql
 
+    def _connection(self) -> Any:
+        """This thread's DBAPI connection, checked out of the engine's pool once
+        (a checkout and its reset per request cost more than the read)."""
+        local = self._local
+        if getattr(local, "generation", None) != self._generation:
+            conn = self._engine.raw_connection()
+            with self._lock:
+                self._held.append(conn)
+            local.conn, local.generation = conn, self._generation
+        return local.conn
+
     def row(self, workspace: str, customer_id: int) -> list[Any] | None:
         """The decoded columns of :data:`_COLUMNS` for the id (or its survivor), ``None`` if not found."""
         sql = self._sql or self._compile()
-        conn = self._engine.raw_connection()
+        conn = self._connection()
         try:
-            found = conn.driver_connection.execute(sql, (workspace, customer_id)).fetchone()  # type: ignore[union-attr]
-        finally:
-            conn.close()
-        if found is None:
+            # fetchall: the statement runs to its end, so no read transaction
+            # (and WAL snapshot) stays open on the held connection.
+            found = conn.driver_connection.execute(sql, (workspace, customer_id)).fetchall()
+        except Exception:
+            self._drop(conn)
+            raise
+        if not found:
             return None
-        return [v if p is None or v is None else p(v) for p, v in zip(self._processors, found, strict=True)]
+        return [v if p is None or v is None else p(v) for p, v in zip(self._processors, found[0], strict=True)]
+
+    def _drop(self, conn: Any) -> None:
+        self._local.generation = None
+        with self._lock:
+            if conn in self._held:
+                self._held.remove(conn)
+        conn.invalidate()
+
+    def close(self) -> None:
+        """Give the held connections back to the pool (the app's shutdown); a later read takes one again."""
+        with self._lock:
+            held, self._held = self._held, []
+            self._generation += 1
+        for conn in held:
+            conn.close()
 
     def read(self, crm: CRM, customer_id: int) -> Any:
         """The ``CustomerOut`` of ``customer_id`` in ``crm``'s workspace."""
