@@ -410,6 +410,8 @@ class Tracker:
         if message_id is not None:
             row["idempotency_key"] = KEY_PREFIX + message_id
         row["properties"] = props
+        if kind in _SET_BASED:
+            return msg  # the core checks the properties of the stored row (one JSON encoding, not two)
         try:
             properties_json(props, f"{path}.properties")
         except ValidationError as exc:
@@ -454,14 +456,21 @@ class Tracker:
         path: str = "body.batch",
         sent_at: datetime | None = None,
         call: str | None = None,
+        body_bytes: int | None = None,
     ) -> Parsed:
         """Validate and map a batch (no database access): what :meth:`store_slow`
-        and :func:`store_events` take."""
+        and :func:`store_events` take.
+
+        ``body_bytes``, the size of the decoded request body: when it is
+        within :data:`MESSAGE_MAX_BYTES`, no message can be larger and the
+        messages are not measured one by one.
+        """
         parsed = Parsed()
+        measure = body_bytes is None or body_bytes > MESSAGE_MAX_BYTES
         for index, message in enumerate(messages):
             where = f"{path}[{index}]"
             try:
-                if _encoded_size(message) > MESSAGE_MAX_BYTES:
+                if measure and _encoded_size(message) > MESSAGE_MAX_BYTES:
                     raise MessageError(
                         where,
                         f"larger than {MESSAGE_MAX_BYTES} bytes",

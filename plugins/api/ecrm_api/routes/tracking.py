@@ -197,6 +197,13 @@ def _bad(field: str, what: str, fix: str) -> Exception:
 
 
 async def _document(request: Request[Any, Any, Any], api: ApiState, *, single: bool) -> dict[str, Any]:
+    return (await _document_sized(request, api, single=single))[0]
+
+
+async def _document_sized(
+    request: Request[Any, Any, Any], api: ApiState, *, single: bool
+) -> tuple[dict[str, Any], int]:
+    """The decoded JSON object of the body, and the body's size (decompressed)."""
     ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if ctype not in ("", "application/json", "text/plain") and not ctype.endswith("+json"):
         raise problem(
@@ -215,7 +222,7 @@ async def _document(request: Request[Any, Any, Any], api: ApiState, *, single: b
         raise _bad("body", f"not valid JSON ({exc})", "send one JSON object (UTF-8)") from None
     if type(doc) is not dict:
         raise _bad("body", "not a JSON object", "send one JSON object")
-    return doc
+    return doc, len(body)
 
 
 def _check_write_key(doc: dict[str, Any], request: Request[Any, Any, Any]) -> None:
@@ -351,7 +358,7 @@ async def batch(request: Request[Any, Any, Any]) -> TrackingResponse:
     """
     api, crm = workspace_crm(request)
     with api.writer.slot() as slot:
-        doc = await _document(request, api, single=False)
+        doc, size = await _document_sized(request, api, single=False)
         _check_write_key(doc, request)
         messages = doc.get("batch")
         if type(messages) is not list:
@@ -361,7 +368,7 @@ async def batch(request: Request[Any, Any, Any]) -> TrackingResponse:
         except MessageError as exc:
             raise _bad(exc.field, exc.problem, exc.fix) from None
         tracker = _tracker(crm, api)
-        parse = functools.partial(tracker.parse, messages, sent_at=sent_at)
+        parse = functools.partial(tracker.parse, messages, sent_at=sent_at, body_bytes=size)
         parsed = parse() if len(messages) <= PARSE_INLINE else await anyio.to_thread.run_sync(parse)
         outcome = await slot.submit(tracker, parsed)
     return _answer(outcome)
