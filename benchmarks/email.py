@@ -18,13 +18,18 @@ pipeline for the GIL):
   ``crm.messages.dispatch`` (leased claims, MIME building, SMTP over a reused
   connection, the delivery log, a timeline interaction per message). The
   CRM is a SQLite file; customers are created before the clock starts.
+  With ``--workers N``, N worker processes (started before the clock, like
+  ``ecrm messages work`` daemons) dispatch while the main process decides;
+  the clock stops when every message is sent. That uses both cores.
 * **smtplib** (baseline): the same messages, pre-rendered (built from the
   outbox's stored content with ``ecrm_email.mime.message_data`` before the clock
   starts), sent with ``smtplib.SMTP.sendmail`` over ONE connection.
 
 Each side runs ``--repeat`` times (alternating, fresh server state); the
-best run of each is reported. Figures: messages/s of each and the ratio
-ecrm / smtplib (goal >= 0.5).
+best run of each is reported, and the ratio of each run. Figures:
+messages/s of each and the ratio ecrm / smtplib (goal >= 0.5). The baseline
+is bound by aiosmtpd's own CPU time per message: on a quiet 2-core machine
+it reaches ~1,900 messages/s, on a busy one ~1,100; compare same-run ratios.
 """
 
 from __future__ import annotations
@@ -313,8 +318,8 @@ def main() -> None:
             base_rates.append(n / elapsed)
             size = sum(len(d) for _, _, d in raw) / len(raw)
             console.print(
-                f"run {run + 1}: ecrm {ecrm_rates[-1]:,.0f} msg/s, smtplib {base_rates[-1]:,.0f} msg/s "
-                f"(messages of {size / 1024:.1f} KiB)"
+                f"run {run + 1}: ecrm {ecrm_rates[-1]:,.0f} msg/s, smtplib {base_rates[-1]:,.0f} msg/s, "
+                f"ratio {ecrm_rates[-1] / base_rates[-1]:.2f} (messages of {size / 1024:.1f} KiB)"
             )
     best_ecrm, best_base = max(ecrm_rates), max(base_rates)
     table = Table(title=f"{n:,} personalised messages to aiosmtpd on 127.0.0.1 (best of {args.repeat})")
@@ -326,7 +331,8 @@ def main() -> None:
     console.print(table)
     ratio = best_ecrm / best_base
     verdict = "meets" if ratio >= GOAL else "MISSES"
-    console.print(f"ratio ecrm / smtplib: {ratio:.2f} ({verdict} the goal >= {GOAL})")
+    same_run = ", ".join(f"{e / b:.2f}" for e, b in zip(ecrm_rates, base_rates, strict=True))
+    console.print(f"ratio ecrm / smtplib: {ratio:.2f} ({verdict} the goal >= {GOAL}); same-run ratios: {same_run}")
     if args.keep:
         console.print(f"files kept in {tmp}")
     else:
