@@ -146,6 +146,28 @@ def test_backoff_grows_and_respects_retry_after(tmp_path, memory, clock):
     assert 54 <= delays[0] <= 66 and 108 <= delays[1] <= 132 and 216 <= delays[2] <= 264
 
 
+def test_one_claim_leases_fresh_retried_and_recovered_messages_with_the_right_numbers(tmp_path, memory, clock):
+    """A claim leases its whole batch with one set-based update (attempts + 1):
+    in one batch, a fresh message, a retried one and one whose lease expired
+    each get the next number, in the counter and in the delivery log."""
+    crm = build(tmp_path, memory, clock, max_attempts=5, lease=60)
+    a, b, c, d = (crm.messages.send("memory", customer(crm, n), {"body": "x"}).id for n in range(1, 5))
+    memory.fail_next("temporary", times=2)
+    first = crm.messages.dispatch(batch_size=2)  # a and b deferred, then c and d sent
+    assert (first.retrying, first.sent) == (2, 2)
+    clock.advance(seconds=120)  # past the backoff
+    [stale] = crm.messages._claim(None, 1, {"recovered": 0, "blocked": 0})  # leases a; its worker dies
+    fresh = crm.messages.send("memory", customer(crm, 5), {"body": "x"}).id
+    clock.advance(seconds=61)  # past the lease
+    report = crm.messages.dispatch(batch_size=10)  # one claim: a (recovered), b (retried), fresh
+    assert (report.recovered, report.sent) == (1, 3)
+    assert stale.message.id == a
+    assert [crm.messages.get(m).attempts for m in (a, b, c, d, fresh)] == [3, 2, 1, 1, 1]
+    assert [(x.number, x.status) for x in crm.messages.attempts(a)] == [(1, "deferred"), (2, "lost"), (3, "accepted")]
+    assert [(x.number, x.status) for x in crm.messages.attempts(b)] == [(1, "deferred"), (2, "accepted")]
+    assert [x.number for x in crm.messages.attempts(fresh)] == [1]
+
+
 def test_channel_that_raises_or_returns_garbage_loses_nothing(tmp_path, memory, clock, caplog):
     crm = build(tmp_path, memory, clock)
     cid = customer(crm)
