@@ -80,9 +80,10 @@ class ApiConfig:
     :param ingest_max_group: the tracking endpoints' group commit: at most
         this many messages (of any number of requests) are stored in one
         transaction (a larger request is a group alone).
-    :param ingest_max_wait: the group-commit writer, having work, waits at
-        most this long (seconds) for requests that are still being read and
-        parsed; it never waits when none are.
+    :param ingest_max_wait: how long (seconds) the group-commit writer,
+        having work, may wait for requests that are still being read and
+        parsed; 0 (default): a group is what queued up while the previous
+        one was committed.
     """
 
     path: str = ""
@@ -95,7 +96,7 @@ class ApiConfig:
     key_cache_seconds: float = 2.0
     future_tolerance: timedelta = timedelta(days=1)
     ingest_max_group: int = 5000
-    ingest_max_wait: float = 0.005
+    ingest_max_wait: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         if self.path and (not self.path.startswith("/") or self.path.endswith("/")):

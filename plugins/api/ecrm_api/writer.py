@@ -26,11 +26,13 @@ before it is answered.  Per request:
 applies them one by one, before the group's events (as a batch always
 did).
 
-The writer waits for more requests only while some are being read and
-parsed (announced with :meth:`GroupWriter.slot`), and at most ``max_wait``
-seconds: an idle server answers a lone request at once.  It is per process
-(per app): several server processes each group their own requests, and
-SQLite still serialises their transactions.
+By default the writer does not wait: a group is what queued up while the
+previous group was committed (reading and parsing the next requests
+overlaps the commit; measured faster than waiting).  With ``max_wait`` > 0
+it also waits, that long at most and only while requests are still being
+read and parsed (announced with :meth:`GroupWriter.slot`).  It is per
+process (per app): several server processes each group their own requests,
+and SQLite still serialises their transactions.
 """
 
 from __future__ import annotations
@@ -127,15 +129,15 @@ class GroupWriter:
 
     :param max_group_events: messages stored in one transaction at most
         (a request is never split: one larger than this is a group alone).
-    :param max_wait: how long (seconds) the writer, having work, waits for
-        requests that are still being read or parsed before it commits
-        without them.
+    :param max_wait: how long (seconds) the writer, having work, may wait
+        for requests that are still being read or parsed before it commits
+        without them (0: not at all).
 
     The thread starts with the first request and stops at :meth:`close`
     (the app's shutdown), after storing everything handed to it.
     """
 
-    def __init__(self, *, max_group_events: int = 5000, max_wait: float = 0.005) -> None:
+    def __init__(self, *, max_group_events: int = 5000, max_wait: float = 0.0) -> None:
         self.max_group_events = max_group_events
         self.max_wait = max_wait
         self.stats = WriterStats()
