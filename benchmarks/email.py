@@ -197,7 +197,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=200, help="dispatch batch size")
+    parser.add_argument("--chunk-size", type=int, default=500, help="send_many chunk size (one transaction each)")
     parser.add_argument("--keep", action="store_true", help="keep the SQLite files")
     parser.add_argument("--server", choices=("process", "thread"), default="process")
     parser.add_argument(
@@ -290,6 +291,7 @@ def main() -> None:
                     customer_ids=ids,
                     offer="spring",
                     context={"favourite": "tea", "products": products},
+                    chunk_size=args.chunk_size,
                     progress=lambda k, task=decide: progress.advance(task, k),
                 )
                 if workers:

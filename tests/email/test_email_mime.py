@@ -239,6 +239,10 @@ def test_addresses_must_be_strings() -> None:
     with pytest.raises(ValidationError) as err:
         parse_mailbox("to", ["ada@example.com"])
     assert err.value.field == "to"
+    for argument, field in (("from_", "from"), ("to", "to"), ("reply_to", "reply_to")):
+        with pytest.raises(ValidationError) as err:
+            build(**{argument: ["ada@example.com"]})
+        assert err.value.field == field
 
 
 def test_display_name_with_header_syntax_is_quoted_not_interpreted() -> None:

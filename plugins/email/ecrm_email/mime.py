@@ -262,9 +262,15 @@ def _validated(
         or not all(_LABEL.fullmatch(label) for label in domain.split("."))
     ):
         raise ValidationError("domain", domain, "is not a valid domain", "use a host name such as 'mail.example.com'")
-    sender = _configured_mailbox("from", from_)
+    sender = _configured_mailbox("from", from_) if isinstance(from_, str) else parse_mailbox("from", from_)
     recipient = parse_mailbox("to", to)
-    reply = _configured_mailbox("reply_to", reply_to) if reply_to is not None else None
+    reply = None
+    if reply_to is not None:
+        reply = (
+            _configured_mailbox("reply_to", reply_to)
+            if isinstance(reply_to, str)
+            else parse_mailbox("reply_to", reply_to)
+        )
     _check_text("subject", subject, what="subject")
     if not isinstance(text, str):
         raise ValidationError("text", text, "must be a string", "pass the plain-text part as text")
