@@ -42,7 +42,7 @@ from .model import (
     SegmentRef,
 )
 
-__all__ = ["SqlContext", "compile_clause", "ids_clause", "select_ids", "unindexed"]
+__all__ = ["SqlContext", "compile_clause", "ids_clause", "select_ids", "unindexed", "values_clause"]
 
 Clause = ColumnElement[bool]
 
@@ -93,14 +93,26 @@ def ids_clause(column: ColumnElement[Any], ids: Sequence[int], dialect: str, *, 
     FROM json_each(:ids))`` on SQLite, ``= ANY(:ids)`` on PostgreSQL (an
     expanding ``IN`` elsewhere).  Either way the database drives the lookup
     from the list through an index on ``column``."""
+    return values_clause(column, ids, dialect, name=name, element_type=sa.BigInteger)
+
+
+def values_clause(
+    column: ColumnElement[Any],
+    values: Sequence[Any],
+    dialect: str,
+    *,
+    name: str = "values",
+    element_type: Any = sa.String,
+) -> Clause:
+    """:func:`ids_clause` for any JSON-representable values (strings, numbers)."""
     if dialect == "sqlite":
         import json
 
-        each = sa.func.json_each(sa.bindparam(name, json.dumps(list(ids)), type_=sa.String)).table_valued("value")
+        each = sa.func.json_each(sa.bindparam(name, json.dumps(list(values)), type_=sa.String)).table_valued("value")
         return column.in_(sa.select(each.c.value))
     if dialect == "postgresql":
-        return column == sa.any_(sa.bindparam(name, list(ids), type_=postgresql.ARRAY(sa.BigInteger)))
-    return column.in_(sa.bindparam(name, list(ids), expanding=True))
+        return column == sa.any_(sa.bindparam(name, list(values), type_=postgresql.ARRAY(element_type)))
+    return column.in_(sa.bindparam(name, list(values), expanding=True))
 
 
 def select_ids(node: Node, ctx: SqlContext) -> sa.Select[tuple[int]]:

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from ..domain import CUSTOMER_WRITABLE, Alias, Consent, Customer, CustomerChange, MergeRecord
 from ..errors import BatchError, Conflict, EcrmError, NotFound, RowError, ValidationError
+from ..rules.sql import values_clause
 from ..validation import aware_datetime, check_text, normalize_email, normalize_phone, thaw
 from ._base import Service
 
@@ -442,26 +443,33 @@ class Customers(Service):
     # identity resolution
     # ------------------------------------------------------------------
     def _resolve(self, conn: sa.Connection | None, aliases: Iterable[Alias]) -> dict[Alias, int]:
-        """Map aliases to (live) customer ids: one query per alias kind."""
-        by_kind: dict[str, set[str]] = {}
+        """Map aliases to (live) customer ids: one query per alias kind (the
+        values bound as one parameter), keyed by the very ``Alias`` objects
+        passed in."""
+        by_kind: dict[str, dict[str, Alias]] = {}
         for al in aliases:
-            by_kind.setdefault(al.kind, set()).add(al.value)
+            by_kind.setdefault(al.kind, {})[al.value] = al
         if not by_kind:
             return {}
         a, c = self.t("aliases"), self.t("customers")
         out: dict[Alias, int] = {}
 
         def run(conn: sa.Connection) -> None:
-            for kind, values in by_kind.items():
-                vals = sorted(values)
-                for i in range(0, len(vals), 900):
+            dialect = conn.dialect.name
+            for kind, wanted in by_kind.items():
+                vals = sorted(wanted)
+                for i in range(0, len(vals), 30000):
                     q = (
                         sa.select(a.c.value, sa.func.coalesce(c.c.merged_into, c.c.id))
                         .join(c, c.c.id == a.c.customer_id)
-                        .where(a.c.workspace_id == self.workspace, a.c.kind == kind, a.c.value.in_(vals[i : i + 900]))
+                        .where(
+                            a.c.workspace_id == self.workspace,
+                            a.c.kind == kind,
+                            values_clause(a.c.value, vals[i : i + 30000], dialect),
+                        )
                     )
-                    for value, cid in conn.execute(q):
-                        out[Alias(kind, value)] = cid
+                    for value, cid in conn.execute(q).all():
+                        out[wanted[value]] = cid
 
         if conn is None:
             with self.db.read() as rc:

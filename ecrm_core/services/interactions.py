@@ -407,6 +407,7 @@ class _TrackState:
         self.duplicates = 0
         self.created = 0
         self.seen_keys: dict[str, str] = {}
+        self.refs: dict[tuple[str | None, ...], Alias] = {}
         self.sqlite = svc.db.is_sqlite
         now = self.crm.now().astimezone(UTC)
         self.now = now
@@ -470,7 +471,18 @@ class _TrackState:
             check_key(key)
         ref = get("customer_id")
         if type(ref) is not int or not 0 < ref < _MAX_ID or not _ALIAS_ROW_KEYS.isdisjoint(row):
-            ref = self._ref(row)
+            # An alias (checked and normalised by Alias) is built once per
+            # call for each distinct identity: events come in runs per person.
+            # (Only rows naming the customer by strings: 1 == True == 1.0.)
+            who = (get("external_id"), get("email"), get("phone"), get("anonymous_id"))
+            cacheable = ref is None and all(v is None or type(v) is str for v in who)
+            cached = self.refs.get(who) if cacheable else None
+            if cached is None:
+                ref = self._ref(row)
+                if cacheable:
+                    self.refs[who] = ref
+            else:
+                ref = cached
         # The stored text form on SQLite (UTC, always with microseconds):
         # isoformat of an aware UTC datetime, without its "+00:00".
         text_at = occurred_at.isoformat(" ", "microseconds")[:26]

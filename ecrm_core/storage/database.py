@@ -27,6 +27,7 @@ __all__ = ["Database", "DEFAULT_URL", "configure_sqlite"]
 #: Used when neither a URL nor an engine is given.
 DEFAULT_URL = "sqlite:///ecrm.db"
 
+SQLITE_WAL_AUTOCHECKPOINT = 10_000
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -50,6 +51,10 @@ def configure_sqlite(engine: sa.Engine) -> sa.Engine:
         if engine.url.database not in (None, "", ":memory:"):
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoint the WAL every ~40 MB (10,000 pages) instead of ~4 MB:
+            # a bulk write dirties more than 1,000 pages of random-keyed
+            # indexes, so the default made nearly every commit checkpoint.
+            cur.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_AUTOCHECKPOINT}")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
