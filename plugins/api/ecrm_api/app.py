@@ -145,9 +145,16 @@ def create_app(
         raise TypeError("pass either config= or keyword options, not both")
     keys = Keys(crm, cache_seconds=config.key_cache_seconds)
     state = ApiState(crm, config, keys)
+    from .routes.browser import browser_handlers
     from .routes.channels import channel_handlers
 
-    handlers = [*_core_handlers(), *crm.registry.routes, *channel_handlers(crm), *route_handlers]
+    handlers = [
+        *_core_handlers(),
+        *browser_handlers(config),
+        *crm.registry.routes,
+        *channel_handlers(crm),
+        *route_handlers,
+    ]
     # Two routers so that the OpenAPI document says which routes need a key.
     public = [h for h in handlers if _is_public(h)]
     guarded = [h for h in handlers if not _is_public(h)]
@@ -275,7 +282,7 @@ def create_app(
 
 def _is_public(handler: Any) -> bool:
     opt = getattr(handler, "opt", None) or {}
-    return bool(opt.get("public")) and not isinstance(handler, Router)
+    return bool(opt.get("public") or opt.get("write_key")) and not isinstance(handler, Router)
 
 
 def route_table(app: Litestar) -> Iterable[tuple[str, str, Any]]:

@@ -3,7 +3,9 @@
 Every route is guarded, fail-closed: a handler declares the scope it needs
 with ``opt={"scope": "read"}`` (or ``"write"``, ``"ingest"``, ``"admin"``),
 or declares itself public with ``opt={"public": "why"}`` (a reason, shown
-in the route table; e.g. signed links that carry their own proof).  A
+in the route table; e.g. signed links that carry their own proof), or
+``opt={"write_key": "why"}`` for a route whose handler authenticates a
+write key sent in the body (analytics.js; rate-limited per address).  A
 handler that declares neither is refused when the app is built, so a
 plugin cannot add an unguarded route by forgetting.
 
@@ -113,6 +115,11 @@ def route_policy(handler: BaseRouteHandler) -> tuple[str, str]:
         return "public", "Litestar's automatic OPTIONS answer: the allowed methods, no data"
     if opt.get("public"):
         return "public", str(opt["public"])
+    if opt.get("write_key"):
+        # No key in the headers for the middleware: the handler authenticates
+        # the write key in the body itself (analytics.js, routes/browser.py).
+        # Rate-limited per client address (not excluded like "public").
+        return "public", str(opt["write_key"])
     scope = opt.get("scope")
     if scope in SCOPES:
         return "scope", str(scope)

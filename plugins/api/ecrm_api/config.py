@@ -43,6 +43,46 @@ def _limit(value: tuple[str, int] | None) -> tuple[RateUnit, int] | None:
     return unit, count  # type: ignore[return-value]
 
 
+def _origins(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise ValidationError(
+            "tracking_origins", value, "not a list", 'give a list of origins, e.g. ["https://www.example.com"]'
+        )
+    out: list[str] = []
+    for origin in value:
+        ok = isinstance(origin, str) and (
+            origin == "*"
+            or (
+                origin.startswith(("http://", "https://"))
+                and "/" not in origin.split("://", 1)[1]
+                and origin.split("://", 1)[1] != ""
+                and origin == origin.strip()
+            )
+        )
+        if not ok:
+            raise ValidationError(
+                "tracking_origins",
+                origin,
+                "not an origin",
+                'give scheme://host[:port] without a path, e.g. "https://www.example.com" (or "*" for any)',
+            )
+        out.append(origin.lower())
+    return tuple(out)
+
+
+def _public_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")) or value.endswith("/"):
+        raise ValidationError(
+            "tracking_public_url",
+            value,
+            "not a base URL",
+            'give the URL browsers reach the API at, without a trailing slash, e.g. "https://crm.example.com"',
+        )
+    return value
+
+
 def _secret(value: str | bytes | None) -> bytes:
     if value is None:
         value = os.environ.get("ECRM_API_SECRET") or secrets.token_bytes(32)
@@ -84,6 +124,16 @@ class ApiConfig:
         having work, may wait for requests that are still being read and
         parsed; 0 (default): a group is what queued up while the previous
         one was committed.
+    :param tracking_origins: the web origins (``"https://www.example.com"``)
+        whose pages may send events with Segment's analytics.js to the
+        browser routes (``/v1/t``, ``/v1/p``… and the settings document):
+        CORS is answered for them, on those routes only.  Empty (default):
+        no CORS headers, so browsers refuse to send from any other origin.
+        ``"*"`` allows every origin (the write key is public anyway).
+    :param tracking_public_url: the URL browsers reach the API at (e.g.
+        ``"https://crm.example.com"``, with the mount path if any), put in
+        the settings document analytics.js fetches; default: taken from the
+        request (its scheme, ``Host`` and mount path).
     """
 
     path: str = ""
@@ -97,6 +147,8 @@ class ApiConfig:
     future_tolerance: timedelta = timedelta(days=1)
     ingest_max_group: int = 5000
     ingest_max_wait: float = 0.0
+    tracking_origins: tuple[str, ...] = attrs.field(default=(), converter=_origins)
+    tracking_public_url: str | None = attrs.field(default=None, converter=_public_url)
 
     def __attrs_post_init__(self) -> None:
         if self.path and (not self.path.startswith("/") or self.path.endswith("/")):

@@ -28,6 +28,8 @@ from ..tracking import CALL_TYPES, MESSAGE_MAX_BYTES, MessageError, Outcome, Tra
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
 
+    from ..writer import Slot
+
 __all__ = ["HANDLERS"]
 
 
@@ -273,12 +275,17 @@ async def _single(call: str, request: Request[Any, Any, Any]) -> TrackingRespons
     with api.writer.slot() as slot:
         doc = await _document(request, api, single=True)
         _check_write_key(doc, request)
-        tracker = _tracker(crm, api)
-        try:
-            parsed = tracker.parse_one(doc, call=call)
-        except MessageError as exc:
-            raise _unprocessable(exc) from None
-        outcome = await slot.submit(tracker, parsed)
+        return await store_single(api, crm, slot, doc, call)
+
+
+async def store_single(api: ApiState, crm: CRM, slot: Slot, doc: dict[str, Any], call: str) -> TrackingResponse:
+    """Validate one call's message and store it through the writer (shared with the browser routes)."""
+    tracker = _tracker(crm, api)
+    try:
+        parsed = tracker.parse_one(doc, call=call)
+    except MessageError as exc:
+        raise _unprocessable(exc) from None
+    outcome = await slot.submit(tracker, parsed)
     if outcome.rejected:
         r = outcome.rejected[0]
         raise _unprocessable(MessageError(r.field, r.problem, r.fix, conflict=r.conflict))
@@ -360,17 +367,28 @@ async def batch(request: Request[Any, Any, Any]) -> TrackingResponse:
     with api.writer.slot() as slot:
         doc, size = await _document_sized(request, api, single=False)
         _check_write_key(doc, request)
-        messages = doc.get("batch")
-        if type(messages) is not list:
-            raise _bad("body.batch", "missing or not a list", 'send {"batch": [message, ...]}')
-        try:
-            sent_at = parse_time(doc.get("sentAt"), "body.sentAt")
-        except MessageError as exc:
-            raise _bad(exc.field, exc.problem, exc.fix) from None
-        tracker = _tracker(crm, api)
-        parse = functools.partial(tracker.parse, messages, sent_at=sent_at, body_bytes=size)
-        parsed = parse() if len(messages) <= PARSE_INLINE else await anyio.to_thread.run_sync(parse)
-        outcome = await slot.submit(tracker, parsed)
+        return await store_batch(api, crm, slot, doc, size)
+
+
+def batch_messages(doc: dict[str, Any]) -> list[Any]:
+    """The ``batch`` list of a batch body; raises the 400 when it is missing."""
+    messages = doc.get("batch")
+    if type(messages) is not list:
+        raise _bad("body.batch", "missing or not a list", 'send {"batch": [message, ...]}')
+    return messages
+
+
+async def store_batch(api: ApiState, crm: CRM, slot: Slot, doc: dict[str, Any], size: int) -> TrackingResponse:
+    """Validate a batch body and store its messages through the writer (shared with the browser routes)."""
+    messages = batch_messages(doc)
+    try:
+        sent_at = parse_time(doc.get("sentAt"), "body.sentAt")
+    except MessageError as exc:
+        raise _bad(exc.field, exc.problem, exc.fix) from None
+    tracker = _tracker(crm, api)
+    parse = functools.partial(tracker.parse, messages, sent_at=sent_at, body_bytes=size)
+    parsed = parse() if len(messages) <= PARSE_INLINE else await anyio.to_thread.run_sync(parse)
+    outcome = await slot.submit(tracker, parsed)
     return _answer(outcome)
 
 
