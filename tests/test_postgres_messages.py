@@ -253,23 +253,15 @@ def test_an_expired_lease_is_reclaimed_by_another_worker_once(workers):
     assert attempts[0].attempt_id == claimed[0].message.attempt_id and attempts[1].attempt_id != attempts[0].attempt_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "race: on PostgreSQL (READ COMMITTED) Messages._send counts the customer's messages in the cap window "
-        "(_cap_counts) and inserts the new one without a lock that orders concurrent sends for one customer, so "
-        "two send() calls both count 0 and both queue past a cap of 1 (SQLite serialises them with BEGIN "
-        "IMMEDIATE). Fix: lock the customers' rows (SELECT … FOR UPDATE on customers, ordered by id) or take "
-        "pg_advisory_xact_lock per (workspace, channel, customer) before _cap_counts, in the same transaction"
-    ),
-)
 def test_frequency_cap_holds_under_two_concurrent_sends(workers, monkeypatch):
     w = workers(frequency_caps=[(1, timedelta(days=1))])
     [cid] = customers(w.crms[0], 1)
-    # Both sends count the customer's messages before either has written its
-    # own: each waits after counting for the other (a row lock taken before
-    # counting would make the second wait instead, and the barrier time out).
-    counted = threading.Barrier(2, timeout=WAIT)
+    # Each send waits after counting for the other to have counted too.
+    # Without a lock both count 0 and both queue; with the customer's row
+    # locked before counting (the fix) the second blocks in its count until
+    # the first commits, so the first gives up waiting after a few seconds,
+    # and the second counts the first's message.
+    counted = threading.Barrier(2, timeout=3)
     original = Messages._cap_counts
 
     def cap_counts(self, conn, channel, ids, policy):

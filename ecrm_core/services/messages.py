@@ -639,9 +639,27 @@ class Messages(Service):
     def _cap_counts(
         self, conn: sa.Connection, channel: str, ids: Sequence[int], policy: DeliveryPolicy
     ) -> builtins.list[dict[int, int]]:
-        """Per cap, customer id -> non-transactional messages in the cap's window."""
+        """Per cap, customer id -> non-transactional messages in the cap's window.
+
+        On a server database the customers' rows are locked first (``FOR NO
+        KEY UPDATE``, in id order), until the decision commits: two
+        concurrent sends for one customer then count one after the other,
+        so a cap cannot be overrun.  (SQLite's ``BEGIN IMMEDIATE`` already
+        serialises them.)  ``NO KEY`` keeps inserts that merely reference the
+        customer (its interactions, other messages) from waiting.
+        """
         t = self.t("messages")
         now = self.crm.now()
+        if conn.dialect.name != "sqlite" and ids:
+            c = self.t("customers")
+            ordered = sorted(set(ids))
+            for i in range(0, len(ordered), 5000):
+                conn.execute(
+                    sa.select(c.c.id)
+                    .where(c.c.id.in_(ordered[i : i + 5000]))
+                    .order_by(c.c.id)
+                    .with_for_update(key_share=True)
+                ).all()
         out = []
         for _count, seconds in policy.frequency_caps:
             q = (
