@@ -476,3 +476,14 @@ def test_tracking_origins_are_validated():
             ApiConfig(tracking_origins=bad)
     with pytest.raises(ValidationError):
         ApiConfig(tracking_public_url="https://crm.example.com/")
+
+
+def test_browser_routes_are_rate_limited_per_address(api_crm, live_api_factory):
+    """One site key is shared by every visitor: the limit counts per client address, whatever the key."""
+    live = live_api_factory(api_crm, rate_limit=("minute", 2))
+    keys = [live.token(["ingest"]) for _ in range(3)]
+    answers = [_post(live, "/v1/t", {"writeKey": k, "event": "E", "userId": "u"}).status_code for k in keys]
+    assert answers == [200, 200, 429]
+    r = _post(live, "/v1/t", {"writeKey": keys[0], "event": "E", "userId": "u"})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert live.crm.interactions.count() == 2
