@@ -15,6 +15,7 @@ import re
 import pytest
 import sqlalchemy as sa
 from ecrm_api.app import route_table
+from ecrm_api.auth import route_policy
 
 # A plausible body per write route, so the answer is about the id, not the body.
 BODIES = {
@@ -109,6 +110,10 @@ def test_a_key_of_another_workspace_gets_404_on_every_resource(two_workspaces):
     checked = []
     for path, method, _handler in route_table(live.app):
         if method in ("OPTIONS", "HEAD") or "{" not in path or path.startswith("/docs"):
+            continue
+        if (
+            route_policy(_handler)[0] == "public"
+        ):  # no caller key to cross (analytics.js settings: a write key in the path)
             continue
         for variant in ("ref", "id") if "{ref" in path else ("ref",):
             url = _fill(path, ids, variant)
