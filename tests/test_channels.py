@@ -360,3 +360,18 @@ def test_ecrm_register_message_purposes(tmp_path, memory, clock):
     with pytest.raises(PluginError, match="message purpose 'marketing' is registered twice"):
         crm.register_plugin(Plugin())
     assert "newsletter" not in crm.registry.purposes
+
+
+def test_locate_finds_a_message_in_any_workspace_get_stays_in_its_own(tmp_path, memory, clock):
+    from ecrm_core.errors import NotFound
+
+    crm = build(tmp_path, memory, clock)
+    other = crm.in_workspace("shop-b")
+    cid = other.customers.create(email="b@example.com", consent={"memory": "granted"}).id
+    sent = other.messages.send("memory", cid, {"body": "hi"})
+    found = crm.messages.locate(sent.id)  # the default workspace's view finds it
+    assert found is not None and (found.workspace, found.customer_id, found.id) == ("shop-b", cid, sent.id)
+    assert other.messages.locate(sent.id) == found
+    with pytest.raises(NotFound):
+        crm.messages.get(sent.id)  # get never leaves the view's workspace
+    assert crm.messages.locate("0" * 26) is None

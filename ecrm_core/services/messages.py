@@ -438,6 +438,22 @@ class Messages(Service):
             raise NotFound("message", message_id)
         return self._record(row._mapping)
 
+    def locate(self, message_id: str) -> MessageRecord | None:
+        """A message by its id in ANY workspace (``None`` if there is none).
+
+        For channel plugins answering a signed public link or a provider
+        webhook, where the message id (from a verified token, never from an
+        unchecked request) is all there is: the record's ``workspace`` says
+        which workspace to act in (``crm.in_workspace(record.workspace)``).
+        Everything else should use :meth:`get`, which stays in this view's
+        workspace.
+        """
+        self.ready()
+        t = self.t("messages")
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(t).where(t.c.uid == message_id)).first()
+        return None if row is None else self._record(row._mapping)
+
     def list(
         self,
         *,

@@ -217,22 +217,14 @@ def _check_form_token(form: Mapping[str, str], token: str, *, required: bool) ->
 
 def _message_owner(crm: Any, message_id: str) -> tuple[str, int] | None:
     """``(workspace, customer_id)`` of a message, in any workspace."""
-    import sqlalchemy as sa
-
-    t = crm.db.tables["messages"]
-    with crm.db.read() as conn:
-        row = conn.execute(sa.select(t.c.workspace_id, t.c.customer_id).where(t.c.uid == message_id)).first()
-    return (row.workspace_id, row.customer_id) if row else None
+    record = crm.messages.locate(message_id)
+    return (record.workspace, record.customer_id) if record is not None else None
 
 
 def _message_purpose(crm: Any, message_id: str) -> str | None:
     """The purpose of a message, in any workspace (``None`` if unknown)."""
-    import sqlalchemy as sa
-
-    t = crm.db.tables["messages"]
-    with crm.db.read() as conn:
-        purpose = conn.execute(sa.select(t.c.purpose).where(t.c.uid == message_id)).scalar()
-    return str(purpose) if purpose is not None else None
+    record = crm.messages.locate(message_id)
+    return record.purpose if record is not None else None
 
 
 def _purposes(crm: Any) -> list[Any]:
