@@ -147,3 +147,21 @@ def test_smtp_outage_is_retried_then_dead_lettered_never_lost(shop):
     attempts = crm.messages.attempts(record.id)
     assert [a.status for a in attempts] == ["deferred"] and attempts[0].reason
     assert server.messages == []
+
+
+def test_a_rejected_post_answers_a_browser_with_a_page_and_a_machine_with_a_problem(shop):
+    crm, server, _base = shop
+    ada = crm.customers.create(email="ada@example.com", consent={"email": "granted"})
+    crm.messages.send("email", ada.id, TEMPLATE, offer="spring")
+    assert crm.messages.dispatch().sent == 1
+    [unsubscribe] = re.findall(r"<(https?://[^>]+)>", server.messages[0]["List-Unsubscribe"])
+    tampered = unsubscribe[:-3] + ("AAA" if not unsubscribe.endswith("AAA") else "BBB")
+    form = {"List-Unsubscribe": "One-Click"}
+    # a person submitting the page's form (say, after the link expired): an HTML page
+    page = httpx.post(tampered, data=form, headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    assert page.status_code == 403 and page.headers["content-type"].startswith("text/html")
+    assert "<h1>" in page.text and "not valid" in page.text
+    # a mail provider's one-click POST (no HTML wanted): a problem document
+    machine = httpx.post(tampered, data=form)
+    assert machine.status_code == 403 and machine.headers["content-type"].startswith("application/problem+json")
+    assert crm.customers.get(ada.id).consent["email"].status == "granted"  # nothing changed either way

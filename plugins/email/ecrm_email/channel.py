@@ -237,9 +237,11 @@ class EmailChannel(Channel):
         try:
             return handle(self.crm, self.links, request, webhook_secret=self.webhook_secret)  # type: ignore[no-any-return]
         except InboundRejected as exc:
-            if request.route == "webhook" or request.method != "GET":
-                raise  # machines (and forms posted by them) get a problem document
-            # A person followed a link from a mail: show a page, not JSON.
+            browser = "text/html" in (request.header("accept") or "")
+            if request.route == "webhook" or (request.method != "GET" and not browser):
+                raise  # machines (a one-click POST from a mail provider, a webhook) get a problem document
+            # A person followed a link from a mail, or submitted one of the
+            # pages' forms (say, after its link expired): a page, not JSON.
             return error_response(exc)  # type: ignore[no-any-return]
 
     def close(self) -> None:
