@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from ecrm_core import Cancelled, CancelToken, Conflict, NotFound, RuleError, ValidationError, hookimpl
 from ecrm_core.registry import AttributeDef
+from ecrm_core.services.segments import _explain
 from ecrm_core.testing import EventRecorder, registered
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
@@ -92,6 +93,29 @@ def test_event_conditions_use_the_kind_and_time_index(shop):
         p = shop.segments.preview(rule)
         assert any("ws_kind_time (workspace_id=? AND kind=?" in step for step in p.plan), p.plan
         assert not any("interactions" in w for w in p.warnings), p.warnings
+
+
+def test_restricted_statements_read_each_customers_own_interactions(shop):
+    """Incremental refreshes (a few customers) compile to subqueries correlated
+    with the customer row, each an index range of that customer: never a scan
+    of the kind's window, nor a list built for every restricted customer first."""
+    if not shop.db.is_sqlite:
+        pytest.skip("SQLite plans")
+    for rule in (
+        VIP,
+        "purchase.last() within 90d",
+        "purchase.first() older_than 210d",
+        "purchase.count() == 0",
+        "purchase.count(30d) >= 1 and purchase.count(210d..30d) == 0",
+    ):
+        compiled = shop.segments.compile(rule)
+        with shop.db.read() as conn:
+            stmt = compiled.select(shop.segments._sql_context(conn, restrict=[1, 2, 3]))
+            plan, _ = _explain(conn, stmt, shop.db.tables)
+        reads = [step for step in plan if "ecrm_interactions" in step]
+        assert reads and all("ws_customer_time (workspace_id=? AND customer_id=?" in step for step in reads), plan
+        assert any("CORRELATED" in step for step in plan), plan
+        assert "USING INTEGER PRIMARY KEY" in plan[0], plan
 
 
 def test_preview_warns_when_a_table_is_read_in_full(shop):

@@ -11,6 +11,12 @@ window and filters share one subquery (``HAVING count(*) >= 3 AND sum(…) >
 100``), as a person writing the query by hand would.  A condition that holds
 for a customer with no matching interaction (``count < 1``) compiles to
 ``NOT IN (… HAVING NOT …)`` so that such customers are included.
+
+Restricted to a few customers (``SqlContext.restrict``: incremental
+refreshes), behaviour conditions compile instead to subqueries correlated
+with the customer row (``EXISTS``, ``NOT EXISTS``, a lone ``min``/``max``,
+or one aggregate row), each an index range over that customer's own
+interactions, evaluated only for the rows that get that far.
 """
 
 from __future__ import annotations
@@ -217,15 +223,16 @@ def _events(conds: list[EventCond], ctx: SqlContext) -> Clause:
             who = (i.c.customer_id + 0).label("customer_id")
         else:
             kind = unindexed(kind)
-    q = sa.select(who).where(i.c.workspace_id == ctx.workspace, kind == first.kind)
+    matching: list[Clause] = [i.c.workspace_id == ctx.workspace, kind == first.kind]
     if first.window is not None:
-        q = q.where(i.c.occurred_at >= ctx.now - first.window.start)
+        matching.append(i.c.occurred_at >= ctx.now - first.window.start)
         if first.window.end is not None:
-            q = q.where(i.c.occurred_at < ctx.now - first.window.end)
-    for f in first.where:
-        q = q.where(field_clause(f, i, ctx, json_column="properties"))
-    q = q.where(ctx.restrict_clause(i.c.customer_id))
+            matching.append(i.c.occurred_at < ctx.now - first.window.end)
+    matching.extend(field_clause(f, i, ctx, json_column="properties") for f in first.where)
     pushed = _pushdown(first, ctx) if len(conds) == 1 else None
+    if ctx.restrict is not None:
+        return _correlated(conds, ctx, matching, pushed)
+    q = sa.select(who).where(*matching)
     if pushed is not None:
         # "some matching interaction exists" needs no GROUP BY at all
         return ctx.customers.c.id.in_(q.where(pushed))
@@ -234,6 +241,52 @@ def _events(conds: list[EventCond], ctx: SqlContext) -> Clause:
     if memory.holds_when_empty(first):
         return ctx.customers.c.id.not_in(q.having(sa.not_(having)))
     return ctx.customers.c.id.in_(q.having(having))
+
+
+def _correlated(conds: list[EventCond], ctx: SqlContext, matching: list[Clause], pushed: Clause | None) -> Clause:
+    """The restricted form (a few customers): a subquery correlated with the
+    customer row, one index range per customer.
+
+    Uncorrelated ``IN (… GROUP BY …)`` lists are computed in full for every
+    restricted customer before the first row is tested; a correlated
+    subquery runs only for the rows that reach it (cheap conditions of an
+    ``all`` first, the later ``WHEN``s of a lifecycle ``CASE`` only when the
+    earlier ones failed), ``EXISTS`` stops at the first match and
+    ``min``/``max`` over the (workspace, customer, time) index read one
+    entry.
+    """
+    i = ctx.interactions
+    mine = [*matching, i.c.customer_id == ctx.customers.c.id]
+    if pushed is not None:
+        return sa.exists().where(*mine, pushed)
+    first = conds[0]
+    empty_holds = memory.holds_when_empty(first)
+    if len(conds) == 1 and first.agg == "count" and _means_none(first):
+        return ~sa.exists().where(*mine)
+    if len(conds) == 1 and first.agg in ("first", "last") and first.op != "exists":
+        # min/max alone (no count(*) beside it) reads one index entry; NULL
+        # (nothing matched) takes the value the condition has on no interactions
+        agg = sa.func.min if first.agg == "first" else sa.func.max
+        at = sa.select(agg(i.c.occurred_at, type_=i.c.occurred_at.type)).where(*mine).scalar_subquery()
+        return _never_null(_date_compare(at, first.op, first.value, ctx), empty_holds, ctx)
+    having = sa.and_(*(_aggregate(c, ctx) for c in conds))
+    n = sa.func.count()
+    # an aggregate without GROUP BY has one row even when nothing matches:
+    # "IN (… HAVING h)" becomes "n > 0 AND h", "NOT IN (… HAVING NOT h)" "n = 0 OR h"
+    test = sa.or_(n == 0, having) if empty_holds else sa.and_(n > 0, having)
+    return _never_null(sa.select(test).where(*mine).scalar_subquery(), False, ctx)
+
+
+def _means_none(c: EventCond) -> bool:
+    """Whether a count condition says "no matching interaction" (``== 0``, ``< 1``, ``<= 0``)."""
+    return (c.op == "eq" and c.value == 0) or (c.op == "lt" and c.value == 1) or (c.op == "le" and c.value == 0)
+
+
+def _never_null(clause: Any, default: bool, ctx: SqlContext) -> Clause:
+    """``clause``, with NULL read as ``default``."""
+    if ctx.dialect == "sqlite":
+        return sa.func.coalesce(clause, int(default)) == 1
+    return sa.func.coalesce(clause, sa.true() if default else sa.false())
 
 
 def _pushdown(c: EventCond, ctx: SqlContext) -> Clause | None:
