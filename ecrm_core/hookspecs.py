@@ -19,6 +19,12 @@ Three families:
   its plugin and recorded in ``crm.plugins.failures``; the others still run
   and the core's write is kept.  Events are batch-aware: bulk calls fire
   once per committed batch, never once per row.
+* **Transactional** (``ecrm_interactions_inserted``) — called *inside* the
+  core's write transaction, before its COMMIT, with its connection, so a
+  plugin's derived rows commit (or roll back) together with the core's.
+  Each implementation runs in its own SAVEPOINT: one that raises is rolled
+  back to it, logged and recorded like a failing event, and the core's
+  write (and the other plugins' writes) still commit.
 * **Lifecycle** (``ecrm_startup``/``ecrm_shutdown``) — once per CRM.
 
 The version of this API is :data:`HOOK_API_VERSION`; a plugin module may set
@@ -56,7 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 #: The hook API version this core implements (``major.minor``).  Minor
 #: versions only add hooks or arguments; a major version removes or changes.
-HOOK_API_VERSION = "1.1"
+HOOK_API_VERSION = "1.2"
 
 hookspec = pluggy.HookspecMarker("ecrm")
 hookimpl = pluggy.HookimplMarker("ecrm")
@@ -74,6 +80,9 @@ EVENT_HOOKS = (
     "ecrm_messages_dispatched",
     "ecrm_message_events",
 )
+
+#: Hooks called inside the core's transaction, each implementation in its own SAVEPOINT.
+TRANSACTIONAL_HOOKS = ("ecrm_interactions_inserted",)
 
 
 # ---------------------------------------------------------------------------
@@ -290,6 +299,34 @@ def ecrm_interactions_recorded(crm: CRM, batch: InteractionBatch) -> None:
         Duplicates dropped by idempotency keys are not in the batch.
 
     .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_interactions_inserted(crm: CRM, conn: sa.Connection, batch: InteractionBatch) -> None:
+    """Interactions were inserted and are not committed yet (one call per batch).
+
+    Called inside the transaction that stores ``batch``, right after its
+    INSERT and before the COMMIT (for ``track_many(atomic=True)``, once per
+    ``batch_size`` rows, all in the one transaction).  Write the plugin's
+    derived rows (aggregates, points, counters) with ``conn``: they become
+    durable in the same COMMIT as the interactions, and vanish with them if
+    the transaction rolls back (a later bad row with ``on_error="raise"``, or
+    the host's own ROLLBACK when ecrm works inside the host's transaction).
+
+    Each implementation runs inside its own SAVEPOINT.  One that raises is
+    rolled back to it, logged against its plugin and recorded in
+    ``crm.plugins.failures``; the interactions and the other plugins' writes
+    still commit.  The write lock is held meanwhile: keep it set-based (one
+    statement per batch; on SQLite ``batch.ids`` is the batch's id range).
+    Never COMMIT or ROLLBACK ``conn``.  ``ecrm_interactions_recorded`` fires
+    later, after the COMMIT, with the same batch.
+
+    :param conn: the connection of the core's transaction.
+    :param batch: :class:`~ecrm_core.domain.InteractionBatch`, as for
+        ``ecrm_interactions_recorded``.
+
+    .. versionadded:: 1.2
     """
 
 

@@ -51,7 +51,9 @@ DEFAULT_PLUGINS = (
     ("core.messages", "ecrm_core.default_plugins.messages"),
 )
 
-ISOLATED_HOOKS = frozenset(hookspecs.EVENT_HOOKS) | {"ecrm_startup", "ecrm_shutdown"}
+ISOLATED_HOOKS = (
+    frozenset(hookspecs.EVENT_HOOKS) | frozenset(hookspecs.TRANSACTIONAL_HOOKS) | {"ecrm_startup", "ecrm_shutdown"}
+)
 
 Source = Literal["default", "entrypoint", "host"]
 Status = Literal["loaded", "failed", "disabled"]
@@ -260,6 +262,27 @@ class Plugins:
                 impl.function(*[kwargs[a] for a in impl.argnames])
             except Exception as exc:
                 self._record(impl.plugin_name, hook, exc)
+
+    def notify_in_transaction(self, hook: str, conn: Any, **kwargs: Any) -> None:
+        """Call a transactional hook with ``conn``: every implementation in
+        its own SAVEPOINT, rolled back (and recorded) if it raises."""
+        impls = getattr(self.pm.hook, hook).get_hookimpls()
+        kwargs["conn"] = conn
+        for impl in reversed(impls):
+            savepoint = conn.begin_nested()
+            try:
+                impl.function(*[kwargs[a] for a in impl.argnames])
+            except Exception as exc:
+                if savepoint.is_active:
+                    savepoint.rollback()
+                self._record(impl.plugin_name, hook, exc)
+            else:
+                if not savepoint.is_active:
+                    raise RuntimeError(
+                        f"ecrm plugin {impl.plugin_name!r} ended the transaction in {hook}; "
+                        "a transactional hook must not COMMIT or ROLLBACK the connection it is given"
+                    )
+                savepoint.commit()
 
     def _record(self, plugin: str, hook: str, exc: BaseException) -> None:
         log.exception("ecrm plugin %r failed in %s; the call went on without it", plugin, hook, exc_info=exc)

@@ -90,5 +90,9 @@ def test_email_benchmark_smoke():
         env=env,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for figure in ("ecrm: send_many + dispatch (full pipeline)", "smtplib: the same messages pre-rendered", "ratio ecrm / smtplib"):
+    for figure in (
+        "ecrm: send_many + dispatch (full pipeline)",
+        "smtplib: the same messages pre-rendered",
+        "ratio ecrm / smtplib",
+    ):
         assert figure in proc.stdout, figure

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from ecrm_core import (
     AdminPage,
     AttributeDef,
+    BatchError,
     ConditionType,
     InteractionKind,
     LifecycleStage,
@@ -163,6 +164,79 @@ def test_a_raising_listener_is_isolated_and_the_write_kept(crm):
     failure = crm.plugins.failures[-1]
     assert (failure.plugin, failure.hook) == ("broken", "ecrm_interactions_recorded")
     assert "listener down" in failure.error
+
+
+class Tally:
+    """Writes one row per batch with the core's connection (ecrm_interactions_inserted)."""
+
+    def __init__(self, table, fail=False):
+        self.table, self.fail, self.calls = table, fail, []
+
+    @hookimpl
+    def ecrm_interactions_inserted(self, crm, conn, batch):
+        self.calls.append((conn.in_transaction(), len(batch), batch.ids))
+        # the batch's own rows are visible: the same transaction
+        seen = conn.execute(sa.select(sa.func.count()).select_from(crm.db.tables["interactions"])).scalar_one()
+        conn.execute(sa.insert(self.table).values(n=len(batch), seen=seen))
+        if self.fail:
+            raise RuntimeError("tally down")
+
+
+@pytest.fixture
+def tally_table(crm):
+    t = sa.Table(
+        "test_tally",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("n", sa.Integer),
+        sa.Column("seen", sa.Integer),
+    )
+    t.create(crm.db.engine)
+    return t
+
+
+def tallies(crm, table):
+    with crm.db.read() as conn:
+        return [tuple(r) for r in conn.execute(sa.select(table.c.n, table.c.seen).order_by(table.c.id))]
+
+
+def test_ecrm_interactions_inserted_runs_inside_the_core_transaction(crm, tally_table):
+    c = crm.customers.create(email="a@example.com")
+    tally = Tally(tally_table)
+    rows = [{"kind": "page_view", "customer_id": c.id, "idempotency_key": f"k{i}"} for i in range(7)]
+    with registered(crm, tally, name="tally"):
+        crm.interactions.track_many(rows, batch_size=3)  # atomic: three batches, one transaction
+        assert [(inside, n) for inside, n, _ in tally.calls] == [(True, 3), (True, 3), (True, 1)]
+        assert tallies(crm, tally_table) == [(3, 3), (3, 6), (1, 7)]
+        if crm.db.is_sqlite:
+            assert [ids for *_, ids in tally.calls] == [range(1, 4), range(4, 7), range(7, 8)]
+        # duplicates are not in the batch; a bad row rolls back the plugin's rows with the core's
+        bad = [*rows[:2], {"kind": "page_view", "customer_id": c.id, "idempotency_key": "new"}, {"kind": "nope"}]
+        with pytest.raises(BatchError):
+            crm.interactions.track_many(bad, batch_size=1)
+        assert crm.interactions.count() == 7 and len(tallies(crm, tally_table)) == 3
+        # the host's transaction: the plugin's rows go with the host's ROLLBACK
+        with crm.db.engine.connect() as host:
+            with host.begin() as tx:
+                crm.using(host).interactions.track("click", customer_id=c.id)
+                tx.rollback()
+        assert crm.interactions.count() == 7 and len(tallies(crm, tally_table)) == 3
+
+
+def test_a_raising_transactional_hook_is_rolled_back_alone(crm, tally_table):
+    c = crm.customers.create(email="a@example.com")
+    good, broken = Tally(tally_table), Tally(tally_table, fail=True)
+    recorder = EventRecorder()
+    with registered(crm, good, name="good"), registered(crm, broken, name="broken"):
+        with registered(crm, recorder, name="rec"):
+            crm.interactions.track_many([{"kind": "click", "customer_id": c.id}] * 2)
+    assert crm.interactions.count() == 2  # the core's write is kept
+    assert len(good.calls) == len(broken.calls) == 1
+    assert tallies(crm, tally_table) == [(2, 2)]  # the broken plugin's row is gone, the good one's stays
+    failure = crm.plugins.failures[-1]
+    assert (failure.plugin, failure.hook) == ("broken", "ecrm_interactions_inserted")
+    assert "tally down" in failure.error
+    assert len(recorder.of("ecrm_interactions_recorded")) == 1  # and the after-commit event still fires
 
 
 def test_implementations_may_take_fewer_arguments(crm):

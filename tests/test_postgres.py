@@ -501,3 +501,39 @@ def test_concurrent_same_key_with_another_payload_conflicts(crm: CRM, events: Ev
     )
     assert result.stored == 0 and len(result.errors) == 1  # was: stored=1, and an event for a row it never wrote
     assert events.of("ecrm_interactions_recorded") == []
+
+
+def test_stats_commit_with_the_interactions_and_a_failing_hook_is_rolled_back_alone_on_postgres(pg_crm_factory):
+    """``ecrm_interactions_inserted`` on PostgreSQL: the stats plugin writes in
+    the core's transaction; a plugin whose statement fails would abort that
+    whole transaction, but its SAVEPOINT is rolled back and the rest commits."""
+    import ecrm_stats
+    import ecrm_stats.plugin as stats_plugin
+
+    class Broken:
+        @hookimpl
+        def ecrm_interactions_inserted(self, conn):
+            conn.exec_driver_sql("SELECT 1 / 0")  # an SQL error: the transaction is aborted without the savepoint
+
+    crm = pg_crm_factory(plugins=[stats_plugin, Broken()])
+    c = crm.customers.create(email="a@example.com")
+    rows = [
+        {
+            "kind": "purchase",
+            "customer_id": c.id,
+            "amount": "10.50",
+            "currency": "EUR",
+            "occurred_at": T0 + timedelta(days=d),
+        }
+        for d in range(5)
+    ]
+    assert crm.interactions.track_many(rows, batch_size=2).stored == 5
+    assert crm.interactions.count() == 5
+    s = ecrm_stats.stats_for(crm, c.id)["purchase"]
+    assert (s.count, s.amount_sum, s.first_at, s.last_at) == (5, Decimal("52.50"), T0, T0 + timedelta(days=4))
+    failures = [f for f in crm.plugins.failures if f.hook == "ecrm_interactions_inserted"]
+    assert len(failures) == 3 and "division by zero" in failures[0].error
+    # a bad row later in an atomic call: interactions and stats both roll back
+    with pytest.raises(BatchError):
+        crm.interactions.track_many([rows[0] | {"occurred_at": T0 + timedelta(days=9)}, {"kind": "nope"}], batch_size=1)
+    assert crm.interactions.count() == 5 and ecrm_stats.stats_for(crm, c.id)["purchase"].count == 5

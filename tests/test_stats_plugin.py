@@ -91,8 +91,8 @@ def make_customers(crm: CRM, n: int) -> list[int]:
 def test_plugin_registers_table_and_migration_branch(stats_crm: CRM) -> None:
     info = stats_crm.plugins.info["stats"]
     assert info.status == "loaded"
-    assert info.hook_api == ">=1,<2"
-    assert set(info.hooks) >= {"ecrm_interactions_recorded", "ecrm_customers_merged", "ecrm_register_tables"}
+    assert info.hook_api == ">=1.2,<2"
+    assert set(info.hooks) >= {"ecrm_interactions_inserted", "ecrm_customers_merged", "ecrm_register_tables"}
     assert stats_crm.db.tables["customer_stats"].name == "ecrm_customer_stats"
     assert stats_crm.registry.migrations["ecrm_stats"].plugin == "stats"
     assert "stats_0001" in stats_crm.db.current_revisions()
@@ -202,9 +202,9 @@ def test_sql_and_python_aggregation_agree(crm_factory: Factory, monkeypatch: pyt
     seen: list[range | None] = []
     apply = store.apply_batch
 
-    def spy(crm: CRM, batch: InteractionBatch) -> int:
+    def spy(crm: CRM, batch: InteractionBatch, conn: Any = None) -> int:
         seen.append(batch.ids)
-        return apply(crm, batch)
+        return apply(crm, batch, conn)
 
     monkeypatch.setattr(store, "apply_batch", spy)
     in_sql = run(crm_factory(plugins=[plugin]))
@@ -331,8 +331,10 @@ def test_merge_folds_stats_into_the_survivor(stats_crm: CRM) -> None:
 
 def test_a_failing_stats_hook_keeps_the_interactions(stats_crm: CRM, monkeypatch: pytest.MonkeyPatch) -> None:
     (cid,) = make_customers(stats_crm, 1)
+    apply = store.apply_batch
 
-    def broken(crm: CRM, batch: Any) -> int:
+    def broken(crm: CRM, batch: Any, conn: Any) -> int:
+        apply(crm, batch, conn)  # it wrote before failing: its savepoint takes that back
         raise RuntimeError("stats store unavailable")
 
     monkeypatch.setattr(store, "apply_batch", broken)
@@ -342,7 +344,7 @@ def test_a_failing_stats_hook_keeps_the_interactions(stats_crm: CRM, monkeypatch
     assert stats_crm.interactions.count() == 30
     failures = list(stats_crm.plugins.failures)
     assert len(failures) == 3  # one per committed batch
-    assert {(f.plugin, f.hook) for f in failures} == {("stats", "ecrm_interactions_recorded")}
+    assert {(f.plugin, f.hook) for f in failures} == {("stats", "ecrm_interactions_inserted")}
     assert "stats store unavailable" in failures[0].error
     assert ecrm_stats.stats_for(stats_crm, cid).by_kind == {}
     # The documented repair: a rebuild recomputes what the failed hook missed.

@@ -212,8 +212,15 @@ class Interactions(Service):
         state = _TrackState(self, create_missing, keep)
         errors = state.errors
 
+        plugins = self.crm.plugins
+        transactional = plugins.has_impls("ecrm_interactions_inserted")
+
         def flush(conn: sa.Connection, batch: list[_Prepared]) -> None:
+            done = len(state.batches)
             state.insert(conn, batch)
+            if transactional:
+                for b in state.batches[done:]:
+                    plugins.notify_in_transaction("ecrm_interactions_inserted", conn, crm=self.crm, batch=b)
             if progress:
                 progress(len(batch))
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __version__ = "0.1.0"
 
 #: The ecrm hook API versions this plugin is written for.
-ECRM_HOOK_API = ">=1,<2"
+ECRM_HOOK_API = ">=1.2,<2"
 
 #: The plugin's name, whether loaded by entry point or passed by the host.
 ECRM_PLUGIN_NAME = "stats"
@@ -50,10 +50,12 @@ def ecrm_register_migrations() -> list[MigrationSource]:
 
 
 @hookimpl
-def ecrm_interactions_recorded(crm: CRM, batch: InteractionBatch) -> None:
+def ecrm_interactions_inserted(crm: CRM, conn: sa.Connection, batch: InteractionBatch) -> None:
+    # In the core's transaction: the stats commit (or roll back) with the
+    # interactions, and cost no COMMIT of their own.
     from . import store
 
-    store.apply_batch(crm, batch)
+    store.apply_batch(crm, batch, conn)
 
 
 @hookimpl

@@ -239,11 +239,13 @@ def _prepared_range_upsert(conn: sa.Connection, table: sa.Table, interactions: s
     return found
 
 
-def apply_batch(crm: CRM, batch: InteractionBatch) -> int:
-    """Add a committed batch of interactions to the stats; return the number of groups upserted.
+def apply_batch(crm: CRM, batch: InteractionBatch, conn: sa.Connection | None = None) -> int:
+    """Add a batch of interactions to the stats; return the number of groups upserted.
 
-    One statement in one transaction.  On SQLite the core reports the
-    batch's id range (:attr:`~ecrm_core.InteractionBatch.ids`), and the
+    One statement, in ``conn``'s transaction when given (the plugin's
+    ``ecrm_interactions_inserted`` hook passes the core's: the stats commit
+    with the interactions), else in a transaction of its own.  On SQLite the
+    core reports the batch's id range (:attr:`~ecrm_core.InteractionBatch.ids`), and the
     stats are grouped and upserted by SQLite itself (``INSERT ... SELECT ...
     GROUP BY ... ON CONFLICT DO UPDATE`` over that range): no Python work
     per row, and the groups reach the table in key order.  Otherwise the
@@ -254,47 +256,49 @@ def apply_batch(crm: CRM, batch: InteractionBatch) -> int:
     """
     if not len(batch):
         return 0
+    if conn is None:
+        with crm.db.write() as own:
+            return apply_batch(crm, batch, own)
     table = stats_table(crm)
     ws = batch.workspace
     ids = getattr(batch, "ids", None)
-    with crm.db.write() as conn:
-        dialect = conn.dialect
-        if ids is not None and dialect.name == "sqlite":
-            sql = _prepared_range_upsert(conn, table, crm.db.tables["interactions"])
-            return int(conn.exec_driver_sql(sql, (ids.start, ids.stop)).rowcount)
-        cols = batch.columns
-        groups = aggregate_columns(cols["customer_id"], cols["kind"], cols["occurred_at"], cols["amount"])
-        sql, order = _prepared_upsert(conn, table)
-        if dialect.name == "sqlite":
-            dt: Any = _sqlite_datetime
-            amount: Any = str
-        else:
-            dt = table.c.first_at.type.dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
-            amount = table.c.amount_sum.type.dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
-        rows: list[Any] = []
-        append = rows.append
-        for (cid, kind), (n, total, first, last) in groups.items():
-            first_db = dt(first)
-            append(
-                (
-                    ws,
-                    cid,
-                    kind,
-                    n,
-                    None if total is None else amount(total),
-                    first_db,
-                    first_db if last is first else dt(last),
-                )
+    dialect = conn.dialect
+    if ids is not None and dialect.name == "sqlite":
+        sql = _prepared_range_upsert(conn, table, crm.db.tables["interactions"])
+        return int(conn.exec_driver_sql(sql, (ids.start, ids.stop)).rowcount)
+    cols = batch.columns
+    groups = aggregate_columns(cols["customer_id"], cols["kind"], cols["occurred_at"], cols["amount"])
+    sql, order = _prepared_upsert(conn, table)
+    if dialect.name == "sqlite":
+        dt: Any = _sqlite_datetime
+        amount: Any = str
+    else:
+        dt = table.c.first_at.type.dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
+        amount = table.c.amount_sum.type.dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
+    rows: list[Any] = []
+    append = rows.append
+    for (cid, kind), (n, total, first, last) in groups.items():
+        first_db = dt(first)
+        append(
+            (
+                ws,
+                cid,
+                kind,
+                n,
+                None if total is None else amount(total),
+                first_db,
+                first_db if last is first else dt(last),
             )
-        if order is not None:
-            positions = {name: i for i, name in enumerate(c.name for c in table.c)}
-            if order != tuple(positions):
-                index = [positions[name] for name in order]
-                rows = [tuple(r[i] for i in index) for r in rows]
-        else:
-            names = [c.name for c in table.c]
-            rows = [dict(zip(names, r, strict=True)) for r in rows]
-        conn.exec_driver_sql(sql, rows)
+        )
+    if order is not None:
+        positions = {name: i for i, name in enumerate(c.name for c in table.c)}
+        if order != tuple(positions):
+            index = [positions[name] for name in order]
+            rows = [tuple(r[i] for i in index) for r in rows]
+    else:
+        names = [c.name for c in table.c]
+        rows = [dict(zip(names, r, strict=True)) for r in rows]
+    conn.exec_driver_sql(sql, rows)
     return len(groups)
 
 
