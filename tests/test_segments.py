@@ -390,6 +390,29 @@ def test_lifecycle_stages_follow_purchases(shop, clock):
     assert counts["won_back"] == 1 and counts["prospect"] == 0 and next(iter(counts)) == "prospect"
 
 
+def test_one_refresh_moves_customers_to_different_stages(shop, clock):
+    """Each mover gets its own new stage and the refresh's time (SQLite writes them in one pass by id)."""
+    ada, bob, cy, dee = (shop.customers.create(email=f"{n}@example.com") for n in ("ada", "bob", "cy", "dee"))
+    buy(shop, ada.id, 0)
+    buy(shop, bob.id, -60)
+    buy(shop, cy.id, -95)  # dee never buys
+    assert {shop.customers.get(i).lifecycle_stage for i in (ada.id, bob.id, cy.id)} == {"new"}
+    clock["now"] = NOW + timedelta(days=100)
+    rec = EventRecorder()
+    with registered(shop, rec):
+        assert shop.lifecycle.refresh() == 2
+    got = {c.customer_id: (c.before, c.after) for call in rec.of("ecrm_lifecycle_changed") for c in call["changes"]}
+    assert got == {ada.id: ("new", "at_risk"), bob.id: ("new", "active")}
+    after = {i: shop.customers.get(i) for i in (ada.id, bob.id, cy.id, dee.id)}
+    assert [after[i].lifecycle_stage for i in (ada.id, bob.id, cy.id, dee.id)] == ["at_risk", "active", "new", "prospect"]
+    assert after[ada.id].updated_at == after[bob.id].updated_at == clock["now"]
+    assert after[cy.id].updated_at < clock["now"] and after[dee.id].updated_at < clock["now"]
+    # the incremental form (a few customers) writes the same way
+    clock["now"] = NOW + timedelta(days=200)
+    assert shop.lifecycle.refresh(customer_ids=[ada.id, cy.id]) == 2
+    assert [shop.customers.get(i).lifecycle_stage for i in (ada.id, bob.id, cy.id)] == ["lapsed", "active", "at_risk"]
+
+
 def test_lifecycle_rules_are_configurable_per_workspace(shop):
     ada = shop.customers.create(email="ada@example.com")
     buy(shop, ada.id, 0, amount="500")
