@@ -404,7 +404,12 @@ def test_one_refresh_moves_customers_to_different_stages(shop, clock):
     got = {c.customer_id: (c.before, c.after) for call in rec.of("ecrm_lifecycle_changed") for c in call["changes"]}
     assert got == {ada.id: ("new", "at_risk"), bob.id: ("new", "active")}
     after = {i: shop.customers.get(i) for i in (ada.id, bob.id, cy.id, dee.id)}
-    assert [after[i].lifecycle_stage for i in (ada.id, bob.id, cy.id, dee.id)] == ["at_risk", "active", "new", "prospect"]
+    assert [after[i].lifecycle_stage for i in (ada.id, bob.id, cy.id, dee.id)] == [
+        "at_risk",
+        "active",
+        "new",
+        "prospect",
+    ]
     assert after[ada.id].updated_at == after[bob.id].updated_at == clock["now"]
     assert after[cy.id].updated_at < clock["now"] and after[dee.id].updated_at < clock["now"]
     # the incremental form (a few customers) writes the same way

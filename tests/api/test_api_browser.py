@@ -1,17 +1,20 @@
 """ecrm-api's interactive docs in a real browser (headless Chromium, the OS
 package, driven by Playwright; see tests/browser_kit.py).
 
-The docs pages load Swagger UI / Scalar from a CDN; tests reach nothing off
-this machine, so the browser is answered with the Swagger UI bundle that the
-``swagger-ui-py`` package ships (the same files, from a local copy).  What is
-checked is ecrm's part: the page's HTML, and that the app's OpenAPI document
-(embedded in the page) renders with every operation in it listed.
+With ``swagger-ui-py`` installed (as here) the app serves Swagger UI's files
+itself, and ``/docs`` must render with nothing fetched from off this machine.
+With ``docs_assets="cdn"`` the pages load Swagger UI / Scalar from jsDelivr;
+tests reach nothing off this machine, so the browser is answered with the
+same files from the package's local copy.  What is checked is ecrm's part:
+the page's HTML, and that the app's OpenAPI document (embedded in the page)
+renders with every operation in it listed.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -37,30 +40,16 @@ def swagger_assets() -> Path:
     return static
 
 
-def test_swagger_docs_page_lists_every_operation(live_api, page, swagger_assets):
-    served: list[str] = []
-
-    def cdn(route):
-        name = urlsplit(route.request.url).path.rsplit("/", 1)[-1]
-        asset = swagger_assets / name
-        if re.fullmatch(r"swagger-ui[\w.-]*\.(js|css)", name) and asset.is_file():
-            served.append(name)
-            route.fulfill(status=200, body=asset.read_bytes(), content_type=_ASSET_TYPES[asset.suffix])
-        else:
-            route.abort("blockedbyclient")
-
-    page.route(re.compile(r"^https://cdn\.jsdelivr\.net/npm/swagger-ui-dist@[^/]+/"), cdn)
-    document = httpx.get(f"{live_api.url}/docs/openapi.json").json()
+def _operations(url: str) -> list[tuple[str, str]]:
+    document = httpx.get(f"{url}/docs/openapi.json").json()
     expected = sorted(
         (method.upper(), path) for path, item in document["paths"].items() for method in item if method in HTTP_METHODS
     )
     assert len(expected) > 20
+    return expected
 
-    response = page.goto(f"{live_api.url}/docs/swagger")
-    assert response.status == 200
-    assert page.title()  # (Litestar's page has no lang attribute: not ours to fix)
-    assert sorted(served) == ["swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "swagger-ui.css"]
 
+def _lists_every_operation(page: Any, expected: list[tuple[str, str]]) -> None:
     page.locator(".opblock").first.wait_for()
     page.wait_for_function(f"document.querySelectorAll('.opblock').length >= {len(expected)}")
     shown = sorted(
@@ -75,13 +64,49 @@ def test_swagger_docs_page_lists_every_operation(live_api, page, swagger_assets)
     assert shown == expected
     assert page.get_by_text("ecrm API", exact=False).first.is_visible()
     assert page.locator(".errors-wrapper").count() == 0  # Swagger UI found nothing wrong in the document
+
+
+def test_docs_page_works_offline_with_bundled_swagger_ui(live_api, page, swagger_assets):
+    """``/docs``: Swagger UI from the app itself; not one request leaves 127.0.0.1."""
+    expected = _operations(live_api.url)
+    hosts: list[str | None] = []
+    page.on("request", lambda request: hosts.append(urlsplit(request.url).hostname))
+    response = page.goto(f"{live_api.url}/docs")
+    assert response.status == 200
+    assert page.title()  # (Litestar's page has no lang attribute: not ours to fix)
+    _lists_every_operation(page, expected)
+    assert page.context.blocked_requests == []
+    assert len(hosts) >= 5 and set(hosts) == {"127.0.0.1"}, hosts  # the page, its 3 files, the icon
+
+
+def test_cdn_swagger_docs_page_lists_every_operation(api_crm, live_api_factory, page, swagger_assets):
+    live = live_api_factory(api_crm, rate_limit=None, docs_assets="cdn")
+    served: list[str] = []
+
+    def cdn(route):
+        name = urlsplit(route.request.url).path.rsplit("/", 1)[-1]
+        asset = swagger_assets / name
+        if re.fullmatch(r"swagger-ui[\w.-]*\.(js|css)", name) and asset.is_file():
+            served.append(name)
+            route.fulfill(status=200, body=asset.read_bytes(), content_type=_ASSET_TYPES[asset.suffix])
+        else:
+            route.abort("blockedbyclient")
+
+    page.route(re.compile(r"^https://cdn\.jsdelivr\.net/npm/swagger-ui-dist@[^/]+/"), cdn)
+    expected = _operations(live.url)
+    response = page.goto(f"{live.url}/docs/swagger")
+    assert response.status == 200
+    assert sorted(served) == ["swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "swagger-ui.css"]
+    _lists_every_operation(page, expected)
     # only the CDN was asked for outside resources (the bundle, from the local copy; a favicon)
     assert all(urlsplit(u).hostname == "cdn.jsdelivr.net" for u in page.context.blocked_requests)
 
 
-def test_scalar_docs_page_loads_the_document(live_api, page):
-    """``/docs`` (Scalar): the page itself, the title and the document it points at."""
-    response = page.goto(f"{live_api.url}/docs")
+@pytest.mark.parametrize(("assets", "path"), [("auto", "/docs/scalar"), ("cdn", "/docs")])
+def test_scalar_docs_page_loads_the_document(api_crm, live_api_factory, page, assets, path):
+    """Scalar (always from its CDN): the page itself, the title and the document it points at."""
+    live = live_api_factory(api_crm, rate_limit=None, docs_assets=assets)
+    response = page.goto(f"{live.url}{path}")
     assert response.status == 200 and response.headers["content-type"].startswith("text/html")
     assert page.title() == "ecrm API"
     scripts = page.locator("script[src]").evaluate_all("els => els.map(e => e.src)")

@@ -15,8 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
-from ecrm_api import Keys
+from ecrm_api import ApiConfig, Keys, create_app
+from ecrm_api import app as app_module
+from ecrm_api.app import bundled_swagger_ui
 from ecrm_api.testing import serve_in_thread
+from litestar.testing import TestClient
+
+from ecrm_core.errors import ValidationError
 
 EXAMPLES = Path(__file__).parent.parent.parent / "examples"
 
@@ -94,13 +99,35 @@ def test_docs_and_openapi_work_under_the_mount(host: tuple[str, Any]) -> None:
         assert spec["openapi"].startswith("3.1")
         assert "/crm/health" in spec["paths"] and "/crm/me" in spec["paths"]
         assert all(p.startswith("/crm/") for p in spec["paths"])
-        page = http.get("/crm/docs")
-        assert page.status_code == 200
+        scalar = http.get("/crm/docs/scalar")
+        assert scalar.status_code == 200
         # the page loads the document from where it really is
-        links = re.findall(r'(?:data-url|url)\s*[=:]\s*["\']([^"\']*openapi\.json)', page.text)
+        links = re.findall(r'(?:data-url|url)\s*[=:]\s*["\']([^"\']*openapi\.json)', scalar.text)
         assert links and all(link == "/crm/docs/openapi.json" for link in links), links
-        swagger = http.get("/crm/docs/swagger")  # embeds the document itself
-        assert swagger.status_code == 200 and '"/crm/health"' in swagger.text
+        # /docs is Swagger UI (swagger-ui-py is installed in the test environment):
+        # it embeds the document, and its files come from the app, under the mount
+        assert bundled_swagger_ui() is not None, "install swagger-ui-py (ecrm-api[docs]) for this test"
+        for path in ("/crm/docs", "/crm/docs/swagger"):
+            page = http.get(path)
+            assert page.status_code == 200 and '"/crm/health"' in page.text
+            assets = re.findall(r'(?:src|href)=["\']([^"\']+)["\']', page.text)
+            assert sorted(assets) == [
+                f"/crm/docs/assets/{name}"
+                for name in (
+                    "favicon-32x32.png",
+                    "swagger-ui-bundle.js",
+                    "swagger-ui-standalone-preset.js",
+                    "swagger-ui.css",
+                )
+            ], assets
+        for url in assets:  # public, cacheable, and the right type
+            got = http.get(url)
+            assert got.status_code == 200 and got.content, url
+            assert "max-age=86400" in got.headers["cache-control"]
+            kind = {"js": "javascript", "css": "text/css", "png": "image/png"}[url.rsplit(".", 1)[1]]
+            assert kind in got.headers["content-type"], (url, got.headers["content-type"])
+        assert http.get("/crm/docs/assets/no-such.js").status_code == 404
+        assert http.get("/crm/docs/assets/%2e%2e/%2e%2e/__init__.py").status_code == 404  # nothing outside the folder
 
 
 @pytest.mark.parametrize("name", ["asgi_mount", "flask_host"])
@@ -137,3 +164,23 @@ def test_example_script_runs(name: str, tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=15)
     assert "/crm/docs" in out, out + err
     assert "Traceback" not in err, err
+
+
+def test_docs_assets_choices(api_crm, monkeypatch) -> None:
+    """``docs_assets``: checked; ``"cdn"`` pages name jsDelivr; ``"bundled"`` needs swagger-ui-py."""
+    with pytest.raises(ValidationError, match=r"docs_assets.*one of 'auto', 'bundled', 'cdn'"):
+        ApiConfig(docs_assets="local")
+    with TestClient(create_app(api_crm, docs_assets="cdn")) as client:
+        page = client.get("/docs")
+        assert page.status_code == 200 and "cdn.jsdelivr.net/npm/@scalar" in page.text
+        swagger = client.get("/docs/swagger").text
+        assert "cdn.jsdelivr.net/npm/swagger-ui-dist@" in swagger and "/docs/assets/" not in swagger
+        assert client.get("/docs/assets/swagger-ui.css").status_code == 404
+    with TestClient(create_app(api_crm, docs_assets="bundled")) as client:
+        page = client.get("/docs").text
+        assert '"/docs/assets/swagger-ui-bundle.js"' in page and "jsdelivr" not in page
+    monkeypatch.setattr(app_module, "bundled_swagger_ui", lambda: None)
+    with pytest.raises(ValidationError, match=r"swagger-ui-py.*ecrm-api\[docs\]"):
+        create_app(api_crm, docs_assets="bundled")
+    with TestClient(create_app(api_crm)) as client:  # "auto" without the package: the CDN pages
+        assert "cdn.jsdelivr.net/npm/@scalar" in client.get("/docs").text

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
+from ecrm_core.errors import ValidationError
 from litestar import Litestar, Request, Router
-from litestar.datastructures import State
+from litestar.datastructures import CacheControlHeader, State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.plugins import OpenAPIRenderPlugin, ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
+from litestar.static_files import create_static_files_router
 
 from . import __version__
 from .auth import KeyAuthMiddleware, route_policy
@@ -173,6 +177,9 @@ def create_app(
 
     openapi = None
     if config.docs:
+        render_plugins, assets = _docs_pages(config)
+        if assets is not None:
+            routers.append(assets)
         docs_router = Router(
             path=f"{config.path}/docs", route_handlers=[], opt={"public": "API documentation"}, include_in_schema=False
         )
@@ -185,7 +192,7 @@ def create_app(
             ),
             path=f"{config.path}/docs",
             openapi_router=docs_router,
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            render_plugins=render_plugins,
             components=Components(
                 security_schemes={
                     "apiKey": SecurityScheme(type="http", scheme="bearer", description="an ecrm API key"),
@@ -292,3 +299,60 @@ def route_table(app: Litestar) -> Iterable[tuple[str, str, Any]]:
             methods = sorted(getattr(handler, "http_methods", None) or ["WS"])
             for method in methods:
                 yield route.path, method, handler
+
+
+#: The route name of the bundled Swagger UI files (``{path}/docs/assets/…``).
+DOCS_ASSETS = "ecrm-docs-assets"
+
+
+def bundled_swagger_ui() -> Path | None:
+    """The folder of Swagger UI's files that the ``swagger-ui-py`` package ships, if it is installed."""
+    try:
+        import swagger_ui
+    except ImportError:
+        return None
+    static = Path(swagger_ui.__file__).parent / "static"
+    return static if (static / "swagger-ui-bundle.js").is_file() else None
+
+
+class BundledSwaggerUI(SwaggerRenderPlugin):
+    """Swagger UI whose script, style sheet and icon this app serves itself (no CDN).
+
+    The URLs are reversed per request, so they stay right when the app is
+    mounted under a host's path."""
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        def url(name: str) -> str:
+            return request.app.route_reverse(DOCS_ASSETS, file_path=f"/{name}")
+
+        page = copy.copy(self)
+        page.js_url = url("swagger-ui-bundle.js")
+        page.css_url = url("swagger-ui.css")
+        page.standalone_preset_js_url = url("swagger-ui-standalone-preset.js")
+        page.favicon = f"<link rel='icon' type='image/png' href='{url('favicon-32x32.png')}'>"
+        return SwaggerRenderPlugin.render(page, request, openapi_schema)
+
+
+def _docs_pages(config: ApiConfig) -> tuple[list[OpenAPIRenderPlugin], Router | None]:
+    """The docs pages and, with bundled assets, the router that serves their files."""
+    folder = None if config.docs_assets == "cdn" else bundled_swagger_ui()
+    if folder is None:
+        if config.docs_assets == "bundled":
+            raise ValidationError(
+                "docs_assets",
+                "bundled",
+                "the swagger-ui-py package (Swagger UI's files) is not installed",
+                "pip install 'ecrm-api[docs]', or give docs_assets=\"cdn\"",
+            )
+        return [ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")], None
+    assets = create_static_files_router(
+        path=f"{config.path}/docs/assets",
+        directories=[folder],
+        name=DOCS_ASSETS,
+        opt={"public": "the files of the API documentation page"},
+        cache_control=CacheControlHeader(public=True, max_age=86_400),
+        include_in_schema=False,
+    )
+    # Swagger UI first: it is the page at /docs.  Scalar has no Python
+    # package with its files; it stays on its CDN at /docs/scalar.
+    return [BundledSwaggerUI(path="/swagger"), ScalarRenderPlugin(path="/scalar")], assets

@@ -92,6 +92,10 @@ def _secret(value: str | bytes | None) -> bytes:
     return data
 
 
+#: The choices of :attr:`ApiConfig.docs_assets`.
+DOCS_ASSETS = ("auto", "bundled", "cdn")
+
+
 @attrs.frozen
 class ApiConfig:
     """Settings of :func:`ecrm_api.create_app` (all have defaults).
@@ -110,6 +114,15 @@ class ApiConfig:
     :param secret: signs pagination cursors; default ``ECRM_API_SECRET`` or a
         random one per process (cursors then do not survive a restart).
     :param docs: serve the OpenAPI 3.1 document and the interactive docs.
+    :param docs_assets: where the docs page's files come from.  ``"auto"``
+        (default): Swagger UI from this app itself when the ``swagger-ui-py``
+        package is installed (``pip install 'ecrm-api[docs]'``), so the page
+        works offline and under a ``script-src 'self'`` policy; it is then
+        the page at ``/docs`` and Scalar (from its CDN) moves to
+        ``/docs/scalar``.  Without the package, or with ``"cdn"``: Scalar at
+        ``/docs`` and Swagger UI at ``/docs/swagger``, both from jsDelivr.
+        ``"bundled"``: like ``"auto"``, but an error when the package is
+        missing.
     :param event_kinds: Segment ``track`` event names mapped to interaction
         kinds (default :data:`DEFAULT_EVENT_KINDS`).
     :param key_cache_seconds: how long an authenticated key is trusted
@@ -142,6 +155,7 @@ class ApiConfig:
     rate_limit: tuple[RateUnit, int] | None = attrs.field(default=("second", 200), converter=_limit)
     secret: bytes = attrs.field(default=None, converter=_secret, repr=False)
     docs: bool = True
+    docs_assets: str = "auto"
     event_kinds: Mapping[str, str] = attrs.field(factory=lambda: dict(DEFAULT_EVENT_KINDS))
     key_cache_seconds: float = 2.0
     future_tolerance: timedelta = timedelta(days=1)
@@ -160,6 +174,10 @@ class ApiConfig:
         wait = self.ingest_max_wait
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 1:
             raise ValidationError("ingest_max_wait", wait, "out of range", "give seconds from 0 to 1, e.g. 0.005")
+        if self.docs_assets not in DOCS_ASSETS:
+            raise ValidationError(
+                "docs_assets", self.docs_assets, "unknown choice", f"give one of {', '.join(map(repr, DOCS_ASSETS))}"
+            )
         for name in ("max_body_bytes", "tracking_max_body_bytes"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1024:
