@@ -252,6 +252,7 @@ class CRM:
             routes=tuple(routes),
             migrations=migrations,
             purposes=by_name("ecrm_register_message_purposes", "message purpose"),
+            jobs=by_name("ecrm_register_jobs", "job"),
         )
 
     def check_kind(self, kind: Any, field: str = "kind") -> str:
