@@ -359,7 +359,9 @@ class JobRunner:
                     seconds,
                     spec.lease,
                 )
-        return TickOutcome(job=spec.name, workspace=workspace, status="ran", next_in=wait, result=result, seconds=seconds)
+        return TickOutcome(
+            job=spec.name, workspace=workspace, status="ran", next_in=wait, result=result, seconds=seconds
+        )
 
     def _record_failure(
         self, spec: JobSpec, ws: str, workspace: str | None, started: datetime, exc: BaseException, seconds: float
