@@ -129,15 +129,17 @@ def _stop_on_signals(executor: Executor, state: State) -> Iterator[None]:
 
 
 def _line(outcome: TickOutcome) -> str | None:
-    where = f"[{outcome.workspace}]" if outcome.workspace else "[global]"
+    from rich.markup import escape
+
+    where = escape(f"[{outcome.workspace}]" if outcome.workspace else "[global]")
     clock = datetime.now().strftime("%H:%M:%S")
     if outcome.status == "failed":
-        return f"{clock} [red]{outcome.job}[/] {where} failed: {outcome.error} (retry in {outcome.next_in:.0f} s)"
+        return f"{clock} [red]{outcome.job}[/] {where} failed: {escape(outcome.error or '')} (retry in {outcome.next_in:.0f} s)"
     result = outcome.result
     if outcome.status != "ran" or result is None or not (result.done or (result.message and result.more)):
         return None
     more = " (more)" if result.more else ""
-    detail = f": {result.message}" if result.message else ""
+    detail = f": {escape(result.message)}" if result.message else ""
     return f"{clock} {outcome.job} {where} {result.done} done in {outcome.seconds:.2f} s{more}{detail}"
 
 
@@ -297,6 +299,7 @@ def status_cmd(state: State, as_json: bool, jobs: tuple[str, ...]) -> None:
         for s in states:
             click.echo(json.dumps(_state_doc(s, now)))
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"worker jobs — {state.where()}")
@@ -312,10 +315,10 @@ def status_cmd(state: State, as_json: bool, jobs: tuple[str, ...]) -> None:
             due = f"in {_duration((s.next_run_at - now).total_seconds())}"
         result = f"{s.last_done}{' (more)' if s.last_more else ''}"
         if s.last_message:
-            result += f": {s.last_message}"
+            result += f": {escape(s.last_message)}"
         error = ""
         if s.last_error:
-            error = f"[red]{s.last_error}[/] ({_ago(now, s.last_error_at)})"
+            error = f"[red]{escape(s.last_error)}[/] ({_ago(now, s.last_error_at)})"
         lease = f"{s.lease_owner} (until {s.lease_until:%H:%M:%S})" if s.leased(now) and s.lease_until else ""
         table.add_row(
             s.job,
