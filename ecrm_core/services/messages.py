@@ -28,6 +28,7 @@ import builtins
 import logging
 import random
 import threading
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
@@ -39,6 +40,8 @@ import sqlalchemy as sa
 from attrs import field, frozen
 
 from ..channels import (
+    EVENT_KINDS,
+    MESSAGE_EVENTS,
     Channel,
     ChannelConfigError,
     Content,
@@ -49,8 +52,10 @@ from ..channels import (
     Message,
     MessageEvent,
     Purpose,
+    TemplateError,
+    normalize_address,
 )
-from ..errors import Conflict, IdempotencyConflict, NotFound, ValidationError
+from ..errors import Conflict, EcrmError, IdempotencyConflict, NotFound, ValidationError
 from ..validation import check_slug, thaw
 from ._base import Service
 
@@ -65,6 +70,11 @@ __all__ = [
     "Attempt",
     "Outcome",
     "SendReport",
+    "Failure",
+    "FAILURE_REASONS",
+    "EventReport",
+    "IgnoredEvent",
+    "InboundResult",
     "DispatchReport",
     "Suppression",
     "plain_customer",
@@ -146,20 +156,103 @@ class _Claimed:
     transactional: bool
     template: str | None
     timezone: str
+    alone: bool = False  # its last attempt was in a send_many that raised: send it on its own
+
+
+#: The reason a message waits with after a channel raised while sending it.
+_CHANNEL_ERROR = "channel error: "
+
+
+#: Why a customer's message could not be made (``SendReport.failed``,
+#: ``Failure.reason``, the ``reason`` of a ``message_blocked`` interaction).
+FAILURE_REASONS = (
+    "address_failed",  # Channel.address() raised
+    "invalid_address",  # it returned something that is not a storable address
+    "context_failed",  # the context function raised or returned data that is not plain
+    "render_failed",  # the template did not render for this customer
+    "invalid_content",  # the channel rendered something that cannot be stored or sent
+)
+#: How many failures a SendReport lists (all are counted).
+MAX_LISTED_FAILURES = 100
+
+
+@frozen(kw_only=True)
+class Failure:
+    """One customer whose message could not be made (a :class:`SendReport` entry).
+
+    ``reason`` is one of :data:`FAILURE_REASONS`; ``error`` the exception's
+    type; ``detail`` what went wrong (an ecrm error's message, or the type
+    and message of a plugin's exception); ``plugin_fault`` is true when the
+    channel or context function raised something other than an ecrm error
+    (a bug: logged with its traceback).  ``message`` is the id of the
+    ``blocked`` message recorded for it.
+    """
+
+    customer_id: int
+    message: str
+    reason: str
+    error: str
+    detail: str
+    plugin_fault: bool = False
 
 
 @frozen(kw_only=True)
 class SendReport:
-    """What ``send_many`` did: message uids queued, and counts of the rest."""
+    """What ``send_many`` did: counts of what was queued, blocked and failed.
+
+    * ``queued``: messages in the outbox (``scheduled`` of them wait for the
+      end of quiet hours);
+    * ``blocked``: policy decisions by reason (``no_consent``, ``opted_out``,
+      ``suppressed``, ``no_address``, ``frequency_cap``);
+    * ``failed``: customers whose message could not be made, by reason
+      (:data:`FAILURE_REASONS`); each is stored as a ``blocked`` message and
+      a ``message_blocked`` interaction on their timeline; ``failures`` lists
+      the first :data:`MAX_LISTED_FAILURES` of them;
+    * ``duplicates``: customers who already had the ``dedupe_key``.
+    """
 
     queued: int = 0
     blocked: Mapping[str, int] = field(factory=dict)
     duplicates: int = 0
     scheduled: int = 0  # queued for after quiet hours
+    failed: Mapping[str, int] = field(factory=dict)
+    failures: tuple[Failure, ...] = ()
 
     @property
     def total(self) -> int:
-        return self.queued + sum(self.blocked.values()) + self.duplicates
+        return self.queued + sum(self.blocked.values()) + sum(self.failed.values()) + self.duplicates
+
+
+@frozen(kw_only=True)
+class IgnoredEvent:
+    """An inbound event the core did not apply, and why."""
+
+    event: MessageEvent
+    reason: str
+
+
+@frozen(kw_only=True)
+class EventReport:
+    """What :meth:`Messages.apply` did with a list of events.
+
+    ``applied``: the events that changed something (completed with their
+    ``customer_id``, ``address`` and ``workspace``); ``duplicates``: replays
+    of events applied before (same ``key``); ``ignored``: events that were
+    not applied, each with the reason (unknown message, address that is not
+    the message's recipient, no such customer…).
+    """
+
+    applied: tuple[MessageEvent, ...] = ()
+    duplicates: tuple[MessageEvent, ...] = ()
+    ignored: tuple[IgnoredEvent, ...] = ()
+
+
+@frozen(kw_only=True)
+class InboundResult:
+    """What :meth:`Channels.receive` did: the channel's answer and its events' fate."""
+
+    response: InboundResponse
+    events: EventReport
 
 
 @frozen(kw_only=True)
@@ -297,6 +390,161 @@ def _short(text: str | None, limit: int) -> str | None:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _unsafe_char(ch: str) -> bool:
+    """Control characters, lone surrogates, line/paragraph separators and bidi
+    controls: never stored verbatim in a reason or a log line."""
+    cat = unicodedata.category(ch)
+    return cat in ("Cc", "Cs", "Zl", "Zp") or (cat == "Cf" and ch in _BIDI)
+
+
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _clean(text: Any, limit: int) -> str:
+    """``text`` safe to store and show: unsafe characters escaped (``\\n``,
+    ``\\x00``, ``\\u202e``), at most ``limit`` characters."""
+    raw = str(text)[: limit * 2]
+    out = "".join(ch.encode("unicode_escape").decode("ascii") if _unsafe_char(ch) else ch for ch in raw)
+    return _short(out, limit) or ""
+
+
+def _clean_opt(text: Any, limit: int) -> str | None:
+    return None if text is None else _clean(text, limit)
+
+
+def _safe_result(res: DeliveryResult) -> DeliveryResult:
+    """``res`` with its texts safe to store (a provider's reason may hold
+    anything; one unstorable reason must not lose the whole batch's outcomes)."""
+    import attrs
+
+    return attrs.evolve(
+        res,
+        provider_id=_clean_opt(res.provider_id, 500),
+        code=_clean_opt(res.code, 100),
+        reason=_clean(res.reason or "", 1000),
+    )
+
+
+def _address_problem(address: Any) -> str | None:
+    """Why ``address`` (from ``Channel.address``) cannot be stored or used, or ``None``."""
+    if not isinstance(address, str):
+        return f"address() returned {type(address).__name__}, not a string"
+    if len(address) > 320:
+        return f"the address is {len(address)} characters long; at most 320 are stored"
+    if any(_unsafe_char(ch) for ch in address):
+        return "the address contains control, surrogate or bidi characters"
+    return None
+
+
+def _content_problem(content: Any) -> str | None:
+    """Why rendered ``content`` cannot be stored or sent, or ``None``."""
+    if not isinstance(content, Content):
+        return f"the channel rendered {type(content).__name__}, not Content"
+    parts: builtins.list[tuple[str, Any, bool]] = [
+        ("body", content.body, False),
+        ("subject", content.subject, True),
+        ("html", content.html, False),
+    ]
+    if not isinstance(content.headers, Mapping):
+        return "content.headers is not a mapping"
+    for name, value in content.headers.items():
+        parts.append((f"headers[{name!r}]", name, True))
+        parts.append((f"headers[{name!r}]", value, True))
+    for where, value, one_line in parts:
+        if value is None and where not in ("body",):
+            continue
+        if not isinstance(value, str):
+            return f"content.{where} is {type(value).__name__}, not a string"
+        if "\x00" in value:
+            return f"content.{where} contains NUL"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"content.{where} contains lone surrogates (not valid Unicode text)"
+        if one_line and ("\r" in value or "\n" in value):
+            return f"content.{where} has a line break"
+    return None
+
+
+@frozen
+class _Fault:
+    reason: str
+    error: str
+    detail: str
+    plugin: bool
+
+
+class _Faults:
+    """The per-customer faults of one send: classified, counted, logged once.
+
+    An :class:`~ecrm_core.errors.EcrmError` (a ``TemplateError``, a
+    ``ValidationError``…) is a *data fault*: this customer's data cannot be
+    rendered or addressed; its message is the detail.  Any other exception
+    is a *plugin fault* (a bug in the channel or the context function): the
+    detail names its type, and the first one of the batch is logged with its
+    traceback.  With ``raise_first`` the first fault is raised instead.
+    """
+
+    def __init__(self, channel: str, *, raise_first: bool) -> None:
+        self.channel = channel
+        self.raise_first = raise_first
+        self.counts: dict[str, int] = {}
+        self.failures: builtins.list[Failure] = []
+        self.plugin_faults = 0
+
+    def add(self, reason: str, exc: BaseException) -> _Fault:
+        if self.raise_first:
+            raise exc
+        cause = exc
+        original = getattr(exc, "original", None)
+        if isinstance(exc, TemplateError) and isinstance(original, BaseException):
+            cause = original
+        name = type(cause).__name__
+        if isinstance(cause, EcrmError):
+            return _Fault(reason, name, _clean(str(cause), 1000), False)
+        self.plugin_faults += 1
+        if self.plugin_faults == 1:
+            log.error(
+                "channel %s: %s: a plugin raised %s for one customer; that customer is skipped, the others "
+                "are sent (more plugin faults of this send are counted, not logged)",
+                self.channel,
+                reason,
+                name,
+                exc_info=(type(cause), cause, cause.__traceback__),
+            )
+        text = str(cause)
+        return _Fault(reason, name, _clean(f"{name}: {text}" if text else name, 1000), True)
+
+    def listed(self, customer_id: int, message: str, fault: _Fault) -> None:
+        self.counts[fault.reason] = self.counts.get(fault.reason, 0) + 1
+        if len(self.failures) < MAX_LISTED_FAILURES:
+            self.failures.append(
+                Failure(
+                    customer_id=customer_id,
+                    message=message,
+                    reason=fault.reason,
+                    error=fault.error,
+                    detail=fault.detail,
+                    plugin_fault=fault.plugin,
+                )
+            )
+
+    def log_summary(self) -> None:
+        if self.counts:
+            log.warning(
+                "channel %s: %d customer(s) skipped, their messages could not be made: %s",
+                self.channel,
+                sum(self.counts.values()),
+                ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items())),
+            )
+        if self.plugin_faults > 1:
+            log.error(
+                "channel %s: %d plugin faults in this send (the first is logged above)",
+                self.channel,
+                self.plugin_faults,
+            )
+
+
 # ---------------------------------------------------------------------------
 # crm.channels
 # ---------------------------------------------------------------------------
@@ -334,7 +582,14 @@ class Channels(Service):
         return policy
 
     def get(self, name: str) -> Channel:
-        """The channel object (built once per CRM, on first use)."""
+        """The channel object (built once per CRM, on first use).
+
+        One object serves every workspace: its ``crm`` is a view in the
+        workspace the CRM was built for (never in the workspace of whichever
+        view happened to ask first).  A channel acting for a message or a
+        customer acts in *their* workspace (``crm.messages.locate(id)``,
+        ``crm.in_workspace(record.workspace)``), and the events it returns
+        are applied in their message's or customer's workspace."""
         shared = self.crm._shared
         channel = shared.channels.get(name)
         if channel is not None:
@@ -343,7 +598,7 @@ class Channels(Service):
         with shared.lock:
             channel = shared.channels.get(name)
             if channel is None:
-                root = self.crm._view(db=shared.root_db, workspace=self.crm.workspace)
+                root = self.crm._view(db=shared.root_db, workspace=shared.root_workspace or self.crm.workspace)
                 try:
                     channel = spec.factory(root)
                 except ChannelConfigError:
@@ -381,12 +636,22 @@ class Channels(Service):
         """Let channel ``name`` verify and interpret ``request``, then apply its events.
 
         Raises :class:`~ecrm_core.channels.InboundRejected` when the request
-        is not authentic (nothing is changed then).
+        is not authentic (nothing is changed then).  Events the core does not
+        apply (an unknown message, an address that is not the message's
+        recipient…) are logged and ignored; :meth:`receive` reports them.
         """
+        return self.receive(name, request).response
+
+    def receive(self, name: str, request: InboundRequest) -> InboundResult:
+        """Like :meth:`handle_inbound`, and what became of each event
+        (:class:`EventReport`: applied, duplicates, ignored with the reason)."""
         response = self.get(name).handle_inbound(request)
-        if response.events:
-            self.crm.messages.apply_events(response.events)
-        return response
+        if not isinstance(response, InboundResponse):
+            raise TypeError(
+                f"channel {name!r}: handle_inbound returned {type(response).__name__}, not an InboundResponse"
+            )
+        report = self.crm.messages.apply(response.events) if response.events else EventReport()
+        return InboundResult(response=response, events=report)
 
 
 # ---------------------------------------------------------------------------
@@ -705,6 +970,7 @@ class Messages(Service):
         at: datetime | None = None,
         dedupe_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        on_error: Literal["record", "raise"] = "record",
     ) -> MessageRecord:
         """Decide to send one message and put it in the outbox.
 
@@ -721,12 +987,19 @@ class Messages(Service):
         :param at: send no earlier than this (aware datetime).
         :param dedupe_key: the same key twice returns the first message
             instead of sending again (e.g. ``"order-1234-receipt"``).
+        :param on_error: what to do when this customer's message cannot be
+            made (the template does not render with their data, the channel
+            cannot address them…): ``"record"`` (default) stores it
+            ``blocked`` with the failure as ``reason`` (``render_failed: …``)
+            and a ``message_blocked`` interaction; ``"raise"`` raises the
+            error (:class:`~ecrm_core.channels.TemplateError`…) and stores
+            nothing.
 
         Returns the stored :class:`MessageRecord`: ``queued`` (``dispatch``
         sends it), or ``blocked`` with a ``reason`` (``no_consent``,
-        ``opted_out``, ``suppressed``, ``no_address``, ``frequency_cap``).
-        Raises :class:`~ecrm_core.channels.TemplateError` for a template that
-        does not render (nothing is stored then).
+        ``opted_out``, ``suppressed``, ``no_address``, ``frequency_cap``, or a
+        failure: ``render_failed: <what went wrong>``, see
+        :data:`FAILURE_REASONS`).
         """
         _report, uids = self._send(
             channel,
@@ -739,6 +1012,7 @@ class Messages(Service):
             dedupe=(lambda _cid: dedupe_key) if dedupe_key is not None else None,
             metadata=metadata,
             single=True,
+            on_error=on_error,
         )
         return self.get(uids[0])
 
@@ -757,6 +1031,7 @@ class Messages(Service):
         metadata: Mapping[str, Any] | None = None,
         chunk_size: int = 500,
         progress: Callable[[int], None] | None = None,
+        on_error: Literal["record", "raise"] = "record",
     ) -> SendReport:
         """Decide to send one message to each of many customers (set-based).
 
@@ -766,10 +1041,20 @@ class Messages(Service):
         string with ``{customer_id}`` (e.g. ``"spring-sale-{customer_id}"``):
         customers who already have that message are counted as duplicates.
         Each chunk of ``chunk_size`` customers is one transaction and a
-        handful of queries, whatever the number of messages.
+        handful of queries, whatever the number of messages; the channel
+        renders each chunk with one ``render_many`` call.
+
+        One customer never stops the batch: a customer whose message cannot
+        be made (see :data:`FAILURE_REASONS`) is stored as a ``blocked``
+        message with the reason, gets a ``message_blocked`` interaction, and
+        is counted in ``SendReport.failed`` (the first ones listed in
+        ``failures``); every other customer is sent.  ``on_error="raise"``
+        raises the first such error instead (the chunks before it are kept).
         """
         if (customer_ids is None) == (segment is None):
             raise ValidationError("customer_ids", customer_ids, "give customer_ids or segment", "pass exactly one")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or not 1 <= chunk_size <= 10_000:
+            raise ValidationError("chunk_size", chunk_size, "out of range", "use 1..10000")
         if segment is not None:
             ids: Iterable[int] = self._segment_ids(segment)
         else:
@@ -790,6 +1075,7 @@ class Messages(Service):
             metadata=metadata,
             chunk_size=chunk_size,
             progress=progress,
+            on_error=on_error,
         )
         return report
 
@@ -808,10 +1094,13 @@ class Messages(Service):
         chunk_size: int = 500,
         single: bool = False,
         progress: Callable[[int], None] | None = None,
+        on_error: str = "record",
     ) -> tuple[SendReport, builtins.list[str]]:
         self.ready()
         from ..validation import aware_datetime
 
+        if on_error not in ("record", "raise"):
+            raise ValidationError("on_error", on_error, "unknown mode", "use 'record' or 'raise'")
         channels = self.crm.channels
         channels.spec(channel_name)
         chan = channels.get(channel_name)
@@ -836,55 +1125,104 @@ class Messages(Service):
         if template_name is not None and len(template_name) > 200:
             raise ValidationError("template", template_name, "name too long", "use at most 200 characters")
 
+        faults = _Faults(channel_name, raise_first=on_error == "raise")
         queued = duplicates = scheduled = 0
         blocked: dict[str, int] = {}
         uids: builtins.list[str] = []
         chunk: builtins.list[int] = []
+
+        def context_for(c: Mapping[str, Any], uid: str) -> dict[str, Any]:
+            ctx = dict(shared_ctx)
+            if ctx_fn is not None:
+                extra = ctx_fn(c)
+                if not isinstance(extra, Mapping):
+                    raise ValidationError(
+                        "context",
+                        type(extra).__name__,
+                        "the context function did not return a mapping",
+                        "return a dict of plain data",
+                    )
+                ctx.update(_plain(extra, "context"))
+            ctx["customer"] = c
+            ctx["message"] = {
+                "id": uid,
+                "channel": channel_name,
+                "purpose": purp.name,
+                "transactional": purp.transactional,
+                "workspace": self.workspace,
+            }
+            return ctx
 
         def flush(ids: builtins.list[int]) -> None:
             nonlocal queued, duplicates, scheduled
             customers = self._customers(ids, single)
             now = self.crm.now()
             plans: builtins.list[dict[str, Any]] = []
-            addresses = {}
+            addresses: dict[int, str | None] = {}
+            failed: dict[int, _Fault] = {}
             for cid in ids:
                 c = customers.get(cid)
                 if c is None:
                     continue
-                addresses[cid] = chan.address(c)
+                try:
+                    address = chan.address(c)
+                except Exception as exc:
+                    failed[cid] = faults.add("address_failed", exc)
+                    continue
+                if address is not None and address != "":
+                    problem = _address_problem(address)
+                    if problem is not None:
+                        failed[cid] = faults.add(
+                            "invalid_address",
+                            ValidationError(
+                                "address",
+                                address,
+                                problem,
+                                f"make channel {channel_name!r}'s address() return a valid address or None",
+                            ),
+                        )
+                        continue
+                addresses[cid] = address or None
             with self.db.read() as conn:
                 suppressed = self._suppressed(conn, channel_name, [a for a in addresses.values() if a])
+            to_render: builtins.list[tuple[dict[str, Any], dict[str, Any]]] = []
             for cid in ids:
                 c = customers.get(cid)
                 if c is None:
                     continue
                 uid = uuid.uuid4().hex
-                address = addresses[cid]
-                reason = self._block_reason(c, address, channel_name, purp, suppressed)
-                content: Content | None = None
-                if reason is None:
-                    ctx = dict(shared_ctx)
-                    if ctx_fn is not None:
-                        ctx.update(_plain(ctx_fn(c), "context"))
-                    ctx["customer"] = c
-                    ctx["message"] = {
-                        "id": uid,
-                        "channel": channel_name,
-                        "purpose": purp.name,
-                        "transactional": purp.transactional,
-                        "workspace": self.workspace,
-                    }
-                    content = chan.render(template, ctx, message_id=uid, purpose=purp.name)
-                plans.append(
-                    {
-                        "uid": uid,
-                        "customer_id": c["id"],
-                        "address": address,
-                        "reason": reason,
-                        "content": content,
-                        "dedupe_key": dedupe(c["id"]) if dedupe else None,
-                    }
-                )
+                fault = failed.get(cid)
+                address = addresses.get(cid)
+                reason = None if fault else self._block_reason(c, address, channel_name, purp, suppressed)
+                plan: dict[str, Any] = {
+                    "uid": uid,
+                    "customer_id": c["id"],
+                    "address": address,
+                    "reason": reason,
+                    "fault": fault,
+                    "content": None,
+                    "dedupe_key": dedupe(c["id"]) if dedupe else None,
+                }
+                plans.append(plan)
+                if fault is None and reason is None:
+                    try:
+                        to_render.append((plan, context_for(c, uid)))
+                    except Exception as exc:
+                        plan["fault"] = faults.add("context_failed", exc)
+            if to_render:
+                rendered = self._render_chunk(chan, template, to_render, purp.name, faults)
+                for (plan, _ctx), result in zip(to_render, rendered, strict=True):
+                    if isinstance(result, _Fault):
+                        plan["fault"] = result
+                        continue
+                    problem = _content_problem(result)
+                    if problem is not None:
+                        plan["fault"] = faults.add(
+                            "invalid_content",
+                            ValidationError("content", "...", problem, f"fix channel {channel_name!r}'s render()"),
+                        )
+                    else:
+                        plan["content"] = result
             with self.db.write() as conn:
                 caps = (
                     self._cap_counts(conn, channel_name, [p["customer_id"] for p in plans], pol)
@@ -910,10 +1248,15 @@ class Messages(Service):
                         duplicates += 1
                         uids.append(existing.get(key, ""))
                         continue
-                    if key:
+                    fault = p["fault"]
+                    if fault is not None:
+                        # Not kept under the dedupe key: the same send, once the
+                        # template or the data is fixed, sends to this customer.
+                        key = None
+                    elif key:
                         seen_keys.add(key)
                     reason = p["reason"]
-                    if reason is None and caps:
+                    if reason is None and fault is None and caps:
                         for (limit, _w), counts in zip(pol.frequency_caps, caps, strict=True):
                             if counts.get(p["customer_id"], 0) >= limit:
                                 reason = "frequency_cap"
@@ -922,13 +1265,14 @@ class Messages(Service):
                             for counts in caps:
                                 counts[p["customer_id"]] = counts.get(p["customer_id"], 0) + 1
                     due = at if at is not None and at > now else now
-                    if reason is None and not purp.transactional:
+                    if reason is None and fault is None and not purp.transactional:
                         tz = customers[p["customer_id"]]["timezone"] or pol.default_timezone
                         later = quiet_until(due, tz, pol.quiet_start, pol.quiet_end)
                         if later is not None:
                             due = later
                             scheduled += 1
                     content = p["content"]
+                    stopped = reason is not None or fault is not None
                     rows.append(
                         {
                             "workspace_id": self.workspace,
@@ -940,11 +1284,11 @@ class Messages(Service):
                             "template": template_name,
                             "content": content.to_json() if content is not None else {},
                             "meta": meta,
-                            "status": "blocked" if reason else "queued",
-                            "reason": reason,
+                            "status": "blocked" if stopped else "queued",
+                            "reason": _short(f"{fault.reason}: {fault.detail}", 500) if fault else reason,
                             "attempts": 0,
                             "max_attempts": pol.max_attempts,
-                            "next_attempt_at": None if reason else due,
+                            "next_attempt_at": None if stopped else due,
                             "lease_until": None,
                             "provider_id": None,
                             "dedupe_key": key,
@@ -955,8 +1299,19 @@ class Messages(Service):
                         }
                     )
                     uids.append(p["uid"])
-                    if reason:
-                        blocked[reason] = blocked.get(reason, 0) + 1
+                    if stopped:
+                        props: dict[str, Any] = {
+                            "message": p["uid"],
+                            "purpose": purp.name,
+                            "reason": fault.reason if fault else reason,
+                            **({"template": template_name} if template_name else {}),
+                        }
+                        if fault is not None:
+                            props["error"] = fault.error
+                            props["detail"] = fault.detail
+                            faults.listed(p["customer_id"], p["uid"], fault)
+                        elif reason is not None:
+                            blocked[reason] = blocked.get(reason, 0) + 1
                         blocked_rows.append(
                             {
                                 "kind": "message_blocked",
@@ -964,12 +1319,7 @@ class Messages(Service):
                                 "channel": channel_name,
                                 "occurred_at": now,
                                 "idempotency_key": f"msg:{p['uid']}:blocked",
-                                "properties": {
-                                    "message": p["uid"],
-                                    "purpose": purp.name,
-                                    "reason": reason,
-                                    **({"template": template_name} if template_name else {}),
-                                },
+                                "properties": props,
                             }
                         )
                     else:
@@ -977,7 +1327,11 @@ class Messages(Service):
                 if rows:
                     conn.execute(sa.insert(t), rows)
                 if blocked_rows:
-                    self.crm.using(conn).interactions.track_many(blocked_rows, create_missing=False)
+                    done = self.crm.using(conn).interactions.track_many(
+                        blocked_rows, create_missing=False, on_error="skip"
+                    )
+                    for err in done.errors:
+                        log.error("channel %s: a message_blocked interaction was not stored: %s", channel_name, err)
             if progress is not None:
                 progress(len(ids))
 
@@ -988,7 +1342,49 @@ class Messages(Service):
                 chunk = []
         if chunk:
             flush(chunk)
-        return SendReport(queued=queued, blocked=blocked, duplicates=duplicates, scheduled=scheduled), uids
+        faults.log_summary()
+        report = SendReport(
+            queued=queued,
+            blocked=blocked,
+            duplicates=duplicates,
+            scheduled=scheduled,
+            failed=dict(faults.counts),
+            failures=tuple(faults.failures),
+        )
+        return report, uids
+
+    def _render_chunk(
+        self,
+        chan: Channel,
+        template: Any,
+        items: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+        purpose: str,
+        faults: _Faults,
+    ) -> builtins.list[Content | _Fault]:
+        """One ``render_many`` call for a chunk: per item its Content, or the
+        fault that stopped it.  A ``render_many`` that raises or answers the
+        wrong shape fails the items of this chunk (each recorded), never more."""
+        contexts = [ctx for _plan, ctx in items]
+        message_ids = [plan["uid"] for plan, _ctx in items]
+        try:
+            results: Any = chan.render_many(template, contexts, message_ids=message_ids, purpose=purpose)
+            if not isinstance(results, Sequence) or len(results) != len(contexts):
+                raise TypeError(
+                    f"render_many returned {type(results).__name__} of length "
+                    f"{len(results) if isinstance(results, Sequence) else '?'} for {len(contexts)} contexts"
+                )
+        except Exception as exc:
+            if faults.raise_first:
+                raise
+            fault = faults.add("render_failed", exc)
+            return [fault] * len(contexts)
+        out: builtins.list[Content | _Fault] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                out.append(faults.add("render_failed", result))
+            else:
+                out.append(result)
+        return out
 
     def _segment_ids(self, ref: str | int) -> Iterable[int]:
         after: int | None = None
@@ -1159,6 +1555,7 @@ class Messages(Service):
                         transactional=bool(r["transactional"]),
                         template=r["template"],
                         timezone=c["timezone"] or policies[r["channel"]].default_timezone,
+                        alone=(r["reason"] or "").startswith(_CHANNEL_ERROR),
                     )
                 )
             # Set-based: the rows were read (and locked) in this transaction, so
@@ -1175,11 +1572,24 @@ class Messages(Service):
         return claimed
 
     def _deliver(self, claimed: builtins.list[_Claimed], totals: dict[str, int]) -> None:
-        by_channel: dict[str, builtins.list[_Claimed]] = {}
+        """Hand claimed messages to their channels, one ``send_many`` per channel.
+
+        A ``send_many`` that raises (or answers the wrong shape) cannot say
+        which message it choked on: each of its messages is deferred and
+        retried at once *on its own* (a fresh attempt, that chunk's attempt
+        not counted against ``max_attempts``), so one poison message fails
+        alone and the others go out.  A message that raises on its own is
+        deferred with the normal backoff, then dead-lettered.
+        """
+        groups: dict[tuple[str, int], builtins.list[_Claimed]] = {}
         for item in claimed:
-            by_channel.setdefault(item.message.channel, []).append(item)
+            # a message whose previous send_many raised goes in a call of its own
+            slot = item.row_id if item.alone else 0
+            groups.setdefault((item.message.channel, slot), []).append(item)
         results: builtins.list[tuple[_Claimed, DeliveryResult]] = []
-        for name, items in by_channel.items():
+        isolate: set[int] = set()
+        raised = 0
+        for (name, _slot), items in groups.items():
             messages = [c.message for c in items]
             try:
                 channel = self.crm.channels.get(name)
@@ -1187,34 +1597,59 @@ class Messages(Service):
                 if not isinstance(out, Sequence) or len(out) != len(messages):
                     raise TypeError(f"send_many returned {type(out).__name__} of the wrong length")
             except Exception as exc:
-                log.exception(
-                    "channel %s failed while sending %d message(s); they will be retried", name, len(messages)
-                )
-                reason = f"channel error: {type(exc).__name__}: {_short(str(exc), 200)}"
+                raised += 1
+                if raised == 1:
+                    log.exception(
+                        "channel %s failed while sending %d message(s); they will be retried%s",
+                        name,
+                        len(messages),
+                        " one by one" if len(messages) > 1 else "",
+                    )
+                reason = f"{_CHANNEL_ERROR}{type(exc).__name__}: {_clean(str(exc), 200)}"
                 out = [DeliveryResult.deferred(reason)] * len(messages)
+                if len(messages) > 1:
+                    isolate.update(c.row_id for c in items)
             for item, res in zip(items, out, strict=True):
                 if not isinstance(res, DeliveryResult):
                     log.error("channel %s returned %r instead of a DeliveryResult", name, type(res).__name__)
                     res = DeliveryResult.deferred("channel returned an invalid result")
                 results.append((item, res))
-        self._record_results(results, totals)
+        if raised > 1:
+            log.error("%d send_many calls raised in this dispatch batch (the first is logged above)", raised)
+        self._record_results(results, totals, isolate=isolate)
 
-    def _record_results(self, results: Sequence[tuple[_Claimed, DeliveryResult]], totals: dict[str, int]) -> None:
+    def _record_results(
+        self,
+        results: Sequence[tuple[_Claimed, DeliveryResult]],
+        totals: dict[str, int],
+        *,
+        isolate: Iterable[int] = (),
+    ) -> None:
+        """Settle each attempt.  Messages in ``isolate`` (row ids) were in a
+        ``send_many`` that raised: they are queued again at once, with one
+        more attempt allowed, and will be sent on their own."""
         t, a = self.t("messages"), self.t("delivery_attempts")
         now = self.crm.now()
+        isolated = set(isolate)
         outcomes: builtins.list[Outcome] = []
         timeline: builtins.list[dict[str, Any]] = []
         suppress: builtins.list[tuple[str, str, str, str, str | None]] = []
-        settle: dict[str, builtins.list[dict[str, Any]]] = {"sent": [], "retrying": [], "dead": []}
+        settle: dict[str, builtins.list[dict[str, Any]]] = {"sent": [], "retrying": [], "dead": [], "isolate": []}
         log_rows: builtins.list[dict[str, Any]] = []
-        for item, res in results:
+        for item, given in results:
+            res = _safe_result(given)
             m = item.message
             pol = self.crm.channels.policy(m.channel)
             next_at = None
             key: dict[str, Any] = {"_id": item.row_id, "_n": m.attempt}
+            bucket: str | None = None
             if res.status == "accepted":
                 status: Literal["sent", "retrying", "dead"] = "sent"
                 key |= {"_provider": _short(res.provider_id, 500)}
+            elif res.status == "deferred" and item.row_id in isolated:
+                status, bucket = "retrying", "isolate"
+                next_at = now
+                key |= {"_next": now, "_reason": _short(res.reason, 500)}
             elif res.status == "deferred" and m.attempt < item.max_attempts:
                 status = "retrying"
                 next_at = now + timedelta(seconds=_backoff(pol, m.attempt, res.retry_after))
@@ -1227,7 +1662,7 @@ class Messages(Service):
                 key |= {"_reason": _short(why, 500)}
                 if res.status == "rejected" and res.suppress and m.to:
                     suppress.append((m.channel, m.to, "all", "hard_bounce", res.code or res.reason))
-            settle[status].append(key)
+            settle[bucket or status].append(key)
             log_rows.append(
                 {
                     "_attempt": m.attempt_id,
@@ -1301,6 +1736,20 @@ class Messages(Service):
                         updated_at=now,
                     ),
                     settle["retrying"],
+                )
+            if settle["isolate"]:
+                conn.execute(
+                    sa.update(t)
+                    .where(mine)
+                    .values(
+                        status="queued",
+                        next_attempt_at=sa.bindparam("_next"),
+                        reason=sa.bindparam("_reason"),
+                        max_attempts=t.c.max_attempts + 1,
+                        lease_until=None,
+                        updated_at=now,
+                    ),
+                    settle["isolate"],
                 )
             if settle["dead"]:
                 conn.execute(
@@ -1406,21 +1855,52 @@ class Messages(Service):
 
     # -- feedback --------------------------------------------------------
     def apply_events(self, events: Iterable[MessageEvent]) -> builtins.list[MessageEvent]:
-        """Apply what came back from a channel; return the events that were new.
+        """Apply what came back from a channel; return the events that were applied.
 
-        Bounces suppress the address on the channel (``all``); complaints
-        suppress it for non-transactional mail and deny the channel's
-        consent; ``unsubscribed``/``resubscribed`` change consent for the
-        purpose (or the channel); every event with a customer goes on the
-        timeline.  An event whose ``key`` was applied before is skipped, so a
-        replayed webhook or link changes nothing.
+        The same as :meth:`apply` (read it for what is checked); this returns
+        only ``applied``.  Ignored events are logged with the reason.
+        """
+        return builtins.list(self.apply(events).applied)
+
+    def apply(self, events: Iterable[MessageEvent]) -> EventReport:
+        """Apply what came back from a channel: applied, duplicates, ignored.
+
+        What each event type does is in ``docs/channels.md`` ("Event types"):
+        bounces suppress the message's address on the channel (``all``);
+        complaints suppress it for non-transactional messages and deny the
+        channel's consent; ``unsubscribed``/``resubscribed`` change consent
+        for the purpose (or the channel); every applied event goes on the
+        customer's timeline.  An event whose ``key`` was applied before is a
+        duplicate: a replayed webhook or link changes nothing.
+
+        Nothing is taken on trust:
+
+        * an event naming a ``message_id`` is applied only in that message's
+          workspace, to that message's customer, and only if its ``address``
+          (when given) is that message's recipient (both normalised by the
+          channel's :meth:`~ecrm_core.channels.Channel.normalize_address`),
+          its ``channel`` the message's, its ``customer_id``/``workspace``
+          (when given) the message's; a ``message_id`` that names no message
+          is ignored;
+        * the types in :data:`~ecrm_core.channels.MESSAGE_EVENTS` (bounces,
+          complaints, deliveries, opens, clicks) need such a message;
+        * ``unsubscribed``/``resubscribed``/``replied`` without a message go
+          to ``customer_id`` (in the customer's workspace) or to the customer
+          who has ``address`` as a stored identity (the channel's
+          :attr:`~ecrm_core.registry.ChannelSpec.identities`), else the
+          latest message sent to that address, in the event's ``workspace``
+          (default: this view's).
+
+        Anything else is ignored, logged with the reason and listed in
+        :attr:`EventReport.ignored`; nothing here raises for a bad event (a
+        database failure does raise: the sender should try again).
         """
         self.ready()
         events = builtins.list(events)
         if not events:
-            return []
+            return EventReport()
         t = self.t("messages")
-        uids = {e.message_id for e in events if e.message_id}
+        uids = {e.message_id for e in events if isinstance(e.message_id, str) and len(e.message_id) <= 64}
         by_uid: dict[str, Mapping[str, Any]] = {}
         with self.db.read() as conn:
             ordered = sorted(uids)
@@ -1430,49 +1910,153 @@ class Messages(Service):
                 )
                 by_uid.update({r.uid: r._mapping for r in conn.execute(q)})
         applied: builtins.list[MessageEvent] = []
-        import attrs
+        duplicates: builtins.list[MessageEvent] = []
+        ignored: builtins.list[IgnoredEvent] = []
+
+        def ignore(e: MessageEvent, reason: str) -> None:
+            log.warning(
+                "%s event on channel %s ignored: %s (message %s, address %s, key %s)",
+                e.type,
+                _clean(e.channel, 64),
+                reason,
+                _clean_opt(e.message_id, 80),
+                _clean_opt(e.address, 120),
+                _clean_opt(e.key, 120),
+            )
+            ignored.append(IgnoredEvent(event=e, reason=reason))
 
         for e in events:
-            msg = by_uid.get(e.message_id or "")
-            workspace = msg["workspace_id"] if msg else (e.workspace or self.workspace)
-            view = self.crm if workspace == self.workspace else self.crm.in_workspace(workspace)
-            address = e.address or (msg["address"] if msg else None)
-            customer_id = e.customer_id or (msg["customer_id"] if msg else None)
-            if customer_id is None and address:
-                customer_id = view.messages._customer_by_address(e.channel, address)
-            e = attrs.evolve(e, customer_id=customer_id, address=address)
-            if not view.messages._apply_one(e, msg):
+            try:
+                resolved = self._resolve_event(e, by_uid)
+            except EcrmError as exc:
+                ignore(e, f"could not be matched: {_clean(exc, 300)}")
                 continue
-            applied.append(e)
+            if isinstance(resolved, str):
+                ignore(e, resolved)
+                continue
+            event, msg = resolved
+            assert event.workspace is not None
+            view = self.crm if event.workspace == self.workspace else self.crm.in_workspace(event.workspace)
+            try:
+                new = view.messages._apply_one(event, msg)
+            except EcrmError as exc:
+                ignore(e, f"could not be applied: {_clean(exc, 300)}")
+                continue
+            (applied if new else duplicates).append(event)
         if applied:
             self.crm.emit("ecrm_message_events", events=applied)
-        return applied
+        return EventReport(applied=tuple(applied), duplicates=tuple(duplicates), ignored=tuple(ignored))
+
+    def _resolve_event(
+        self, e: MessageEvent, by_uid: Mapping[str, Mapping[str, Any]]
+    ) -> tuple[MessageEvent, Mapping[str, Any] | None] | str:
+        """The event completed with its workspace, customer and address, and its
+        message; or why it is ignored."""
+        import attrs
+
+        if e.message_id is not None:
+            msg = by_uid.get(e.message_id) if isinstance(e.message_id, str) else None
+            if msg is None:
+                return "no message has this message_id"
+            if e.channel != msg["channel"]:
+                return f"the message was sent on channel {msg['channel']!r}, not {e.channel!r}"
+            if e.workspace is not None and e.workspace != msg["workspace_id"]:
+                return "the event names another workspace than its message's"
+            if e.customer_id is not None and e.customer_id != msg["customer_id"]:
+                return "the event names another customer than its message's"
+            if e.address is not None:
+                recipient = msg["address"]
+                if not isinstance(e.address, str) or recipient is None:
+                    return "the address is not the message's recipient"
+                norm = self._normalizer(e.channel)
+                if norm(e.address) != norm(recipient):
+                    return "the address is not the message's recipient"
+            event = attrs.evolve(
+                e, workspace=msg["workspace_id"], customer_id=msg["customer_id"], address=msg["address"]
+            )
+            return event, msg
+        if e.type in MESSAGE_EVENTS:
+            return f"a {e.type} event needs the message it is about (message_id)"
+        if e.customer_id is not None:
+            if isinstance(e.customer_id, bool) or not isinstance(e.customer_id, int):
+                return "customer_id is not an integer"
+            c = self.t("customers")
+            with self.db.read() as conn:
+                row = conn.execute(
+                    sa.select(c.c.workspace_id, sa.func.coalesce(c.c.merged_into, c.c.id)).where(
+                        c.c.id == e.customer_id
+                    )
+                ).first()
+            if row is None:
+                return "no customer has this customer_id"
+            workspace, live = row[0], row[1]
+            if e.workspace is not None and e.workspace != workspace:
+                return "the customer is not in the event's workspace"
+            return attrs.evolve(e, workspace=workspace, customer_id=live), None
+        if e.address is None:
+            return "the event names no message, customer or address"
+        if not isinstance(e.address, str) or not e.address.strip() or len(e.address) > 320:
+            return "the address is not an address"
+        workspace = e.workspace or self.workspace
+        view = self if workspace == self.workspace else self.crm.in_workspace(workspace).messages
+        customer_id = view._customer_by_address(e.channel, e.address)
+        if customer_id is None:
+            return f"no customer of workspace {workspace!r} has this address"
+        return attrs.evolve(e, workspace=workspace, customer_id=customer_id), None
+
+    def _normalizer(self, channel: str) -> Callable[[str], str]:
+        """The channel's ``normalize_address`` (the default one when the channel
+        is unknown here or cannot be built)."""
+        try:
+            if channel in self.crm.registry.channels:
+                return self.crm.channels.get(channel).normalize_address
+        except ChannelConfigError:
+            pass
+        return normalize_address
+
+    def identity_kinds(self, channel: str, address: str) -> tuple[str, ...]:
+        """The identity (alias) kinds an address of ``channel`` is looked up as:
+        the ChannelSpec's ``identities``, else ``email`` for an address with
+        ``@`` and ``phone`` for any other."""
+        spec = self.crm.registry.channels.get(channel)
+        kinds = getattr(spec, "identities", None)
+        if kinds is not None:
+            return tuple(kinds)
+        return ("email",) if "@" in address else ("phone",)
 
     def _customer_by_address(self, channel: str, address: str) -> int | None:
-        t = self.t("messages")
+        """The customer reached at ``address`` on ``channel`` in this workspace:
+        first through stored identities (see :meth:`identity_kinds`), then
+        through the latest message sent there; ``None`` if nobody."""
+        from ..domain import Alias
+
+        aliases: builtins.list[Alias] = []
+        for kind in self.identity_kinds(channel, address):
+            try:
+                aliases.append(Alias(kind, address))
+            except (EcrmError, ValueError):
+                continue  # not an address of that kind
+        if aliases:
+            found = self.crm.customers._resolve(None, aliases)
+            for al in aliases:
+                if al in found:
+                    return found[al]
+        candidates = {address, address.strip(), self._normalizer(channel)(address)}
+        t, c = self.t("messages"), self.t("customers")
         with self.db.read() as conn:
             row = conn.execute(
-                sa.select(t.c.customer_id)
-                .where(t.c.workspace_id == self.workspace, t.c.channel == channel, t.c.address == address)
+                sa.select(sa.func.coalesce(c.c.merged_into, c.c.id))
+                .join(c, c.c.id == t.c.customer_id)
+                .where(t.c.workspace_id == self.workspace, t.c.channel == channel, t.c.address.in_(sorted(candidates)))
                 .order_by(t.c.id.desc())
                 .limit(1)
             ).first()
-        return row.customer_id if row else None
-
-    _KINDS = {
-        "delivered": "message_delivered",
-        "bounced": "bounce",
-        "soft_bounced": "bounce",
-        "complained": "complaint",
-        "unsubscribed": "unsubscribe",
-        "resubscribed": "resubscribe",
-        "opened": "message_opened",
-        "clicked": "click",
-        "replied": "reply",
-    }
+        return int(row[0]) if row else None
 
     def _apply_one(self, e: MessageEvent, msg: Mapping[str, Any] | None) -> bool:
-        kind = self._KINDS[e.type]
+        """Apply one resolved event (its customer and workspace known, this
+        view in that workspace); ``False`` for a replay."""
+        kind = EVENT_KINDS[e.type]
         if e.type == "opened" and e.channel == "email":
             kind = "email_open"
         now = self.crm.now()
@@ -1482,24 +2066,25 @@ class Messages(Service):
                 for k in ("message_id", "purpose", "url", "detail"):
                     v = getattr(e, k)
                     if v:
-                        props["message" if k == "message_id" else k] = _short(str(v), 2000)
+                        props["message" if k == "message_id" else k] = _clean(v, 2000)
                 try:
                     _, created = self.crm.using(conn).interactions.track_status(
                         kind,
                         customer_id=e.customer_id,
                         channel=e.channel,
                         occurred_at=e.occurred_at or now,
-                        idempotency_key=f"event:{e.channel}:{e.key}" if e.key else None,
+                        idempotency_key=f"event:{e.channel}:{_clean(e.key, 150)}" if e.key else None,
                         properties=props,
                     )
                 except IdempotencyConflict:
                     return False  # the same event key, told differently: still a replay
                 if not created:
                     return False  # a replay: nothing changes
-            if e.type == "bounced" and e.address:
-                self._suppress(conn, [(e.channel, e.address, "all", "hard_bounce", e.detail or None)])
-            elif e.type == "complained" and e.address:
-                self._suppress(conn, [(e.channel, e.address, "marketing", "complaint", e.detail or None)])
+            detail = _clean(e.detail, 1000) if e.detail else None
+            if msg is not None and e.type == "bounced" and e.address:
+                self._suppress(conn, [(e.channel, e.address, "all", "hard_bounce", detail)])
+            elif msg is not None and e.type == "complained" and e.address:
+                self._suppress(conn, [(e.channel, e.address, "marketing", "complaint", detail)])
             # consent changes commit with the event: a crash cannot keep one without the other
             view = self.crm.using(conn)
             if e.customer_id is not None and e.type in ("complained", "unsubscribed", "resubscribed"):
