@@ -425,6 +425,11 @@ def _safe_result(res: DeliveryResult) -> DeliveryResult:
     )
 
 
+def _plausible_uid(value: Any) -> bool:
+    """Could ``value`` be a message id (never look up what cannot be one)?"""
+    return isinstance(value, str) and 0 < len(value) <= 64 and value.isascii() and value.isprintable()
+
+
 def _address_problem(address: Any) -> str | None:
     """Why ``address`` (from ``Channel.address``) cannot be stored or used, or ``None``."""
     if not isinstance(address, str):
@@ -1900,7 +1905,7 @@ class Messages(Service):
         if not events:
             return EventReport()
         t = self.t("messages")
-        uids = {e.message_id for e in events if isinstance(e.message_id, str) and len(e.message_id) <= 64}
+        uids = {e.message_id for e in events if _plausible_uid(e.message_id)}
         by_uid: dict[str, Mapping[str, Any]] = {}
         with self.db.read() as conn:
             ordered = sorted(uids)
@@ -1954,8 +1959,10 @@ class Messages(Service):
         message; or why it is ignored."""
         import attrs
 
+        if e.channel not in self.crm.registry.channels:
+            return f"no channel is registered as {_clean(e.channel, 64)!r}"
         if e.message_id is not None:
-            msg = by_uid.get(e.message_id) if isinstance(e.message_id, str) else None
+            msg = by_uid.get(e.message_id) if _plausible_uid(e.message_id) else None
             if msg is None:
                 return "no message has this message_id"
             if e.channel != msg["channel"]:
@@ -1995,7 +2002,7 @@ class Messages(Service):
             return attrs.evolve(e, workspace=workspace, customer_id=live), None
         if e.address is None:
             return "the event names no message, customer or address"
-        if not isinstance(e.address, str) or not e.address.strip() or len(e.address) > 320:
+        if not isinstance(e.address, str) or not e.address.strip() or _address_problem(e.address):
             return "the address is not an address"
         workspace = e.workspace or self.workspace
         view = self if workspace == self.workspace else self.crm.in_workspace(workspace).messages
