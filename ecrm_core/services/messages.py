@@ -1905,7 +1905,7 @@ class Messages(Service):
         if not events:
             return EventReport()
         t = self.t("messages")
-        uids = {e.message_id for e in events if _plausible_uid(e.message_id)}
+        uids = {e.message_id for e in events if e.message_id is not None and _plausible_uid(e.message_id)}
         by_uid: dict[str, Mapping[str, Any]] = {}
         with self.db.read() as conn:
             ordered = sorted(uids)
