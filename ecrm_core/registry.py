@@ -95,6 +95,14 @@ class AttributeDef:
     plugin: str | None = None
 
 
+def _identity_kinds(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = (value,)
+    return tuple(check_slug(v, "identities", "identity kind") for v in value)
+
+
 @frozen(kw_only=True)
 class ChannelSpec:
     """A channel (email, sms, social, loyalty…).
@@ -102,6 +110,15 @@ class ChannelSpec:
     ``factory(crm)`` builds the channel object once per CRM; its interface is
     defined by the channel API.  ``capabilities`` are free-form flags
     (``templates``, ``receipts``, ``inbound``) the delivery pipeline reads.
+
+    ``identities``: the identity (alias) kinds that hold this channel's
+    addresses, so that an inbound event naming only an address (a STOP
+    reply from a number never texted) finds its customer through stored
+    identities: e.g. ``("phone",)`` for SMS, ``("push_token",)`` for a
+    channel addressing customers by an alias of its own.  ``None`` (the
+    default): an address containing ``@`` is looked up as an ``email``
+    identity, any other as a ``phone`` identity.  ``()``: no identity
+    lookup (only earlier messages to that address are used).
     """
 
     name: str = field(converter=_slug("channel name"))
@@ -109,6 +126,7 @@ class ChannelSpec:
     capabilities: frozenset[str] = field(factory=frozenset, converter=_strings)
     description: str = ""
     plugin: str | None = None
+    identities: tuple[str, ...] | None = field(default=None, converter=_identity_kinds)
 
 
 @frozen(kw_only=True)

@@ -120,7 +120,7 @@ def test_signed_webhook_bounce_and_complaint_suppress(crm, links, sent, clock):
                     "detail": "550 5.1.1 user unknown",
                     "occurred_at": "2026-06-01T11:59:00Z",
                 },
-                {"id": "evt-2", "type": "complained", "address": "bob@example.com"},
+                {"id": "evt-2", "type": "complained", "message_id": other.id, "address": "bob@example.com"},
                 {"id": "evt-3", "type": "delivered", "message_id": other.id},
                 {"id": "evt-4", "type": "clicked", "message_id": other.id, "url": "https://shop.example/p/1"},
             ]
