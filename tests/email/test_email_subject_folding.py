@@ -40,9 +40,12 @@ def test_subject_round_trips_through_the_stdlib_parser(subject):
     assert str(parsed["Subject"]) == subject
     legacy = message_from_bytes(data)  # compat32 + email.header, as older readers decode
     assert str(make_header(decode_header(legacy["Subject"]))) == subject
-    assert build_message(
-        message_id="m1", from_="news@shop.example", to="ada@example.com", subject=subject, text="hi"
-    )["Subject"] == subject
+    assert (
+        build_message(message_id="m1", from_="news@shop.example", to="ada@example.com", subject=subject, text="hi")[
+            "Subject"
+        ]
+        == subject
+    )
 
 
 def test_short_ascii_subjects_stay_readable():

@@ -70,13 +70,13 @@ log = logging.getLogger("ecrm.email.inbound")
 ROUTES: tuple[InboundRoute, ...] = (
     InboundRoute(
         name="unsubscribe/{token}",
-        methods=("GET", "POST"),
+        methods=("GET", "HEAD", "POST"),
         description="RFC 8058 one-click unsubscribe (POST List-Unsubscribe=One-Click); GET shows a confirmation page",
     ),
-    InboundRoute(name="click/{token}", methods=("GET",), description="click tracking: 303 to the signed target"),
-    InboundRoute(name="open/{token}", methods=("GET",), description="open tracking: a 1x1 GIF"),
+    InboundRoute(name="click/{token}", methods=("GET", "HEAD"), description="click tracking: 303 to the signed target"),
+    InboundRoute(name="open/{token}", methods=("GET", "HEAD"), description="open tracking: a 1x1 GIF"),
     InboundRoute(
-        name="preferences/{token}", methods=("GET", "POST"), description="the customer's e-mail preference page"
+        name="preferences/{token}", methods=("GET", "HEAD", "POST"), description="the customer's e-mail preference page"
     ),
     InboundRoute(
         name="webhook",
