@@ -234,6 +234,8 @@ class InboundMailHandler:
         self._executor = executor
         self._own_executor = executor is None
         self.parse_workers = parse_workers
+        #: Mails being parsed right now (for metrics and tests).
+        self.parsing = 0
 
     @property
     def crm(self) -> Any:
@@ -263,6 +265,7 @@ class InboundMailHandler:
             raw = raw.encode("utf-8", "surrogateescape")
         recipients = [str(r) for r in envelope.rcpt_tos]
         loop = asyncio.get_running_loop()
+        self.parsing += 1
         try:
             heuristics = self.inbound.returned(recipients)
             report = await loop.run_in_executor(
@@ -274,6 +277,8 @@ class InboundMailHandler:
         except Exception:
             log.exception("could not parse an inbound mail of %d bytes; dropped", len(raw))
             return "250 OK"
+        finally:
+            self.parsing -= 1
         try:
             await asyncio.to_thread(self.inbound.apply, report, recipients)
         except Exception:
