@@ -23,11 +23,11 @@ from string import Template
 
 import pytest
 from ecrm_email import plugin as email_plugin
+from ecrm_email.links import Links
 from ecrm_email.mailparse import MailLimits, MailRejected, parse_inbound_mail
 from ecrm_email.mailserver import InboundMail, serve_inbound
 from ecrm_email.returns import ReturnAddresses
 from ecrm_email.testing import smtp_config, start_smtp_server
-from ecrm_email.links import Links
 
 from ecrm_core.channels import InboundRequest
 from ecrm_core.signing import Signer
@@ -248,7 +248,7 @@ def test_limits_are_configurable_and_named():
     with pytest.raises(MailRejected, match=r"more than 3 MIME parts \(max_parts\)"):
         parse_inbound_mail(raw, limits=small)
     assert parse_inbound_mail(raw).kind == "mail"
-    with pytest.raises(ValueError, match="MailLimits.max_parts"):
+    with pytest.raises(ValueError, match=r"MailLimits\.max_parts"):
         MailLimits(max_parts=0)
 
 
@@ -316,13 +316,13 @@ def test_dsn_naming_the_recipient_and_others_applies_to_the_recipient_only(fresh
 def test_non_standard_bounce_to_the_verp_address(fresh):
     w = fresh
     raw = (
-        "From: MAILER-DAEMON@mx.example.net\r\nTo: bounces@shop.example\r\nSubject: failure notice\r\n"
-        "Message-ID: <q1@mx.example.net>\r\n\r\n"
-        "Hi. This is the qmail-send program at mx.example.net.\r\n"
-        "I'm afraid I wasn't able to deliver your message to the following addresses.\r\n"
-        "This is a permanent error; I've given up. Sorry it didn't work out.\r\n\r\n"
-        "<ada@example.com>:\r\nSorry, no mailbox here by that name. (#5.1.1)\r\n"
-    ).encode()
+        b"From: MAILER-DAEMON@mx.example.net\r\nTo: bounces@shop.example\r\nSubject: failure notice\r\n"
+        b"Message-ID: <q1@mx.example.net>\r\n\r\n"
+        b"Hi. This is the qmail-send program at mx.example.net.\r\n"
+        b"I'm afraid I wasn't able to deliver your message to the following addresses.\r\n"
+        b"This is a permanent error; I've given up. Sorry it didn't work out.\r\n\r\n"
+        b"<ada@example.com>:\r\nSorry, no mailbox here by that name. (#5.1.1)\r\n"
+    )
     [event] = InboundMail(w.crm).receive(raw, [w.verp[w.ada_msg.id]])
     assert (event.type, event.address, event.properties["source"]) == ("bounced", "ada@example.com", "bounce")
 
