@@ -47,7 +47,8 @@ _FIELD = 1000  # characters of a header value this module looks at
 
 def _positive(kind: type, name: str) -> Any:
     def check(_instance: Any, _attribute: Any, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, kind | int) or not value > 0:
+        number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+        if number is None or (kind is int and not isinstance(number, int)) or not number > 0:
             raise ValueError(f"MailLimits.{name}: {value!r} is not a positive number")
 
     return check
