@@ -220,6 +220,12 @@ def _generate(spec: dict) -> bytes:
     if kind == "ctype_params":
         params = ";\r\n ".join(f"p{i}=v" for i in range(count))
         return head + f"Content-Type: text/plain; {params}\r\n\r\nx\r\n".encode()
+    if kind == "ctype_quotes":
+        folded = b"\r\n ".join([b';"a' * 300] * (count // 300))  # SMTP lines stay short
+        ctype = b"Content-Type: multipart/mixed; boundary=x" + folded + b"\r\n"
+        if spec.get("nested"):
+            return head + b"Content-Type: message/rfc822\r\n\r\nFrom: q@x.example\r\n" + ctype + b"\r\n--x--\r\n"
+        return head + ctype + b"\r\n--x\r\n\r\nhi\r\n--x--\r\n"
     if kind == "headers":
         return head + b"".join(f"X-H{i}: v\r\n".encode() for i in range(count)) + b"\r\nx\r\n"
     if kind == "size":

@@ -73,7 +73,7 @@ class MailLimits:
     max_bytes: int = field(default=4 * 1024 * 1024, validator=_positive(int, "max_bytes"))
     max_parts: int = field(default=200, validator=_positive(int, "max_parts"))
     max_depth: int = field(default=10, validator=_positive(int, "max_depth"))
-    max_header_bytes: int = field(default=32 * 1024, validator=_positive(int, "max_header_bytes"))
+    max_header_bytes: int = field(default=8 * 1024, validator=_positive(int, "max_header_bytes"))
     max_headers: int = field(default=500, validator=_positive(int, "max_headers"))
     max_seconds: float = field(default=5.0, validator=_positive(float, "max_seconds"))
     max_recipients: int = field(default=50, validator=_positive(int, "max_recipients"))
@@ -143,6 +143,19 @@ def _bounded_factory(limits: MailLimits, deadline: float) -> Any:
             if time.monotonic() > deadline:
                 raise MailRejected(f"parsing took more than {limits.max_seconds:g} s (max_seconds)", code="451 4.3.2")
 
+        def set_raw(self, name: str, value: Any) -> None:
+            # the parser stores each header here before it reads any of them
+            # (the Content-Type parameters it reads next cost quadratic time)
+            if len(name) + len(value) > limits.max_header_bytes:
+                raise MailRejected(
+                    f"the header field {name[:40]!r} is longer than {limits.max_header_bytes} bytes (max_header_bytes)"
+                )
+            if len(self) >= limits.max_headers:
+                raise MailRejected(f"a part has more than {limits.max_headers} header fields (max_headers)")
+            if time.monotonic() > deadline:
+                raise MailRejected(f"parsing took more than {limits.max_seconds:g} s (max_seconds)", code="451 4.3.2")
+            super().set_raw(name, value)
+
         def attach(self, payload: Any) -> None:
             depth = self._depth + 1
             if depth > limits.max_depth:
@@ -166,16 +179,6 @@ def _parse(raw: bytes, limits: MailLimits) -> MimeMessage:
         if time.monotonic() > deadline:
             raise MailRejected(f"parsing took more than {limits.max_seconds:g} s (max_seconds)", code="451 4.3.2")
     msg: MimeMessage = parser.close()
-    for part in _walk(msg):
-        items = part.raw_items()
-        if len(part) > limits.max_headers:
-            raise MailRejected(f"a part has more than {limits.max_headers} header fields (max_headers)")
-        for name, value in items:
-            if len(name) + len(str(value)) > limits.max_header_bytes:
-                raise MailRejected(
-                    f"the header field {str(name)[:40]!r} is longer than {limits.max_header_bytes} bytes "
-                    "(max_header_bytes)"
-                )
     return msg
 
 
