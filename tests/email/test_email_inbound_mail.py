@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import pickle
 import re
 import smtplib
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from string import Template
@@ -480,3 +483,20 @@ def test_verp_token_checks():
     rotated = ReturnAddresses(Signer(["x" * 20, SECRET]), "bounces@shop.example")
     assert rotated.verify(address, now=now).message_id == "m-1.x"  # an old key still verifies
     assert timedelta(seconds=returns.max_days * DAY) >= timedelta(days=10)
+
+
+def test_parsing_in_a_process_pool(fresh):
+    w = fresh
+    rejected = pickle.loads(pickle.dumps(MailRejected("slow (max_seconds)", code="451 4.3.2")))
+    assert rejected.reply == "451 4.3.2 slow (max_seconds)"
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        server = serve_inbound(w.crm, "127.0.0.1", 0, executor=pool)
+        try:
+            with pytest.raises(smtplib.SMTPDataError) as info:
+                _send(server.port, [w.verp[w.ada_msg.id]], _generate({"kind": "parts", "count": 60000}))
+            assert info.value.smtp_code == 552
+            raw = _fixture("dsn_5.1.1.eml", address="ada@example.com", message_id=w.ada_msg.id)
+            assert _send(server.port, [w.verp[w.ada_msg.id]], raw) == {}
+        finally:
+            server.stop()
+    assert _suppressed(w) == {("ada@example.com", "all", "hard_bounce")}

@@ -90,7 +90,15 @@ class MailRejected(Exception):
     def __init__(self, reason: str, *, code: str = "552 5.3.4") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = code
         self.reply = f"{code} {reason}"
+
+    def __reduce__(self) -> Any:  # raised in a process pool: keep the code
+        return (_rejected, (self.reason, self.code))
+
+
+def _rejected(reason: str, code: str) -> MailRejected:
+    return MailRejected(reason, code=code)
 
 
 @frozen(kw_only=True)
