@@ -12,10 +12,11 @@ Configuration (``CRM(channels={"email": {...}})``):
     The transport driver name (default ``"smtp"``, entry points in
     ``ecrm.transports.email``) and its options (host, port, security…).
 ``reply_to``, ``domain`` (Message-ID domain; default: the sender's),
-``bounce_address`` (MAIL FROM; default: the sender), ``templates_dir``,
+``bounce_address`` (MAIL FROM, as ``<local>+<signed message token>@<domain>``;
+default: the sender), ``templates_dir``,
 ``track_opens`` / ``track_clicks`` (default ``True``), ``link_max_age_days``
 (default 90), ``webhook_secret`` (provider webhooks), ``unsubscribe_mailto``
-(an extra ``mailto:`` in ``List-Unsubscribe``).
+(an extra ``mailto:`` in ``List-Unsubscribe``, with a signed per-message token).
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class EmailChannel(Channel):
         self._transport: Any = None
         self._templates: dict[str, Any] = {}
         self._links: Any = None
+        self._returns: Any = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -126,6 +128,15 @@ class EmailChannel(Channel):
 
             self._links = Links(self.crm.signer, self.base_url, max_age=self.max_age)
         return self._links
+
+    @property
+    def returns(self) -> Any:
+        """The signed per-message return and unsubscribe addresses (:mod:`ecrm_email.returns`)."""
+        if self._returns is None:
+            from .returns import ReturnAddresses
+
+            self._returns = ReturnAddresses.from_config(self.crm.signer, self.config)
+        return self._returns
 
     def templates(self, workspace: str | None = None) -> Any:
         """The :class:`~ecrm_email.templates.Templates` of a workspace."""
@@ -159,8 +170,9 @@ class EmailChannel(Channel):
             unsubscribe = self.links.unsubscribe_url(message_id=message_id, purpose=purpose)
             ctx["unsubscribe_url"] = unsubscribe
             targets = [f"<{unsubscribe}>"]
-            if self.unsubscribe_mailto:
-                targets.append(f"<mailto:{self.unsubscribe_mailto}?subject=unsubscribe%20{message_id}>")
+            if self.unsubscribe_mailto:  # a signed per-message address (ecrm_email.returns)
+                mailto = self.returns.unsubscribe_address(message_id, now=self.crm.now().timestamp())
+                targets.append(f"<mailto:{mailto}?subject=unsubscribe>")
             headers["List-Unsubscribe"] = ", ".join(targets)
             headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         if customer.get("id") is not None:
@@ -199,7 +211,8 @@ class EmailChannel(Channel):
             date=None,
         )
         return Envelope(
-            mail_from=self.bounce_address,
+            # VERP: a per-message signed return path, how a bounce proves its message (ecrm_email.returns)
+            mail_from=self.returns.return_path(message.id, now=self.crm.now().timestamp()),
             rcpt=recipient.addr_spec,
             data=data,
             message_id=message.id,
