@@ -32,9 +32,6 @@ True
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import re
 import time
 from collections.abc import Mapping
@@ -72,16 +69,14 @@ def _base36(n: int) -> str:
             return out
 
 
-def _signing_keys(signer: Any) -> list[bytes]:
-    # ecrm_core.signing.Signer wraps itsdangerous, whose tokens (~100
-    # characters, mixed case) do not fit an address's local part; the MAC
-    # here is keyed with the same secrets (the last one signs).
-    keys = getattr(signer, "_keys", None)
-    if not keys:
+def _checked_signer(signer: Any) -> Any:
+    # ecrm_core.signing.Signer's tokens (~100 characters, mixed case) do not
+    # fit an address's local part: the short MACs of Signer.mac do.
+    if signer is None or not callable(getattr(signer, "mac", None)):
         raise ValidationError(
-            "secret", "***", "the CRM's signer has no keys", "configure CRM(secret=...) or ECRM_SECRET"
+            "secret", "***", "the CRM has no signer", "configure CRM(secret=...) or ECRM_SECRET"
         )
-    return [k.encode("utf-8") if isinstance(k, str) else bytes(k) for k in keys]
+    return signer
 
 
 def _mailbox(field: str, value: Any) -> tuple[str, str]:
@@ -111,7 +106,7 @@ class ReturnAddresses:
         *,
         max_age: float = 90 * _DAY,
     ) -> None:
-        self._keys = _signing_keys(signer)
+        self._signer = _checked_signer(signer)
         self.bounce = _mailbox("channels.email.bounce_address", bounce_address)
         self.unsubscribe = (
             _mailbox("channels.email.unsubscribe_mailto", unsubscribe_mailto) if unsubscribe_mailto else None
@@ -135,9 +130,8 @@ class ReturnAddresses:
         return f"<ReturnAddresses bounce={'@'.join(self.bounce)!r}{unsub}>"
 
     # -- building --------------------------------------------------------
-    def _mac(self, key: bytes, kind: str, message_id: str, day: str) -> str:
-        digest = hmac.new(key, f"ecrm:email-{kind}:{message_id}:{day}".encode(), hashlib.sha256).digest()
-        return base64.b32encode(digest[:_MAC_BYTES]).decode("ascii").lower()
+    def _mac(self, kind: str, message_id: str, day: str) -> str:
+        return str(self._signer.mac(f"email-{kind}", f"{message_id}:{day}", size=_MAC_BYTES))
 
     def token(self, kind: TokenKind, message_id: str, *, now: float | None = None) -> str:
         """``<message id>.<day>.<mac>`` for ``kind``."""
@@ -146,7 +140,7 @@ class ReturnAddresses:
         if not isinstance(message_id, str) or len(message_id) > 200 or not _ID.fullmatch(message_id):
             raise ValidationError("message_id", message_id, "not a message id", "pass the Message.id being sent")
         day = _base36(int((time.time() if now is None else now) // _DAY))
-        return f"{message_id}.{day}.{self._mac(self._keys[-1], kind, message_id, day)}"
+        return f"{message_id}.{day}.{self._mac(kind, message_id, day)}"
 
     def return_path(self, message_id: str, *, now: float | None = None) -> str:
         """The envelope sender (``MAIL FROM``) of one message."""
@@ -181,13 +175,12 @@ class ReturnAddresses:
             if kind == "unsubscribe" and self.unsubscribe is None:
                 continue
             for mid in dict.fromkeys((raw_mid, found["mid"])):
-                for key in self._keys:
-                    if hmac.compare_digest(self._mac(key, kind, mid, day_text), mac):
-                        if day > today + 1:
-                            return "return token dated in the future"
-                        if today - day > self.max_days:
-                            return f"return token expired ({today - day} days old, limit {self.max_days})"
-                        return ReturnToken(kind, mid)
+                if self._signer.check_mac(f"email-{kind}", f"{mid}:{day_text}", mac):
+                    if day > today + 1:
+                        return "return token dated in the future"
+                    if today - day > self.max_days:
+                        return f"return token expired ({today - day} days old, limit {self.max_days})"
+                    return ReturnToken(kind, mid)
         return "return token does not verify (tampered, another secret, or an unsubscribe token without unsubscribe_mailto)"
 
     def verify(self, address: str, *, now: float | None = None) -> ReturnToken | None:
