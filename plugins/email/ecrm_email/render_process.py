@@ -75,7 +75,39 @@ class _Died(Exception):
 # Framing and (de)serialising
 # ---------------------------------------------------------------------------
 
-_PLAIN_MODULES = frozenset({"builtins", "datetime", "decimal", "zoneinfo", "uuid", "collections", "markupsafe"})
+
+def _plain_types() -> frozenset[type]:
+    from collections import OrderedDict
+    from datetime import date, datetime, time, timedelta, timezone
+    from decimal import Decimal
+    from uuid import UUID
+    from zoneinfo import ZoneInfo
+
+    from markupsafe import Markup
+
+    return frozenset(
+        {Decimal, datetime, date, time, timedelta, timezone, ZoneInfo, UUID, OrderedDict, Markup, complex, range}
+    )
+
+
+_PLAIN_TYPES = _plain_types()
+
+
+def _zoneinfo(zone: Any) -> tuple[Any, tuple[str]]:
+    if zone.key is None:
+        raise NotPlain("a ZoneInfo without a key is not plain data")
+    return type(zone), (zone.key,)  # ZoneInfo(key), not ZoneInfo._unpickle
+
+
+def _dispatch() -> dict[Any, Any]:
+    from zoneinfo import ZoneInfo
+
+    table = copyreg.dispatch_table.copy()
+    table[ZoneInfo] = _zoneinfo
+    return table
+
+
+_DISPATCH = _dispatch()
 
 
 class NotPlain(TypeError):
@@ -86,13 +118,9 @@ class _ContextPickler(pickle.Pickler):
     """Pickles plain data only (the child must not import the caller's classes)."""
 
     def reducer_override(self, obj: Any) -> Any:
-        # instances of the plain types, and those types (and their helpers,
-        # such as ZoneInfo._unpickle) referenced by name
-        owner = obj if callable(obj) else type(obj)
-        module = getattr(owner, "__module__", None)
-        if module is None and isinstance(getattr(owner, "__self__", None), type):
-            module = owner.__self__.__module__  # a classmethod of a C type
-        if module in _PLAIN_MODULES:
+        # (str, int, float, list, dict... never get here) instances of the
+        # other plain types, and those types referenced by name
+        if type(obj) in _PLAIN_TYPES or obj in _PLAIN_TYPES:
             return NotImplemented
         raise NotPlain(f"{type(obj).__name__} is not plain data")
 
@@ -101,7 +129,7 @@ def dumps_context(ctx: Any) -> bytes:
     """``ctx`` pickled for the child; :class:`NotPlain` for objects."""
     buf = io.BytesIO()
     p = _ContextPickler(buf, protocol=5)
-    p.dispatch_table = copyreg.dispatch_table.copy()
+    p.dispatch_table = _DISPATCH
     p.dump(ctx)
     return buf.getvalue()
 

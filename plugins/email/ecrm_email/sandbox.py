@@ -109,7 +109,9 @@ class _Budget:
     def spend(self, n: int) -> None:
         self.spent += n
         if self.spent > self.allowance:
-            raise _Limit(f"the template builds more than {self.allowance} bytes of text while rendering")
+            raise _Limit(
+                f"the template builds more than {self.allowance} bytes of text while rendering (10 x max_output)"
+            )
 
 
 _local = threading.local()
