@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["GRACE", "SandboxUnavailable", "pool", "render_job", "check_job", "child_main"]
+__all__ = ["GRACE", "SandboxUnavailable", "check_job", "child_main", "pool", "render_job", "render_jobs"]
 
 #: Seconds the parent waits past ``max_seconds`` before it kills a child.
 GRACE = 0.5
@@ -363,8 +363,12 @@ Fetch = Callable[[str, str], "tuple[str, str] | None"]
 Result = tuple[str, Any]  # ("ok", (subject, html, text, links)) or ("error", {field, value, problem, fix})
 
 
+def _problem(problem: str, fix: str) -> dict[str, Any]:
+    return {"field": "template", "value": None, "problem": problem, "fix": fix}
+
+
 def _error(problem: str, fix: str) -> Result:
-    return "error", {"field": "template", "value": None, "problem": problem, "fix": fix}
+    return "error", _problem(problem, fix)
 
 
 def render_job(
@@ -378,15 +382,22 @@ def render_job(
     streak: list[Result] = []
     start = 0
     p = pool(workers)
+    lost = 0
     while start < len(contexts):
         worker = p.acquire()
         i = start
         ok = False
         try:
-            worker.send(
-                ("render", {**job, "items": list(contexts[start:]), "max_memory": max_memory}),
-                time.monotonic() + STARTUP_TIMEOUT,
-            )
+            try:
+                worker.send(
+                    ("render", {**job, "items": list(contexts[start:]), "max_memory": max_memory}),
+                    time.monotonic() + STARTUP_TIMEOUT,
+                )
+            except (_Died, _Timeout):  # it was gone before it began: not this context's fault
+                lost += 1
+                if lost > 2:
+                    raise SandboxUnavailable(f"the template sandbox process stopped ({worker.death()})") from None
+                continue
             deadline = time.monotonic() + per_item
             while i < len(contexts):
                 msg = worker.recv(deadline)
@@ -445,6 +456,34 @@ def render_job(
     return [r if r is not None else _error("not rendered", "try again") for r in results]
 
 
+#: A batch is split across sandbox processes in slices of at least this many contexts.
+MIN_SLICE = 50
+_EXECUTOR: Any = None
+
+
+def render_jobs(
+    job: Mapping[str, Any], contexts: Sequence[bytes], fetch: Fetch, *, max_memory: int, workers: int | None = None
+) -> list[Result]:
+    """:func:`render_job`, with a large batch split across the pool's processes (in parallel)."""
+    global _EXECUTOR
+    p = pool(workers)
+    slices = min(p.size, len(contexts) // MIN_SLICE)
+    if slices < 2:
+        return render_job(job, contexts, fetch, max_memory=max_memory, workers=workers)
+    with _POOL_LOCK:
+        if _EXECUTOR is None or _EXECUTOR._max_workers < p.size:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _EXECUTOR = ThreadPoolExecutor(max_workers=p.size, thread_name_prefix="ecrm-render")
+        executor = _EXECUTOR
+    step = -(-len(contexts) // slices)
+    futures = [
+        executor.submit(render_job, job, contexts[k : k + step], fetch, max_memory=max_memory, workers=workers)
+        for k in range(0, len(contexts), step)
+    ]
+    return [r for f in futures for r in f.result()]
+
+
 def check_job(job: Mapping[str, Any], *, max_memory: int, workers: int | None = None) -> dict[str, Any] | None:
     """Compile the parts of ``job`` in a sandbox process: the first syntax error, or None."""
     p = pool(workers)
@@ -457,11 +496,9 @@ def check_job(job: Mapping[str, Any], *, max_memory: int, workers: int | None = 
         result: dict[str, Any] | None = msg[1]
         return result
     except _Timeout:
-        return _error(f"compiling took longer than {job['max_seconds']:g} s (max_seconds)", "send a smaller template")[
-            1
-        ]  # type: ignore[no-any-return]
+        return _problem(f"compiling took longer than {job['max_seconds']:g} s (max_seconds)", "send a smaller template")
     except _Died:
-        return _error(f"compiling {worker.death()}", "send a smaller, less nested template")[1]  # type: ignore[no-any-return]
+        return _problem(f"compiling {worker.death()}", "send a smaller, less nested template")
     finally:
         if ok:
             p.release(worker)
@@ -538,7 +575,7 @@ def child_main() -> None:  # pragma: no cover - runs in the sandbox process (tes
             try:
                 send(("checked", renderer.check(job)))
             except BaseException:
-                send(("checked", _error("could not compile the template", "send a smaller template")[1]))
+                send(("checked", _problem("could not compile the template", "send a smaller template")))
                 return
             continue
         renderer.start(job)

@@ -587,7 +587,9 @@ class Templates:
             )
             fetch = self._fetcher(key)
             if process:
-                results = render_process.render_job(job, blobs, fetch, max_memory=self.max_memory, workers=self.workers)
+                results = render_process.render_jobs(
+                    job, blobs, fetch, max_memory=self.max_memory, workers=self.workers
+                )
             else:
                 renderer = self._renderer()
                 renderer.fetch = fetch
