@@ -250,7 +250,7 @@ _PLAIN_KEY = re.compile(r"[A-Za-z_$][A-Za-z0-9_$-]{0,63}")
 # integer of 19 or more digits (maybe beyond 64 bits; a float's repr has at
 # most 17), and a key longer than MAX_KEY_LENGTH.
 _LONG_DIGITS = re.compile(r"\d{19}")
-_LONG_KEY = re.compile('"[^"]{%d,}":' % (MAX_KEY_LENGTH + 1))
+_LONG_KEY = re.compile(f'"[^"]{{{MAX_KEY_LENGTH + 1},}}":')
 
 
 def _char_problem(text: str, *, key: bool) -> str | None:

@@ -44,7 +44,7 @@ import msgspec
 import sqlalchemy as sa
 from ecrm_core.domain import Alias, Customer
 from ecrm_core.errors import Conflict, EcrmError, IdempotencyConflict, ValidationError
-from ecrm_core.validation import check_amount, check_currency, properties_json
+from ecrm_core.validation import check_amount, check_currency, check_string, properties_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
@@ -80,7 +80,8 @@ _MAX_MESSAGE_ID = 200 - len(KEY_PREFIX)
 _SET_BASED = frozenset({"track", "page", "screen"})
 _CHANNELS = {"browser": "web", "mobile": "app", "server": "server"}
 _IDENTITY_TRAITS = ("email", "phone")
-_NAME_TRAITS = frozenset({"name", "email", "phone"})
+#: Traits that become customer fields, not attributes (as the docs say).
+_NAME_TRAITS = frozenset({"name", "firstName", "lastName", "email", "phone"})
 _AMOUNT_STEP = Decimal("0.0001")
 
 
@@ -219,9 +220,12 @@ def _text(value: Any, field: str, max_length: int = 200) -> str | None:
         return None
     if type(value) is not str:
         raise MessageError(field, "not a string", "send text")
-    if len(value) > max_length or "\x00" in value:
-        raise MessageError(field, f"longer than {max_length} characters or contains NUL", "send shorter text")
-    return value
+    if len(value) > max_length:
+        raise MessageError(field, f"longer than {max_length} characters", "send shorter text")
+    try:
+        return check_string(value, field)
+    except ValidationError as exc:
+        raise MessageError(exc.field, exc.problem, exc.fix) from None
 
 
 def _amount(props: Mapping[str, Any], path: str) -> tuple[Decimal, str] | None:
@@ -348,6 +352,7 @@ class Tracker:
         context = _object(get("context"), f"{path}.context")
         channel = _CHANNELS.get(get("channel")) if type(get("channel")) is str else None
         props: dict[str, Any]
+        traits_path = f"{path}.traits"
         row: dict[str, Any] = {}
         msg = _Message(index, kind, message_id, path, row, user_id, anonymous_id)
         if kind == "alias":
@@ -384,7 +389,7 @@ class Tracker:
                 group_id = _identifier(get("groupId"), f"{path}.groupId")
                 if group_id is None:
                     raise MessageError(f"{path}.groupId", "missing", "send the group's (account's) id")
-                traits = _object(get("traits"), f"{path}.traits")
+                traits = _object(get("traits"), traits_path)
                 msg.group = {"id": group_id, "traits": traits}
                 kind_name, props = "event", {"event": "group", "groupId": group_id, "traits": traits}
             else:  # identify
@@ -416,7 +421,11 @@ class Tracker:
             properties_json(props, f"{path}.properties")
         except ValidationError as exc:
             # identify/group keep their traits in the properties: name what was sent
-            field = exc.field if kind in ("track", "page", "screen", "alias") else f"{path}.traits"
+            field = exc.field
+            if kind in ("identify", "group") and field.startswith(f"{path}.properties.traits"):
+                field = f"{traits_path}{field[len(path) + len('.properties.traits') :]}"
+            elif kind in ("identify", "group"):
+                field = traits_path
             raise MessageError(field, exc.problem, exc.fix) from None
         return msg
 
@@ -567,7 +576,10 @@ class Tracker:
         except Conflict as exc:
             raise MessageError(m.path, "conflicts with stored customers", str(exc), conflict=True) from None
         except ValidationError as exc:
-            raise MessageError(f"{m.path}.{exc.field}", exc.problem, exc.fix) from None
+            field = exc.field
+            if field.startswith("attributes.group.traits"):  # group: name what was sent
+                field = "traits" + field[len("attributes.group.traits") :]
+            raise MessageError(f"{m.path}.{field}", exc.problem, exc.fix) from None
         a, _d, errs = self._many([m])
         if errs:
             e = errs[0]

@@ -6,14 +6,14 @@ read anything); reading needs ``read``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from ecrm_core.errors import BatchError, RowError, ValidationError
-from ecrm_core.validation import check_slug
+from ecrm_core.validation import MAX_JSON_DEPTH, check_json, check_slug, check_string
 from litestar import Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, KwargDefinition, Parameter
@@ -34,50 +34,23 @@ MAX_ID = 2**63 - 1
 Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
 #: Items per ``POST /interactions/batch``.
 MAX_BATCH = 10_000
-#: Nesting allowed inside ``properties`` (objects and lists).
-MAX_DEPTH = 32
+#: Nesting allowed inside ``properties`` (objects and lists): the core's limit.
+MAX_DEPTH = MAX_JSON_DEPTH
 
 Text200 = Annotated[str, msgspec.Meta(max_length=200)]
 Slug = Annotated[str, msgspec.Meta(max_length=64)]
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
-def check_json_text(value: Any, field: str, *, max_depth: int = MAX_DEPTH) -> None:
-    """Reject NUL characters, lone surrogates and nesting deeper than
-    ``max_depth`` anywhere in JSON data (keys included), naming the path.
-
-    Iterative, so absurd nesting cannot exhaust the stack.
-    """
-    stack: list[tuple[Any, str, int]] = [(value, field, 0)]
-    while stack:
-        node, path, depth = stack.pop()
-        if isinstance(node, str):
-            _check_string(node, path)
-        elif isinstance(node, Mapping):
-            if depth >= max_depth:
-                raise ValidationError(path, "<nested>", f"nested deeper than {max_depth} levels", "send flatter data")
-            for k, v in node.items():
-                _check_string(str(k), f"{path}.{k}" if _plain(k) else f"{path}[{k!r}]")
-                stack.append((v, f"{path}.{k}" if _plain(k) else f"{path}[{k!r}]", depth + 1))
-        elif isinstance(node, (list, tuple)):
-            if depth >= max_depth:
-                raise ValidationError(path, "<nested>", f"nested deeper than {max_depth} levels", "send flatter data")
-            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node))
-
-
-def _plain(key: Any) -> bool:
-    return isinstance(key, str) and key.isidentifier() and len(key) <= 64
+def check_json_text(value: Any, field: str) -> None:
+    """The core's check of free-form JSON data (:func:`ecrm_core.validation.check_json`),
+    naming the path under ``field``: NUL and control characters, lone surrogates,
+    64-bit integers, depth, keys (iterative: no nesting exhausts the stack)."""
+    check_json(value, field)
 
 
 def _check_string(text: str, path: str) -> None:
-    if "\x00" in text:
-        raise ValidationError(path, text, "contains a NUL character", "remove the \\u0000 characters")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError(
-            path, "<text>", "contains a lone surrogate (not valid Unicode)", "send valid UTF-8 text"
-        ) from None
+    check_string(text, path)
 
 
 # ---------------------------------------------------------------------------
@@ -270,7 +243,7 @@ def _check_item(item: InteractionIn, api: ApiState, now: datetime) -> None:
             "send the time the interaction happened; check the sending device's clock",
         )
     if item.properties:
-        check_json_text(item.properties, "properties")
+        check_json_text(item.properties, "properties")  # the core checks it too: here to list every bad item
     for name in ("external_id", "anonymous_id", "email", "phone"):
         v = getattr(item, name)
         if v is not None:
