@@ -339,11 +339,10 @@ def check_json(value: Any, field: str = "properties") -> None:
                     raise ValidationError(
                         field, f"<{keys}+ keys>", f"more than {MAX_JSON_KEYS} keys in all", "send fewer keys"
                     )
+                children = []
                 for k, v in node.items():
                     if not isinstance(k, str):
-                        raise ValidationError(
-                            f"{path}[{k!r}]"[:200], k, "key is not a string", "use text keys only"
-                        )
+                        raise ValidationError(f"{path}[{k!r}]"[:200], k, "key is not a string", "use text keys only")
                     sub = _child(path, k)
                     if len(k) > MAX_KEY_LENGTH:
                         raise ValidationError(
@@ -352,7 +351,8 @@ def check_json(value: Any, field: str = "properties") -> None:
                     problem = _char_problem(k, key=True)
                     if problem is not None:
                         raise ValidationError(sub, k, f"key {problem}", _CHAR_FIX)
-                    stack.append((v, sub, depth + 1))
+                    children.append((v, sub, depth + 1))
+                stack.extend(reversed(children))  # popped in document order
             else:
                 stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in reversed(list(enumerate(node))))
         else:

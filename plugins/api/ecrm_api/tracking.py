@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
 
 __all__ = [
+    "BATCH_MAX_MESSAGES",
     "CALL_TYPES",
     "KEY_PREFIX",
     "MESSAGE_MAX_BYTES",
@@ -65,6 +66,10 @@ __all__ = [
 CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 #: Segment's limit for one message (32 KB).
 MESSAGE_MAX_BYTES = 32 * 1024
+#: Messages accepted in one batch request: a longer ``batch`` is refused as
+#: a whole (413), so that neither the work nor the answer grows with what a
+#: small (compressed) body can hold.
+BATCH_MAX_MESSAGES = 2500
 #: Put in front of a ``messageId`` to make the interaction's idempotency key
 #: (so it cannot clash with keys sent to the REST API).
 KEY_PREFIX = "segment:"
@@ -161,6 +166,14 @@ class Parsed:
 # ----------------------------------------------------------------------
 # values
 # ----------------------------------------------------------------------
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut short: an answer never echoes a big value."""
+    if type(value) is int and abs(value) > 10**40:
+        return f"<{type(value).__name__} of {len(str(abs(value))) if abs(value) < 10**4000 else 'many'} digits>"
+    text = repr(value) if type(value) in (str, int, float, bool) or value is None else f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def parse_time(value: Any, field: str) -> datetime | None:
     """An ISO 8601 time with a UTC offset (as UTC), ``None`` for absent; raises :class:`MessageError`."""
     if value is None:
@@ -313,11 +326,13 @@ class Tracker:
         if call is not None:
             if kind is not None and kind != call:
                 raise MessageError(
-                    f"{path}.type", f"{kind!r} sent to the {call} endpoint", f'send "{call}" or leave it out'
+                    f"{path}.type", f"{_shown(kind)} sent to the {call} endpoint", f'send "{call}" or leave it out'
                 )
             kind = call
         elif kind not in CALL_TYPES:
-            raise MessageError(f"{path}.type", f"unknown call type {kind!r}", f"send one of {', '.join(CALL_TYPES)}")
+            raise MessageError(
+                f"{path}.type", f"unknown call type {_shown(kind)}", f"send one of {', '.join(CALL_TYPES)}"
+            )
         message_id = get("messageId")
         if message_id is not None:
             if (

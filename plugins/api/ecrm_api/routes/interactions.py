@@ -114,10 +114,18 @@ class Rejected(msgspec.Struct):
 
 
 class BatchOut(msgspec.Struct):
+    """What a batch stored; ``rejected`` lists the first 100 rejected items
+    (``rejected_total`` counts them all): the answer's size is bounded."""
+
     stored: int
     duplicates: int
     created_customers: int
     rejected: list[Rejected]
+    rejected_total: int = 0
+
+
+#: Rejected items listed in one answer (or problem); the rest are counted.
+MAX_LISTED = 100
 
 
 class TimelinePage(msgspec.Struct):
@@ -343,9 +351,10 @@ def create_interactions_batch(
     """Store up to 10,000 interactions in one transaction (set-based).
 
     With ``on_error=raise`` (default) a single bad item stores nothing and
-    the 422 problem lists every bad item (``errors[].field`` is
-    ``body.items[<index>].<field>``).  With ``on_error=skip`` the good
-    items are stored and the answer lists the ``rejected`` ones.  Items
+    the 422 problem lists the bad items (``errors[].field`` is
+    ``body.items[<index>].<field>``; the first 100, ``error_total`` counts
+    them all).  With ``on_error=skip`` the good items are stored and the
+    answer lists the first 100 ``rejected`` ones (``rejected_total``).  Items
     repeating a stored ``idempotency_key`` with the same payload count as
     ``duplicates``; unknown identities create prospects
     (``created_customers``).  Items that do not match the schema (a string
@@ -386,11 +395,13 @@ def create_interactions_batch(
             _raise_batch(_merge(pre, exc.errors, positions), len(items))
     else:
         result = crm.interactions.track_many(rows, on_error="skip")
+    rejected = _merge(pre, result.errors, positions)
     return BatchOut(
         stored=result.stored,
         duplicates=result.duplicates,
         created_customers=result.created_customers,
-        rejected=_merge(pre, result.errors, positions),
+        rejected=rejected[:MAX_LISTED],
+        rejected_total=len(rejected),
     )
 
 
@@ -415,7 +426,10 @@ def _raise_batch(rejected: list[Rejected], total: int) -> None:
         "Invalid items",
         f"{len(rejected)} of {total} item(s) rejected, nothing was stored: {shown}{more}. "
         "Fix the items, or send on_error=skip to store the valid ones.",
-        errors=[{"field": r.field, "problem": r.problem, "fix": r.fix, "index": r.index} for r in rejected],
+        errors=[
+            {"field": r.field, "problem": r.problem, "fix": r.fix, "index": r.index} for r in rejected[:MAX_LISTED]
+        ],
+        error_total=len(rejected),
     )
 
 
