@@ -28,6 +28,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from ..app import workspace_crm
 from ..cursors import decode_cursor, encode_cursor
 from ..problems import problem, problem_responses
+from .interactions import IsoTime
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
@@ -107,7 +108,7 @@ class ConsentIn(msgspec.Struct, forbid_unknown_fields=True):
     """A consent decision: ``at`` defaults to now."""
 
     status: Literal["granted", "denied"]
-    at: AwareTime | None = None
+    at: IsoTime | None = None
     source: Source | None = None
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from ecrm_core.errors import BatchError, RowError, ValidationError
-from ecrm_core.validation import MAX_JSON_DEPTH, check_json, check_slug, check_string
+from ecrm_core.validation import MAX_JSON_DEPTH, aware_datetime, check_json, check_slug, check_string
 from litestar import Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, KwargDefinition, Parameter
@@ -40,6 +40,19 @@ MAX_DEPTH = MAX_JSON_DEPTH
 Text200 = Annotated[str, msgspec.Meta(max_length=200)]
 Slug = Annotated[str, msgspec.Meta(max_length=64)]
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
+#: What an ISO 8601 time with an offset looks like (the core parses it).
+ISO_TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}([.,]\d{1,9})?)?([Zz]|[+-]\d{2}(:?\d{2})?)$"
+#: A time in a JSON body: an ISO 8601 / RFC 3339 string with a UTC offset.  A
+#: string, not a ``datetime`` field: Litestar converts loosely, and would read
+#: a JSON number as epoch seconds (the docs promise ISO 8601; Segment's spec too).
+IsoTime = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=64,
+        pattern=ISO_TIME_PATTERN,
+        description="ISO 8601 time with an offset, e.g. 2024-05-01T12:00:00+09:00 (a number is refused)",
+    ),
+]
 
 
 def check_json_text(value: Any, field: str) -> None:
@@ -73,7 +86,7 @@ class InteractionIn(msgspec.Struct, forbid_unknown_fields=True):
     phone: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     anonymous_id: Text200 | None = None
     channel: Slug | None = None
-    occurred_at: AwareTime | None = None
+    occurred_at: IsoTime | None = None
     amount: Annotated[str, msgspec.Meta(max_length=40)] | float | None = None
     currency: Annotated[str, msgspec.Meta(max_length=3)] | None = None
     properties: dict[str, Any] | None = None
@@ -243,10 +256,11 @@ def _row(item: InteractionIn) -> dict[str, Any]:
 
 def _check_item(item: InteractionIn, api: ApiState, now: datetime) -> None:
     """What the API checks beyond the core: clock skew, NUL/surrogates, nesting."""
-    if item.occurred_at is not None and item.occurred_at > now + api.config.future_tolerance:
+    at = None if item.occurred_at is None else aware_datetime(item.occurred_at, "occurred_at")
+    if at is not None and at > now + api.config.future_tolerance:
         raise ValidationError(
             "occurred_at",
-            item.occurred_at.isoformat(),
+            item.occurred_at,
             f"in the future (more than {_span(api.config.future_tolerance)} ahead of the server's clock)",
             "send the time the interaction happened; check the sending device's clock",
         )
