@@ -44,7 +44,7 @@ import msgspec
 import sqlalchemy as sa
 from ecrm_core.domain import Alias, Customer
 from ecrm_core.errors import Conflict, EcrmError, IdempotencyConflict, ValidationError
-from ecrm_core.validation import check_amount, check_currency, check_string, properties_json
+from ecrm_core.validation import check_amount, check_currency, check_json, check_string, properties_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
@@ -241,6 +241,15 @@ def _text(value: Any, field: str, max_length: int = 200) -> str | None:
         raise MessageError(exc.field, exc.problem, exc.fix) from None
 
 
+def _check_traits(traits: dict[str, Any], path: str) -> None:
+    """The core's rules for free-form data, on the traits as sent (the same
+    limits as customer attributes; paths under ``path``)."""
+    try:
+        check_json(traits, path)
+    except ValidationError as exc:
+        raise MessageError(exc.field, exc.problem, exc.fix) from None
+
+
 def _amount(props: Mapping[str, Any], path: str) -> tuple[Decimal, str] | None:
     for name in ("revenue", "total", "value"):
         raw = props.get(name)
@@ -405,6 +414,7 @@ class Tracker:
                 if group_id is None:
                     raise MessageError(f"{path}.groupId", "missing", "send the group's (account's) id")
                 traits = _object(get("traits"), traits_path)
+                _check_traits(traits, traits_path)
                 msg.group = {"id": group_id, "traits": traits}
                 kind_name, props = "event", {"event": "group", "groupId": group_id, "traits": traits}
             else:  # identify
@@ -465,10 +475,11 @@ class Tracker:
         try:
             Customer(**fields)
         except ValidationError as exc:
-            head, _, rest = exc.field.partition(".")
-            field = (
-                path if head == "attributes" and not rest else f"{path}.{rest if head == 'attributes' else exc.field}"
-            )
+            name = exc.field
+            if name.startswith("attributes"):  # attributes.plan, attributes["a b"]: the trait itself
+                field = path + name[len("attributes") :]
+            else:
+                field = f"{path}.{name}"
             raise MessageError(field, exc.problem, exc.fix) from None
         return fields
 
