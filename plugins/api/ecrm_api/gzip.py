@@ -108,6 +108,7 @@ def _too_large(limit: int, *, decoded: bool = False) -> Exception:
         "too-large",
         "Request body too large",
         f"the {what} is larger than {limit} bytes; send smaller requests (split batches)",
+        errors=[{"field": "body", "problem": f"{what} larger than {limit} bytes", "fix": "send smaller requests"}],
     )
 
 

@@ -202,6 +202,7 @@ def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[An
             "too-large",
             "Request body too large",
             f"{exc.detail}; send smaller requests (split batches)",
+            errors=[{"field": "body", "problem": str(exc.detail), "fix": "send smaller requests (split batches)"}],
             headers=headers,
         )
     elif status == 404:

@@ -183,7 +183,11 @@ def _operation(schema: Schema) -> type[Operation]:
 # ----------------------------------------------------------------------
 def _too_large(limit: int) -> Exception:
     return problem(
-        413, "too-large", "Request body too large", f"the body is larger than {limit} bytes; send smaller batches"
+        413,
+        "too-large",
+        "Request body too large",
+        f"the body is larger than {limit} bytes; send smaller batches",
+        errors=[{"field": "body", "problem": f"larger than {limit} bytes", "fix": "send smaller batches"}],
     )
 
 
