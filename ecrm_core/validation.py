@@ -290,6 +290,16 @@ def _child(path: str, key: str) -> str:
     return f"{path}[{json.dumps(shown)}]"
 
 
+#: Longest field path an error names: a deeper path keeps its start and end.
+MAX_PATH_LENGTH = 300
+
+
+def _short_path(path: str) -> str:
+    if len(path) <= MAX_PATH_LENGTH:
+        return path
+    return f"{path[:150]}...{path[-(MAX_PATH_LENGTH - 153) :]}"
+
+
 def check_json(value: Any, field: str = "properties") -> None:
     """Raise :class:`~ecrm_core.errors.ValidationError` for the first value of
     free-form JSON data ``value`` that ecrm does not store, naming its path
@@ -312,26 +322,29 @@ def check_json(value: Any, field: str = "properties") -> None:
         if kind is str:
             problem = _char_problem(node, key=False)
             if problem is not None:
-                raise ValidationError(path, node, problem, _CHAR_FIX)
+                raise ValidationError(_short_path(path), node, problem, _CHAR_FIX)
         elif node is None or kind is bool:
             continue
         elif isinstance(node, int) and not isinstance(node, bool):
             if not MIN_INT <= node <= MAX_INT:
                 raise ValidationError(
-                    path,
+                    _short_path(path),
                     f"<{len(str(abs(node)))}-digit integer>" if abs(node) > 10**40 else node,
                     "integer outside the signed 64-bit range (-2^63 .. 2^63-1)",
                     "send big numbers as strings",
                 )
         elif isinstance(node, float):
             if not math.isfinite(node):
-                raise ValidationError(path, node, "not a finite number", "send a real number, or null")
+                raise ValidationError(_short_path(path), node, "not a finite number", "send a real number, or null")
         elif isinstance(node, str):  # a str subclass
             stack.append((str(node), path, depth))
         elif isinstance(node, (Mapping, list, tuple)):
             if depth >= MAX_JSON_DEPTH:
                 raise ValidationError(
-                    path, "<nested data>", f"nested deeper than {MAX_JSON_DEPTH} levels", "send flatter data"
+                    _short_path(path),
+                    "<nested data>",
+                    f"nested deeper than {MAX_JSON_DEPTH} levels",
+                    "send flatter data",
                 )
             if isinstance(node, Mapping):
                 keys += len(node)
@@ -342,23 +355,28 @@ def check_json(value: Any, field: str = "properties") -> None:
                 children = []
                 for k, v in node.items():
                     if not isinstance(k, str):
-                        raise ValidationError(f"{path}[{k!r}]"[:200], k, "key is not a string", "use text keys only")
+                        raise ValidationError(
+                            f"{_short_path(path)}[<{type(k).__name__} key>]",
+                            f"<{type(k).__name__}>",
+                            "key is not a string",
+                            "use text keys only",
+                        )
                     sub = _child(path, k)
                     if len(k) > MAX_KEY_LENGTH:
                         raise ValidationError(
-                            sub, k, f"key longer than {MAX_KEY_LENGTH} characters", "use shorter keys"
+                            _short_path(sub), k, f"key longer than {MAX_KEY_LENGTH} characters", "use shorter keys"
                         )
                     problem = _char_problem(k, key=True)
                     if problem is not None:
-                        raise ValidationError(sub, k, f"key {problem}", _CHAR_FIX)
+                        raise ValidationError(_short_path(sub), k, f"key {problem}", _CHAR_FIX)
                     children.append((v, sub, depth + 1))
                 stack.extend(reversed(children))  # popped in document order
             else:
                 stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in reversed(list(enumerate(node))))
         else:
             raise ValidationError(
-                path,
-                node,
+                _short_path(path),
+                f"<{kind.__name__}>",
                 f"not a JSON value ({kind.__name__})",
                 "use strings, numbers, booleans, null, lists and objects only",
             )
