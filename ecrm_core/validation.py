@@ -246,11 +246,18 @@ _BAD_VALUE_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _BAD_KEY_CHARS = re.compile("[\x00-\x1f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _PLAIN_KEY = re.compile(r"[A-Za-z_$][A-Za-z0-9_$-]{0,63}")
-# In canonical JSON text without any backslash (see properties_json): an
-# integer of 19 or more digits (maybe beyond 64 bits; a float's repr has at
-# most 17), and a key longer than MAX_KEY_LENGTH.
+# In canonical JSON text (see properties_json): an integer of 19 or more
+# digits (maybe beyond 64 bits; a float's repr has at most 17 digits).
 _LONG_DIGITS = re.compile(r"\d{19}")
-_LONG_KEY = re.compile(f'"[^"]{{{MAX_KEY_LENGTH + 1},}}":')
+# The encoder writes a control character as \u00XX (\b and \f short): such
+# an escape after an even run of backslashes is a refused character.
+_BAD_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\(?:u00[01][0-9a-f]|[bf])")
+# A key holding an escaped tab, line feed or carriage return (allowed in
+# values): a string followed by ':' -- a false match only costs the walk.
+_KEY_ESCAPE = re.compile(r'"(?:[^"\\]|\\.)*?\\[ntr](?:[^"\\]|\\.)*":')
+# A key of more than MAX_KEY_LENGTH characters: as many text units (a
+# character, or an escape) between its quotes at least.
+_LONG_KEY = re.compile(f'"(?:[^"\\\\]|\\\\.){{{MAX_KEY_LENGTH + 1},}}":')
 
 
 def _char_problem(text: str, *, key: bool) -> str | None:
@@ -403,12 +410,13 @@ def properties_json(value: Any, field: str = "properties", limit: int = MAX_PROP
             field, "<data>", f"not JSON-serialisable ({type(exc).__name__})", "send plain JSON data"
         ) from None
     # The encoder escapes every control character, quote and backslash, so
-    # text without a backslash holds none; a nesting depth, a key count or a
+    # the escapes in the text show every control character (in a key or a
+    # value); a lone surrogate is the only non-ASCII trouble; a nesting depth, a key count or a
     # key length needs as many brackets, colons or characters in the text.
     # Only data that might break a rule is walked (the exact check, with the
     # path): the common event costs a few scans of its text in C.
     if (
-        "\\" in text
+        ("\\" in text and (_BAD_ESCAPE.search(text) or _KEY_ESCAPE.search(text)))
         or (not text.isascii() and _SURROGATE.search(text))
         or text.count(":") > MAX_JSON_KEYS
         or text.count("{") + text.count("[") > MAX_JSON_DEPTH
