@@ -748,20 +748,21 @@ class Segments(Service):
             prefixes=["TEMPORARY"],
         )
         tmp.create(conn)
-        try:
-            conn.execute(tmp.insert().from_select(["id"], rule.select(ctx)))
-            members = sa.select(m.c.customer_id).where(m.c.segment_id == seg.id)
-            ins = self._insert(conn).from_select(
-                ["segment_id", "customer_id", "entered_at"],
-                sa.select(sa.literal(seg.id), tmp.c.id, sa.literal(now, type_=m.c.entered_at.type)).where(
-                    tmp.c.id.not_in(members)
-                ),
-            )
-            entered += conn.scalars(ins.on_conflict_do_nothing().returning(m.c.customer_id)).all()
-            gone = sa.delete(m).where(m.c.segment_id == seg.id, m.c.customer_id.not_in(sa.select(tmp.c.id)))
-            exited += conn.scalars(gone.returning(m.c.customer_id)).all()
-        finally:
-            tmp.drop(conn)
+        # no try/finally: on an error the transaction is rolled back, which
+        # drops the table too (a DROP in PostgreSQL's aborted transaction
+        # would fail and hide the error)
+        conn.execute(tmp.insert().from_select(["id"], rule.select(ctx)))
+        members = sa.select(m.c.customer_id).where(m.c.segment_id == seg.id)
+        ins = self._insert(conn).from_select(
+            ["segment_id", "customer_id", "entered_at"],
+            sa.select(sa.literal(seg.id), tmp.c.id, sa.literal(now, type_=m.c.entered_at.type)).where(
+                tmp.c.id.not_in(members)
+            ),
+        )
+        entered += conn.scalars(ins.on_conflict_do_nothing().returning(m.c.customer_id)).all()
+        gone = sa.delete(m).where(m.c.segment_id == seg.id, m.c.customer_id.not_in(sa.select(tmp.c.id)))
+        exited += conn.scalars(gone.returning(m.c.customer_id)).all()
+        tmp.drop(conn)
 
     def _emit(self, change: SegmentChange) -> None:
         if change.entered:
