@@ -276,6 +276,9 @@ def build_metadata(naming: Naming) -> sa.MetaData:
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.Column("refreshed_at", UTCDateTime()),
+        # why the rule last failed to evaluate, and when (migration 0005_segment_errors)
+        sa.Column("error", sa.String(2000)),
+        sa.Column("error_at", UTCDateTime()),
         sa.UniqueConstraint("workspace_id", "slug", name=f"uq_{t('segments')}_ws_slug"),
     )
     members = sa.Table(
@@ -295,6 +298,8 @@ def build_metadata(naming: Naming) -> sa.MetaData:
         sa.Column("position", sa.Integer, nullable=False),
         sa.Column("rule", sa.JSON, nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
+        sa.Column("error", sa.String(2000)),
+        sa.Column("error_at", UTCDateTime()),
     )
     # --- the delivery pipeline (migration 0003_messages) ---
     messages = sa.Table(

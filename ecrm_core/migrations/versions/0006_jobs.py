@@ -1,7 +1,7 @@
 """The worker's job state: one row per (job, workspace) with schedule, lease and last outcome.
 
-Revision ID: 0006
-Revises: 0004_covering_customer_index
+Revision ID: 0006_jobs
+Revises: 0005_segment_errors
 Create Date: 2026-12-07
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 from ecrm_core.storage import UTCDateTime, migration_naming
 
-revision = "0006"
-down_revision = "0004_covering_customer_index"
+revision = "0006_jobs"
+down_revision = "0005_segment_errors"
 branch_labels = None
 depends_on = None
 

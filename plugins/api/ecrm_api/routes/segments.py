@@ -129,6 +129,11 @@ class SegmentOut(msgspec.Struct):
     created_at: datetime
     updated_at: datetime
     refreshed_at: datetime | None
+    #: why the rule last failed to evaluate (null: it evaluated at the last
+    #: refresh); refreshes skip the segment and keep its last members meanwhile
+    error: str | None = None
+    #: when it failed
+    error_at: datetime | None = None
 
 
 class SegmentList(msgspec.Struct):
@@ -181,13 +186,21 @@ class MembersChange(msgspec.Struct):
     exited: list[int]
 
 
+class RefreshFailureOut(msgspec.Struct):
+    """A segment the refresh skipped because its rule failed (recorded on it as ``error``)."""
+
+    slug: str
+    error: str
+
+
 class RefreshOut(msgspec.Struct):
-    """What a refresh changed (per segment that changed)."""
+    """What a refresh changed (per segment that changed) and which segments failed."""
 
     changes: list[MembersChange]
     entered: int
     exited: int
     seconds: float
+    failed: list[RefreshFailureOut] = []
 
 
 def segment_out(s: Segment) -> SegmentOut:
@@ -205,6 +218,8 @@ def segment_out(s: Segment) -> SegmentOut:
         created_at=s.created_at,
         updated_at=s.updated_at,
         refreshed_at=s.refreshed_at,
+        error=s.error,
+        error_at=s.error_at,
     )
 
 
@@ -461,6 +476,7 @@ def refresh_segment(ref: RefParam, crm: NamedDependency[CRM]) -> RefreshOut:
         entered=report.entered,
         exited=report.exited,
         seconds=report.seconds,
+        failed=[RefreshFailureOut(f.slug, f.error) for f in report.failed],
     )
 
 
