@@ -12,7 +12,7 @@ from ecrm_core import CRM
 from ecrm_core.testing import CapturingChannel, FakeClock
 
 pytest.importorskip("ecrm_campaigns", reason="install plugins/campaigns: pip install -e plugins/campaigns")
-from ecrm_campaigns import plugin  # noqa: E402
+from ecrm_campaigns import plugin
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday, 10:00 UTC
 

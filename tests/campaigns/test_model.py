@@ -8,13 +8,12 @@ from typing import Any
 
 import pytest
 import yaml
+from ecrm_campaigns import Campaign
+from ecrm_campaigns.validate import CampaignInvalid
 
 from ecrm_core.errors import Conflict, ValidationError
 
 from .conftest import Shop
-
-from ecrm_campaigns import Campaign  # noqa: E402  (after the importorskip in conftest)
-from ecrm_campaigns.validate import CampaignInvalid  # noqa: E402
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "campaigns"
 INVALID = yaml.safe_load((FIXTURES / "invalid.yaml").read_text())
@@ -26,8 +25,13 @@ BASE: dict[str, Any] = {
     "trigger": {"type": "api"},
     "offers": ["deal"],
     "steps": [
-        {"id": "hello", "type": "send", "channel": "capture", "template": {"subject": "Hi", "body": "x"},
-         "offer": "deal"},
+        {
+            "id": "hello",
+            "type": "send",
+            "channel": "capture",
+            "template": {"subject": "Hi", "body": "x"},
+            "offer": "deal",
+        },
     ],
 }
 

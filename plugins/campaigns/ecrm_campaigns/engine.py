@@ -99,7 +99,8 @@ class Runner:
         self.moved = 0  # enrollments moved to a step that is due at once
 
     # -- claim ----------------------------------------------------------------
-    def claim(self, limit: int = BATCH) -> list[Any]:
+    def claim(self, limit: int | None = None) -> list[Any]:
+        limit = limit or BATCH
         et, ct = self.et, self.crm.db.tables[CAMPAIGNS]
         now = self.now
         live = sa.select(ct.c.id).where(ct.c.workspace_id == self.crm.workspace, ct.c.status == "live")
@@ -137,7 +138,8 @@ class Runner:
             return list(conn.execute(stmt).all())
 
     # -- the tick -------------------------------------------------------------------
-    def run(self, limit: int = BATCH) -> JobResult:
+    def run(self, limit: int | None = None) -> JobResult:
+        limit = limit or BATCH
         rows = self.claim(limit)
         if not rows:
             return JobResult(done=0)
@@ -418,12 +420,20 @@ class Runner:
         if step.event is None:
             self.goto(c, [r.id for r in due], step.next)
             return
-        # An event wait that timed out: did the event come meanwhile (the hook may have been missed)?
+        # Woken by an interaction of the kind (timeout not reached yet), or timed out: did the event come
+        # since the wait began?  (Checked here, not trusted from the hook: a missed hook is caught at the timeout.)
         span = parse_duration(step.timeout, f"steps.{step.id}.timeout")
         since = {r.customer_id: r.timeout_at - span for r in due}
         came = self.happened(step.event, step.where, since)
         self.goto(c, [r.id for r in due if r.customer_id in came], step.on_event)
-        self.goto(c, [r.id for r in due if r.customer_id not in came], step.next)
+        timed_out = [r.id for r in due if r.customer_id not in came and r.timeout_at <= self.now]
+        self.goto(c, timed_out, step.next)
+        still: dict[datetime, list[int]] = {}
+        for r in due:
+            if r.customer_id not in came and r.timeout_at > self.now:
+                still.setdefault(r.timeout_at, []).append(r.id)
+        for when, ids in still.items():  # a wake-up by a non-matching event: back to waiting
+            self._update(ids, due_at=when)
 
     def happened(self, kind: str, where: str | None, since: Mapping[int, datetime]) -> set[int]:
         """Customers with an interaction of ``kind`` (matching ``where``) at or after their ``since``."""
