@@ -121,7 +121,11 @@ class Runner:
                 due = due.with_for_update(skip_locked=True, of=et)
             stmt = (
                 sa.update(et)
-                .where(et.c.id.in_(due.scalar_subquery()))
+                .where(
+                    et.c.id.in_(due.scalar_subquery()),
+                    et.c.status == "active",
+                    sa.or_(et.c.lease_until.is_(None), et.c.lease_until < now),
+                )  # re-checked on the row
                 .values(lease_owner=self.owner, lease_until=now + timedelta(seconds=LEASE))
                 .returning(
                     et.c.id,
