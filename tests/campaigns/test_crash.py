@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from ecrm_campaigns import campaigns, plugin
 
 from ecrm_core.testing import make_crm
 from ecrm_core.testing.channels import MemoryChannel
-
-from ecrm_campaigns import campaigns, plugin
 
 N = 400
 

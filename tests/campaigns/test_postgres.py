@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from ecrm_campaigns import campaigns, plugin
+from ecrm_campaigns.engine import Runner
 
 from ecrm_core import CRM
 from ecrm_core.testing.channels import MemoryChannel
-
-from ecrm_campaigns import campaigns, plugin
-from ecrm_campaigns.engine import Runner
 
 pytestmark = pytest.mark.postgres
 
@@ -58,7 +57,7 @@ def test_two_workers_share_the_steps_and_never_run_one_twice(pg_crm_factory: Any
                     r.customer_of = {row.id: row.customer_id for row in got}
                     r.claim = lambda limit=None, got=got: got  # type: ignore[method-assign]
                     r.run()
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=work, args=(crm, n)) for crm, n in ((first, "a"), (second, "b"))]
