@@ -144,3 +144,15 @@ def ecrm_register_commands(cli: click.Group) -> None:
     from .cli import campaigns
 
     cli.add_command(campaigns)
+
+
+@hookimpl
+def ecrm_register_routes() -> list[Any]:
+    # The routes are for ecrm-api (which mounts them); without it there is nothing to serve.
+    from importlib.util import find_spec
+
+    if find_spec("ecrm_api") is None:
+        return []
+    from .routes import HANDLERS
+
+    return list(HANDLERS)

@@ -53,6 +53,10 @@ class CampaignInvalid(ValidationError):
             more = "; ".join(str(p) for p in problems[1:])
             self.args = (f"{self.args[0]}; and {len(problems) - 1} more: {more}",)
 
+    def at(self, prefix: str) -> CampaignInvalid:
+        """The same problems with ``prefix`` in front of every field."""
+        return CampaignInvalid([p.at(prefix) for p in self.problems])
+
 
 def event_rule(kind: str, where: str | None) -> str:
     """Rule text that holds when a customer has one interaction of ``kind`` matching ``where``."""
