@@ -88,7 +88,8 @@ def actions(crm: CRM) -> dict[str, Action]:
     ecrm_startup(crm)
     out: dict[str, Any] = {}
     for impl in crm.plugins.pm.hook.campaigns_register_actions.get_hookimpls():
-        for action in impl.function(**({"crm": crm} if "crm" in impl.argnames else {})) or ():
+        found: Any = impl.function(**({"crm": crm} if "crm" in impl.argnames else {}))
+        for action in found or ():
             if action.name in out:
                 raise PluginError(
                     f"campaign action {action.name!r} is registered twice (second by {impl.plugin_name!r})"

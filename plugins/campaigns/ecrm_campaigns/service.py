@@ -413,15 +413,17 @@ class Campaigns:
         with self.crm.db.read() as conn:
             row = self._row(key, conn)
             base = et.c.campaign_id == row.id
-            by_status = dict(
+            by_status: dict[Any, int] = dict(
                 conn.execute(sa.select(et.c.status, sa.func.count()).where(base).group_by(et.c.status)).all()
             )
-            by_step = dict(
+            by_step: dict[Any, int] = dict(
                 conn.execute(
                     sa.select(et.c.step, sa.func.count()).where(base, et.c.status == "active").group_by(et.c.step)
                 ).all()
             )
-            by_arm = dict(conn.execute(sa.select(et.c.arm, sa.func.count()).where(base).group_by(et.c.arm)).all())
+            by_arm: dict[Any, int] = dict(
+                conn.execute(sa.select(et.c.arm, sa.func.count()).where(base).group_by(et.c.arm)).all()
+            )
         return {"status": by_status, "step": by_step, "arm": by_arm}
 
 

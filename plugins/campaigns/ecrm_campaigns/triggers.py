@@ -82,8 +82,7 @@ class _Row:
 def _holds(rule: Any, row: Any) -> bool:
     from ecrm_core.rules import EvalContext
 
-    r = _Row(row)
-    return bool(rule.evaluate(EvalContext(customer=None, interactions=[r], now=r.occurred_at)))
+    return bool(rule.evaluate(EvalContext(customer=None, interactions=[_Row(row)], now=row["occurred_at"])))
 
 
 def _wake_waiters(crm: CRM, batch: InteractionBatch) -> None:

@@ -273,7 +273,7 @@ def _send(crm: CRM, c: Campaign, s: Step, path: str, offers: dict[str, Any]) -> 
         "workspace": crm.workspace,
     }
     try:
-        crm.channels.get(s.channel).render(s.template, ctx, message_id="validate", purpose=purpose)
+        crm.channels.get(s.channel or "").render(s.template, ctx, message_id="validate", purpose=purpose)
     except EcrmError as exc:
         yield ValidationError(
             f"{path}.template",
