@@ -375,7 +375,32 @@ class Runner:
             return queued, failed
         for f in getattr(report, "failures", ()):  # the pipeline's per-customer failures (SendReport.failures)
             failed[f.customer_id] = f"{f.reason}: {f.detail}"
+        counts: Any = getattr(report, "failed", None) or {}  # SendReport.failed: failures by reason
+        if sum(counts.values()) > len(failed):
+            # More failed than the report lists: a customer whose message could not be made has no
+            # message under its dedupe key (policy blocks and duplicates do), so the outbox names them.
+            failed.update(
+                dict.fromkeys(
+                    self._without_message(targets, prefix),
+                    "the message could not be made (see the customer's message_blocked interaction)",
+                )
+            )
         return report.queued, failed
+
+    def _without_message(self, targets: Sequence[int], prefix: str) -> set[int]:
+        m = self.crm.db.tables["messages"]
+        have: set[str] = set()
+        keys = [f"{prefix}{cid}" for cid in targets]
+        with self.crm.db.read() as conn:
+            for i in range(0, len(keys), 500):
+                have.update(
+                    conn.scalars(
+                        sa.select(m.c.dedupe_key).where(
+                            m.c.workspace_id == self.crm.workspace, m.c.dedupe_key.in_(keys[i : i + 500])
+                        )
+                    )
+                )
+        return {cid for cid, key in zip(targets, keys, strict=True) if key not in have}
 
     def _offer_skips(self, c: Campaign, step: Step, g: _Group) -> dict[int, str]:
         """Customers who may not get the step's offer: not eligible now, or over the campaign's limit."""
