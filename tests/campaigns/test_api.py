@@ -54,6 +54,10 @@ def test_crud_lifecycle_and_problems(crm_factory: Callable[..., CRM], live_api_f
     assert http.post("/campaigns/spring/resume").status_code == 409  # live, not paused
     assert http.post("/campaigns/spring/trigger", json={"customer_ids": []}).status_code in (400, 422)
 
+    report = http.get("/campaigns/spring/report")
+    assert report.status_code == 200 and [a["name"] for a in report.json()["arms"]] == ["holdout", "plain", "gift"]
+    assert http.get("/campaigns/spring/report", params={"confidence": 2}).status_code == 400
+
     spec = http.get("/docs/openapi.json").json()
     assert "/campaigns/{campaign}" in spec["paths"] and "/campaigns/{campaign}/trigger" in spec["paths"]
     schemas = spec["components"]["schemas"]

@@ -45,6 +45,9 @@ def test_apply_list_show_lifecycle_export(tmp_path: Path) -> None:
         assert r.exit_code == 0 and f"spring: {status}" in r.output, r.output
     r = run.invoke(cli, [*base, "show", "spring"])
     assert "stopped, version 2" in r.output
+    r = run.invoke(cli, [*base, "report", "spring", "--json"])
+    assert r.exit_code == 0, r.output
+    assert '"goal": "purchase"' in r.output and '"name": "holdout"' in r.output
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(

@@ -197,3 +197,38 @@ def trigger_command(ctx: click.Context, key: str, customer_ids: tuple[int, ...])
     """Enroll customers now (the explicit trigger)."""
     report = _run(_svc(ctx).trigger, key, list(customer_ids))
     click.echo(f"{key}: {report.entered} entered, {report.held_out} held out, skipped {dict(report.skipped)}")
+
+
+@campaigns.command("report")
+@click.argument("key")
+@click.option("--confidence", type=float, default=0.95, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def report_command(ctx: click.Context, key: str, confidence: float, as_json: bool) -> None:
+    """Results by arm (entered, messaged, converted, revenue) and the uplift against the holdout."""
+    ev = _run(_svc(ctx).evaluate, key, confidence=confidence)
+    if as_json:
+        click.echo(json.dumps(ev.to_dict(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{key}: goal {ev.goal or '(none)'}")
+    for col in ("arm", "entered", "messaged", "converted", "rate", "revenue", "per customer"):
+        table.add_column(col, justify="left" if col == "arm" else "right")
+    for a in ev.arms:
+        table.add_row(
+            a.name,
+            str(a.entered),
+            str(a.messaged),
+            str(a.converted),
+            f"{a.rate:.1%}",
+            str(a.revenue),
+            str(a.revenue_per_customer),
+        )
+    console = Console()
+    console.print(table)
+    for u in ev.uplifts:
+        console.print(u.sentence())
+    for note in ev.notes:
+        console.print(f"[yellow]{note}[/]")

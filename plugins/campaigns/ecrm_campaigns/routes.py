@@ -196,6 +196,23 @@ def export_campaign(
     return Response(_svc(crm).export(campaign, version), media_type="application/yaml")
 
 
+@get(
+    "/campaigns/{campaign:str}/report",
+    opt={"scope": "read"},
+    tags=["campaigns"],
+    sync_to_thread=True,
+    responses=problem_responses(404),
+)
+def campaign_report(
+    campaign: KeyParam,
+    crm: NamedDependency[CRM],
+    confidence: Annotated[float, Parameter(ge=0.5, lt=1)] = 0.95,
+) -> dict[str, Any]:
+    """Results by arm (entered, messaged, converted, revenue) and each arm's uplift against the
+    holdout with a confidence interval, in numbers and in a sentence."""
+    return _svc(crm).evaluate(campaign, confidence=confidence).to_dict()  # type: ignore[no-any-return]
+
+
 def _lifecycle(verb: str) -> Any:
     def handler(campaign: KeyParam, crm: NamedDependency[CRM]) -> CampaignOut:
         return _out(crm, getattr(_svc(crm), verb)(campaign))
@@ -238,5 +255,6 @@ HANDLERS = [
     put_campaign,
     export_campaign,
     *(_lifecycle(v) for v in ("start", "pause", "resume", "stop")),
+    campaign_report,
     trigger_campaign,
 ]

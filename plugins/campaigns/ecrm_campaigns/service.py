@@ -398,6 +398,14 @@ class Campaigns:
             held = sum(1 for a in arms.values() if a == assign.HOLDOUT)
         return len(arms) - held, held, skipped
 
+    def evaluate(self, key: str, *, confidence: float = 0.95) -> Any:
+        """Results by arm and each arm's uplift against the holdout (see :mod:`ecrm_campaigns.evaluate`)."""
+        from .evaluate import evaluate
+
+        if not 0.5 <= confidence < 1:
+            raise ValidationError("confidence", confidence, "out of range", "use e.g. 0.95")
+        return evaluate(self.crm, key, confidence=confidence)
+
     # -- reading state ------------------------------------------------------------
     def enrollment(self, key: str, customer_id: int) -> dict[str, Any] | None:
         """The journey state of one customer in a campaign (``None``: never entered)."""
