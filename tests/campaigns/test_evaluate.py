@@ -31,7 +31,9 @@ def newcombe(c1: int, n1: int, c2: int, n2: int, z: float = 1.959963984540054) -
     return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
 
 
-@pytest.mark.parametrize("counts", [(30, 200, 12, 190), (5, 50, 5, 50), (0, 40, 3, 45), (180, 1000, 150, 1000)])
+@pytest.mark.parametrize(
+    "counts", [(30, 200, 12, 190), (5, 50, 5, 50), (0, 40, 3, 45), (180, 1000, 150, 1000), (0, 10, 0, 1), (4, 4, 2, 2)]
+)
 def test_uplift_interval_is_newcombes(counts: tuple[int, int, int, int]) -> None:
     c1, n1, c2, n2 = counts
     u = uplift("b", (c1, n1), (c2, n2))
@@ -40,6 +42,7 @@ def test_uplift_interval_is_newcombes(counts: tuple[int, int, int, int]) -> None
     assert (u.low, u.high) == (pytest.approx(low * 100, abs=1e-6), pytest.approx(high * 100, abs=1e-6))
     assert u.significant == (low > 0 or high < 0)
     assert ("not yet significant" in u.sentence()) != u.significant
+    assert 0 <= u.p_value <= 1
 
 
 def test_report_by_arm_with_attribution_window(shop: Shop) -> None:

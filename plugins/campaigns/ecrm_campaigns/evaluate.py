@@ -125,15 +125,22 @@ def uplift(arm: str, treated: tuple[int, int], control: tuple[int, int], confide
         )
     except ImportError:  # pragma: no cover - depends on the installation
         raise LookupError("the evaluation needs statsmodels: pip install 'ecrm-campaigns[evaluate]'") from None
+    import math
+    import warnings
+
     (c1, n1), (c2, n2) = treated, control
-    low, high = confint_proportions_2indep(c1, n1, c2, n2, method="newcomb", compare="diff", alpha=1 - confidence)
-    test = test_proportions_2indep(c1, n1, c2, n2, method="score", compare="diff")
+    with warnings.catch_warnings():
+        # both rates 0 (or both 1): the score statistic is 0/0 -- no evidence of a difference (p = 1)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = confint_proportions_2indep(c1, n1, c2, n2, method="newcomb", compare="diff", alpha=1 - confidence)
+        test = test_proportions_2indep(c1, n1, c2, n2, method="score", compare="diff")
+    p_value = float(test.pvalue)
     return Uplift(
         arm=arm,
         points=(c1 / n1 - c2 / n2) * 100,
         low=float(low) * 100,
         high=float(high) * 100,
-        p_value=float(test.pvalue),
+        p_value=1.0 if math.isnan(p_value) else p_value,
         confidence=confidence,
     )
 
