@@ -299,15 +299,25 @@ class Campaigns:
         from .engine import rule_ids
 
         cu = self.t("customers")
-        q = sa.select(cu.c.id).where(cu.c.workspace_id == self.workspace, cu.c.merged_into.is_(None))
         if restrict is not None:
-            q = q.where(cu.c.id.in_(restrict))
+            # Driven by the ids (the primary key): with "workspace_id = ?" in the WHERE, SQLite would pick
+            # a (workspace, ...) index and visit every customer of the workspace for each chunk.
+            rows = conn.execute(sa.select(cu.c.id, cu.c.workspace_id, cu.c.merged_into).where(cu.c.id.in_(restrict)))
+            ids = {r.id for r in rows if r.workspace_id == self.workspace and r.merged_into is None}
+        else:
+            ids = set(
+                conn.scalars(sa.select(cu.c.id).where(cu.c.workspace_id == self.workspace, cu.c.merged_into.is_(None)))
+            )
         aud = c.audience
-        if aud is not None and aud.segment:
+        if aud is not None and aud.segment and ids:
             s, m = self.t("segments"), self.t("segment_members")
-            seg = sa.select(s.c.id).where(s.c.workspace_id == self.workspace, s.c.slug == aud.segment)
-            q = q.where(cu.c.id.in_(sa.select(m.c.customer_id).where(m.c.segment_id == seg.scalar_subquery())))
-        ids = set(conn.scalars(q))
+            seg = conn.scalar(sa.select(s.c.id).where(s.c.workspace_id == self.workspace, s.c.slug == aud.segment))
+            if seg is None:  # deleted under a live campaign: nobody is in the audience
+                return set()
+            q = sa.select(m.c.customer_id).where(m.c.segment_id == seg)
+            if restrict is not None:
+                q = q.where(m.c.customer_id.in_(sorted(ids)))
+            ids &= set(conn.scalars(q))
         if aud is not None and aud.rule and ids:
             ids &= rule_ids(self.crm, conn, aud.rule, sorted(ids))
         return ids
