@@ -1,0 +1,234 @@
+"""``ecrm campaigns ...``: create/apply from a YAML file, list, show, start, pause, resume, stop, export.
+
+The commands work on the ``ecrm`` command line's CRM (``ecrm --db URL
+--workspace W campaigns ...``); used outside ``ecrm`` they build one from
+``ECRM_DATABASE_URL``.  Errors print the field and the fix, every problem of
+a refused campaign on its own line, and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ecrm_core.crm import CRM
+
+    from .service import Campaigns
+
+__all__ = ["campaigns"]
+
+
+def _crm(ctx: click.Context) -> CRM:
+    import os
+
+    from ecrm_core.crm import CRM
+
+    obj = ctx.find_root().obj
+    crm = obj if isinstance(obj, CRM) else getattr(obj, "crm", None)
+    if callable(crm) and not isinstance(crm, CRM):
+        crm = crm()
+    if not isinstance(crm, CRM):
+        crm = CRM(os.environ.get("ECRM_DATABASE_URL"), workspace=os.environ.get("ECRM_WORKSPACE") or "default")
+        ctx.call_on_close(crm.close)
+    from . import plugin
+
+    if "campaigns" not in crm.db.tables:
+        crm.register_plugin(plugin)
+    return crm
+
+
+def _svc(ctx: click.Context) -> Campaigns:
+    from .service import Campaigns
+
+    return Campaigns(_crm(ctx))
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    problems = getattr(exc, "problems", None)
+    if problems:
+        lines = "\n".join(f"  {p}" for p in problems)
+        return click.ClickException(f"campaign refused, {len(problems)} problem(s):\n{lines}")
+    return click.ClickException(str(exc))
+
+
+def _run(fn: Any, *args: Any, **kw: Any) -> Any:
+    from ecrm_core.errors import EcrmError
+
+    try:
+        return fn(*args, **kw)
+    except (EcrmError, LookupError) as exc:
+        raise _fail(exc) from None
+
+
+@click.group("campaigns")
+def campaigns() -> None:
+    """Campaigns: audience, offers, triggers and journeys (ecrm-campaigns)."""
+
+
+@campaigns.command("apply")
+@click.option(
+    "-f",
+    "--file",
+    "path",
+    required=True,
+    type=click.File("r", encoding="utf-8"),
+    help="The campaign as YAML ('-' for stdin).",
+)
+@click.option("--start", is_flag=True, help="Make the campaign live if it is a draft.")
+@click.option("--actor", default=None, help="Who made the change (kept with the version).")
+@click.pass_context
+def apply_command(ctx: click.Context, path: Any, start: bool, actor: str | None) -> None:
+    """Create the campaign in FILE, or store a new version of it if it changed."""
+    svc = _svc(ctx)
+    text = path.read()
+    before = None
+    from .model import Campaign
+
+    key = _run(Campaign.from_yaml, text).key
+    try:
+        before = svc.get(key).version
+    except Exception:
+        before = None
+    info = _run(svc.save, text, actor=actor)
+    if start and info.status == "draft":
+        info = _run(svc.start, info.key)
+    what = "created" if before is None else ("new version" if info.version != before else "unchanged")
+    click.echo(f"{info.key}: {what} (version {info.version}, {info.status})")
+
+
+campaigns.add_command(apply_command, "create")
+
+
+@campaigns.command("list")
+@click.option("--status", type=click.Choice(["draft", "live", "paused", "stopped"]), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def list_command(ctx: click.Context, status: str | None, as_json: bool) -> None:
+    """The campaigns of the workspace."""
+    items = _run(_svc(ctx).list, status=status)
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "key": i.key,
+                        "name": i.name,
+                        "status": i.status,
+                        "version": i.version,
+                        "trigger": i.definition.trigger.type,
+                    }
+                    for i in items
+                ],
+                indent=2,
+            )
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="campaigns")
+    for col in ("key", "name", "status", "version", "trigger"):
+        table.add_column(col)
+    for i in items:
+        table.add_row(i.key, i.name, i.status, str(i.version), i.definition.trigger.type)
+    Console().print(table)
+
+
+@campaigns.command("show")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def show_command(ctx: click.Context, key: str, as_json: bool) -> None:
+    """A campaign's state: status, version, and its customers by status, step and arm."""
+    svc = _svc(ctx)
+    info = _run(svc.get, key)
+    counts = _run(svc.counts, key)
+    data = {
+        "key": info.key,
+        "name": info.name,
+        "status": info.status,
+        "version": info.version,
+        "versions": [v.version for v in svc.versions(key)],
+        "next_run_at": info.next_run_at.isoformat() if info.next_run_at else None,
+        **counts,
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    click.echo(f"{info.key}: {info.name} — {info.status}, version {info.version}")
+    for part in ("status", "step", "arm"):
+        if counts[part]:
+            click.echo(f"  by {part}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts[part].items(), key=str)))
+
+
+@campaigns.command("export")
+@click.argument("key")
+@click.option("--version", type=int, default=None, help="An earlier version (default: the current one).")
+@click.pass_context
+def export_command(ctx: click.Context, key: str, version: int | None) -> None:
+    """Print the campaign as YAML (``apply -f`` takes it back)."""
+    sys.stdout.write(_run(_svc(ctx).export, key, version))
+
+
+def _lifecycle(name: str, doc: str) -> None:
+    @campaigns.command(name, help=doc)
+    @click.argument("key")
+    @click.pass_context
+    def command(ctx: click.Context, key: str) -> None:
+        info = _run(getattr(_svc(ctx), name), key)
+        click.echo(f"{info.key}: {info.status}")
+
+
+_lifecycle("start", "Make a draft campaign live.")
+_lifecycle("pause", "Pause a live campaign (customers keep their place).")
+_lifecycle("resume", "Resume a paused campaign.")
+_lifecycle("stop", "Stop a campaign for good (active journeys end).")
+
+
+@campaigns.command("trigger")
+@click.argument("key")
+@click.argument("customer_ids", nargs=-1, type=int, required=True)
+@click.pass_context
+def trigger_command(ctx: click.Context, key: str, customer_ids: tuple[int, ...]) -> None:
+    """Enroll customers now (the explicit trigger)."""
+    report = _run(_svc(ctx).trigger, key, list(customer_ids))
+    click.echo(f"{key}: {report.entered} entered, {report.held_out} held out, skipped {dict(report.skipped)}")
+
+
+@campaigns.command("report")
+@click.argument("key")
+@click.option("--confidence", type=float, default=0.95, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def report_command(ctx: click.Context, key: str, confidence: float, as_json: bool) -> None:
+    """Results by arm (entered, messaged, converted, revenue) and the uplift against the holdout."""
+    ev = _run(_svc(ctx).evaluate, key, confidence=confidence)
+    if as_json:
+        click.echo(json.dumps(ev.to_dict(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{key}: goal {ev.goal or '(none)'}")
+    for col in ("arm", "entered", "messaged", "converted", "rate", "revenue", "per customer"):
+        table.add_column(col, justify="left" if col == "arm" else "right")
+    for a in ev.arms:
+        table.add_row(
+            a.name,
+            str(a.entered),
+            str(a.messaged),
+            str(a.converted),
+            f"{a.rate:.1%}",
+            str(a.revenue),
+            str(a.revenue_per_customer),
+        )
+    console = Console()
+    console.print(table)
+    for u in ev.uplifts:
+        console.print(u.sentence())
+    for note in ev.notes:
+        console.print(f"[yellow]{note}[/]")

@@ -1,0 +1,573 @@
+"""Executing journeys: the ``campaigns.steps`` job.
+
+A tick
+
+1. **claims** up to :data:`BATCH` due enrollments of live campaigns with a
+   lease — one conditional ``UPDATE … WHERE id IN (SELECT … LIMIT n)
+   RETURNING`` (under SQLite's write lock; ``FOR UPDATE SKIP LOCKED`` in the
+   subquery on PostgreSQL), so two workers never hold the same enrollment;
+2. **groups** them by (campaign, version, step, entry);
+3. **executes** each group set-based — a send is ONE
+   ``crm.messages.send_many`` with a dedupe key per (enrollment entry,
+   step), so a send repeated after a crash is a duplicate in the outbox,
+   never a second message;
+4. **advances** each group with one UPDATE per target step, guarded by the
+   lease (a worker whose lease expired changes nothing).
+
+A crash between 3 and 4 leaves the enrollments leased; when the lease
+expires another tick claims them again, ``send_many`` finds the dedupe keys
+and the group advances.  Hence no message lost, none sent twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, time, timedelta
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from ecrm_core.errors import EcrmError
+from ecrm_core.registry import JobContext, JobResult
+
+from .model import Campaign, Step, parse_duration
+from .schema import CAMPAIGNS, ENROLLMENTS, VERSIONS
+from .validate import ENGAGEMENT_KINDS, event_rule
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ecrm_core.crm import CRM
+
+log = logging.getLogger("ecrm.campaigns")
+
+__all__ = ["BATCH", "LEASE", "dedupe_prefix", "rule_ids", "run_steps"]
+
+#: Enrollments claimed per tick.
+BATCH = 5000
+#: Seconds a claimed enrollment stays leased (a crashed worker's claims come back after it).
+LEASE = 300.0
+
+
+def dedupe_prefix(campaign_id: int, entry: int, step: str) -> str:
+    """The outbox dedupe key of a step's message is ``<prefix><customer_id>``."""
+    return f"cmp{campaign_id}.{entry}.{step}."
+
+
+def rule_ids(crm: CRM, conn: sa.Connection, rule: str, restrict: Sequence[int]) -> set[int]:
+    """The customers among ``restrict`` for whom ``rule`` holds (one SQL statement per 5,000)."""
+    from ecrm_core.rules import SqlContext
+
+    compiled = crm.segments.compile(rule)
+    s = crm.db.tables["segments"]
+    seg_ids = {r.slug: r.id for r in conn.execute(sa.select(s.c.slug, s.c.id).where(s.c.workspace_id == crm.workspace))}
+    out: set[int] = set()
+    for i in range(0, len(restrict), 5000):
+        part = restrict[i : i + 5000]
+        ctx = SqlContext(
+            tables=crm.db.tables,
+            workspace=crm.workspace,
+            now=crm.now(),
+            dialect=conn.dialect.name,
+            segment_ids=seg_ids,
+            restrict=part,
+            crm=crm,
+        )
+        out.update(conn.scalars(compiled.select(ctx)))
+    return out
+
+
+class _Group:
+    def __init__(self, campaign_id: int, version: int, step: str, entry: int) -> None:
+        self.campaign_id, self.version, self.step, self.entry = campaign_id, version, step, entry
+        self.rows: list[Any] = []
+
+    @property
+    def customers(self) -> list[int]:
+        return [r.customer_id for r in self.rows]
+
+
+class Runner:
+    """One tick's work for one workspace."""
+
+    def __init__(self, crm: CRM, owner: str | None = None) -> None:
+        self.crm = crm
+        self.owner = owner or uuid.uuid4().hex[:16]
+        self.et = crm.db.tables[ENROLLMENTS]
+        self.now = crm.now()
+        self.customer_of: dict[int, int] = {}
+        self.moved = 0  # enrollments moved to a step that is due at once
+
+    # -- claim ----------------------------------------------------------------
+    def claim(self, limit: int | None = None) -> list[Any]:
+        limit = limit or BATCH
+        et, ct = self.et, self.crm.db.tables[CAMPAIGNS]
+        now = self.now
+        live = sa.select(ct.c.id).where(ct.c.workspace_id == self.crm.workspace, ct.c.status == "live")
+        due = (
+            sa.select(et.c.id)
+            .where(
+                et.c.workspace_id == self.crm.workspace,
+                et.c.status == "active",
+                et.c.due_at <= now,
+                sa.or_(et.c.lease_until.is_(None), et.c.lease_until < now),
+                et.c.campaign_id.in_(live),
+            )
+            .order_by(et.c.due_at)
+            .limit(limit)
+        )
+        with self.crm.db.write() as conn:
+            if conn.dialect.name == "postgresql":
+                due = due.with_for_update(skip_locked=True, of=et)
+            stmt = (
+                sa.update(et)
+                .where(
+                    et.c.id.in_(due.scalar_subquery()),
+                    et.c.status == "active",
+                    sa.or_(et.c.lease_until.is_(None), et.c.lease_until < now),
+                )  # re-checked on the row
+                .values(lease_owner=self.owner, lease_until=now + timedelta(seconds=LEASE))
+                .returning(
+                    et.c.id,
+                    et.c.campaign_id,
+                    et.c.customer_id,
+                    et.c.version,
+                    et.c.entry,
+                    et.c.arm,
+                    et.c.step,
+                    et.c.timeout_at,
+                    et.c.entered_at,
+                )
+            )
+            return list(conn.execute(stmt).all())
+
+    # -- the tick -------------------------------------------------------------------
+    def run(self, limit: int | None = None) -> JobResult:
+        limit = limit or BATCH
+        rows = self.claim(limit)
+        if not rows:
+            return JobResult(done=0)
+        groups: dict[tuple[int, int, str, int], _Group] = {}
+        self.customer_of = {r.id: r.customer_id for r in rows}
+        for r in rows:
+            key = (r.campaign_id, r.version, r.step, r.entry)
+            groups.setdefault(key, _Group(*key)).rows.append(r)
+        defs = self._definitions({(g.campaign_id, g.version) for g in groups.values()})
+        sent = 0
+        for g in groups.values():
+            c, ckey = defs[(g.campaign_id, g.version)]
+            try:
+                sent += self._execute(c, g)
+            except Exception as exc:  # one bad group never stops the others; its lease expires, it is retried
+                log.exception("campaign %s step %s failed for %d customers", ckey, g.step, len(g.rows))
+                self._release(g, reason=f"{type(exc).__name__}: {exc}"[:500])
+        return JobResult(
+            done=len(rows),
+            more=len(rows) >= limit or self.moved > 0,
+            message=f"{len(rows)} step(s) in {len(groups)} group(s), {sent} message(s) queued",
+        )
+
+    def _definitions(self, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], tuple[Campaign, str]]:
+        vt, ct = self.crm.db.tables[VERSIONS], self.crm.db.tables[CAMPAIGNS]
+        out = {}
+        with self.crm.db.read() as conn:
+            for cid, version in keys:
+                r = conn.execute(
+                    sa.select(vt.c.definition, ct.c.key)
+                    .join(ct, ct.c.id == vt.c.campaign_id)
+                    .where(vt.c.campaign_id == cid, vt.c.version == version)
+                ).one()
+                out[(cid, version)] = (Campaign.from_dict(r.definition), r.key)
+        return out
+
+    # -- moving enrollments -----------------------------------------------------------
+    def _ids(self, g: _Group, customers: Iterable[int] | None = None) -> list[int]:
+        if customers is None:
+            return [r.id for r in g.rows]
+        want = set(customers)
+        return [r.id for r in g.rows if r.customer_id in want]
+
+    def _update(self, ids: Sequence[int], **values: Any) -> None:
+        if not ids:
+            return
+        et = self.et
+        values.setdefault("lease_owner", None)
+        values.setdefault("lease_until", None)
+        values["updated_at"] = self.now
+        with self.crm.db.write() as conn:
+            for i in range(0, len(ids), 5000):
+                conn.execute(
+                    sa.update(et).where(et.c.id.in_(ids[i : i + 5000]), et.c.lease_owner == self.owner).values(**values)
+                )
+
+    def goto(self, c: Campaign, ids: Sequence[int], target: str | None, *, reason: str | None = None) -> None:
+        """Move enrollments to ``target`` (due now; a wait step: due when the wait ends), or end
+        their journey when ``target`` is None."""
+        if not ids:
+            return
+        if target is None:
+            self._update(
+                ids, status="done", step=None, due_at=None, timeout_at=None, finished_at=self.now, reason=reason
+            )
+            return
+        step = c.step(target)
+        if step.type != "wait":
+            self._update(ids, step=target, due_at=self.now, timeout_at=None, reason=reason)
+            self.moved += len(ids)
+            return
+        for when, part in self._wait_ends(step, ids).items():
+            self._update(part, step=target, due_at=when, timeout_at=when, reason=reason)
+
+    def _wait_ends(self, step: Step, ids: Sequence[int]) -> dict[datetime, list[int]]:
+        """When a wait entered now ends, for each enrollment (``until`` is in the customer's timezone)."""
+        by_when: dict[datetime, list[int]] = {}
+        if step.until is not None:
+            tzs = self._timezones([self.customer_of[i] for i in ids])
+            at = time.fromisoformat(step.until)
+            for i in ids:
+                local = self.now.astimezone(self._local(tzs.get(self.customer_of[i])))
+                cand = datetime.combine(local.date(), at, local.tzinfo)
+                if cand <= local:
+                    cand = datetime.combine(local.date() + timedelta(days=1), at, local.tzinfo)
+                by_when.setdefault(cand.astimezone(self.now.tzinfo), []).append(i)
+        else:
+            span = parse_duration(step.duration or step.timeout, f"steps.{step.id}")
+            by_when[self.now + max(span, timedelta(0))] = list(ids)
+        return by_when
+
+    def end(self, ids: Sequence[int], status: str, reason: str | None) -> None:
+        self._update(ids, status=status, step=None, due_at=None, timeout_at=None, finished_at=self.now, reason=reason)
+
+    def _release(self, g: _Group, reason: str) -> None:
+        # Keep the lease (the group is retried when it expires: backoff) but record why.
+        with self.crm.db.write() as conn:
+            conn.execute(
+                sa.update(self.et)
+                .where(self.et.c.id.in_(self._ids(g)), self.et.c.lease_owner == self.owner)
+                .values(reason=reason, updated_at=self.now)
+            )
+
+    # -- steps -----------------------------------------------------------------------------
+    def _execute(self, c: Campaign, g: _Group) -> int:
+        try:
+            step = c.step(g.step)
+        except KeyError:
+            self.end(self._ids(g), "failed", f"step {g.step!r} not in version {g.version}")
+            return 0
+        if c.goal is not None and c.goal.exit:
+            converted = self.converted(c, g.rows)
+            if converted:
+                self.end(self._ids(g, converted), "converted", "goal reached")
+                g.rows = [r for r in g.rows if r.customer_id not in converted]
+                if not g.rows:
+                    return 0
+        if step.type == "send":
+            return self._send(c, step, g)
+        if step.type == "wait":
+            self._wait(c, step, g)
+        elif step.type == "branch":
+            self._branch(c, step, g)
+        elif step.type == "update":
+            self._update_attribute(c, step, g)
+        elif step.type == "action":
+            from .plugin import call_action
+
+            call_action(self.crm, step.name or "", dict(step.args or {}), g.customers, c.key, step.id)
+            self.goto(c, self._ids(g), step.next)
+        elif step.type == "exit":
+            self.end(self._ids(g), "exited", f"exit step {step.id}")
+        return 0
+
+    def _local(self, tz: str | None) -> ZoneInfo:
+        try:
+            return ZoneInfo(tz or "UTC")
+        except Exception:
+            return ZoneInfo("UTC")
+
+    def _timezones(self, customers: Sequence[int]) -> dict[int, str | None]:
+        cu = self.crm.db.tables["customers"]
+        out: dict[int, str | None] = {}
+        with self.crm.db.read() as conn:
+            for i in range(0, len(customers), 5000):
+                out.update(
+                    conn.execute(sa.select(cu.c.id, cu.c.timezone).where(cu.c.id.in_(customers[i : i + 5000]))).all()
+                )
+        return out
+
+    def _outside_window(self, c: Campaign, g: _Group) -> dict[datetime, list[int]]:
+        """Enrollments whose local time is outside the send window, by when the window next opens."""
+        w = c.window
+        if w is None:
+            return {}
+        tzs = self._timezones(g.customers)
+        start, end = time.fromisoformat(w.start), time.fromisoformat(w.end)
+        days = [("mon", "tue", "wed", "thu", "fri", "sat", "sun").index(d) for d in w.days] or list(range(7))
+        later: dict[datetime, list[int]] = {}
+        for r in g.rows:
+            local = self.now.astimezone(self._local(tzs.get(r.customer_id)))
+            t = local.time()
+            inside = (start <= t < end) if start < end else (t >= start or t < end)
+            if inside and local.weekday() in days:
+                continue
+            day = local.date()
+            for k in range(8):
+                cand = datetime.combine(day + timedelta(days=k), start, local.tzinfo)
+                if cand > local and cand.weekday() in days:
+                    later.setdefault(cand.astimezone(self.now.tzinfo), []).append(r.id)
+                    break
+        return later
+
+    def _send(self, c: Campaign, step: Step, g: _Group) -> int:
+        for when, ids in self._outside_window(c, g).items():
+            self._update(ids, due_at=when)
+            moved = set(ids)
+            g.rows = [r for r in g.rows if r.id not in moved]
+        if not g.rows:
+            return 0
+        skip: dict[int, str] = {}
+        if step.offer is not None:
+            skip.update(self._offer_skips(c, step, g))
+        targets = [cid for cid in g.customers if cid not in skip]
+        prefix = dedupe_prefix(g.campaign_id, g.entry, step.id)
+        failed: dict[int, str] = {}
+        queued = 0
+        if targets:
+            queued, failed = self._send_many(c, step, targets, prefix)
+        ok = [r.id for r in g.rows if r.customer_id not in failed]
+        if skip:
+            by_reason: dict[str, list[int]] = {}
+            for r in g.rows:
+                if r.customer_id in skip:
+                    by_reason.setdefault(skip[r.customer_id], []).append(r.id)
+            for why, ids in by_reason.items():
+                self.goto(c, ids, step.next, reason=why)
+            ok = [i for i in ok if i not in {x for v in by_reason.values() for x in v}]
+        self.goto(c, ok, step.next)
+        if failed:
+            for r in g.rows:
+                if r.customer_id in failed:
+                    self.end([r.id], "failed", failed[r.customer_id][:500])
+        return queued
+
+    def _send_many(self, c: Campaign, step: Step, targets: list[int], prefix: str) -> tuple[int, dict[int, str]]:
+        """One ``send_many`` for the group; if it raises, each customer alone (the bad ones are named)."""
+        kw: dict[str, Any] = {
+            "purpose": step.purpose or "marketing",
+            "offer": step.offer,
+            "context": dict(step.context) if step.context else None,
+            "metadata": {"campaign": c.key, "step": step.id},
+        }
+        failed: dict[int, str] = {}
+        try:
+            report = self.crm.messages.send_many(
+                step.channel or "", step.template, customer_ids=targets, dedupe_key=prefix + "{customer_id}", **kw
+            )
+        except EcrmError:
+            queued = 0
+            for cid in targets:
+                try:
+                    r = self.crm.messages.send_many(
+                        step.channel or "", step.template, customer_ids=[cid], dedupe_key=prefix + "{customer_id}", **kw
+                    )
+                    queued += r.queued
+                except EcrmError as exc:
+                    failed[cid] = f"{type(exc).__name__}: {exc}"
+            return queued, failed
+        for f in getattr(report, "failures", ()):  # the pipeline's per-customer failures (SendReport.failures)
+            failed[f.customer_id] = f"{f.reason}: {f.detail}"
+        counts: Any = getattr(report, "failed", None) or {}  # SendReport.failed: failures by reason
+        if sum(counts.values()) > len(failed):
+            # More failed than the report lists: a customer whose message could not be made has no
+            # message under its dedupe key (policy blocks and duplicates do), so the outbox names them.
+            failed.update(
+                dict.fromkeys(
+                    self._without_message(targets, prefix),
+                    "the message could not be made (see the customer's message_blocked interaction)",
+                )
+            )
+        return report.queued, failed
+
+    def _without_message(self, targets: Sequence[int], prefix: str) -> set[int]:
+        m = self.crm.db.tables["messages"]
+        have: set[str] = set()
+        keys = [f"{prefix}{cid}" for cid in targets]
+        with self.crm.db.read() as conn:
+            for i in range(0, len(keys), 500):
+                have.update(
+                    conn.scalars(
+                        sa.select(m.c.dedupe_key).where(
+                            m.c.workspace_id == self.crm.workspace, m.c.dedupe_key.in_(keys[i : i + 500])
+                        )
+                    )
+                )
+        return {cid for cid, key in zip(targets, keys, strict=True) if key not in have}
+
+    def _offer_skips(self, c: Campaign, step: Step, g: _Group) -> dict[int, str]:
+        """Customers who may not get the step's offer: not eligible now, or over the campaign's limit."""
+        out: dict[int, str] = {}
+        try:
+            offer = self.crm.offers.get(step.offer or "")
+        except EcrmError:
+            return {cid: "offer_missing" for cid in g.customers}
+        if (
+            offer.status != "active"
+            or (offer.valid_until is not None and offer.valid_until <= self.now)
+            or (offer.valid_from is not None and offer.valid_from > self.now)
+        ):
+            return {cid: "offer_not_live" for cid in g.customers}
+        if offer.eligibility:
+            with self.crm.db.read() as conn:
+                ok = rule_ids(self.crm, conn, _tree_text(self.crm, offer.eligibility), g.customers)
+            out.update({cid: "offer_not_eligible" for cid in g.customers if cid not in ok})
+        limit = next((o.limit for o in c.offers if o.code == step.offer), None)
+        if limit is not None:
+            # What this campaign already sent each customer with this offer (one query; this step's own
+            # message of this entry does not count, so a repeated tick is not refused).
+            m = self.crm.db.tables["messages"]
+            mine = dedupe_prefix(g.campaign_id, g.entry, step.id)
+            counts: dict[int, int] = {}
+            with self.crm.db.read() as conn:
+                q = sa.select(m.c.customer_id, m.c.meta, m.c.dedupe_key).where(
+                    m.c.workspace_id == self.crm.workspace,
+                    m.c.customer_id.in_(g.customers),
+                    m.c.dedupe_key.like(f"cmp{g.campaign_id}.%"),
+                    m.c.status.notin_(("blocked", "cancelled")),
+                )
+                for cid, meta, key in conn.execute(q):
+                    if (meta or {}).get("offer") == offer.code and not key.startswith(mine):
+                        counts[cid] = counts.get(cid, 0) + 1
+            out.update({cid: "offer_limit" for cid, n in counts.items() if n >= limit and cid not in out})
+        return out
+
+    def _wait(self, c: Campaign, step: Step, g: _Group) -> None:
+        first = [r.id for r in g.rows if r.timeout_at is None]  # entered the wait from outside a tick
+        due = [r for r in g.rows if r.timeout_at is not None]
+        for when, ids in self._wait_ends(step, first).items():
+            self._update(ids, due_at=when, timeout_at=when)
+        if not due:
+            return
+        if step.event is None:
+            self.goto(c, [r.id for r in due], step.next)
+            return
+        # Woken by an interaction of the kind (timeout not reached yet), or timed out: did the event come
+        # since the wait began?  (Checked here, not trusted from the hook: a missed hook is caught at the timeout.)
+        span = parse_duration(step.timeout, f"steps.{step.id}.timeout")
+        since = {r.customer_id: r.timeout_at - span for r in due}
+        came = self.happened(step.event, step.where, since)
+        self.goto(c, [r.id for r in due if r.customer_id in came], step.on_event)
+        timed_out = [r.id for r in due if r.customer_id not in came and r.timeout_at <= self.now]
+        self.goto(c, timed_out, step.next)
+        still: dict[datetime, list[int]] = {}
+        for r in due:
+            if r.customer_id not in came and r.timeout_at > self.now:
+                still.setdefault(r.timeout_at, []).append(r.id)
+        for when, ids in still.items():  # a wake-up by a non-matching event: back to waiting
+            self._update(ids, due_at=when)
+
+    def happened(self, kind: str, where: str | None, since: Mapping[int, datetime]) -> set[int]:
+        """Customers with an interaction of ``kind`` (matching ``where``) at or after their ``since``."""
+        if not since:
+            return set()
+        i = self.crm.db.tables["interactions"]
+        rule = self.crm.segments.compile(event_rule(kind, where)) if where else None
+        out: set[int] = set()
+        ids = sorted(since)
+        with self.crm.db.read() as conn:
+            for k in range(0, len(ids), 5000):
+                part = ids[k : k + 5000]
+                q = sa.select(
+                    i.c.customer_id, i.c.kind, i.c.channel, i.c.occurred_at, i.c.amount, i.c.currency, i.c.properties
+                ).where(
+                    i.c.workspace_id == self.crm.workspace,
+                    i.c.kind == kind,
+                    i.c.customer_id.in_(part),
+                    i.c.occurred_at >= min(since[c] for c in part),
+                )
+                for row in conn.execute(q):
+                    if row.customer_id in out or row.occurred_at < since[row.customer_id]:
+                        continue
+                    if rule is None or _matches(rule, row, self.now):
+                        out.add(row.customer_id)
+        return out
+
+    def converted(self, c: Campaign, rows: Sequence[Any]) -> set[int]:
+        assert c.goal is not None
+        within = parse_duration(c.goal.within, "goal.within")
+        since = {r.customer_id: r.entered_at for r in rows if r.entered_at + within >= self.now}
+        return self.happened(c.goal.kind, c.goal.where, since)
+
+    def _branch(self, c: Campaign, step: Step, g: _Group) -> None:
+        left = {r.customer_id: r for r in g.rows}
+        for case in step.cases:
+            if not left:
+                break
+            ids = sorted(left)
+            if case.variant is not None:
+                hit = {cid for cid in ids if left[cid].arm == case.variant}
+            elif case.rule is not None:
+                with self.crm.db.read() as conn:
+                    hit = rule_ids(self.crm, conn, case.rule, ids)
+            else:
+                hit = self.engaged(g.campaign_id, g.entry, case.engaged or "", ids)
+            self.goto(c, [left[cid].id for cid in ids if cid in hit], case.next)
+            for cid in hit:
+                left.pop(cid, None)
+        if left:
+            self.goto(c, [r.id for r in left.values()], step.otherwise)
+
+    def engaged(self, campaign_id: int, entry: int, send_step: str, customers: Sequence[int]) -> set[int]:
+        """Customers who opened or clicked the message of ``send_step`` (this entry)."""
+        m, i = self.crm.db.tables["messages"], self.crm.db.tables["interactions"]
+        prefix = dedupe_prefix(campaign_id, entry, send_step)
+        with self.crm.db.read() as conn:
+            uids = dict(
+                conn.execute(
+                    sa.select(m.c.uid, m.c.customer_id).where(
+                        m.c.workspace_id == self.crm.workspace,
+                        m.c.dedupe_key.in_([f"{prefix}{cid}" for cid in customers]),
+                    )
+                ).all()
+            )
+            if not uids:
+                return set()
+            kinds = [k for k in ENGAGEMENT_KINDS if k in self.crm.registry.interaction_kinds]
+            q = sa.select(i.c.customer_id, i.c.properties).where(
+                i.c.workspace_id == self.crm.workspace,
+                i.c.kind.in_(kinds),
+                i.c.customer_id.in_(sorted(set(uids.values()))),
+            )
+            return {cid for cid, props in conn.execute(q) if (props or {}).get("message") in uids}
+
+    def _update_attribute(self, c: Campaign, step: Step, g: _Group) -> None:
+        name = (step.attribute or "").removeprefix("attributes.")
+        failed: dict[int, str] = {}
+        for cid in g.customers:  # the core has no set-based attribute write; bounded by the batch
+            try:
+                current = self.crm.customers.get(cid)
+                attrs = dict(current.attributes)
+                attrs[name] = step.value
+                self.crm.customers.update(cid, attributes=attrs)
+            except EcrmError as exc:
+                failed[cid] = f"{type(exc).__name__}: {exc}"
+        self.goto(c, [r.id for r in g.rows if r.customer_id not in failed], step.next)
+        for r in g.rows:
+            if r.customer_id in failed:
+                self.end([r.id], "failed", failed[r.customer_id][:500])
+
+
+def _tree_text(crm: CRM, tree: Any) -> str:
+    from ecrm_core.rules import to_text
+
+    return to_text(tree)
+
+
+def _matches(rule: Any, row: Any, now: datetime) -> bool:
+    """Whether one interaction row satisfies an ``event_rule`` (its filter), in memory."""
+    from ecrm_core.rules import EvalContext
+
+    return bool(rule.evaluate(EvalContext(customer=None, interactions=[row], now=now)))
+
+
+def run_steps(ctx: JobContext) -> JobResult:
+    """The ``campaigns.steps`` job: one claimed batch of due steps."""
+    return Runner(ctx.crm).run()

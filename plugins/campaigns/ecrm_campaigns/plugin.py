@@ -1,0 +1,159 @@
+"""The ecrm plugin (entry point ``campaigns`` in the group ``ecrm.plugins``).
+
+Importing it is cheap: the engine, the service and the CLI are imported by
+the hooks that use them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ecrm_core.hookspecs import hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import click
+    import sqlalchemy as sa
+    from ecrm_core.crm import CRM
+    from ecrm_core.domain import InteractionBatch, MergeRecord
+    from ecrm_core.registry import JobSpec, MigrationSource
+    from ecrm_core.services.segments import Segment
+    from ecrm_core.storage import Naming
+
+    from .hookspecs import Action
+
+__version__ = "0.1.0"
+
+#: The ecrm hook API versions this plugin is written for (``ecrm_register_jobs`` is 1.3).
+ECRM_HOOK_API = ">=1.3,<2"
+
+ECRM_PLUGIN_NAME = "campaigns"
+MIGRATION_BRANCH = "ecrm_campaigns"
+VERSIONS_DIR = str(Path(__file__).resolve().parent / "migrations" / "versions")
+
+
+@hookimpl
+def ecrm_register_tables(metadata: sa.MetaData, naming: Naming) -> None:
+    from .schema import define_tables
+
+    define_tables(metadata, naming)
+
+
+@hookimpl
+def ecrm_register_migrations() -> list[MigrationSource]:
+    from ecrm_core.registry import MigrationSource
+
+    return [MigrationSource(branch=MIGRATION_BRANCH, location=VERSIONS_DIR)]
+
+
+@hookimpl
+def ecrm_register_jobs() -> list[JobSpec]:
+    from ecrm_core.registry import JobSpec
+
+    from .engine import BATCH, run_steps
+    from .triggers import run_schedules
+
+    return [
+        JobSpec(
+            name="campaigns.steps",
+            tick=run_steps,
+            every=1.0,
+            description=f"run due journey steps, {BATCH} enrollments a tick (claimed under a lease)",
+        ),
+        JobSpec(
+            name="campaigns.schedule",
+            tick=run_schedules,
+            every=60.0,
+            exclusive=True,
+            lease=600.0,
+            description="schedule and date (birthday, anniversary) triggers that are due",
+        ),
+    ]
+
+
+@hookimpl
+def ecrm_startup(crm: CRM) -> None:
+    from . import hookspecs
+
+    pm = crm.plugins.pm
+    caller = getattr(pm.hook, "campaigns_register_actions", None)
+    if caller is None or getattr(caller, "spec", None) is None:
+        pm.add_hookspecs(hookspecs)
+
+
+def actions(crm: CRM) -> dict[str, Action]:
+    """The actions plugins registered (``campaigns_register_actions``), by name."""
+    from ecrm_core.errors import PluginError
+
+    ecrm_startup(crm)
+    out: dict[str, Any] = {}
+    for impl in crm.plugins.pm.hook.campaigns_register_actions.get_hookimpls():
+        found: Any = impl.function(**({"crm": crm} if "crm" in impl.argnames else {}))
+        for action in found or ():
+            if action.name in out:
+                raise PluginError(
+                    f"campaign action {action.name!r} is registered twice (second by {impl.plugin_name!r})"
+                )
+            out[action.name] = action
+    return out
+
+
+def call_action(crm: CRM, name: str, args: dict[str, Any], customer_ids: list[int], campaign: str, step: str) -> None:
+    action = actions(crm).get(name)
+    if action is None:
+        raise LookupError(f"campaign action {name!r} is not registered (is its plugin installed?)")
+    action.call(crm, customer_ids, args, campaign, step)
+
+
+@hookimpl
+def ecrm_segment_entered(crm: CRM, segment: Segment, customer_ids: list[int]) -> None:
+    from .triggers import on_segment
+
+    on_segment(crm, segment.slug, customer_ids, entered=True)
+
+
+@hookimpl
+def ecrm_segment_exited(crm: CRM, segment: Segment, customer_ids: list[int]) -> None:
+    from .triggers import on_segment
+
+    on_segment(crm, segment.slug, customer_ids, entered=False)
+
+
+@hookimpl
+def ecrm_interactions_recorded(crm: CRM, batch: InteractionBatch) -> None:
+    from .triggers import on_interactions
+
+    on_interactions(crm, batch)
+
+
+@hookimpl
+def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
+    from .triggers import on_merged
+
+    on_merged(crm, merge.source_id, merge.target_id)
+
+
+@hookimpl
+def ecrm_customers_deleted(crm: CRM, customer_ids: list[int]) -> None:
+    from .triggers import on_deleted
+
+    on_deleted(crm, customer_ids)
+
+
+@hookimpl
+def ecrm_register_commands(cli: click.Group) -> None:
+    from .cli import campaigns
+
+    cli.add_command(campaigns)
+
+
+@hookimpl
+def ecrm_register_routes() -> list[Any]:
+    # The routes are for ecrm-api (which mounts them); without it there is nothing to serve.
+    from importlib.util import find_spec
+
+    if find_spec("ecrm_api") is None:
+        return []
+    from .routes import HANDLERS
+
+    return list(HANDLERS)
