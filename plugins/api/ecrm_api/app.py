@@ -24,6 +24,7 @@ from litestar.static_files import create_static_files_router
 from . import __version__
 from .auth import KeyAuthMiddleware, route_policy
 from .config import ApiConfig
+from .gzip import refuse_encoding
 from .keys import ApiKey, Keys
 from .problems import exception_handlers, problem, render_problem
 from .reads import CustomerReader
@@ -216,6 +217,7 @@ def create_app(
         if handler not in json_bodies and not request.scope["query_string"]:
             return
         if handler in json_bodies:
+            refuse_encoding(request.headers.get("content-encoding"))  # 415: only /v1/* take gzip
             media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
             if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
                 raise problem(
