@@ -349,6 +349,18 @@ def _write_rejected(crm: CRM, conn: sa.Connection, rows: list[_Row], now: dateti
     return len(out)
 
 
+def batch_events() -> int:
+    """Messages a tick claims at most: ``ECRM_INGEST_BATCH`` (default :data:`MAX_EVENTS`)."""
+    import os
+
+    raw = os.environ.get("ECRM_INGEST_BATCH", "")
+    try:
+        value = int(raw)
+    except ValueError:
+        return MAX_EVENTS
+    return value if 1 <= value <= 1_000_000 else MAX_EVENTS
+
+
 def make_job(
     *,
     event_kinds: Mapping[str, str] | None = None,
@@ -362,7 +374,9 @@ def make_job(
     def tick(ctx: JobContext) -> JobResult:
         from ecrm_core.registry import JobResult
 
-        result = process_inbox(ctx.crm, event_kinds=event_kinds, future_tolerance=future_tolerance)
+        result = process_inbox(
+            ctx.crm, event_kinds=event_kinds, future_tolerance=future_tolerance, max_events=batch_events()
+        )
         return JobResult(
             done=result.events,
             more=result.more,
