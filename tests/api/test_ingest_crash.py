@@ -143,7 +143,7 @@ def test_sigkill_of_the_processor_mid_batch_loses_nothing_and_stores_nothing_twi
         kills += 1  # killed while rows were waiting: inside a tick (they follow each other at once)
     assert kills >= 1, "the first worker finished before it was killed"
     # the restarted worker drains the rest
-    proc = subprocess.Popen(args + ["--once"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*args, "--once"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()[-2000:]
     inbox, rejected, keys = _counts(engine)
