@@ -115,20 +115,10 @@ def process_inbox(
     kinds = DEFAULT_EVENT_KINDS if event_kinds is None else event_kinds
     t = crm.db.tables[INBOX]
     with crm.db.write() as conn:
-        q = sa.select(t.c.id, t.c.workspace_id, t.c.received_at, t.c.call, t.c.count).order_by(t.c.id)
-        q = q.limit(max_rows)
-        if conn.dialect.name == "postgresql":
-            q = q.with_for_update(skip_locked=True)
-        heads = conn.execute(q).all()
-        if not heads:
+        take, more = _claim(conn, t, max_events, max_rows)
+        if not take:
             return ProcessResult()
-        take, events = [], 0
-        for h in heads:
-            if take and events + h.count > max_events:
-                break
-            take.append(h)
-            events += h.count
-        more = len(take) < len(heads) or len(heads) == max_rows
+        events = sum(h.count for h in take)
         ids = [h.id for h in take]
         payloads: dict[int, bytes] = {}
         for start in range(0, len(ids), 900):
@@ -160,6 +150,37 @@ def process_inbox(
         more=more,
         seconds=time.perf_counter() - started,
     )
+
+
+def _claim(conn: sa.Connection, t: sa.Table, max_events: int, max_rows: int) -> tuple[list[Any], bool]:
+    """The oldest rows, up to about ``max_events`` messages and ``max_rows`` rows;
+    and whether more are waiting.
+
+    Claimed in small steps, each ``ORDER BY id LIMIT k`` after the last row
+    claimed, so that only the rows this tick processes are locked (on
+    PostgreSQL ``FOR UPDATE SKIP LOCKED``: another processor claims the next
+    ones meanwhile); ``k`` follows the rows' average size.  A step may pass
+    ``max_events`` by part of one step's rows.
+    """
+    pg = conn.dialect.name == "postgresql"
+    take: list[Any] = []
+    events, last, step = 0, None, 8
+    while events < max_events and len(take) < max_rows:
+        q = sa.select(t.c.id, t.c.workspace_id, t.c.received_at, t.c.call, t.c.count).order_by(t.c.id)
+        if last is not None:
+            q = q.where(t.c.id > last)
+        q = q.limit(min(step, max_rows - len(take)))
+        if pg:
+            q = q.with_for_update(skip_locked=True)
+        got = conn.execute(q).all()
+        if not got:
+            return take, False
+        take += got
+        events += sum(h.count for h in got)
+        last = got[-1].id
+        average = max(1, events // len(take))
+        step = max(1, min(500, (max_events - events) // average))
+    return take, True
 
 
 def _utc(value: datetime) -> datetime:
