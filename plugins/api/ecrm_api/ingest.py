@@ -71,7 +71,7 @@ def ingest_status(crm: CRM, workspace: str | None = None) -> IngestStatus:
         hour = conn.execute(
             sa.select(sa.func.coalesce(sa.func.sum(lt.c.events), 0)).where(lt.c.finished_at >= now - timedelta(hours=1))
         ).scalar()
-        by_reason = dict(
+        by_reason: dict[str, int] = dict(
             conn.execute(
                 sa.select(rt.c.reason, sa.func.count())
                 .where(rt.c.workspace_id == ws, rt.c.replayed_at.is_(None))

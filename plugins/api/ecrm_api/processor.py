@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -118,13 +118,13 @@ def process_inbox(
         take, more = _claim(conn, t, max_events, max_rows)
         if not take:
             return ProcessResult()
-        events = sum(h.count for h in take)
+        events = sum(h.n for h in take)
         ids = [h.id for h in take]
         payloads: dict[int, bytes] = {}
         for start in range(0, len(ids), 900):
             part = ids[start : start + 900]
             payloads.update(conn.execute(sa.select(t.c.id, t.c.payload).where(t.c.id.in_(part))).all())
-        rows = [_Row(h.id, h.workspace_id, _utc(h.received_at), h.call, h.count, bytes(payloads[h.id])) for h in take]
+        rows = [_Row(h.id, h.workspace_id, _utc(h.received_at), h.call, h.n, bytes(payloads[h.id])) for h in take]
         by_workspace: dict[str, list[_Row]] = {}
         for row in rows:
             by_workspace.setdefault(row.workspace, []).append(row)
@@ -166,7 +166,7 @@ def _claim(conn: sa.Connection, t: sa.Table, max_events: int, max_rows: int) -> 
     take: list[Any] = []
     events, last, step = 0, None, 8
     while events < max_events and len(take) < max_rows:
-        q = sa.select(t.c.id, t.c.workspace_id, t.c.received_at, t.c.call, t.c.count).order_by(t.c.id)
+        q = sa.select(t.c.id, t.c.workspace_id, t.c.received_at, t.c.call, t.c.count.label("n")).order_by(t.c.id)
         if last is not None:
             q = q.where(t.c.id > last)
         q = q.limit(min(step, max_rows - len(take)))
@@ -176,7 +176,7 @@ def _claim(conn: sa.Connection, t: sa.Table, max_events: int, max_rows: int) -> 
         if not got:
             return take, False
         take += got
-        events += sum(h.count for h in got)
+        events += sum(h.n for h in got)
         last = got[-1].id
         average = max(1, events // len(take))
         step = max(1, min(500, (max_events - events) // average))
@@ -427,7 +427,6 @@ class ProcessorThread:
         event_kinds: Mapping[str, str],
         future_tolerance: timedelta,
         every: float = 0.05,
-        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         import threading
 
