@@ -18,14 +18,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
 
 
-class Health(msgspec.Struct):
+class Health(msgspec.Struct, omit_defaults=True):
     status: str
     #: the ingest inbox at its last reading (none yet: null): messages waiting, seconds the oldest waits
     inbox_depth: int | None = None
     inbox_lag: float | None = None
 
 
-class Readiness(msgspec.Struct):
+class Readiness(msgspec.Struct, omit_defaults=True):
     status: str
     database: str
     schema_up_to_date: bool
