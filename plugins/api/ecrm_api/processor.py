@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 #: The job's name (``ecrm worker --jobs ingest.process``).
 JOB = "ingest.process"
 #: Messages one tick claims at most (a row, i.e. a request, is never split).
-MAX_EVENTS = 20_000
+MAX_EVENTS = 10_000
 #: Rows one tick claims at most.
 MAX_ROWS = 2_000
 #: ``ingest_log`` keeps this much history (the rate in ``ecrm ingest status``).
@@ -114,42 +114,89 @@ def process_inbox(
     started = time.perf_counter()
     kinds = DEFAULT_EVENT_KINDS if event_kinds is None else event_kinds
     t = crm.db.tables[INBOX]
-    with crm.db.write() as conn:
-        take, more = _claim(conn, t, max_events, max_rows)
-        if not take:
+    if crm.db.is_sqlite and not crm.db.joined:
+        # SQLite has one writer at a time: read and check the rows before
+        # taking the write lock (the gateway's appends wait for it), then,
+        # under it, keep those still there (another processor may have done
+        # some meanwhile) and store them.
+        with crm.db.read() as conn:
+            take, more = _claim(conn, t, max_events, max_rows)
+            rows = _load(conn, t, take)
+            conn.rollback()
+        if not rows:
             return ProcessResult()
-        events = sum(h.n for h in take)
-        ids = [h.id for h in take]
-        payloads: dict[int, bytes] = {}
-        for start in range(0, len(ids), 900):
-            part = ids[start : start + 900]
-            payloads.update(conn.execute(sa.select(t.c.id, t.c.payload).where(t.c.id.in_(part))).all())
-        rows = [_Row(h.id, h.workspace_id, _utc(h.received_at), h.call, h.n, bytes(payloads[h.id])) for h in take]
-        by_workspace: dict[str, list[_Row]] = {}
-        for row in rows:
-            by_workspace.setdefault(row.workspace, []).append(row)
-        for workspace, ws_rows in by_workspace.items():
-            view = crm.in_workspace(workspace).using(conn)
-            _Batch(view, conn, ws_rows, kinds, future_tolerance).run()
-        now = crm.now()
-        rejected = _write_rejected(crm, conn, rows, now)
-        for start in range(0, len(ids), 900):
-            conn.execute(t.delete().where(t.c.id.in_(ids[start : start + 900])))
-        seconds = time.perf_counter() - started
-        lt = crm.db.tables[LOG]
-        conn.execute(
-            lt.insert().values(finished_at=now, rows=len(rows), events=events, rejected=rejected, seconds=seconds)
-        )
-        conn.execute(lt.delete().where(lt.c.finished_at < now - LOG_KEEP))
+        batches = _prepare(crm, rows, kinds, future_tolerance)
+        with crm.db.write() as conn:
+            ids = [r.id for r in rows]
+            present: set[int] = set()
+            for start in range(0, len(ids), 900):
+                present.update(conn.execute(sa.select(t.c.id).where(t.c.id.in_(ids[start : start + 900]))).scalars())
+            if len(present) < len(rows):
+                rows = [r for r in rows if r.id in present]
+                batches = [b for b in batches if b.keep(present)]
+            rejected = _store(crm, conn, rows, batches, started)
+    else:
+        with crm.db.write() as conn:
+            take, more = _claim(conn, t, max_events, max_rows)
+            rows = _load(conn, t, take)
+            if not rows:
+                return ProcessResult()
+            rejected = _store(crm, conn, rows, _prepare(crm, rows, kinds, future_tolerance), started)
     return ProcessResult(
         rows=len(rows),
-        events=events,
+        events=sum(r.count for r in rows),
         stored=sum(r.stored for r in rows),
         duplicates=sum(r.duplicates for r in rows),
         rejected=rejected,
         more=more,
         seconds=time.perf_counter() - started,
     )
+
+
+def _load(conn: sa.Connection, t: sa.Table, take: list[Any]) -> list[_Row]:
+    ids = [h.id for h in take]
+    payloads: dict[int, bytes] = {}
+    for start in range(0, len(ids), 900):
+        part = ids[start : start + 900]
+        payloads.update(conn.execute(sa.select(t.c.id, t.c.payload).where(t.c.id.in_(part))).all())
+    return [_Row(h.id, h.workspace_id, _utc(h.received_at), h.call, h.n, bytes(payloads[h.id])) for h in take]
+
+
+def _prepare(crm: CRM, rows: list[_Row], kinds: Mapping[str, str], tolerance: timedelta) -> list[_Batch]:
+    """Read and check the rows' messages (no database access), per workspace."""
+    by_workspace: dict[str, list[_Row]] = {}
+    for row in rows:
+        by_workspace.setdefault(row.workspace, []).append(row)
+    out = []
+    for workspace, ws_rows in by_workspace.items():
+        batch = _Batch(crm.in_workspace(workspace), ws_rows, kinds, tolerance)
+        batch.prepare()
+        out.append(batch)
+    return out
+
+
+def _store(crm: CRM, conn: sa.Connection, rows: list[_Row], batches: list[_Batch], started: float) -> int:
+    """Store the prepared batches, write the rejected, delete the rows, log the tick (in ``conn``'s transaction)."""
+    t = crm.db.tables[INBOX]
+    for batch in batches:
+        batch.store(conn)
+    now = crm.now()
+    rejected = _write_rejected(crm, conn, rows, now)
+    ids = [r.id for r in rows]
+    for start in range(0, len(ids), 900):
+        conn.execute(t.delete().where(t.c.id.in_(ids[start : start + 900])))
+    lt = crm.db.tables[LOG]
+    conn.execute(
+        lt.insert().values(
+            finished_at=now,
+            rows=len(rows),
+            events=sum(r.count for r in rows),
+            rejected=rejected,
+            seconds=time.perf_counter() - started,
+        )
+    )
+    conn.execute(lt.delete().where(lt.c.finished_at < now - LOG_KEEP))
+    return rejected
 
 
 def _claim(conn: sa.Connection, t: sa.Table, max_events: int, max_rows: int) -> tuple[list[Any], bool]:
@@ -193,29 +240,42 @@ class _Batch:
     def __init__(
         self,
         crm: CRM,
-        conn: sa.Connection,
         rows: list[_Row],
         kinds: Mapping[str, str],
         tolerance: timedelta,
     ) -> None:
         self.crm = crm
-        self.conn = conn
         self.rows = rows
         self.kinds = kinds
         self.tolerance = tolerance
+        self.stream: list[tuple[_Row, _Message]] = []
         self.pending: list[tuple[_Row, _Message]] = []
         self.pending_ids: set[tuple[str, str]] = set()
 
-    def run(self) -> None:
-        stream: list[tuple[_Row, _Message]] = []
+    def prepare(self) -> None:
+        """Read and check every row's messages: the stream to store, in order (no database access)."""
         for row in self.rows:
             parsed = self._parse(row)
             if parsed is None:
                 continue
             for r in parsed.rejected:
                 row.rejected.append((r.index, r, "conflict" if r.conflict else "invalid"))
-            stream += [(row, m) for m in sorted(parsed.fast + parsed.slow, key=lambda m: m.index)]
-        for row, m in stream:
+            self.stream += [(row, m) for m in sorted(parsed.fast + parsed.slow, key=lambda m: m.index)]
+
+    def keep(self, ids: set[int]) -> bool:
+        """Keep only the rows whose ids are in ``ids``; false when none is left."""
+        self.rows = [r for r in self.rows if r.id in ids]
+        self.stream = [(r, m) for r, m in self.stream if r.id in ids]
+        return bool(self.rows)
+
+    def store(self, conn: sa.Connection) -> None:
+        """Apply the stream in ``conn``'s transaction."""
+        self.conn = conn
+        self.crm = self.crm.using(conn)
+        for row in self.rows:
+            if row.tracker is not None:
+                row.tracker.crm = self.crm
+        for row, m in self.stream:
             if m.type in _SET_BASED:
                 self.pending.append((row, m))
                 self.pending_ids.update(_ids(m))
@@ -413,7 +473,7 @@ def make_job(
         scope="global",
         every=every,
         exclusive=False,
-        description="store the tracking messages of the ingest inbox (all workspaces), up to 20,000 a tick",
+        description="store the tracking messages of the ingest inbox (all workspaces), up to 10,000 a tick",
     )
 
 
