@@ -311,3 +311,19 @@ def test_the_job_is_registered_for_the_one_worker(api_crm):
     InProcessExecutor(JobRunner(api_crm, jobs=["ingest.*"]), on_tick=ticks.append).run(once=True)
     assert sorted(keys(api_crm)) == ["segment:w-1", "segment:w-2"]
     assert ticks[0].result.done == 2
+
+
+def _drift(crm) -> list:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with crm.db.engine.connect() as conn:
+        ctx = MigrationContext.configure(
+            conn, opts={"version_table": crm.db.naming.version_table, "compare_type": True}
+        )
+        return [d for d in compare_metadata(ctx, crm.db.metadata) if "ingest" in str(d)]
+
+
+def test_the_migration_creates_exactly_the_defined_tables(api_crm):
+    assert {"ingest_inbox", "ingest_rejected", "ingest_log"} <= set(api_crm.db.tables)
+    assert _drift(api_crm) == []

@@ -27,11 +27,21 @@ def _row(r: int) -> list[dict]:
     return [
         {"type": "page", "anonymousId": f"a{r}", "name": "Home", "messageId": f"{r}-p"},
         {"type": "track", "userId": user, "event": "Product Viewed", "messageId": f"{r}-t0"},
-        {"type": "identify", "userId": user, "anonymousId": f"a{r}", "traits": {"email": f"{user}@example.com"},
-         "messageId": f"{r}-i"},
+        {
+            "type": "identify",
+            "userId": user,
+            "anonymousId": f"a{r}",
+            "traits": {"email": f"{user}@example.com"},
+            "messageId": f"{r}-i",
+        },
         *[
-            {"type": "track", "userId": user, "event": "Product Viewed", "messageId": f"{r}-t{i}",
-             "timestamp": _iso(NOW - timedelta(seconds=i))}
+            {
+                "type": "track",
+                "userId": user,
+                "event": "Product Viewed",
+                "messageId": f"{r}-t{i}",
+                "timestamp": _iso(NOW - timedelta(seconds=i)),
+            }
             for i in range(1, 20)
         ],
     ]
@@ -51,8 +61,13 @@ def test_two_processors_drain_at_once_with_skip_locked_and_identify_before_track
         conn.execute(
             crm.db.tables["ingest_inbox"].insert(),
             [
-                {"workspace_id": crm.workspace, "received_at": crm.now(), "call": None, "count": 22,
-                 "payload": json.dumps({"batch": _row(r)}).encode()}
+                {
+                    "workspace_id": crm.workspace,
+                    "received_at": crm.now(),
+                    "call": None,
+                    "count": 22,
+                    "payload": json.dumps({"batch": _row(r)}).encode(),
+                }
                 for r in range(rows)
             ],
         )
@@ -101,8 +116,13 @@ def test_skip_locked_a_claimed_row_is_not_claimed_again(pg_crm_factory):
         conn.execute(
             t.insert(),
             [
-                {"workspace_id": crm.workspace, "received_at": crm.now(), "call": None, "count": 22,
-                 "payload": json.dumps({"batch": _row(r)}).encode()}
+                {
+                    "workspace_id": crm.workspace,
+                    "received_at": crm.now(),
+                    "call": None,
+                    "count": 22,
+                    "payload": json.dumps({"batch": _row(r)}).encode(),
+                }
                 for r in range(2)
             ],
         )
@@ -134,3 +154,17 @@ def test_the_gateway_and_processor_over_http_on_postgresql(pg_crm_factory, live_
     live.wait_ingested()
     keys = _keys(crm)
     assert len(keys) == 220 and max(keys.values()) == 1
+
+
+def test_the_migration_matches_the_tables_on_postgresql(pg_crm_factory):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    crm = pg_crm_factory(plugins=[api_plugin])
+    crm.upgrade()
+    with crm.db.engine.connect() as conn:
+        ctx = MigrationContext.configure(
+            conn, opts={"version_table": crm.db.naming.version_table, "compare_type": True}
+        )
+        drift = [d for d in compare_metadata(ctx, crm.db.metadata) if "ingest" in str(d)]
+    assert drift == []
