@@ -10,11 +10,21 @@ one server at a time, each served by uvicorn in its OWN process (one worker)
 and loaded from THIS process over loopback (a second process, as a client
 would be):
 
-* ingest: ``POST /v1/batch`` with 100 Segment ``track`` events per request
-  (each with a ``messageId``; Basic auth with an ``ingest`` write key, as the
-  SDKs send it).  The bare endpoint decodes the same JSON body, walks its
-  events and answers the same small JSON document: no validation, no
-  database.  Figure: events/s (goal >= 50,000).
+* ingest accepted: ``POST /v1/batch`` with 100 Segment ``track`` events per
+  request (each with a ``messageId``; Basic auth with an ``ingest`` write
+  key, as the SDKs send it) for ``--ingest-seconds`` (30), the processor not
+  running: a 200 means the messages are durably in the inbox.  The bare
+  endpoint decodes the same JSON body, walks its events and answers the same
+  small JSON document: no validation, no database.  Figure: events/s
+  (goal >= 50,000).
+* end to end (``--e2e-events``, 100,000 new events): the same server, and
+  ``ecrm worker --jobs ingest.process`` in its own process; events/s from the
+  first request to the last event visible in the interactions table, printed
+  beside ``track_many``'s rate on the same rows (mapped the same way, in the
+  processor's batch size) on a copy of the same database (goal >= 0.5x);
+  then a paced load at half the accepted rate for ``--latency-seconds``
+  (20): the time from each request's 200 to its events being visible
+  (goal p99 <= 1 s).
 * read: ``GET /customers/{id}`` (Bearer key with ``read``) on a SQLite file
   with ``--customers`` customers, random ids.  The bare endpoint returns the
   very JSON the ecrm app answered for that id (fetched first) from a dict:
