@@ -378,6 +378,8 @@ async def store_single(
     ``sync``; shared with the browser routes)."""
     if sync is None:
         sync = api.config.tracking_sync
+    if not sync:
+        check_inbox(api)  # (again: the browser routes come here directly)
     tracker = _tracker(crm, api, gateway=not sync)
     try:
         parsed = tracker.parse_one(doc, call=call)
@@ -507,6 +509,8 @@ async def store_batch(
     when ``sync``; shared with the browser routes)."""
     if sync is None:
         sync = api.config.tracking_sync
+    if not sync:
+        check_inbox(api)
     messages = batch_messages(doc)
     try:
         sent_at = parse_time(doc.get("sentAt"), "body.sentAt")
