@@ -53,8 +53,12 @@ class RejectedPage(msgspec.Struct):
     next_after: int | None
 
 
+MAX_ID = 2**63 - 1
+Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
+
+
 class ReplayIn(msgspec.Struct, forbid_unknown_fields=True):
-    ids: list[int] | None = None
+    ids: Annotated[list[Id], msgspec.Meta(max_length=10_000)] | None = None
     reason: Reason | None = None
 
 
@@ -73,7 +77,7 @@ def status(crm: NamedDependency[CRM]) -> IngestStatusOut:
 def rejected(
     crm: NamedDependency[CRM],
     reason: Annotated[Reason | None, Parameter(description="only this reason")] = None,
-    after: Annotated[int, Parameter(ge=0, description="list the entries with an id above this")] = 0,
+    after: Annotated[int, Parameter(ge=0, le=MAX_ID, description="list the entries with an id above this")] = 0,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     include_replayed: Annotated[bool, Parameter(description="also those replayed already")] = False,
 ) -> RejectedPage:
