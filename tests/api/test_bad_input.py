@@ -60,7 +60,7 @@ def target(api_crm, live_api_factory):
     i = crm.interactions.track("purchase", customer_id=c.id, amount="1.00", currency="EUR")
     crm.segments.create("static-list", static=True, customer_ids=[c.id])
     crm.offers.create("promo", "Promo")
-    live = live_api_factory(crm, rate_limit=None, max_body_bytes=2_000_000)
+    live = live_api_factory(crm, rate_limit=None, max_body_bytes=2_000_000, tracking_sync=True)
     return live, {"C": str(c.id), "I": str(i.id)}
 
 
@@ -106,7 +106,7 @@ def test_bad_bodies_are_4xx_problems_and_store_nothing(target, case):
 
 
 def test_oversized_body_is_413_before_it_is_read(api_crm, live_api_factory):
-    live = live_api_factory(api_crm, rate_limit=None)
+    live = live_api_factory(api_crm, rate_limit=None, tracking_sync=True)
     client = live.client(["admin"])
     big = b'{"name": "' + b"x" * 1_100_000 + b'"}'
     r = client.post("/customers", content=big, headers={"Content-Type": "application/json"})

@@ -57,7 +57,7 @@ def _body(case: dict[str, Any], write_key: str) -> bytes:
 @pytest.fixture
 def live(api_crm, live_api_factory):
     api_crm.customers.create(external_id="u")
-    return live_api_factory(api_crm, rate_limit=None)
+    return live_api_factory(api_crm, rate_limit=None, tracking_sync=True)
 
 
 def test_answers_stay_bounded_and_health_answers(live):

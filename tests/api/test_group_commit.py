@@ -49,7 +49,7 @@ def batch(*messages, sent_at: datetime | None = None):
 @pytest.fixture
 def live(api_crm, live_api_factory):
     """The served API, with its group-commit writer at ``.writer``."""
-    served = live_api_factory(api_crm, rate_limit=None)
+    served = live_api_factory(api_crm, rate_limit=None, tracking_sync=True)
     served.writer = served.app.state["ecrm"].writer
     return served
 
@@ -252,7 +252,7 @@ def test_many_clients_nothing_lost_nothing_twice(live, post):
 
 
 def test_shutdown_stores_what_was_handed_over(api_crm):
-    app = create_app(api_crm, rate_limit=None)
+    app = create_app(api_crm, rate_limit=None, tracking_sync=True)
     writer = app.state["ecrm"].writer
     url, stop = serve_in_thread(app)
     token = live_token(api_crm)

@@ -227,13 +227,13 @@ def _one_case(case: dict[str, Any], env: dict[str, Any], failures: list[str]) ->
 
 
 def test_hostile_values_are_refused_everywhere_on_sqlite(api_crm, live_api_factory, tmp_path):
-    _run_corpus(api_crm, live_api_factory(api_crm, rate_limit=None), tmp_path)
+    _run_corpus(api_crm, live_api_factory(api_crm, rate_limit=None, tracking_sync=True), tmp_path)
 
 
 @pytest.mark.postgres
 def test_hostile_values_are_refused_everywhere_on_postgresql(pg_crm_factory, live_api_factory, tmp_path):
     crm = pg_crm_factory(plugins=[api_plugin])
-    _run_corpus(crm, live_api_factory(crm, rate_limit=None), tmp_path)
+    _run_corpus(crm, live_api_factory(crm, rate_limit=None, tracking_sync=True), tmp_path)
 
 
 def test_the_corpus_is_what_it_says():

@@ -86,7 +86,7 @@ def target(api_crm, live_api_factory):
     i = crm.interactions.track("purchase", customer_id=c.id, amount="1.00", currency="EUR")
     crm.segments.create("static-list", static=True, customer_ids=[c.id])
     crm.offers.create("promo", "Promo")
-    live = live_api_factory(crm, rate_limit=None, max_body_bytes=2_000_000)
+    live = live_api_factory(crm, rate_limit=None, max_body_bytes=2_000_000, tracking_sync=True)
     return live, {"C": str(c.id), "I": str(i.id)}
 
 

@@ -19,6 +19,13 @@ def _iso(d: datetime) -> str:
 
 
 @pytest.fixture
+def live_api(api_crm, live_api_factory):
+    """The synchronous contract (``tracking_sync=True``): a 200 once stored, with
+    duplicates and conflicts per message.  The inbox path is tests/api/test_ingest*.py."""
+    return live_api_factory(api_crm, rate_limit=None, tracking_sync=True)
+
+
+@pytest.fixture
 def seg(live_api):
     """An httpx client sending an ingest key as the write key (Basic auth, empty password)."""
     token = live_api.token(["ingest"], name="write key")

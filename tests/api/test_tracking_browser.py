@@ -109,7 +109,7 @@ def site() -> Iterator[Site]:
 @pytest.fixture
 def crm_for_shop(api_crm, live_api_factory, site):
     """ecrm served on 127.0.0.1, taking analytics.js from the shop's origin."""
-    return live_api_factory(api_crm, tracking_origins=[site.origin()])
+    return live_api_factory(api_crm, tracking_origins=[site.origin()], tracking_sync=True)
 
 
 def _wait_for(check, what: str, seconds: float = 15.0):
@@ -436,7 +436,7 @@ def test_cors_preflight_for_allowed_and_other_origins(crm_for_shop, site):
 
 
 def test_without_tracking_origins_there_is_no_cors(api_crm, live_api_factory):
-    live = live_api_factory(api_crm)
+    live = live_api_factory(api_crm, tracking_sync=True)
     key = live.token(["ingest"])
     origin = "http://shop.localhost:1234"
     ask = {"origin": origin, "access-control-request-method": "POST"}
@@ -463,7 +463,7 @@ def test_settings_document(crm_for_shop, site, api_crm, live_api_factory):
         r = httpx.get(f"{live.url}/v1/projects/{bad}/settings")
         assert r.status_code == 401 and r.headers["content-type"] == "application/problem+json"
     # behind a proxy: the URL browsers use, from the config
-    other = live_api_factory(api_crm, tracking_public_url="https://crm.example.com")
+    other = live_api_factory(api_crm, tracking_public_url="https://crm.example.com", tracking_sync=True)
     key = other.token(["ingest"])
     doc = httpx.get(f"{other.url}/v1/projects/{key}/settings").json()
     assert doc["integrations"]["Segment.io"] == {"apiKey": key, "apiHost": "crm.example.com/v1", "protocol": "https"}
@@ -487,7 +487,7 @@ def test_tracking_origins_are_validated():
 
 def test_browser_routes_are_rate_limited_per_address(api_crm, live_api_factory):
     """One site key is shared by every visitor: the limit counts per client address, whatever the key."""
-    live = live_api_factory(api_crm, rate_limit=("minute", 2))
+    live = live_api_factory(api_crm, rate_limit=("minute", 2), tracking_sync=True)
     keys = [live.token(["ingest"]) for _ in range(3)]
     answers = [_post(live, "/v1/t", {"writeKey": k, "event": "E", "userId": "u"}).status_code for k in keys]
     assert answers == [200, 200, 429]

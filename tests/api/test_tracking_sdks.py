@@ -48,6 +48,7 @@ def test_segment_sdk_every_call(live_api, segment_module):
     analytics.alias("old-id", "user-1")
     analytics.flush()
     assert errors == []
+    live_api.wait_ingested()  # a 200 is "in the inbox"; the server's processor stores it shortly after
     ann = crm.customers.find(external_id="user-1")
     assert ann.email == "ann@example.com" and ann.name == "Ann Lee" and ann.attributes["plan"] == "pro"
     assert ann.attributes["group"] == {"id": "acme", "traits": {"name": "Acme Inc"}}
@@ -87,6 +88,7 @@ def test_segment_sdk_batches_gzip_and_dedupes(live_api):
         client.flush()
     client.shutdown()
     assert errors == []
+    live_api.wait_ingested()
     crm = live_api.crm
     assert crm.interactions.count() == 150
     first = crm.customers.find(external_id="bulk-0")
@@ -129,6 +131,7 @@ def test_rudderstack_sdk_every_call_gzip(live_api):
         for k, v in saved.items():
             setattr(rudder, k, v)
     assert errors == []
+    live_api.wait_ingested()
     crm = live_api.crm
     rudy = crm.customers.find(external_id="r-user")
     assert rudy.email == "rudy@example.com" and rudy.name == "Rudy"

@@ -53,7 +53,7 @@ def two_workspaces(api_crm, live_api_factory):
     seg = a.segments.create("a-static", static=True, customer_ids=[ada.id])
     a.segments.create("a-buyers", "purchase.count(365d) >= 1")
     bob = b.customers.create(email="bob@example.com", name="Bob")
-    live = live_api_factory(api_crm, rate_limit=None)
+    live = live_api_factory(api_crm, rate_limit=None, tracking_sync=True)
     ids = {
         "customer_id": ada.id,
         "interaction_id": hit.id,

@@ -25,8 +25,10 @@ from . import __version__
 from .auth import KeyAuthMiddleware, route_policy
 from .config import ApiConfig
 from .gzip import refuse_encoding
+from .inbox import InboxWriter
 from .keys import ApiKey, Keys
 from .problems import exception_handlers, problem, render_problem
+from .processor import ProcessorThread
 from .reads import CustomerReader
 from .writer import GroupWriter
 
@@ -45,6 +47,18 @@ class ApiState:
         self.keys = keys
         self.reader = CustomerReader(crm)
         self.writer = GroupWriter(max_group_events=config.ingest_max_group, max_wait=config.ingest_max_wait)
+        self.inbox = InboxWriter(
+            crm,
+            max_depth=config.ingest_max_depth,
+            max_lag=config.ingest_max_lag,
+            lock_timeout=config.ingest_lock_timeout,
+            retry_after=config.ingest_retry_after,
+        )
+        self.processor: ProcessorThread | None = None
+        if config.ingest_processor == "thread":
+            self.processor = ProcessorThread(
+                crm, event_kinds=config.event_kinds, future_tolerance=config.future_tolerance
+            )
         self._views: dict[str, CRM] = {}
         self._lock = threading.Lock()
 
@@ -109,10 +123,10 @@ def _signature_namespace() -> dict[str, Any]:
 
 
 def _core_handlers() -> list[Any]:
-    from .routes import customers, interactions, offers, segments, system, tracking
+    from .routes import customers, ingest, interactions, offers, segments, system, tracking
 
     out: list[Any] = []
-    for module in (system, customers, interactions, offers, segments, tracking):
+    for module in (system, customers, interactions, offers, segments, tracking, ingest):
         out.extend(module.HANDLERS)
     return out
 
@@ -257,6 +271,9 @@ def create_app(
     async def stop_writer() -> None:
         # After the server stopped taking requests: store what was handed over.
         await anyio.to_thread.run_sync(state.writer.close)
+        await anyio.to_thread.run_sync(state.inbox.close)
+        if state.processor is not None:
+            await anyio.to_thread.run_sync(state.processor.close)
         state.reader.close()
 
     app = Litestar(

@@ -1,4 +1,5 @@
-"""``ecrm serve`` and ``ecrm keys``: run the REST API and manage its keys.
+"""``ecrm serve`` and ``ecrm keys``: run the REST API and manage its keys
+(``ecrm ingest`` is in :mod:`ecrm_api.ingest_cli`).
 
 Both work on the ``ecrm`` command line's own CRM, built from its global
 options (``ecrm --db URL --prefix P --workspace W``, or ``ECRM_DATABASE_URL``,
@@ -156,6 +157,7 @@ Examples:
   ecrm serve --host 0.0.0.0 --rate-limit 1000/minute
   ecrm serve --path /crm --no-docs             # routes under /crm, no OpenAPI page
   ECRM_API_SECRET=$(openssl rand -hex 32) ecrm serve
+  ecrm serve --ingest-processor worker         # tracking inbox processed by `ecrm worker`
 
 One process: SQLite allows one writer at a time, and rate limits and the key
 cache live in the process.  For more throughput run several `ecrm serve`
@@ -196,6 +198,19 @@ behind a proxy on PostgreSQL.
     "`ecrm segments refresh` from cron).",
 )
 @click.option(
+    "--ingest-processor",
+    type=click.Choice(["thread", "worker"]),
+    default="thread",
+    show_default=True,
+    help="Where the tracking inbox is processed: a thread of this server, or only by `ecrm worker` "
+    "(job ingest.process; run at least one).",
+)
+@click.option(
+    "--tracking-sync",
+    is_flag=True,
+    help="The tracking routes answer once the messages are stored, not once they are in the inbox.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
@@ -212,6 +227,8 @@ def serve(
     no_docs: bool,
     key_cache: float,
     live_segments: str,
+    ingest_processor: str,
+    tracking_sync: bool,
     log_level: str,
 ) -> None:
     from ecrm_core.errors import ValidationError
@@ -230,6 +247,8 @@ def serve(
             rate_limit=rate,
             docs=not no_docs,
             key_cache_seconds=key_cache,  # type: ignore[arg-type]
+            ingest_processor=ingest_processor,
+            tracking_sync=tracking_sync,
         )
     except ValidationError as exc:
         option = {"path": "--path", "secret": "ECRM_API_SECRET"}.get(exc.field, exc.field)

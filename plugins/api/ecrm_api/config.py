@@ -137,6 +137,25 @@ class ApiConfig:
         having work, may wait for requests that are still being read and
         parsed; 0 (default): a group is what queued up while the previous
         one was committed.
+    :param tracking_sync: how the tracking routes (``/v1/*`` and the
+        analytics.js routes) store.  ``False`` (default): the two-stage
+        contract -- a 200 means the accepted messages are durably in the
+        ingest inbox; the processor stores them shortly after (see
+        ``docs/http/ingest.md``).  ``True``: the 200 comes once they are
+        stored as customers and interactions, with per-message duplicates
+        and conflicts in the answer (slower).  A request can ask for that
+        itself with ``?sync=true``.
+    :param ingest_processor: where the inbox is processed.  ``"thread"``
+        (default): a thread of this server (single-process hosts; it also
+        runs beside ``ecrm worker``).  ``"worker"``: only by the job
+        ``ingest.process`` of ``ecrm worker`` (run at least one).
+    :param ingest_max_depth: messages waiting in the inbox past which the
+        tracking routes answer 503 with ``Retry-After`` (0: no limit).
+    :param ingest_max_lag: seconds the oldest waiting message may wait
+        before the tracking routes answer 503 (0: no limit).
+    :param ingest_lock_timeout: how long (seconds) an inbox write waits for
+        the database's lock before its requests get 503.
+    :param ingest_retry_after: the ``Retry-After`` (seconds) of those 503s.
     :param tracking_origins: the web origins (``"https://www.example.com"``)
         whose pages may send events with Segment's analytics.js to the
         browser routes (``/v1/t``, ``/v1/p``… and the settings document):
@@ -161,6 +180,12 @@ class ApiConfig:
     future_tolerance: timedelta = timedelta(days=1)
     ingest_max_group: int = 5000
     ingest_max_wait: float = 0.0
+    tracking_sync: bool = False
+    ingest_processor: str = "thread"
+    ingest_max_depth: int = 2_000_000
+    ingest_max_lag: float = 600.0
+    ingest_lock_timeout: float = 5.0
+    ingest_retry_after: int = 5
     tracking_origins: tuple[str, ...] = attrs.field(default=(), converter=_origins)
     tracking_public_url: str | None = attrs.field(default=None, converter=_public_url)
 
@@ -174,6 +199,18 @@ class ApiConfig:
         wait = self.ingest_max_wait
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 1:
             raise ValidationError("ingest_max_wait", wait, "out of range", "give seconds from 0 to 1, e.g. 0.005")
+        if self.ingest_processor not in ("thread", "worker"):
+            raise ValidationError(
+                "ingest_processor", self.ingest_processor, "unknown choice", "give 'thread' or 'worker'"
+            )
+        for name, low in (("ingest_max_depth", 0), ("ingest_retry_after", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValidationError(name, v, "not a count", f"give an integer >= {low}")
+        for name in ("ingest_max_lag", "ingest_lock_timeout"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 86400:
+                raise ValidationError(name, v, "out of range", "give seconds from 0 to 86400")
         if self.docs_assets not in DOCS_ASSETS:
             raise ValidationError(
                 "docs_assets", self.docs_assets, "unknown choice", f"give one of {', '.join(map(repr, DOCS_ASSETS))}"

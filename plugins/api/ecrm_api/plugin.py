@@ -1,14 +1,15 @@
 """The ecrm plugin (entry point ``api`` in the group ``ecrm.plugins``).
 
-It ships the ``api_keys`` table (its own migration branch) and the
-``ecrm serve`` and ``ecrm keys`` commands.  Importing it is cheap: Litestar
+It ships the ``api_keys`` and ingest tables (its own migration branch), the
+``ecrm serve``, ``ecrm keys`` and ``ecrm ingest`` commands and the job
+``ingest.process``.  Importing it is cheap: Litestar
 is imported only when an app is built.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ecrm_core.hookspecs import hookimpl
 
@@ -35,9 +36,11 @@ VERSIONS_DIR = str(Path(__file__).resolve().parent / "migrations" / "versions")
 
 @hookimpl
 def ecrm_register_tables(metadata: sa.MetaData, naming: Naming) -> None:
+    from .inbox import define_tables
     from .schema import define_table
 
     define_table(metadata, naming)
+    define_tables(metadata, naming)
 
 
 @hookimpl
@@ -50,6 +53,16 @@ def ecrm_register_migrations() -> list[MigrationSource]:
 @hookimpl
 def ecrm_register_commands(cli: click.Group) -> None:
     from .cli import keys, serve
+    from .ingest_cli import ingest
 
     cli.add_command(serve)
     cli.add_command(keys)
+    cli.add_command(ingest)
+
+
+@hookimpl
+def ecrm_register_jobs() -> list[Any]:
+    """``ingest.process``: the processor of the tracking inbox (see :mod:`ecrm_api.processor`)."""
+    from .processor import make_job
+
+    return [make_job()]

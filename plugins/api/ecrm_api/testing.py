@@ -12,6 +12,8 @@ installed these fixtures are available in any test suite:
 
 ``LiveApi.client(scopes=..., workspace=...)`` makes a key and returns an
 :class:`httpx.Client` that sends it; ``LiveApi.token(...)`` returns just the token.
+The tracking routes answer once messages are in the ingest inbox:
+``LiveApi.wait_ingested()`` waits until the server's processor stored them.
 """
 
 from __future__ import annotations
@@ -92,6 +94,18 @@ class LiveApi:
         client = httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
         self._clients.append(client)
         return client
+
+    def wait_ingested(self, timeout: float = 30.0) -> None:
+        """Wait until the ingest inbox is empty: every tracking message answered
+        200 so far is stored (or rejected), by the server's processor thread or
+        a worker.  Raises :class:`TimeoutError`."""
+        from .inbox import inbox_stats
+
+        deadline = time.monotonic() + timeout
+        while inbox_stats(self.crm).rows:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the ingest inbox was not drained within {timeout} s")
+            time.sleep(0.02)
 
     def close(self) -> None:
         for c in self._clients:

@@ -310,12 +310,16 @@ class Tracker:
         event_kinds: Mapping[str, str],
         future_tolerance: timedelta = timedelta(days=1),
         received_at: datetime | None = None,
+        check_properties: bool = False,
     ) -> None:
         self.crm = crm
         self.event_kinds = event_kinds
         self.received_at = (received_at or crm.now()).astimezone(UTC)
         self.latest = self.received_at + future_tolerance
         self.sale_kinds = {n for n, k in crm.registry.interaction_kinds.items() if getattr(k, "sale", False)}
+        #: Check the properties of track/page/screen here too (the gateway,
+        #: which answers before the core stores them), not only in the core.
+        self.check_properties = check_properties
 
     # -- validation --------------------------------------------------------
     def prepare(
@@ -440,7 +444,7 @@ class Tracker:
         if message_id is not None:
             row["idempotency_key"] = KEY_PREFIX + message_id
         row["properties"] = props
-        if kind in _SET_BASED:
+        if kind in _SET_BASED and not self.check_properties:
             return msg  # the core checks the properties of the stored row (one JSON encoding, not two)
         try:
             properties_json(props, f"{path}.properties")

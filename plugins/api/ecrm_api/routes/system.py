@@ -18,15 +18,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
 
 
-class Health(msgspec.Struct):
+class Health(msgspec.Struct, omit_defaults=True):
     status: str
+    #: the ingest inbox at its last reading (none yet: null): messages waiting, seconds the oldest waits
+    inbox_depth: int | None = None
+    inbox_lag: float | None = None
 
 
-class Readiness(msgspec.Struct):
+class Readiness(msgspec.Struct, omit_defaults=True):
     status: str
     database: str
     schema_up_to_date: bool
     pending_migrations: list[str]
+    inbox_depth: int | None = None
+    inbox_lag: float | None = None
 
 
 class KeyInfo(msgspec.Struct):
@@ -52,9 +57,12 @@ class PluginList(msgspec.Struct):
 
 
 @get("/health", opt={"public": "liveness probe: says only that the process answers"}, tags=["system"])
-async def health() -> Health:
-    """Liveness: the process answers (no database access)."""
-    return Health(status="ok")
+async def health(api: NamedDependency[ApiState]) -> Health:
+    """Liveness: the process answers (no database access); the ingest inbox's depth and lag as last read."""
+    last = api.inbox.last
+    if last is None:
+        return Health(status="ok")
+    return Health(status="ok", inbox_depth=last.depth, inbox_lag=round(last.lag, 3))
 
 
 @get(
@@ -74,11 +82,19 @@ def ready(api: NamedDependency[ApiState]) -> Response[Readiness]:
         )
         return Response(body, status_code=HTTP_503_SERVICE_UNAVAILABLE)
     ok = bool(status["up_to_date"])
+    depth = lag = None
+    if ok:
+        from ..inbox import inbox_stats
+
+        st = inbox_stats(api.crm)
+        depth, lag = st.depth, round(st.lag, 3)
     body = Readiness(
         status="ready" if ok else "migrations pending",
         database="ok",
         schema_up_to_date=ok,
         pending_migrations=sorted(status["pending"]),
+        inbox_depth=depth,
+        inbox_lag=lag,
     )
     return Response(body, status_code=200 if ok else HTTP_503_SERVICE_UNAVAILABLE)
 

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio.to_thread
 import msgspec
 from litestar import Request, post
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.params import Parameter
 
 from ..app import ApiState, workspace_crm
 from ..auth import credential
 from ..gzip import decode_body
+from ..inbox import Overloaded
 from ..problems import problem, problem_responses
 from ..tracking import (
     BATCH_MAX_MESSAGES,
@@ -29,6 +31,7 @@ from ..tracking import (
     MESSAGE_MAX_BYTES,
     MessageError,
     Outcome,
+    Parsed,
     Tracker,
     parse_time,
 )
@@ -39,6 +42,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..writer import Slot
 
 __all__ = ["HANDLERS"]
+
+#: ``?sync=true``: answer once the messages are stored (per-message duplicates and conflicts), not once in the inbox.
+Sync = Annotated[
+    bool,
+    Parameter(
+        description="true: answer once the messages are stored as customers and interactions, with duplicates "
+        "and messageId conflicts in the answer (slower); default: once they are durably in the ingest inbox"
+    ),
+]
 
 
 class RejectedMessage(msgspec.Struct):
@@ -289,8 +301,13 @@ def _answer(outcome: Outcome) -> TrackingResponse:
     )
 
 
-def _tracker(crm: CRM, api: ApiState) -> Tracker:
-    return Tracker(crm, event_kinds=api.config.event_kinds, future_tolerance=api.config.future_tolerance)
+def _tracker(crm: CRM, api: ApiState, *, gateway: bool = False) -> Tracker:
+    return Tracker(
+        crm,
+        event_kinds=api.config.event_kinds,
+        future_tolerance=api.config.future_tolerance,
+        check_properties=gateway,
+    )
 
 
 def _unprocessable(exc: MessageError) -> Exception:
@@ -306,23 +323,71 @@ def _unprocessable(exc: MessageError) -> Exception:
 PARSE_INLINE = 200
 
 
-async def _single(call: str, request: Request[Any, Any, Any]) -> TrackingResponse:
+async def _single(call: str, request: Request[Any, Any, Any], sync: bool) -> TrackingResponse:
     # No `crm`/`api` dependencies: Litestar resolves two dependencies in an
     # anyio task group, which costs more than it brings here.
     api, crm = workspace_crm(request)
+    sync = sync or api.config.tracking_sync
+    if not sync:
+        check_inbox(api)
     with api.writer.slot() as slot:
         doc = await _document(request, api, single=True)
         _check_write_key(doc, request)
-        return await store_single(api, crm, slot, doc, call)
+        return await store_single(api, crm, slot, doc, call, sync=sync)
 
 
-async def store_single(api: ApiState, crm: CRM, slot: Slot, doc: dict[str, Any], call: str) -> TrackingResponse:
-    """Validate one call's message and store it through the writer (shared with the browser routes)."""
-    tracker = _tracker(crm, api)
+def _overloaded(exc: Overloaded) -> Exception:
+    return problem(
+        503,
+        "unavailable",
+        "Service unavailable",
+        exc.reason,
+        errors=[{"field": "inbox", "problem": exc.reason, "fix": f"retry after {exc.retry_after} s"}],
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
+def check_inbox(api: ApiState) -> None:
+    """503 with ``Retry-After`` when the inbox is past its configured depth or lag."""
+    try:
+        api.inbox.check()
+    except Overloaded as exc:
+        raise _overloaded(exc) from None
+
+
+async def _to_inbox(
+    api: ApiState, crm: CRM, tracker: Tracker, parsed: Parsed, call: str | None, payload: Any
+) -> Outcome:
+    """Append the accepted messages to the inbox; the answer once they are durable there."""
+    count = parsed.events
+    if count:
+        try:
+            await api.inbox.append(crm.workspace, tracker.received_at, call, count, msgspec.json.encode(payload))
+        except Overloaded as exc:
+            raise _overloaded(exc) from None
+        if api.processor is not None:
+            api.processor.wake()
+    rejected = sorted(parsed.rejected, key=lambda r: r.index)
+    return Outcome(count, 0, tuple(rejected), ())
+
+
+async def store_single(
+    api: ApiState, crm: CRM, slot: Slot, doc: dict[str, Any], call: str, *, sync: bool | None = None
+) -> TrackingResponse:
+    """Validate one call's message and store it (inbox, or through the writer when
+    ``sync``; shared with the browser routes)."""
+    if sync is None:
+        sync = api.config.tracking_sync
+    if not sync:
+        check_inbox(api)  # (again: the browser routes come here directly)
+    tracker = _tracker(crm, api, gateway=not sync)
     try:
         parsed = tracker.parse_one(doc, call=call)
     except MessageError as exc:
         raise _unprocessable(exc) from None
+    if not sync:
+        slot.release()
+        return _answer(await _to_inbox(api, crm, tracker, parsed, call, doc))
     outcome = await slot.submit(tracker, parsed)
     if outcome.rejected:
         r = outcome.rejected[0]
@@ -340,15 +405,15 @@ _COMMON_OPTS: dict[str, Any] = {
 
 
 def _single_handler(call: str, doc: str) -> Any:
-    async def handler(request: Request[Any, Any, Any]) -> TrackingResponse:
-        return await _single(call, request)
+    async def handler(request: Request[Any, Any, Any], sync: Sync = False) -> TrackingResponse:
+        return await _single(call, request, sync)
 
     handler.__doc__ = doc
     handler.__name__ = handler.__qualname__ = f"segment_{call}"
     return post(
         f"/v1/{call}",
         operation_class=_operation(_message_schema(call, in_batch=False)),
-        responses=problem_responses(409),
+        responses=problem_responses(409, 503),
         summary=f"Segment {call}",
         operation_id=f"segment_{call}",
         **_COMMON_OPTS,
@@ -386,12 +451,12 @@ alias = _single_handler(
 @post(
     "/v1/batch",
     operation_class=_operation(_batch_schema()),
-    responses=problem_responses(),
+    responses=problem_responses(503),
     summary="Segment batch",
     operation_id="segment_batch",
     **_COMMON_OPTS,
 )
-async def batch(request: Request[Any, Any, Any]) -> TrackingResponse:
+async def batch(request: Request[Any, Any, Any], sync: Sync = False) -> TrackingResponse:
     """Segment `batch` (what the server SDKs send): `{"batch": [messages], "sentAt", "context"}`.
 
     Valid messages are stored even when others are not (an SDK drops a
@@ -401,13 +466,21 @@ async def batch(request: Request[Any, Any, Any]) -> TrackingResponse:
     Limits: 500 KB per request (after decompression), 2,500 messages
     (413 otherwise), 32 KB per message.  The answer lists the first 100
     rejected messages; `rejected_total` counts them all.
-    The answer comes once the stored messages are committed.
+    The answer comes once the accepted messages are durably in the ingest
+    inbox (`accepted` counts them; they are stored, deduplicated by
+    `messageId`, shortly after): with `?sync=true`, once they are stored,
+    with `duplicates` and `messageId` conflicts in the answer. 503 with
+    `Retry-After` when the inbox is past its configured depth or lag, or
+    the database cannot take the write now: nothing of the request was kept.
     """
     api, crm = workspace_crm(request)
+    sync = sync or api.config.tracking_sync
+    if not sync:
+        check_inbox(api)
     with api.writer.slot() as slot:
         doc, size = await _document_sized(request, api, single=False)
         _check_write_key(doc, request)
-        return await store_batch(api, crm, slot, doc, size)
+        return await store_batch(api, crm, slot, doc, size, sync=sync)
 
 
 def batch_messages(doc: dict[str, Any]) -> list[Any]:
@@ -429,16 +502,33 @@ def batch_messages(doc: dict[str, Any]) -> list[Any]:
     return messages
 
 
-async def store_batch(api: ApiState, crm: CRM, slot: Slot, doc: dict[str, Any], size: int) -> TrackingResponse:
-    """Validate a batch body and store its messages through the writer (shared with the browser routes)."""
+async def store_batch(
+    api: ApiState, crm: CRM, slot: Slot, doc: dict[str, Any], size: int, *, sync: bool | None = None
+) -> TrackingResponse:
+    """Validate a batch body and store its messages (inbox, or through the writer
+    when ``sync``; shared with the browser routes)."""
+    if sync is None:
+        sync = api.config.tracking_sync
+    if not sync:
+        check_inbox(api)
     messages = batch_messages(doc)
     try:
         sent_at = parse_time(doc.get("sentAt"), "body.sentAt")
     except MessageError as exc:
         raise _bad(exc.field, exc.problem, exc.fix) from None
-    tracker = _tracker(crm, api)
+    tracker = _tracker(crm, api, gateway=not sync)
     parse = functools.partial(tracker.parse, messages, sent_at=sent_at, body_bytes=size)
     parsed = parse() if len(messages) <= PARSE_INLINE else await anyio.to_thread.run_sync(parse)
+    if not sync:
+        slot.release()
+        if parsed.rejected:
+            keep = sorted(m.index for m in (*parsed.fast, *parsed.slow))
+            payload: dict[str, Any] = {"batch": [messages[i] for i in keep]}
+        else:
+            payload = {"batch": messages}
+        if doc.get("sentAt") is not None:
+            payload["sentAt"] = doc["sentAt"]
+        return _answer(await _to_inbox(api, crm, tracker, parsed, None, payload))
     outcome = await slot.submit(tracker, parsed)
     return _answer(outcome)
 
