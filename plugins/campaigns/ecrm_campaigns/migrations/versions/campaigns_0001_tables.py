@@ -15,7 +15,7 @@ from ecrm_campaigns.schema import TABLES, columns
 revision = "campaigns_0001"
 down_revision = None
 branch_labels = ("ecrm_campaigns",)
-depends_on = "0006"
+depends_on = "0006_jobs"
 
 
 def upgrade() -> None:
