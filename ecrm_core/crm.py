@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from .domain import DEFAULT_WORKSPACE
 from .errors import PluginError, ValidationError
 from .plugins import Plugins
-from .registry import Registry
+from .registry import LazyRoutes, Registry
 from .storage import Database, Naming
 from .validation import check_slug
 
@@ -234,9 +234,9 @@ class CRM:
                     out[key] = _with_plugin(item, plugin)
             return out
 
-        routes: list[Any] = []
-        for _plugin, items in plugins.collect("ecrm_register_routes", crm=self):
-            routes.extend(items)
+        def routes() -> list[Any]:
+            return [item for _plugin, items in plugins.collect("ecrm_register_routes", crm=self) for item in items]
+
         migrations: dict[str, Any] = {}
         for plugin, items in plugins.collect("ecrm_register_migrations"):
             for item in items:
@@ -251,7 +251,7 @@ class CRM:
             condition_types=by_name("ecrm_register_condition_types", "condition type"),
             strategies=by_name("ecrm_register_strategies", "strategy"),
             admin_pages=by_name("ecrm_register_admin_pages", "admin page"),
-            routes=tuple(routes),
+            routes=LazyRoutes(routes),
             migrations=migrations,
             purposes=by_name("ecrm_register_message_purposes", "message purpose"),
             jobs=by_name("ecrm_register_jobs", "job"),

@@ -178,7 +178,10 @@ def ecrm_register_routes(crm: CRM) -> Sequence[Any] | None:
     """HTTP route handlers (Litestar handlers or routers) to mount in the API.
 
     :return: a list of route handlers; the API layer mounts them under its
-        prefix.  The core does not import the web framework.
+        prefix.  The core does not import the web framework, and calls this
+        hook only when the routes are first read (``crm.registry.routes``,
+        by the API's app factory): a CRM that serves no HTTP never imports
+        them, so keep the handlers' imports inside the implementation.
 
     .. versionadded:: 1.0
     """

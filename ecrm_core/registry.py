@@ -12,7 +12,8 @@ it, so an error or a listing can say where a thing came from.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -320,6 +321,46 @@ class JobSpec:
             raise ValidationError("tick", self.tick, "not callable", "pass a function tick(ctx) -> JobResult")
 
 
+class LazyRoutes(Sequence[Any]):
+    """The handlers of ``ecrm_register_routes``, collected on first use.
+
+    Route handlers import their web framework; a CRM that serves no HTTP (a
+    script, the worker, most CLI commands) never asks for them, so building
+    it imports none.  The API's app factory reads them once.  A plugin whose
+    hook raises is reported the way any hook failure is, when they are read.
+    """
+
+    __slots__ = ("_items", "_load", "_lock")
+
+    def __init__(self, load: Callable[[], Iterable[Any]]) -> None:
+        self._load: Callable[[], Iterable[Any]] | None = load
+        self._items: tuple[Any, ...] | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> tuple[Any, ...]:
+        items = self._items
+        if items is None:
+            with self._lock:
+                if self._items is None:
+                    assert self._load is not None
+                    self._items = tuple(self._load())
+                    self._load = None
+                items = self._items
+        return items
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._get()[index]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._get())
+
+    def __repr__(self) -> str:
+        return f"LazyRoutes({list(self._items)!r})" if self._items is not None else "LazyRoutes(<not read yet>)"
+
+
 @frozen
 class Registry:
     """Everything the loaded plugins registered, by kind then name."""
@@ -331,7 +372,8 @@ class Registry:
     condition_types: Mapping[str, ConditionType]
     strategies: Mapping[str, StrategySpec]
     admin_pages: Mapping[str, AdminPage]
-    routes: tuple[Any, ...]
+    #: route handlers (:class:`LazyRoutes`: the hook runs when they are first read)
+    routes: Sequence[Any]
     migrations: Mapping[str, MigrationSource]
     #: :class:`~ecrm_core.channels.Purpose` objects, by name (hook API 1.1).
     purposes: Mapping[str, Any] = field(factory=dict)

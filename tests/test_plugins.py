@@ -177,3 +177,23 @@ def test_import_is_light():
     code = "import sys, ecrm_core; print(sorted(m for m in ('sqlalchemy', 'pluggy', 'alembic', 'stevedore') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_building_a_crm_imports_no_web_framework(tmp_path):
+    """Plugins' route handlers are collected when the API reads them, not when a CRM is built:
+    a script or the worker with ecrm-api (and plugins with routes) installed imports no Litestar."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from ecrm_core import CRM\n"
+        "crm = CRM('sqlite:///' + sys.argv[1])\n"
+        "crm.upgrade()\n"
+        "crm.customers.create(email='a@example.com')\n"
+        "web = sorted(m for m in sys.modules if m.split('.')[0] in ('litestar', 'starlette', 'uvicorn'))\n"
+        "assert not web, web[:5]\n"
+        "crm.close()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.db")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
