@@ -642,7 +642,8 @@ class _Sending(_Suppressions):
             c = self.crm.customers.get(ids[0])  # NotFound for an unknown id
             return {ids[0]: plain_customer(c)}
         t = self.t("customers")
-        ws, merged = t.c.workspace_id, t.c.merged_into
+        ws: sa.ColumnElement[Any] = t.c.workspace_id
+        merged: sa.ColumnElement[Any] = t.c.merged_into
         if self.db.is_sqlite:
             # driven by the primary key: a unary + keeps SQLite off the
             # (workspace, …) indexes, which would visit every customer of the
