@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import attrs
 from attrs import field, frozen
@@ -34,7 +34,10 @@ from .validation import (
     normalize_email,
     normalize_phone,
     properties_json,
+    stored,
 )
+
+_T = TypeVar("_T")
 
 __all__ = [
     "DEFAULT_WORKSPACE",
@@ -57,6 +60,24 @@ DEFAULT_WORKSPACE = "default"
 OFFER_KINDS = ("product", "discount", "coupon", "content")
 OFFER_STATUSES = ("draft", "active", "paused", "archived")
 CONSENT_STATUSES = ("granted", "denied")
+
+
+def evolve_stored(obj: _T, **changes: Any) -> _T:
+    """``attrs.evolve(obj, **changes)`` that checks only the changed values.
+
+    The text fields carried over are marked :class:`~ecrm_core.validation.Stored`
+    (they were checked when written or read back from storage), so a rule made
+    stricter later never makes a stored object unchangeable: updating a
+    customer's e-mail does not refuse the name they were stored with.
+    """
+    import attrs
+
+    kept = {
+        f.name: stored(getattr(obj, f.name))
+        for f in attrs.fields(type(obj))  # type: ignore[arg-type]
+        if f.init and f.name not in changes and isinstance(getattr(obj, f.name), str)
+    }
+    return attrs.evolve(obj, **kept, **changes)
 
 
 def _opt(fn: Any, name: str, **kw: Any) -> Any:

@@ -452,9 +452,27 @@ def check_key(value: Any, field: str = "idempotency_key") -> str:
     return value
 
 
+class Stored(str):
+    """Text read back from storage (a marker, as :class:`~types.MappingProxyType`
+    is for stored mappings): it was checked when it was written, and a rule made
+    stricter later must not make stored rows unreadable.  :func:`check_text`
+    returns it as a plain ``str`` without checking it again; changing the value
+    checks the new one."""
+
+    __slots__ = ()
+
+
+def stored(value: Any) -> Any:
+    """``value`` marked :class:`Stored` if it is text (``None`` and others unchanged)."""
+    return Stored(value) if isinstance(value, str) else value
+
+
 def check_text(value: Any, field: str, max_length: int = 500) -> str:
     """Return ``value`` if it is a string of at most ``max_length`` characters
-    that :func:`check_string` accepts, or raise."""
+    that :func:`check_string` accepts, or raise.  :class:`Stored` text is
+    returned as it is (as a plain ``str``)."""
+    if type(value) is Stored:
+        return str(value)
     if not isinstance(value, str):
         raise ValidationError(field, value, "not a string", "send text")
     if len(value) > max_length:

@@ -133,6 +133,30 @@ def build(request: pytest.FixtureRequest, crm_factory: Any) -> Any:
     return make
 
 
+def _create(crm: Any, *, name: str, **fields: Any) -> int:
+    """A customer with this name.  A name the core's one validation refuses at
+    entry (control characters, lone surrogates…) is written straight to the
+    table instead, as data stored before that validation existed, or by the
+    host's own SQL, would be: the pipeline must isolate such a customer too.
+    (PostgreSQL cannot store NUL or a lone surrogate at all: those are kept out.)"""
+    import sqlalchemy as sa
+
+    try:
+        return int(crm.customers.create(name=name, **fields).id)
+    except ValidationError:
+        cid = int(crm.customers.create(name="placeholder", **fields).id)
+        t = crm.customers.t("customers")
+        with crm.db.write() as conn:
+            conn.execute(sa.update(t).where(t.c.id == cid).values(name=name))
+        return cid
+
+
+def _storable(crm: Any, name: str) -> bool:
+    if crm.db.is_sqlite:
+        return True
+    return "\x00" not in name and not any(0xD800 <= ord(c) <= 0xDFFF for c in name)
+
+
 def _populate(crm: Any, chan: ScriptedChannel) -> tuple[list[int], dict[int, dict[str, Any]]]:
     """Good and hostile customers interleaved; returns (good ids, hostile id -> payload)."""
     good: list[int] = []
@@ -145,8 +169,10 @@ def _populate(crm: Any, chan: ScriptedChannel) -> tuple[list[int], dict[int, dic
                 crm.customers.create(name=f"Good Person{n}", phone=f"+1415555{n:04d}", consent={"sms": "granted"}).id
             )
         fields = {k: _value(v) for k, v in payload["customer"].items()}
+        if not _storable(crm, fields["name"]):
+            continue
         n += 1
-        cid = crm.customers.create(phone=f"+1415555{n:04d}", consent={"sms": "granted"}, **fields).id
+        cid = _create(crm, phone=f"+1415555{n:04d}", consent={"sms": "granted"}, **fields)
         chan.script[cid] = payload.get("script", {})
         bad[cid] = payload
     while len(good) < GOOD:
@@ -383,10 +409,7 @@ def test_the_issues_exact_case_through_the_email_channel(crm_factory):
         channels={"email": {"from": "Shop <news@shop.example>", "base_url": "https://shop.example/crm"}},
     )
     names = ["Ada Lovelace", "Eve\nMallory", "Bob"] + [p["customer"]["name"] for p in PAYLOADS[:15]]
-    ids = [
-        crm.customers.create(name=name, email=f"c{i}@example.com", consent={"email": "granted"}).id
-        for i, name in enumerate(names)
-    ]
+    ids = [_create(crm, name=name, email=f"c{i}@example.com", consent={"email": "granted"}) for i, name in enumerate(names)]
     report = crm.messages.send_many("email", EMAIL_TEMPLATE, customer_ids=ids)
     assert report.total == len(ids)
     assert report.queued >= 2 and report.failed["render_failed"] >= 1

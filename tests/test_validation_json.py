@@ -125,3 +125,22 @@ def test_allowed_values_pass() -> None:
     ok = {"t": "a\tb\nc\r", "q": 'say "hi" \\ back', "u": "é\u2028😀\x7f", "n": [2**63 - 1, -(2**63), 1e300]}
     assert json.loads(properties_json(ok)) == ok
     check_json(ok)
+
+
+def test_text_stored_before_a_stricter_rule_stays_readable(crm):
+    """A name with a control character written before the one validation existed (or by the
+    host's own SQL) is read back as it is; changing it checks the new value."""
+    import sqlalchemy as sa
+
+    from ecrm_core import ValidationError
+
+    cid = crm.customers.create(name="placeholder", email="legacy@example.com").id
+    t = crm.customers.t("customers")
+    with crm.db.write() as conn:
+        conn.execute(sa.update(t).where(t.c.id == cid).values(name="Eve\x0bMallory", locale="en\x07"))
+    got = crm.customers.get(cid)
+    assert (got.name, got.locale) == ("Eve\x0bMallory", "en\x07") and type(got.name) is str
+    crm.interactions.timeline(cid)  # reads the customer too
+    with pytest.raises(ValidationError, match="control character"):
+        crm.customers.update(cid, name="Eve\x0bAgain")
+    assert crm.customers.update(cid, name="Eve Mallory").name == "Eve Mallory"

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 import sqlalchemy as sa
 
-from ..domain import CUSTOMER_WRITABLE, Alias, Consent, Customer, CustomerChange, MergeRecord
+from ..domain import CUSTOMER_WRITABLE, Alias, Consent, Customer, CustomerChange, MergeRecord, evolve_stored
 from ..errors import BatchError, Conflict, EcrmError, NotFound, RowError, ValidationError
 from ..rules.sql import values_clause
-from ..validation import aware_datetime, check_text, freeze, normalize_email, normalize_phone, thaw
+from ..validation import aware_datetime, check_text, freeze, normalize_email, normalize_phone, stored, thaw
 from ._base import Service
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -126,15 +126,15 @@ class Customers(Service):
         return Customer(
             id=m["id"],
             workspace=m["workspace_id"],
-            external_id=m["external_id"],
+            external_id=stored(m["external_id"]),  # stored text: not checked again
             email=m["email"],
             phone=m["phone"],
-            name=m["name"],
+            name=stored(m["name"]),
             attributes=freeze(m["attributes"] or {}),  # stored data: not checked again
             consent=m["consent"],
             lifecycle_stage=m["lifecycle_stage"],
             timezone=m["timezone"],
-            locale=m["locale"],
+            locale=stored(m["locale"]),
             created_at=m["created_at"],
             updated_at=m["updated_at"],
             merged_into=m["merged_into"],
@@ -527,7 +527,7 @@ class Customers(Service):
             # Stamp decisions without a time with "now" before building, so
             # the Customer (and its e-mail/phone validation) is built once.
             stamped = Customer(consent=data["consent"]).consent
-            data["consent"] = {ch: s if s.at else attrs.evolve(s, at=now) for ch, s in stamped.items()}
+            data["consent"] = {ch: s if s.at else evolve_stored(s, at=now) for ch, s in stamped.items()}
         c = Customer(workspace=self.workspace, created_at=now, updated_at=now, **data)
         self.crm.check_stage(c.lifecycle_stage)
         return c, self._identity(c, extra)
@@ -604,7 +604,7 @@ class Customers(Service):
             # write lock, e.g. PostgreSQL): the same Conflict as above.
             taken(self._resolve(None, identity))
             raise
-        created = attrs.evolve(c, id=cid)
+        created = evolve_stored(c, id=cid)
         self.crm.emit("ecrm_customers_created", customers=[created])
         return created
 
@@ -652,7 +652,7 @@ class Customers(Service):
         """After a unique violation: raise the Conflict naming the customer that
         claimed one of the new identities concurrently (if one did)."""
         try:
-            wanted = self._identity(attrs.evolve(current, **{k: v for k, v in changes.items() if k in IDENTITY_FIELDS}))
+            wanted = self._identity(evolve_stored(current, **{k: v for k, v in changes.items() if k in IDENTITY_FIELDS}))
         except EcrmError:
             return
         for al, owner in self._resolve(None, wanted).items():
@@ -673,15 +673,15 @@ class Customers(Service):
             data["consent"] = {
                 **current.consent,
                 **{
-                    ch: s if s.at else attrs.evolve(s, at=now)
+                    ch: s if s.at else evolve_stored(s, at=now)
                     for ch, s in new_consent.items()
                     if ch not in current.consent or current.consent[ch].status != s.status
                 },
             }
-        after = attrs.evolve(current, **data)
+        after = evolve_stored(current, **data)
         if after == current:
             return None
-        after = attrs.evolve(after, updated_at=now)
+        after = evolve_stored(after, updated_at=now)
         self.crm.check_stage(after.lifecycle_stage)
         assert current.id is not None
         old_ids = set(self._identity(current))
@@ -876,7 +876,7 @@ class Customers(Service):
                 i0, c0, ids0 = new[slot]
                 fields = {k: v for k, v in row.items() if k != "aliases"}
                 try:
-                    merged = attrs.evolve(
+                    merged = evolve_stored(
                         c0,
                         **{k: v for k, v in fields.items() if k not in ("attributes", "consent")},
                         attributes=_merge_patch(c0.attributes, fields.get("attributes")),
@@ -905,7 +905,7 @@ class Customers(Service):
             alias_rows = []
             consent_rows: builtins.list[dict[str, Any]] = []
             for new_id, (_, c, identity) in zip(new_ids, new, strict=True):
-                created.append(attrs.evolve(c, id=new_id))
+                created.append(evolve_stored(c, id=new_id))
                 alias_rows += [
                     {
                         "workspace_id": self.workspace,
@@ -997,7 +997,7 @@ class Customers(Service):
                 tgt = target.consent.get(ch)
                 if tgt is not None and s.at and tgt.at and s.at > tgt.at:
                     consent[ch] = s
-            after = attrs.evolve(target, **fill, attributes=attributes, consent=consent, updated_at=now)
+            after = evolve_stored(target, **fill, attributes=attributes, consent=consent, updated_at=now)
             moved_i = conn.execute(
                 sa.update(i)
                 .where(i.c.workspace_id == self.workspace, i.c.customer_id == source.id)
