@@ -284,7 +284,64 @@ def create_app(
                 json_bodies.add(id(handler))
             if not (handler.opt or {}).get("allow_unknown_query"):
                 allowed_query[id(handler)] = frozenset(p.field_alias for p in kwargs_model.expected_query_params)
+    app.asgi_handler = _head_and_allow(app, app.asgi_handler)
+    if openapi is not None:
+        from .openapi import install
+
+        install(app)
     return app
+
+
+def _allowed(methods: Iterable[str]) -> str:
+    """The ``Allow`` value for a path serving ``methods`` (HEAD wherever GET is)."""
+    found = {m.upper() for m in methods}
+    if "GET" in found:
+        found.add("HEAD")
+    return ", ".join(sorted(found))
+
+
+def _head_and_allow(app: Litestar, inner: Any) -> Any:
+    """Wrap the app's ASGI handler: HEAD is answered wherever GET is, and ``Allow`` lists exactly the methods.
+
+    A HEAD request is routed as GET and its body is dropped (the headers,
+    Content-Length included, are GET's).  ``Allow`` on a 405 gains HEAD where
+    GET is allowed; on the automatic OPTIONS answer it is rebuilt from the
+    route (Litestar's answer lists only the methods of the handlers
+    registered first for a path).
+    """
+    options_allow: dict[int, bytes] = {}
+    for route in app.routes:
+        handlers = getattr(route, "route_handler_map", {})
+        if "OPTIONS" in handlers:
+            options_allow[id(handlers["OPTIONS"][0])] = _allowed(route.methods).encode()
+
+    async def handle(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await inner(scope, receive, send)
+            return
+        head = scope["method"] == "HEAD"
+        if head:
+            scope["method"] = "GET"
+
+        async def send_wrapper(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                allow = None
+                if status == 405:
+                    listed = b",".join(v for k, v in message.get("headers", ()) if k.lower() == b"allow")
+                    allow = _allowed(m.strip() for m in listed.decode("latin-1").split(",") if m.strip()).encode()
+                elif scope.get("method") == "OPTIONS":
+                    allow = options_allow.get(id(scope.get("route_handler")))
+                if allow is not None:
+                    headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"allow"]
+                    message = {**message, "headers": [*headers, (b"allow", allow)]}
+            elif head and message["type"] == "http.response.body" and message.get("body"):
+                message = {**message, "body": b""}
+            await send(message)
+
+        await inner(scope, receive, send_wrapper)
+
+    return handle
 
 
 def _is_public(handler: Any) -> bool:
