@@ -23,8 +23,10 @@ from litestar.static_files import create_static_files_router
 
 from . import __version__
 from .auth import KeyAuthMiddleware, route_policy
+from .bodies import check_body
 from .config import ApiConfig
 from .keys import ApiKey, Keys
+from .openapi import body_type, install
 from .problems import exception_handlers, problem, render_problem
 from .reads import CustomerReader
 from .writer import GroupWriter
@@ -205,13 +207,14 @@ def create_app(
 
     allowed_query: dict[int, frozenset[str]] = {}
 
-    json_bodies: set[int] = set()
+    #: handler id -> the struct its JSON body decodes into (None: a body read otherwise)
+    json_bodies: dict[int, Any] = {}
 
     async def check_request(request: Request[Any, Any, Any]) -> None:
         """Before every handler: a JSON body must say so (415), and no unknown query parameter (400).
 
-        A coroutine although it does no I/O: Litestar would run a synchronous
-        hook in a worker thread."""
+        The body is then decoded strictly (:mod:`ecrm_api.bodies`).  A coroutine:
+        Litestar would run a synchronous hook in a worker thread."""
         handler = id(request.route_handler)
         if handler not in json_bodies and not request.scope["query_string"]:
             return
@@ -231,6 +234,9 @@ def create_app(
                         }
                     ],
                 )
+            struct = json_bodies[handler]
+            if struct is not None:
+                await check_body(request, struct)
         allowed = allowed_query.get(handler)
         if allowed is None:
             return
@@ -281,13 +287,11 @@ def create_app(
     for route in app.routes:
         for handler, kwargs_model in getattr(route, "route_handler_map", {}).values():
             if "data" in handler.parsed_fn_signature.parameters:
-                json_bodies.add(id(handler))
+                json_bodies[id(handler)] = body_type(handler)
             if not (handler.opt or {}).get("allow_unknown_query"):
                 allowed_query[id(handler)] = frozenset(p.field_alias for p in kwargs_model.expected_query_params)
     app.asgi_handler = _head_and_allow(app, app.asgi_handler)
     if openapi is not None:
-        from .openapi import install
-
         install(app)
     return app
 

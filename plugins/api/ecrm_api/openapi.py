@@ -22,6 +22,8 @@ still built lazily, on its first request.
 from __future__ import annotations
 
 import re
+import types
+import typing
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -95,8 +97,10 @@ def refine(doc: dict[str, Any], app: Litestar) -> dict[str, Any]:
     if types:
         tops, components = msgspec.json.schema_components(types, ref_template=REF)
         top = dict(zip(types, tops, strict=True))
+        extras = {cls.__name__: cls.openapi_extra for cls in _structs(types) if hasattr(cls, "openapi_extra")}
         for name, schema in components.items():
-            schemas[name] = schema
+            schemas[name] = _free_text_rule({**schema, **extras.get(name, {})})
+        schemas[JSON_VALUE] = _json_value()
         for (path, method), t in bodies.items():
             operation = doc["paths"][path][method]
             for media in operation.get("requestBody", {}).get("content", {}).values():
@@ -107,6 +111,74 @@ def refine(doc: dict[str, Any], app: Litestar) -> dict[str, Any]:
             _exact_bounds(parameter, handler)
     _registered_values(doc, app)
     return doc
+
+
+#: The component of a free JSON value in a request body (attributes, properties…).
+JSON_VALUE = "JSONValue"
+
+
+def _json_value() -> dict[str, Any]:
+    """Any JSON value the server takes in a free-form field: no NUL in text or keys, 64-bit integers."""
+    from .types import TEXT_PATTERN
+
+    ref = {"$ref": REF.format(name=JSON_VALUE)}
+    return {
+        "description": "any JSON value: text without NUL (keys too), integers within 64 bits",
+        "anyOf": [
+            {"type": "null"},
+            {"type": "boolean"},
+            {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+            {"type": "number", "not": {"type": "integer"}},
+            {"type": "string", "pattern": TEXT_PATTERN},
+            {"type": "array", "items": ref},
+            {"type": "object", "additionalProperties": ref, "propertyNames": {"pattern": TEXT_PATTERN}},
+        ],
+    }
+
+
+def _free_text_rule(schema: Any) -> Any:
+    """Add the body text rule to every string without a pattern, and to free-form objects."""
+    from .types import TEXT_PATTERN
+
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        kind = node.get("type")
+        if kind == "string" and "pattern" not in node and "enum" not in node and "const" not in node:
+            node["pattern"] = TEXT_PATTERN
+        elif kind == "object" and "properties" not in node:
+            if node.get("additionalProperties", True) is True:
+                node["additionalProperties"] = {"$ref": REF.format(name=JSON_VALUE)}
+            node.setdefault("propertyNames", {"pattern": TEXT_PATTERN})
+        stack.extend(v for k, v in node.items() if isinstance(v, (dict, list)) and k != "enum")
+    return schema
+
+
+def _structs(types: list[type[msgspec.Struct]]) -> Iterator[type[msgspec.Struct]]:
+    """Every struct type reachable from ``types`` (fields, containers, unions)."""
+    seen: set[type] = set()
+    stack: list[Any] = list(msgspec.inspect.multi_type_info(types))
+    while stack:
+        info = stack.pop()
+        if isinstance(info, msgspec.inspect.StructType):
+            if info.cls in seen:
+                continue
+            seen.add(info.cls)
+            yield info.cls
+            stack.extend(f.type for f in info.fields)
+        elif isinstance(info, msgspec.inspect.UnionType):
+            stack.extend(info.types)
+        elif isinstance(info, (msgspec.inspect.ListType, msgspec.inspect.SetType, msgspec.inspect.FrozenSetType)):
+            stack.append(info.item_type)
+        elif isinstance(info, msgspec.inspect.DictType):
+            stack.extend((info.key_type, info.value_type))
+        elif isinstance(info, msgspec.inspect.Metadata):
+            stack.append(info.type)
 
 
 def _exact_bounds(parameter: dict[str, Any], handler: Any) -> None:
@@ -120,6 +192,31 @@ def _exact_bounds(parameter: dict[str, Any], handler: Any) -> None:
             value = getattr(definition, attr, None)
             if value is not None:
                 _set_bound(parameter["schema"], key, value)
+        item = _list_item(declared.annotation)
+        if item is not None:  # Litestar drops the constraints of the items
+            _set_items(parameter["schema"], msgspec.json.schema(item))
+
+
+def _list_item(annotation: Any) -> Any:
+    """The item type of a ``list[...]`` annotation (also inside ``| None``), else None."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        return typing.get_args(annotation)[0]
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _list_item(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _set_items(schema: Any, items: dict[str, Any]) -> None:
+    if not isinstance(schema, dict):
+        return
+    if schema.get("type") == "array":
+        schema["items"] = items
+    for branch in (*schema.get("oneOf", ()), *schema.get("anyOf", ())):
+        _set_items(branch, items)
 
 
 def _set_bound(schema: Any, key: str, value: Any) -> None:

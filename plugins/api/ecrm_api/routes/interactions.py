@@ -9,17 +9,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
 from ecrm_core.errors import BatchError, RowError, ValidationError
 from ecrm_core.validation import check_slug
 from litestar import Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody, KwargDefinition, Parameter
+from litestar.params import JSONBody, Parameter
 
 from ..cursors import decode_cursor, encode_cursor
 from ..problems import problem, problem_responses
+from ..types import IDENTITY_PATTERN, CoreSlug, DateTime, Identity, parse_datetime
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
@@ -34,12 +35,14 @@ MAX_ID = 2**63 - 1
 Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
 #: Items per ``POST /interactions/batch``.
 MAX_BATCH = 10_000
+#: The fields that name an interaction's customer: exactly one is given.
+IDENTITIES = ("customer_id", "external_id", "email", "phone", "anonymous_id")
 #: Nesting allowed inside ``properties`` (objects and lists).
 MAX_DEPTH = 32
 
 Text200 = Annotated[str, msgspec.Meta(max_length=200)]
-Slug = Annotated[str, msgspec.Meta(max_length=64)]
-AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
+Slug = CoreSlug
+AwareTime = DateTime
 
 
 def check_json_text(value: Any, field: str, *, max_depth: int = MAX_DEPTH) -> None:
@@ -93,12 +96,26 @@ class InteractionIn(msgspec.Struct, forbid_unknown_fields=True):
     zone; it defaults to now.
     """
 
+    #: Exactly one way to name the customer (checked by the core), for the OpenAPI document.
+    openapi_extra: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            {
+                "title": f"by {name}",
+                "required": [name],
+                "properties": {
+                    other: ({"not": {"type": "null"}} if other == name else {"type": "null"}) for other in IDENTITIES
+                },
+            }
+            for name in IDENTITIES
+        ]
+    }
+
     kind: Slug
     customer_id: Id | None = None
-    external_id: Text200 | None = None
-    email: Annotated[str, msgspec.Meta(max_length=320)] | None = None
-    phone: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    anonymous_id: Text200 | None = None
+    external_id: Identity | None = None
+    email: Annotated[str, msgspec.Meta(max_length=320, pattern=IDENTITY_PATTERN)] | None = None
+    phone: Annotated[str, msgspec.Meta(max_length=64, pattern=IDENTITY_PATTERN)] | None = None
+    anonymous_id: Identity | None = None
     channel: Slug | None = None
     occurred_at: AwareTime | None = None
     amount: Annotated[str, msgspec.Meta(max_length=40)] | float | None = None
@@ -128,7 +145,8 @@ class InteractionOut(msgspec.Struct):
 class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
     """Up to 10,000 interactions, stored in one transaction."""
 
-    items: Annotated[list[InteractionIn], KwargDefinition(max_items=MAX_BATCH, min_items=0)]
+    # The handler checks the count (a 422 naming body.items, not msgspec's 400).
+    items: Annotated[list[InteractionIn], msgspec.Meta(extra_json_schema={"maxItems": MAX_BATCH})]
 
 
 class Rejected(msgspec.Struct):
@@ -262,10 +280,11 @@ def _row(item: InteractionIn) -> dict[str, Any]:
 
 def _check_item(item: InteractionIn, api: ApiState, now: datetime) -> None:
     """What the API checks beyond the core: clock skew, NUL/surrogates, nesting."""
-    if item.occurred_at is not None and item.occurred_at > now + api.config.future_tolerance:
+    occurred_at = None if item.occurred_at is None else parse_datetime(item.occurred_at, "occurred_at")
+    if occurred_at is not None and occurred_at > now + api.config.future_tolerance:
         raise ValidationError(
             "occurred_at",
-            item.occurred_at.isoformat(),
+            occurred_at.isoformat(),
             f"in the future (more than {_span(api.config.future_tolerance)} ahead of the server's clock)",
             "send the time the interaction happened; check the sending device's clock",
         )
@@ -473,11 +492,11 @@ def customer_timeline(
     crm: NamedDependency[CRM],
     api: NamedDependency[ApiState],
     kinds: Annotated[
-        list[Annotated[str, msgspec.Meta(max_length=64)]] | None,
+        list[CoreSlug] | None,
         Parameter(description="only these interaction kinds (repeat the parameter)", max_items=50),
     ] = None,
     channels: Annotated[
-        list[Annotated[str, msgspec.Meta(max_length=64)]] | None,
+        list[CoreSlug] | None,
         Parameter(description="only these channels (repeat the parameter)", max_items=50),
     ] = None,
     limit: Annotated[int, Parameter(ge=1, le=1000, description="items per page")] = 50,
