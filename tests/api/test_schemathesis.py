@@ -37,7 +37,7 @@ def _served(api_crm, live_api_factory):
     for i in range(1, 6):
         c = crm.customers.create(email=f"c{i}@example.com", name=f"C {i}", external_id=f"ext-{i}")
         crm.interactions.track("purchase", customer_id=c.id, amount="10.00", currency="EUR")
-    crm.segments.create("buyers", 'purchase.count(365d) >= 1', name="Buyers")
+    crm.segments.create("buyers", "purchase.count(365d) >= 1", name="Buyers")
     crm.segments.create("vip", None, static=True, customer_ids=[1, 2])
     live = live_api_factory(crm, rate_limit=None)
     return live, live.token(["admin"])

@@ -272,6 +272,7 @@ def _kinds(crm: Any) -> list[str]:
 REGISTERED: Registered = {
     ("CustomerIn", "lifecycle_stage"): _stages,
     ("CustomerPatch", "lifecycle_stage"): _stages,
+    ("CustomerUpsertIn", "lifecycle_stage"): _stages,
     ("query", "lifecycle_stage"): _stages,
     ("InteractionIn", "kind"): _kinds,
     ("query", "kinds"): _kinds,

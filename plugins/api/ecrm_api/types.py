@@ -21,6 +21,11 @@ __all__ = [
     "DATETIME_PATTERN",
     "REF_PATTERN",
     "CoreSlug",
+    "Amount",
+    "Currency",
+    "Timezone",
+    "IdempotencyKey",
+    "PRINTABLE_PATTERN",
     "IDENTITY_PATTERN",
     "Identity",
     "DateTime",
@@ -49,6 +54,35 @@ REF_PATTERN = r"^(?:[1-9][0-9]{0,17}|[0-9]*[a-z_.:\-][a-z0-9_.:\-]*)$"
 IDENTITY_PATTERN = r"^[^\x00]*[^\s\x00\x1c-\x1f\x85\ufeff][^\x00]*$"
 Identity = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=IDENTITY_PATTERN)]
 CoreSlug = Annotated[str, msgspec.Meta(max_length=64, pattern=SLUG_PATTERN)]
+#: A decimal amount as text: below 10^11, at most 4 decimals (the core's rule).
+AMOUNT_PATTERN = r"^-?(?:[0-9]{1,11}(?:\.[0-9]{1,4})?|\.[0-9]{1,4})$"
+Amount = (
+    Annotated[str, msgspec.Meta(max_length=40, pattern=AMOUNT_PATTERN)]
+    | Annotated[float, msgspec.Meta(gt=-1e11, lt=1e11)]
+)
+#: What ``str.isprintable`` admits, in the OpenAPI document's regular expressions
+#: (Python's ``re`` has no ``\p{…}``: the server checks with ``isprintable``).
+PRINTABLE_PATTERN = r"^(?:[^\p{C}\p{Z}]| )*$"
+
+
+def _currencies() -> list[str]:
+    from ecrm_core.validation import _currencies as core
+
+    codes = sorted(core())
+    return codes + [c.lower() for c in codes]
+
+
+def _timezones() -> list[str]:
+    from zoneinfo import available_timezones
+
+    return sorted(available_timezones())
+
+
+Currency = Annotated[str, msgspec.Meta(max_length=3, extra_json_schema={"enum": _currencies()})]
+Timezone = Annotated[str, msgspec.Meta(max_length=64, extra_json_schema={"enum": _timezones()})]
+IdempotencyKey = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=200, extra_json_schema={"pattern": PRINTABLE_PATTERN})
+]
 #: A date-time sent as text.  Decoded as a string (msgspec would also take
 #: a number as a Unix time), checked against the pattern, parsed by the core.
 DateTime = Annotated[

@@ -35,6 +35,7 @@ from ..types import (
     CoreSlug,
     DateTime,
     Identity,
+    Timezone,
     date_time_param,
     parse_datetime,
 )
@@ -67,16 +68,12 @@ MAX_DEPTH = 32
 #: Keys allowed in ``attributes``, counted at every level.
 MAX_KEYS = 1000
 SORTS = ("id", "created_at", "updated_at", "name", "email")
-Sort = Literal[
-    "id", "-id", "created_at", "-created_at", "updated_at", "-updated_at", "name", "-name", "email", "-email"
-]
 
 Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
 Text200 = Annotated[str, msgspec.Meta(max_length=200)]
 Email = Annotated[str, msgspec.Meta(max_length=320)]
 Phone = Annotated[str, msgspec.Meta(max_length=64)]
 Slug = CoreSlug
-Timezone = Annotated[str, msgspec.Meta(max_length=64)]
 Locale = Annotated[str, msgspec.Meta(max_length=35)]
 Source = Annotated[str, msgspec.Meta(max_length=500)]
 CreatedAfter = date_time_param("created after")
@@ -524,7 +521,8 @@ def search_customers(
     created_before: CreatedBefore = None,
     updated_after: UpdatedAfter = None,
     segment: Annotated[
-        str | None, Parameter(max_length=64, description="members of the segment with this slug or id")
+        str | None,
+        Parameter(min_length=1, max_length=64, description="members of the segment with this slug or id"),
     ] = None,
     where: Annotated[
         str | None,
@@ -534,8 +532,13 @@ def search_customers(
         ),
     ] = None,
     sort: Annotated[
-        Sort,
-        Parameter(description=f"one of {', '.join(SORTS)}; prefix `-` for descending (NULLs first)"),
+        str,
+        Parameter(
+            max_length=32,
+            description=f"one of {', '.join(SORTS)}; prefix `-` for descending (NULLs first)",
+            # the core's check (a 422 listing the fields), as an enumeration
+            schema_extra={"enum": [f"{d}{s}" for s in SORTS for d in ("", "-")]},
+        ),
     ] = "id",
     cursor: Annotated[str | None, Parameter(max_length=2000, description="`next_cursor` of the previous page")] = None,
     limit: Annotated[int, Parameter(ge=1, le=1000, description="items per page")] = 50,

@@ -16,11 +16,21 @@ from ecrm_core.errors import BatchError, RowError, ValidationError
 from ecrm_core.validation import check_slug
 from litestar import Response, get, post
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, Parameter
 
 from ..cursors import decode_cursor, encode_cursor
 from ..problems import problem, problem_responses
-from ..types import IDENTITY_PATTERN, CoreSlug, DateTime, Identity, parse_datetime
+from ..types import (
+    IDENTITY_PATTERN,
+    Amount,
+    CoreSlug,
+    Currency,
+    DateTime,
+    IdempotencyKey,
+    Identity,
+    parse_datetime,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
@@ -107,7 +117,16 @@ class InteractionIn(msgspec.Struct, forbid_unknown_fields=True):
                 },
             }
             for name in IDENTITIES
-        ]
+        ],
+        # amount and currency go together (the core's check)
+        "anyOf": [
+            {"title": "no amount", "properties": {"amount": {"type": "null"}, "currency": {"type": "null"}}},
+            {
+                "title": "an amount",
+                "required": ["amount", "currency"],
+                "properties": {"amount": {"not": {"type": "null"}}, "currency": {"not": {"type": "null"}}},
+            },
+        ],
     }
 
     kind: Slug
@@ -118,10 +137,10 @@ class InteractionIn(msgspec.Struct, forbid_unknown_fields=True):
     anonymous_id: Identity | None = None
     channel: Slug | None = None
     occurred_at: AwareTime | None = None
-    amount: Annotated[str, msgspec.Meta(max_length=40)] | float | None = None
-    currency: Annotated[str, msgspec.Meta(max_length=3)] | None = None
+    amount: Amount | None = None
+    currency: Currency | None = None
     properties: dict[str, Any] | None = None
-    idempotency_key: Text200 | None = None
+    idempotency_key: IdempotencyKey | None = None
 
 
 _ROW_FIELDS = InteractionIn.__struct_fields__
@@ -340,7 +359,10 @@ def _merge(pre: list[Rejected], errors: tuple[RowError, ...] | list[RowError], p
     tags=["interactions"],
     sync_to_thread=True,
     status_code=201,
-    responses=problem_responses(404, 409),
+    responses={
+        200: ResponseSpec(data_container=InteractionOut, description="An idempotent retry: the stored interaction"),
+        **problem_responses(404, 409),
+    },
 )
 def create_interaction(
     data: JSONBody[InteractionIn], crm: NamedDependency[CRM], api: NamedDependency[ApiState]
