@@ -69,13 +69,9 @@ def test_api_conforms_to_its_openapi_document(api_crm, live_api_factory, tmp_pat
         f"Authorization: Bearer {token}",
         "--request-timeout",
         "30",
-        "--report",
-        "junit",
-        "--report-dir",
-        str(tmp_path),
     ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS), "NO_COLOR": "1", "COLUMNS": "200"}
     run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1500, cwd=tmp_path)
     output = run.stdout + run.stderr
-    assert "positive_data_acceptance_or_semantic" in (tmp_path / "junit.xml").read_text() or "Selected" in output
+    assert "52 selected" in output or "selected / " in output, output[-5000:]
     assert run.returncode == 0, output[-20000:]
