@@ -48,6 +48,9 @@ async def check_body(request: Request[Any, Any, Any], struct: type[msgspec.Struc
             detail=f"body{'.' + key if key else ''}: {problem}",
             extra=[{"key": key, "message": problem, "source": "body"}],
         ) from None
+    # A batch lists each bad item itself (one bad item must not hide the others).
+    if getattr(struct, "per_item_errors", False):
+        return
     if b"\\u0000" in raw or _has_big_int(raw):
         _check_values(doc)
 

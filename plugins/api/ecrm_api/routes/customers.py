@@ -32,9 +32,9 @@ from ..types import (
     IDENTITY_PATTERN,
     MAX_ID,
     SLUG_PATTERN,
-    CoreSlug,
     DateTime,
     Identity,
+    StrictSlug,
     Timezone,
     date_time_param,
     parse_datetime,
@@ -73,7 +73,7 @@ Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
 Text200 = Annotated[str, msgspec.Meta(max_length=200)]
 Email = Annotated[str, msgspec.Meta(max_length=320)]
 Phone = Annotated[str, msgspec.Meta(max_length=64)]
-Slug = CoreSlug
+Slug = StrictSlug
 Locale = Annotated[str, msgspec.Meta(max_length=35)]
 Source = Annotated[str, msgspec.Meta(max_length=500)]
 CreatedAfter = date_time_param("created after")
@@ -670,9 +670,14 @@ def add_alias(crm: NamedDependency[CRM], customer_id: PathId, data: JSONBody[Ali
 def remove_alias(
     crm: NamedDependency[CRM],
     customer_id: PathId,
-    kind: Annotated[str, Parameter(max_length=64, pattern=SLUG_PATTERN, description="the alias kind")],
+    kind: Annotated[
+        str, Parameter(max_length=64, description="the alias kind", schema_extra={"pattern": SLUG_PATTERN})
+    ],
     value: Annotated[
-        str, Parameter(max_length=200, pattern=IDENTITY_PATTERN, description="the alias value (URL-encoded)")
+        str,
+        Parameter(
+            max_length=200, description="the alias value (URL-encoded)", schema_extra={"pattern": IDENTITY_PATTERN}
+        ),
     ],
 ) -> None:
     """Forget one identity of the customer (204).

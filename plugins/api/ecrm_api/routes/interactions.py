@@ -132,8 +132,8 @@ class InteractionIn(msgspec.Struct, forbid_unknown_fields=True):
     kind: Slug
     customer_id: Id | None = None
     external_id: Identity | None = None
-    email: Annotated[str, msgspec.Meta(max_length=320, pattern=IDENTITY_PATTERN)] | None = None
-    phone: Annotated[str, msgspec.Meta(max_length=64, pattern=IDENTITY_PATTERN)] | None = None
+    email: Annotated[str, msgspec.Meta(max_length=320, extra_json_schema={"pattern": IDENTITY_PATTERN})] | None = None
+    phone: Annotated[str, msgspec.Meta(max_length=64, extra_json_schema={"pattern": IDENTITY_PATTERN})] | None = None
     anonymous_id: Identity | None = None
     channel: Slug | None = None
     occurred_at: AwareTime | None = None
@@ -163,6 +163,9 @@ class InteractionOut(msgspec.Struct):
 
 class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
     """Up to 10,000 interactions, stored in one transaction."""
+
+    #: The handler reports each bad item (ecrm_api.bodies checks types only).
+    per_item_errors: ClassVar[bool] = True
 
     # The handler checks the count (a 422 naming body.items, not msgspec's 400).
     items: Annotated[list[InteractionIn], msgspec.Meta(extra_json_schema={"maxItems": MAX_BATCH})]

@@ -46,7 +46,13 @@ assert set(Status.__args__) == set(OFFER_STATUSES)  # type: ignore[attr-defined]
 
 RefParam = Annotated[
     str,
-    Parameter(description="the offer's code, or its id", min_length=1, max_length=64, pattern=REF_PATTERN),
+    Parameter(
+        description="the offer's code, or its id",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z0-9][a-z0-9_.:\-]*$",  # refused at decoding (400); ids out of range: parse_ref (422)
+        schema_extra={"pattern": REF_PATTERN},  # exactly what is taken
+    ),
 ]
 
 
@@ -178,7 +184,10 @@ def active_offers(
     crm: NamedDependency[CRM],
     at: At = None,
     channel: Annotated[
-        str | None, Parameter(max_length=64, pattern=SLUG_PATTERN, description="only offers shown on this channel")
+        str | None,
+        Parameter(
+            max_length=64, description="only offers shown on this channel", schema_extra={"pattern": SLUG_PATTERN}
+        ),
     ] = None,
 ) -> OfferList:
     """Offers live at ``at`` (default now), optionally on ``channel``, highest priority first."""
@@ -248,7 +257,10 @@ def customer_offers(
     crm: NamedDependency[CRM],
     at: At = None,
     channel: Annotated[
-        str | None, Parameter(max_length=64, pattern=SLUG_PATTERN, description="only offers shown on this channel")
+        str | None,
+        Parameter(
+            max_length=64, description="only offers shown on this channel", schema_extra={"pattern": SLUG_PATTERN}
+        ),
     ] = None,
 ) -> OfferList:
     """The live offers this customer is eligible for, highest priority first

@@ -41,7 +41,13 @@ RESERVED = frozenset({"preview"})
 
 RefParam = Annotated[
     str,
-    Parameter(description="the segment's slug, or its id", min_length=1, max_length=64, pattern=REF_PATTERN),
+    Parameter(
+        description="the segment's slug, or its id",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z0-9][a-z0-9_\-]*$",  # refused at decoding (400); ids out of range: parse_ref (422)
+        schema_extra={"pattern": REF_PATTERN},  # exactly what is taken
+    ),
 ]
 
 
