@@ -193,6 +193,65 @@ def _dispatch_worker(url: str, channels: dict, batch_size: int, ready, go, decid
         out.put(sent)
 
 
+def _render_only(n: int, chunk: int, repeat: int) -> None:
+    """Messages/s of the channel's render step alone: what the sandbox costs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    tmp = Path(tempfile.mkdtemp(prefix="ecrm-email-render-"))
+    products = [{"sku": f"sku{k}", "name": f"Product {k}", "price": f"{10 + k}.00"} for k in range(4)]
+    offer = {"code": "spring", "name": "20% off everything"}
+    table = Table(title=f"rendering {n:,} personalised messages (best of {repeat})")
+    table.add_column("isolation")
+    table.add_column("render() per message", justify="right")
+    table.add_column(f"render_many() per {chunk}", justify="right")
+    try:
+        for isolation in ("inline", "process"):
+            channels = {
+                "email": {
+                    "from": "Shop <news@shop.example>",
+                    "base_url": "http://127.0.0.1:8000/crm",
+                    "smtp": {"host": "127.0.0.1", "port": 9},
+                    "isolation": isolation,
+                }
+            }
+            crm = _crm(f"sqlite:///{tmp / (isolation + '.db')}", channels)
+            crm.upgrade()
+            chan = crm.channels.get("email")
+            chan.templates().save("promo", subject="{{ customer.first_name }}, a gift for you", html=HTML, text=TEXT)
+            contexts = [
+                {
+                    "customer": {"id": i + 1, "first_name": f"Customer{i}", "email": f"c{i}@example.com"},
+                    "offer": offer,
+                    "favourite": "tea",
+                    "products": products,
+                    "message": {"id": f"m{i}", "purpose": "marketing", "workspace": "default"},
+                }
+                for i in range(n)
+            ]
+            ids = [f"m{i}" for i in range(n)]
+            chan.render("promo", contexts[0], message_id="warm", purpose="marketing")  # start the sandbox
+            one, many = 0.0, 0.0
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                for ctx, mid in zip(contexts, ids, strict=True):
+                    chan.render("promo", ctx, message_id=mid, purpose="marketing")
+                one = max(one, n / (time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                for k in range(0, n, chunk):
+                    out = chan.render_many(
+                        "promo", contexts[k : k + chunk], message_ids=ids[k : k + chunk], purpose="marketing"
+                    )
+                    assert not any(isinstance(r, Exception) for r in out), out
+                many = max(many, n / (time.perf_counter() - t0))
+            crm.close()
+            table.add_row(isolation, f"{one:,.0f} msg/s", f"{many:,.0f} msg/s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=10_000)
@@ -213,7 +272,16 @@ def main() -> None:
         help="deliver with N worker processes (crm.messages.dispatch in a loop, like `ecrm messages work`) "
         "while the main process decides; 0 (default): send_many, then dispatch, in this process",
     )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="measure rendering alone (no database writes, no SMTP): the e-mail channel's render() per message "
+        "and render_many() per chunk, with isolation 'process' (sandbox processes) and 'inline'",
+    )
     args = parser.parse_args()
+    if args.render_only:
+        _render_only(args.messages, args.chunk_size, args.repeat)
+        return
 
     import multiprocessing
 

@@ -55,6 +55,10 @@ __all__ = [
     "ChannelConfigError",
     "InboundRejected",
     "TemplateError",
+    "MESSAGE_EVENTS",
+    "EVENT_KINDS",
+    "as_template_error",
+    "normalize_address",
     "load_transport",
     "transport_names",
 ]
@@ -77,9 +81,52 @@ class InboundRejected(EcrmError):
         super().__init__(reason)
 
 
+_UNSET: Any = object()
+
+
 class TemplateError(ValidationError):
     """A template failed to parse or render (sandbox violation, undefined value,
-    output too large…).  ``field`` names the template part (``template.html``)."""
+    output too large…).  ``field`` names the template part (``template.html``).
+
+    Two forms::
+
+        TemplateError("the subject is empty")                 # a plain message
+        TemplateError("template.subject", value, "is empty", "write a subject")
+
+    The plain form sets ``field="template"``, ``problem`` to the message and
+    ``fix`` to ``""``; ``str(exc)`` is the message itself.  Both pickle with
+    their fields (a channel may render in another process).
+
+    ``original`` is set by :func:`as_template_error` when the error stands
+    for another exception (a bug in a channel's ``render``): the pipeline
+    reports those as plugin faults, by the original's type.
+    """
+
+    original: BaseException | None = None
+
+    def __init__(self, field: str, value: Any = _UNSET, problem: str | None = None, fix: str | None = None) -> None:
+        if value is _UNSET and problem is None and fix is None:
+            message = str(field)
+            self.field = "template"
+            self.value = None
+            self.problem = message
+            self.fix = ""
+            EcrmError.__init__(self, message)
+            return
+        if problem is None or fix is None:
+            raise TypeError(
+                "TemplateError takes a message, or (field, value, problem, fix): "
+                "e.g. TemplateError('template.subject', value, 'is empty', 'write a subject')"
+            )
+        super().__init__(field, None if value is _UNSET else value, problem, fix)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.field == "template" and self.value is None and self.fix == "" and str(self) == self.problem:
+            return (type(self), (self.problem,))
+        value = self.value
+        if not isinstance(value, str | int | float | bool | type(None)):
+            value = repr(value)[:200]  # anything else may not pickle
+        return (type(self), (self.field, value, self.problem, self.fix))
 
 
 # ---------------------------------------------------------------------------
@@ -201,23 +248,72 @@ class InboundRoute:
     description: str = ""
 
 
+def _text(value: Any) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes | bytearray) else str(value)
+
+
+def _header_map(value: Any) -> Mapping[str, str]:
+    """Headers as given by any framework (a dict, Flask/Werkzeug ``Headers``,
+    Starlette ``Headers``, ``email.message.Message``, a list of pairs, raw ASGI
+    byte pairs) as one ``dict`` with lower-case names.  A header given more than
+    once is joined with ``", "`` (RFC 9110 §5.3), so a duplicated signature
+    header can never be read as the genuine one."""
+    if value is None:
+        return {}
+    items: Any
+    if hasattr(value, "multi_items"):  # litestar, multidicts: every pair, repeats included
+        items = value.multi_items()
+    elif hasattr(value, "items"):
+        items = value.items()  # dict; werkzeug, starlette, email: every (name, value) pair
+    else:
+        items = value
+    out: dict[str, str] = {}
+    for pair in items:
+        name, val = pair
+        key = _text(name).strip().lower()
+        text = _text(val)
+        out[key] = f"{out[key]}, {text}" if key in out else text
+    return out
+
+
+def _plain_map(value: Any) -> Mapping[str, str]:
+    return dict(value or {})
+
+
+def _method(value: Any) -> str:
+    return str(value).upper()
+
+
 @frozen(kw_only=True)
 class InboundRequest:
-    """A framework-neutral HTTP request for :meth:`Channel.handle_inbound`."""
+    """A framework-neutral HTTP request for :meth:`Channel.handle_inbound`.
+
+    * ``route``: the :attr:`InboundRoute.name` that matched (``"click/{token}"``);
+    * ``method``: the HTTP method, upper-case;
+    * ``params``: the route's ``{placeholders}``; ``query``: the query string;
+      ``form``: a url-encoded form body (the host parses it);
+    * ``headers``: any header mapping the host has (a dict, Flask's or
+      Starlette's ``Headers``, a list of pairs); names are made lower-case
+      once, here, so :meth:`header` finds ``X-Signature`` whatever the case
+      the host used;
+    * ``body``: the raw body, for signature checks.
+    """
 
     route: str
-    method: str
-    params: Mapping[str, str] = field(factory=dict)
-    query: Mapping[str, str] = field(factory=dict)
-    headers: Mapping[str, str] = field(factory=dict)  # lower-case names
+    method: str = field(converter=_method)
+    params: Mapping[str, str] = field(factory=dict, converter=_plain_map)
+    query: Mapping[str, str] = field(factory=dict, converter=_plain_map)
+    headers: Mapping[str, str] = field(factory=dict, converter=_header_map)
     body: bytes = b""
-    form: Mapping[str, str] = field(factory=dict)
+    form: Mapping[str, str] = field(factory=dict, converter=_plain_map)
 
     def header(self, name: str, default: str | None = None) -> str | None:
+        """The header ``name`` (any case), or ``default``."""
         return self.headers.get(name.lower(), default)
 
 
-#: Event types a channel reports back (``MessageEvent.type``).
+#: Event types a channel reports back (``MessageEvent.type``).  What the core
+#: does with each is in ``docs/channels.md`` ("Event types").
 EVENT_TYPES = frozenset(
     {
         "delivered",  # the provider confirmed delivery
@@ -232,18 +328,59 @@ EVENT_TYPES = frozenset(
     }
 )
 
+#: Event types that are about one message: applied only when ``message_id``
+#: names a message ecrm sent (an event without one, or naming an unknown one,
+#: is ignored).  The others (``unsubscribed``, ``resubscribed``, ``replied``)
+#: may come without a message and are then matched to a customer through
+#: ``customer_id`` or the customer's stored identities.
+MESSAGE_EVENTS = frozenset({"delivered", "bounced", "soft_bounced", "complained", "opened", "clicked"})
+
+#: The interaction kind each event type puts on the customer's timeline
+#: (``opened`` on the ``email`` channel is ``email_open``).
+EVENT_KINDS: Mapping[str, str] = {
+    "delivered": "message_delivered",
+    "bounced": "bounce",
+    "soft_bounced": "bounce",
+    "complained": "complaint",
+    "unsubscribed": "unsubscribe",
+    "resubscribed": "resubscribe",
+    "opened": "message_opened",
+    "clicked": "click",
+    "replied": "reply",
+}
+
 
 @frozen(kw_only=True)
 class MessageEvent:
     """Something that happened to a sent message, or to an address.
 
-    Identify the message by ``message_id`` (the :attr:`Message.id`) when the
-    provider echoes it, else by ``address`` (a DSN names the recipient).
-    ``workspace`` is needed only when neither the message nor the address
-    tells it (a preference page knows the customer, not a message).
-    ``purpose`` (for ``unsubscribed``/``resubscribed``) is a purpose name, or
-    ``None`` for the whole channel.  ``key`` makes the event idempotent: the
-    same key twice is applied once (a replayed webhook or link).
+    * ``type``: one of :data:`EVENT_TYPES`; ``channel``: the channel's name;
+    * ``message_id``: the :attr:`Message.id` the event is about.  When given,
+      the event is applied only in that message's workspace, to that
+      message's customer, and only if ``address`` (when given) is that
+      message's recipient (compared after :meth:`Channel.normalize_address`)
+      and ``customer_id``/``workspace`` (when given) agree; an unknown id is
+      ignored.  The types in :data:`MESSAGE_EVENTS` need it;
+    * ``address``: the recipient the provider names (a DSN's
+      ``Final-Recipient``, the number a STOP came from).  Without a message,
+      the customer is found through the channel's stored identities
+      (:attr:`~ecrm_core.registry.ChannelSpec.identities`), then through the
+      latest message sent to that address, in the event's workspace;
+    * ``customer_id``: when the channel knows the customer (a signed
+      preference-page token); ``workspace``: the workspace to act in when no
+      message tells it (default: the customer's own, else the workspace of
+      the view applying the event);
+    * ``purpose`` (``unsubscribed``/``resubscribed``): a purpose name, or
+      ``None`` for the whole channel;
+    * ``occurred_at``: when it happened (default: now); ``url``: the link
+      clicked; ``detail``: the provider's words (``550 5.1.1 …``), kept on the
+      timeline and in a suppression's ``detail``; ``properties``: more plain
+      data for the timeline;
+    * ``key``: makes the event idempotent: the same key twice is applied once
+      (a replayed webhook or link).
+
+    What is ignored is logged with the reason and reported by
+    :meth:`~ecrm_core.services.messages.Messages.apply` (never raised).
     """
 
     type: str
@@ -266,7 +403,13 @@ class MessageEvent:
 
 @frozen(kw_only=True)
 class InboundResponse:
-    """What to answer an inbound request with, and the events it carries."""
+    """What to answer an inbound request with, and the events it carries.
+
+    ``status``, ``body``, ``content_type`` and ``headers`` are the HTTP
+    answer (the host sends them as they are); ``events`` are the
+    :class:`MessageEvent` objects the core applies after the handler returns
+    (:meth:`redirect` answers ``303`` with a ``location``).
+    """
 
     status: int = 200
     body: bytes | str = b""
@@ -439,6 +582,44 @@ class Channel:
             "template", template, f"channel {self.name!r} does not render templates", "pass Content(...) instead"
         )
 
+    def render_many(
+        self,
+        template: Any,
+        contexts: Sequence[Mapping[str, Any]],
+        *,
+        message_ids: Sequence[str],
+        purpose: str,
+    ) -> list[Content | TemplateError]:
+        """Render ``template`` once per context: one result per context, in order.
+
+        The pipeline calls this once per chunk of a send.  A context that
+        cannot be rendered gets a :class:`TemplateError` *in its place* (never
+        raised), so one customer's data cannot stop the others.  The default
+        calls :meth:`render` for each; any other exception it raises is
+        converted to a ``TemplateError`` whose ``__cause__`` is the original
+        (the pipeline then reports it as a plugin fault, naming its type).
+        Override it to render a chunk at once (in a worker process, say),
+        keeping this signature and contract.
+        """
+        if len(contexts) != len(message_ids):
+            raise ValueError("render_many: one message id per context")
+        out: list[Content | TemplateError] = []
+        for context, message_id in zip(contexts, message_ids, strict=True):
+            try:
+                out.append(self.render(template, context, message_id=message_id, purpose=purpose))
+            except TemplateError as exc:
+                out.append(exc)
+            except Exception as exc:
+                out.append(as_template_error(exc))
+        return out
+
+    def normalize_address(self, address: str) -> str:
+        """``address`` in the form the channel compares addresses in (an
+        inbound event's address against a message's recipient).  The default
+        (:func:`normalize_address`): surrounding white space removed, an
+        address with ``@`` lower-cased, a phone number in E.164 form."""
+        return normalize_address(address)
+
     def send(self, message: Message) -> DeliveryResult:
         """Send one message and classify the outcome.  Must not raise for
         provider failures (return ``deferred``/``rejected``); an exception is
@@ -462,6 +643,40 @@ class Channel:
 
     def close(self) -> None:
         """Release connections (called by ``crm.close()``)."""
+
+
+def as_template_error(exc: BaseException) -> TemplateError:
+    """``exc`` as a :class:`TemplateError` (itself if it is one).  An ecrm error
+    keeps its message; anything else is named by its type.  ``__cause__`` is
+    the original exception, traceback included."""
+    if isinstance(exc, TemplateError):
+        return exc
+    if isinstance(exc, EcrmError):
+        err = TemplateError(str(exc))
+    else:
+        text = str(exc)
+        err = TemplateError(f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__)
+    err.__cause__ = exc
+    if not isinstance(exc, EcrmError):
+        err.original = exc
+    return err
+
+
+def normalize_address(address: str) -> str:
+    """The default :meth:`Channel.normalize_address`: white space stripped;
+    an address with ``@`` lower-cased; something that parses as a phone
+    number in E.164 form (``+14155550101``); anything else as it is."""
+    text = str(address).strip()
+    if "@" in text:
+        return text.lower()
+    if text and len(text) <= 40 and all(ch.isdigit() or ch in "+-. ()" for ch in text):
+        from .domain import Alias
+
+        try:
+            return Alias("phone", text).value
+        except (EcrmError, ValueError):
+            return text
+    return text
 
 
 # ---------------------------------------------------------------------------

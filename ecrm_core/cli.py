@@ -157,6 +157,7 @@ Quick start:
   ecrm segments preview 'purchase.count(90d) >= 3'   # who matches a rule
   ecrm lifecycle show                         # customers per lifecycle stage
   ecrm demo                                   # a sample shop to explore
+  ecrm worker                                 # run delivery, refreshes and plugin jobs
   ecrm --db postgresql+psycopg://u@host/crm db status
 
 Options can also come from the environment: ECRM_DATABASE_URL, ECRM_TABLE_PREFIX,
@@ -244,6 +245,9 @@ def make_cli(plugins: Sequence[Any] = (), *, entrypoints: bool = True) -> click.
     from .cli_messages import messages_group
 
     cli.add_command(messages_group())
+    from .cli_worker import worker_group
+
+    cli.add_command(worker_group())
 
     builtins = dict(cli.commands)
     manager.collect("ecrm_register_commands", cli=cli)

@@ -152,7 +152,11 @@ def dispatch_cmd(state: State, channel: str | None, limit: int | None, batch_siz
 @click.option("--batch-size", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @pass_state
 def work_cmd(state: State, channel: str | None, poll: float, batch_size: int) -> None:
-    """Run the delivery worker until Ctrl-C or SIGTERM (several may run at once)."""
+    """Run the delivery loop alone until Ctrl-C or SIGTERM (several may run at once).
+
+    `ecrm worker --jobs messages.deliver` does the same work as a job of the one
+    worker; `ecrm worker` runs it together with every other job.
+    """
     crm = state.crm()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

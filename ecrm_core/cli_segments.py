@@ -65,6 +65,8 @@ def _segment_row(seg: Segment) -> dict[str, Any]:
         "members": seg.member_count,
         "rule": seg.text,
         "refreshed_at": seg.refreshed_at.isoformat() if seg.refreshed_at else None,
+        "error": seg.error,
+        "error_at": seg.error_at.isoformat() if seg.error_at else None,
     }
 
 
@@ -126,7 +128,7 @@ def seg_list(state: State, as_json: bool) -> None:
     table = Table("slug", "name", "kind", "members", "rule", "refreshed")
     for s in segments:
         table.add_row(
-            s.slug,
+            f"[red]✗[/] {s.slug}" if s.error else s.slug,
             s.name,
             s.kind,
             f"{s.member_count:,}",
@@ -134,6 +136,19 @@ def seg_list(state: State, as_json: bool) -> None:
             s.refreshed_at.strftime("%Y-%m-%d %H:%M") if s.refreshed_at else "never",
         )
     state.out.print(table)
+    for s in segments:
+        if s.error:
+            _print_failure(state, s.slug, s.error, s.error_at)
+
+
+def _print_failure(state: State, slug: str, error: str, when: Any = None) -> None:
+    from rich.markup import escape
+
+    at = f" (since {when:%Y-%m-%d %H:%M})" if when is not None else ""
+    state.out.print(
+        f"[red]✗ FAILED[/] {escape(slug)}{at}: {escape(error)}\n"
+        "  refreshes skip it and keep its last members; fix or delete its rule"
+    )
 
 
 @click.command(
@@ -294,7 +309,12 @@ def seg_refresh(state: State, slug: str | None, customers: str | None) -> None:
     state.out.print(
         f"refreshed {scope} in {report.seconds:.2f}s: {report.entered:,} entered, {report.exited:,} exited, "
         f"{report.stage_changes:,} lifecycle stage changes"
+        + (f", {len(report.failed)} failed" if report.failed else "")
     )
+    for f in report.failed:
+        _print_failure(state, f.slug, f.error)
+    if report.failed:  # the others were refreshed; cron still sees the failure
+        click.get_current_context().exit(1)
 
 
 @click.command(
@@ -364,7 +384,11 @@ def seg_show(state: State, slug: str) -> None:
     seg = state.crm().segments.get(slug)
     row = _segment_row(seg)
     for key, value in row.items():
+        if key in ("error", "error_at") and value is None:
+            continue
         state.out.print(f"[bold]{key:>12}[/]  {value if value is not None else ''}")
+    if seg.error:
+        _print_failure(state, seg.slug, seg.error, seg.error_at)
 
 
 @click.command("delete", context_settings=CONTEXT_SETTINGS, help="Delete segment SLUG and its membership.")

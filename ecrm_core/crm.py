@@ -46,6 +46,7 @@ class _Shared:
         self.signer: Any = None  # signing.Signer, made on first use
         self.channel_config: dict[str, dict[str, Any]] = {}
         self.channels: dict[str, Any] = {}  # name -> Channel, built on first use
+        self.root_workspace: str | None = None  # the workspace the CRM was built for (channels' view)
 
 
 class CRM:
@@ -119,6 +120,7 @@ class CRM:
         self._shared.secret = secret
         self._shared.channel_config = _channel_config(channels)
         self.workspace = check_slug(workspace, "workspace", "workspace id")
+        self._shared.root_workspace = self.workspace
         self._build_services()
         self._shared.registry = self._collect_registry()
         self._add_plugin_tables()
@@ -252,6 +254,7 @@ class CRM:
             routes=tuple(routes),
             migrations=migrations,
             purposes=by_name("ecrm_register_message_purposes", "message purpose"),
+            jobs=by_name("ecrm_register_jobs", "job"),
         )
 
     def check_kind(self, kind: Any, field: str = "kind") -> str:

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
+from types import MappingProxyType
 from typing import Any, Literal
 
 import attrs
@@ -65,7 +66,13 @@ def _opt(fn: Any, name: str, **kw: Any) -> Any:
 
 def _json_mapping(name: str) -> Any:
     def convert(value: Any) -> Mapping[str, Any]:
-        properties_json(value, name)  # validates: JSON types, size
+        if type(value) is MappingProxyType:
+            # A domain object's own frozen value (attrs.evolve passes it on) or
+            # data read back from storage: checked when it was written, and a
+            # rule made stricter later must not make stored customers unreadable
+            # or their other fields unchangeable.
+            return value
+        properties_json(value, name)  # validates: JSON types and values, depth, keys, size
         return freeze(dict(value or {}))  # type: ignore[no-any-return]
 
     return convert

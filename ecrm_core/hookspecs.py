@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
         ChannelSpec,
         ConditionType,
         InteractionKind,
+        JobSpec,
         LifecycleStage,
         MigrationSource,
         StrategySpec,
@@ -62,7 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 #: The hook API version this core implements (``major.minor``).  Minor
 #: versions only add hooks or arguments; a major version removes or changes.
-HOOK_API_VERSION = "1.2"
+HOOK_API_VERSION = "1.3"
 
 hookspec = pluggy.HookspecMarker("ecrm")
 hookimpl = pluggy.HookimplMarker("ecrm")
@@ -190,6 +191,31 @@ def ecrm_register_admin_pages(crm: CRM) -> Sequence[AdminPage] | None:
     :return: a list of :class:`~ecrm_core.registry.AdminPage`.
 
     .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_register_jobs(crm: CRM) -> Sequence[JobSpec] | None:
+    """Kinds of job that ``ecrm worker`` runs: delivery, campaign steps,
+    ingest processing, scheduled refreshes…
+
+    :param crm: the CRM being built.
+    :return: a list of :class:`~ecrm_core.registry.JobSpec`: a dotted
+        ``name`` (``"<plugin>.<what>"``), a ``tick(ctx)`` callable that does
+        one bounded, crash-safe unit of work and returns a
+        :class:`~ecrm_core.registry.JobResult`, its ``scope`` (per workspace
+        or global), its idle interval ``every`` and whether it is
+        ``exclusive`` (at most one tick per workspace across all workers,
+        enforced with a lease row in the database).
+
+    The core registers ``messages.deliver`` and ``segments.refresh`` from
+    the default plugin ``core.jobs``.  The executor that runs the ticks is a
+    driver (``ecrm.executors``, default ``inprocess``); a tick receives all
+    it may depend on in its :class:`~ecrm_core.registry.JobContext` and
+    keeps no state in the process, so a distributed executor can run
+    consecutive ticks anywhere.
+
+    .. versionadded:: 1.3
     """
 
 

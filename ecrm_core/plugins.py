@@ -49,6 +49,7 @@ DEFAULT_PLUGINS = (
     ("core.lifecycle", "ecrm_core.default_plugins.lifecycle"),
     ("core.segments", "ecrm_core.default_plugins.segments"),
     ("core.messages", "ecrm_core.default_plugins.messages"),
+    ("core.jobs", "ecrm_core.default_plugins.jobs"),
 )
 
 ISOLATED_HOOKS = (

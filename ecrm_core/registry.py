@@ -11,11 +11,14 @@ it, so an error or a listing can say where a thing came from.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
 from typing import Any, Literal
 
 from attrs import field, frozen
 
+from .errors import ValidationError
 from .validation import check_slug
 
 __all__ = [
@@ -27,6 +30,9 @@ __all__ = [
     "StrategySpec",
     "AdminPage",
     "MigrationSource",
+    "JobSpec",
+    "JobResult",
+    "JobContext",
     "Registry",
 ]
 
@@ -89,6 +95,14 @@ class AttributeDef:
     plugin: str | None = None
 
 
+def _identity_kinds(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = (value,)
+    return tuple(check_slug(v, "identities", "identity kind") for v in value)
+
+
 @frozen(kw_only=True)
 class ChannelSpec:
     """A channel (email, sms, social, loyalty…).
@@ -96,6 +110,15 @@ class ChannelSpec:
     ``factory(crm)`` builds the channel object once per CRM; its interface is
     defined by the channel API.  ``capabilities`` are free-form flags
     (``templates``, ``receipts``, ``inbound``) the delivery pipeline reads.
+
+    ``identities``: the identity (alias) kinds that hold this channel's
+    addresses, so that an inbound event naming only an address (a STOP
+    reply from a number never texted) finds its customer through stored
+    identities: e.g. ``("phone",)`` for SMS, ``("push_token",)`` for a
+    channel addressing customers by an alias of its own.  ``None`` (the
+    default): an address containing ``@`` is looked up as an ``email``
+    identity, any other as a ``phone`` identity.  ``()``: no identity
+    lookup (only earlier messages to that address are used).
     """
 
     name: str = field(converter=_slug("channel name"))
@@ -103,6 +126,7 @@ class ChannelSpec:
     capabilities: frozenset[str] = field(factory=frozenset, converter=_strings)
     description: str = ""
     plugin: str | None = None
+    identities: tuple[str, ...] | None = field(default=None, converter=_identity_kinds)
 
 
 @frozen(kw_only=True)
@@ -174,6 +198,128 @@ class MigrationSource:
     plugin: str | None = None
 
 
+_JOB_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+
+
+def _job_name(value: Any) -> str:
+    if not isinstance(value, str) or not _JOB_NAME.match(value) or len(value) > 64:
+        raise ValidationError(
+            "name",
+            value,
+            "not a valid job name",
+            "use a dotted name of lower-case parts, '<plugin>.<what>' (max 64 chars), e.g. 'messages.deliver'",
+        )
+    return value
+
+
+def _seconds(field_name: str, minimum: float) -> Callable[[Any], float]:
+    def convert(value: Any) -> float:
+        if isinstance(value, timedelta):
+            value = value.total_seconds()
+        if isinstance(value, bool) or not isinstance(value, int | float) or not minimum <= value <= 366 * 86400:
+            raise ValidationError(
+                field_name, value, f"not a duration between {minimum} s and a year", "pass seconds or a timedelta"
+            )
+        return float(value)
+
+    return convert
+
+
+@frozen(kw_only=True)
+class JobResult:
+    """What one tick of a job did (returned by :attr:`JobSpec.tick`).
+
+    ``done``: how many items the tick handled (messages sent, customers
+    refreshed…); ``more``: work is still pending *now*, so the worker ticks
+    the job again at once instead of waiting its interval; ``delay``: run the
+    next tick after this many seconds instead of the job's ``every`` (a hint:
+    e.g. the next message is due in 40 s); ``message``: a short line for
+    ``ecrm worker status``.
+    """
+
+    done: int = 0
+    more: bool = False
+    delay: float | None = None
+    message: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self.done, bool) or not isinstance(self.done, int) or self.done < 0:
+            raise ValidationError("done", self.done, "not a count", "return JobResult(done=<int >= 0>)")
+        if self.delay is not None and (isinstance(self.delay, bool) or not 0 <= self.delay <= 366 * 86400):
+            raise ValidationError("delay", self.delay, "not a delay in seconds", "use 0 .. one year, or None")
+
+
+@frozen(kw_only=True)
+class JobContext:
+    """What a tick is given: everything it may depend on.
+
+    A tick must not keep state in the process between calls (a distributed
+    executor runs consecutive ticks in different processes): what it needs
+    to remember belongs in the database.
+
+    ``crm``: the CRM in the tick's workspace (for a ``global`` job, the
+    CRM's default workspace); ``workspace``: that workspace, or ``None`` for
+    a global job; ``job``: the :class:`JobSpec`; ``stopping()``: true once
+    the worker was asked to stop — a long tick should return early (its work
+    so far committed) when it turns true.
+    """
+
+    crm: Any
+    job: JobSpec
+    workspace: str | None
+    stopping: Callable[[], bool] = lambda: False
+
+
+JobScope = Literal["workspace", "global"]
+
+
+@frozen(kw_only=True)
+class JobSpec:
+    """A kind of job that ``ecrm worker`` runs (``messages.deliver``, ``segments.refresh``…).
+
+    ``tick(ctx)`` does one bounded, crash-safe unit of work and returns a
+    :class:`JobResult` (or ``None`` for "nothing done").  It receives a
+    :class:`JobContext`.  Crash-safe means: if the process dies in the
+    middle, whatever the tick committed stays right and the next tick (in any
+    worker) finishes the rest.
+
+    * ``scope``: ``"workspace"`` (the default) — ticked once per workspace the
+      worker serves, with a CRM in that workspace; ``"global"`` — ticked once
+      for the whole database.
+    * ``every``: seconds (or a :class:`~datetime.timedelta`) between ticks
+      while the job is idle; a tick that returns ``more=True`` is followed
+      at once by the next.
+    * ``exclusive``: at most one tick of the job per workspace at a time
+      across *all* worker processes — the core takes a lease row in the
+      database before the tick and releases it after; the schedule
+      (``every``) is then shared by all workers too (a refresh every 15
+      minutes runs once per 15 minutes, not once per worker).  Otherwise the
+      tick must be safe to run concurrently with itself (claim rows with a
+      lease or ``SKIP LOCKED``, as the delivery pipeline does).
+    * ``lease``: seconds an exclusive tick may run before another worker may
+      consider its worker dead and take over; the worker renews it while the
+      tick runs, so it only expires when the process is gone.
+    * ``max_backoff``: after failures the job waits 2, 4, 8… seconds, at
+      most this long (and at least ``every``), before it is tried again.
+    """
+
+    name: str = field(converter=_job_name)
+    tick: Callable[[JobContext], JobResult | None]
+    scope: JobScope = "workspace"
+    every: float = field(default=60.0, converter=_seconds("every", 0.01))
+    exclusive: bool = False
+    lease: float = field(default=300.0, converter=_seconds("lease", 1.0))
+    max_backoff: float = field(default=600.0, converter=_seconds("max_backoff", 0.01))
+    description: str = ""
+    plugin: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.scope not in ("workspace", "global"):
+            raise ValidationError("scope", self.scope, "not a job scope", "use 'workspace' or 'global'")
+        if not callable(self.tick):
+            raise ValidationError("tick", self.tick, "not callable", "pass a function tick(ctx) -> JobResult")
+
+
 @frozen
 class Registry:
     """Everything the loaded plugins registered, by kind then name."""
@@ -189,3 +335,5 @@ class Registry:
     migrations: Mapping[str, MigrationSource]
     #: :class:`~ecrm_core.channels.Purpose` objects, by name (hook API 1.1).
     purposes: Mapping[str, Any] = field(factory=dict)
+    #: :class:`JobSpec` objects, by name (hook API 1.3).
+    jobs: Mapping[str, JobSpec] = field(factory=dict)

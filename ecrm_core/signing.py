@@ -68,6 +68,37 @@ class Signer:
         token: str = self._serializer(purpose).dumps(payload)
         return token
 
+    def mac(self, purpose: str, data: str, *, size: int = 10) -> str:
+        """A short MAC of ``data`` for ``purpose``: ``size`` bytes of
+        HMAC-SHA256 with the newest secret, as lower-case base32 (16
+        characters for the default 10 bytes, 80 bits).
+
+        For places a :meth:`sign` token does not fit, such as the local part
+        of an e-mail address (64 characters, case-insensitive); check it with
+        :meth:`check_mac`, which accepts every configured secret, so rotating
+        secrets keeps older MACs valid.
+        """
+        return self._mac(self._keys[-1], purpose, data, size)
+
+    def check_mac(self, purpose: str, data: str, mac: str) -> bool:
+        """Whether ``mac`` is :meth:`mac` of ``data`` for ``purpose`` under
+        any configured secret (compared in constant time)."""
+        import hmac
+
+        if not isinstance(mac, str) or not mac or len(mac) > 128:
+            return False
+        size = len(mac) * 5 // 8
+        return any(hmac.compare_digest(self._mac(k, purpose, data, size), mac.lower()) for k in self._keys)
+
+    @staticmethod
+    def _mac(key: str | bytes, purpose: str, data: str, size: int) -> str:
+        import base64
+        import hmac
+
+        raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+        digest = hmac.new(raw, f"ecrm:{purpose}:{data}".encode(), _sha256()).digest()
+        return base64.b32encode(digest[:size]).decode("ascii").rstrip("=").lower()
+
     def verify(self, purpose: str, token: str, *, max_age: float | None = None) -> Any:
         """The payload of a token signed for ``purpose``.
 

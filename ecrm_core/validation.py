@@ -22,6 +22,20 @@ from .errors import ValidationError
 
 __all__ = [
     "MAX_PROPERTIES_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_JSON_KEYS",
+    "MAX_KEY_LENGTH",
+    "MIN_INT",
+    "MAX_INT",
+    "MIN_YEAR",
+    "MAX_YEAR",
+    "SLUG_PATTERN",
+    "MAX_SLUG_LENGTH",
+    "currencies",
+    "TEXT_PATTERN",
+    "KEY_PATTERN",
+    "check_json",
+    "check_string",
     "normalize_email",
     "normalize_phone",
     "aware_datetime",
@@ -39,13 +53,30 @@ __all__ = [
 #: Largest accepted JSON encoding of an interaction's or customer's free-form
 #: properties/attributes, in bytes.  Bigger blobs belong in the host's store.
 MAX_PROPERTIES_BYTES = 16 * 1024
+#: Deepest nesting of objects and lists accepted in free-form JSON data
+#: (``{"a": {"b": 1}}`` is 2 deep).
+MAX_JSON_DEPTH = 32
+#: Most keys accepted in one free-form JSON value, counted at every level.
+MAX_JSON_KEYS = 1000
+#: Longest key (in characters) accepted in free-form JSON data.
+MAX_KEY_LENGTH = 256
+#: Integers in free-form JSON data must fit a signed 64-bit integer (what
+#: PostgreSQL's ``jsonb`` numbers compare exactly and SQLite's JSON functions
+#: read back as integers).  Bigger numbers belong in strings.
+MIN_INT, MAX_INT = -(2**63), 2**63 - 1
 
-_MIN_YEAR, _MAX_YEAR = 1900, 2200
+#: Years accepted in a time (a time outside is a clock or unit mistake).
+MIN_YEAR, MAX_YEAR = 1900, 2200
+_MIN_YEAR, _MAX_YEAR = MIN_YEAR, MAX_YEAR
 # Amounts must round-trip exactly through every backend, SQLite's REAL
 # included (15 significant digits): at most 4 decimals, below 10^11.
 _MAX_AMOUNT = Decimal("1e11")
 _AMOUNT_DECIMALS = 4
-_SLUG = re.compile(r"^[a-z][a-z0-9_]*(?:[.:-][a-z0-9_]+)*$")
+#: A slug (interaction kinds, channels, stages, offer codes): ``purchase``,
+#: ``email_open``, ``external:erp``; at most :data:`MAX_SLUG_LENGTH` characters.
+SLUG_PATTERN = r"^[a-z][a-z0-9_]*(?:[.:-][a-z0-9_]+)*$"
+MAX_SLUG_LENGTH = 64
+_SLUG = re.compile(SLUG_PATTERN)
 
 
 def normalize_email(value: Any, field: str = "email") -> str:
@@ -156,7 +187,8 @@ def check_amount(value: Any, field: str = "amount") -> Decimal:
 
 
 @lru_cache(maxsize=1)
-def _currencies() -> frozenset[str]:
+def currencies() -> frozenset[str]:
+    """The ISO 4217 codes :func:`check_currency` accepts (upper case; it also takes them in lower case)."""
     import pycountry
 
     return frozenset(c.alpha_3 for c in pycountry.currencies)
@@ -164,7 +196,7 @@ def _currencies() -> frozenset[str]:
 
 def check_currency(value: Any, field: str = "currency") -> str:
     """Return the upper-cased ISO 4217 code or raise."""
-    if not isinstance(value, str) or value.upper() not in _currencies():
+    if not isinstance(value, str) or value.upper() not in currencies():
         raise ValidationError(
             field, value, "unknown currency code", "send an ISO 4217 code such as 'USD', 'EUR' or 'KRW'"
         )
@@ -222,11 +254,173 @@ def _make_encode() -> Callable[[Any], str]:
 _encode_mapping = _make_encode()
 
 
+# C0 control characters a text value may not hold (tab, line feed and
+# carriage return are text); a key may hold none of them.
+_VALUE_CONTROLS = r"\x00-\x08\x0b\x0c\x0e-\x1f"
+_KEY_CONTROLS = r"\x00-\x1f"
+_SURROGATES = r"\ud800-\udfff"
+#: What :func:`check_string` admits, as a regular expression (the same in
+#: Python and ECMAScript): no C0 control character but tab, line feed and
+#: carriage return, no lone surrogate.
+TEXT_PATTERN = f"^[^{_VALUE_CONTROLS}{_SURROGATES}]*$"
+#: What a key of free-form JSON data may hold (no control character at all).
+KEY_PATTERN = f"^[^{_KEY_CONTROLS}{_SURROGATES}]*$"
+_BAD_VALUE_CHARS = re.compile(f"[{_VALUE_CONTROLS}]")
+_BAD_KEY_CHARS = re.compile(f"[{_KEY_CONTROLS}]")
+_SURROGATE = re.compile(f"[{_SURROGATES}]")
+_PLAIN_KEY = re.compile(r"[A-Za-z_$][A-Za-z0-9_$-]{0,63}")
+# In canonical JSON text (see properties_json): an integer of 19 or more
+# digits (maybe beyond 64 bits; a float's repr has at most 17 digits).
+_LONG_DIGITS = re.compile(r"\d{19}")
+# The encoder writes a control character as \u00XX (\b and \f short): such
+# an escape after an even run of backslashes is a refused character.
+_BAD_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\(?:u00[01][0-9a-f]|[bf])")
+# A key holding an escaped tab, line feed or carriage return (allowed in
+# values): a string followed by ':' -- a false match only costs the walk.
+_KEY_ESCAPE = re.compile(r'"(?:[^"\\]|\\.)*?\\[ntr](?:[^"\\]|\\.)*":')
+# A key of more than MAX_KEY_LENGTH characters: as many text units (a
+# character, or an escape) between its quotes at least.
+_LONG_KEY = re.compile(f'"(?:[^"\\\\]|\\\\.){{{MAX_KEY_LENGTH + 1},}}":')
+
+
+def _char_problem(text: str, *, key: bool) -> str | None:
+    """What is wrong with the characters of ``text`` (``None``: nothing)."""
+    bad = (_BAD_KEY_CHARS if key else _BAD_VALUE_CHARS).search(text)
+    if bad is not None:
+        ch = bad.group()
+        return "contains a NUL character" if ch == "\x00" else f"contains the control character U+{ord(ch):04X}"
+    if not text.isascii() and _SURROGATE.search(text):
+        return "contains a lone surrogate (not valid Unicode)"
+    return None
+
+
+def check_string(value: str, field: str) -> str:
+    """Return ``value`` or raise: no NUL or other C0 control character except
+    tab, line feed and carriage return, no lone surrogate.
+
+    The policy for every text ecrm stores: PostgreSQL refuses NUL in text and
+    ``jsonb``, SQLite's JSON functions stop at it (``"a<NUL>b"`` would match
+    ``"a"``), and a lone surrogate is not Unicode (it cannot be encoded as UTF-8).
+    """
+    problem = _char_problem(value, key=False)
+    if problem is not None:
+        raise ValidationError(field, value, problem, _CHAR_FIX)
+    return value
+
+
+_CHAR_FIX = "send printable Unicode text (tab, line feed and carriage return are allowed in values, not in keys)"
+
+
+def _child(path: str, key: str) -> str:
+    if _PLAIN_KEY.fullmatch(key):
+        return f"{path}.{key}"
+    # Keys that are not plain names are quoted as JSON (control characters
+    # escaped, long keys cut): the path stays one printable line.
+    shown = key if len(key) <= 64 else key[:61] + "..."
+    return f"{path}[{json.dumps(shown)}]"
+
+
+#: Longest field path an error names: a deeper path keeps its start and end.
+MAX_PATH_LENGTH = 300
+
+
+def _short_path(path: str) -> str:
+    if len(path) <= MAX_PATH_LENGTH:
+        return path
+    return f"{path[:150]}...{path[-(MAX_PATH_LENGTH - 153) :]}"
+
+
+def check_json(value: Any, field: str = "properties", *, limits: bool = True) -> None:
+    """Raise :class:`~ecrm_core.errors.ValidationError` for the first value of
+    free-form JSON data ``value`` that ecrm does not store, naming its path
+    (``properties.items[2].sku``).
+
+    The rules, the same for every way data enters (Python API, REST, the
+    tracking routes, file imports): objects with string keys, lists, strings,
+    booleans, ``null``, integers within :data:`MIN_INT`..:data:`MAX_INT` and
+    finite floats; strings and keys as :func:`check_string` says (keys allow no
+    control character at all) and keys of at most :data:`MAX_KEY_LENGTH`
+    characters; nesting at most :data:`MAX_JSON_DEPTH` deep and at most
+    :data:`MAX_JSON_KEYS` keys in all.  (The encoded size is checked by
+    :func:`properties_json`.)  Iterative: no nesting can exhaust the stack.
+
+    ``limits=False`` checks the values only (characters, integers, finite
+    numbers, string keys), not depth, key count or key length: for a whole
+    request body, whose free-form parts are checked again with the limits.
+    """
+    keys = 0
+    stack: list[tuple[Any, str, int]] = [(value, field, 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        kind = type(node)
+        if kind is str:
+            problem = _char_problem(node, key=False)
+            if problem is not None:
+                raise ValidationError(_short_path(path), node, problem, _CHAR_FIX)
+        elif node is None or kind is bool:
+            continue
+        elif isinstance(node, int) and not isinstance(node, bool):
+            if not MIN_INT <= node <= MAX_INT:
+                raise ValidationError(
+                    _short_path(path),
+                    f"<{len(str(abs(node)))}-digit integer>" if abs(node) > 10**40 else node,
+                    "integer outside the signed 64-bit range (-2^63 .. 2^63-1)",
+                    "send big numbers as strings",
+                )
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                raise ValidationError(_short_path(path), node, "not a finite number", "send a real number, or null")
+        elif isinstance(node, str):  # a str subclass
+            stack.append((str(node), path, depth))
+        elif isinstance(node, (Mapping, list, tuple)):
+            if limits and depth >= MAX_JSON_DEPTH:
+                raise ValidationError(
+                    _short_path(path),
+                    "<nested data>",
+                    f"nested deeper than {MAX_JSON_DEPTH} levels",
+                    "send flatter data",
+                )
+            if isinstance(node, Mapping):
+                keys += len(node)
+                if limits and keys > MAX_JSON_KEYS:
+                    raise ValidationError(
+                        field, f"<{keys}+ keys>", f"more than {MAX_JSON_KEYS} keys in all", "send fewer keys"
+                    )
+                children = []
+                for k, v in node.items():
+                    if not isinstance(k, str):
+                        raise ValidationError(
+                            f"{_short_path(path)}[<{type(k).__name__} key>]",
+                            f"<{type(k).__name__}>",
+                            "key is not a string",
+                            "use text keys only",
+                        )
+                    sub = _child(path, k)
+                    if limits and len(k) > MAX_KEY_LENGTH:
+                        raise ValidationError(
+                            _short_path(sub), k, f"key longer than {MAX_KEY_LENGTH} characters", "use shorter keys"
+                        )
+                    problem = _char_problem(k, key=True)
+                    if problem is not None:
+                        raise ValidationError(_short_path(sub), k, f"key {problem}", _CHAR_FIX)
+                    children.append((v, sub, depth + 1))
+                stack.extend(reversed(children))  # popped in document order
+            else:
+                stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in reversed(list(enumerate(node))))
+        else:
+            raise ValidationError(
+                _short_path(path),
+                f"<{kind.__name__}>",
+                f"not a JSON value ({kind.__name__})",
+                "use strings, numbers, booleans, null, lists and objects only",
+            )
+
+
 def properties_json(value: Any, field: str = "properties", limit: int = MAX_PROPERTIES_BYTES) -> str:
     """Return the canonical JSON text of a properties mapping, or raise.
 
-    Keys must be strings, values JSON types (no NaN/Infinity), and the
-    encoding at most ``limit`` bytes.
+    The mapping must pass :func:`check_json` (named path in the error) and
+    its encoding be at most ``limit`` bytes.
     """
     if type(value) is not dict:  # a plain dict: no ABC check
         if value is None:
@@ -237,20 +431,26 @@ def properties_json(value: Any, field: str = "properties", limit: int = MAX_PROP
         return "{}"
     try:
         text = _encode_mapping(value)
-    except RecursionError:
-        raise ValidationError(
-            field,
-            "<cyclic or nested too deeply>",
-            "not JSON-serialisable (cyclic or nested too deeply)",
-            "send flat data",
+    except (RecursionError, TypeError, ValueError) as exc:
+        check_json(value, field)  # names the offending value
+        raise ValidationError(  # pragma: no cover - check_json finds what the encoder refused
+            field, "<data>", f"not JSON-serialisable ({type(exc).__name__})", "send plain JSON data"
         ) from None
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(
-            field,
-            value,
-            f"not JSON-serialisable ({exc})",
-            "use strings, numbers, booleans, null, lists and objects only",
-        ) from None
+    # The encoder escapes every control character, quote and backslash, so
+    # the escapes in the text show every control character (in a key or a
+    # value); a lone surrogate is the only non-ASCII trouble; a nesting depth, a key count or a
+    # key length needs as many brackets, colons or characters in the text.
+    # Only data that might break a rule is walked (the exact check, with the
+    # path): the common event costs a few scans of its text in C.
+    if (
+        ("\\" in text and (_BAD_ESCAPE.search(text) or _KEY_ESCAPE.search(text)))
+        or (not text.isascii() and _SURROGATE.search(text))
+        or text.count(":") > MAX_JSON_KEYS
+        or text.count("{") + text.count("[") > MAX_JSON_DEPTH
+        or _LONG_DIGITS.search(text)
+        or (len(text) > MAX_KEY_LENGTH and _LONG_KEY.search(text))
+    ):
+        check_json(value, field)
     if len(text) > limit and len(text.encode()) > limit:
         raise ValidationError(
             field,
@@ -263,7 +463,7 @@ def properties_json(value: Any, field: str = "properties", limit: int = MAX_PROP
 
 def check_slug(value: Any, field: str, what: str = "name") -> str:
     """Lower-case identifiers: ``purchase``, ``email_open``, ``external:erp``."""
-    if not isinstance(value, str) or not _SLUG.match(value) or len(value) > 64:
+    if not isinstance(value, str) or not _SLUG.match(value) or len(value) > MAX_SLUG_LENGTH:
         raise ValidationError(
             field,
             value,
@@ -280,13 +480,13 @@ def check_key(value: Any, field: str = "idempotency_key") -> str:
 
 
 def check_text(value: Any, field: str, max_length: int = 500) -> str:
+    """Return ``value`` if it is a string of at most ``max_length`` characters
+    that :func:`check_string` accepts, or raise."""
     if not isinstance(value, str):
         raise ValidationError(field, value, "not a string", "send text")
-    if len(value) > max_length or "\x00" in value:
-        raise ValidationError(
-            field, value, f"longer than {max_length} characters or contains NUL", "send shorter, plain text"
-        )
-    return value
+    if len(value) > max_length:
+        raise ValidationError(field, value, f"longer than {max_length} characters", "send shorter text")
+    return check_string(value, field)
 
 
 def check_timezone(value: Any, field: str = "timezone") -> str:

@@ -248,7 +248,11 @@ def test_feedback_events_change_consent_and_suppress(tmp_path, memory, clock):
     assert crm.customers.get(cid).consent["memory"].status == "denied"
     [entry] = crm.messages.suppressions()
     assert (entry.address, entry.scope, entry.reason) == ("c1@example.com", "marketing", "complaint")
-    crm.messages.apply_events([MessageEvent(type="bounced", channel="memory", address="c1@example.com", key="b")])
+    # a bounce names the message it is about (an address alone is not proof that ecrm sent there)
+    orphan = MessageEvent(type="bounced", channel="memory", address="c1@example.com", key="b0")
+    assert crm.messages.apply([orphan]).ignored[0].reason.startswith("a bounced event needs the message")
+    bounce = MessageEvent(type="bounced", channel="memory", message_id=record.id, address="C1@example.com ", key="b")
+    assert crm.messages.apply_events([bounce])
     [entry] = crm.messages.suppressions()
     assert entry.scope == "all"  # widened, never narrowed
     kinds = [i.kind for i in crm.interactions.timeline(cid)]
@@ -286,7 +290,9 @@ def test_bad_input_is_named(tmp_path, memory, clock):
     with pytest.raises(ValidationError, match=r"context\.offer_obj: not plain data"):
         crm.messages.send("memory", cid, {"body": "x"}, context={"offer_obj": object()})
     with pytest.raises(TemplateError, match="does not render templates"):
-        crm.messages.send("memory", cid, 42)
+        crm.messages.send("memory", cid, 42, on_error="raise")
+    with pytest.raises(ValidationError, match="on_error"):
+        crm.messages.send("memory", cid, {"body": "x"}, on_error="ignore")
     with pytest.raises(ValidationError, match="dedupe_key"):
         crm.messages.send_many("memory", {"body": "x"}, customer_ids=[cid], dedupe_key="static")
     with pytest.raises(ValidationError, match="at: "):
@@ -296,6 +302,9 @@ def test_bad_input_is_named(tmp_path, memory, clock):
     with pytest.raises(ValidationError, match="scope"):
         crm.messages.suppress("memory", "a@b.c", scope="some")
     assert crm.messages.list() == []  # nothing stored by any of the above
+    recorded = crm.messages.send("memory", cid, 42)  # the default: recorded, not raised
+    assert recorded.status == "blocked" and recorded.reason.startswith("render_failed: ")
+    assert "does not render templates" in recorded.reason
     with pytest.raises(ValidationError, match=r"frequency_caps\[0\]"):
         DeliveryPolicy.from_config({"frequency_caps": [(0, 10)]})
     with pytest.raises(ValidationError, match="quiet_hours"):

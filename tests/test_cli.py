@@ -104,9 +104,9 @@ def test_init_creates_schema_and_status_reports_it(run: Run) -> None:
     assert again.exit_code == 0
     status = run("db", "status", "--json")
     doc = json.loads(status.stdout)
-    assert doc["up_to_date"] is True and doc["current"] == ["0004_covering_customer_index"]
+    assert doc["up_to_date"] is True and doc["current"] == ["0006_jobs"]
     table = run("db", "status", "--check")
-    assert table.exit_code == 0 and "0004_covering_customer_index" in table.output
+    assert table.exit_code == 0 and "0006_jobs" in table.output
 
 
 def test_db_upgrade(run: Run) -> None:

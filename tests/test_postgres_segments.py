@@ -133,3 +133,23 @@ def test_a_long_preview_is_cancelled_on_postgres(pg_crm_factory):
     with pytest.raises(Cancelled):
         crm.segments.preview("slow()", timeout=0.3)
     assert crm.segments.preview("created_at exists").count == 1  # the connection is fine afterwards
+
+
+@settings(agreement._SETTINGS, max_examples=12)
+@given(
+    people=st.lists(agreement.customer(), min_size=1, max_size=6),
+    rules=st.lists(st.one_of(agreement.wide_trees, agreement.deep_trees), min_size=3, max_size=6),
+)
+def test_wide_and_deep_rules_agree_on_postgres(pg_agreement, people, rules):
+    from ecrm_core.errors import ValidationError
+
+    crm, clock = pg_agreement
+    ws, ids = agreement.load(crm, people, clock, direct=True)
+    ctxs = agreement.contexts(ws, ids)
+    for tree in rules:
+        try:
+            ws.segments.compile(tree)
+        except ValidationError as exc:
+            assert "limit '" in str(exc), exc
+            continue
+        agreement.check_agreement(ws, ctxs, tree)

@@ -485,3 +485,68 @@ def test_in_memory_evaluator_takes_plain_objects(agreement_crm):
     its = [Interaction(kind="purchase", occurred_at=NOW - timedelta(days=d), customer_id=1) for d in (1, 10, 100)]
     assert rule.evaluate(EvalContext(ada, its, NOW)) is True
     assert rule.evaluate(EvalContext(ada, its[1:], NOW)) is False
+
+
+# --- wide and deep rules: the normal form (merged IN lists, nots pushed down,
+# balanced trees) must agree with the evaluator on the rule as written -------
+def _chain(op: str, field: str, values: Any) -> Any:
+    return st.builds(lambda v: {"field": field, "op": op, "value": v}, values)
+
+
+same_field = st.one_of(
+    st.lists(
+        st.one_of(_chain("eq", "name", strings), _chain("in", "name", st.lists(strings, min_size=1, max_size=3))),
+        min_size=2,
+        max_size=60,
+    ).map(lambda cs: {"any": cs}),
+    st.lists(
+        st.one_of(_chain("eq", "attributes.age", numbers), _chain("eq", "attributes.age", strings)),
+        min_size=2,
+        max_size=60,
+    ).map(lambda cs: {"any": cs}),
+    st.lists(
+        st.one_of(
+            _chain("ne", "country", strings), _chain("not_in", "country", st.lists(strings, min_size=1, max_size=3))
+        ),
+        min_size=2,
+        max_size=60,
+    ).map(lambda cs: {"all": cs}),
+    st.lists(_chain("ne", "attributes.score", numbers), min_size=2, max_size=60).map(lambda cs: {"all": cs}),
+)
+wide_trees = st.one_of(
+    same_field,
+    st.lists(st.one_of(field_leaf(), same_field), min_size=17, max_size=120).map(lambda cs: {"any": cs}),
+    st.lists(st.one_of(field_leaf(), same_field, event_leaf()), min_size=17, max_size=120).map(lambda cs: {"all": cs}),
+    st.lists(same_field, min_size=2, max_size=5).map(lambda cs: {"not": {"any": cs}}),
+)
+deep_trees = st.recursive(
+    st.one_of(field_leaf(), same_field, leaves),
+    lambda children: st.one_of(
+        st.lists(children, min_size=1, max_size=3).map(lambda cs: {"all": cs}),
+        st.lists(children, min_size=1, max_size=3).map(lambda cs: {"any": cs}),
+        children.map(lambda c: {"not": c}),
+        children.map(lambda c: {"not": {"not": c}}),
+    ),
+    max_leaves=40,
+)
+
+
+@settings(_SETTINGS, max_examples=25)
+@given(
+    people=st.lists(customer(), min_size=1, max_size=6),
+    rules=st.lists(st.one_of(wide_trees, deep_trees), min_size=3, max_size=6),
+)
+def test_wide_and_deep_rules_agree(agreement_crm, people, rules):
+    """Wide or/and lists (merged into one IN per field, nested as balanced trees) and deep not/and/or."""
+    from ecrm_core.errors import ValidationError
+
+    crm, clock = agreement_crm
+    ws, ids = load(crm, people, clock)
+    ctxs = contexts(ws, ids)
+    for tree in rules:
+        try:
+            ws.segments.compile(tree)
+        except ValidationError as exc:  # only a limit may refuse a generated rule
+            assert "limit '" in str(exc), exc
+            continue
+        check_agreement(ws, ctxs, tree)

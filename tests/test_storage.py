@@ -176,3 +176,20 @@ def test_deferred_events_see_durable_data_and_can_write(tmp_path):
         c = crm.using(conn).customers.create(email="a@example.com")
     assert seen == [1]
     assert crm.customers.get(c.id).attributes["welcomed"] is True
+
+
+def test_signer_short_macs_verify_across_rotation_and_purpose():
+    from ecrm_core.signing import Signer
+
+    old = Signer("an-old-secret-of-16+")
+    rotated = Signer(["an-old-secret-of-16+", "the-new-secret-16+chars"])
+    mac = old.mac("email-return", "m1:abc")
+    assert len(mac) == 16 and mac == mac.lower() and mac.isalnum()
+    assert rotated.check_mac("email-return", "m1:abc", mac)  # older secrets still verify
+    assert rotated.check_mac("email-return", "m1:abc", mac.upper())  # local parts are case-insensitive
+    assert not rotated.check_mac("email-unsubscribe", "m1:abc", mac)  # bound to its purpose
+    assert not rotated.check_mac("email-return", "m2:abc", mac)
+    assert not rotated.check_mac("email-return", "m1:abc", mac[:-1] + ("a" if mac[-1] != "a" else "b"))
+    assert not rotated.check_mac("email-return", "m1:abc", "")
+    assert rotated.mac("p", "d") != old.mac("p", "d")  # the newest secret signs
+    assert "secret" not in repr(rotated)

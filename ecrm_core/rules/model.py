@@ -23,10 +23,13 @@ from typing import Any, Literal, TypeAlias
 from attrs import field, frozen
 
 from ..errors import ValidationError
+from .limits import MAX_DEPTH, MAX_EVENTS, MAX_FILTERS, MAX_LIST, MAX_NESTING, MAX_NODES, MAX_TERMS, MAX_VALUES
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_NODES",
+    "MAX_TERMS",
+    "MAX_LIST",
     "Catalogue",
     "FieldInfo",
     "Window",
@@ -45,13 +48,7 @@ __all__ = [
     "AMOUNT_SCALE",
 ]
 
-#: Rules deeper than this are refused (marketers' rules are a few levels deep;
-#: the limit keeps every walk cheap and far from Python's recursion limit).
-MAX_DEPTH = 64
-#: At most this many nodes in one rule.
-MAX_NODES = 2000
-#: At most this many values in an ``in`` list.
-MAX_LIST = 1000
+# The limits live in .limits (one place); re-exported here for compatibility.
 #: Amounts are compared exactly as integers of 1/10,000 (4 decimals).
 AMOUNT_SCALE = 10_000
 
@@ -322,22 +319,21 @@ class _Validator:
         self.count = 0
 
     def run(self, tree: Any) -> Node:
-        # First pass: shape, depth and size, iteratively.
-        stack: list[tuple[Any, str, int]] = [(tree, "", 0)]
+        # First pass: shape, depth and size, iteratively (every limit of
+        # .limits that the tree's shape decides is checked here, before any
+        # name is looked up).
+        # An entry: node, path, depth, negated (an odd number of ``not``
+        # above), the kind of the enclosing and/or once negations are pushed
+        # down (.normal), and how many times and/or alternated so far.
+        stack: list[tuple[Any, str, int, bool, str, int]] = [(tree, "", 0, False, "", 0)]
+        terms = events = values = 0
         while stack:
-            node, path, depth = stack.pop()
+            node, path, depth, negated, outer, nesting = stack.pop()
             self.count += 1
             if self.count > MAX_NODES:
-                raise ValidationError(
-                    path or "rule", None, f"more than {MAX_NODES} conditions", "split the rule into segments"
-                )
+                raise _limit(path, f"more than {MAX_NODES} nodes (conditions, and/or/not)", "nodes")
             if depth > MAX_DEPTH:
-                raise ValidationError(
-                    path,
-                    None,
-                    f"nested more than {MAX_DEPTH} levels deep",
-                    "flatten the rule or split it into segments",
-                )
+                raise _limit(path, f"nested more than {MAX_DEPTH} levels deep", "depth")
             key = self._key(node, path)
             if key in ("all", "any"):
                 children = node[key]
@@ -345,10 +341,32 @@ class _Validator:
                     raise ValidationError(
                         _join(path, key), _short(children), "not a non-empty list", f'write {{"{key}": [cond, …]}}'
                     )
-                for i, child in enumerate(children):
-                    stack.append((child, f"{_join(path, key)}[{i}]", depth + 1))
+                kind = key if not negated else ("any" if key == "all" else "all")
+                if kind != outer:
+                    nesting += 1
+                    if nesting > MAX_NESTING:
+                        raise _limit(
+                            path, f"'and' and 'or' alternate more than {MAX_NESTING} levels deep", "nesting"
+                        )
+                for i in range(len(children) - 1, -1, -1):  # popped in order: errors point at the first culprit
+                    stack.append((children[i], f"{_join(path, key)}[{i}]", depth + 1, negated, kind, nesting))
             elif key == "not":
-                stack.append((node["not"], _join(path, "not"), depth + 1))
+                stack.append((node["not"], _join(path, "not"), depth + 1, not negated, outer, nesting))
+            else:
+                terms += 1
+                if terms > MAX_TERMS:
+                    raise _limit(path, f"more than {MAX_TERMS} conditions", "terms")
+                if key == "event":
+                    events += 1
+                    if events > MAX_EVENTS:
+                        raise _limit(path, f"more than {MAX_EVENTS} behaviour conditions", "events")
+                value = node.get("value")
+                if key == "field" and node.get("op") in ("in", "not_in") and isinstance(value, (list, tuple)):
+                    values += len(value)
+                    if values > MAX_VALUES:
+                        raise _limit(
+                            _join(path, "value"), f"more than {MAX_VALUES} values in its in-lists together", "values"
+                        )
         # Second pass: build typed nodes (depth is bounded, recursion is safe).
         return self.build(tree, "")
 
@@ -487,9 +505,12 @@ class _Validator:
             )
         window = Window.parse(ev["window"], _join(here, "window")) if ev.get("window") is not None else None
         where_nodes = ev.get("where") or ()
-        if not isinstance(where_nodes, (list, tuple)) or len(where_nodes) > 32:
+        if not isinstance(where_nodes, (list, tuple)) or len(where_nodes) > MAX_FILTERS:
             raise ValidationError(
-                _join(here, "where"), _short(where_nodes), "not a list of at most 32 filters", "write a list of filters"
+                _join(here, "where"),
+                _short(where_nodes),
+                f"not a list of at most {MAX_FILTERS} filters (limit 'filters')",
+                "write a list of filters",
             )
         where: list[FieldCond] = []
         for i, f in enumerate(where_nodes):
@@ -554,7 +575,7 @@ def _typed_value(info: FieldInfo, op: str, value: Any, path: str) -> tuple[Any, 
     if op in ("in", "not_in"):
         if not isinstance(value, (list, tuple)) or not value or len(value) > MAX_LIST:
             raise ValidationError(
-                path, _short(value), f"not a list of 1 to {MAX_LIST} values", 'write e.g. ("KR", "JP")'
+                path, _short(value), f"not a list of 1 to {MAX_LIST} values (limit 'list')", 'write e.g. ("KR", "JP")'
             )
         items = [_scalar(info, v, f"{path}[{i}]", op) for i, v in enumerate(value)]
         types = {t for t, _ in items}
@@ -664,7 +685,9 @@ def _amounts(op: str, value: Any, path: str) -> Any:
         return (lo, hi)
     if op in ("in", "not_in"):
         if not isinstance(value, (list, tuple)) or not value or len(value) > MAX_LIST:
-            raise ValidationError(path, _short(value), f"not a list of 1 to {MAX_LIST} amounts", "write e.g. (10, 20)")
+            raise ValidationError(
+                path, _short(value), f"not a list of 1 to {MAX_LIST} amounts (limit 'list')", "write e.g. (10, 20)"
+            )
         return tuple(_amount(v, f"{path}[{i}]") for i, v in enumerate(value))
     if op in ("contains", "starts_with"):
         raise ValidationError(path, _short(value), f"{op!r} does not apply to amounts", "compare amounts with < > ==")
@@ -703,6 +726,17 @@ def _datetime(value: Any, path: str) -> datetime:
     if not 1900 <= dt.year <= 2200:
         raise ValidationError(path, value, "outside the years 1900 to 2200", "write a realistic date")
     return dt.astimezone(UTC)
+
+
+def _limit(path: str, problem: str, name: str) -> ValidationError:
+    """A rule over one of the limits of :mod:`.limits` (``name``): the error names it."""
+    return ValidationError(
+        path or "rule",
+        None,
+        f"{problem} (limit '{name}', see docs/rules.md)",
+        "simplify the rule (e.g. `field in (…)` instead of many `or`s), or split it into segments "
+        "and refer to them with segment(...)",
+    )
 
 
 def _join(path: str, key: str) -> str:

@@ -30,8 +30,10 @@ from typing import Any, cast
 import sqlalchemy as sa
 from attrs import field, frozen
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import ColumnElement, UnaryExpression
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from ..errors import ValidationError
 from . import memory
@@ -47,8 +49,17 @@ from .model import (
     PluginCond,
     SegmentRef,
 )
+from .normal import normalize
 
-__all__ = ["SqlContext", "compile_clause", "ids_clause", "select_ids", "unindexed", "values_clause"]
+__all__ = [
+    "SqlContext",
+    "balanced",
+    "compile_clause",
+    "ids_clause",
+    "select_ids",
+    "unindexed",
+    "values_clause",
+]
 
 Clause = ColumnElement[bool]
 
@@ -107,18 +118,57 @@ def values_clause(
     values: Sequence[Any],
     dialect: str,
     *,
-    name: str = "values",
+    name: str | None = "values",
     element_type: Any = sa.String,
+    negate: bool = False,
 ) -> Clause:
-    """:func:`ids_clause` for any JSON-representable values (strings, numbers)."""
+    """:func:`ids_clause` for any JSON-representable values (strings, numbers);
+    ``name=None`` makes the parameter's name unique in the statement."""
+    clause: Clause
     if dialect == "sqlite":
         import json
 
         each = sa.func.json_each(sa.bindparam(name, json.dumps(list(values)), type_=sa.String)).table_valued("value")
-        return column.in_(sa.select(each.c.value))
-    if dialect == "postgresql":
-        return column == sa.any_(sa.bindparam(name, list(values), type_=postgresql.ARRAY(element_type)))
-    return column.in_(sa.bindparam(name, list(values), expanding=True))
+        clause = column.in_(sa.select(each.c.value))
+    elif dialect == "postgresql":
+        clause = column == sa.any_(sa.bindparam(name, list(values), type_=postgresql.ARRAY(element_type)))
+    else:
+        clause = column.in_(sa.bindparam(name, list(values), expanding=True))
+    return sa.not_(clause) if negate else clause
+
+
+#: Conditions per level of a balanced and/or tree (see :func:`balanced`).
+FANOUT = 16
+
+
+class _Parens(ColumnElement[bool]):
+    """A clause always printed in parentheses (SQLAlchemy drops them between
+    ``OR``s of ``OR``s: the database would then parse one left-deep chain)."""
+
+    inherit_cache = True
+    _traverse_internals = [("clause", InternalTraversal.dp_clauseelement)]
+    type = sa.Boolean()
+
+    def __init__(self, clause: Clause) -> None:
+        self.clause = clause
+
+
+@compiles(_Parens)
+def _compile_parens(element: _Parens, compiler: Any, **kw: Any) -> str:
+    return "(" + str(compiler.process(element.clause, **kw)) + ")"
+
+
+def balanced(conj: bool, parts: Sequence[Clause]) -> Clause:
+    """``p1 AND p2 AND …`` (``OR`` if not ``conj``) nested as a balanced tree of
+    at most :data:`FANOUT` terms per level: a database parses ``a OR b OR c``
+    into a chain as deep as it is long (SQLite refuses a depth of 1,000), this
+    into one whose depth grows with the logarithm of the number of terms."""
+    op = sa.and_ if conj else sa.or_
+    if len(parts) <= FANOUT:
+        return op(*parts)
+    size = -(-len(parts) // FANOUT)
+    groups = [parts[i : i + size] for i in range(0, len(parts), size)]
+    return op(*(_Parens(balanced(conj, g)) if len(g) > 1 else g[0] for g in groups))
 
 
 def select_ids(node: Node, ctx: SqlContext) -> sa.Select[tuple[int]]:
@@ -126,6 +176,7 @@ def select_ids(node: Node, ctx: SqlContext) -> sa.Select[tuple[int]]:
     c = ctx.customers
     ws: ColumnElement[Any] = c.c.workspace_id
     merged: ColumnElement[Any] = c.c.merged_into
+    node = normalize(node)
     if ctx.dialect == "sqlite" and (ctx.restrict is not None or _driven_by_subquery(node)):
         # Let SQLite drive the query from the (small) IN-subquery, or from the
         # restricted ids, through the primary key: a unary + keeps it off the
@@ -136,7 +187,7 @@ def select_ids(node: Node, ctx: SqlContext) -> sa.Select[tuple[int]]:
         ws == ctx.workspace,
         merged.is_(None),
         ctx.restrict_clause(c.c.id),
-        compile_clause(node, ctx),
+        _clause(node, ctx),
     )
 
 
@@ -157,13 +208,19 @@ def _driven_by_subquery(node: Node) -> bool:
 
 
 def compile_clause(node: Node, ctx: SqlContext) -> Clause:
-    """The boolean clause for ``node`` over ``ctx.customers``."""
+    """The boolean clause for ``node`` over ``ctx.customers`` (in the normal
+    form of :func:`.normal.normalize`: flat, negations at the leaves, equality
+    chains as one ``in``, wide lists as balanced trees)."""
+    return _clause(normalize(node), ctx)
+
+
+def _clause(node: Node, ctx: SqlContext) -> Clause:
     if isinstance(node, All):
-        return sa.and_(*_all_parts(node.children, ctx))
+        return balanced(True, _all_parts(node.children, ctx))
     if isinstance(node, AnyOf):
-        return sa.or_(*(compile_clause(ch, ctx) for ch in node.children))
+        return balanced(False, [_clause(ch, ctx) for ch in node.children])
     if isinstance(node, Not):
-        return sa.not_(compile_clause(node.child, ctx))
+        return sa.not_(_clause(node.child, ctx))
     if isinstance(node, FieldCond):
         return field_clause(node, ctx.customers, ctx, json_column="attributes")
     if isinstance(node, EventCond):
@@ -186,7 +243,7 @@ def _all_parts(children: Sequence[Node], ctx: SqlContext) -> list[Clause]:
         if isinstance(ch, EventCond):
             groups.setdefault((*ch.group_key, memory.holds_when_empty(ch)), []).append(ch)
         else:
-            parts.append(compile_clause(ch, ctx))
+            parts.append(_clause(ch, ctx))
     parts.extend(_events(conds, ctx) for conds in groups.values())
     return parts
 
@@ -229,6 +286,7 @@ def _events(conds: list[EventCond], ctx: SqlContext) -> Clause:
         if first.window.end is not None:
             matching.append(i.c.occurred_at < ctx.now - first.window.end)
     matching.extend(field_clause(f, i, ctx, json_column="properties") for f in first.where)
+    matching = [balanced(True, matching)]
     pushed = _pushdown(first, ctx) if len(conds) == 1 else None
     if ctx.restrict is not None:
         return _correlated(conds, ctx, matching, pushed)
@@ -237,7 +295,7 @@ def _events(conds: list[EventCond], ctx: SqlContext) -> Clause:
         # "some matching interaction exists" needs no GROUP BY at all
         return ctx.customers.c.id.in_(q.where(pushed))
     q = q.group_by(who)
-    having = sa.and_(*(_aggregate(c, ctx) for c in conds))
+    having = balanced(True, [_aggregate(c, ctx) for c in conds])
     if memory.holds_when_empty(first):
         return ctx.customers.c.id.not_in(q.having(sa.not_(having)))
     return ctx.customers.c.id.in_(q.having(having))
@@ -269,7 +327,7 @@ def _correlated(conds: list[EventCond], ctx: SqlContext, matching: list[Clause],
         agg = sa.func.min if first.agg == "first" else sa.func.max
         at = sa.select(agg(i.c.occurred_at, type_=i.c.occurred_at.type)).where(*mine).scalar_subquery()
         return _never_null(_date_compare(at, first.op, first.value, ctx), empty_holds, ctx)
-    having = sa.and_(*(_aggregate(c, ctx) for c in conds))
+    having = balanced(True, [_aggregate(c, ctx) for c in conds])
     n = sa.func.count()
     # an aggregate without GROUP BY has one row even when nothing matches:
     # "IN (… HAVING h)" becomes "n > 0 AND h", "NOT IN (… HAVING NOT h)" "n = 0 OR h"
@@ -352,17 +410,23 @@ _BINARY: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
-def _compare(lhs: Any, op: str, value: Any, *, rhs: Any = None) -> Clause:
+def _compare(lhs: Any, op: str, value: Any, *, rhs: Any = None, dialect: str = "") -> Clause:
     r = value if rhs is None else rhs
     if op in _BINARY:
         return cast(Clause, _BINARY[op](lhs, r))
     if op == "between":
         return sa.and_(lhs >= value[0], lhs <= value[1])
     if op in ("in", "not_in"):
-        # Bind the list with the left side's type: left to itself SQLAlchemy
-        # types it from the first value, so (30, 0.1) became INTEGERs on PostgreSQL.
-        values = sa.bindparam(None, list(value), expanding=True, type_=getattr(lhs, "type", None))
-        return cast(Clause, lhs.in_(values) if op == "in" else lhs.not_in(values))
+        # ONE bound parameter however long the list (a JSON array on SQLite,
+        # an array on PostgreSQL): merged equality chains can hold thousands
+        # of values, and SQLite and PostgreSQL cap the number of parameters.
+        # The array takes the left side's type: left to itself, (30, 0.1)
+        # would be typed from its first value (INTEGER) on PostgreSQL.
+        element = getattr(lhs, "type", None) or sa.String()
+        values = list(value)
+        if isinstance(element, sa.Float):
+            values = [float(v) for v in values]
+        return values_clause(lhs, values, dialect, name=None, element_type=element, negate=op == "not_in")
     raise ValueError(op)  # pragma: no cover
 
 
@@ -384,7 +448,7 @@ def field_clause(cond: FieldCond, table: sa.Table, ctx: SqlContext, *, json_colu
         if cond.op == "exists":
             return col.is_not(None)
         if info.key == "amount":
-            return sa.and_(col.is_not(None), _compare(_units(col), cond.op, _scaled(cond.value)))
+            return sa.and_(col.is_not(None), _compare(_units(col), cond.op, _scaled(cond.value), dialect=ctx.dialect))
         if cond.vtype == "datetime":
             return sa.and_(col.is_not(None), _date_compare(col, cond.op, cond.value, ctx))
         return sa.and_(col.is_not(None), _string_op(col, cond.op, cond.value, ctx))
@@ -397,7 +461,7 @@ def _string_op(col: ColumnElement[Any], op: str, value: Any, ctx: SqlContext) ->
         return _compare(pos, "gt", 0)
     if op == "starts_with":
         return _compare(sa.func.substr(col, 1, len(value)), "eq", value)
-    return _compare(col, op, value)
+    return _compare(col, op, value, dialect=ctx.dialect)
 
 
 _SQLITE_TYPES = {
@@ -466,5 +530,5 @@ def _json_clause(col: sa.Column[Any], key: str, cond: FieldCond, ctx: SqlContext
     if vtype == "boolean":
         return j.boolean_is(value if op == "eq" else not value)
     if vtype == "number":
-        return sa.and_(j.is_type("number"), _compare(j.number(), op, value))
+        return sa.and_(j.is_type("number"), _compare(j.number(), op, value, dialect=ctx.dialect))
     return sa.and_(j.is_type("string"), _string_op(j.text(), op, value, ctx))

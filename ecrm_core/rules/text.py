@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ..errors import ValidationError
+from .limits import MAX_DEPTH, MAX_TEXT_LENGTH
 
 if TYPE_CHECKING:  # pragma: no cover
     from lark import Lark, Token, Tree
@@ -41,10 +42,8 @@ __all__ = [
     "format_caret",
 ]
 
-#: The longest rule text :func:`parse` accepts, in characters.
-MAX_LENGTH = 20_000
-#: How deep parentheses and ``not`` may nest (and ``all``/``any``/``not`` in :func:`to_text`).
-MAX_DEPTH = 64
+#: The longest rule text :func:`parse` accepts, in characters (see :mod:`.limits`).
+MAX_LENGTH = MAX_TEXT_LENGTH
 
 KEYWORDS = frozenset(
     {
@@ -224,7 +223,7 @@ def _precheck(text: str) -> _Brackets:
         raise _error(
             text,
             MAX_LENGTH,
-            f"the rule is longer than {MAX_LENGTH:,} characters ({len(text):,})",
+            f"the rule is longer than {MAX_LENGTH:,} characters ({len(text):,}; limit 'text_length')",
             "split it into segments and refer to them with segment(...)",
         )
     nul = text.find("\0")
@@ -258,7 +257,7 @@ def _precheck(text: str) -> _Brackets:
             raise _error(
                 text,
                 tok.start,
-                f"the rule nests parentheses and not deeper than {MAX_DEPTH} levels",
+                f"the rule nests parentheses and not deeper than {MAX_DEPTH} levels (limit 'depth')",
                 "flatten it, or split it into segments and refer to them with segment(...)",
             )
         prev = tok

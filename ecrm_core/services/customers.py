@@ -6,6 +6,7 @@ import builtins
 import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 from ..domain import CUSTOMER_WRITABLE, Alias, Consent, Customer, CustomerChange, MergeRecord
 from ..errors import BatchError, Conflict, EcrmError, NotFound, RowError, ValidationError
 from ..rules.sql import values_clause
-from ..validation import aware_datetime, check_text, normalize_email, normalize_phone, thaw
+from ..validation import aware_datetime, check_text, freeze, normalize_email, normalize_phone, thaw
 from ._base import Service
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -129,7 +130,7 @@ class Customers(Service):
             email=m["email"],
             phone=m["phone"],
             name=m["name"],
-            attributes=m["attributes"],
+            attributes=freeze(m["attributes"] or {}),  # stored data: not checked again
             consent=m["consent"],
             lifecycle_stage=m["lifecycle_stage"],
             timezone=m["timezone"],
@@ -519,6 +520,10 @@ class Customers(Service):
         _unknown(fields, _UPSERT_KEYS)
         data = dict(fields)
         extra = _aliases(data.pop("aliases", None))
+        if type(data.get("attributes")) is MappingProxyType:
+            # The domain takes a read-only mapping as already checked (a
+            # customer's own value); what a caller sends is always checked.
+            data["attributes"] = thaw(data["attributes"])
         if data.get("consent"):
             # Stamp decisions without a time with "now" before building, so
             # the Customer (and its e-mail/phone validation) is built once.

@@ -29,6 +29,7 @@ from ..validation import (
     check_currency,
     check_key,
     check_slug,
+    freeze,
     properties_json,
 )
 from ._base import Service
@@ -284,7 +285,7 @@ class Interactions(Service):
             occurred_at=m["occurred_at"],
             amount=m["amount"],
             currency=m["currency"],
-            properties=m["properties"],
+            properties=freeze(m["properties"] or {}),  # stored data: not checked again
             idempotency_key=m["idempotency_key"],
             recorded_at=m["recorded_at"],
         )

@@ -20,6 +20,7 @@ from ..errors import ValidationError
 from ..rules import EvalContext, Rule, RuleError
 from ..rules.sql import ids_clause, unindexed
 from ._base import Service
+from .segment_queries import describe
 
 __all__ = ["StageChange", "StageRule", "Lifecycle"]
 
@@ -77,29 +78,41 @@ class Lifecycle(Service):
         ]
 
     def rules(self) -> builtins.list[StageRule]:
-        """The rules in force in this workspace, in the order they are tried."""
+        """The rules in force in this workspace, in the order they are tried.
+
+        A stored rule that no longer validates (its plugin was removed)
+        raises :class:`RuleError`; refreshes skip it instead (see :meth:`refresh`)."""
+        return self._rules()[0]
+
+    def _rules(self, *, skip_invalid: bool = False) -> tuple[builtins.list[StageRule], builtins.list[tuple[str, str]]]:
+        """The rules in force, and (with ``skip_invalid``) the stored ones left out because they no longer validate."""
         t = self.t("lifecycle_rules")
+        broken: builtins.list[tuple[str, str]] = []
         with self.db.read() as conn:
             rows = conn.execute(
-                sa.select(t.c.stage, t.c.position, t.c.rule)
+                sa.select(t.c.stage, t.c.position, t.c.rule, t.c.error)
                 .where(t.c.workspace_id == self.workspace)
                 .order_by(t.c.position)
             ).all()
         if not rows:
-            return self.defaults()
+            return self.defaults(), broken
         stages = self.crm.registry.lifecycle_stages
         out = []
+        self._stored_errors = {r.stage for r in rows if r.error is not None}
         for r in rows:
             if r.stage == _MANUAL:
-                return []
+                return [], broken
             if r.stage not in stages:  # its plugin was removed: skip the rule, keep the customers' stage
                 continue
-            out.append(
-                StageRule(
-                    r.stage, stages[r.stage].phase, r.position, self._compile(r.stage, r.rule, f"stages.{r.stage}")
-                )
-            )
-        return out
+            try:
+                rule = self._compile(r.stage, r.rule, f"stages.{r.stage}")
+            except ValidationError as exc:
+                if not skip_invalid:
+                    raise
+                broken.append((r.stage, describe(exc)))
+                continue
+            out.append(StageRule(r.stage, stages[r.stage].phase, r.position, rule))
+        return out, broken
 
     def set_rules(self, rules: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> builtins.list[StageRule]:
         """Replace this workspace's stage rules (an ordered mapping stage → rule).
@@ -196,8 +209,81 @@ class Lifecycle(Service):
         ``kinds`` and ``customers_changed=False`` nothing runs unless a rule
         uses one of those kinds.  ``ecrm_lifecycle_changed`` fires once,
         after the commit.
+
+        A stage rule that fails (it no longer validates, or the database
+        cannot run it) is skipped: its error is recorded on it (``errors()``)
+        and the other rules still move customers.
         """
-        rules = self.rules()
+        return self._refresh(customer_ids=customer_ids, kinds=kinds, customers_changed=customers_changed)[0]
+
+    def errors(self) -> dict[str, tuple[str, Any]]:
+        """Stage → (error, when) for this workspace's stored rules that last failed."""
+        t = self.t("lifecycle_rules")
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(t.c.stage, t.c.error, t.c.error_at).where(
+                    t.c.workspace_id == self.workspace, t.c.error.is_not(None)
+                )
+            ).all()
+        return {r.stage: (r.error, r.error_at) for r in rows}
+
+    def _refresh(
+        self,
+        *,
+        customer_ids: Sequence[int] | None = None,
+        kinds: Collection[str] | None = None,
+        customers_changed: bool = True,
+    ) -> tuple[int, builtins.list[tuple[str, str]]]:
+        """:meth:`refresh`, and the stage rules skipped because they failed."""
+        rules, broken = self._rules(skip_invalid=True)
+        try:
+            moved = self._run(rules, customer_ids, kinds, customers_changed)
+        except sa.exc.DBAPIError:
+            # Find the rules the database cannot run, alone; go on without them.
+            good = []
+            for r in rules:
+                try:
+                    with self.db.read() as conn:
+                        ctx = self.crm.segments._sql_context(conn, restrict=None if customer_ids is None else [0])
+                        conn.execute(sa.select(sa.func.count()).select_from(r.rule.select(ctx).limit(1).subquery()))
+                    good.append(r)
+                except sa.exc.DBAPIError as exc:
+                    broken.append((r.stage, describe(exc)))
+            if len(good) == len(rules):
+                raise
+            moved = self._run(good, customer_ids, kinds, customers_changed)
+        self._record(broken)
+        return moved, broken
+
+    def _record(self, broken: Sequence[tuple[str, str]]) -> None:
+        """Store each failing stored rule's error; clear the others'."""
+        if not broken and not getattr(self, "_stored_errors", None):
+            return  # the usual case: no write at all
+        t = self.t("lifecycle_rules")
+        mine = t.c.workspace_id == self.workspace
+        with self.db.write() as conn:
+            failing = {stage: msg for stage, msg in broken}
+            stale = [
+                r.stage
+                for r in conn.execute(sa.select(t.c.stage, t.c.error).where(mine, t.c.error.is_not(None)))
+                if r.stage not in failing
+            ]
+            if stale:
+                conn.execute(sa.update(t).where(mine, t.c.stage.in_(stale)).values(error=None, error_at=None))
+            for stage, msg in failing.items():
+                conn.execute(
+                    sa.update(t)
+                    .where(mine, t.c.stage == stage, sa.or_(t.c.error.is_(None), t.c.error != msg))
+                    .values(error=msg, error_at=self.crm.now())
+                )
+
+    def _run(
+        self,
+        rules: Sequence[StageRule],
+        customer_ids: Sequence[int] | None,
+        kinds: Collection[str] | None,
+        customers_changed: bool,
+    ) -> int:
         if not rules:
             return 0
         if customer_ids is not None and kinds is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import builtins
 import difflib
 import json
-import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -24,15 +23,15 @@ import attrs
 import sqlalchemy as sa
 from attrs import frozen
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from ..domain import Customer
-from ..errors import Conflict, EcrmError, NotFound, ValidationError
+from ..errors import Conflict, NotFound, ValidationError
 from ..rules import Catalogue, EvalContext, Rule, RuleError, SqlContext, compile_rule
 from ..rules.sql import ids_clause
 from ..validation import check_text, thaw
 from ._base import Service
+from .segment_queries import Cancelled, CancelToken, _Explain, explain, refused_as_rule_error, render
+from .segment_queries import describe as _describe
 
 __all__ = [
     "Segment",
@@ -40,6 +39,7 @@ __all__ = [
     "Preview",
     "SegmentChange",
     "RefreshReport",
+    "RefreshFailure",
     "CancelToken",
     "Cancelled",
     "Segments",
@@ -48,73 +48,6 @@ __all__ = [
 #: Customer ids per statement in incremental refreshes (bound parameters).
 CHUNK = 5000
 _SLUG_FIX = "use 1 to 64 lower-case letters, digits, '_' or '-', starting with a letter, e.g. 'vip'"
-
-
-class Cancelled(EcrmError):
-    """A long query was cancelled (by :meth:`CancelToken.cancel` or its timeout)."""
-
-
-class CancelToken:
-    """Cancels a running segment query from another thread, or after ``timeout`` seconds.
-
-    ::
-
-        token = CancelToken(timeout=5)
-        threading.Timer(1, token.cancel).start()
-        crm.segments.preview(rule, cancel=token)   # raises Cancelled
-    """
-
-    def __init__(self, timeout: float | None = None) -> None:
-        self.deadline = None if timeout is None else time.monotonic() + timeout
-        self._cancelled = threading.Event()
-        self._on_cancel: list[Callable[[], None]] = []
-        self._lock = threading.Lock()
-
-    @property
-    def cancelled(self) -> bool:
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            self._cancelled.set()
-        return self._cancelled.is_set()
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-        with self._lock:
-            callbacks = list(self._on_cancel)
-        for cb in callbacks:
-            cb()
-
-    @contextmanager
-    def watching(self, conn: sa.Connection) -> Iterator[None]:
-        """Interrupt queries on ``conn`` when cancelled, for the duration of the block."""
-        raw = conn.connection.dbapi_connection
-        timer: threading.Timer | None = None
-        if conn.dialect.name == "sqlite":
-            raw.set_progress_handler(lambda: 1 if self.cancelled else 0, 20_000)  # type: ignore[union-attr]
-        else:
-            cancel = getattr(raw, "cancel", None)
-            if cancel is not None:
-                with self._lock:
-                    self._on_cancel.append(cancel)
-                if self.deadline is not None:
-                    timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self.cancel)
-                    timer.daemon = True
-                    timer.start()
-        try:
-            if self.cancelled:
-                raise Cancelled("cancelled before it started")
-            yield
-        except sa.exc.DBAPIError as exc:
-            if self.cancelled:
-                raise Cancelled("the query was cancelled; nothing was changed") from exc
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if conn.dialect.name == "sqlite":
-                raw.set_progress_handler(None, 0)  # type: ignore[union-attr]
-            else:
-                with self._lock:
-                    self._on_cancel.clear()
 
 
 @frozen
@@ -132,6 +65,11 @@ class Segment:
     created_at: datetime
     updated_at: datetime
     refreshed_at: datetime | None
+    #: Why the rule last failed to evaluate (None: it evaluated at the last
+    #: refresh); the segment keeps its last membership meanwhile.
+    error: str | None = None
+    #: When it failed (cleared with ``error`` once it evaluates again).
+    error_at: datetime | None = None
 
     @property
     def text(self) -> str | None:
@@ -167,13 +105,24 @@ class SegmentChange:
 
 
 @frozen
+class RefreshFailure:
+    """A segment (or ``lifecycle``) a refresh skipped because its rule failed to evaluate."""
+
+    slug: str
+    error: str
+
+
+@frozen
 class RefreshReport:
-    """What a refresh changed; ``customers`` is None for a full refresh."""
+    """What a refresh changed; ``customers`` is None for a full refresh;
+    ``failed``: the segments skipped because their rule failed (recorded on
+    them as ``error``), the others were refreshed."""
 
     changes: tuple[SegmentChange, ...]
     stage_changes: int
     customers: int | None
     seconds: float
+    failed: tuple[RefreshFailure, ...] = ()
 
     @property
     def entered(self) -> int:
@@ -292,6 +241,8 @@ class Segments(Service):
             created_at=m["created_at"],
             updated_at=m["updated_at"],
             refreshed_at=m["refreshed_at"],
+            error=m.get("error"),
+            error_at=m.get("error_at"),
         )
 
     def _where(self, ref: str | int) -> sa.ColumnElement[bool]:
@@ -393,7 +344,10 @@ class Segments(Service):
         ids = _ids(customer_ids, "customer_ids") if static else []
         now = self.crm.now()
         s = self.t("segments")
-        with self.db.write() as conn:
+        change: SegmentChange | None = None
+        # The row, the statement check and the first fill commit together:
+        # a rule the database refuses is a RuleError and nothing is stored.
+        with self.db.write() as conn, refused_as_rule_error():
             if conn.execute(sa.select(s.c.id).where(self._where(slug))).first() is not None:
                 raise Conflict(f"segment {slug!r} already exists; update it or pick another slug")
             result: Any = conn.execute(
@@ -411,10 +365,15 @@ class Segments(Service):
                 )
             )
             seg_id = int(result.inserted_primary_key[0])
+            if compiled is not None:
+                self._probe(conn, compiled)
+                if refresh:
+                    row = conn.execute(sa.select(s).where(s.c.id == seg_id)).one()
+                    change = self._fill(conn, self._from_row(row), compiled, None, now)
         if static and ids:
             self.add(slug, ids)
-        elif compiled is not None and refresh:
-            self.refresh(slug)
+        elif change is not None:
+            self._emit(change)
         return self.get(seg_id)
 
     def update(
@@ -441,11 +400,21 @@ class Segments(Service):
             values["rule"] = compiled.tree
         if not values:
             return seg
-        values["updated_at"] = self.crm.now()
-        with self.db.write() as conn:
+        values["updated_at"] = now = self.crm.now()
+        change: SegmentChange | None = None
+        # As in create(): the new rule is checked (and the segment refilled)
+        # in the transaction that stores it; a refused rule changes nothing.
+        with self.db.write() as conn, refused_as_rule_error():
             conn.execute(sa.update(self.t("segments")).where(self._where(seg.id)).values(**values))
-        if "rule" in values and refresh:
-            self.refresh(seg.slug)
+            if "rule" in values:
+                self._probe(conn, compiled)
+                if refresh:
+                    change = self._fill(conn, attrs.evolve(seg, rule=compiled.tree), compiled, None, now)
+        if change is not None:
+            if change.entered or change.exited:
+                self._emit(change)
+            # the segments that use this one, in dependency order
+            self._refresh_plan(self._plan(seg.slug)[1:], None)
         return self.get(seg.id)
 
     def delete(self, ref: str | int) -> None:
@@ -455,8 +424,7 @@ class Segments(Service):
         """
         seg = self.get(ref)
         every = self.list()
-        slugs = frozenset(s.slug for s in every)
-        users = [s.slug for s in every if s.rule is not None and seg.slug in self._stored(s, slugs).segments]
+        users = [s.slug for s in every if s.rule is not None and s.slug != seg.slug and _refers_to(s.rule, seg.slug)]
         o = self.t("offers")
         with self.db.read() as conn:
             rows = conn.execute(
@@ -545,12 +513,24 @@ class Segments(Service):
                 f"{exc.fix} (the stored rule no longer validates: was a plugin removed?)",
             ) from None
 
-    def _plan(self, only: str | None) -> builtins.list[tuple[Segment, Rule]]:
-        """Dynamic segments in dependency order (referenced segments first)."""
+    def _plan(
+        self, only: str | None, failed: builtins.list[tuple[Segment, Exception]] | None = None
+    ) -> builtins.list[tuple[Segment, Rule]]:
+        """Dynamic segments in dependency order (referenced segments first).
+
+        A stored rule that no longer validates (a plugin was removed) is left
+        out and added to ``failed`` (raised when ``failed`` is None)."""
         every = self.list()
         segs = [s for s in every if s.kind == "dynamic" and s.rule is not None]
         slugs = frozenset(s.slug for s in every)
-        rules = {s.slug: (s, self._stored(s, slugs)) for s in segs}
+        rules: dict[str, tuple[Segment, Rule]] = {}
+        for seg in segs:
+            try:
+                rules[seg.slug] = (seg, self._stored(seg, slugs))
+            except ValidationError as exc:
+                if failed is None:
+                    raise
+                failed.append((seg, exc))
         order = _toposort({slug: r.segments & rules.keys() for slug, (_, r) in rules.items()})
         if only is not None:
             wanted = {only}
@@ -563,7 +543,13 @@ class Segments(Service):
     def _check_cycles(self, slug: str, rule: Rule) -> None:
         every = self.list()
         slugs = frozenset(s.slug for s in every)
-        deps = {s.slug: self._stored(s, slugs).segments for s in every if s.rule is not None}
+        deps: dict[str, Collection[str]] = {}
+        for s in every:
+            if s.rule is not None:
+                try:
+                    deps[s.slug] = self._stored(s, slugs).segments
+                except ValidationError:  # no longer valid: what it names is still a dependency
+                    deps[s.slug] = {x for x in slugs if _refers_to(s.rule, x)}
         deps[slug] = rule.segments
         _toposort(deps)
 
@@ -597,43 +583,113 @@ class Segments(Service):
         if ids is not None and not ids:
             return RefreshReport((), 0, 0, 0.0)
         stage_changes = 0
+        lifecycle_failed: builtins.list[RefreshFailure] = []
         if lifecycle and ref is None:
-            stage_changes = self.crm.lifecycle.refresh(
-                customer_ids=ids, kinds=kinds, customers_changed=customers_changed
-            )
-        plan = self._plan(None if ref is None else self.get(ref).slug)
+            # a failing stage rule is skipped and recorded by the lifecycle
+            # itself; anything else it raises must not stop the segments
+            try:
+                stage_changes, broken = self.crm.lifecycle._refresh(
+                    customer_ids=ids, kinds=kinds, customers_changed=customers_changed
+                )
+                lifecycle_failed += [RefreshFailure(f"lifecycle:{stage}", e) for stage, e in broken]
+            except Cancelled:
+                raise
+            except Exception as exc:
+                lifecycle_failed.append(RefreshFailure("lifecycle", _describe(exc)))
+        failed: builtins.list[tuple[Segment, Exception]] = []
+        plan = self._plan(None if ref is None else self.get(ref).slug, failed)
         if ids is not None and (kinds is not None or not customers_changed):
             plan = _affected(plan, kinds, customers_changed or stage_changes > 0)
-        changes: builtins.list[SegmentChange] = []
-        for n, (seg, rule) in enumerate(plan, 1):
-            change = self._refresh_one(seg, rule, ids)
-            if change.entered or change.exited:
-                changes.append(change)
-                self._emit(change)
-            if progress is not None:
-                progress(seg.slug, n, len(plan))
-        return RefreshReport(
-            tuple(changes), stage_changes, None if ids is None else len(ids), time.perf_counter() - started
+        report = self._refresh_plan(plan, ids, progress, failed=failed)
+        return attrs.evolve(
+            report,
+            stage_changes=stage_changes,
+            customers=None if ids is None else len(ids),
+            seconds=time.perf_counter() - started,
+            failed=(*lifecycle_failed, *report.failed),
         )
 
-    def _refresh_one(self, seg: Segment, rule: Rule, ids: Sequence[int] | None) -> SegmentChange:
+    def _refresh_plan(
+        self,
+        plan: Sequence[tuple[Segment, Rule]],
+        ids: Sequence[int] | None,
+        progress: Callable[[str, int, int], None] | None = None,
+        *,
+        failed: Sequence[tuple[Segment, Exception]] = (),
+    ) -> RefreshReport:
+        """Refresh ``plan`` in order, each segment in its own transaction.
+
+        A segment whose rule fails (the database refuses or cannot run its
+        statement, a plugin condition raises) is rolled back, its error
+        recorded on it and reported; the others go on.  A segment that
+        evaluates again has its error cleared."""
+        changes: builtins.list[SegmentChange] = []
+        failures = [(seg, _describe(exc)) for seg, exc in failed]
+        for n, (seg, rule) in enumerate(plan, 1):
+            try:
+                change = self._refresh_one(seg, rule, ids)
+            except Cancelled:
+                raise
+            except Exception as exc:
+                failures.append((seg, _describe(exc)))
+            else:
+                if change.entered or change.exited:
+                    changes.append(change)
+                    self._emit(change)
+            if progress is not None:
+                progress(seg.slug, n, len(plan))
+        for seg, message in failures:
+            self._record_error(seg, message)
+        return RefreshReport(
+            tuple(changes), 0, None, 0.0, tuple(RefreshFailure(seg.slug, msg) for seg, msg in failures)
+        )
+
+    def _record_error(self, seg: Segment, message: str) -> None:
+        """Store why ``seg`` failed (once per distinct message: live refreshes
+        of a broken segment do not rewrite it on every event)."""
+        if seg.error == message:
+            return
+        s = self.t("segments")
+        with self.db.write() as conn:
+            conn.execute(sa.update(s).where(s.c.id == seg.id).values(error=message, error_at=self.crm.now()))
+
+    def _probe(self, conn: sa.Connection, rule: Rule) -> None:
+        """Have the database compile (not run) the statements a refresh of
+        ``rule`` sends, full and incremental: what it refuses raises here."""
+        for restrict in (None, [0]):
+            conn.execute(_Explain(rule.select(self._sql_context(conn, restrict=restrict))))
+
+    def _fill(
+        self, conn: sa.Connection, seg: Segment, rule: Rule, ids: Sequence[int] | None, now: datetime
+    ) -> SegmentChange:
+        """Bring ``seg``'s membership up to date on ``conn`` (no commit, no events)."""
         s = self.t("segments")
         entered: builtins.list[int] = []
         exited: builtins.list[int] = []
-        now = self.crm.now()
-        with self.db.write() as conn:
-            if ids is None:
-                self._refresh_full(conn, seg, rule, now, entered, exited)
-            else:
-                for chunk in _chunks(ids):
-                    self._refresh_chunk(conn, seg, rule, chunk, now, entered, exited)
-            conn.execute(
-                sa.update(s)
-                .where(s.c.id == seg.id)
-                .values(member_count=s.c.member_count + len(entered) - len(exited), refreshed_at=now)
+        if ids is None:
+            self._refresh_full(conn, seg, rule, now, entered, exited)
+        else:
+            for chunk in _chunks(ids):
+                self._refresh_chunk(conn, seg, rule, chunk, now, entered, exited)
+        conn.execute(
+            sa.update(s)
+            .where(s.c.id == seg.id)
+            .values(
+                member_count=s.c.member_count + len(entered) - len(exited), refreshed_at=now, error=None, error_at=None
             )
-        fresh = attrs.evolve(seg, member_count=seg.member_count + len(entered) - len(exited), refreshed_at=now)
+        )
+        fresh = attrs.evolve(
+            seg,
+            member_count=seg.member_count + len(entered) - len(exited),
+            refreshed_at=now,
+            error=None,
+            error_at=None,
+        )
         return SegmentChange(fresh, tuple(entered), tuple(exited))
+
+    def _refresh_one(self, seg: Segment, rule: Rule, ids: Sequence[int] | None) -> SegmentChange:
+        with self.db.write() as conn:
+            return self._fill(conn, seg, rule, ids, self.crm.now())
 
     # Both ways evaluate the rule ONCE, then change only the difference; what
     # counts as entered/exited is what the INSERT … ON CONFLICT DO NOTHING and
@@ -692,20 +748,21 @@ class Segments(Service):
             prefixes=["TEMPORARY"],
         )
         tmp.create(conn)
-        try:
-            conn.execute(tmp.insert().from_select(["id"], rule.select(ctx)))
-            members = sa.select(m.c.customer_id).where(m.c.segment_id == seg.id)
-            ins = self._insert(conn).from_select(
-                ["segment_id", "customer_id", "entered_at"],
-                sa.select(sa.literal(seg.id), tmp.c.id, sa.literal(now, type_=m.c.entered_at.type)).where(
-                    tmp.c.id.not_in(members)
-                ),
-            )
-            entered += conn.scalars(ins.on_conflict_do_nothing().returning(m.c.customer_id)).all()
-            gone = sa.delete(m).where(m.c.segment_id == seg.id, m.c.customer_id.not_in(sa.select(tmp.c.id)))
-            exited += conn.scalars(gone.returning(m.c.customer_id)).all()
-        finally:
-            tmp.drop(conn)
+        # no try/finally: on an error the transaction is rolled back, which
+        # drops the table too (a DROP in PostgreSQL's aborted transaction
+        # would fail and hide the error)
+        conn.execute(tmp.insert().from_select(["id"], rule.select(ctx)))
+        members = sa.select(m.c.customer_id).where(m.c.segment_id == seg.id)
+        ins = self._insert(conn).from_select(
+            ["segment_id", "customer_id", "entered_at"],
+            sa.select(sa.literal(seg.id), tmp.c.id, sa.literal(now, type_=m.c.entered_at.type)).where(
+                tmp.c.id.not_in(members)
+            ),
+        )
+        entered += conn.scalars(ins.on_conflict_do_nothing().returning(m.c.customer_id)).all()
+        gone = sa.delete(m).where(m.c.segment_id == seg.id, m.c.customer_id.not_in(sa.select(tmp.c.id)))
+        exited += conn.scalars(gone.returning(m.c.customer_id)).all()
+        tmp.drop(conn)
 
     def _emit(self, change: SegmentChange) -> None:
         if change.entered:
@@ -721,7 +778,7 @@ class Segments(Service):
         compiled = self.compile(rule)
         with self.db.read() as conn:
             stmt = compiled.select(self._sql_context(conn))
-            return _render(stmt, conn.dialect)
+            return render(stmt, conn.dialect)
 
     def preview(
         self,
@@ -744,16 +801,16 @@ class Segments(Service):
         if cancel is not None and timeout is not None:
             token.deadline = time.monotonic() + timeout
         c = self.t("customers")
-        with self.db.read() as conn:
+        with self.db.read() as conn, refused_as_rule_error():
             stmt = compiled.select(self._sql_context(conn))
-            plan, warnings = _explain(conn, stmt, self.db.tables)
+            plan, warnings = explain(conn, stmt, self.db.tables)
             with token.watching(conn):
                 count = int(conn.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0)
                 rows = conn.execute(
                     sa.select(c).where(c.c.id.in_(stmt.order_by(c.c.id).limit(sample))).order_by(c.c.id)
                 ).all()
             customers = tuple(self.crm.customers._from_row(r) for r in rows)
-            return Preview(count, customers, _render(stmt, conn.dialect), plan, warnings, compiled.text)
+            return Preview(count, customers, render(stmt, conn.dialect), plan, warnings, compiled.text)
 
     def evaluate(
         self,
@@ -903,67 +960,3 @@ def _affected(
             touched.add(seg.slug)
             out.append((seg, rule))
     return out
-
-
-def _render(stmt: sa.Select[Any], dialect: sa.Dialect) -> str:
-    try:
-        return str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
-    except Exception:  # some types cannot be inlined: show the parameters instead
-        compiled = stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-        return f"{compiled}\n-- parameters: {compiled.params!r}"
-
-
-def _explain(
-    conn: sa.Connection, stmt: sa.Select[Any], tables: Mapping[str, sa.Table]
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The query plan, and a warning for each base table read in full."""
-    names = {t.name: short for short, t in tables.items()}
-    warnings: builtins.list[str] = []
-    plan: builtins.list[str] = []
-    if conn.dialect.name == "sqlite":
-        for r in conn.execute(_Explain(stmt)):
-            detail = str(r[3])
-            plan.append(detail)
-            words = detail.split()
-            # SCAN t, or SEARCH t USING INDEX … (workspace_id=?): every row of the workspace
-            whole = (words[:1] == ["SCAN"] and "COVERING INDEX" not in detail) or (
-                words[:1] == ["SEARCH"] and detail.endswith("(workspace_id=?)")
-            )
-            if len(words) >= 2 and whole and words[1] in names:
-                what = names[words[1]]
-                warnings.append(
-                    f"reads every row of {what}: "
-                    + (
-                        "conditions on attributes and text fields have no index"
-                        if what == "customers"
-                        else "no index serves this condition; add a kind or a window to the event condition"
-                    )
-                )
-    elif conn.dialect.name == "postgresql":
-        import json
-
-        doc: Any = conn.execute(_Explain(stmt)).scalar()
-        root = doc if isinstance(doc, list) else json.loads(doc)
-        stack = [root[0]["Plan"]]
-        while stack:
-            node = stack.pop()
-            plan.append(f"{node.get('Node Type')} {node.get('Relation Name', '')}".strip())
-            if node.get("Node Type") == "Seq Scan" and node.get("Relation Name") in names:
-                warnings.append(f"reads every row of {names[node['Relation Name']]} (sequential scan)")
-            stack.extend(node.get("Plans", []))
-    return tuple(plan), tuple(dict.fromkeys(warnings))
-
-
-class _Explain(Executable, ClauseElement):
-    """``EXPLAIN`` of a statement, compiled with it (so its parameters are bound as usual)."""
-
-    inherit_cache = False
-
-    def __init__(self, statement: sa.Select[Any]) -> None:
-        self.statement = statement
-
-
-@compiles(_Explain)
-def _compile_explain(element: _Explain, compiler: Any, **kw: Any) -> str:
-    prefix = "EXPLAIN QUERY PLAN " if compiler.dialect.name == "sqlite" else "EXPLAIN (FORMAT JSON) "
-    return prefix + str(compiler.process(element.statement, **kw))

@@ -109,6 +109,7 @@ CORE_TABLES = (
     "messages",
     "delivery_attempts",
     "suppressions",
+    "jobs",
 )
 
 
@@ -275,6 +276,9 @@ def build_metadata(naming: Naming) -> sa.MetaData:
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.Column("refreshed_at", UTCDateTime()),
+        # why the rule last failed to evaluate, and when (migration 0005_segment_errors)
+        sa.Column("error", sa.String(2000)),
+        sa.Column("error_at", UTCDateTime()),
         sa.UniqueConstraint("workspace_id", "slug", name=f"uq_{t('segments')}_ws_slug"),
     )
     members = sa.Table(
@@ -294,6 +298,8 @@ def build_metadata(naming: Naming) -> sa.MetaData:
         sa.Column("position", sa.Integer, nullable=False),
         sa.Column("rule", sa.JSON, nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
+        sa.Column("error", sa.String(2000)),
+        sa.Column("error_at", UTCDateTime()),
     )
     # --- the delivery pipeline (migration 0003_messages) ---
     messages = sa.Table(
@@ -365,4 +371,33 @@ def build_metadata(naming: Naming) -> sa.MetaData:
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.UniqueConstraint("workspace_id", "channel", "address", name=f"uq_{t('suppressions')}_ws_channel_address"),
     )
+    # --- the worker's job state (migration 0006_jobs) ---
+    _jobs_table(md, t)
     return md
+
+
+def _jobs_table(md: sa.MetaData, t: Any) -> sa.Table:
+    """One row per (job, workspace): schedule, exclusive lease, last outcome.
+
+    ``workspace_id`` is ``"*"`` for a global job.  The lease columns are only
+    used by exclusive jobs (taken with one conditional UPDATE).
+    """
+    return sa.Table(
+        t("jobs"),
+        md,
+        sa.Column("job", sa.String(64), primary_key=True),
+        sa.Column("workspace_id", sa.String(64), primary_key=True),
+        sa.Column("lease_owner", sa.String(200)),
+        sa.Column("lease_until", UTCDateTime()),
+        sa.Column("next_run_at", UTCDateTime()),
+        sa.Column("last_started_at", UTCDateTime()),
+        sa.Column("last_finished_at", UTCDateTime()),
+        sa.Column("last_done", sa.Integer, nullable=False),
+        sa.Column("last_more", sa.Boolean, nullable=False),
+        sa.Column("last_message", sa.String(500)),
+        sa.Column("last_error", sa.String(2000)),
+        sa.Column("last_error_at", UTCDateTime()),
+        sa.Column("failures", sa.Integer, nullable=False),
+        sa.Column("runs", sa.Integer, nullable=False),
+        sa.Column("total_done", sa.BigInteger, nullable=False),
+    )

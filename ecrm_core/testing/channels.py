@@ -30,8 +30,11 @@ dialects subclass its dialect suite)::
 The suite checks that consent and suppression are honoured, that outcomes
 are classified (accepted / deferred / rejected, and bad addresses
 suppressed), that retries reuse the message id and never resend one
-attempt, that a worker crash between claim and record loses nothing, and
-that inbound routes refuse forged requests.  :class:`MemoryChannel` passes
+attempt, that a worker crash between claim and record loses nothing, that
+``render_many`` answers one result per context (a failure in its place,
+never raised) and one customer who cannot be rendered does not stop the
+others, and that inbound routes refuse forged requests and accept genuine
+ones whatever the case of their header names.  :class:`MemoryChannel` passes
 it (``tests/test_channels.py``) and is a small, complete example of a
 channel.
 """
@@ -60,6 +63,7 @@ from ..channels import (
     InboundRoute,
     Message,
     MessageEvent,
+    TemplateError,
 )
 from ..crm import CRM
 from ..errors import NotFound
@@ -470,6 +474,59 @@ class ChannelConformance:
         result = crm.messages.dispatch(batch_size=5)  # no backoff here: the retry follows at once
         assert (result.sent, result.retrying) == (5, 1)
         assert sorted(self.delivered_ids()) == sorted(m.id for m in crm.messages.list())
+
+    def test_render_many_answers_one_result_per_context(self, crm: CRM) -> None:
+        chan = crm.channels.get(self.channel)
+        cid = self._customer(crm, 1)
+        from ..services.messages import plain_customer
+
+        customer = plain_customer(crm.customers.get(cid))
+
+        def context(uid: str, data: Any) -> dict[str, Any]:
+            message = {"id": uid, "channel": self.channel, "purpose": "marketing", "transactional": False}
+            return {"customer": data, "message": {**message, "workspace": crm.workspace}}
+
+        contexts = [context("m-good", customer), context("m-empty", {}), context("m-good2", customer)]
+        results = chan.render_many(
+            self.template(), contexts, message_ids=["m-good", "m-empty", "m-good2"], purpose="marketing"
+        )
+        assert len(results) == 3, "render_many must answer one result per context, in order"
+        assert isinstance(results[0], Content) and isinstance(results[2], Content)
+        assert isinstance(results[1], Content | TemplateError), "a failure goes in its context's place"
+
+    def test_one_customer_who_cannot_be_rendered_does_not_stop_the_others(self, crm: CRM) -> None:
+        ids = [self._customer(crm, n) for n in range(1, 5)]
+
+        def context(customer: Any) -> dict[str, Any]:
+            if customer["id"] == ids[1]:
+                raise TemplateError("this customer's data cannot be rendered")
+            return {}
+
+        report = crm.messages.send_many(self.channel, self.template(), customer_ids=ids, context=context)
+        assert report.queued == 3 and dict(report.failed) == {"context_failed": 1}
+        [failure] = report.failures
+        assert failure.customer_id == ids[1]
+        crm.messages.dispatch()
+        assert len(self.delivered_ids()) == 3
+
+    def test_inbound_header_names_in_any_case(self, crm: CRM) -> None:
+        cid = self._customer(crm, 1)
+        record = self._send(crm, cid)
+        crm.messages.dispatch()
+        genuine = self.inbound_request(crm, record.id, genuine=True)
+        if genuine is None:
+            pytest.skip("the channel has no signed inbound route")
+        shouted = InboundRequest(
+            route=genuine.route,
+            method=genuine.method,
+            params=genuine.params,
+            query=genuine.query,
+            headers=[(k.upper(), v) for k, v in genuine.headers.items()],
+            body=genuine.body,
+            form=genuine.form,
+        )
+        response = crm.channels.handle_inbound(self.channel, shouted)
+        assert 200 <= response.status < 400
 
     def test_inbound_refuses_forged_requests(self, crm: CRM) -> None:
         cid = self._customer(crm, 1)

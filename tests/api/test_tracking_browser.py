@@ -260,7 +260,14 @@ def test_text_plain_bodies_with_the_write_key_in_the_body(crm_for_shop):
     msg = {"writeKey": key, "type": "track", "event": "Signed Up", "anonymousId": "c-1", "messageId": "m-1"}
     r = _post(live, "/v1/t", msg)
     assert r.status_code == 200, r.text
-    assert r.json() == {"success": True, "accepted": 1, "duplicates": 0, "rejected": [], "notes": []}
+    assert r.json() == {
+        "success": True,
+        "accepted": 1,
+        "duplicates": 0,
+        "rejected": [],
+        "notes": [],
+        "rejected_total": 0,
+    }
     # the same message again, as JSON this time: a duplicate
     r = _post(live, "/v1/t", msg, **{"content-type": "application/json"})
     assert r.json()["duplicates"] == 1

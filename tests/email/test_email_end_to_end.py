@@ -62,7 +62,9 @@ def test_send_parse_back_click_open_unsubscribe(shop):
     assert crm.messages.dispatch().sent == 1
     [msg] = server.messages
     [envelope] = server.envelopes
-    assert list(envelope.rcpt_tos) == ["ada@example.com"] and envelope.mail_from == "news@shop.example"
+    assert list(envelope.rcpt_tos) == ["ada@example.com"]
+    assert envelope.mail_from == crm.channels.get("email").returns.return_path(record.id, now=crm.now().timestamp())
+    assert envelope.mail_from.startswith(f"news+{record.id}.") and envelope.mail_from.endswith("@shop.example")
 
     # headers
     assert msg["Subject"] == "Ada, 20% off"

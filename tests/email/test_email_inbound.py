@@ -1,21 +1,15 @@
 """What comes back without a browser: the provider webhook (signed, Stripe
-style) and bounces/complaints delivered by mail (DSN, ARF), parsed directly
-and through a real aiosmtpd server on 127.0.0.1."""
+style).  Mail to the bounce address: ``test_email_inbound_mail.py``."""
 
 from __future__ import annotations
 
 import json
 import logging
-import smtplib
 from pathlib import Path
-from string import Template
 
 import pytest
 from ecrm_email.inbound import (
-    InboundMailHandler,
     handle,
-    parse_inbound_mail,
-    serve_inbound,
     sign_webhook,
     verify_webhook_signature,
 )
@@ -120,7 +114,7 @@ def test_signed_webhook_bounce_and_complaint_suppress(crm, links, sent, clock):
                     "detail": "550 5.1.1 user unknown",
                     "occurred_at": "2026-06-01T11:59:00Z",
                 },
-                {"id": "evt-2", "type": "complained", "address": "bob@example.com"},
+                {"id": "evt-2", "type": "complained", "message_id": other.id, "address": "bob@example.com"},
                 {"id": "evt-3", "type": "delivered", "message_id": other.id},
                 {"id": "evt-4", "type": "clicked", "message_id": other.id, "url": "https://shop.example/p/1"},
             ]
@@ -250,141 +244,3 @@ def test_webhook_only_accepts_post(crm, links):
     with pytest.raises(InboundRejected) as info:
         handle(crm, links, InboundRequest(route="webhook", method="GET"), webhook_secret=WEBHOOK_SECRET)
     assert info.value.status == 405
-
-
-# ---------------------------------------------------------------------------
-# Bounces and complaints by mail
-# ---------------------------------------------------------------------------
-
-
-def fixture(name: str, **values: str) -> bytes:
-    values.setdefault("feedback_type", "abuse")
-    return Template((FIXTURES / name).read_bytes().decode("ascii")).substitute(values).encode()
-
-
-def test_dsn_5_1_1_for_a_sent_message_suppresses_the_address(crm, sent):
-    [event] = parse_inbound_mail(fixture("dsn_5.1.1.eml", address="ada@example.com", message_id=sent.id))
-    assert (event.type, event.message_id, event.address) == ("bounced", sent.id, "ada@example.com")
-    assert event.key == "dsn:20260601120500.4F1A2B3C4D@mx.example.net:ada@example.com"
-    assert event.detail.startswith("5.1.1 smtp; 550 5.1.1") and "\n" not in event.detail
-    assert [e.customer_id for e in crm.messages.apply_events([event])] == [sent.customer_id]
-    [entry] = crm.messages.suppressions()
-    assert (entry.address, entry.scope, entry.reason) == ("ada@example.com", "all", "hard_bounce")
-    assert "5.1.1" in entry.detail
-    assert crm.messages.send("email", sent.customer_id, Content(body="x")).reason == "suppressed"
-    assert crm.messages.apply_events([event]) == []
-
-
-def test_dsn_message_id_falls_back_to_the_message_id_header(crm, sent):
-    raw = fixture("dsn_5.1.1.eml", address="ada@example.com", message_id=sent.id)
-    raw = raw.replace(f"X-Ecrm-Message: {sent.id}\r\n".encode(), b"")
-    [event] = parse_inbound_mail(raw)
-    assert event.message_id == sent.id
-
-
-def test_delayed_dsn_is_a_soft_bounce_and_suppresses_nothing(crm, sent):
-    [event] = parse_inbound_mail(fixture("dsn_delayed.eml", address="ada@example.com", message_id=sent.id))
-    assert (event.type, event.message_id, event.address) == ("soft_bounced", sent.id, "ada@example.com")
-    assert len(crm.messages.apply_events([event])) == 1
-    assert crm.messages.suppressions() == []
-    assert "bounce" in kinds(crm, sent.customer_id)
-
-
-def test_arf_abuse_report_is_a_complaint(crm, sent):
-    [event] = parse_inbound_mail(fixture("arf_abuse.eml", address="ada@example.com", message_id=sent.id))
-    assert (event.type, event.message_id, event.address) == ("complained", sent.id, "ada@example.com")
-    assert event.key == "dsn:arf-20260602-0001@fbl.mailbox.example:ada@example.com"
-    crm.messages.apply_events([event])
-    assert suppressions(crm) == {("ada@example.com", "marketing", "complaint")}
-    assert crm.customers.get(sent.customer_id).consent["email"].status == "denied"
-    # marketing is blocked, a receipt still goes out
-    assert crm.messages.send("email", sent.customer_id, Content(body="x")).status == "blocked"
-    assert crm.messages.send("email", sent.customer_id, Content(body="x"), purpose="transactional").status == "queued"
-
-
-def test_arf_original_rcpt_to_wins_over_the_quoted_to(sent):
-    raw = fixture("arf_abuse.eml", address="list@example.org", message_id=sent.id)
-    raw = raw.replace(b"Version: 1\r\n", b"Version: 1\r\nOriginal-Rcpt-To: <ada@example.com>\r\n")
-    [event] = parse_inbound_mail(raw)
-    assert event.address == "ada@example.com"
-
-
-def test_mail_that_is_not_a_report_gives_no_events():
-    assert (
-        parse_inbound_mail(fixture("arf_abuse.eml", address="a@example.com", message_id="m", feedback_type="not-spam"))
-        == []
-    )
-    assert (
-        parse_inbound_mail(b"From: ada@example.com\r\nTo: bounces@shop.example\r\nSubject: hello\r\n\r\nthanks!\r\n")
-        == []
-    )
-    assert parse_inbound_mail(b"") == []
-    assert parse_inbound_mail(b"\x00\xff garbage \r\n\r\n\r\n") == []
-
-
-# ---------------------------------------------------------------------------
-# A real SMTP server for the bounce address
-# ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def inbound_server(crm):
-    controller = serve_inbound(crm, "127.0.0.1", 0)
-    try:
-        yield controller
-    finally:
-        controller.stop()
-
-
-def test_dsn_delivered_to_the_inbound_server_suppresses_the_address(crm, sent, inbound_server):
-    assert isinstance(inbound_server.handler, InboundMailHandler)
-    assert inbound_server.port != 0
-    raw = fixture("dsn_5.1.1.eml", address="ada@example.com", message_id=sent.id)
-    with smtplib.SMTP("127.0.0.1", inbound_server.port, timeout=10) as smtp:
-        refused = smtp.sendmail("", ["bounces@shop.example"], raw)
-        assert refused == {}
-        # delivered twice (an MTA retry): recorded once
-        smtp.sendmail("", ["bounces@shop.example"], raw)
-        # mail that is not a report is accepted and dropped (never bounce a bounce)
-        assert smtp.sendmail("ada@example.com", ["bounces@shop.example"], b"Subject: hi\r\n\r\nthanks\r\n") == {}
-    # the server answers DATA after the handler ran: the suppression is there now
-    assert suppressions(crm) == {("ada@example.com", "all", "hard_bounce")}
-    assert kinds(crm, sent.customer_id).count("bounce") == 1
-
-
-def test_a_database_failure_asks_the_sender_to_retry(crm, sent, inbound_server, monkeypatch):
-    def broken(events):
-        raise RuntimeError("database is down")
-
-    monkeypatch.setattr(crm.messages, "apply_events", broken)
-    raw = fixture("arf_abuse.eml", address="ada@example.com", message_id=sent.id)
-    with (
-        smtplib.SMTP("127.0.0.1", inbound_server.port, timeout=10) as smtp,
-        pytest.raises(smtplib.SMTPDataError) as info,
-    ):
-        smtp.sendmail("", ["abuse@shop.example"], raw)
-    assert info.value.smtp_code == 451
-
-
-def test_mailto_unsubscribe_through_the_inbound_server(crm, sent, inbound_server):
-    [event] = parse_inbound_mail(f"From: ada@example.com\r\nSubject: unsubscribe {sent.id}\r\n\r\n".encode())
-    assert (event.type, event.message_id, event.purpose) == ("unsubscribed", sent.id, None)
-    with smtplib.SMTP("127.0.0.1", inbound_server.port, timeout=10) as smtp:
-        for subject in (f"Unsubscribe {sent.id}", "unsubscribe " + "0" * 32, f"Re: unsubscribe {sent.id}"):
-            mail = f"From: Ada <ada@example.com>\r\nTo: unsubscribe@shop.example\r\nSubject: {subject}\r\n\r\n"
-            assert smtp.sendmail("ada@example.com", ["unsubscribe@shop.example"], mail.encode()) == {}
-    # narrowed to the message's purpose, like the one-click link (same key: a later click is a replay)
-    state = {k: v.status for k, v in crm.customers.get(sent.customer_id).consent.items()}
-    assert state == {"email": "granted", "email:marketing": "denied"}
-    assert kinds(crm, sent.customer_id).count("unsubscribe") == 1
-    links = Links(crm.signer, BASE)
-    token = links.unsubscribe_url(message_id=sent.id, purpose="marketing").rsplit("/", 1)[1]
-    click = handle(
-        crm,
-        links,
-        InboundRequest(
-            route="unsubscribe/{token}", method="POST", params={"token": token}, body=b"List-Unsubscribe=One-Click"
-        ),
-        webhook_secret=None,
-    )
-    assert crm.messages.apply_events(click.events) == []

@@ -105,10 +105,10 @@ def checkboxes(html: str) -> dict[str, bool]:
 
 def test_routes_are_declared():
     assert {r.name: r.methods for r in ROUTES} == {
-        "unsubscribe/{token}": ("GET", "POST"),
-        "click/{token}": ("GET",),
-        "open/{token}": ("GET",),
-        "preferences/{token}": ("GET", "POST"),
+        "unsubscribe/{token}": ("GET", "HEAD", "POST"),
+        "click/{token}": ("GET", "HEAD"),
+        "open/{token}": ("GET", "HEAD"),
+        "preferences/{token}": ("GET", "HEAD", "POST"),
         "webhook": ("POST",),
     }
 

@@ -25,6 +25,7 @@ from . import __version__
 from .auth import KeyAuthMiddleware, route_policy
 from .bodies import check_body
 from .config import ApiConfig
+from .gzip import refuse_encoding
 from .keys import ApiKey, Keys
 from .openapi import body_type, install
 from .problems import exception_handlers, problem, render_problem
@@ -219,6 +220,7 @@ def create_app(
         if handler not in json_bodies and not request.scope["query_string"]:
             return
         if handler in json_bodies:
+            refuse_encoding(request.headers.get("content-encoding"))  # 415: only /v1/* take gzip
             media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
             if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
                 raise problem(

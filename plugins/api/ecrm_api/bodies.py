@@ -6,9 +6,11 @@ for a boolean, ``"12"`` for an integer and a number for a date-time: more
 than the schema admits.  Before the handler runs, the raw body is decoded
 once more into the same struct with msgspec's strict JSON decoder, so the
 server admits exactly what the declarations (and so the schema generated
-from them, :mod:`ecrm_api.openapi`) admit.  The text rule of
-:data:`~ecrm_api.types.TEXT_PATTERN` (no NUL, in keys and values at any
-depth) and the 64-bit integer range are checked on the same pass.
+from them, :mod:`ecrm_api.openapi`) admit.  The core's value rules
+(:func:`ecrm_core.validation.check_json` without its size limits: the
+characters of :data:`~ecrm_core.validation.TEXT_PATTERN` in text and keys at
+any depth, 64-bit integers) are checked on the same pass, with the core's
+messages and paths.
 
 A body that is not JSON at all is left to Litestar's own error.
 """
@@ -19,14 +21,13 @@ import re
 from typing import Any
 
 import msgspec
-from ecrm_core.errors import ValidationError
+from ecrm_core.validation import check_json
 from litestar import Request
 from litestar.exceptions import ValidationException
 
 __all__ = ["check_body"]
 
 _AT = re.compile(r" - at `\$\.?(.*)`$")
-_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
 
 async def check_body(request: Request[Any, Any, Any], struct: type[msgspec.Struct]) -> None:
@@ -51,8 +52,10 @@ async def check_body(request: Request[Any, Any, Any], struct: type[msgspec.Struc
     # A batch lists each bad item itself (one bad item must not hide the others).
     if getattr(struct, "per_item_errors", False):
         return
-    if b"\\u0000" in raw or _has_big_int(raw):
-        _check_values(doc)
+    # Only an escape can carry a control character or a lone surrogate into
+    # JSON text, and a 64-bit integer has at most 19 digits.
+    if b"\\" in raw or _has_big_int(raw):
+        check_json(doc, "body", limits=False)
 
 
 def _integral(node: Any) -> Any:
@@ -69,26 +72,3 @@ def _integral(node: Any) -> Any:
 def _has_big_int(raw: bytes) -> bool:
     # A JSON integer needs 19 digits to leave the 64-bit range.
     return re.search(rb"[0-9]{19}", raw) is not None
-
-
-def _check_values(doc: Any) -> None:
-    stack: list[tuple[Any, str]] = [(doc, "body")]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, str):
-            if "\x00" in node:
-                raise ValidationError(path, "<text>", "contains a NUL character", "remove the \\u0000 characters")
-        elif isinstance(node, bool):
-            continue
-        elif isinstance(node, int):
-            if not _INT_MIN <= node <= _INT_MAX:
-                raise ValidationError(path, node, "integer out of 64-bit range", "send it as a string")
-        elif isinstance(node, dict):
-            for k, v in node.items():
-                if "\x00" in k:
-                    raise ValidationError(
-                        path, "<key>", "a key contains a NUL character", "remove the \\u0000 characters"
-                    )
-                stack.append((v, f"{path}.{k}"))
-        elif isinstance(node, list):
-            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node))

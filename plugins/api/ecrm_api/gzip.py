@@ -2,7 +2,12 @@
 
 :func:`decode_body` inflates at most ``limit`` bytes: a small body that
 inflates to gigabytes (a "zip bomb") is refused with 413 after ``limit + 1``
-bytes were produced, never held in memory whole.
+bytes were produced, never held in memory whole.  A body is one compressed
+stream: trailing bytes or a second gzip member are refused (400 naming
+``header.content-encoding``).
+
+Only the tracking routes take compressed bodies (the SDKs send them); the
+other routes refuse a ``Content-Encoding`` with 415 (:func:`refuse_encoding`).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import zlib
 
 from .problems import problem
 
-__all__ = ["decode_body"]
+__all__ = ["decode_body", "refuse_encoding"]
 
 _CHUNK = 64 * 1024
 
@@ -76,6 +81,23 @@ def decode_body(body: bytes, content_encoding: str | None, limit: int) -> bytes:
             f"the {coding} stream is truncated",
             errors=[{"field": "body", "problem": "truncated stream", "fix": "send the whole compressed body"}],
         )
+    if inflater.unused_data or data:
+        # A second gzip member, or bytes after the stream: what they hold was
+        # never checked against the limit, and no SDK sends them.
+        raise problem(
+            400,
+            "invalid-encoding",
+            "Invalid compressed body",
+            f"Content-Encoding {coding}: the body has data after the end of the compressed stream "
+            "(trailing bytes or a second member)",
+            errors=[
+                {
+                    "field": "header.content-encoding",
+                    "problem": f"trailing data after the {coding} stream, or more than one member",
+                    "fix": "send exactly one compressed stream (one gzip member), nothing after it",
+                }
+            ],
+        )
     return bytes(out)
 
 
@@ -86,4 +108,28 @@ def _too_large(limit: int, *, decoded: bool = False) -> Exception:
         "too-large",
         "Request body too large",
         f"the {what} is larger than {limit} bytes; send smaller requests (split batches)",
+        errors=[{"field": "body", "problem": f"{what} larger than {limit} bytes", "fix": "send smaller requests"}],
+    )
+
+
+def refuse_encoding(content_encoding: str | None) -> None:
+    """Raise the 415 problem for a request body with a content coding (other
+    than ``identity``): the JSON routes read the body as sent, and a gzip body
+    read as JSON would be a confusing 400 (or, worse, silently ignored)."""
+    coding = (content_encoding or "").strip().lower()
+    if coding in ("", "identity"):
+        return
+    raise problem(
+        415,
+        "unsupported-encoding",
+        "Unsupported content encoding",
+        f"Content-Encoding {content_encoding!r} is not supported on this route: send the body uncompressed "
+        "(only the tracking routes /v1/* take gzip)",
+        errors=[
+            {
+                "field": "header.content-encoding",
+                "problem": "compressed bodies are not taken here",
+                "fix": "send the body uncompressed, without Content-Encoding",
+            }
+        ],
     )

@@ -118,27 +118,38 @@ JSON_VALUE = "JSONValue"
 
 
 def _json_value() -> dict[str, Any]:
-    """Any JSON value the server takes in a free-form field: no NUL in text or keys, 64-bit integers."""
-    from .types import TEXT_PATTERN
+    """Any JSON value the server takes in a free-form field: the core's rules
+    (:func:`ecrm_core.validation.check_json`) that a schema can state."""
+    from ecrm_core.validation import MAX_INT, MAX_JSON_DEPTH, MAX_JSON_KEYS, MAX_KEY_LENGTH, MIN_INT
+
+    from .types import KEY_PATTERN, TEXT_PATTERN
 
     ref = {"$ref": REF.format(name=JSON_VALUE)}
+    keys = {"pattern": KEY_PATTERN, "maxLength": MAX_KEY_LENGTH}
     return {
-        "description": "any JSON value: text without NUL (keys too), integers within 64 bits",
+        "description": (
+            "any JSON value: text without control characters (tab, line feed and carriage return allowed,"
+            " not in keys) or lone surrogates, keys of at most"
+            f" {MAX_KEY_LENGTH} characters, integers within 64 bits; in all at most {MAX_JSON_KEYS} keys,"
+            f" nested at most {MAX_JSON_DEPTH} deep"
+        ),
         "anyOf": [
             {"type": "null"},
             {"type": "boolean"},
-            {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+            {"type": "integer", "minimum": MIN_INT, "maximum": MAX_INT},
             {"type": "number", "not": {"type": "integer"}},
             {"type": "string", "pattern": TEXT_PATTERN},
             {"type": "array", "items": ref},
-            {"type": "object", "additionalProperties": ref, "propertyNames": {"pattern": TEXT_PATTERN}},
+            {"type": "object", "additionalProperties": ref, "propertyNames": keys, "maxProperties": MAX_JSON_KEYS},
         ],
     }
 
 
 def _free_text_rule(schema: Any) -> Any:
     """Add the body text rule to every string without a pattern, and to free-form objects."""
-    from .types import TEXT_PATTERN
+    from ecrm_core.validation import MAX_JSON_KEYS, MAX_KEY_LENGTH
+
+    from .types import KEY_PATTERN, TEXT_PATTERN
 
     stack = [schema]
     while stack:
@@ -152,9 +163,12 @@ def _free_text_rule(schema: Any) -> Any:
         if kind == "string" and "pattern" not in node and "enum" not in node and "const" not in node:
             node["pattern"] = TEXT_PATTERN
         elif kind == "object" and "properties" not in node:
-            if node.get("additionalProperties", True) is True:
+            if node.get("additionalProperties", True) is True:  # free-form JSON data: the core's limits
                 node["additionalProperties"] = {"$ref": REF.format(name=JSON_VALUE)}
-            node.setdefault("propertyNames", {"pattern": TEXT_PATTERN})
+                node.setdefault("propertyNames", {"pattern": KEY_PATTERN, "maxLength": MAX_KEY_LENGTH})
+                node.setdefault("maxProperties", MAX_JSON_KEYS)
+            else:  # a declared map: its keys follow the core's key rule too (ecrm_api.bodies)
+                node.setdefault("propertyNames", {"pattern": KEY_PATTERN})
         stack.extend(v for k, v in node.items() if isinstance(v, (dict, list)) and k != "enum")
     return schema
 

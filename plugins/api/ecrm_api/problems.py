@@ -21,6 +21,7 @@ from litestar.exceptions import (
     HTTPException,
     NotAuthorizedException,
     PermissionDeniedException,
+    SerializationException,
     TooManyRequestsException,
 )
 from litestar.exceptions import ValidationException as LitestarValidationException
@@ -29,6 +30,8 @@ from litestar.plugins.problem_details import ProblemDetailsException
 __all__ = ["problem", "exception_handlers", "render_problem", "problem_responses", "ProblemDetailsException"]
 
 log = logging.getLogger("ecrm_api")
+#: Field errors listed in one problem document; ``error_total`` counts them all.
+MAX_LISTED = 100
 MEDIA_TYPE = "application/problem+json"
 
 
@@ -76,13 +79,21 @@ def _on_ecrm(request: Request[Any, Any, Any], exc: EcrmError) -> Response[Any]:
         p = problem(422, "validation", "Invalid value", str(exc), errors=[_field_error(exc, _prefix(exc))])
     elif isinstance(exc, BatchError):
         errs = []
-        for e in exc.errors:
+        for e in exc.errors[:MAX_LISTED]:  # the answer's size is bounded: the first ones, and the count
             inner = e.error
             if isinstance(inner, ValidationError):
                 errs.append(_field_error(inner, f"body[{e.index}]"))
             else:
                 errs.append({"field": f"body[{e.index}]", "problem": str(inner), "fix": "fix or remove this item"})
-        p = problem(422, "validation", "Invalid items", str(exc), errors=errs, committed=exc.committed)
+        p = problem(
+            422,
+            "validation",
+            "Invalid items",
+            str(exc),
+            errors=errs,
+            error_total=len(exc.errors),
+            committed=exc.committed,
+        )
     elif isinstance(exc, NotFound):
         p = problem(404, "not-found", "Not found", str(exc))
     elif isinstance(exc, IdempotencyConflict):
@@ -101,6 +112,7 @@ def _prefix(exc: ValidationError) -> str:
 
 _KEY = re.compile(r"^\$\.?")
 _UNKNOWN = re.compile(r"unknown field `([^`]{1,200})`")
+_KEY_ERROR = re.compile(r"'[A-Za-z_][A-Za-z0-9_]*'")
 
 
 def _on_litestar_validation(request: Request[Any, Any, Any], exc: LitestarValidationException) -> Response[Any]:
@@ -116,11 +128,26 @@ def _on_litestar_validation(request: Request[Any, Any, Any], exc: LitestarValida
         if key == "data" and source == "body":  # Litestar names the whole body by its kwarg
             key = ""
         field = f"{source}.{key}" if key else str(source)
-        unknown = _UNKNOWN.search(str(item.get("message", "")))
+        message = str(item.get("message", "invalid"))
+        unknown = _UNKNOWN.search(message)
         if unknown:  # name the unknown field itself, not the object holding it
             field = f"{field}.{unknown.group(1)}"
-        errs.append({"field": field, "problem": str(item.get("message", "invalid")), "fix": _fix(item)})
+        if _KEY_ERROR.fullmatch(message):
+            # Litestar's KeyError for a parameter it did not get: for the body,
+            # an empty request body.  Never show the internal message.
+            missing = "the body is empty" if field == "body" else "missing"
+            errs.append(
+                {
+                    "field": field,
+                    "problem": missing,
+                    "fix": "send a JSON object as the body" if field == "body" else "add this field",
+                }
+            )
+            continue
+        errs.append({"field": field, "problem": message, "fix": _fix(item)})
     detail = str(exc.detail or "the request does not match the API's schema")
+    if _KEY_ERROR.fullmatch(detail):
+        detail = "the request does not match the API's schema"
     if not errs:
         errs.append(
             {"field": "body", "problem": detail, "fix": "send a JSON document as described in the OpenAPI spec"}
@@ -175,12 +202,40 @@ def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[An
             "too-large",
             "Request body too large",
             f"{exc.detail}; send smaller requests (split batches)",
+            errors=[{"field": "body", "problem": str(exc.detail), "fix": "send smaller requests (split batches)"}],
             headers=headers,
         )
     elif status == 404:
         p = problem(404, "not-found", "Not found", f"no route {request.method} {request.url.path}", headers=headers)
     elif status == 405:
         p = problem(405, "method-not-allowed", "Method not allowed", str(exc.detail), headers=headers)
+    elif status == 400 and isinstance(exc.__cause__, SerializationException):
+        # The body could not be decoded (malformed JSON, invalid UTF-8, a lone
+        # surrogate, nothing at all): name the body, like every other 400.
+        what = str(exc.detail) or "not valid JSON"
+        p = problem(
+            400,
+            "invalid-request",
+            "Invalid request",
+            f"body: not valid JSON ({what})",
+            errors=[
+                {
+                    "field": "body",
+                    "problem": f"not valid JSON ({what})",
+                    "fix": "send one JSON document, UTF-8 encoded",
+                }
+            ],
+            headers=headers,
+        )
+    elif status == 400:
+        p = problem(
+            400,
+            "invalid-request",
+            "Invalid request",
+            str(exc.detail),
+            errors=[{"field": "request", "problem": str(exc.detail), "fix": "send a well-formed HTTP request"}],
+            headers=headers,
+        )
     else:
         title = str(exc.detail) if status < 500 else "Server error"
         p = problem(

@@ -44,12 +44,13 @@ import msgspec
 import sqlalchemy as sa
 from ecrm_core.domain import Alias, Customer
 from ecrm_core.errors import Conflict, EcrmError, IdempotencyConflict, ValidationError
-from ecrm_core.validation import check_amount, check_currency, properties_json
+from ecrm_core.validation import check_amount, check_currency, check_json, check_string, properties_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
 
 __all__ = [
+    "BATCH_MAX_MESSAGES",
     "CALL_TYPES",
     "KEY_PREFIX",
     "MESSAGE_MAX_BYTES",
@@ -65,6 +66,10 @@ __all__ = [
 CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 #: Segment's limit for one message (32 KB).
 MESSAGE_MAX_BYTES = 32 * 1024
+#: Messages accepted in one batch request: a longer ``batch`` is refused as
+#: a whole (413), so that neither the work nor the answer grows with what a
+#: small (compressed) body can hold.
+BATCH_MAX_MESSAGES = 2500
 #: Put in front of a ``messageId`` to make the interaction's idempotency key
 #: (so it cannot clash with keys sent to the REST API).
 KEY_PREFIX = "segment:"
@@ -80,7 +85,8 @@ _MAX_MESSAGE_ID = 200 - len(KEY_PREFIX)
 _SET_BASED = frozenset({"track", "page", "screen"})
 _CHANNELS = {"browser": "web", "mobile": "app", "server": "server"}
 _IDENTITY_TRAITS = ("email", "phone")
-_NAME_TRAITS = frozenset({"name", "email", "phone"})
+#: Traits that become customer fields, not attributes (as the docs say).
+_NAME_TRAITS = frozenset({"name", "firstName", "lastName", "email", "phone"})
 _AMOUNT_STEP = Decimal("0.0001")
 
 
@@ -160,6 +166,14 @@ class Parsed:
 # ----------------------------------------------------------------------
 # values
 # ----------------------------------------------------------------------
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut short: an answer never echoes a big value."""
+    if type(value) is int and abs(value) > 10**40:
+        return f"<{type(value).__name__} of {len(str(abs(value))) if abs(value) < 10**4000 else 'many'} digits>"
+    text = repr(value) if type(value) in (str, int, float, bool) or value is None else f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def parse_time(value: Any, field: str) -> datetime | None:
     """An ISO 8601 time with a UTC offset (as UTC), ``None`` for absent; raises :class:`MessageError`."""
     if value is None:
@@ -219,9 +233,21 @@ def _text(value: Any, field: str, max_length: int = 200) -> str | None:
         return None
     if type(value) is not str:
         raise MessageError(field, "not a string", "send text")
-    if len(value) > max_length or "\x00" in value:
-        raise MessageError(field, f"longer than {max_length} characters or contains NUL", "send shorter text")
-    return value
+    if len(value) > max_length:
+        raise MessageError(field, f"longer than {max_length} characters", "send shorter text")
+    try:
+        return check_string(value, field)
+    except ValidationError as exc:
+        raise MessageError(exc.field, exc.problem, exc.fix) from None
+
+
+def _check_traits(traits: dict[str, Any], path: str) -> None:
+    """The core's rules for free-form data, on the traits as sent (the same
+    limits as customer attributes; paths under ``path``)."""
+    try:
+        check_json(traits, path)
+    except ValidationError as exc:
+        raise MessageError(exc.field, exc.problem, exc.fix) from None
 
 
 def _amount(props: Mapping[str, Any], path: str) -> tuple[Decimal, str] | None:
@@ -309,11 +335,13 @@ class Tracker:
         if call is not None:
             if kind is not None and kind != call:
                 raise MessageError(
-                    f"{path}.type", f"{kind!r} sent to the {call} endpoint", f'send "{call}" or leave it out'
+                    f"{path}.type", f"{_shown(kind)} sent to the {call} endpoint", f'send "{call}" or leave it out'
                 )
             kind = call
         elif kind not in CALL_TYPES:
-            raise MessageError(f"{path}.type", f"unknown call type {kind!r}", f"send one of {', '.join(CALL_TYPES)}")
+            raise MessageError(
+                f"{path}.type", f"unknown call type {_shown(kind)}", f"send one of {', '.join(CALL_TYPES)}"
+            )
         message_id = get("messageId")
         if message_id is not None:
             if (
@@ -348,6 +376,7 @@ class Tracker:
         context = _object(get("context"), f"{path}.context")
         channel = _CHANNELS.get(get("channel")) if type(get("channel")) is str else None
         props: dict[str, Any]
+        traits_path = f"{path}.traits"
         row: dict[str, Any] = {}
         msg = _Message(index, kind, message_id, path, row, user_id, anonymous_id)
         if kind == "alias":
@@ -384,7 +413,8 @@ class Tracker:
                 group_id = _identifier(get("groupId"), f"{path}.groupId")
                 if group_id is None:
                     raise MessageError(f"{path}.groupId", "missing", "send the group's (account's) id")
-                traits = _object(get("traits"), f"{path}.traits")
+                traits = _object(get("traits"), traits_path)
+                _check_traits(traits, traits_path)
                 msg.group = {"id": group_id, "traits": traits}
                 kind_name, props = "event", {"event": "group", "groupId": group_id, "traits": traits}
             else:  # identify
@@ -416,7 +446,11 @@ class Tracker:
             properties_json(props, f"{path}.properties")
         except ValidationError as exc:
             # identify/group keep their traits in the properties: name what was sent
-            field = exc.field if kind in ("track", "page", "screen", "alias") else f"{path}.traits"
+            field = exc.field
+            if kind in ("identify", "group") and field.startswith(f"{path}.properties.traits"):
+                field = f"{traits_path}{field[len(path) + len('.properties.traits') :]}"
+            elif kind in ("identify", "group"):
+                field = traits_path
             raise MessageError(field, exc.problem, exc.fix) from None
         return msg
 
@@ -441,10 +475,11 @@ class Tracker:
         try:
             Customer(**fields)
         except ValidationError as exc:
-            head, _, rest = exc.field.partition(".")
-            field = (
-                path if head == "attributes" and not rest else f"{path}.{rest if head == 'attributes' else exc.field}"
-            )
+            name = exc.field
+            if name.startswith("attributes"):  # attributes.plan, attributes["a b"]: the trait itself
+                field = path + name[len("attributes") :]
+            else:
+                field = f"{path}.{name}"
             raise MessageError(field, exc.problem, exc.fix) from None
         return fields
 
@@ -567,7 +602,10 @@ class Tracker:
         except Conflict as exc:
             raise MessageError(m.path, "conflicts with stored customers", str(exc), conflict=True) from None
         except ValidationError as exc:
-            raise MessageError(f"{m.path}.{exc.field}", exc.problem, exc.fix) from None
+            field = exc.field
+            if field.startswith("attributes.group.traits"):  # group: name what was sent
+                field = "traits" + field[len("attributes.group.traits") :]
+            raise MessageError(f"{m.path}.{field}", exc.problem, exc.fix) from None
         a, _d, errs = self._many([m])
         if errs:
             e = errs[0]

@@ -12,15 +12,25 @@ Configuration (``CRM(channels={"email": {...}})``):
     The transport driver name (default ``"smtp"``, entry points in
     ``ecrm.transports.email``) and its options (host, port, security…).
 ``reply_to``, ``domain`` (Message-ID domain; default: the sender's),
-``bounce_address`` (MAIL FROM; default: the sender), ``templates_dir``,
+``bounce_address`` (MAIL FROM, as ``<local>+<signed message token>@<domain>``;
+default: the sender), ``templates_dir``,
 ``track_opens`` / ``track_clicks`` (default ``True``), ``link_max_age_days``
 (default 90), ``webhook_secret`` (provider webhooks), ``unsubscribe_mailto``
-(an extra ``mailto:`` in ``List-Unsubscribe``).
+(an extra ``mailto:`` in ``List-Unsubscribe``, with a signed per-message token).
+
+Template rendering (see :class:`~ecrm_email.templates.Templates`):
+``isolation`` (``"process"``, the default: sandbox processes with OS limits;
+``"inline"``: in this process, for trusted templates only), ``max_output``
+(bytes per rendered part, default 1,000,000), ``max_seconds`` (per message,
+default 2.0), ``max_memory`` (bytes per sandbox process beyond its start-up
+size, default 512 MiB), ``render_workers`` (sandbox processes at most,
+default 2-4 by CPU count).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Mapping, Sequence
 from email.utils import parseaddr
@@ -35,6 +45,7 @@ from ecrm_core.channels import (
     InboundResponse,
     InboundRoute,
     Message,
+    TemplateError,
     load_transport,
 )
 from ecrm_core.errors import ValidationError
@@ -60,6 +71,17 @@ _KNOWN = {
     "webhook_secret",
     "unsubscribe_mailto",
     "max_output",
+    "max_seconds",
+    "max_memory",
+    "isolation",
+    "render_workers",
+}
+_TEMPLATE_OPTIONS = {
+    "max_output": "max_output",
+    "max_seconds": "max_seconds",
+    "max_memory": "max_memory",
+    "isolation": "isolation",
+    "render_workers": "workers",
 }
 
 
@@ -101,9 +123,11 @@ class EmailChannel(Channel):
         self.max_age = float(conf.get("link_max_age_days", 90)) * 86400
         self.webhook_secret = conf.get("webhook_secret")
         self.unsubscribe_mailto = conf.get("unsubscribe_mailto")
+        self._template_options = _template_options(conf)
         self._transport: Any = None
         self._templates: dict[str, Any] = {}
         self._links: Any = None
+        self._returns: Any = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -127,6 +151,15 @@ class EmailChannel(Channel):
             self._links = Links(self.crm.signer, self.base_url, max_age=self.max_age)
         return self._links
 
+    @property
+    def returns(self) -> Any:
+        """The signed per-message return and unsubscribe addresses (:mod:`ecrm_email.returns`)."""
+        if self._returns is None:
+            from .returns import ReturnAddresses
+
+            self._returns = ReturnAddresses.from_config(self.crm.signer, self.config)
+        return self._returns
+
     def templates(self, workspace: str | None = None) -> Any:
         """The :class:`~ecrm_email.templates.Templates` of a workspace."""
         ws = workspace or self.crm.workspace
@@ -134,10 +167,11 @@ class EmailChannel(Channel):
         if found is None:
             from .templates import Templates
 
-            kwargs: dict[str, Any] = {"directory": self.config.get("templates_dir")}
-            if self.config.get("max_output"):
-                kwargs["max_output"] = int(self.config["max_output"])
-            found = Templates(self.crm.in_workspace(ws), **kwargs)
+            kwargs: dict[str, Any] = {"directory": self.config.get("templates_dir"), **self._template_options}
+            try:
+                found = Templates(self.crm.in_workspace(ws), **kwargs)
+            except ChannelConfigError as exc:
+                raise ChannelConfigError(f"channels.email: {exc}") from None
             self._templates[ws] = found
         return found
 
@@ -147,8 +181,63 @@ class EmailChannel(Channel):
         return str(email) if email else None
 
     def render(self, template: Any, context: Mapping[str, Any], *, message_id: str, purpose: str) -> Content:
-        from .templates import track_html
+        result = self.render_many(template, [context], message_ids=[message_id], purpose=purpose)[0]
+        if isinstance(result, TemplateError):
+            raise result
+        return result
 
+    def render_many(
+        self, template: Any, contexts: Sequence[Mapping[str, Any]], *, message_ids: Sequence[str], purpose: str
+    ) -> list[Content | TemplateError]:
+        """Render ``template`` for each context in one round trip to a sandbox
+        process: the :class:`Content` of each message, or the
+        :class:`TemplateError` of a context that failed (a limit, bad data, a
+        crash of the sandbox), in order; the others are rendered."""
+        if len(message_ids) != len(contexts):
+            raise ValueError(f"render_many: {len(contexts)} contexts but {len(message_ids)} message ids")
+        results: list[Content | TemplateError | None] = [None] * len(contexts)
+        prepared: dict[str, list[tuple[int, dict[str, Any], dict[str, str]]]] = {}
+        for i, (context, message_id) in enumerate(zip(contexts, message_ids, strict=True)):
+            try:
+                ws, ctx, headers = self._prepare(context, message_id, purpose)
+            except ValidationError as exc:
+                results[i] = _template_error(exc)
+                continue
+            prepared.setdefault(ws, []).append((i, ctx, headers))
+        clicks, opens = self.track_clicks, self.track_opens
+        nonce = "ecrm" + secrets.token_hex(12)
+        for ws, batch in prepared.items():
+            if isinstance(template, Content):
+                for i, _ctx, headers in batch:
+                    results[i] = self._content(template, message_ids[i], headers)
+                continue
+            track = {"nonce": nonce, "clicks": clicks, "pixel": opens, "skip": f"{self.base_url}/channels/email/"}
+            try:
+                rendered = self.templates(ws)._render(
+                    template, [ctx for _i, ctx, _h in batch], ws, track if (clicks or opens) else None
+                )
+            except TemplateError as exc:  # the template itself (unknown, no subject...): every message fails
+                rendered = [exc] * len(batch)
+            for (i, _ctx, headers), r in zip(batch, rendered, strict=True):
+                if isinstance(r, TemplateError):
+                    results[i] = r
+                    continue
+                html = r.html
+                if html is not None and (clicks or opens):
+                    try:
+                        html = self._fill(html, nonce, r.links, message_ids[i])
+                    except ValidationError as exc:
+                        results[i] = _template_error(exc)
+                        continue
+                results[i] = Content(subject=r.subject, body=r.text, html=html, headers=headers)
+        return [r if r is not None else TemplateError("template", None, "not rendered", "try again") for r in results]
+
+    def _prepare(
+        self, context: Mapping[str, Any], message_id: str, purpose: str
+    ) -> tuple[str, dict[str, Any], dict[str, str]]:
+        """The workspace, the context with the channel's links, and the headers of one message."""
+        if not isinstance(context, Mapping):
+            raise ValidationError("context", type(context).__name__, "not a mapping", "pass a dict of plain data")
         message = dict(context.get("message") or {})
         workspace = message.get("workspace") or self.crm.workspace
         transactional = bool(message.get("transactional"))
@@ -159,17 +248,27 @@ class EmailChannel(Channel):
             unsubscribe = self.links.unsubscribe_url(message_id=message_id, purpose=purpose)
             ctx["unsubscribe_url"] = unsubscribe
             targets = [f"<{unsubscribe}>"]
-            if self.unsubscribe_mailto:
-                targets.append(f"<mailto:{self.unsubscribe_mailto}?subject=unsubscribe%20{message_id}>")
+            if self.unsubscribe_mailto:  # a signed per-message address (ecrm_email.returns)
+                mailto = self.returns.unsubscribe_address(message_id, now=self.crm.now().timestamp())
+                targets.append(f"<mailto:{mailto}?subject=unsubscribe>")
             headers["List-Unsubscribe"] = ", ".join(targets)
             headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         if customer.get("id") is not None:
             ctx["preferences_url"] = self.links.preferences_url(customer_id=int(customer["id"]), workspace=workspace)
-        if isinstance(template, Content):
-            rendered_subject, html, text = template.subject or "", template.html, template.body
-        else:
-            rendered = self.templates(workspace).render(template, ctx)
-            rendered_subject, html, text = rendered.subject, rendered.html, rendered.text
+        return str(workspace), ctx, headers
+
+    def _fill(self, html: str, nonce: str, links: Sequence[str], message_id: str) -> str:
+        from .html import fill_placeholders
+
+        urls = [self.links.click_url(message_id=message_id, url=url) for url in links]
+        pixel = self.links.open_url(message_id=message_id) if self.track_opens else None
+        return fill_placeholders(html, nonce, urls, pixel)
+
+    def _content(self, content: Content, message_id: str, headers: dict[str, str]) -> Content | TemplateError:
+        """Ready-made content (no template): tracked in this process (it is the caller's own HTML)."""
+        from .html import HTMLTooDeep, track_html
+
+        html = content.html
         if html is not None and (self.track_clicks or self.track_opens):
             own = f"{self.base_url}/channels/email/"
 
@@ -178,8 +277,13 @@ class EmailChannel(Channel):
                 return None if url.startswith(own) else self.links.click_url(message_id=message_id, url=url)
 
             pixel = self.links.open_url(message_id=message_id) if self.track_opens else None
-            html = track_html(html, track if self.track_clicks else None, pixel)
-        return Content(subject=rendered_subject, body=text, html=html, headers=headers)
+            try:
+                html = track_html(html, track if self.track_clicks else None, pixel)
+            except HTMLTooDeep as exc:
+                return TemplateError("content.html", None, str(exc), "send less deeply nested HTML")
+            except ValidationError as exc:
+                return _template_error(exc)
+        return Content(subject=content.subject or "", body=content.body, html=html, headers=headers)
 
     def _envelope(self, message: Message) -> Any:
         from .mime import _message_data
@@ -199,7 +303,8 @@ class EmailChannel(Channel):
             date=None,
         )
         return Envelope(
-            mail_from=self.bounce_address,
+            # VERP: a per-message signed return path, how a bounce proves its message (ecrm_email.returns)
+            mail_from=self.returns.return_path(message.id, now=self.crm.now().timestamp()),
             rcpt=recipient.addr_spec,
             data=data,
             message_id=message.id,
@@ -248,3 +353,35 @@ class EmailChannel(Channel):
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+
+
+def _template_error(exc: ValidationError) -> TemplateError:
+    if isinstance(exc, TemplateError):
+        return exc
+    return TemplateError(exc.field, exc.value, exc.problem, exc.fix)
+
+
+def _template_options(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """The template settings of the channel config, checked (Templates checks them again)."""
+    options: dict[str, Any] = {}
+    for key, kwarg in _TEMPLATE_OPTIONS.items():
+        if conf.get(key) is None:
+            continue
+        value = conf[key]
+        if key == "isolation":
+            if value not in ("process", "inline"):
+                raise ChannelConfigError(
+                    f"channels.email.isolation: {value!r} is not 'process' (untrusted templates: sandbox "
+                    "processes with OS limits, the default) or 'inline' (trusted templates only)"
+                )
+        elif key == "max_seconds":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+                raise ChannelConfigError(
+                    f"channels.email.max_seconds: {value!r} is not a number of seconds in (0, 3600]"
+                )
+        else:
+            minimum = {"max_output": 1, "max_memory": 32 << 20, "render_workers": 1}[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ChannelConfigError(f"channels.email.{key}: {value!r} is not a whole number >= {minimum}")
+        options[kwarg] = value
+    return options

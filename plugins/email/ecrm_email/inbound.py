@@ -20,14 +20,15 @@ Routes:
 * ``webhook`` — provider notifications, signed like Stripe's webhooks
   (``X-Ecrm-Signature: t=<unix>,v1=<hex hmac>``, see :func:`sign_webhook`).
 
-Mail delivered to the bounce address (DSNs, ARF complaints) is parsed by
-:func:`parse_inbound_mail`; :class:`InboundMailHandler` is an aiosmtpd
-handler that applies what it finds, :func:`serve_inbound` runs one.
+Mail delivered to the bounce address (DSNs, ARF complaints, mailto
+unsubscribes) is parsed by :func:`~ecrm_email.mailparse.parse_inbound_mail`
+and verified against the signed per-message return addresses
+(:mod:`ecrm_email.returns`) by :mod:`ecrm_email.mailserver`
+(:class:`InboundMailHandler`, :func:`serve_inbound`); they are re-exported here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import email
 import email.policy
 import hashlib
@@ -37,10 +38,8 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
-from email.message import Message as MimeMessage
-from email.parser import BytesParser, HeaderParser
-from email.utils import getaddresses, parseaddr, parsedate_to_datetime
+from datetime import datetime
+from email.parser import BytesParser
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
@@ -49,6 +48,8 @@ from ecrm_core.channels import InboundRejected, InboundRequest, InboundResponse,
 from ecrm_core.errors import NotFound, ValidationError
 
 from .links import Links, check_target_url
+from .mailparse import InboundReport, MailLimits, MailRejected, parse_inbound_mail
+from .mailserver import InboundMail, InboundMailHandler, serve_inbound
 
 __all__ = [
     "ROUTES",
@@ -60,6 +61,10 @@ __all__ = [
     "sign_webhook",
     "verify_webhook_signature",
     "parse_inbound_mail",
+    "InboundReport",
+    "MailLimits",
+    "MailRejected",
+    "InboundMail",
     "InboundMailHandler",
     "serve_inbound",
 ]
@@ -70,13 +75,13 @@ log = logging.getLogger("ecrm.email.inbound")
 ROUTES: tuple[InboundRoute, ...] = (
     InboundRoute(
         name="unsubscribe/{token}",
-        methods=("GET", "POST"),
+        methods=("GET", "HEAD", "POST"),
         description="RFC 8058 one-click unsubscribe (POST List-Unsubscribe=One-Click); GET shows a confirmation page",
     ),
-    InboundRoute(name="click/{token}", methods=("GET",), description="click tracking: 303 to the signed target"),
-    InboundRoute(name="open/{token}", methods=("GET",), description="open tracking: a 1x1 GIF"),
+    InboundRoute(name="click/{token}", methods=("GET", "HEAD"), description="click tracking: 303 to the signed target"),
+    InboundRoute(name="open/{token}", methods=("GET", "HEAD"), description="open tracking: a 1x1 GIF"),
     InboundRoute(
-        name="preferences/{token}", methods=("GET", "POST"), description="the customer's e-mail preference page"
+        name="preferences/{token}", methods=("GET", "HEAD", "POST"), description="the customer's e-mail preference page"
     ),
     InboundRoute(
         name="webhook",
@@ -111,7 +116,6 @@ _PAGE_HEADERS = {
     "x-content-type-options": "nosniff",
 }
 _ID = re.compile(r"^[A-Za-z0-9._\-]{1,200}$")
-_MAILTO_SUBJECT = re.compile(r"^\s*unsubscribe\s+([A-Za-z0-9._\-]{1,200})\s*$", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------
@@ -219,12 +223,6 @@ def _message_owner(crm: Any, message_id: str) -> tuple[str, int] | None:
     """``(workspace, customer_id)`` of a message, in any workspace."""
     record = crm.messages.locate(message_id)
     return (record.workspace, record.customer_id) if record is not None else None
-
-
-def _message_purpose(crm: Any, message_id: str) -> str | None:
-    """The purpose of a message, in any workspace (``None`` if unknown)."""
-    record = crm.messages.locate(message_id)
-    return record.purpose if record is not None else None
 
 
 def _purposes(crm: Any) -> list[Any]:
@@ -600,281 +598,3 @@ def _webhook(request: InboundRequest, secret: str | Sequence[str] | None, *, now
         content_type="application/json",
         events=events,
     )
-
-
-# ---------------------------------------------------------------------------
-# Bounces and complaints delivered by mail
-# ---------------------------------------------------------------------------
-
-
-def _report_id(msg: MimeMessage, raw: bytes) -> str:
-    value = str(msg.get("Message-ID") or "").strip()
-    if value and len(value) <= 500:
-        return value.strip("<>")
-    return "sha256:" + hashlib.sha256(raw).hexdigest()[:32]
-
-
-def _header_block(part: MimeMessage) -> MimeMessage | None:
-    payload = part.get_payload()
-    if isinstance(payload, list):
-        return payload[0] if payload and isinstance(payload[0], MimeMessage) else None
-    if isinstance(payload, str):
-        return HeaderParser().parsestr(payload.lstrip("\r\n"))
-    return None
-
-
-def _original(msg: MimeMessage) -> MimeMessage | None:
-    """The headers of the message a report is about (``message/rfc822`` or
-    ``text/rfc822-headers`` part)."""
-    for part in msg.walk():
-        ctype = part.get_content_type()
-        if ctype == "message/rfc822" and part is not msg:
-            block = _header_block(part)
-            if block is not None:
-                return block
-        elif ctype in ("text/rfc822-headers", "message/rfc822-headers"):
-            payload = part.get_payload(decode=True)
-            text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else str(part.get_payload())
-            return HeaderParser().parsestr(text.lstrip("\r\n"))
-    return None
-
-
-def _ecrm_message_id(original: MimeMessage | None) -> str | None:
-    """The ecrm message id of the original message (``X-Ecrm-Message``, else
-    the local part of ``Message-ID: <uid@domain>``)."""
-    if original is None:
-        return None
-    value = str(original.get("X-Ecrm-Message") or "").strip()
-    if _ID.match(value):
-        return value
-    mid = str(original.get("Message-ID") or "").strip().strip("<>")
-    local = mid.rpartition("@")[0] if "@" in mid else ""
-    return local if _ID.match(local) else None
-
-
-def _occurred(msg: MimeMessage) -> datetime | None:
-    try:
-        value = parsedate_to_datetime(str(msg.get("Date") or ""))
-    except (TypeError, ValueError, IndexError):
-        return None
-    if value is None:
-        return None
-    # "-0000" (RFC 5322: UTC, local zone unknown) parses as naive: it is UTC
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _dsn_details(msg: MimeMessage) -> dict[str, str]:
-    """address -> ``"<status> <diagnostic>"`` from the delivery-status parts."""
-    out: dict[str, str] = {}
-    for part in msg.walk():
-        if part.get_content_type() != "message/delivery-status" or not part.is_multipart():
-            continue
-        for block in part.get_payload():
-            if not isinstance(block, MimeMessage):
-                continue
-            detail = " ".join(
-                str(block.get(h, "")).strip() for h in ("Status", "Diagnostic-Code") if block.get(h)
-            ).strip()
-            for h in ("Original-Recipient", "Final-Recipient"):
-                value = str(block.get(h, ""))
-                addr = parseaddr(value.partition(";")[2].strip() if ";" in value else value)[1]
-                if addr:
-                    out.setdefault(addr.lower(), " ".join(detail.split())[:1000])
-    return out
-
-
-def _complaint(msg: MimeMessage, report_id: str, channel: str) -> list[MessageEvent]:
-    fields = None
-    for part in msg.walk():
-        if part.get_content_type() == "message/feedback-report":
-            fields = _header_block(part)
-            break
-    if fields is None:
-        log.info("feedback report %s has no message/feedback-report part; ignored", report_id)
-        return []
-    feedback_type = str(fields.get("Feedback-Type", "")).strip().lower()
-    if feedback_type != "abuse":
-        log.info("feedback report %s is of type %r, not abuse; ignored", report_id, feedback_type)
-        return []
-    original = _original(msg)
-    message_id = _ecrm_message_id(original)
-    addresses = [a for _n, a in getaddresses([str(v) for v in fields.get_all("Original-Rcpt-To", [])]) if a]
-    if not addresses and original is not None:
-        addresses = [a for _n, a in getaddresses([str(v) for v in original.get_all("To", [])]) if a]
-    if not addresses and message_id is None:
-        log.info("feedback report %s names neither a recipient nor an ecrm message; ignored", report_id)
-        return []
-    detail = "abuse report" + (f" from {fields['User-Agent']}" if fields.get("User-Agent") else "")
-    occurred = _occurred(msg)
-    targets: list[str | None] = list(dict.fromkeys(a.strip() for a in addresses)) or [None]
-    return [
-        MessageEvent(
-            type="complained",
-            channel=channel,
-            message_id=message_id,
-            address=addr,
-            occurred_at=occurred,
-            detail=detail[:1000],
-            key=f"dsn:{report_id}:{(addr or message_id or '').lower()}",
-            properties={"source": "arf"},
-        )
-        for addr in targets
-    ]
-
-
-def parse_inbound_mail(raw: bytes, *, channel: str = "email") -> list[MessageEvent]:
-    """The events in a mail delivered to the bounce address.
-
-    * a bounce (an RFC 3464 DSN, or one of the non-standard formats
-      ``flufl.bounce`` knows): ``bounced`` for each permanently failed
-      recipient, ``soft_bounced`` for each delayed one;
-    * an ARF complaint (``multipart/report; report-type=feedback-report``
-      with ``Feedback-Type: abuse``): ``complained`` for the original
-      recipient;
-    * a ``List-Unsubscribe`` mailto request (subject ``unsubscribe <message
-      id>``, as the e-mail channel's ``unsubscribe_mailto`` asks for):
-      ``unsubscribed`` for the message, ``purpose=None`` (the whole channel;
-      :class:`InboundMailHandler` narrows it to the message's purpose);
-    * anything else: ``[]``.
-
-    If the report quotes the original message, its ``X-Ecrm-Message`` header
-    (or the ``<uid@domain>`` ``Message-ID``) gives the events' message id.
-    Each event's key is ``dsn:<report Message-ID>:<address>``, so a mail
-    delivered twice is applied once.
-    """
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8", "surrogateescape")
-    msg = email.message_from_bytes(raw)
-    report_id = _report_id(msg, raw)
-    if (
-        msg.get_content_type() == "multipart/report"
-        and str(msg.get_param("report-type") or "").lower() == "feedback-report"
-    ):
-        return _complaint(msg, report_id, channel)
-    if msg.get_content_maintype() != "multipart" or msg.get_content_type() == "multipart/alternative":
-        match = _MAILTO_SUBJECT.match(str(msg.get("Subject") or ""))
-        if match:
-            mid = match.group(1)
-            sender = parseaddr(str(msg.get("From") or ""))[1] or None
-            return [
-                MessageEvent(
-                    type="unsubscribed",
-                    channel=channel,
-                    message_id=mid,
-                    purpose=None,
-                    occurred_at=_occurred(msg),
-                    key=f"unsub:{mid}:*",
-                    detail="List-Unsubscribe mailto" + (f" from {sender}" if sender else ""),
-                    properties={"source": "mailto"},
-                )
-            ]
-    from flufl.bounce import all_failures
-
-    try:
-        temporary, permanent = all_failures(msg)
-    except Exception:  # a detector choked on a strange mail: not a bounce we understand
-        log.warning("could not scan mail %s for bounces", report_id, exc_info=True)
-        return []
-    if not temporary and not permanent:
-        return []
-    message_id = _ecrm_message_id(_original(msg))
-    details = _dsn_details(msg)
-    occurred = _occurred(msg)
-    events: list[MessageEvent] = []
-
-    def decode(values: Iterable[bytes]) -> list[str]:
-        return sorted({v.decode("ascii", "replace").strip() for v in values if v and b"@" in v})
-
-    hard = decode(permanent)
-    for kind, addrs in (("bounced", hard), ("soft_bounced", [a for a in decode(temporary) if a not in hard])):
-        for addr in addrs:
-            events.append(
-                MessageEvent(
-                    type=kind,
-                    channel=channel,
-                    message_id=message_id,
-                    address=addr,
-                    occurred_at=occurred,
-                    detail=details.get(addr.lower(), "permanent failure" if kind == "bounced" else "delayed"),
-                    key=f"dsn:{report_id}:{addr.lower()}",
-                    properties={"source": "dsn"},
-                )
-            )
-    return events
-
-
-class InboundMailHandler:
-    """An aiosmtpd handler for the bounce address: every mail it receives is
-    parsed with :func:`parse_inbound_mail` and its events applied.
-
-    Mail that is neither a bounce nor a complaint is logged and dropped with
-    ``250 OK`` (answering an error would bounce a bounce); if the database
-    fails, it answers ``451`` so the sending MTA tries again later.
-    """
-
-    def __init__(self, crm: Any, *, channel: str = "email") -> None:
-        self.crm = crm
-        self.channel = channel
-
-    def __repr__(self) -> str:
-        return f"<InboundMailHandler channel={self.channel!r}>"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        raw = envelope.original_content or envelope.content or b""
-        if isinstance(raw, str):
-            raw = raw.encode("utf-8", "surrogateescape")
-        try:
-            events = parse_inbound_mail(raw, channel=self.channel)
-        except Exception:
-            log.exception("could not parse inbound mail from %r; dropped", envelope.mail_from)
-            return "250 OK"
-        if not events:
-            log.info("inbound mail from %r is neither a bounce nor a complaint; dropped", envelope.mail_from)
-            return "250 OK"
-        try:
-            applied = await asyncio.to_thread(self._apply, events)
-        except Exception:
-            log.exception("could not record %d event(s) from inbound mail; asking the sender to retry", len(events))
-            return "451 4.3.0 Could not record the report, try again later"
-        log.info("inbound mail from %r: %d event(s), %d new", envelope.mail_from, len(events), len(applied))
-        return "250 OK"
-
-    def _apply(self, events: list[MessageEvent]) -> list[MessageEvent]:
-        """Apply ``events``; a mailto unsubscribe is narrowed to its message's
-        purpose (and dropped if the message is unknown)."""
-        import attrs
-
-        out: list[MessageEvent] = []
-        for e in events:
-            if e.type == "unsubscribed" and e.properties.get("source") == "mailto" and e.message_id:
-                purpose = _message_purpose(self.crm, e.message_id)
-                if purpose is None:
-                    log.info("mailto unsubscribe for unknown message %r; dropped", e.message_id)
-                    continue
-                e = attrs.evolve(e, purpose=purpose, key=f"unsub:{e.message_id}:{purpose}")
-            out.append(e)
-        return self.crm.messages.apply_events(out) if out else []
-
-
-def _controller_class() -> Any:
-    from aiosmtpd.controller import Controller
-
-    class InboundController(Controller):  # type: ignore[misc]
-        """A Controller that also works with ``port=0`` (a free port, read back after binding)."""
-
-        def _trigger_server(self) -> None:
-            server = getattr(self, "server", None)
-            if server is not None and server.sockets:
-                self.port = server.sockets[0].getsockname()[1]
-            super()._trigger_server()  # type: ignore[no-untyped-call]
-
-    return InboundController
-
-
-def serve_inbound(crm: Any, host: str = "127.0.0.1", port: int = 0, *, data_size_limit: int = 10 * 1024 * 1024) -> Any:
-    """Start an SMTP server for the bounce address (an aiosmtpd
-    ``Controller``, already started; ``.port`` is the bound port, ``.stop()``
-    stops it).  ``port=0`` picks a free port."""
-    controller = _controller_class()(InboundMailHandler(crm), hostname=host, port=port, data_size_limit=data_size_limit)
-    controller.start()
-    return controller

@@ -5,10 +5,11 @@ channel sends); :func:`build_message` returns the same message parsed back
 as an :class:`~email.message.EmailMessage` (:func:`message_bytes` gives its
 bytes).  Every encoding is done by the standard library's :mod:`email`
 package: ASCII header fields that fit on a line are written as they are;
-non-ASCII or long ones are folded by its header registry (policy
-:data:`email.policy.SMTP`), display names quoted by
-:func:`email.utils.formataddr` (never folded inside the quotes) or encoded
-by :class:`email.header.Header`, as are encoded-word lookalikes, bodies encoded by :func:`binascii.b2a_qp` /
+non-ASCII or long subjects are RFC 2047-encoded whole by
+:class:`email.header.Header` (so folding can never add or drop a space),
+display names quoted by :func:`email.utils.formataddr` (never folded inside
+the quotes) or encoded by :class:`email.header.Header`, as are encoded-word
+lookalikes, bodies encoded by :func:`binascii.b2a_qp` /
 :mod:`email.base64mime`.  This module *validates* what goes into the
 headers, so that no caller input can add, remove or rewrite a header:
 
@@ -290,23 +291,22 @@ def _configured_mailbox(field: str, value: str) -> Address:
     return parse_mailbox(field, value)
 
 
-def _folded(name: str, value: Any) -> str:
-    """One header field, folded by the email package's header registry
-    (policy SMTP): used for what the plain path below does not cover
-    (non-ASCII text, long lines)."""
-    return str(_POLICY.header_factory(name, value).fold(policy=_POLICY))
-
-
 def _fits(name: str, value: str) -> bool:
     return value.isascii() and len(name) + 2 + len(value) <= _FOLD_AT
 
 
 def _unstructured(name: str, value: str) -> str:
-    if "=?" in value:  # looks like an encoded-word: encode it all, so it reads back literally
-        return f"{name}: " + _encoded_raw(name, value).replace("\n", _CRLF) + _CRLF
-    if _fits(name, value):
+    """An unstructured field (the subject): as it is when it is plain ASCII
+    that fits on a line; otherwise the whole value is RFC 2047-encoded by
+    :class:`email.header.Header`.  Every space (leading, trailing, runs of
+    several, next to non-ASCII words) is inside an encoded-word, so a reader
+    that joins adjacent encoded-words (RFC 2047 6.2) gets the exact text back.
+    The header registry's folder (policy ``SMTP``) is not used here: it drops
+    or adds spaces around the encoded-words it folds (one long non-ASCII
+    subject in three lost a space in ``tests/email/test_email_subject_folding.py``)."""
+    if "=?" not in value and _fits(name, value) and value == value.strip(" "):
         return f"{name}: {value}{_CRLF}"
-    return _folded(name, value)
+    return f"{name}: " + _encoded_raw(name, value).replace("\n", _CRLF) + _CRLF
 
 
 def _mailbox(name: str, address: Address) -> str:

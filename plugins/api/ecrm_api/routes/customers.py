@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import anyio.to_thread
 import msgspec
 from ecrm_core.errors import Conflict, ValidationError
+from ecrm_core.validation import MAX_JSON_DEPTH, MAX_JSON_KEYS, check_json, check_string
 from litestar import Request, Response, delete, get, patch, post, put
 from litestar.connection import ASGIConnection
 from litestar.datastructures import ResponseHeader
@@ -63,10 +63,10 @@ __all__ = [
     "customer_out",
 ]
 
-#: Nesting allowed inside ``attributes`` (objects and lists).
-MAX_DEPTH = 32
-#: Keys allowed in ``attributes``, counted at every level.
-MAX_KEYS = 1000
+#: Nesting allowed inside ``attributes`` (objects and lists): the core's limit.
+MAX_DEPTH = MAX_JSON_DEPTH
+#: Keys allowed in ``attributes``, counted at every level: the core's limit.
+MAX_KEYS = MAX_JSON_KEYS
 SORTS = ("id", "created_at", "updated_at", "name", "email")
 
 Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
@@ -267,42 +267,13 @@ def _merge_out(m: MergeRecord) -> MergeOut:
 
 
 def _check_text(text: str, path: str) -> None:
-    if "\x00" in text:
-        raise ValidationError(path, text, "contains a NUL character", "remove the \\u0000 characters")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError(
-            path, "<text>", "contains a lone surrogate (not valid Unicode)", "send valid UTF-8"
-        ) from None
+    """The core's character policy (:func:`ecrm_core.validation.check_string`), naming ``path``."""
+    check_string(text, path)
 
 
 def check_attributes(value: Any, field: str = "body.attributes") -> None:
-    """Bound JSON data: nesting, key count, NUL/surrogates, 64-bit integers (iterative)."""
-    keys = 0
-    stack: list[tuple[Any, str, int]] = [(value, field, 0)]
-    while stack:
-        node, path, depth = stack.pop()
-        if isinstance(node, str):
-            _check_text(node, path)
-        elif isinstance(node, bool) or node is None or isinstance(node, float):
-            continue
-        elif isinstance(node, int):
-            if not -(2**63) <= node < 2**63:
-                raise ValidationError(path, node, "integer out of 64-bit range", "send it as a string")
-        elif isinstance(node, (Mapping, list)):
-            if depth >= MAX_DEPTH:
-                raise ValidationError(path, "<nested>", f"nested deeper than {MAX_DEPTH} levels", "send flatter data")
-            if isinstance(node, Mapping):
-                keys += len(node)
-                if keys > MAX_KEYS:
-                    raise ValidationError(field, "<object>", f"more than {MAX_KEYS} keys", "send fewer keys")
-                for k, v in node.items():
-                    sub = f"{path}.{k}"
-                    _check_text(str(k), sub)
-                    stack.append((v, sub, depth + 1))
-            else:
-                stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node))
+    """The core's check of free-form JSON (:func:`ecrm_core.validation.check_json`), naming ``field``."""
+    check_json(value, field)
 
 
 def _fields(data: CustomerIn | CustomerPatch) -> dict[str, Any]:

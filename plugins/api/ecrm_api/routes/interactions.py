@@ -6,14 +6,14 @@ read anything); reading needs ``read``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
 from ecrm_core.errors import BatchError, RowError, ValidationError
-from ecrm_core.validation import check_slug
+from ecrm_core.validation import MAX_JSON_DEPTH, aware_datetime, check_json, check_slug, check_string
 from litestar import Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
@@ -29,7 +29,6 @@ from ..types import (
     DateTime,
     IdempotencyKey,
     Identity,
-    parse_datetime,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,50 +46,23 @@ Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
 MAX_BATCH = 10_000
 #: The fields that name an interaction's customer: exactly one is given.
 IDENTITIES = ("customer_id", "external_id", "email", "phone", "anonymous_id")
-#: Nesting allowed inside ``properties`` (objects and lists).
-MAX_DEPTH = 32
+#: Nesting allowed inside ``properties`` (objects and lists): the core's limit.
+MAX_DEPTH = MAX_JSON_DEPTH
 
 Text200 = Annotated[str, msgspec.Meta(max_length=200)]
 Slug = CoreSlug
 AwareTime = DateTime
 
 
-def check_json_text(value: Any, field: str, *, max_depth: int = MAX_DEPTH) -> None:
-    """Reject NUL characters, lone surrogates and nesting deeper than
-    ``max_depth`` anywhere in JSON data (keys included), naming the path.
-
-    Iterative, so absurd nesting cannot exhaust the stack.
-    """
-    stack: list[tuple[Any, str, int]] = [(value, field, 0)]
-    while stack:
-        node, path, depth = stack.pop()
-        if isinstance(node, str):
-            _check_string(node, path)
-        elif isinstance(node, Mapping):
-            if depth >= max_depth:
-                raise ValidationError(path, "<nested>", f"nested deeper than {max_depth} levels", "send flatter data")
-            for k, v in node.items():
-                _check_string(str(k), f"{path}.{k}" if _plain(k) else f"{path}[{k!r}]")
-                stack.append((v, f"{path}.{k}" if _plain(k) else f"{path}[{k!r}]", depth + 1))
-        elif isinstance(node, (list, tuple)):
-            if depth >= max_depth:
-                raise ValidationError(path, "<nested>", f"nested deeper than {max_depth} levels", "send flatter data")
-            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node))
-
-
-def _plain(key: Any) -> bool:
-    return isinstance(key, str) and key.isidentifier() and len(key) <= 64
+def check_json_text(value: Any, field: str) -> None:
+    """The core's check of free-form JSON data (:func:`ecrm_core.validation.check_json`),
+    naming the path under ``field``: NUL and control characters, lone surrogates,
+    64-bit integers, depth, keys (iterative: no nesting exhausts the stack)."""
+    check_json(value, field)
 
 
 def _check_string(text: str, path: str) -> None:
-    if "\x00" in text:
-        raise ValidationError(path, text, "contains a NUL character", "remove the \\u0000 characters")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError(
-            path, "<text>", "contains a lone surrogate (not valid Unicode)", "send valid UTF-8 text"
-        ) from None
+    check_string(text, path)
 
 
 # ---------------------------------------------------------------------------
@@ -181,10 +153,18 @@ class Rejected(msgspec.Struct):
 
 
 class BatchOut(msgspec.Struct):
+    """What a batch stored; ``rejected`` lists the first 100 rejected items
+    (``rejected_total`` counts them all): the answer's size is bounded."""
+
     stored: int
     duplicates: int
     created_customers: int
     rejected: list[Rejected]
+    rejected_total: int = 0
+
+
+#: Rejected items listed in one answer (or problem); the rest are counted.
+MAX_LISTED = 100
 
 
 class TimelinePage(msgspec.Struct):
@@ -302,16 +282,16 @@ def _row(item: InteractionIn) -> dict[str, Any]:
 
 def _check_item(item: InteractionIn, api: ApiState, now: datetime) -> None:
     """What the API checks beyond the core: clock skew, NUL/surrogates, nesting."""
-    occurred_at = None if item.occurred_at is None else parse_datetime(item.occurred_at, "occurred_at")
-    if occurred_at is not None and occurred_at > now + api.config.future_tolerance:
+    at = None if item.occurred_at is None else aware_datetime(item.occurred_at, "occurred_at")
+    if at is not None and at > now + api.config.future_tolerance:
         raise ValidationError(
             "occurred_at",
-            occurred_at.isoformat(),
+            item.occurred_at,
             f"in the future (more than {_span(api.config.future_tolerance)} ahead of the server's clock)",
             "send the time the interaction happened; check the sending device's clock",
         )
     if item.properties:
-        check_json_text(item.properties, "properties")
+        check_json_text(item.properties, "properties")  # the core checks it too: here to list every bad item
     for name in ("external_id", "anonymous_id", "email", "phone"):
         v = getattr(item, name)
         if v is not None:
@@ -414,9 +394,10 @@ def create_interactions_batch(
     """Store up to 10,000 interactions in one transaction (set-based).
 
     With ``on_error=raise`` (default) a single bad item stores nothing and
-    the 422 problem lists every bad item (``errors[].field`` is
-    ``body.items[<index>].<field>``).  With ``on_error=skip`` the good
-    items are stored and the answer lists the ``rejected`` ones.  Items
+    the 422 problem lists the bad items (``errors[].field`` is
+    ``body.items[<index>].<field>``; the first 100, ``error_total`` counts
+    them all).  With ``on_error=skip`` the good items are stored and the
+    answer lists the first 100 ``rejected`` ones (``rejected_total``).  Items
     repeating a stored ``idempotency_key`` with the same payload count as
     ``duplicates``; unknown identities create prospects
     (``created_customers``).  Items that do not match the schema (a string
@@ -457,11 +438,13 @@ def create_interactions_batch(
             _raise_batch(_merge(pre, exc.errors, positions), len(items))
     else:
         result = crm.interactions.track_many(rows, on_error="skip")
+    rejected = _merge(pre, result.errors, positions)
     return BatchOut(
         stored=result.stored,
         duplicates=result.duplicates,
         created_customers=result.created_customers,
-        rejected=_merge(pre, result.errors, positions),
+        rejected=rejected[:MAX_LISTED],
+        rejected_total=len(rejected),
     )
 
 
@@ -486,7 +469,10 @@ def _raise_batch(rejected: list[Rejected], total: int) -> None:
         "Invalid items",
         f"{len(rejected)} of {total} item(s) rejected, nothing was stored: {shown}{more}. "
         "Fix the items, or send on_error=skip to store the valid ones.",
-        errors=[{"field": r.field, "problem": r.problem, "fix": r.fix, "index": r.index} for r in rejected],
+        errors=[
+            {"field": r.field, "problem": r.problem, "fix": r.fix, "index": r.index} for r in rejected[:MAX_LISTED]
+        ],
+        error_total=len(rejected),
     )
 
 

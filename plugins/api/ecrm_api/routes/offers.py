@@ -21,7 +21,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 
 from ..problems import problem_responses
-from ..types import REF_PATTERN, SLUG_PATTERN, CoreSlug, DateTime, date_time_param
+from ..types import SLUG_PATTERN, CoreSlug, DateTime, date_time_param, ref_param
 from .interactions import MAX_ID, check_json_text
 from .segments import RuleIn, compile_rule_field, parse_ref
 
@@ -44,16 +44,7 @@ Channels = Annotated[list[CoreSlug], msgspec.Meta(max_length=50)]
 Status = Literal["draft", "active", "paused", "archived"]
 assert set(Status.__args__) == set(OFFER_STATUSES)  # type: ignore[attr-defined]
 
-RefParam = Annotated[
-    str,
-    Parameter(
-        description="the offer's code, or its id",
-        min_length=1,
-        max_length=64,
-        pattern=r"^[a-z0-9][a-z0-9_.:\-]*$",  # refused at decoding (400); ids out of range: parse_ref (422)
-        schema_extra={"pattern": REF_PATTERN},  # exactly what is taken
-    ),
-]
+RefParam = ref_param("the offer's code, or its id", r"_.:\-")
 
 
 class OfferIn(msgspec.Struct, forbid_unknown_fields=True):

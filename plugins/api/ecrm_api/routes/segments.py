@@ -21,7 +21,7 @@ from litestar.params import JSONBody, Parameter
 
 from ..cursors import decode_cursor, encode_cursor
 from ..problems import problem, problem_responses
-from ..types import REF_PATTERN
+from ..types import ref_param
 from .interactions import MAX_ID, Id
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,16 +39,7 @@ MAX_IDS = 10_000
 #: Path names that are routes of their own, not segments.
 RESERVED = frozenset({"preview"})
 
-RefParam = Annotated[
-    str,
-    Parameter(
-        description="the segment's slug, or its id",
-        min_length=1,
-        max_length=64,
-        pattern=r"^[a-z0-9][a-z0-9_\-]*$",  # refused at decoding (400); ids out of range: parse_ref (422)
-        schema_extra={"pattern": REF_PATTERN},  # exactly what is taken
-    ),
-]
+RefParam = ref_param("the segment's slug, or its id", r"_\-")
 
 
 def parse_ref(ref: str, field: str = "path.ref") -> int | str:
@@ -162,6 +153,11 @@ class SegmentOut(msgspec.Struct):
     created_at: datetime
     updated_at: datetime
     refreshed_at: datetime | None
+    #: why the rule last failed to evaluate (null: it evaluated at the last
+    #: refresh); refreshes skip the segment and keep its last members meanwhile
+    error: str | None = None
+    #: when it failed
+    error_at: datetime | None = None
 
 
 class SegmentList(msgspec.Struct):
@@ -214,13 +210,21 @@ class MembersChange(msgspec.Struct):
     exited: list[int]
 
 
+class RefreshFailureOut(msgspec.Struct):
+    """A segment the refresh skipped because its rule failed (recorded on it as ``error``)."""
+
+    slug: str
+    error: str
+
+
 class RefreshOut(msgspec.Struct):
-    """What a refresh changed (per segment that changed)."""
+    """What a refresh changed (per segment that changed) and which segments failed."""
 
     changes: list[MembersChange]
     entered: int
     exited: int
     seconds: float
+    failed: list[RefreshFailureOut] = []
 
 
 def segment_out(s: Segment) -> SegmentOut:
@@ -238,6 +242,8 @@ def segment_out(s: Segment) -> SegmentOut:
         created_at=s.created_at,
         updated_at=s.updated_at,
         refreshed_at=s.refreshed_at,
+        error=s.error,
+        error_at=s.error_at,
     )
 
 
@@ -494,6 +500,7 @@ def refresh_segment(ref: RefParam, crm: NamedDependency[CRM]) -> RefreshOut:
         entered=report.entered,
         exited=report.exited,
         seconds=report.seconds,
+        failed=[RefreshFailureOut(f.slug, f.error) for f in report.failed],
     )
 
 

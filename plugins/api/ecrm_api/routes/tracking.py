@@ -26,6 +26,7 @@ from ..problems import problem, problem_responses
 from ..tracking import (
     _MAX_ID_LENGTH,
     _MAX_MESSAGE_ID,
+    BATCH_MAX_MESSAGES,
     CALL_TYPES,
     MESSAGE_MAX_BYTES,
     MessageError,
@@ -57,7 +58,10 @@ class TrackingResponse(msgspec.Struct):
 
     ``success`` is Segment's own answer; ``accepted`` counts stored messages,
     ``duplicates`` retries of stored ones (same ``messageId``, same payload),
-    ``rejected`` the batch messages that were not stored and why.
+    ``rejected`` the batch messages that were not stored and why: the first
+    100 of them (``rejected_total`` counts them all), so that the answer's
+    size is bounded whatever the request.  ``notes`` likewise (its last
+    entry says how many more there were).
     """
 
     success: bool
@@ -65,6 +69,7 @@ class TrackingResponse(msgspec.Struct):
     duplicates: int
     rejected: list[RejectedMessage]
     notes: list[str]
+    rejected_total: int = 0
 
 
 # ----------------------------------------------------------------------
@@ -178,7 +183,8 @@ def _batch_schema() -> Schema:
                         Schema(description="anything else: not stored, listed in `rejected`"),
                     ]
                 ),
-                description="the messages (up to 500 KB in all, 32 KB each); invalid ones do not fail the request",
+                max_items=BATCH_MAX_MESSAGES,
+                description=f"the messages (up to {BATCH_MAX_MESSAGES} and 500 KB in all, 32 KB each); invalid ones do not fail the request",
             ),
             "sentAt": _TIME,
             "context": _ANY,
@@ -210,7 +216,11 @@ def _operation(schema: Schema) -> type[Operation]:
 # ----------------------------------------------------------------------
 def _too_large(limit: int) -> Exception:
     return problem(
-        413, "too-large", "Request body too large", f"the body is larger than {limit} bytes; send smaller batches"
+        413,
+        "too-large",
+        "Request body too large",
+        f"the body is larger than {limit} bytes; send smaller batches",
+        errors=[{"field": "body", "problem": f"larger than {limit} bytes", "fix": "send smaller batches"}],
     )
 
 
@@ -283,13 +293,34 @@ def _check_write_key(doc: dict[str, Any], request: Request[Any, Any, Any]) -> No
         )
 
 
+#: Rejected messages (and notes) listed in one answer; the rest are counted.
+MAX_LISTED = 100
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _answer(outcome: Outcome) -> TrackingResponse:
+    notes = [_cut(n, 500) for n in outcome.notes[:MAX_LISTED]]
+    if len(outcome.notes) > MAX_LISTED:
+        notes.append(f"(and {len(outcome.notes) - MAX_LISTED} more notes)")
     return TrackingResponse(
         success=True,
         accepted=outcome.accepted,
         duplicates=outcome.duplicates,
-        rejected=[RejectedMessage(r.index, r.message_id, r.field, r.problem, r.fix) for r in outcome.rejected],
-        notes=list(outcome.notes),
+        rejected=[
+            RejectedMessage(
+                r.index,
+                None if r.message_id is None else _cut(r.message_id, 200),
+                _cut(r.field, 500),
+                _cut(r.problem, 300),
+                _cut(r.fix, 300),
+            )
+            for r in outcome.rejected[:MAX_LISTED]
+        ],
+        notes=notes,
+        rejected_total=len(outcome.rejected),
     )
 
 
@@ -298,10 +329,11 @@ def _tracker(crm: CRM, api: ApiState) -> Tracker:
 
 
 def _unprocessable(exc: MessageError) -> Exception:
-    err = [{"field": exc.field, "problem": exc.problem, "fix": exc.fix}]
+    field, what, fix = _cut(exc.field, 500), _cut(exc.problem, 300), _cut(exc.fix, 300)
+    err = [{"field": field, "problem": what, "fix": fix}]
     if exc.conflict:
-        return problem(409, "conflict", "Conflict", f"{exc.field}: {exc.problem}; {exc.fix}", errors=err)
-    return problem(422, "validation", "Invalid value", f"{exc.field}: {exc.problem}; {exc.fix}", errors=err)
+        return problem(409, "conflict", "Conflict", f"{field}: {what}; {fix}", errors=err)
+    return problem(422, "validation", "Invalid value", f"{field}: {what}; {fix}", errors=err)
 
 
 #: A batch of more messages than this is validated in a worker thread, not on
@@ -401,7 +433,9 @@ async def batch(request: Request[Any, Any, Any]) -> TrackingResponse:
     whole batch on a 4xx); the 200 answer lists each rejected message with
     its index, messageId, field and problem.  A request malformed as a
     whole (not JSON, no `batch` list, too large) is a 4xx and stores nothing.
-    Limits: 500 KB per request (after decompression), 32 KB per message.
+    Limits: 500 KB per request (after decompression), 2,500 messages
+    (413 otherwise), 32 KB per message.  The answer lists the first 100
+    rejected messages; `rejected_total` counts them all.
     The answer comes once the stored messages are committed.
     """
     api, crm = workspace_crm(request)
@@ -412,10 +446,21 @@ async def batch(request: Request[Any, Any, Any]) -> TrackingResponse:
 
 
 def batch_messages(doc: dict[str, Any]) -> list[Any]:
-    """The ``batch`` list of a batch body; raises the 400 when it is missing."""
+    """The ``batch`` list of a batch body; raises the 400 when it is missing
+    and the 413 when it holds more than :data:`~ecrm_api.tracking.BATCH_MAX_MESSAGES`."""
     messages = doc.get("batch")
     if type(messages) is not list:
         raise _bad("body.batch", "missing or not a list", 'send {"batch": [message, ...]}')
+    if len(messages) > BATCH_MAX_MESSAGES:
+        what = f"{len(messages)} messages, more than {BATCH_MAX_MESSAGES} per request"
+        fix = f"send at most {BATCH_MAX_MESSAGES} messages per batch (split it); nothing was stored"
+        raise problem(
+            413,
+            "too-large",
+            "Too many messages",
+            f"body.batch: {what}",
+            errors=[{"field": "body.batch", "problem": what, "fix": fix}],
+        )
     return messages
 
 
