@@ -261,10 +261,11 @@ _KEY_CONTROLS = r"\x00-\x1f"
 _SURROGATES = r"\ud800-\udfff"
 #: What :func:`check_string` admits, as a regular expression (the same in
 #: Python and ECMAScript): no C0 control character but tab, line feed and
-#: carriage return, no lone surrogate.
-TEXT_PATTERN = f"^[^{_VALUE_CONTROLS}{_SURROGATES}]*$"
+#: carriage return.  (It also refuses a lone surrogate, which is not Unicode
+#: text: a pattern, read over Unicode strings, has nothing to say about it.)
+TEXT_PATTERN = f"^[^{_VALUE_CONTROLS}]*$"
 #: What a key of free-form JSON data may hold (no control character at all).
-KEY_PATTERN = f"^[^{_KEY_CONTROLS}{_SURROGATES}]*$"
+KEY_PATTERN = f"^[^{_KEY_CONTROLS}]*$"
 _BAD_VALUE_CHARS = re.compile(f"[{_VALUE_CONTROLS}]")
 _BAD_KEY_CHARS = re.compile(f"[{_KEY_CONTROLS}]")
 _SURROGATE = re.compile(f"[{_SURROGATES}]")

@@ -33,7 +33,7 @@ def pardoned(status: int, problem: Any) -> bool:
         return False
     for error in errors:
         if not any(
-            rule["status"] == status
+            status in (rule["status"] if isinstance(rule["status"], list) else [rule["status"]])
             and rule.get("type", problem.get("type")) == problem.get("type")
             and re.search(rule["field"], str(error.get("field", "")))
             and re.search(rule["problem"], str(error.get("problem", "")))

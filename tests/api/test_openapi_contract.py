@@ -137,3 +137,26 @@ def test_bodies_are_decoded_as_strictly_as_the_schema_says(served, case):
     assert r.status_code in case["status"], (case["name"], r.status_code, r.text)
     fields = [e["field"] for e in r.json().get("errors", [])]
     assert case["field"] in fields, (case["name"], fields)
+
+
+def test_a_batch_item_that_is_not_an_interaction_is_judged_alone(served):
+    """``POST /interactions/batch``: the document admits any item; ``skip`` lists the bad ones, ``raise`` refuses."""
+    live, http, doc, cid = served
+    body = doc["paths"]["/interactions/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    items = _resolve(doc, body)["properties"]["items"]
+    assert items["maxItems"] == 10_000 and {} not in items["items"]["anyOf"]
+    assert any(branch.get("$ref", "").endswith("/InteractionIn") for branch in items["items"]["anyOf"])
+    bad = [1, "x", None, [], {"kind": 1, "customer_id": cid}, {"kind": "click", "customer_id": "1"}, {"zz": 1}]
+    good = {"kind": "click", "customer_id": cid}
+    before = live.crm.interactions.count()
+    r = http.post("/interactions/batch", params={"on_error": "skip"}, json={"items": [*bad, good]})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["stored"] == 1 and answer["rejected_total"] == len(bad), answer
+    assert [e["index"] for e in answer["rejected"]] == list(range(len(bad)))
+    assert answer["rejected"][4]["field"] == "body.items[4].kind", answer["rejected"][4]
+    r = http.post("/interactions/batch", json={"items": [*bad, good]})
+    assert r.status_code == 400, r.text
+    fields = [e["field"] for e in r.json()["errors"]]
+    assert fields[0] == "body.items[0]" and "body.items[5].customer_id" in fields and len(fields) == len(bad), fields
+    assert live.crm.interactions.count() == before + 1

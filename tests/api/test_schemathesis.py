@@ -15,9 +15,13 @@ One substitution: ``positive_data_acceptance`` runs through
 no JSON Schema can express (listed, with the reason for each, in
 ``tests/fixtures/hardening/openapi_semantic.json``).
 
-Cost on 2 cores: about 2-3 minutes with the default 15 examples per
-operation (``ECRM_SCHEMATHESIS_EXAMPLES``; ``ECRM_SCHEMATHESIS_SEED`` picks
-another seed, the default is fixed so that CI is reproducible).
+Cost on 2 cores: about 4.5 minutes with the default 15 examples per
+operation (measured: 4 min 22 s for the test, ~13,800 generated cases;
+the rest of the suite takes ~6 minutes, so the suite stays well under 30).
+More examples find nothing more in practice and grow the time linearly;
+``ECRM_SCHEMATHESIS_EXAMPLES`` raises it for a deeper local run and
+``ECRM_SCHEMATHESIS_SEED`` picks another seed (the default is fixed so that
+CI is reproducible).
 """
 
 from __future__ import annotations

@@ -18,16 +18,36 @@ A body that is not JSON at all is left to Litestar's own error.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from ecrm_core.validation import check_json
 from litestar import Request
 from litestar.exceptions import ValidationException
 
-__all__ = ["check_body"]
+__all__ = ["check_body", "convert_strictly", "StrictError"]
 
+_S = TypeVar("_S", bound=msgspec.Struct)
 _AT = re.compile(r" - at `\$\.?(.*)`$")
+
+
+class StrictError(Exception):
+    """A value that does not decode strictly: ``key`` is its path (``customer_id``, ``a[0].b``; "" for the value)."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+        self.problem = problem
+
+
+def convert_strictly(value: Any, struct: type[_S]) -> _S:
+    """``value`` (decoded JSON) as ``struct``, as strictly as a body is decoded (or :class:`StrictError`)."""
+    try:
+        return msgspec.convert(_integral(value), struct, strict=True)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        found = _AT.search(message)
+        raise StrictError(found.group(1) if found else "", message[: found.start()] if found else message) from None
 
 
 async def check_body(request: Request[Any, Any, Any], struct: type[msgspec.Struct]) -> None:
@@ -39,12 +59,9 @@ async def check_body(request: Request[Any, Any, Any], struct: type[msgspec.Struc
         return  # not JSON: Litestar answers it
     try:
         # JSON Schema's "integer" admits 2.0: so does the server (strict otherwise).
-        msgspec.convert(_integral(doc), struct, strict=True)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        found = _AT.search(message)
-        key = found.group(1) if found else ""
-        problem = message[: found.start()] if found else message
+        convert_strictly(doc, struct)
+    except StrictError as exc:
+        key, problem = exc.key, exc.problem
         raise ValidationException(
             detail=f"body{'.' + key if key else ''}: {problem}",
             extra=[{"key": key, "message": problem, "source": "body"}],

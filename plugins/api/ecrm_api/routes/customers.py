@@ -163,7 +163,12 @@ class CustomerUpsertIn(CustomerIn, forbid_unknown_fields=True):
     openapi_extra: ClassVar[dict[str, Any]] = {
         "anyOf": [
             *(
-                {"title": f"by {name}", "required": [name], "properties": {name: {"type": "string"}}}
+                {
+                    "title": f"by {name}",
+                    "required": [name],
+                    # not blank once stripped (a blank identity is no identity)
+                    "properties": {name: {"type": "string", "pattern": IDENTITY_PATTERN}},
+                }
                 for name in ("external_id", "email", "phone")
             ),
             {

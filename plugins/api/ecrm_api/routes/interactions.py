@@ -16,9 +16,11 @@ from ecrm_core.errors import BatchError, RowError, ValidationError
 from ecrm_core.validation import MAX_JSON_DEPTH, aware_datetime, check_json, check_slug, check_string
 from litestar import Response, get, post
 from litestar.di import NamedDependency
+from litestar.exceptions import ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, Parameter
 
+from ..bodies import StrictError, convert_strictly
 from ..cursors import decode_cursor, encode_cursor
 from ..problems import problem, problem_responses
 from ..types import (
@@ -133,14 +135,32 @@ class InteractionOut(msgspec.Struct):
     recorded_at: datetime | None
 
 
-class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
-    """Up to 10,000 interactions, stored in one transaction."""
+#: What an item of ``POST /interactions/batch`` may be, in the document: any
+#: value is taken, and judged on its own (as ``/v1/batch`` does).
+_BATCH_ITEM = {
+    "anyOf": [
+        {"$ref": "#/components/schemas/InteractionIn"},
+        {
+            "description": "any other value: with on_error=skip it is listed in `rejected` and the others are"
+            " stored; with on_error=raise (the default) it refuses the batch (400 for a wrong type, 422 else)"
+        },
+    ]
+}
 
-    #: The handler reports each bad item (ecrm_api.bodies checks types only).
+
+class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Up to 10,000 interactions, stored in one transaction.
+
+    Each item is decoded on its own (as strictly as a body): a bad one is
+    listed in ``rejected`` (``on_error=skip``) or refuses the batch
+    (``on_error=raise``), so the document admits any value as an item.
+    """
+
+    #: The handler reports each bad item (ecrm_api.bodies checks the envelope only).
     per_item_errors: ClassVar[bool] = True
 
     # The handler checks the count (a 422 naming body.items, not msgspec's 400).
-    items: Annotated[list[InteractionIn], msgspec.Meta(extra_json_schema={"maxItems": MAX_BATCH})]
+    items: Annotated[list[Any], msgspec.Meta(extra_json_schema={"maxItems": MAX_BATCH, "items": _BATCH_ITEM})]
 
 
 class Rejected(msgspec.Struct):
@@ -165,6 +185,8 @@ class BatchOut(msgspec.Struct):
 
 #: Rejected items listed in one answer (or problem); the rest are counted.
 MAX_LISTED = 100
+#: The fix of an item that does not decode as an :class:`InteractionIn`.
+_SHAPE_FIX = "send the types and fields the schema declares for an item (InteractionIn)"
 
 
 class TimelinePage(msgspec.Struct):
@@ -400,9 +422,11 @@ def create_interactions_batch(
     answer lists the first 100 ``rejected`` ones (``rejected_total``).  Items
     repeating a stored ``idempotency_key`` with the same payload count as
     ``duplicates``; unknown identities create prospects
-    (``created_customers``).  Items that do not match the schema (a string
-    where a number belongs, a timestamp without a time zone) reject the
-    whole request with 400.
+    (``created_customers``).  Each item is decoded on its own, as strictly
+    as a body: an item that is not an interaction at all (a string where a
+    number belongs, a timestamp without a time zone, not an object) is a
+    400 naming it with ``on_error=raise``, and one more ``rejected`` entry
+    with ``on_error=skip``.
     """
     if on_error not in ("raise", "skip"):
         raise ValidationError("query.on_error", on_error, "unknown mode", "send on_error=raise or on_error=skip")
@@ -418,7 +442,13 @@ def create_interactions_batch(
     pre: list[Rejected] = []
     rows: list[dict[str, Any]] = []
     positions: list[int] = []
-    for index, item in enumerate(items):
+    for index, value in enumerate(items):
+        try:
+            item = convert_strictly(value, InteractionIn)
+        except StrictError as exc:
+            field = f"body.items[{index}]" + (f".{exc.key}" if exc.key else "")
+            pre.append(Rejected(index, field, exc.problem, _SHAPE_FIX))
+            continue
         try:
             _check_item(item, api, now)
         except ValidationError as exc:
@@ -427,6 +457,15 @@ def create_interactions_batch(
         rows.append(_row(item))
         positions.append(index)
     if on_error == "raise":
+        shape = [r for r in pre if r.fix == _SHAPE_FIX]
+        if shape:  # items that are not InteractionIn at all: a 400, as a body would be
+            raise ValidationException(
+                detail=f"{shape[0].field}: {shape[0].problem}",
+                extra=[
+                    {"key": r.field.removeprefix("body."), "message": r.problem, "source": "body"}
+                    for r in shape[:MAX_LISTED]
+                ],
+            )
         if pre:
             # Find the core's objections too (in a transaction rolled back) so
             # the problem lists every bad item, not only the first kind.

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 import msgspec
+from ecrm_core.validation import KEY_PATTERN, MAX_JSON_KEYS, MAX_KEY_LENGTH, TEXT_PATTERN
 from litestar import Request, post
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Reference, RequestBody, Schema
 
 from ..app import ApiState, workspace_crm
 from ..auth import credential
@@ -97,12 +98,22 @@ _TIME = Schema(
     one_of=[_s(OpenAPIType.STRING, "ISO 8601 time with an offset", format="date-time", max_length=64), _NULL],  # type: ignore[arg-type]
     description="ISO 8601 time with an offset (after 2000, not in the future once corrected with sentAt)",
 )
+#: Free-form data, checked as everywhere in ecrm (ecrm_api.openapi's JSONValue: the core's rules).
 _OBJ = Schema(
-    one_of=[_s(OpenAPIType.OBJECT, "free key/value pairs", additional_properties=True), _NULL],
+    one_of=[
+        _s(
+            OpenAPIType.OBJECT,
+            "free key/value pairs",
+            additional_properties=Reference(ref="#/components/schemas/JSONValue"),
+            property_names=Schema(pattern=KEY_PATTERN, max_length=MAX_KEY_LENGTH),
+            max_properties=MAX_JSON_KEYS,
+        ),
+        _NULL,
+    ],
     description="free key/value pairs",
 )
 _ANY = Schema(description="kept as sent (not checked)")
-_TEXT = Schema(one_of=[Schema(type=OpenAPIType.STRING, max_length=200, pattern=r"^[^\x00]*$"), _NULL])
+_TEXT = Schema(one_of=[Schema(type=OpenAPIType.STRING, max_length=200, pattern=TEXT_PATTERN), _NULL])
 _COMMON: dict[str, Schema] = {
     "userId": _OPTIONAL_ID,
     "anonymousId": _OPTIONAL_ID,
@@ -131,7 +142,7 @@ _PER_CALL: dict[str, tuple[dict[str, Schema], list[list[str]]]] = {
     "identify": ({"traits": _OBJ}, [["userId"], ["anonymousId"]]),
     "track": (
         {
-            "event": _s(OpenAPIType.STRING, "the event's name", min_length=1, max_length=200, pattern=r"^[^\x00]+$"),
+            "event": _s(OpenAPIType.STRING, "the event's name", min_length=1, max_length=200, pattern=TEXT_PATTERN),
             "properties": _OBJ,
         },
         [["userId", "event"], ["anonymousId", "event"]],
