@@ -185,7 +185,7 @@ def test_attributes_merge_patch_and_json_values(crm: CRM) -> None:
         "ratio": 0.1,
         "name": "Łódź 東京 \t\n",
     }
-    with pytest.raises(ValidationError, match="attributes.name: contains a NUL character"):
+    with pytest.raises(ValidationError, match=r"attributes\.name: contains a NUL character"):
         crm.customers.create(external_id="u1", attributes={**attrs, "name": "Łódź \u0000"})  # refused everywhere
     c = crm.customers.create(external_id="u1", attributes=attrs)
     assert dict(crm.customers.get(c.id).attributes) == {**attrs, "tags": ("a", "b"), "nested": {"x": 1}}

@@ -32,6 +32,7 @@ from ..types import (
     IDENTITY_PATTERN,
     MAX_ID,
     SLUG_PATTERN,
+    TEXT_PATTERN,
     DateTime,
     Identity,
     StrictSlug,
@@ -489,21 +490,37 @@ def search_customers(
     request: Request[Any, Any, Any],
     crm: NamedDependency[CRM],
     api: NamedDependency[ApiState],
-    email: Annotated[str | None, Parameter(max_length=320, description="exact e-mail (normalised)")] = None,
-    external_id: Annotated[str | None, Parameter(max_length=200, description="exact external id")] = None,
-    phone: Annotated[str | None, Parameter(max_length=64, description="exact phone (normalised to E.164)")] = None,
+    email: Annotated[
+        str | None,
+        Parameter(max_length=320, description="exact e-mail (normalised)", schema_extra={"pattern": TEXT_PATTERN}),
+    ] = None,
+    external_id: Annotated[
+        str | None, Parameter(max_length=200, description="exact external id", schema_extra={"pattern": TEXT_PATTERN})
+    ] = None,
+    phone: Annotated[
+        str | None,
+        Parameter(
+            max_length=64, description="exact phone (normalised to E.164)", schema_extra={"pattern": TEXT_PATTERN}
+        ),
+    ] = None,
     lifecycle_stage: Annotated[str | None, Parameter(max_length=64, description="customers in this stage")] = None,
     created_after: CreatedAfter = None,
     created_before: CreatedBefore = None,
     updated_after: UpdatedAfter = None,
     segment: Annotated[
         str | None,
-        Parameter(min_length=1, max_length=64, description="members of the segment with this slug or id"),
+        Parameter(
+            min_length=1,
+            max_length=64,
+            description="members of the segment with this slug or id",
+            schema_extra={"pattern": TEXT_PATTERN},
+        ),
     ] = None,
     where: Annotated[
         str | None,
         Parameter(
             max_length=4000,
+            schema_extra={"pattern": TEXT_PATTERN},
             description='a rule in the segments language, e.g. `country = "KR" and purchase.count(90d) >= 1`',
         ),
     ] = None,
