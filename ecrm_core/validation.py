@@ -27,6 +27,13 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "MIN_INT",
     "MAX_INT",
+    "MIN_YEAR",
+    "MAX_YEAR",
+    "SLUG_PATTERN",
+    "MAX_SLUG_LENGTH",
+    "currencies",
+    "TEXT_PATTERN",
+    "KEY_PATTERN",
     "check_json",
     "check_string",
     "normalize_email",
@@ -58,12 +65,18 @@ MAX_KEY_LENGTH = 256
 #: read back as integers).  Bigger numbers belong in strings.
 MIN_INT, MAX_INT = -(2**63), 2**63 - 1
 
-_MIN_YEAR, _MAX_YEAR = 1900, 2200
+#: Years accepted in a time (a time outside is a clock or unit mistake).
+MIN_YEAR, MAX_YEAR = 1900, 2200
+_MIN_YEAR, _MAX_YEAR = MIN_YEAR, MAX_YEAR
 # Amounts must round-trip exactly through every backend, SQLite's REAL
 # included (15 significant digits): at most 4 decimals, below 10^11.
 _MAX_AMOUNT = Decimal("1e11")
 _AMOUNT_DECIMALS = 4
-_SLUG = re.compile(r"^[a-z][a-z0-9_]*(?:[.:-][a-z0-9_]+)*$")
+#: A slug (interaction kinds, channels, stages, offer codes): ``purchase``,
+#: ``email_open``, ``external:erp``; at most :data:`MAX_SLUG_LENGTH` characters.
+SLUG_PATTERN = r"^[a-z][a-z0-9_]*(?:[.:-][a-z0-9_]+)*$"
+MAX_SLUG_LENGTH = 64
+_SLUG = re.compile(SLUG_PATTERN)
 
 
 def normalize_email(value: Any, field: str = "email") -> str:
@@ -174,7 +187,8 @@ def check_amount(value: Any, field: str = "amount") -> Decimal:
 
 
 @lru_cache(maxsize=1)
-def _currencies() -> frozenset[str]:
+def currencies() -> frozenset[str]:
+    """The ISO 4217 codes :func:`check_currency` accepts (upper case; it also takes them in lower case)."""
     import pycountry
 
     return frozenset(c.alpha_3 for c in pycountry.currencies)
@@ -182,7 +196,7 @@ def _currencies() -> frozenset[str]:
 
 def check_currency(value: Any, field: str = "currency") -> str:
     """Return the upper-cased ISO 4217 code or raise."""
-    if not isinstance(value, str) or value.upper() not in _currencies():
+    if not isinstance(value, str) or value.upper() not in currencies():
         raise ValidationError(
             field, value, "unknown currency code", "send an ISO 4217 code such as 'USD', 'EUR' or 'KRW'"
         )
@@ -242,9 +256,19 @@ _encode_mapping = _make_encode()
 
 # C0 control characters a text value may not hold (tab, line feed and
 # carriage return are text); a key may hold none of them.
-_BAD_VALUE_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
-_BAD_KEY_CHARS = re.compile("[\x00-\x1f]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_VALUE_CONTROLS = r"\x00-\x08\x0b\x0c\x0e-\x1f"
+_KEY_CONTROLS = r"\x00-\x1f"
+_SURROGATES = r"\ud800-\udfff"
+#: What :func:`check_string` admits, as a regular expression (the same in
+#: Python and ECMAScript): no C0 control character but tab, line feed and
+#: carriage return.  (It also refuses a lone surrogate, which is not Unicode
+#: text: a pattern, read over Unicode strings, has nothing to say about it.)
+TEXT_PATTERN = f"^[^{_VALUE_CONTROLS}]*$"
+#: What a key of free-form JSON data may hold (no control character at all).
+KEY_PATTERN = f"^[^{_KEY_CONTROLS}]*$"
+_BAD_VALUE_CHARS = re.compile(f"[{_VALUE_CONTROLS}]")
+_BAD_KEY_CHARS = re.compile(f"[{_KEY_CONTROLS}]")
+_SURROGATE = re.compile(f"[{_SURROGATES}]")
 _PLAIN_KEY = re.compile(r"[A-Za-z_$][A-Za-z0-9_$-]{0,63}")
 # In canonical JSON text (see properties_json): an integer of 19 or more
 # digits (maybe beyond 64 bits; a float's repr has at most 17 digits).
@@ -307,7 +331,7 @@ def _short_path(path: str) -> str:
     return f"{path[:150]}...{path[-(MAX_PATH_LENGTH - 153) :]}"
 
 
-def check_json(value: Any, field: str = "properties") -> None:
+def check_json(value: Any, field: str = "properties", *, limits: bool = True) -> None:
     """Raise :class:`~ecrm_core.errors.ValidationError` for the first value of
     free-form JSON data ``value`` that ecrm does not store, naming its path
     (``properties.items[2].sku``).
@@ -320,6 +344,10 @@ def check_json(value: Any, field: str = "properties") -> None:
     characters; nesting at most :data:`MAX_JSON_DEPTH` deep and at most
     :data:`MAX_JSON_KEYS` keys in all.  (The encoded size is checked by
     :func:`properties_json`.)  Iterative: no nesting can exhaust the stack.
+
+    ``limits=False`` checks the values only (characters, integers, finite
+    numbers, string keys), not depth, key count or key length: for a whole
+    request body, whose free-form parts are checked again with the limits.
     """
     keys = 0
     stack: list[tuple[Any, str, int]] = [(value, field, 0)]
@@ -346,7 +374,7 @@ def check_json(value: Any, field: str = "properties") -> None:
         elif isinstance(node, str):  # a str subclass
             stack.append((str(node), path, depth))
         elif isinstance(node, (Mapping, list, tuple)):
-            if depth >= MAX_JSON_DEPTH:
+            if limits and depth >= MAX_JSON_DEPTH:
                 raise ValidationError(
                     _short_path(path),
                     "<nested data>",
@@ -355,7 +383,7 @@ def check_json(value: Any, field: str = "properties") -> None:
                 )
             if isinstance(node, Mapping):
                 keys += len(node)
-                if keys > MAX_JSON_KEYS:
+                if limits and keys > MAX_JSON_KEYS:
                     raise ValidationError(
                         field, f"<{keys}+ keys>", f"more than {MAX_JSON_KEYS} keys in all", "send fewer keys"
                     )
@@ -369,7 +397,7 @@ def check_json(value: Any, field: str = "properties") -> None:
                             "use text keys only",
                         )
                     sub = _child(path, k)
-                    if len(k) > MAX_KEY_LENGTH:
+                    if limits and len(k) > MAX_KEY_LENGTH:
                         raise ValidationError(
                             _short_path(sub), k, f"key longer than {MAX_KEY_LENGTH} characters", "use shorter keys"
                         )
@@ -436,7 +464,7 @@ def properties_json(value: Any, field: str = "properties", limit: int = MAX_PROP
 
 def check_slug(value: Any, field: str, what: str = "name") -> str:
     """Lower-case identifiers: ``purchase``, ``email_open``, ``external:erp``."""
-    if not isinstance(value, str) or not _SLUG.match(value) or len(value) > 64:
+    if not isinstance(value, str) or not _SLUG.match(value) or len(value) > MAX_SLUG_LENGTH:
         raise ValidationError(
             field,
             value,

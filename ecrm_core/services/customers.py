@@ -482,7 +482,8 @@ class Customers(Service):
     @staticmethod
     def _identity(c: Customer, extra: Iterable[Alias] = ()) -> builtins.list[Alias]:
         ids = [Alias(kind, getattr(c, name)) for name, kind in IDENTITY_FIELDS.items() if getattr(c, name)]
-        return ids + [al for al in extra if al not in ids]
+        # dict.fromkeys: an alias given twice is one identity (not a duplicate row)
+        return list(dict.fromkeys([*ids, *extra]))
 
     def _claim(self, conn: sa.Connection, cid: int, aliases: Sequence[Alias], now: datetime) -> None:
         """Attach aliases to ``cid``; raise Conflict if another customer has one."""

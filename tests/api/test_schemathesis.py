@@ -1,100 +1,86 @@
-"""schemathesis against the live OpenAPI document of a served app.
+"""schemathesis, every check, against the live OpenAPI document of a served app.
 
-For every operation, hypothesis generates valid and invalid requests from
-the schema; each answer must: not be a 5xx, have a documented status code
-and content type, match the documented schema, and reject invalid input
-with a 4xx.  The app runs under uvicorn on 127.0.0.1 (real HTTP), with data
-seeded so that ids in generated paths sometimes exist.
+The app runs under uvicorn on 127.0.0.1 (real HTTP), with data seeded so
+that ids in generated paths sometimes exist.  schemathesis' own CLI runs
+against it, as a reviewer would: ``--checks all`` (every check it has:
+server errors, status codes, content types, response headers and bodies
+against the schema, negative data rejected, positive data accepted,
+missing required headers, unsupported methods and ``Allow``, ignored
+auth, use after free, resource availability...), both generation modes,
+every phase (examples, coverage, fuzzing and stateful sequences over the
+links schemathesis infers), every operation.
 
-(schemathesis' own ``from_fixture`` lazy loader does not work with pytest 9,
-so each test loads the live schema itself and drives hypothesis directly.)
+One substitution: ``positive_data_acceptance`` runs through
+``tests/api/schemathesis_hooks.py``, which pardons only the refusals that
+no JSON Schema can express (listed, with the reason for each, in
+``tests/fixtures/hardening/openapi_semantic.json``).
+
+Cost on 2 cores: 2 min 39 s with the default 15 examples per operation
+(seed 14, ~13,800 generated cases, measured alone; 4 min 16 s while
+another run shared the machine); the rest of the suite takes ~6 minutes,
+so the suite stays well under 30.  A failing run takes longer (schemathesis
+shrinks each failure): about 4.5 minutes.
+More examples find nothing more in practice and grow the time linearly;
+``ECRM_SCHEMATHESIS_EXAMPLES`` raises it for a deeper local run and
+``ECRM_SCHEMATHESIS_SEED`` picks another seed (the default is fixed so that
+CI is reproducible).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import subprocess
+import sys
+from pathlib import Path
 
-import pytest
-import schemathesis
-from hypothesis import HealthCheck, given, settings
-from schemathesis import GenerationMode
-from schemathesis.checks import (
-    content_type_conformance,
-    negative_data_rejection,
-    not_a_server_error,
-    response_schema_conformance,
-    status_code_conformance,
-)
-
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-    negative_data_rejection,
-]
-# Segment's batch semantics: a batch whose messages are invalid is answered
-# 200 with every rejected message listed (an SDK drops a whole batch on a 4xx,
-# which would lose the valid messages); tests/api/test_tracking.py checks
-# that the rejected ones are listed and not stored.
-PER_MESSAGE_ERRORS = {("POST", "/v1/batch")}
-EXAMPLES = int(os.environ.get("ECRM_SCHEMATHESIS_EXAMPLES", "20"))
+EXAMPLES = int(os.environ.get("ECRM_SCHEMATHESIS_EXAMPLES", "15"))
+SEED = os.environ.get("ECRM_SCHEMATHESIS_SEED", "14")
+HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
 
 
-def _operations() -> list[tuple[str, str, GenerationMode]]:
-    """(METHOD, path, mode) of every documented operation, from an app built at collection time.
-
-    Negative cases only for operations that take parameters or a body: the
-    key is fixed in the strategy, so ``GET /me`` has nothing to make invalid
-    (missing and bad keys are tested in test_foundation and test_workspaces)."""
-    from ecrm_api import plugin
-    from ecrm_api.app import create_app
-
-    from ecrm_core import CRM
-
-    with tempfile.TemporaryDirectory() as d:
-        crm = CRM(f"sqlite:///{d}/schema.db", plugins=[plugin], load_entrypoints=False)
-        spec = create_app(crm, rate_limit=None).openapi_schema.to_schema()
-        crm.close()
-    out = []
-    for path, item in spec["paths"].items():
-        for method, op in item.items():
-            if method not in ("get", "post", "put", "patch", "delete"):
-                continue
-            out.append((method.upper(), path, GenerationMode.POSITIVE))
-            if op.get("parameters") or op.get("requestBody"):
-                out.append((method.upper(), path, GenerationMode.NEGATIVE))
-    return sorted(out)
-
-
-@pytest.fixture
-def served(api_crm, live_api_factory):
+def _served(api_crm, live_api_factory):
     crm = api_crm
     for i in range(1, 6):
         c = crm.customers.create(email=f"c{i}@example.com", name=f"C {i}", external_id=f"ext-{i}")
         crm.interactions.track("purchase", customer_id=c.id, amount="10.00", currency="EUR")
+    crm.segments.create("buyers", "purchase.count(365d) >= 1", name="Buyers")
+    crm.segments.create("vip", None, static=True, customer_ids=[1, 2])
     live = live_api_factory(crm, rate_limit=None)
     return live, live.token(["admin"])
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "mode"), _operations(), ids=lambda v: v.value if isinstance(v, GenerationMode) else v
-)
-def test_api_conforms(served, method, path, mode):
-    live, token = served
-    schema = schemathesis.openapi.from_url(f"{live.url}/docs/openapi.json")
-    operation = schema[path][method]
-    # The key goes into the strategy, so that negative cases that drop or
-    # mangle it are known to schemathesis (and expected to get a 401).
-    headers = {"Authorization": f"Bearer {token}"}
-    checks = CHECKS
-    if (method, path) in PER_MESSAGE_ERRORS:
-        checks = [c for c in CHECKS if c is not negative_data_rejection]
-
-    @given(case=operation.as_strategy(generation_mode=mode, headers=headers))
-    @settings(deadline=None, suppress_health_check=list(HealthCheck), max_examples=EXAMPLES, database=None)
-    def run(case):
-        case.call_and_validate(base_url=live.url, checks=checks)
-
-    run()
+def test_api_conforms_to_its_openapi_document(api_crm, live_api_factory, tmp_path):
+    live, token = _served(api_crm, live_api_factory)
+    command = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        f"{live.url}/docs/openapi.json",
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "positive_data_acceptance",  # run by the hook, minus the listed semantic refusals
+        "--mode",
+        "all",
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--max-examples",
+        str(EXAMPLES),
+        "--seed",
+        SEED,
+        "--workers",
+        "1",
+        "--header",
+        f"Authorization: Bearer {token}",
+        "--request-timeout",
+        "30",
+        # patterns + formats (RFC 3339 with a year range) filter many drawn strings
+        "--suppress-health-check",
+        "filter_too_much",
+    ]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS), "NO_COLOR": "1", "COLUMNS": "200"}
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1500, cwd=tmp_path)
+    output = run.stdout + run.stderr
+    assert "52 selected" in output or "selected / " in output, output[-5000:]
+    assert run.returncode == 0, output[-20000:]

@@ -23,10 +23,12 @@ from litestar.static_files import create_static_files_router
 
 from . import __version__
 from .auth import KeyAuthMiddleware, route_policy
+from .bodies import check_body
 from .config import ApiConfig
 from .gzip import refuse_encoding
 from .inbox import InboxWriter
 from .keys import ApiKey, Keys
+from .openapi import body_type, install
 from .problems import exception_handlers, problem, render_problem
 from .processor import ProcessorThread
 from .reads import CustomerReader
@@ -220,13 +222,14 @@ def create_app(
 
     allowed_query: dict[int, frozenset[str]] = {}
 
-    json_bodies: set[int] = set()
+    #: handler id -> the struct its JSON body decodes into (None: a body read otherwise)
+    json_bodies: dict[int, Any] = {}
 
     async def check_request(request: Request[Any, Any, Any]) -> None:
         """Before every handler: a JSON body must say so (415), and no unknown query parameter (400).
 
-        A coroutine although it does no I/O: Litestar would run a synchronous
-        hook in a worker thread."""
+        The body is then decoded strictly (:mod:`ecrm_api.bodies`).  A coroutine:
+        Litestar would run a synchronous hook in a worker thread."""
         handler = id(request.route_handler)
         if handler not in json_bodies and not request.scope["query_string"]:
             return
@@ -247,6 +250,9 @@ def create_app(
                         }
                     ],
                 )
+            struct = json_bodies[handler]
+            if struct is not None:
+                await check_body(request, struct)
         allowed = allowed_query.get(handler)
         if allowed is None:
             return
@@ -300,10 +306,65 @@ def create_app(
     for route in app.routes:
         for handler, kwargs_model in getattr(route, "route_handler_map", {}).values():
             if "data" in handler.parsed_fn_signature.parameters:
-                json_bodies.add(id(handler))
+                json_bodies[id(handler)] = body_type(handler)
             if not (handler.opt or {}).get("allow_unknown_query"):
                 allowed_query[id(handler)] = frozenset(p.field_alias for p in kwargs_model.expected_query_params)
+    app.asgi_handler = _head_and_allow(app, app.asgi_handler)
+    if openapi is not None:
+        install(app)
     return app
+
+
+def _allowed(methods: Iterable[str]) -> str:
+    """The ``Allow`` value for a path serving ``methods`` (HEAD wherever GET is)."""
+    found = {m.upper() for m in methods}
+    if "GET" in found:
+        found.add("HEAD")
+    return ", ".join(sorted(found))
+
+
+def _head_and_allow(app: Litestar, inner: Any) -> Any:
+    """Wrap the app's ASGI handler: HEAD is answered wherever GET is, and ``Allow`` lists exactly the methods.
+
+    A HEAD request is routed as GET and its body is dropped (the headers,
+    Content-Length included, are GET's).  ``Allow`` on a 405 gains HEAD where
+    GET is allowed; on the automatic OPTIONS answer it is rebuilt from the
+    route (Litestar's answer lists only the methods of the handlers
+    registered first for a path).
+    """
+    options_allow: dict[int, bytes] = {}
+    for route in app.routes:
+        handlers = getattr(route, "route_handler_map", {})
+        if "OPTIONS" in handlers:
+            options_allow[id(handlers["OPTIONS"][0])] = _allowed(route.methods).encode()
+
+    async def handle(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await inner(scope, receive, send)
+            return
+        head = scope["method"] == "HEAD"
+        if head:
+            scope["method"] = "GET"
+
+        async def send_wrapper(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                allow = None
+                if status == 405:
+                    listed = b",".join(v for k, v in message.get("headers", ()) if k.lower() == b"allow")
+                    allow = _allowed(m.strip() for m in listed.decode("latin-1").split(",") if m.strip()).encode()
+                elif scope.get("method") == "OPTIONS":
+                    allow = options_allow.get(id(scope.get("route_handler")))
+                if allow is not None:
+                    headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"allow"]
+                    message = {**message, "headers": [*headers, (b"allow", allow)]}
+            elif head and message["type"] == "http.response.body" and message.get("body"):
+                message = {**message, "body": b""}
+            await send(message)
+
+        await inner(scope, receive, send_wrapper)
+
+    return handle
 
 
 def _is_public(handler: Any) -> bool:

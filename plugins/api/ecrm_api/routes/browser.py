@@ -184,6 +184,7 @@ def _with_write_key(schema: Schema) -> Schema:
         properties=properties,
         required=sorted({*(schema.required or []), "writeKey"}),
         additional_properties=True,
+        any_of=schema.any_of,
         description=schema.description,
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import anyio.to_thread
 import msgspec
@@ -28,7 +28,18 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from ..app import workspace_crm
 from ..cursors import decode_cursor, encode_cursor
 from ..problems import problem, problem_responses
-from .interactions import IsoTime
+from ..types import (
+    IDENTITY_PATTERN,
+    MAX_ID,
+    SLUG_PATTERN,
+    TEXT_PATTERN,
+    DateTime,
+    Identity,
+    StrictSlug,
+    Timezone,
+    date_time_param,
+    parse_datetime,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
@@ -53,7 +64,6 @@ __all__ = [
     "customer_out",
 ]
 
-MAX_ID = 2**63 - 1
 #: Nesting allowed inside ``attributes`` (objects and lists): the core's limit.
 MAX_DEPTH = MAX_JSON_DEPTH
 #: Keys allowed in ``attributes``, counted at every level: the core's limit.
@@ -64,11 +74,12 @@ Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
 Text200 = Annotated[str, msgspec.Meta(max_length=200)]
 Email = Annotated[str, msgspec.Meta(max_length=320)]
 Phone = Annotated[str, msgspec.Meta(max_length=64)]
-Slug = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[a-z][a-z0-9_:]*$")]
-Timezone = Annotated[str, msgspec.Meta(max_length=64)]
+Slug = StrictSlug
 Locale = Annotated[str, msgspec.Meta(max_length=35)]
 Source = Annotated[str, msgspec.Meta(max_length=500)]
-AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
+CreatedAfter = date_time_param("created after")
+CreatedBefore = date_time_param("created before")
+UpdatedAfter = date_time_param("updated after")
 Attributes = Annotated[
     dict[str, Any],
     msgspec.Meta(description=f"free JSON data: at most {MAX_KEYS} keys in all, nested at most {MAX_DEPTH} deep"),
@@ -108,7 +119,7 @@ class ConsentIn(msgspec.Struct, forbid_unknown_fields=True):
     """A consent decision: ``at`` defaults to now."""
 
     status: Literal["granted", "denied"]
-    at: IsoTime | None = None
+    at: DateTime | None = None
     source: Source | None = None
 
 
@@ -116,7 +127,7 @@ class AliasIn(msgspec.Struct, forbid_unknown_fields=True):
     """An identity: ``kind`` a slug (``email``, ``phone``, ``external``, ``anonymous``, ``external:erp``…)."""
 
     kind: Slug
-    value: Annotated[str, msgspec.Meta(min_length=1, max_length=320)]
+    value: Identity
 
 
 class AliasOut(msgspec.Struct):
@@ -144,6 +155,30 @@ class CustomerIn(msgspec.Struct, forbid_unknown_fields=True):
     timezone: Timezone | None = None
     locale: Locale | None = None
     aliases: Annotated[list[AliasIn], msgspec.Meta(max_length=100)] | None = None
+
+
+class CustomerUpsertIn(CustomerIn, forbid_unknown_fields=True):
+    """A customer to create, or to update when one has its identity (at least one is needed)."""
+
+    #: What the core checks (the row must name an identity), for the OpenAPI document.
+    openapi_extra: ClassVar[dict[str, Any]] = {
+        "anyOf": [
+            *(
+                {
+                    "title": f"by {name}",
+                    "required": [name],
+                    # not blank once stripped (a blank identity is no identity)
+                    "properties": {name: {"type": "string", "pattern": IDENTITY_PATTERN}},
+                }
+                for name in ("external_id", "email", "phone")
+            ),
+            {
+                "title": "by aliases",
+                "required": ["aliases"],
+                "properties": {"aliases": {"type": "array", "minItems": 1}},
+            },
+        ]
+    }
 
 
 class CustomerPatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -327,7 +362,7 @@ def create_customer(crm: NamedDependency[CRM], data: JSONBody[CustomerIn]) -> Cu
         **problem_responses(409),
     },
 )
-def upsert_customer(crm: NamedDependency[CRM], data: JSONBody[CustomerIn]) -> Response[CustomerOut]:
+def upsert_customer(crm: NamedDependency[CRM], data: JSONBody[CustomerUpsertIn]) -> Response[CustomerOut]:
     """Create the customer, or update the one that has its identity (201 created, 200 updated).
 
     The identity is looked up by ``external_id``, ``email``, ``phone`` and
@@ -455,20 +490,37 @@ def search_customers(
     request: Request[Any, Any, Any],
     crm: NamedDependency[CRM],
     api: NamedDependency[ApiState],
-    email: Annotated[str | None, Parameter(max_length=320, description="exact e-mail (normalised)")] = None,
-    external_id: Annotated[str | None, Parameter(max_length=200, description="exact external id")] = None,
-    phone: Annotated[str | None, Parameter(max_length=64, description="exact phone (normalised to E.164)")] = None,
+    email: Annotated[
+        str | None,
+        Parameter(max_length=320, description="exact e-mail (normalised)", schema_extra={"pattern": TEXT_PATTERN}),
+    ] = None,
+    external_id: Annotated[
+        str | None, Parameter(max_length=200, description="exact external id", schema_extra={"pattern": TEXT_PATTERN})
+    ] = None,
+    phone: Annotated[
+        str | None,
+        Parameter(
+            max_length=64, description="exact phone (normalised to E.164)", schema_extra={"pattern": TEXT_PATTERN}
+        ),
+    ] = None,
     lifecycle_stage: Annotated[str | None, Parameter(max_length=64, description="customers in this stage")] = None,
-    created_after: Annotated[AwareTime | None, Parameter(description="created after (ISO 8601 with offset)")] = None,
-    created_before: Annotated[AwareTime | None, Parameter(description="created before (ISO 8601 with offset)")] = None,
-    updated_after: Annotated[AwareTime | None, Parameter(description="updated after (ISO 8601 with offset)")] = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+    updated_after: UpdatedAfter = None,
     segment: Annotated[
-        str | None, Parameter(max_length=64, description="members of the segment with this slug or id")
+        str | None,
+        Parameter(
+            min_length=1,
+            max_length=64,
+            description="members of the segment with this slug or id",
+            schema_extra={"pattern": TEXT_PATTERN},
+        ),
     ] = None,
     where: Annotated[
         str | None,
         Parameter(
             max_length=4000,
+            schema_extra={"pattern": TEXT_PATTERN},
             description='a rule in the segments language, e.g. `country = "KR" and purchase.count(90d) >= 1`',
         ),
     ] = None,
@@ -477,6 +529,8 @@ def search_customers(
         Parameter(
             max_length=32,
             description=f"one of {', '.join(SORTS)}; prefix `-` for descending (NULLs first)",
+            # the core's check (a 422 listing the fields), as an enumeration
+            schema_extra={"enum": [f"{d}{s}" for s in SORTS for d in ("", "-")]},
         ),
     ] = "id",
     cursor: Annotated[str | None, Parameter(max_length=2000, description="`next_cursor` of the previous page")] = None,
@@ -499,15 +553,6 @@ def search_customers(
             )
         if len(request.query_params.getall(name)) > 1:
             raise ValidationError(f"query.{name}", name, "given more than once", "send each parameter once")
-    for name in ("created_after", "created_before", "updated_after"):
-        raw = request.query_params.get(name)
-        if raw is not None:  # numbers would be taken for Unix times otherwise
-            try:
-                datetime.fromisoformat(raw)
-            except ValueError:
-                raise ValidationError(
-                    f"query.{name}", raw, "not an ISO 8601 date-time", "send e.g. 2026-01-31T00:00:00Z"
-                ) from None
     for name, value in (
         ("email", email),
         ("external_id", external_id),
@@ -522,9 +567,9 @@ def search_customers(
         "external_id": external_id,
         "phone": phone,
         "lifecycle_stage": lifecycle_stage,
-        "created_after": created_after,
-        "created_before": created_before,
-        "updated_after": updated_after,
+        "created_after": created_after and parse_datetime(created_after, "query.created_after"),
+        "created_before": created_before and parse_datetime(created_before, "query.created_before"),
+        "updated_after": updated_after and parse_datetime(updated_after, "query.updated_after"),
         "segment": int(segment)
         if segment is not None and segment.isascii() and segment.isdigit() and len(segment) < 19
         else segment,
@@ -618,8 +663,15 @@ def add_alias(crm: NamedDependency[CRM], customer_id: PathId, data: JSONBody[Ali
 def remove_alias(
     crm: NamedDependency[CRM],
     customer_id: PathId,
-    kind: Annotated[str, Parameter(max_length=64, description="the alias kind")],
-    value: Annotated[str, Parameter(max_length=320, description="the alias value (URL-encoded)")],
+    kind: Annotated[
+        str, Parameter(max_length=64, description="the alias kind", schema_extra={"pattern": SLUG_PATTERN})
+    ],
+    value: Annotated[
+        str,
+        Parameter(
+            max_length=200, description="the alias value (URL-encoded)", schema_extra={"pattern": IDENTITY_PATTERN}
+        ),
+    ],
 ) -> None:
     """Forget one identity of the customer (204).
 
@@ -685,7 +737,7 @@ def merge_customer(
 def set_consent(
     crm: NamedDependency[CRM],
     customer_id: PathId,
-    channel: Annotated[str, Parameter(max_length=64, pattern=r"^[a-z][a-z0-9_:]*$", description="the channel")],
+    channel: Annotated[str, Parameter(max_length=64, pattern=SLUG_PATTERN, description="the channel")],
     data: JSONBody[ConsentChange],
 ) -> CustomerOut:
     """Record a consent decision for a channel (kept in the consent history); returns the customer."""

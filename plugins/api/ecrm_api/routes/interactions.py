@@ -9,17 +9,29 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
 from ecrm_core.errors import BatchError, RowError, ValidationError
 from ecrm_core.validation import MAX_JSON_DEPTH, aware_datetime, check_json, check_slug, check_string
 from litestar import Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody, KwargDefinition, Parameter
+from litestar.exceptions import ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import JSONBody, Parameter
 
+from ..bodies import StrictError, convert_strictly
 from ..cursors import decode_cursor, encode_cursor
 from ..problems import problem, problem_responses
+from ..types import (
+    IDENTITY_PATTERN,
+    Amount,
+    CoreSlug,
+    Currency,
+    DateTime,
+    IdempotencyKey,
+    Identity,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
@@ -34,25 +46,14 @@ MAX_ID = 2**63 - 1
 Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
 #: Items per ``POST /interactions/batch``.
 MAX_BATCH = 10_000
+#: The fields that name an interaction's customer: exactly one is given.
+IDENTITIES = ("customer_id", "external_id", "email", "phone", "anonymous_id")
 #: Nesting allowed inside ``properties`` (objects and lists): the core's limit.
 MAX_DEPTH = MAX_JSON_DEPTH
 
 Text200 = Annotated[str, msgspec.Meta(max_length=200)]
-Slug = Annotated[str, msgspec.Meta(max_length=64)]
-AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
-#: What an ISO 8601 time with an offset looks like (the core parses it).
-ISO_TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}([.,]\d{1,9})?)?([Zz]|[+-]\d{2}(:?\d{2})?)$"
-#: A time in a JSON body: an ISO 8601 / RFC 3339 string with a UTC offset.  A
-#: string, not a ``datetime`` field: Litestar converts loosely, and would read
-#: a JSON number as epoch seconds (the docs promise ISO 8601; Segment's spec too).
-IsoTime = Annotated[
-    str,
-    msgspec.Meta(
-        max_length=64,
-        pattern=ISO_TIME_PATTERN,
-        description="ISO 8601 time with an offset, e.g. 2024-05-01T12:00:00+09:00 (a number is refused)",
-    ),
-]
+Slug = CoreSlug
+AwareTime = DateTime
 
 
 def check_json_text(value: Any, field: str) -> None:
@@ -79,18 +80,41 @@ class InteractionIn(msgspec.Struct, forbid_unknown_fields=True):
     zone; it defaults to now.
     """
 
+    #: Exactly one way to name the customer (checked by the core), for the OpenAPI document.
+    openapi_extra: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            {
+                "title": f"by {name}",
+                "required": [name],
+                "properties": {
+                    other: ({"not": {"type": "null"}} if other == name else {"type": "null"}) for other in IDENTITIES
+                },
+            }
+            for name in IDENTITIES
+        ],
+        # amount and currency go together (the core's check)
+        "anyOf": [
+            {"title": "no amount", "properties": {"amount": {"type": "null"}, "currency": {"type": "null"}}},
+            {
+                "title": "an amount",
+                "required": ["amount", "currency"],
+                "properties": {"amount": {"not": {"type": "null"}}, "currency": {"not": {"type": "null"}}},
+            },
+        ],
+    }
+
     kind: Slug
     customer_id: Id | None = None
-    external_id: Text200 | None = None
-    email: Annotated[str, msgspec.Meta(max_length=320)] | None = None
-    phone: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    anonymous_id: Text200 | None = None
+    external_id: Identity | None = None
+    email: Annotated[str, msgspec.Meta(max_length=320, extra_json_schema={"pattern": IDENTITY_PATTERN})] | None = None
+    phone: Annotated[str, msgspec.Meta(max_length=64, extra_json_schema={"pattern": IDENTITY_PATTERN})] | None = None
+    anonymous_id: Identity | None = None
     channel: Slug | None = None
-    occurred_at: IsoTime | None = None
-    amount: Annotated[str, msgspec.Meta(max_length=40)] | float | None = None
-    currency: Annotated[str, msgspec.Meta(max_length=3)] | None = None
+    occurred_at: AwareTime | None = None
+    amount: Amount | None = None
+    currency: Currency | None = None
     properties: dict[str, Any] | None = None
-    idempotency_key: Text200 | None = None
+    idempotency_key: IdempotencyKey | None = None
 
 
 _ROW_FIELDS = InteractionIn.__struct_fields__
@@ -111,10 +135,32 @@ class InteractionOut(msgspec.Struct):
     recorded_at: datetime | None
 
 
-class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
-    """Up to 10,000 interactions, stored in one transaction."""
+#: What an item of ``POST /interactions/batch`` may be, in the document: any
+#: value is taken, and judged on its own (as ``/v1/batch`` does).
+_BATCH_ITEM = {
+    "anyOf": [
+        {"$ref": "#/components/schemas/InteractionIn"},
+        {
+            "description": "any other value: with on_error=skip it is listed in `rejected` and the others are"
+            " stored; with on_error=raise (the default) it refuses the batch (400 for a wrong type, 422 else)"
+        },
+    ]
+}
 
-    items: Annotated[list[InteractionIn], KwargDefinition(max_items=MAX_BATCH, min_items=0)]
+
+class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Up to 10,000 interactions, stored in one transaction.
+
+    Each item is decoded on its own (as strictly as a body): a bad one is
+    listed in ``rejected`` (``on_error=skip``) or refuses the batch
+    (``on_error=raise``), so the document admits any value as an item.
+    """
+
+    #: The handler reports each bad item (ecrm_api.bodies checks the envelope only).
+    per_item_errors: ClassVar[bool] = True
+
+    # The handler checks the count (a 422 naming body.items, not msgspec's 400).
+    items: Annotated[list[Any], msgspec.Meta(extra_json_schema={"maxItems": MAX_BATCH, "items": _BATCH_ITEM})]
 
 
 class Rejected(msgspec.Struct):
@@ -139,6 +185,8 @@ class BatchOut(msgspec.Struct):
 
 #: Rejected items listed in one answer (or problem); the rest are counted.
 MAX_LISTED = 100
+#: The fix of an item that does not decode as an :class:`InteractionIn`.
+_SHAPE_FIX = "send the types and fields the schema declares for an item (InteractionIn)"
 
 
 class TimelinePage(msgspec.Struct):
@@ -316,7 +364,10 @@ def _merge(pre: list[Rejected], errors: tuple[RowError, ...] | list[RowError], p
     tags=["interactions"],
     sync_to_thread=True,
     status_code=201,
-    responses=problem_responses(404, 409),
+    responses={
+        200: ResponseSpec(data_container=InteractionOut, description="An idempotent retry: the stored interaction"),
+        **problem_responses(404, 409),
+    },
 )
 def create_interaction(
     data: JSONBody[InteractionIn], crm: NamedDependency[CRM], api: NamedDependency[ApiState]
@@ -371,9 +422,11 @@ def create_interactions_batch(
     answer lists the first 100 ``rejected`` ones (``rejected_total``).  Items
     repeating a stored ``idempotency_key`` with the same payload count as
     ``duplicates``; unknown identities create prospects
-    (``created_customers``).  Items that do not match the schema (a string
-    where a number belongs, a timestamp without a time zone) reject the
-    whole request with 400.
+    (``created_customers``).  Each item is decoded on its own, as strictly
+    as a body: an item that is not an interaction at all (a string where a
+    number belongs, a timestamp without a time zone, not an object) is a
+    400 naming it with ``on_error=raise``, and one more ``rejected`` entry
+    with ``on_error=skip``.
     """
     if on_error not in ("raise", "skip"):
         raise ValidationError("query.on_error", on_error, "unknown mode", "send on_error=raise or on_error=skip")
@@ -389,7 +442,13 @@ def create_interactions_batch(
     pre: list[Rejected] = []
     rows: list[dict[str, Any]] = []
     positions: list[int] = []
-    for index, item in enumerate(items):
+    for index, value in enumerate(items):
+        try:
+            item = convert_strictly(value, InteractionIn)
+        except StrictError as exc:
+            field = f"body.items[{index}]" + (f".{exc.key}" if exc.key else "")
+            pre.append(Rejected(index, field, exc.problem, _SHAPE_FIX))
+            continue
         try:
             _check_item(item, api, now)
         except ValidationError as exc:
@@ -398,6 +457,15 @@ def create_interactions_batch(
         rows.append(_row(item))
         positions.append(index)
     if on_error == "raise":
+        shape = [r for r in pre if r.fix == _SHAPE_FIX]
+        if shape:  # items that are not InteractionIn at all: a 400, as a body would be
+            raise ValidationException(
+                detail=f"{shape[0].field}: {shape[0].problem}",
+                extra=[
+                    {"key": r.field.removeprefix("body."), "message": r.problem, "source": "body"}
+                    for r in shape[:MAX_LISTED]
+                ],
+            )
         if pre:
             # Find the core's objections too (in a transaction rolled back) so
             # the problem lists every bad item, not only the first kind.
@@ -474,11 +542,11 @@ def customer_timeline(
     crm: NamedDependency[CRM],
     api: NamedDependency[ApiState],
     kinds: Annotated[
-        list[Annotated[str, msgspec.Meta(max_length=64)]] | None,
+        list[CoreSlug] | None,
         Parameter(description="only these interaction kinds (repeat the parameter)", max_items=50),
     ] = None,
     channels: Annotated[
-        list[Annotated[str, msgspec.Meta(max_length=64)]] | None,
+        list[CoreSlug] | None,
         Parameter(description="only these channels (repeat the parameter)", max_items=50),
     ] = None,
     limit: Annotated[int, Parameter(ge=1, le=1000, description="items per page")] = 50,

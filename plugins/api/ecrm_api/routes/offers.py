@@ -21,6 +21,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 
 from ..problems import problem_responses
+from ..types import SLUG_PATTERN, CoreSlug, DateTime, date_time_param, ref_param
 from .interactions import MAX_ID, check_json_text
 from .segments import RuleIn, compile_rule_field, parse_ref
 
@@ -33,21 +34,17 @@ __all__ = ["HANDLERS"]
 #: Paths under /offers that are routes of their own, not offer codes.
 RESERVED = frozenset({"active"})
 
-Code = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Code = CoreSlug
 Name = Annotated[str, msgspec.Meta(max_length=200)]
-KindT = Annotated[str, msgspec.Meta(max_length=64)]
-AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
+KindT = CoreSlug
+AwareTime = DateTime
+At = date_time_param("when, default now")
 Priority = Annotated[int, msgspec.Meta(ge=-(10**6), le=10**6)]
-Channels = Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=50)]
+Channels = Annotated[list[CoreSlug], msgspec.Meta(max_length=50)]
 Status = Literal["draft", "active", "paused", "archived"]
 assert set(Status.__args__) == set(OFFER_STATUSES)  # type: ignore[attr-defined]
 
-RefParam = Annotated[
-    str,
-    Parameter(
-        description="the offer's code, or its id", min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.:\-]*$"
-    ),
-]
+RefParam = ref_param("the offer's code, or its id", r"_.:\-")
 
 
 class OfferIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -176,13 +173,13 @@ def list_offers(
 @get("/offers/active", opt={"scope": "read"}, tags=["offers"], sync_to_thread=True, responses=problem_responses())
 def active_offers(
     crm: NamedDependency[CRM],
-    at: Annotated[
+    at: At = None,
+    channel: Annotated[
         str | None,
         Parameter(
-            max_length=64, description="when: ISO 8601 with an offset, e.g. 2024-05-01T12:00:00+09:00; default now"
+            max_length=64, description="only offers shown on this channel", schema_extra={"pattern": SLUG_PATTERN}
         ),
     ] = None,
-    channel: Annotated[str | None, Parameter(max_length=64, description="only offers shown on this channel")] = None,
 ) -> OfferList:
     """Offers live at ``at`` (default now), optionally on ``channel``, highest priority first."""
     when, channel = _when_where(at, channel)
@@ -249,13 +246,13 @@ def delete_offer(ref: RefParam, crm: NamedDependency[CRM]) -> None:
 def customer_offers(
     customer_id: Annotated[int, Parameter(ge=1, le=MAX_ID, description="the customer's id")],
     crm: NamedDependency[CRM],
-    at: Annotated[
+    at: At = None,
+    channel: Annotated[
         str | None,
         Parameter(
-            max_length=64, description="when: ISO 8601 with an offset, e.g. 2024-05-01T12:00:00+09:00; default now"
+            max_length=64, description="only offers shown on this channel", schema_extra={"pattern": SLUG_PATTERN}
         ),
     ] = None,
-    channel: Annotated[str | None, Parameter(max_length=64, description="only offers shown on this channel")] = None,
 ) -> OfferList:
     """The live offers this customer is eligible for, highest priority first
     (an offer without an eligibility rule is for everyone)."""

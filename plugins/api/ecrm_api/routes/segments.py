@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NoReturn
 
 import msgspec
 from ecrm_core.errors import NotFound, ValidationError
@@ -21,6 +21,7 @@ from litestar.params import JSONBody, Parameter
 
 from ..cursors import decode_cursor, encode_cursor
 from ..problems import problem, problem_responses
+from ..types import ref_param
 from .interactions import MAX_ID, Id
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,12 +39,7 @@ MAX_IDS = 10_000
 #: Path names that are routes of their own, not segments.
 RESERVED = frozenset({"preview"})
 
-RefParam = Annotated[
-    str,
-    Parameter(
-        description="the segment's slug, or its id", min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_\-]*$"
-    ),
-]
+RefParam = ref_param("the segment's slug, or its id", r"_\-")
 
 
 def parse_ref(ref: str, field: str = "path.ref") -> int | str:
@@ -90,7 +86,15 @@ def compile_rule_field(crm: CRM, rule: Any, field: str = "body.rule") -> Mapping
 # ---------------------------------------------------------------------------
 # schemas
 # ---------------------------------------------------------------------------
-Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_\-]{0,63}$")]
+Slug = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z][a-z0-9_\-]{0,63}$",
+        extra_json_schema={"not": {"enum": sorted(RESERVED)}},
+    ),
+]
 Name = Annotated[str, msgspec.Meta(max_length=200)]
 Description = Annotated[str, msgspec.Meta(max_length=2000)]
 Ids = Annotated[list[Id], msgspec.Meta(max_length=MAX_IDS)]
@@ -98,6 +102,26 @@ Ids = Annotated[list[Id], msgspec.Meta(max_length=MAX_IDS)]
 
 class SegmentIn(msgspec.Struct, forbid_unknown_fields=True):
     """A new segment: dynamic (``rule``) or static (``static: true``, optional ``customer_ids``)."""
+
+    #: What the handler checks across fields, for the OpenAPI document.
+    openapi_extra: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            {
+                "title": "static",
+                "properties": {"static": {"const": True}, "rule": {"type": "null"}},
+                "required": ["static"],
+            },
+            {
+                "title": "dynamic",
+                "properties": {
+                    "static": {"const": False},
+                    "rule": {"not": {"type": "null"}},
+                    "customer_ids": {"maxItems": 0},
+                },
+                "required": ["rule"],
+            },
+        ]
+    }
 
     slug: Slug
     rule: RuleIn | None = None

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio.to_thread
 import msgspec
+from ecrm_core.validation import KEY_PATTERN, MAX_JSON_KEYS, MAX_KEY_LENGTH, TEXT_PATTERN
 from litestar import Request, post
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Reference, RequestBody, Schema
 from litestar.params import Parameter
 
 from ..app import ApiState, workspace_crm
@@ -26,6 +27,8 @@ from ..gzip import decode_body
 from ..inbox import Overloaded
 from ..problems import problem, problem_responses
 from ..tracking import (
+    _MAX_ID_LENGTH,
+    _MAX_MESSAGE_ID,
     BATCH_MAX_MESSAGES,
     CALL_TYPES,
     MESSAGE_MAX_BYTES,
@@ -90,66 +93,99 @@ def _s(kind: OpenAPIType, description: str, **kw: Any) -> Schema:
     return Schema(type=kind, description=description, **kw)
 
 
+_NULL = Schema(type=OpenAPIType.NULL)
+#: What ``str.isprintable`` admits (no control, format, separator but the
+#: space, private-use or unassigned characters), with one that is not a space.
+_PRINTABLE = r"^(?:[^\p{C}\p{Z}]| )*$"
+_NOT_BLANK = r"^ *[^\p{C}\p{Z}](?:[^\p{C}\p{Z}]| )*$"
 _ID = Schema(
-    one_of=[Schema(type=OpenAPIType.STRING, max_length=200), Schema(type=OpenAPIType.INTEGER)],
-    description="an id (a string, or an integer sent as one)",
+    one_of=[
+        Schema(type=OpenAPIType.STRING, max_length=_MAX_ID_LENGTH, pattern=_NOT_BLANK),
+        Schema(type=OpenAPIType.INTEGER),
+    ],
+    description="an id (a string, or an integer sent as one); blank or null counts as absent",
 )
-_TIME = _s(OpenAPIType.STRING, "ISO 8601 time with an offset", format="date-time")  # type: ignore[arg-type]
-_OBJ = _s(OpenAPIType.OBJECT, "free key/value pairs", additional_properties=True)
+_OPTIONAL_ID = Schema(one_of=[*(_ID.one_of or []), Schema(type=OpenAPIType.STRING, pattern=r"^ *$"), _NULL])
+_TIME = Schema(
+    one_of=[_s(OpenAPIType.STRING, "ISO 8601 time with an offset", format="date-time", max_length=64), _NULL],  # type: ignore[arg-type]
+    description="ISO 8601 time with an offset (after 2000, not in the future once corrected with sentAt)",
+)
+#: Free-form data, checked as everywhere in ecrm (ecrm_api.openapi's JSONValue: the core's rules).
+_OBJ = Schema(
+    one_of=[
+        _s(
+            OpenAPIType.OBJECT,
+            "free key/value pairs",
+            additional_properties=Reference(ref="#/components/schemas/JSONValue"),
+            property_names=Schema(pattern=KEY_PATTERN, max_length=MAX_KEY_LENGTH),
+            max_properties=MAX_JSON_KEYS,
+        ),
+        _NULL,
+    ],
+    description="free key/value pairs",
+)
+_ANY = Schema(description="kept as sent (not checked)")
+_TEXT = Schema(one_of=[Schema(type=OpenAPIType.STRING, max_length=200, pattern=TEXT_PATTERN), _NULL])
 _COMMON: dict[str, Schema] = {
-    "userId": _ID,
-    "anonymousId": _ID,
-    "messageId": _s(
-        OpenAPIType.STRING, "dedupe key: a retry with the same id is stored once", min_length=1, max_length=192
+    "userId": _OPTIONAL_ID,
+    "anonymousId": _OPTIONAL_ID,
+    "messageId": Schema(
+        one_of=[
+            _s(
+                OpenAPIType.STRING,
+                "dedupe key: a retry with the same id is stored once",
+                min_length=1,
+                max_length=_MAX_MESSAGE_ID,
+                pattern=_PRINTABLE,
+            ),
+            _NULL,
+        ]
     ),
     "timestamp": _TIME,
     "originalTimestamp": _TIME,
     "sentAt": _TIME,
     "context": _OBJ,
-    "integrations": _OBJ,
-    "channel": _s(OpenAPIType.STRING, "browser, server or mobile"),
+    "integrations": _ANY,
+    "channel": Schema(description="browser, server or mobile (anything else: the call's default)"),
     "writeKey": _s(OpenAPIType.STRING, "the write key again (must be the one in Authorization)"),
 }
-_PER_CALL: dict[str, tuple[dict[str, Schema], list[str]]] = {
-    "identify": ({"traits": _OBJ}, []),
+#: Per call: its own properties, and the ids of which one must be given (not blank).
+_PER_CALL: dict[str, tuple[dict[str, Schema], list[list[str]]]] = {
+    "identify": ({"traits": _OBJ}, [["userId"], ["anonymousId"]]),
     "track": (
-        {"event": _s(OpenAPIType.STRING, "the event's name", min_length=1, max_length=200), "properties": _OBJ},
-        ["event"],
-    ),
-    "page": (
         {
-            "name": _s(OpenAPIType.STRING, "page name", max_length=200),
-            "category": _s(OpenAPIType.STRING, "page category", max_length=200),
+            "event": _s(OpenAPIType.STRING, "the event's name", min_length=1, max_length=200, pattern=TEXT_PATTERN),
             "properties": _OBJ,
         },
-        [],
+        [["userId", "event"], ["anonymousId", "event"]],
     ),
-    "screen": (
-        {
-            "name": _s(OpenAPIType.STRING, "screen name", max_length=200),
-            "category": _s(OpenAPIType.STRING, "screen category", max_length=200),
-            "properties": _OBJ,
-        },
-        [],
-    ),
-    "group": ({"groupId": _ID, "traits": _OBJ}, ["groupId"]),
-    "alias": ({"previousId": _ID}, ["userId", "previousId"]),
+    "page": ({"name": _TEXT, "category": _TEXT, "properties": _OBJ}, [["userId"], ["anonymousId"]]),
+    "screen": ({"name": _TEXT, "category": _TEXT, "properties": _OBJ}, [["userId"], ["anonymousId"]]),
+    "group": ({"groupId": _OPTIONAL_ID, "traits": _OBJ}, [["userId", "groupId"], ["anonymousId", "groupId"]]),
+    "alias": ({"previousId": _OPTIONAL_ID}, [["userId", "previousId"]]),
 }
 
 
 def _message_schema(call: str, *, in_batch: bool) -> Schema:
-    props, required = _PER_CALL[call]
+    props, alternatives = _PER_CALL[call]
     properties = {**_COMMON, **props}
     if in_batch:
         properties["type"] = Schema(type=OpenAPIType.STRING, const=call)
-        required = ["type", *required]
+        required = ["type"]
     else:
-        properties["type"] = Schema(type=OpenAPIType.STRING, enum=[call], description="optional here")
+        properties["type"] = Schema(
+            one_of=[Schema(type=OpenAPIType.STRING, enum=[call]), _NULL], description="optional here"
+        )
+        required = []
+    # The ids that must be given: present, and neither null nor blank.
+    given = Schema(one_of=[Schema(type=OpenAPIType.STRING, pattern=_NOT_BLANK), Schema(type=OpenAPIType.INTEGER)])
+    one_of = [Schema(required=names, properties=dict.fromkeys(names, given)) for names in alternatives]
     return Schema(
         type=OpenAPIType.OBJECT,
         properties=properties,
         required=required or None,
         additional_properties=True,
+        any_of=one_of,
         description=f"a Segment {call} call",
     )
 
@@ -162,11 +198,19 @@ def _batch_schema() -> Schema:
         properties={
             "batch": Schema(
                 type=OpenAPIType.ARRAY,
-                items=Schema(one_of=[_message_schema(c, in_batch=True) for c in CALL_TYPES]),
-                description=f"the messages (up to {BATCH_MAX_MESSAGES} and 500 KB in all, 32 KB each)",
+                # Any value is taken: each message is checked on its own, and the
+                # ones that are not valid are listed in the answer's `rejected`.
+                items=Schema(
+                    any_of=[
+                        *(_message_schema(c, in_batch=True) for c in CALL_TYPES),
+                        Schema(description="anything else: not stored, listed in `rejected`"),
+                    ]
+                ),
+                max_items=BATCH_MAX_MESSAGES,
+                description=f"the messages (up to {BATCH_MAX_MESSAGES} and 500 KB in all, 32 KB each); invalid ones do not fail the request",
             ),
             "sentAt": _TIME,
-            "context": _OBJ,
+            "context": _ANY,
             "writeKey": _COMMON["writeKey"],
         },
     )
@@ -257,9 +301,11 @@ async def _document_sized(
 
 def _check_write_key(doc: dict[str, Any], request: Request[Any, Any, Any]) -> None:
     """A ``writeKey`` in the body must be the key the request was authenticated with."""
-    write_key = doc.get("writeKey")
-    if write_key is None:
+    if "writeKey" not in doc:
         return
+    write_key = doc["writeKey"]
+    if type(write_key) is not str:
+        raise _bad("body.writeKey", "not a string", "send the write key as text, or leave it out")
     if write_key != credential(request.headers.get("authorization")):
         raise problem(
             401,
