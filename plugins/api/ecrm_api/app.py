@@ -326,8 +326,9 @@ def _allowed(methods: Iterable[str]) -> str:
 def _head_and_allow(app: Litestar, inner: Any) -> Any:
     """Wrap the app's ASGI handler: HEAD is answered wherever GET is, and ``Allow`` lists exactly the methods.
 
-    A HEAD request is routed as GET and its body is dropped (the headers,
-    Content-Length included, are GET's).  ``Allow`` on a 405 gains HEAD where
+    A HEAD request goes to the path's own HEAD handler where it declares one;
+    where the router refuses HEAD but allows GET, it is routed as GET and the
+    body is dropped (the headers, Content-Length included, are GET's).  ``Allow`` on a 405 gains HEAD where
     GET is allowed; on the automatic OPTIONS answer it is rebuilt from the
     route (Litestar's answer lists only the methods of the handlers
     registered first for a path).
@@ -342,27 +343,47 @@ def _head_and_allow(app: Litestar, inner: Any) -> Any:
         if scope["type"] != "http":
             await inner(scope, receive, send)
             return
-        head = scope["method"] == "HEAD"
-        if head:
-            scope["method"] = "GET"
+        if scope["method"] == "HEAD":
+            # A handler that declares HEAD answers it itself (e.g. the e-mail
+            # link routes, which must not record a click for a HEAD); only
+            # where the router refuses HEAD but allows GET is it answered as GET.
+            refused = await _run(scope, receive, send, probe_head=True)
+            if refused:
+                async def no_body() -> dict[str, Any]:
+                    return {"type": "http.request", "body": b"", "more_body": False}
+
+                await _run({**scope, "method": "GET"}, no_body, send, drop_body=True)
+            return
+        await _run(scope, receive, send)
+
+    async def _run(scope: Any, receive: Any, send: Any, *, probe_head: bool = False, drop_body: bool = False) -> bool:
+        refused = False
 
         async def send_wrapper(message: Any) -> None:
+            nonlocal refused
+            if refused:
+                return  # the refused HEAD's own 405 body
             if message["type"] == "http.response.start":
                 status = message["status"]
                 allow = None
                 if status == 405:
                     listed = b",".join(v for k, v in message.get("headers", ()) if k.lower() == b"allow")
-                    allow = _allowed(m.strip() for m in listed.decode("latin-1").split(",") if m.strip()).encode()
+                    methods = [m.strip() for m in listed.decode("latin-1").split(",") if m.strip()]
+                    if probe_head and "GET" in {m.upper() for m in methods}:
+                        refused = True
+                        return
+                    allow = _allowed(methods).encode()
                 elif scope.get("method") == "OPTIONS":
                     allow = options_allow.get(id(scope.get("route_handler")))
                 if allow is not None:
                     headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"allow"]
                     message = {**message, "headers": [*headers, (b"allow", allow)]}
-            elif head and message["type"] == "http.response.body" and message.get("body"):
+            elif drop_body and message["type"] == "http.response.body" and message.get("body"):
                 message = {**message, "body": b""}
             await send(message)
 
         await inner(scope, receive, send_wrapper)
+        return refused
 
     return handle
 
