@@ -851,6 +851,9 @@ demo, it is reused as it is; --fresh deletes the demo data (demo-*
 customers with their interactions, demo.* offers) and builds it again.
 A workspace with customers that are not demo data is never touched.
 
+Installed plugins add stages after the shop (hook ecrm_register_demo_stages):
+a campaign run, an analytics report…; --core-only skips them.
+
 \b
 Examples:
   ecrm --db sqlite:///demo.db demo
@@ -869,8 +872,13 @@ Examples:
 @click.option("--seed", type=int, default=None, help="Random seed (default: a fixed one, so every demo looks alike).")
 @click.option("--months", type=click.IntRange(1, 120), default=24, show_default=True, help="Months of history.")
 @click.option("--fresh", is_flag=True, help="Delete existing demo data and build it again.")
+@click.option(
+    "--core-only",
+    is_flag=True,
+    help="Skip the stages installed plugins add (a campaign run, an analytics report…).",
+)
 @pass_state
-def demo_command(state: State, n_customers: int, seed: int | None, months: int, fresh: bool) -> None:
+def demo_command(state: State, n_customers: int, seed: int | None, months: int, fresh: bool, core_only: bool) -> None:
     try:
         import faker  # noqa: F401
     except ImportError:
@@ -902,6 +910,28 @@ def demo_command(state: State, n_customers: int, seed: int | None, months: int, 
             soft_wrap=True,
         )
     render_report(state, shop_report(crm))
+    if not core_only:
+        _run_demo_stages(state, crm)
+
+
+def _run_demo_stages(state: State, crm: Any) -> None:
+    """Run the stages plugins add to the demo; show each one's output or error."""
+    from rich.markup import escape
+
+    from .demo_stages import run_demo_stages
+
+    if not crm.registry.demo_stages:
+        return
+    with _progress(state) as bar:
+        outcomes = run_demo_stages(crm, _RichDemoProgress(bar))
+    out = state.out
+    for outcome in outcomes:
+        out.rule(f"{escape(outcome.title)} [dim]({escape(outcome.plugin or '?')})[/]")
+        if outcome.ok:
+            if outcome.output is not None:
+                out.print(outcome.output)
+        else:
+            out.print(f"[red]this stage failed: {escape(outcome.error or '')}[/] (the others went on)", soft_wrap=True)
 
 
 def render_report(state: State, report: Any) -> None:

@@ -255,6 +255,7 @@ class CRM:
             migrations=migrations,
             purposes=by_name("ecrm_register_message_purposes", "message purpose"),
             jobs=by_name("ecrm_register_jobs", "job"),
+            demo_stages=by_name("ecrm_register_demo_stages", "demo stage"),
         )
 
     def check_kind(self, kind: Any, field: str = "kind") -> str:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
         AttributeDef,
         ChannelSpec,
         ConditionType,
+        DemoStage,
         InteractionKind,
         JobSpec,
         LifecycleStage,
@@ -63,7 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 #: The hook API version this core implements (``major.minor``).  Minor
 #: versions only add hooks or arguments; a major version removes or changes.
-HOOK_API_VERSION = "1.3"
+HOOK_API_VERSION = "1.4"
 
 hookspec = pluggy.HookspecMarker("ecrm")
 hookimpl = pluggy.HookimplMarker("ecrm")
@@ -219,6 +220,23 @@ def ecrm_register_jobs(crm: CRM) -> Sequence[JobSpec] | None:
     consecutive ticks anywhere.
 
     .. versionadded:: 1.3
+    """
+
+
+@hookspec
+def ecrm_register_demo_stages(crm: CRM) -> Sequence[DemoStage] | None:
+    """Stages a plugin adds to ``ecrm demo``, so a newcomer sees what it does.
+
+    :param crm: the CRM in the demo's workspace.
+    :return: a list of :class:`~ecrm_core.registry.DemoStage`: a dotted
+        ``name``, a ``title``, ``run(crm, progress)`` returning a rich
+        renderable or a string, and an ``order``.
+
+    The stages run after the core's sample shop is built (or reused), in
+    ``order``; each is isolated: one that raises is shown with its error and
+    the rest still run.  Keep heavy imports inside ``run``.
+
+    .. versionadded:: 1.4
     """
 
 

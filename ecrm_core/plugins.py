@@ -285,6 +285,10 @@ class Plugins:
                     )
                 savepoint.commit()
 
+    def record_failure(self, plugin: str, hook: str, exc: BaseException) -> None:
+        """Record (and log) that ``plugin`` failed in ``hook``; the caller goes on without it."""
+        self._record(plugin, hook, exc)
+
     def _record(self, plugin: str, hook: str, exc: BaseException) -> None:
         log.exception("ecrm plugin %r failed in %s; the call went on without it", plugin, hook, exc_info=exc)
         self.failures.append(

@@ -34,6 +34,7 @@ __all__ = [
     "JobSpec",
     "JobResult",
     "JobContext",
+    "DemoStage",
     "Registry",
 ]
 
@@ -321,6 +322,31 @@ class JobSpec:
             raise ValidationError("tick", self.tick, "not callable", "pass a function tick(ctx) -> JobResult")
 
 
+@frozen(kw_only=True)
+class DemoStage:
+    """A stage a plugin adds to ``ecrm demo``, run after the core's sample shop is built.
+
+    ``run(crm, progress)`` does the stage's work on the demo workspace (create
+    and run a campaign, compute an analytics report…) and returns what to show:
+    a rich renderable (a table, a group of them) or a string.  ``progress`` is
+    a :class:`~ecrm_core.demo.DemoProgress` for long work (``start(stage,
+    total)``, ``advance(n)``).  Stages run in ``order`` (then name); a stage
+    that raises is reported with its error and the others still run.  A stage
+    must be safe to run again on a demo that already holds its data (``ecrm
+    demo`` reuses an existing demo).
+    """
+
+    name: str = field(converter=_job_name)
+    title: str
+    run: Callable[[Any, Any], Any]
+    order: int = 100
+    plugin: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not callable(self.run):
+            raise ValidationError("run", self.run, "not callable", "pass a function run(crm, progress) -> renderable")
+
+
 class LazyRoutes(Sequence[Any]):
     """The handlers of ``ecrm_register_routes``, collected on first use.
 
@@ -379,3 +405,5 @@ class Registry:
     purposes: Mapping[str, Any] = field(factory=dict)
     #: :class:`JobSpec` objects, by name (hook API 1.3).
     jobs: Mapping[str, JobSpec] = field(factory=dict)
+    #: :class:`DemoStage` objects, by name (hook API 1.4).
+    demo_stages: Mapping[str, DemoStage] = field(factory=dict)

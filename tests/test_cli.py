@@ -547,3 +547,36 @@ def test_build_demo_is_reproducible(crm_factory: Callable[..., CRM]) -> None:
     assert a.revenue_by_month == b.revenue_by_month
     assert [t.email for t in a.top_customers] == [t.email for t in b.top_customers]
     assert all(month <= "2025-06" for month, _ in a.revenue_by_month)
+
+
+def test_demo_runs_the_stages_plugins_add_and_isolates_a_failing_one(run: Run) -> None:
+    from ecrm_core import DemoStage, hookimpl
+
+    calls: list[str] = []
+
+    class Stages:
+        @hookimpl
+        def ecrm_register_demo_stages(self, crm: CRM) -> list[DemoStage]:
+            def broken(crm: CRM, progress: Any) -> None:
+                calls.append("broken")
+                raise RuntimeError("no tiers configured")
+
+            def report(crm: CRM, progress: Any) -> str:
+                calls.append("report")
+                progress.start("scoring", 2)
+                progress.advance(2)
+                return f"[bold]{crm.customers.count()} customers scored[/]"
+
+            return [
+                DemoStage(name="t.broken", title="Broken stage", run=broken, order=1),
+                DemoStage(name="t.report", title="Report stage", run=report, order=2),
+            ]
+
+    result = run("demo", "--customers", "30", plugins=[Stages()])
+    assert result.exit_code == 0, result.output
+    assert calls == ["broken", "report"]
+    assert "Broken stage" in result.output and "no tiers configured" in result.output
+    assert "the others went on" in result.output
+    assert "30 customers scored" in result.output
+    skipped = run("demo", "--customers", "30", "--core-only", plugins=[Stages()])
+    assert skipped.exit_code == 0 and calls == ["broken", "report"], skipped.output

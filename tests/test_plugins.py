@@ -121,7 +121,7 @@ def test_host_plugins_fail_loudly(tmp_path):
     class Future:
         ECRM_HOOK_API = ">=3"
 
-    with pytest.raises(HookApiVersionError, match=r"this ecrm-core implements 1\.3"):
+    with pytest.raises(HookApiVersionError, match=r"this ecrm-core implements 1\.4"):
         CRM(f"sqlite:///{tmp_path / 'a.db'}", load_entrypoints=False, plugins=[Future()])
 
     class Wrapper:

@@ -345,9 +345,7 @@ class _Validator:
                 if kind != outer:
                     nesting += 1
                     if nesting > MAX_NESTING:
-                        raise _limit(
-                            path, f"'and' and 'or' alternate more than {MAX_NESTING} levels deep", "nesting"
-                        )
+                        raise _limit(path, f"'and' and 'or' alternate more than {MAX_NESTING} levels deep", "nesting")
                 for i in range(len(children) - 1, -1, -1):  # popped in order: errors point at the first culprit
                     stack.append((children[i], f"{_join(path, key)}[{i}]", depth + 1, negated, kind, nesting))
             elif key == "not":

@@ -653,7 +653,9 @@ class Customers(Service):
         """After a unique violation: raise the Conflict naming the customer that
         claimed one of the new identities concurrently (if one did)."""
         try:
-            wanted = self._identity(evolve_stored(current, **{k: v for k, v in changes.items() if k in IDENTITY_FIELDS}))
+            wanted = self._identity(
+                evolve_stored(current, **{k: v for k, v in changes.items() if k in IDENTITY_FIELDS})
+            )
         except EcrmError:
             return
         for al, owner in self._resolve(None, wanted).items():
