@@ -232,3 +232,50 @@ def report_command(ctx: click.Context, key: str, confidence: float, as_json: boo
         console.print(u.sentence())
     for note in ev.notes:
         console.print(f"[yellow]{note}[/]")
+
+
+@campaigns.command("simulate")
+@click.argument("key")
+@click.option("--days", type=click.IntRange(1, 366), default=30, show_default=True, help="How many days ahead.")
+@click.option(
+    "--every", default="1d", show_default=True, help="How often dynamic segments are evaluated (like their refresh)."
+)
+@click.option("--customer", "customer_ids", type=int, multiple=True, help="A customer entering at the start (repeat).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON result.")
+@click.option("--details", is_flag=True, help="With --json: list the entries and messages (the first 10,000).")
+@click.option(
+    "--chart",
+    "chart_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write the chart (entrants and messages per day) to this .svg or .png file.",
+)
+@click.pass_context
+def simulate_command(
+    ctx: click.Context,
+    key: str,
+    days: int,
+    every: str,
+    customer_ids: tuple[int, ...],
+    as_json: bool,
+    details: bool,
+    chart_path: str | None,
+) -> None:
+    """What the campaign would do over the next DAYS days, on the real data, without sending."""
+    from rich.console import Console
+
+    sim = _run(_svc(ctx).simulate, key, days=days, every=every, customer_ids=list(customer_ids) or None)
+    if chart_path:
+        from ecrm_core.charts import write
+
+        _run(write, sim.chart(), chart_path)
+    if as_json:
+        click.echo(json.dumps(sim.to_dict(details=details), indent=2))
+        return
+    from ecrm_core.charts import to_rich
+
+    console = Console()
+    console.print(sim.table())
+    console.print(to_rich(sim.chart()))
+    if chart_path:
+        console.print(f"chart written to {chart_path}")

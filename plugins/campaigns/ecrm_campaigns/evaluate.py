@@ -188,6 +188,7 @@ def evaluate(crm: CRM, key: str, *, confidence: float = 0.95) -> Evaluation:
             i.c.workspace_id == crm.workspace,
             i.c.kind == c.goal.kind,
             i.c.occurred_at >= earliest,
+            i.c.occurred_at <= crm.now(),  # future-stamped interactions have not happened yet
             i.c.customer_id.in_(sa.select(et.c.customer_id).where(et.c.campaign_id == info.id)),
         )
         with crm.db.read() as conn:

@@ -77,6 +77,10 @@ class _Row:
     def __init__(self, m: Any) -> None:
         for k in self.__slots__:
             setattr(self, k, m.get(k))
+        if isinstance(self.properties, str):  # the core's bulk path hands the stored JSON text
+            import json
+
+            self.properties = json.loads(self.properties)
 
 
 def _holds(rule: Any, row: Any) -> bool:
@@ -147,6 +151,36 @@ def run_schedules(ctx: JobContext) -> JobResult:
         done += report.entered + report.held_out
         notes.append(f"{c.key}: {report.entered} entered, {report.held_out} held out")
     return JobResult(done=done, message="; ".join(notes) or None)
+
+
+def date_candidates(crm: CRM, c: Campaign, start: datetime, end: datetime) -> list[tuple[int, str | None, date]]:
+    """``(customer id, timezone, date)`` of the live customers with the trigger's date (the attribute,
+    or the first purchase)."""
+    t = c.trigger
+    cu = crm.db.tables["customers"]
+    out: list[tuple[int, str | None, date]] = []
+    with crm.db.read() as conn:
+        if t.attribute == "first_purchase":
+            i = crm.db.tables["interactions"]
+            q: Any = (
+                sa.select(i.c.customer_id, cu.c.timezone, sa.func.min(i.c.occurred_at))
+                .join(cu, cu.c.id == i.c.customer_id)
+                .where(i.c.workspace_id == crm.workspace, i.c.kind == "purchase", cu.c.merged_into.is_(None))
+                .group_by(i.c.customer_id, cu.c.timezone)
+            )
+        else:
+            q = sa.select(cu.c.id, cu.c.timezone, cu.c.attributes).where(
+                cu.c.workspace_id == crm.workspace, cu.c.merged_into.is_(None)
+            )
+        name = (t.attribute or "").removeprefix("attributes.")
+        for cid, tz, value in conn.execute(q):
+            if t.attribute != "first_purchase":
+                value = (value or {}).get(name)
+            day = _as_date(value, tz)
+            if day is not None:
+                out.append((cid, tz, day))
+    del start, end
+    return out
 
 
 def date_matches(crm: CRM, c: Campaign, now: datetime) -> list[int]:
