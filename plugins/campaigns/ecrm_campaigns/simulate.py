@@ -441,6 +441,7 @@ class _Simulator:
         return out
 
     def _date_arrivals(self) -> list[tuple[datetime, list[int]]]:
+        from .dates import falls_on
         from .triggers import date_candidates
 
         t = self.c.trigger
@@ -453,7 +454,7 @@ class _Simulator:
             for k in range(self.days + 2):
                 local_day = first + timedelta(days=k)
                 target = local_day - shift
-                if (day.month, day.day) != (target.month, target.day):
+                if not falls_on(day, target):
                     continue
                 if t.attribute == "first_purchase" and day >= target:
                     continue
