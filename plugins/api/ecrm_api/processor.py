@@ -45,8 +45,10 @@ import sqlalchemy as sa
 
 from .config import DEFAULT_EVENT_KINDS
 from .erasure import identity_rows
+from .events import store_events
 from .inbox import INBOX, LOG, REJECTED, REJECTED_IDS
-from .tracking import _SET_BASED, MessageError, Parsed, Rejected, Tracker, _Message, parse_time, store_events
+from .messages import _SET_BASED, MessageError, Parsed, Rejected, _Message, parse_time
+from .tracking import Tracker
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
