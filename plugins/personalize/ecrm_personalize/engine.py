@@ -31,6 +31,7 @@ from ecrm_core.errors import ValidationError
 from ecrm_core.validation import check_slug
 
 from . import tokens
+from .blend import blend, list_keys
 from .model import Decision, Item, OfferPick, Placement
 from .recommend import HISTORY_KINDS, skus_of
 from .schema import ARMS, PLACEMENTS, PREFERENCES, PRODUCTS, RECS
@@ -44,16 +45,6 @@ __all__ = ["HISTORY", "decide", "load_placement"]
 
 #: how many recent purchases/views of a person a decision reads
 HISTORY = 100
-#: how many recent items seed the item-to-item and content lists
-SEEDS = 5
-#: weights of each source in the blended ("auto") recommendation
-WEIGHTS = {"cooccurrence": 1.0, "content": 0.6, "recent": 0.4, "popular": 0.15}
-_REASON = {
-    "cooccurrence": "bought together with {}",
-    "content": "similar to {}",
-    "recent": "recently viewed",
-    "popular": "popular",
-}
 MAX_CONTEXT = 50
 
 
@@ -214,15 +205,8 @@ def decide(
         page_sku = ctx_in.get("sku") if isinstance(ctx_in.get("sku"), str) else None
 
         # 3. the lists, by key
-        sources: dict[str, list[str]] = {"popular": ["popular"]}
-        rec = pl.recommender
-        if not control:
-            seeds_b = ([page_sku] if page_sku else []) + bought[:SEEDS]
-            seeds_v = ([page_sku] if page_sku else []) + viewed[:SEEDS]
-            if rec in ("auto", "cooccurrence"):
-                sources["cooccurrence"] = [f"i2i:{s}" for s in dict.fromkeys(seeds_b)]
-            if rec in ("auto", "content"):
-                sources["content"] = [f"content:{s}" for s in dict.fromkeys(seeds_v + bought[:2])]
+        rec = "control" if control else pl.recommender
+        sources = list_keys(rec, bought, viewed, page_sku) if not control else {"popular": ["popular"]}
         keys = sorted({k for ks in sources.values() for k in ks if len(k) <= 260})
         r = crm.db.tables[RECS]
         lists = {
@@ -231,41 +215,10 @@ def decide(
                 sa.select(r.c.key, r.c["items"]).where(r.c.workspace_id == crm.workspace, r.c.key.in_(keys))
             ).all()
         }
-
-        scores: dict[str, Candidate] = {}
-
-        def add(sku: str, score: float, reason: str) -> None:
-            cand = scores.get(sku)
-            if cand is None:
-                scores[sku] = Candidate(sku=sku, score=score, reasons=[reason])
-            else:
-                cand.score += score
-                if reason not in cand.reasons:
-                    cand.reasons.append(reason)
-
-        if control:
-            use = ("popular",)
-        elif rec == "auto":
-            use = ("cooccurrence", "content", "recent", "popular")
-        else:
-            use = (rec, "popular")
-        for source in use:
-            w = WEIGHTS[source] if rec == "auto" or source != "popular" else WEIGHTS["popular"]
-            if source == "recent":
-                for i, s in enumerate(viewed[: pl.k]):
-                    add(s, w * (1 - i / (2 * max(pl.k, 1))), _REASON["recent"])
-                continue
-            for key in sources.get(source, ()):
-                seed = key.split(":", 1)[1] if ":" in key else ""
-                for s, v in lists.get(key, ()):
-                    add(str(s), w * float(v), _REASON[source].format(seed))
-
         exclude = set(bought) if pl.exclude_bought else set()
         if page_sku:
             exclude.add(page_sku)
-        candidates = [c for c in scores.values() if c.sku not in exclude]
-        candidates.sort(key=lambda c: -c.score)
-        candidates = candidates[: max(pl.k * 4, 20)]
+        candidates = blend(rec, sources, lists, viewed, pl.k, exclude, limit=max(pl.k * 4, 20))
 
         # 4. the catalogue: deleted or unavailable products are left out
         p = crm.db.tables[PRODUCTS]
@@ -336,8 +289,8 @@ def decide(
         )
         _apply(crm, dctx, ("greeting",) if "greeting" in pl.strategies else (), neutral=True)
     else:
-        if not kept and not fallbacks:
-            dctx.explain("no personal recommendations yet: popular items")
+        if not bought and not viewed and not page_sku and not fallbacks:
+            dctx.explain("no history yet: popular items")
         _apply(crm, dctx, pl.strategies)
     dctx.variant.setdefault("layout", "grid")
     group = "control" if control else "personalized"

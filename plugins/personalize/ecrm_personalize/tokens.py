@@ -20,7 +20,6 @@ import base64
 import json
 import re
 import secrets
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -50,11 +49,11 @@ def _check(crm: CRM, purpose: str, data: str, mac: str) -> bool:
 
 
 def issue_visitor(crm: CRM, visitor_id: str | None = None, *, max_age: int = VISITOR_MAX_AGE) -> str:
-    """A signed cookie value for a new visitor (or for ``visitor_id``), valid ``max_age`` seconds."""
+    """A signed cookie value for a new visitor (or for ``visitor_id``), valid ``max_age`` seconds (by the CRM's clock)."""
     vid = visitor_id if visitor_id is not None else "v" + secrets.token_urlsafe(17)[:22]
     if not _VID.match(vid):
         raise ValueError("not a visitor id made by issue_visitor")
-    expires = _b36(int(time.time()) + int(max_age))
+    expires = _b36(int(crm.now().timestamp()) + int(max_age))
     data = f"{vid}.{expires}"
     return f"{data}.{_mac(crm, _VISITOR_PURPOSE, data)}"
 
@@ -72,7 +71,7 @@ def verify_visitor(crm: CRM, cookie: Any) -> str | None:
         return None
     if not _check(crm, _VISITOR_PURPOSE, f"{vid}.{expires}", mac):
         return None
-    if int(expires, 36) <= time.time():
+    if int(expires, 36) <= crm.now().timestamp():
         return None
     return vid
 
