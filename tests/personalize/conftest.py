@@ -61,7 +61,7 @@ class Shop:
 
     def history(self) -> None:
         """Shoes S1 and S2 are bought together; S3 is the most popular; hats and bags appear now and then."""
-        for i in range(6):
+        for _ in range(6):
             self.buy(self.customer(), "S1", "S2")
         for i in range(8):
             self.buy(self.customer(), "S3", "H1" if i % 2 else "B1")
