@@ -50,7 +50,7 @@ class DecideIn(msgspec.Struct, forbid_unknown_fields=True):
     placement: Slug
     customer_id: CustomerId | None = None
     visitor: Annotated[str, msgspec.Meta(max_length=512)] | None = None
-    context: Annotated[dict[str, Any], msgspec.Meta(max_properties=50)] | None = None
+    context: Annotated[dict[str, Any], msgspec.Meta(max_length=50)] | None = None
 
 
 class OutcomeIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -174,7 +174,7 @@ def get_placement(name: NameParam, crm: NamedDependency[CRM]) -> dict[str, Any]:
 )
 def put_placement(
     name: NameParam,
-    data: JSONBody[Annotated[dict[str, Any], msgspec.Meta(max_properties=20)]],
+    data: JSONBody[Annotated[dict[str, Any], msgspec.Meta(max_length=20)]],
     crm: NamedDependency[CRM],
 ) -> dict[str, Any]:
     """Create or replace a placement (strategies, recommender, k, alternatives, control share…)."""
