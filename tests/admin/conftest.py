@@ -40,7 +40,11 @@ def plugins() -> list[Any]:
 
 @pytest.fixture
 def admin_crm(crm_factory: Callable[..., CRM]) -> CRM:
-    crm = crm_factory(plugins=plugins(), secret="test-secret", channels={"email": {"sender": "shop@example.com"}})
+    crm = crm_factory(
+        plugins=plugins(),
+        secret="test-secret",
+        channels={"email": {"from": "shop@example.com", "base_url": "https://shop.example/crm"}},
+    )
     from ecrm_admin import Users
 
     users = Users(crm)
@@ -56,6 +60,12 @@ def build(crm: CRM, **options: Any) -> Any:
     app = create_admin(crm, **options)
     app.debug = True  # a 500 in a test shows its traceback
     return app
+
+
+@pytest.fixture
+def admin_build() -> Callable[..., Any]:
+    """``build(crm, **options)``: the admin app of a CRM, for tests."""
+    return build
 
 
 class Browser:

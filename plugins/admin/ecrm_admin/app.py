@@ -421,6 +421,10 @@ class Pipeline:
             return self._error(areq, 404, "Not found.", str(exc), cookies)
         except ValidationError as exc:
             return self._error(areq, 400, "Not valid.", str(exc), cookies)
+        except EcrmError as exc:  # Conflict, a channel's configuration…: the message is for people
+            if route.plugin is not None:
+                admin.crm.plugins.record_failure(route.plugin, f"admin page {route.path}", exc)
+            return self._error(areq, 409, "Not possible.", str(exc), cookies)
         except Exception as exc:
             if route.plugin is None:
                 raise
@@ -507,15 +511,20 @@ def _route_handler(pipeline: Pipeline, route: Route) -> Any:
 
 
 def _static_handler() -> Any:
-    from litestar import Response, get
+    from litestar import Request, Response, get
 
     files = {
         p.relative_to(STATIC_DIR).as_posix(): p for p in STATIC_DIR.rglob("*") if p.is_file() and p.suffix in _TYPES
     }
 
-    @get("/static/{file:path}", sync_to_thread=False, name="admin_static", signature_namespace={"Response": Response})
-    def static(file: str) -> Response[bytes]:
-        found = files.get(file.lstrip("/"))
+    @get(
+        "/static/{file:path}",
+        sync_to_thread=False,
+        name="admin_static",
+        signature_namespace={"Response": Response, "Request": Request},
+    )
+    def static(request: Request[Any, Any, Any]) -> Response[bytes]:
+        found = files.get(str(request.path_params.get("file", "")).lstrip("/"))
         if found is None:
             return Response(b"not found", status_code=404, media_type="text/plain")
         return Response(

@@ -141,7 +141,7 @@ def offers(request: AdminRequest) -> Any:
 def _templates(request: AdminRequest) -> Any:
     if "email" not in request.crm.registry.channels:
         raise NotFound("channel", "email (install ecrm-email to edit e-mail templates)")
-    return request.crm.messages.get("email").templates(request.workspace)
+    return request.crm.channels.get("email").templates(request.workspace)
 
 
 def templates(request: AdminRequest) -> Any:
