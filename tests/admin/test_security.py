@@ -84,7 +84,7 @@ def test_session_fixation_and_rotation(admin_client: Any, admin_crm: CRM, admin_
     assert r.status_code == 303
     issued = r.cookies.get("ecrm_admin")
     assert issued and issued != planted
-    cookie = [h for h in r.headers.get_list("set-cookie") if h.startswith("ecrm_admin=")][0].lower()
+    cookie = next(h for h in r.headers.get_list("set-cookie") if h.startswith("ecrm_admin=")).lower()
     assert "secure" in cookie and "httponly" in cookie and "samesite=lax" in cookie and "path=/admin" in cookie
     # the planted value never became a session
     from litestar.testing import TestClient

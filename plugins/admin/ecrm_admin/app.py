@@ -30,7 +30,7 @@ from ecrm_core.registry import AdminPage
 from markupsafe import Markup
 
 from .config import AdminConfig
-from .render import environment, error_box, to_html
+from .render import HTMX, environment, error_box, to_html
 from .users import AdminUser, Session, Sessions, Users
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +42,6 @@ __all__ = ["create_admin", "AdminRequest", "AdminApp", "Html", "Redirect", "Forb
 log = logging.getLogger("ecrm.admin")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-HTMX = "vendor/htmx-2.0.11/htmx.min.js"
 COOKIE = "ecrm_admin"
 PRE_COOKIE = "ecrm_admin_pre"
 

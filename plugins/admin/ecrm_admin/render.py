@@ -16,6 +16,9 @@ from markupsafe import Markup, escape
 
 __all__ = ["environment", "to_html", "chart_img", "error_box"]
 
+#: The vendored htmx file, under the admin's static files.
+HTMX = "vendor/htmx-2.0.11/htmx.min.js"
+
 _env: Environment | None = None
 _lock = threading.Lock()
 _charts: OrderedDict[str, str] = OrderedDict()
@@ -34,6 +37,7 @@ def environment() -> Environment:
         )
         env.filters["html"] = to_html
         env.filters["when"] = _when
+        env.globals["htmx_js"] = HTMX
         _env = env
     return _env
 
