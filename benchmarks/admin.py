@@ -127,10 +127,9 @@ def prepare(path: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def serve(db: str, port_file: str, count_timeout: float) -> None:
     import uvicorn
+    from ecrm_admin import create_admin
     from litestar import Litestar, asgi, get
     from litestar.types import Receive, Scope, Send
-
-    from ecrm_admin import create_admin
 
     crm = open_crm(Path(db))
     admin = create_admin(crm, path="/admin", secret="bench", secure_cookies=False, count_timeout=count_timeout)
@@ -169,7 +168,7 @@ def login(client: Any) -> str:
 
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 def measure(client: Any, path: str | list[str], n: int, warmup: int) -> tuple[list[float], int]:
