@@ -42,7 +42,7 @@ from attrs import field, frozen
 from ecrm_core.errors import EcrmError, ValidationError
 
 from . import assign
-from .engine import local_zone, offer_usage, rule_ids, wait_end, window_opens
+from .engine import local_zone, offer_usage, rule_ids, split_hits, wait_end, window_opens
 from .model import Campaign, Step, parse_duration
 from .schema import ENROLLMENTS, VERSIONS
 
@@ -621,6 +621,8 @@ class _Simulator:
                 break
             if case.variant is not None:
                 hit = {cid for cid in left if self.state[cid].arm == case.variant}
+            elif case.split is not None:
+                hit = split_hits(c, step, case, left)
             elif case.rule is not None:
                 with self.crm.db.read() as conn:
                     hit = rule_ids(self.crm, conn, case.rule, sorted(left), now=now)
