@@ -20,7 +20,8 @@ again to check them; this path:
 
 A message this path cannot decide -- another call type, a backslash escape
 anywhere in it (a control character or a lone surrogate may hide there),
-a campaign in its context, properties near a limit, a 19-digit number --
+a campaign in its context, properties near a limit, an integer past 64
+bits --
 goes through the general path, alone: the answer is the general path's,
 message by message.  So the fast path never answers differently; it only
 answers sooner (``tests/api/test_fastpath.py`` checks that with hypothesis
@@ -31,7 +32,6 @@ than allowed) is left to the general path whole.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -102,8 +102,6 @@ _decode_envelope = msgspec.json.Decoder(_Envelope).decode
 _decode_event = msgspec.json.Decoder(_Track | _Page | _Screen).decode
 _decode_any = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
-#: An integer of 19 digits or more (maybe past 64 bits; the general path says which).
-_LONG_DIGITS = re.compile(rb"\d{19}")
 #: Properties encoded longer than this are left to the general path: the
 #: mapping adds the event's name, a page's name and category (200 characters
 #: each), and Python's encoder writes some numbers longer than msgspec's.
@@ -134,7 +132,6 @@ def check_batch(body: bytes, reader: MessageReader) -> FastBatch | None:
     except MessageError:
         return None
     measure = len(body) > MESSAGE_MAX_BYTES
-    long_digits = _LONG_DIGITS.search(body) is not None
     received, latest = reader.received_at, reader.latest
     kinds, sale_kinds = reader.event_kinds, reader.sale_kinds
     keep: list[Raw] = []
@@ -142,7 +139,7 @@ def check_batch(body: bytes, reader: MessageReader) -> FastBatch | None:
     for index, raw in enumerate(env.batch):
         data = bytes(raw)
         ok = False
-        if b"\\" not in data and not (long_digits and _LONG_DIGITS.search(data)):
+        if b"\\" not in data:
             try:
                 m = _decode_event(data)
             except (msgspec.DecodeError, msgspec.ValidationError):
