@@ -187,6 +187,7 @@ def agree(body: bytes, reader: MessageReader) -> None:
 @example(body=b'{"batch":[{"type":"track","userId":"u","event":"E","timestamp":"2024-01-01T00:00:00"}]}')
 @example(body=b'{"batch":[{"type":"track","userId":"u","event":"E","event":"F","type":"track"}]}')
 @example(body=b'{"batch":[{"type":"track","userId":"u","event":"Order Completed","properties":{"revenue":"x"}}]}')
+@example(body=b'{"batch":[{"type":"track","userId":17,"anonymousId":"' + b"x" * 201 + b'","event":"E"}]}')
 def test_the_fast_path_answers_as_the_general_path(reader, body):
     agree(body, reader)
 

@@ -186,7 +186,9 @@ def _accepted(
     if mid is not None and not (0 < len(mid) <= _MAX_MESSAGE_ID and mid.isprintable()):
         return False
     try:
-        if _identifier(m.userId, "") is None and _identifier(m.anonymousId, "") is None:
+        user = _identifier(m.userId, "")  # both checked: a bad anonymousId beside a good userId is refused
+        anonymous = _identifier(m.anonymousId, "")
+        if user is None and anonymous is None:
             return False
         client = parse_time(m.originalTimestamp if m.originalTimestamp is not None else m.timestamp, "")
         own = parse_time(m.sentAt, "")
