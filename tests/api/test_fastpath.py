@@ -179,7 +179,7 @@ def agree(body: bytes, reader: MessageReader) -> None:
     assert stored.get("sentAt") == doc.get("sentAt")
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=bodies())
 @example(body=b'{"batch":[{"type":"track","userId":"u","event":"E","properties":{"a":"\\ud800"}}]}')
 @example(body=b'{"batch":[{"type":"track","userId":"u","event":"E","properties":{"a":"\\u0000"}}]}')
