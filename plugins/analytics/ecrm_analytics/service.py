@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from attrs import frozen
 
 from .common import finite, get_rates
+from .conditions import CHANGED
 from .models import FitError
 from .schema import CLV, RFM, STATE
 
@@ -116,12 +117,12 @@ class Analytics:
                     with crm.db.write() as conn:
                         store.write_attributes(crm, conn, None)
             bar.step("segments")
-            if changed or full or fitted:
-                crm.segments.refresh(
-                    customer_ids=None if (full or fitted) else sorted(changed),
-                    kinds=("purchase", "refund"),
-                    customers_changed=False,
-                )
+            if fitted:
+                changed |= _all_ids(crm)
+            if changed:
+                # for these customers, the segments and lifecycle stages whose rules use rfm()/clv() or a
+                # customer field (the analytics attributes changed), not those about purchases only
+                crm.segments.refresh(customer_ids=sorted(changed), kinds=(CHANGED,), customers_changed=True)
         return RefreshResult(
             customers=n if full else len(claimed),
             changed=len(changed),
@@ -210,6 +211,12 @@ def refresh_tick(ctx: JobContext) -> JobResult:
         more=result.pending > 0,
         message=f"{result.customers} recomputed, {result.changed} changed, {result.pending} marked{note}",
     )
+
+
+def _all_ids(crm: CRM) -> set[int]:
+    table = crm.db.tables[RFM]
+    with crm.db.read() as conn:
+        return set(conn.execute(sa.select(table.c.customer_id).where(table.c.workspace_id == crm.workspace)).scalars())
 
 
 def _has_buyers(crm: CRM) -> bool:
