@@ -99,8 +99,7 @@ class Analytics:
                 n = rfm.compute(crm, conn, restrict=ids, rates=rates)
                 bar.step(steps[1])
                 changed = set(rfm.rescore(crm, conn))
-                if ids is not None:
-                    changed |= set(ids)
+                changed |= set(ids) if ids is not None else _all_ids(crm, conn)
                 bar.step(steps[2])
                 clv_model.predict(crm, conn, ids)
                 store.release(crm, conn, claimed)
@@ -213,10 +212,13 @@ def refresh_tick(ctx: JobContext) -> JobResult:
     )
 
 
-def _all_ids(crm: CRM) -> set[int]:
+def _all_ids(crm: CRM, conn: sa.Connection | None = None) -> set[int]:
     table = crm.db.tables[RFM]
-    with crm.db.read() as conn:
-        return set(conn.execute(sa.select(table.c.customer_id).where(table.c.workspace_id == crm.workspace)).scalars())
+    stmt = sa.select(table.c.customer_id).where(table.c.workspace_id == crm.workspace)
+    if conn is not None:
+        return set(conn.execute(stmt).scalars())
+    with crm.db.read() as c:
+        return set(c.execute(stmt).scalars())
 
 
 def _has_buyers(crm: CRM) -> bool:
