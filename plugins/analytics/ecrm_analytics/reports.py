@@ -34,6 +34,8 @@ __all__ = ["Param", "ReportSpec", "register", "report", "specs"]
 
 #: Modules whose import registers the plugin's own reports.
 BUILTIN_MODULES = ("ecrm_analytics.rfm",)
+#: The needs-analysis and sales reports (market basket, clusters, affinity, sales, attribution).
+NEEDS_MODULES = ("ecrm_analytics.basket",)
 
 _REGISTRY: dict[str, ReportSpec] = {}
 _loaded = False
@@ -126,7 +128,7 @@ def specs() -> dict[str, ReportSpec]:
     """Every report, by name (the plugin's own are loaded on first use)."""
     global _loaded
     if not _loaded:
-        for module in BUILTIN_MODULES:
+        for module in (*BUILTIN_MODULES, *NEEDS_MODULES):
             importlib.import_module(module)
         _loaded = True
     return dict(sorted(_REGISTRY.items()))
