@@ -92,8 +92,9 @@ def test_category_level_uses_item_objects_then_the_catalogue(shop: Shop) -> None
     pairs = {(r.antecedent[0], r.consequent[0]): r.count for r in result.rules}
     assert pairs[("shoes", "bags")] == 4 and pairs[("shoes", UNCATEGORIZED)] == 1
     assert result.uncategorized == 1 and result.items == 3
-    given = basket_rules(shop.crm, level="category", categories={"MYSTERY": "socks"}, min_support=0.1,
-                         min_confidence=0, min_lift=0)  # fmt: skip
+    given = basket_rules(
+        shop.crm, level="category", categories={"MYSTERY": "socks"}, min_support=0.1, min_confidence=0, min_lift=0
+    )
     assert ("shoes", "socks") in {(r.antecedent[0], r.consequent[0]) for r in given.rules}
 
 
@@ -112,8 +113,15 @@ def test_bad_and_empty_input_has_clear_results(shop: Shop) -> None:
     assert (one.baskets, one.skipped, one.items) == (1, 2, 2)
     assert [(r.antecedent, r.consequent) for r in one.rules] == [(("3",), ("X",)), (("X",), ("3",))]
     single = shop.customer()
-    for bad in ({"min_support": 2}, {"min_confidence": -0.1}, {"min_lift": float("nan")}, {"level": "brand"},
-                {"method": "apriori"}, {"max_rules": 0}, {"items_key": "a.b"}):  # fmt: skip
+    for bad in (
+        {"min_support": 2},
+        {"min_confidence": -0.1},
+        {"min_lift": float("nan")},
+        {"level": "brand"},
+        {"method": "apriori"},
+        {"max_rules": 0},
+        {"items_key": "a.b"},
+    ):
         with pytest.raises(ValidationError) as err:
             basket_rules(shop.crm, **bad)
         assert err.value.field == next(iter(bad))

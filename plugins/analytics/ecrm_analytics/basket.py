@@ -146,12 +146,14 @@ class BasketRules:
             name="basket",
             title=f"Market basket: {self.level} rules ({self.method})",
             columns=("antecedent", "consequent", "support", "confidence", "lift", "baskets"),
-            rows=[(" + ".join(r.antecedent), " + ".join(r.consequent), r.support, r.confidence, r.lift, r.count)
-                  for r in shown],
+            rows=[
+                (" + ".join(r.antecedent), " + ".join(r.consequent), r.support, r.confidence, r.lift, r.count)
+                for r in shown
+            ],
             summary=self.summary(),
             chart=chart,
             caption=self.caption(),
-        )  # fmt: skip
+        )
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -224,8 +226,9 @@ def mine(
         return [], len(keep)
     xk = x[:, keep]
     if method == "fpgrowth":
-        return _fpgrowth(xk, [names[k] for k in keep], n, min_support, min_confidence, min_lift, max_rules,
-                         max_len), len(keep)  # fmt: skip
+        return _fpgrowth(
+            xk, [names[k] for k in keep], n, min_support, min_confidence, min_lift, max_rules, max_len
+        ), len(keep)
     xk = xk[np.flatnonzero(xk.getnnz(axis=1) >= 2)]  # a basket of one item makes no pair
     co = (xk.T @ xk).tocoo()
     pick = (co.row != co.col) & (co.data >= min_count)
@@ -243,9 +246,15 @@ def mine(
 
 
 def _fpgrowth(
-    x: Any, names: list[str], n: int, min_support: float, min_confidence: float, min_lift: float, max_rules: int,
+    x: Any,
+    names: list[str],
+    n: int,
+    min_support: float,
+    min_confidence: float,
+    min_lift: float,
+    max_rules: int,
     max_len: int,
-) -> list[BasketRule]:  # fmt: skip
+) -> list[BasketRule]:
     try:
         import pandas as pd
         from mlxtend.frequent_patterns import association_rules, fpgrowth
@@ -261,11 +270,15 @@ def _fpgrowth(
     found = found[found["lift"] >= min_lift - 1e-12]
     rules = [
         BasketRule(
-            tuple(sorted(row.antecedents)), tuple(sorted(row.consequents)), float(row.support),
-            float(row.confidence), float(row.lift), round(float(row.support) * n),
+            tuple(sorted(row.antecedents)),
+            tuple(sorted(row.consequents)),
+            float(row.support),
+            float(row.confidence),
+            float(row.lift),
+            round(float(row.support) * n),
         )
         for row in found.itertuples()
-    ]  # fmt: skip
+    ]
     rules.sort(key=lambda r: (-r.lift, -r.confidence, -r.count, r.antecedent, r.consequent))
     return rules[:max_rules]
 
@@ -333,14 +346,31 @@ def basket_rules(
     baskets = read_baskets(crm, items_key=items_key, since=since, until=until, segment=segment, progress=progress)
     basket, item, names, missing = _to_level(baskets, level, categories, crm)
     rules, frequent = mine(
-        basket, item, names, baskets.size, min_support=min_support, min_confidence=min_confidence,
-        min_lift=float(min_lift), max_rules=max_rules, method=method, max_len=max_len,
-    )  # fmt: skip
+        basket,
+        item,
+        names,
+        baskets.size,
+        min_support=min_support,
+        min_confidence=min_confidence,
+        min_lift=float(min_lift),
+        max_rules=max_rules,
+        method=method,
+        max_len=max_len,
+    )
     return BasketRules(
-        level=level, method=method, baskets=baskets.size, items=len(names), frequent=frequent, rules=tuple(rules),
-        min_support=min_support, min_confidence=min_confidence, min_lift=float(min_lift), skipped=baskets.skipped,
-        uncategorized=missing, computed_at=crm.now(),
-    )  # fmt: skip
+        level=level,
+        method=method,
+        baskets=baskets.size,
+        items=len(names),
+        frequent=frequent,
+        rules=tuple(rules),
+        min_support=min_support,
+        min_confidence=min_confidence,
+        min_lift=float(min_lift),
+        skipped=baskets.skipped,
+        uncategorized=missing,
+        computed_at=crm.now(),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -361,12 +391,21 @@ def save(crm: CRM, result: BasketRules) -> int:
             conn.execute(
                 sa.insert(table),
                 [
-                    {"workspace_id": crm.workspace, "level": result.level, "position": k,
-                     "antecedent": list(r.antecedent), "consequent": list(r.consequent), "support": r.support,
-                     "confidence": r.confidence, "lift": r.lift, "count": r.count, "computed_at": now}
+                    {
+                        "workspace_id": crm.workspace,
+                        "level": result.level,
+                        "position": k,
+                        "antecedent": list(r.antecedent),
+                        "consequent": list(r.consequent),
+                        "support": r.support,
+                        "confidence": r.confidence,
+                        "lift": r.lift,
+                        "count": r.count,
+                        "computed_at": now,
+                    }
                     for k, r in enumerate(result.rules)
                 ],
-            )  # fmt: skip
+            )
         name = f"basket_{result.level}"
         conn.execute(sa.delete(state).where(state.c.workspace_id == crm.workspace, state.c.name == name))
         conn.execute(
@@ -450,9 +489,10 @@ def cross_sell(
     can target them.  Returns the customer ids, ascending.
     """
     rules = [
-        r for r in stored(crm, level)
+        r
+        for r in stored(crm, level)
         if r.consequent == (item,) and r.confidence >= min_confidence and r.lift >= min_lift
-    ]  # fmt: skip
+    ]
     chosen: list[int] = []
     if rules:
         owned = _owned(crm, level, None, items_key)
@@ -490,14 +530,27 @@ def _fill_static(crm: CRM, slug: str, ids: list[int], description: str) -> None:
 
 
 def basket_report(
-    crm: CRM, level: str = "product", min_support: float = 0.001, min_confidence: float = 0.1, min_lift: float = 1.0,
-    method: str = "pairs", segment: str = "", top: int = 20, save_rules: bool = False,
-) -> Report:  # fmt: skip
+    crm: CRM,
+    level: str = "product",
+    min_support: float = 0.001,
+    min_confidence: float = 0.1,
+    min_lift: float = 1.0,
+    method: str = "pairs",
+    segment: str = "",
+    top: int = 20,
+    save_rules: bool = False,
+) -> Report:
     """The ``basket`` report: the best rules by lift (``save_rules`` stores them for cross-sell)."""
     result = basket_rules(
-        crm, level=level, min_support=min_support, min_confidence=min_confidence, min_lift=min_lift, method=method,
-        segment=segment or None, max_rules=max(top, 500),
-    )  # fmt: skip
+        crm,
+        level=level,
+        min_support=min_support,
+        min_confidence=min_confidence,
+        min_lift=min_lift,
+        method=method,
+        segment=segment or None,
+        max_rules=max(top, 500),
+    )
     if save_rules:
         save(crm, result)
     return result.to_report(top=top)
