@@ -132,6 +132,7 @@ def _aggregate(crm: CRM, rates: Rates, now: datetime, restrict: Collection[int] 
             sa.func.min(sa.case((purchase, it.c.occurred_at))).label("first_at"),
             sa.func.max(sa.case((purchase, it.c.occurred_at))).label("last_at"),
             orders.label("orders"),
+            sa.func.count(sa.distinct(sa.case((purchase, sa.func.date(it.c.occurred_at))))).label("purchase_days"),
             revenue.label("revenue"),
             refunds.label("refunds"),
             sa.case((revenue > refunds, revenue - refunds), else_=0.0).label("monetary"),

@@ -7,8 +7,9 @@
   worker job ``analytics.refresh``); ``mark`` changes on every new mark so a
   claim never deletes a mark that arrived while it ran;
 * ``analytics_rfm``: one row per customer with at least one purchase —
-  recency/frequency/monetary in the reporting currency, the three quintile
-  scores and the named group;
+  recency/frequency/monetary in the reporting currency, the number of
+  distinct (UTC) days with a purchase (the CLV models' transactions), the
+  three quintile scores and the named group;
 * ``analytics_clv``: one row per customer with at least one purchase — the
   BG/NBD + Gamma-Gamma predictions of the last fitted model;
 * ``analytics_state``: per workspace and analysis, what the analysis needs to
@@ -86,6 +87,7 @@ def columns(naming: Naming, table: str) -> list[Any]:
             sa.Column("first_at", UTCDateTime(), nullable=False),
             sa.Column("last_at", UTCDateTime(), nullable=False),
             sa.Column("orders", sa.Integer, nullable=False),
+            sa.Column("purchase_days", sa.Integer, nullable=False),
             sa.Column("revenue", sa.Float, nullable=False),
             sa.Column("refunds", sa.Float, nullable=False),
             sa.Column("monetary", sa.Float, nullable=False),

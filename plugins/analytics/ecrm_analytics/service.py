@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from attrs import frozen
 
 from .common import finite, get_rates
+from .models import FitError
 from .schema import CLV, RFM, STATE
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -81,45 +82,53 @@ class Analytics:
         ``clv=True`` also refits the lifetime-value model on every customer.
         ``progress=True`` shows a rich progress bar (for the CLI).
         """
+        from . import clv as clv_model
         from . import rfm, store
 
         crm = self.crm
         started = time.perf_counter()
         rates = get_rates(crm)
-        steps = ["RFM aggregates", "RFM scores", "segments"] + (["CLV fit"] if clv else [])
+        steps = ["RFM aggregates", "RFM scores", "CLV predictions"] + (["CLV fit"] if clv else []) + ["segments"]
+        message = ""
         with _Progress(progress, len(steps)) as bar:
             bar.step(steps[0])
             with crm.db.write() as conn:
-                if full:
-                    claimed: list[tuple[int, int]] = store.claim(crm, conn, 2**62)
-                    n = rfm.compute(crm, conn, rates=rates)
-                    ids: list[int] | None = None
-                else:
-                    claimed = store.claim(crm, conn, limit or 2**62)
-                    ids = [c for c, _ in claimed]
-                    n = rfm.compute(crm, conn, restrict=ids, rates=rates)
+                claimed = store.claim(crm, conn, 2**62 if full or limit is None else limit)
+                ids: list[int] | None = None if full else [c for c, _ in claimed]
+                n = rfm.compute(crm, conn, restrict=ids, rates=rates)
                 bar.step(steps[1])
                 changed = set(rfm.rescore(crm, conn))
+                if ids is not None:
+                    changed |= set(ids)
+                bar.step(steps[2])
+                clv_model.predict(crm, conn, ids)
                 store.release(crm, conn, claimed)
-            if ids is not None:
-                changed |= set(ids)
-            bar.step(steps[2])
-            if changed or full:
+                store.write_attributes(crm, conn, None if full else sorted(changed))
+            fitted = False
+            if clv:
+                bar.step("CLV fit")
+                try:
+                    clv_model.fit(crm)
+                except FitError as exc:
+                    message = str(exc)
+                else:
+                    fitted = True
+                    with crm.db.write() as conn:
+                        store.write_attributes(crm, conn, None)
+            bar.step("segments")
+            if changed or full or fitted:
                 crm.segments.refresh(
-                    customer_ids=None if full else sorted(changed),
+                    customer_ids=None if (full or fitted) else sorted(changed),
                     kinds=("purchase", "refund"),
                     customers_changed=False,
                 )
-            fitted = False
-            if clv:
-                bar.step(steps[3])
-                fitted = True
         return RefreshResult(
             customers=n if full else len(claimed),
             changed=len(changed),
             pending=store.pending(crm),
             clv_fitted=fitted,
             seconds=time.perf_counter() - started,
+            message=message,
         )
 
     def customer(self, customer_id: int) -> dict[str, Any]:
@@ -188,12 +197,28 @@ def refresh_tick(ctx: JobContext) -> JobResult:
     """The worker job ``analytics.refresh``: up to :data:`BATCH` marked customers per tick."""
     from ecrm_core.registry import JobResult
 
-    result = Analytics(ctx.crm).refresh(limit=BATCH)
+    from .clv import model_due
+
+    crm = ctx.crm
+    result = Analytics(crm).refresh(limit=BATCH)
+    note = ""
+    if result.pending == 0 and _has_buyers(crm) and model_due(crm, CLV_MAX_AGE):
+        refit = Analytics(crm).refresh(limit=0, clv=True)
+        note = "; CLV model refit" if refit.clv_fitted else f"; {refit.message}"
     return JobResult(
         done=result.customers,
         more=result.pending > 0,
-        message=f"{result.customers} recomputed, {result.changed} changed, {result.pending} marked",
+        message=f"{result.customers} recomputed, {result.changed} changed, {result.pending} marked{note}",
     )
+
+
+def _has_buyers(crm: CRM) -> bool:
+    table = crm.db.tables[RFM]
+    with crm.db.read() as conn:
+        return (
+            conn.execute(sa.select(table.c.customer_id).where(table.c.workspace_id == crm.workspace).limit(1)).first()
+            is not None
+        )
 
 
 def on_merged(crm: CRM, source_id: int, target_id: int) -> None:
