@@ -35,7 +35,12 @@ __all__ = ["Param", "ReportSpec", "register", "report", "specs"]
 #: Modules whose import registers the plugin's own reports.
 BUILTIN_MODULES = ("ecrm_analytics.rfm",)
 #: The needs-analysis and sales reports (market basket, clusters, affinity, sales, attribution).
-NEEDS_MODULES = ("ecrm_analytics.basket", "ecrm_analytics.sales", "ecrm_analytics.attribution")
+NEEDS_MODULES = (
+    "ecrm_analytics.basket",
+    "ecrm_analytics.clusters",
+    "ecrm_analytics.sales",
+    "ecrm_analytics.attribution",
+)
 
 _REGISTRY: dict[str, ReportSpec] = {}
 _loaded = False
