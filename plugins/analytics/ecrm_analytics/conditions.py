@@ -104,10 +104,15 @@ def _exists(ctx: Any, table: sa.Table, where: list[Any]) -> Any:
     return sa.exists(stmt)
 
 
+def _groups(args: Mapping[str, Any]) -> list[str]:
+    value = args["group"]
+    return [value] if isinstance(value, str) else list(value)
+
+
 def _rfm_where(table: sa.Table, args: Mapping[str, Any]) -> list[Any]:
     where: list[Any] = []
     if "group" in args:
-        where.append(table.c.grp.in_(list(args["group"])))
+        where.append(table.c.grp.in_(_groups(args)))
     for key in _SCORES:
         if key in args:
             col = table.c[f"{key[0]}_score"]
@@ -144,7 +149,7 @@ def _evaluate_rfm(args: Mapping[str, Any], ctx: Any) -> bool:
     row = _row(ctx, RFM)
     if row is None:
         return False
-    if "group" in args and row.grp not in args["group"]:
+    if "group" in args and row.grp not in _groups(args):
         return False
     for key in _SCORES:
         if key in args:

@@ -133,9 +133,9 @@ def ecrm_register_routes() -> list[Any]:
 
     if find_spec("ecrm_api") is None:
         return []
-    from .routes import HANDLERS
+    from .routes import handlers
 
-    return list(HANDLERS)
+    return handlers()
 
 
 @hookimpl
