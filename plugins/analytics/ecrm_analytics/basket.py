@@ -283,7 +283,7 @@ def _fpgrowth(
     return rules[:max_rules]
 
 
-def _to_level(baskets: Baskets, level: str, categories: Mapping[str, str] | None, crm: CRM) -> tuple[Any, ...]:
+def to_level(baskets: Baskets, level: str, categories: Mapping[str, str] | None, crm: CRM) -> tuple[Any, ...]:
     import numpy as np
 
     if level == "product":
@@ -344,7 +344,7 @@ def basket_rules(
         raise ValidationError("min_lift", min_lift, "not a number of at least 0", "write e.g. min_lift=1.2")
     _check(level, method, max_rules, max_len)
     baskets = read_baskets(crm, items_key=items_key, since=since, until=until, segment=segment, progress=progress)
-    basket, item, names, missing = _to_level(baskets, level, categories, crm)
+    basket, item, names, missing = to_level(baskets, level, categories, crm)
     rules, frequent = mine(
         basket,
         item,
@@ -433,7 +433,7 @@ def stored(crm: CRM, level: str = "product") -> list[BasketRule]:
 def _owned(crm: CRM, level: str, customer_ids: Sequence[int] | None, items_key: str) -> dict[int, set[str]]:
     """What each customer bought (items or categories), read set-based."""
     baskets = read_baskets(crm, items_key=items_key)
-    basket, item, names, _ = _to_level(baskets, level, None, crm)
+    basket, item, names, _ = to_level(baskets, level, None, crm)
     buyers = baskets.customers[basket] if len(basket) else basket
     wanted = None if customer_ids is None else set(customer_ids)
     out: dict[int, set[str]] = {}

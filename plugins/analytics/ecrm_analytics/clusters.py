@@ -32,8 +32,8 @@ scales, centres, labels, silhouette) in ``analytics_state`` — so that:
 * deleting a customer deletes their row; a merge drops the source's row and
   places the survivor again.
 
-Too few buyers (fewer than ``k_min + 1`` different customers), or buyers that
-all look alike, give a result without clusters and a message saying why;
+Too few buyers (fewer than ``k_min + 1``, or fewer than ``k_min`` different
+profiles: buyers that all look alike) give a result without clusters and a message saying why;
 nothing is stored then and previous clusters are cleared.
 """
 
@@ -264,13 +264,13 @@ def cluster_customers(
     x = _transform(raw)
     distinct = len(np.unique(np.round(x, 9), axis=0)) if n else 0
     lo, hi = (k, k) if k is not None else (k_min, k_max)
-    hi = min(hi, distinct - 1, n - 1)
+    hi = min(hi, distinct, n - 1)
     if n == 0 or hi < lo:
         why = (
             "No customer has a purchase yet: nothing to cluster."
             if n == 0
-            else f"{n:,} buyer(s) with {distinct} different profile(s): at least {lo + 1} different buyers are "
-            f"needed for {lo} clusters."
+            else f"{n:,} buyer(s) with {distinct} different profile(s): {lo} clusters need at least {lo} different "
+            f"profiles and {lo + 1} buyers."
         )
         if save:
             _clear(crm)

@@ -141,8 +141,11 @@ def read_baskets(
     called after each chunk of :data:`CHUNK` purchases.
     """
     import numpy as np
-    import pandas as pd
 
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - the mining extra is installed in the tests
+        raise ValidationError("pandas", None, "not installed", "pip install 'ecrm-analytics[mining]'") from None
     key = _key(items_key)
     db = crm.db
     it = db.tables["interactions"]

@@ -38,6 +38,7 @@ BUILTIN_MODULES = ("ecrm_analytics.rfm",)
 NEEDS_MODULES = (
     "ecrm_analytics.basket",
     "ecrm_analytics.clusters",
+    "ecrm_analytics.affinity",
     "ecrm_analytics.sales",
     "ecrm_analytics.attribution",
 )
