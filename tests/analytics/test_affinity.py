@@ -64,7 +64,7 @@ def test_empty_and_cluster_affinity_and_report(shop: Shop) -> None:
     lux = next(r for r in rows if r["item"] == "LUX-1")
     assert lux["index"] > 1 and lux["buyers"] == 4
     data = report(shop.crm, "affinity", by="cluster", level="product", min_items="1").to_dict()
-    assert data["rows"] and data["chart"] is None  # heatmaps are for categories
+    assert data["rows"] and data["chart"]["columns"] == ["CHEAP-1", "CHEAP-2", "LUX-1"]
     shop.crm.segments.create("all", "purchase.count() >= 1")
     data = report(shop.crm, "affinity", min_items="1").to_dict()
     assert data["chart"]["kind"] == "heatmap" and data["chart"]["rows"] == ["all"]

@@ -36,8 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = ["GROUPINGS", "affinity", "affinity_report"]
 
 GROUPINGS: tuple[str, ...] = ("segment", "cluster")
-#: at most this many segments in one analysis
-MAX_GROUPS = 100
+#: the heatmap of the report shows at most this many items (the most bought)
+MAX_COLUMNS = 30
 
 
 def _memberships(crm: CRM, by: str, groups: Sequence[str] | None) -> list[tuple[int, str]]:
@@ -131,7 +131,7 @@ def affinity_report(
     crm: CRM, by: str = "segment", level: str = "category", group: str = "", top: int = 5, min_items: int = 5
 ) -> Report:
     """The ``affinity`` report: the ``top`` items each group over-buys most (index above 1)."""
-    from ecrm_core.charts import MAX_CATEGORIES, MAX_SERIES, Chart
+    from ecrm_core.charts import MAX_CATEGORIES, Chart
 
     rows = affinity(crm, by=by, level=level, groups=[group] if group else None, min_items=min_items)
     shown: list[dict[str, Any]] = []
@@ -143,16 +143,20 @@ def affinity_report(
     columns = ("group", "item", "index", "share", "overall", "items", "buyers", "penetration")
     chart = None
     group_names = sorted({r["group"] for r in rows})[:MAX_CATEGORIES]
-    item_names = sorted({r["item"] for r in rows})[:MAX_SERIES]
-    if rows and level == "category":
+    popular: dict[str, int] = {}
+    for r in rows:
+        popular[r["item"]] = popular.get(r["item"], 0) + r["items"]
+    item_names = sorted(sorted(popular, key=lambda i: (-popular[i], i))[:MAX_COLUMNS])
+    if rows:
         index = {(r["group"], r["item"]): r["index"] for r in rows}
         chart = Chart(
             kind="heatmap",
-            title=f"Category affinity by {by} (1 = like the average buyer)",
+            title=f"{level.capitalize()} affinity by {by} (1 = like the average buyer)",
             rows=group_names,
             columns=item_names,
             values=[[index.get((g, i)) for i in item_names] for g in group_names],
             value_format="number",
+            caption=f"the {len(item_names)} most bought {level}s" if len(popular) > len(item_names) else "",
         )
     if not rows:
         caption = f"No purchases with items by members of any {by}: nothing to compare."

@@ -141,5 +141,6 @@ def ecrm_register_routes() -> list[Any]:
 @hookimpl
 def ecrm_register_demo_stages() -> list[DemoStage]:
     from .demo import demo_stages
+    from .needs_demo import demo_stages as needs_demo_stages
 
-    return demo_stages()
+    return [*demo_stages(), *needs_demo_stages()]
