@@ -233,13 +233,15 @@ def mine(
     co = (xk.T @ xk).tocoo()
     pick = (co.row != co.col) & (co.data >= min_count)
     a, c, both = keep[co.row[pick]], keep[co.col[pick]], co.data[pick].astype(np.int64)
-    conf = both / counts[a]
-    lift = conf / (counts[c] / n)
+    conf = np.round(both / counts[a], 12)  # rounded: equal ratios tie exactly, on every backend
+    lift = np.round(both * n / (counts[a] * counts[c]), 12)
     ok = (conf >= min_confidence - 1e-12) & (lift >= min_lift - 1e-12)
     a, c, both, conf, lift = a[ok], c[ok], both[ok], conf[ok], lift[ok]
     order = np.lexsort((c, a, -both, -conf, -lift))[:max_rules]
     rules = [
-        BasketRule((names[a[k]],), (names[c[k]],), float(both[k] / n), float(conf[k]), float(lift[k]), int(both[k]))
+        BasketRule(
+            (names[a[k]],), (names[c[k]],), round(float(both[k] / n), 12), float(conf[k]), float(lift[k]), int(both[k])
+        )
         for k in order
     ]
     return rules, len(keep)
@@ -272,9 +274,9 @@ def _fpgrowth(
         BasketRule(
             tuple(sorted(row.antecedents)),
             tuple(sorted(row.consequents)),
-            float(row.support),
-            float(row.confidence),
-            float(row.lift),
+            round(float(row.support), 12),
+            round(float(row.confidence), 12),
+            round(float(row.lift), 12),
             round(float(row.support) * n),
         )
         for row in found.itertuples()
