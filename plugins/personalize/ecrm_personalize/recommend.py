@@ -271,6 +271,9 @@ def refresh(crm: CRM, *, watermark: int | None = None) -> RefreshReport:
         for start in range(0, len(rows), 5000):
             conn.execute(sa.insert(t), rows[start : start + 5000])
     report.seconds["write"] = time.perf_counter() - t0
+    from .state import state
+
+    state(crm).forget("popular", crm.workspace)
     report.seconds["total"] = sum(report.seconds.values())
     return report
 
