@@ -151,14 +151,6 @@ def statements(crm: CRM) -> Statements:
     return found[1]  # type: ignore[no-any-return]
 
 
-def _popular(crm: CRM, conn: sa.Connection, stmts: Statements) -> list[Any]:
-    def load() -> list[Any]:
-        row = conn.execute(stmts.lists, {"ws": crm.workspace, "keys": ["popular"]}).first()
-        return list(row[1]) if row is not None else []
-
-    return state(crm).cached(("popular", crm.workspace), 5.0, load)  # type: ignore[no-any-return]
-
-
 def _person(conn: sa.Connection, crm: CRM, stmts: Statements, customer_id: int | None, visitor: str | None) -> Any:
     ws = crm.workspace
     if customer_id is not None:
@@ -254,10 +246,7 @@ def decide(
         rec = "control" if control else pl.recommender
         sources = list_keys(rec, bought, viewed, page_sku) if not control else {"popular": ["popular"]}
         keys = sorted({k for ks in sources.values() for k in ks if len(k) <= 260})
-        lists: dict[str, Any] = {"popular": _popular(crm, conn, stmts)}
-        keys.remove("popular")
-        if keys:
-            lists.update(conn.execute(stmts.lists, {"ws": ws, "keys": keys}).all())
+        lists: dict[str, Any] = dict(conn.execute(stmts.lists, {"ws": ws, "keys": keys}).all())
         exclude = set(bought) if pl.exclude_bought else set()
         if page_sku:
             exclude.add(page_sku)
