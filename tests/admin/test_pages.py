@@ -1,0 +1,55 @@
+"""Every built-in page answers for the roles that may see it, over the whole request pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ecrm_core import CRM
+
+
+@pytest.fixture
+def shop(admin_crm: CRM) -> dict[str, Any]:
+    crm = admin_crm
+    ada = crm.customers.create(email="ada@example.com", name="Ada Lovelace", external_id="u-1", consent={"email": True})
+    bob = crm.customers.create(email="bob@example.com", name="Bob", external_id="u-2")
+    for n in range(3):
+        crm.interactions.track("purchase", customer_id=ada.id, amount="20.00", currency="EUR", idempotency_key=f"o-{n}")
+    crm.interactions.track("page_view", customer_id=bob.id)
+    crm.segments.create("buyers", "purchase.count(365d) >= 1", name="Buyers")
+    return {"ada": ada, "bob": bob}
+
+
+def test_dashboard_customers_and_360(admin_client: Any, shop: dict[str, Any]) -> None:
+    b = admin_client("agent")
+    page = b.get("/")
+    assert page.status_code == 200, page.text
+    assert "Customers" in page.text and 'id="n-customers">2<' in page.text
+    assert "data:image/svg+xml;base64," in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    found = b.get("/customers", params={"q": "ada@example.com"})
+    assert found.status_code == 200 and "Ada Lovelace" in found.text and "Bob" not in found.text
+    view = b.get(f"/customers/{shop['ada'].id}")
+    assert view.status_code == 200, view.text
+    for part in ("Profile", "Aliases", "Consent and purposes", "Timeline", "purchase", "buyers", "Messages"):
+        assert part in view.text
+    assert b.get("/customers/999999").status_code == 404
+
+
+def test_segments_offers_messages_plugins(admin_client: Any, shop: dict[str, Any]) -> None:
+    b = admin_client("admin")
+    assert b.get("/segments").status_code == 200
+    seg = b.get("/segments/buyers")
+    assert seg.status_code == 200 and "1</strong> customers match" in seg.text
+    check = b.post("/segments/check", {"rule": "purchase.count(365d) >= 1 and"})
+    assert check.status_code == 200 and "Not valid" in check.text and "^" in check.text
+    good = b.post("/segments/check", {"rule": "purchase.count(365d) >= 1 or page_view.count(365d) >= 1"})
+    assert 'data-count="2"' in good.text and "SELECT" in good.text.upper()
+    assert b.get("/offers").status_code == 200
+    assert b.get("/messages").status_code == 200
+    assert b.get("/messages", params={"status": "dead"}).status_code == 200
+    plugins = b.get("/plugins")
+    assert plugins.status_code == 200 and "1.6" in plugins.text and "admin" in plugins.text
+    assert b.get("/users").status_code == 200
+    assert b.get("/static/admin.js").status_code == 200
