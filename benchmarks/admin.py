@@ -127,10 +127,9 @@ def prepare(path: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def serve(db: str, port_file: str, count_timeout: float) -> None:
     import uvicorn
+    from ecrm_admin import create_admin
     from litestar import Litestar, asgi, get
     from litestar.types import Receive, Scope, Send
-
-    from ecrm_admin import create_admin
 
     crm = open_crm(Path(db))
     admin = create_admin(crm, path="/admin", secret="bench", secure_cookies=False, count_timeout=count_timeout)

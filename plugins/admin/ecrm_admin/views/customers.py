@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from ecrm_core.errors import NotFound, ValidationError
+from ecrm_core.storage import UTCDateTime
 
 from ..app import AdminRequest, Redirect, Route
 from ..render import error_box, to_html
@@ -76,9 +78,93 @@ def _before(raw: str | None) -> tuple[datetime, int] | None:
         return None
     at, _, last = raw.rpartition("~")
     try:
-        return datetime.fromisoformat(at), int(last)
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None or not last.isdigit() or len(last) > 19:
+            raise ValueError
+        return when, int(last)
     except ValueError:
         raise ValidationError("before", raw, "not a timeline position", "follow the 'older' link") from None
+
+
+def load_360(crm: Any, cid: int, before: tuple[datetime, int] | None) -> dict[str, Any]:
+    """Everything the 360° view shows about one customer, in one read transaction,
+    each part bounded and read through an index: O(page), whatever the database size.
+
+    aliases (customer index), activity by kind and channel and the timeline
+    page (the ``(workspace, customer, time)`` index), segments (members'
+    customer index), the last consent changes (``(customer, at)``), the last
+    messages (``(workspace, customer, …)``)."""
+    t = crm.db.tables
+    i, a, m, s, e, msg = (
+        t["interactions"],
+        t["aliases"],
+        t["segment_members"],
+        t["segments"],
+        t["consent_events"],
+        t["messages"],
+    )
+    ws = crm.workspace
+    conv = UTCDateTime().process_result_value
+    with crm.db.read() as conn:
+        dialect = conn.dialect
+
+        def when(v: Any) -> Any:
+            return conv(v, dialect)
+
+        aliases = conn.execute(
+            sa.select(a.c.kind, a.c.value).where(a.c.customer_id == cid).order_by(a.c.kind, a.c.value).limit(100)
+        ).all()
+        summary = conn.execute(
+            sa.select(
+                i.c.kind,
+                i.c.channel,
+                sa.func.count().label("count"),
+                sa.func.sum(i.c.amount).label("amount"),
+                sa.func.min(i.c.occurred_at).label("first_at"),
+                sa.func.max(i.c.occurred_at).label("last_at"),
+            )
+            .where(i.c.workspace_id == ws, i.c.customer_id == cid)
+            .group_by(i.c.kind, i.c.channel)
+            .order_by(sa.func.count().desc())
+            .limit(100)
+        ).all()
+        q = (
+            sa.select(i.c.id, i.c.kind, i.c.channel, i.c.occurred_at, i.c.amount, i.c.currency, i.c.properties)
+            .where(i.c.workspace_id == ws, i.c.customer_id == cid)
+            .order_by(i.c.occurred_at.desc(), i.c.id.desc())
+            .limit(TIMELINE)
+        )
+        if before is not None:
+            at, last = before
+            q = q.where(sa.or_(i.c.occurred_at < at, sa.and_(i.c.occurred_at == at, i.c.id < last)))
+        timeline = conn.execute(q).all()
+        segments = conn.scalars(
+            sa.select(s.c.slug)
+            .join(m, m.c.segment_id == s.c.id)
+            .where(m.c.customer_id == cid)
+            .order_by(s.c.slug)
+            .limit(200)
+        ).all()
+        history = conn.execute(
+            sa.select(e.c.channel, e.c.status, e.c.source, e.c.at)
+            .where(e.c.customer_id == cid, e.c.workspace_id == ws)
+            .order_by(e.c.at.desc(), e.c.id.desc())
+            .limit(20)
+        ).all()
+        messages = conn.execute(
+            sa.select(msg.c.uid, msg.c.channel, msg.c.purpose, msg.c.template, msg.c.status, msg.c.created_at)
+            .where(msg.c.workspace_id == ws, msg.c.customer_id == cid)
+            .order_by(msg.c.created_at.desc())
+            .limit(20)
+        ).all()
+    return {
+        "aliases": aliases,
+        "summary": [{**r._mapping, "first_at": when(r.first_at), "last_at": when(r.last_at)} for r in summary],
+        "timeline": [{**r._mapping, "occurred_at": when(r.occurred_at)} for r in timeline],
+        "segments": segments,
+        "history": [{**r._mapping, "at": when(r.at)} for r in history],
+        "messages": [{**r._mapping, "id": r.uid, "created_at": when(r.created_at)} for r in messages],
+    }
 
 
 def widgets(request: AdminRequest, customer: Any) -> list[tuple[str, Any]]:
@@ -104,40 +190,36 @@ def customer(request: AdminRequest) -> Any:
     found = crm.customers.get(cid, follow_merged=False)
     if found.merged_into is not None:
         return Redirect(request.url(f"/customers/{found.merged_into}"))
-    before = _before(request.query.get("before"))
-    view = crm.interactions.view(cid, recent=TIMELINE)
-    timeline = list(view.recent) if before is None else crm.interactions.timeline(cid, limit=TIMELINE, before=before)
+    data = load_360(crm, cid, _before(request.query.get("before")))
+    timeline = data["timeline"]
     older = None
     if len(timeline) == TIMELINE:
         last = timeline[-1]
-        older = f"{last.occurred_at.isoformat()}~{last.id}"
+        older = f"{last['occurred_at'].isoformat()}~{last['id']}"
     purposes = sorted(crm.registry.purposes)
-    channels = sorted(crm.registry.channels)
     consent_rows = []
-    for ch in sorted(set(channels) | {k.split(":", 1)[0] for k in found.consent}):
+    for ch in sorted(set(crm.registry.channels) | {k.split(":", 1)[0] for k in found.consent}):
         row = {
             "channel": ch,
             "all": found.consent.get(ch),
             "purposes": {p: found.consent.get(f"{ch}:{p}") for p in purposes},
         }
         consent_rows.append(row)
-    history = crm.customers.consent_history(cid)[-20:]
-    stage = crm.registry.lifecycle_stages.get(found.lifecycle_stage)
     return request.admin.page(
         request,
         "customer.html",
         title=found.name or found.email or f"Customer {found.id}",
         c=found,
-        aliases=view.aliases,
-        summary=view.summary,
+        aliases=data["aliases"],
+        summary=data["summary"],
         timeline=timeline,
         older=older,
-        segments=crm.segments.of(cid),
-        stage=stage,
+        segments=data["segments"],
+        stage=crm.registry.lifecycle_stages.get(found.lifecycle_stage),
         consent_rows=consent_rows,
         purposes=purposes,
-        history=list(reversed(history)),
-        messages=crm.messages.list(customer_id=cid, limit=20),
+        history=data["history"],
+        messages=data["messages"],
         widgets=widgets(request, found),
     )
 
