@@ -168,7 +168,7 @@ def login(client: Any) -> str:
 
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 def measure(client: Any, path: str | list[str], n: int, warmup: int) -> tuple[list[float], int]:
