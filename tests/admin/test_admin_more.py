@@ -109,3 +109,32 @@ def test_tables_match_their_migration(admin_crm: CRM) -> None:
         assert reflected == {c.name for c in table.c}, short
     indexes = {i["name"] for i in inspector.get_indexes(admin_crm.db.tables["admin_sessions"].name)}
     assert {i.name for i in admin_crm.db.tables["admin_sessions"].indexes} <= indexes
+
+
+def test_admin_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/admin.py runs end to end at a tiny size (no timing assertion: the figures are for people)."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "admin.py"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--customers=500",
+            "--interactions=3000",
+            "--requests=3",
+            "--warmup=1",
+            "--builder-repeat=1",
+            f"--db={tmp_path / 'bench.db'}",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for figure in ("baseline: bare Litestar page", "360° view", "segment builder", "error + caret", "load average"):
+        assert figure in proc.stdout, figure
