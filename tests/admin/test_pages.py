@@ -96,3 +96,22 @@ def test_the_sql_is_for_admins_and_messages_page_by_keyset(admin_client: Any, ad
     assert "msg-069" in second.text and "msg-070" not in second.text
     dead = marketer.get("/messages", params={"status": "dead"})
     assert "msg-119" in dead.text and "msg-118" not in dead.text
+
+
+def test_customer_list_pages_by_keyset_and_filters(admin_client: Any, admin_crm: CRM) -> None:
+    ids = [admin_crm.customers.create(email=f"p{n}@example.com", name=f"P {n:02d}").id for n in range(60)]
+    b = admin_client("agent")
+    first = b.get("/customers")
+    assert first.text.count('<tr><td><a href="/admin/customers/') == 50
+    nxt = re.search(r'rel="next" href="([^"]+)"', first.text).group(1).replace("&amp;", "&")
+    second = b.client.get(nxt)
+    assert second.text.count('<tr><td><a href="/admin/customers/') == 10 and f">{ids[-1]}<" in second.text
+    assert 'rel="next"' not in second.text
+    assert "P 07" in b.get("/customers", params={"q": str(ids[7])}).text
+    assert (
+        "not a valid" in b.get("/customers", params={"q": "x@"}).text
+        or "error-box" in b.get("/customers", params={"q": "x@"}).text
+    )
+    assert "error-box" in b.get("/customers", params={"stage": "nonsense"}).text
+    assert "error-box" in b.get("/customers", params={"after": "1 or 1=1"}).text
+    assert b.get("/customers", params={"stage": "prospect"}).text.count('<tr><td><a href="/admin/customers/') == 50
