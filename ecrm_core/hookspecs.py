@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
     from .channels import MessageEvent, Purpose
     from .crm import CRM
-    from .domain import Customer, CustomerChange, InteractionBatch, MergeRecord
+    from .domain import Alias, Customer, CustomerChange, InteractionBatch, MergeRecord
     from .registry import (
         AdminPage,
         AdminWidget,
@@ -353,17 +353,26 @@ def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
 
 
 @hookspec
-def ecrm_customers_deleted(crm: CRM, customer_ids: Sequence[int]) -> None:
+def ecrm_customers_deleted(crm: CRM, customer_ids: Sequence[int], aliases: Sequence[Alias]) -> None:
     """Customers were deleted, with everything ecrm kept about them.
 
     :param customer_ids: the deleted ids: the customer and the tombstones of
         the customers that had been merged into it.
+    :param aliases: every identity the deleted customers had, read inside
+        the delete's transaction before the rows went: their alias rows
+        (``external``, ``email``, ``phone``, ``anonymous``, plugins' kinds)
+        and the identity columns of the customer rows, as
+        :class:`~ecrm_core.domain.Alias` objects, sorted, each once.
 
     Fired after the delete committed.  Plugins with per-customer rows that
     are not removed by ``ON DELETE CASCADE`` (files, caches, rows in other
-    systems) should erase them here.
+    systems) should erase them here; data kept by *identity* rather than by
+    customer id (messages waiting in an inbox, rejected messages, rows keyed
+    by e-mail) is found through ``aliases``.
 
     .. versionadded:: 1.0
+    .. versionchanged:: 1.5
+       ``aliases`` (an implementation that does not name it is unaffected).
     """
 
 

@@ -18,7 +18,9 @@ PostgreSQL it is the server's COMMIT (with ``synchronous_commit=on``, its
 default, flushed to its WAL).
 
 The tables (``ingest_inbox``, ``ingest_rejected``, ``ingest_log``) are the
-migration ``api_0002``; a test checks that they agree.
+migration ``api_0002``, ``ingest_rejected_ids`` (the identities each
+rejected message names, for erasure) ``api_0003``; a test checks that they
+agree.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "INBOX",
     "LOG",
     "REJECTED",
+    "REJECTED_IDS",
     "InboxStats",
     "InboxWriter",
     "Overloaded",
@@ -54,6 +57,8 @@ log = logging.getLogger(__name__)
 
 INBOX = "ingest_inbox"
 REJECTED = "ingest_rejected"
+#: The identities each rejected message names (so that a customer's deletion finds them).
+REJECTED_IDS = "ingest_rejected_ids"
 LOG = "ingest_log"
 
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -69,7 +74,8 @@ def _table(metadata: sa.MetaData, naming: Naming, short: str, *columns: Any) -> 
 
 
 def define_tables(metadata: sa.MetaData, naming: Naming) -> None:
-    """Define the inbox, rejected and log tables (as the migration ``api_0002`` creates them)."""
+    """Define the inbox, rejected, rejected identities and log tables (as the
+    migrations ``api_0002`` and ``api_0003`` create them)."""
     _table(
         metadata,
         naming,
@@ -97,6 +103,17 @@ def define_tables(metadata: sa.MetaData, naming: Naming) -> None:
         sa.Column("fix", sa.Text, nullable=False),
         sa.Column("message", sa.LargeBinary, nullable=False),
         sa.Column("replayed_at", UTCDateTime()),
+    )
+    _table(
+        metadata,
+        naming,
+        REJECTED_IDS,
+        sa.Column("id", _ID, primary_key=True, autoincrement=True),
+        sa.Column("rejected_id", sa.BigInteger, nullable=False, index=True),
+        sa.Column("workspace_id", sa.String(64), nullable=False),
+        sa.Column("kind", sa.String(64), nullable=False),
+        sa.Column("value", sa.String(200), nullable=False),
+        sa.Index(f"ix_{naming.table(REJECTED_IDS)}_identity", "workspace_id", "kind", "value"),
     )
     _table(
         metadata,

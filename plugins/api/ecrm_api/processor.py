@@ -44,8 +44,11 @@ import msgspec
 import sqlalchemy as sa
 
 from .config import DEFAULT_EVENT_KINDS
-from .inbox import INBOX, LOG, REJECTED
-from .tracking import _SET_BASED, MessageError, Parsed, Rejected, Tracker, _Message, parse_time, store_events
+from .erasure import identity_rows
+from .events import store_events
+from .inbox import INBOX, LOG, REJECTED, REJECTED_IDS
+from .messages import _SET_BASED, MessageError, Parsed, Rejected, _Message, parse_time
+from .tracking import Tracker
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
@@ -128,9 +131,14 @@ def process_inbox(
         batches = _prepare(crm, rows, kinds, future_tolerance)
         with crm.db.write() as conn:
             ids = [r.id for r in rows]
+            # Still there and unchanged: a row rewritten meanwhile (a deleted
+            # customer's messages taken out, ecrm_api.erasure) has a smaller
+            # count and is read again by the next tick, never stored from the old copy.
+            counts = {r.id: r.count for r in rows}
             present: set[int] = set()
             for start in range(0, len(ids), 900):
-                present.update(conn.execute(sa.select(t.c.id).where(t.c.id.in_(ids[start : start + 900]))).scalars())
+                got = conn.execute(sa.select(t.c.id, t.c.count).where(t.c.id.in_(ids[start : start + 900])))
+                present.update(i for i, n in got if counts[i] == n)
             if len(present) < len(rows):
                 rows = [r for r in rows if r.id in present]
                 batches = [b for b in batches if b.keep(present)]
@@ -426,8 +434,24 @@ def _write_rejected(crm: CRM, conn: sa.Connection, rows: list[_Row], now: dateti
                 }
             )
     if out:
-        conn.execute(crm.db.tables[REJECTED].insert(), out)
+        rt = crm.db.tables[REJECTED]
+        ids = conn.execute(rt.insert().returning(rt.c.id, sort_by_parameter_order=True), out).scalars().all()
+        # The identities each names: a customer's deletion finds them (ecrm_api.erasure).
+        named = [
+            r
+            for rid, entry in zip(ids, out, strict=True)
+            for r in identity_rows(entry["workspace_id"], rid, _decoded(entry["message"]))
+        ]
+        if named:
+            conn.execute(crm.db.tables[REJECTED_IDS].insert(), named)
     return len(out)
+
+
+def _decoded(raw: bytes) -> Any:
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
 
 
 def batch_events() -> int:

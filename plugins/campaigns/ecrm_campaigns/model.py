@@ -286,23 +286,28 @@ class Window:
 
 @frozen(kw_only=True)
 class OfferRef:
-    """One of the core's offers (by code), and how often one customer may get it from this campaign."""
+    """One of the core's offers (by code): how often one customer may get it from this campaign
+    (``limit``) and how many messages with it the campaign may send in all (``budget``)."""
 
     code: str
     limit: int | None = None
+    budget: int | None = None
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> OfferRef:
         if isinstance(data, str):
             data = {"code": data}
-        d = _check_keys(data, path, ("code", "limit"), ("code",))
-        limit = d.get("limit")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise ValidationError(f"{path}.limit", limit, "not a positive whole number", "write e.g. 1")
-        return cls(code=_str(d["code"], f"{path}.code", limit=200), limit=limit)
+        d = _check_keys(data, path, ("code", "limit", "budget"), ("code",))
+        for k in ("limit", "budget"):
+            n = d.get(k)
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10**12):
+                raise ValidationError(f"{path}.{k}", n, "not a positive whole number", "write e.g. 1")
+        return cls(code=_str(d["code"], f"{path}.code", limit=200), limit=d.get("limit"), budget=d.get("budget"))
 
     def to_dict(self) -> Any:
-        return self.code if self.limit is None else {"code": self.code, "limit": self.limit}
+        if self.limit is None and self.budget is None:
+            return self.code
+        return _opt({"code": self.code}, limit=self.limit, budget=self.budget)
 
 
 @frozen(kw_only=True)

@@ -416,6 +416,20 @@ class Campaigns:
             raise ValidationError("confidence", confidence, "out of range", "use e.g. 0.95")
         return evaluate(self.crm, key, confidence=confidence)
 
+    def simulate(
+        self,
+        key: str,
+        *,
+        days: int = 30,
+        every: str | int = "1d",
+        customer_ids: Iterable[int] | None = None,
+    ) -> Any:
+        """What the campaign would do over the next ``days`` days, on the real data, without sending
+        or writing anything (see :mod:`ecrm_campaigns.simulate`)."""
+        from .simulate import simulate
+
+        return simulate(self.crm, key, days=days, every=every, customer_ids=customer_ids)
+
     # -- reading state ------------------------------------------------------------
     def enrollment(self, key: str, customer_id: int) -> dict[str, Any] | None:
         """The journey state of one customer in a campaign (``None``: never entered)."""

@@ -26,9 +26,10 @@ __all__ = ["CampaignInvalid", "check", "event_rule", "graph_problems"]
 #: Interaction kinds that count as engaging with a message (``engaged`` branch cases).
 ENGAGEMENT_KINDS = ("email_open", "email_click", "click", "open")
 
-#: A customer as the template check sees it.
+#: A customer as the template check sees it (a positive id: channels sign links with it, e.g. the
+#: e-mail channel's preference page, and refuse ids below 1).
 SAMPLE_CUSTOMER = {
-    "id": 0,
+    "id": 1,
     "external_id": "sample",
     "email": "sample@example.com",
     "phone": "+10000000000",

@@ -25,8 +25,7 @@ from ..app import ApiState, workspace_crm
 from ..auth import credential
 from ..gzip import decode_body
 from ..inbox import Overloaded
-from ..problems import problem, problem_responses
-from ..tracking import (
+from ..messages import (
     _MAX_ID_LENGTH,
     _MAX_MESSAGE_ID,
     BATCH_MAX_MESSAGES,
@@ -35,9 +34,10 @@ from ..tracking import (
     MessageError,
     Outcome,
     Parsed,
-    Tracker,
     parse_time,
 )
+from ..problems import problem, problem_responses
+from ..tracking import Tracker
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM

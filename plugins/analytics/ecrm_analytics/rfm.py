@@ -1,0 +1,331 @@
+"""RFM: recency, frequency and monetary value per customer, quintile scores and named groups.
+
+Definitions (one reporting currency, see :mod:`ecrm_analytics.common`):
+
+* **recency**: when the customer last purchased (``last_at``; reported as
+  days before now);
+* **frequency**: how many purchases (``orders``) — every ``purchase``
+  interaction counts, whatever its amount;
+* **monetary**: net revenue, ``max(0, revenue - refunds)`` where
+  ``revenue`` sums the positive purchase amounts and ``refunds`` the
+  absolute refund amounts, each converted to the reporting currency.
+  Purchases with a zero, negative or missing amount add nothing; refunds
+  larger than the purchases give 0, never a negative value.  Amounts in a
+  currency without a rate are left out and counted in ``unconverted``.
+* Interactions dated after *now* (future-dated) are ignored until their
+  time comes; a customer without a purchase has no RFM row, no scores and
+  no group (every ``rfm(...)`` condition is false for them).
+
+**Scores** 1-5 are quintiles of the workspace's customers: the cut points
+are the values at 20 %, 40 %, 60 % and 80 % of the sorted values, and a
+customer scores 1 plus the number of cut points their value exceeds (a more
+recent ``last_at`` scores higher).  Equal values always get equal scores,
+so when many customers share a value (one purchase) the groups are uneven
+rather than split at random.
+
+**Groups** come from R and FM = ⌈(F + M) / 2⌉ (:data:`GROUP_GRID`):
+
+======  ==================  ==================  =================  =================  =================
+R \\ FM  1                   2                   3                  4                  5
+======  ==================  ==================  =================  =================  =================
+5       new                 potential_loyalists potential_loyalists champions          champions
+4       promising           potential_loyalists potential_loyalists loyal              loyal
+3       about_to_sleep      about_to_sleep      need_attention     loyal              loyal
+2       hibernating         hibernating         at_risk            at_risk            cant_lose_them
+1       lost                hibernating         at_risk            at_risk            cant_lose_them
+======  ==================  ==================  =================  =================  =================
+
+Computation is set-based: one ``INSERT … SELECT … GROUP BY`` over the
+interactions (all customers, or the marked ones), then the cut points (a few
+``ORDER BY … LIMIT 1 OFFSET k`` reads) and one ``UPDATE`` that rewrites only
+the scores that changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from ecrm_core.storage import UTCDateTime
+
+from .common import Rates, Report, get_rates
+from .reports import Param, ReportSpec, register
+from .schema import RFM, STATE
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ecrm_core.crm import CRM
+
+__all__ = ["GROUPS", "GROUP_GRID", "compute", "group_of", "rescore", "rfm_report", "score"]
+
+#: The named groups, best first, with what to do about each.
+GROUPS: Mapping[str, str] = {
+    "champions": "bought recently, buy often and spend the most: reward them, ask for reviews",
+    "loyal": "buy regularly and spend well: up-sell, loyalty programme",
+    "potential_loyalists": "recent customers with some spend: membership, recommendations",
+    "new": "bought for the first time recently: onboarding, a second-purchase offer",
+    "promising": "recent, low spend: build the relationship, free shipping",
+    "need_attention": "average on everything, slipping: limited-time offer",
+    "about_to_sleep": "below average and fading: reactivation content, popular products",
+    "at_risk": "spent well but long ago: win-back campaign, personal message",
+    "cant_lose_them": "were among the best, gone quiet: win them back, ask what went wrong",
+    "hibernating": "low spend, long ago: low-cost reactivation",
+    "lost": "lowest recency, frequency and spend: ignore or last-chance offer",
+}
+
+#: ``GROUP_GRID[r - 1][fm - 1]``: the group of recency score ``r`` and FM score ``fm``.
+GROUP_GRID: tuple[tuple[str, ...], ...] = (
+    ("lost", "hibernating", "at_risk", "at_risk", "cant_lose_them"),
+    ("hibernating", "hibernating", "at_risk", "at_risk", "cant_lose_them"),
+    ("about_to_sleep", "about_to_sleep", "need_attention", "loyal", "loyal"),
+    ("promising", "potential_loyalists", "potential_loyalists", "loyal", "loyal"),
+    ("new", "potential_loyalists", "potential_loyalists", "champions", "champions"),
+)
+
+
+def group_of(r: int, f: int, m: int) -> str:
+    """The named group of scores ``r``, ``f``, ``m`` (each 1-5)."""
+    return GROUP_GRID[r - 1][(f + m + 1) // 2 - 1]
+
+
+def score(value: Any, cuts: Sequence[Any]) -> int:
+    """1 plus the number of cut points ``value`` exceeds (the in-memory twin of the SQL)."""
+    return 1 + sum(1 for c in cuts if c is not None and value > c)
+
+
+def _sql_score(column: Any, cuts: Sequence[Any], type_: Any = None) -> Any:
+    terms = [
+        sa.case((column > sa.bindparam(None, c, type_=type_ or column.type), 1), else_=0) for c in cuts if c is not None
+    ]
+    out: Any = sa.literal(1)
+    for t in terms:
+        out = out + t
+    return out
+
+
+def _sql_group(r: Any, fm: Any) -> Any:
+    whens = [(sa.and_(r == ri + 1, fm == fi + 1), sa.literal(GROUP_GRID[ri][fi])) for ri in range(5) for fi in range(5)]
+    return sa.case(*whens, else_=sa.literal("lost"))
+
+
+def _aggregate(crm: CRM, rates: Rates, now: datetime, restrict: Collection[int] | None) -> sa.Select[Any]:
+    it = crm.db.tables["interactions"]
+    purchase = it.c.kind == "purchase"
+    refund = it.c.kind == "refund"
+    converted = rates.sql_convert(it.c.amount, it.c.currency)
+    revenue = sa.func.coalesce(sa.func.sum(sa.case((sa.and_(purchase, it.c.amount > 0), converted))), 0.0)
+    refunds = sa.func.coalesce(sa.func.sum(sa.case((refund, sa.func.abs(converted)))), 0.0)
+    unconverted = sa.func.sum(
+        sa.case((sa.and_(it.c.amount.is_not(None), rates.sql_rate(it.c.currency).is_(None)), 1), else_=0)
+    )
+    orders = sa.func.sum(sa.case((purchase, 1), else_=0))
+    where = [it.c.workspace_id == crm.workspace, it.c.kind.in_(("purchase", "refund")), it.c.occurred_at <= now]
+    if restrict is not None:
+        from ecrm_core.rules.sql import ids_clause
+
+        where.append(ids_clause(it.c.customer_id, list(restrict), crm.db.dialect))
+    return (
+        sa.select(
+            sa.literal(crm.workspace).label("workspace_id"),
+            it.c.customer_id,
+            sa.func.min(sa.case((purchase, it.c.occurred_at))).label("first_at"),
+            sa.func.max(sa.case((purchase, it.c.occurred_at))).label("last_at"),
+            orders.label("orders"),
+            sa.func.count(sa.distinct(sa.case((purchase, sa.func.date(it.c.occurred_at))))).label("purchase_days"),
+            revenue.label("revenue"),
+            refunds.label("refunds"),
+            sa.case((revenue > refunds, revenue - refunds), else_=0.0).label("monetary"),
+            unconverted.label("unconverted"),
+            sa.literal(0).label("r_score"),
+            sa.literal(0).label("f_score"),
+            sa.literal(0).label("m_score"),
+            sa.literal("").label("grp"),
+            sa.bindparam("computed_at", now, type_=UTCDateTime()).label("computed_at"),
+        )
+        .where(*where)
+        .group_by(it.c.customer_id)
+        .having(orders > 0)
+    )
+
+
+def compute(
+    crm: CRM, conn: sa.Connection, *, restrict: Collection[int] | None = None, rates: Rates | None = None
+) -> int:
+    """Recompute the RFM rows (all customers, or those in ``restrict``) on ``conn``; scores are left to :func:`rescore`.
+
+    Returns how many customers have an RFM row afterwards among those recomputed.
+    """
+    table = crm.db.tables[RFM]
+    now = crm.now()
+    rates = rates or get_rates(crm)
+    if restrict is None:
+        conn.execute(sa.delete(table).where(table.c.workspace_id == crm.workspace))
+    else:
+        from ecrm_core.rules.sql import ids_clause
+
+        if not restrict:
+            return 0
+        conn.execute(
+            sa.delete(table).where(
+                table.c.workspace_id == crm.workspace, ids_clause(table.c.customer_id, list(restrict), crm.db.dialect)
+            )
+        )
+    select = _aggregate(crm, rates, now, restrict)
+    result = conn.execute(sa.insert(table).from_select([c.name for c in table.c], select))
+    return int(result.rowcount or 0)
+
+
+def cut_points(crm: CRM, conn: sa.Connection) -> dict[str, list[Any]]:
+    """The quintile cut points of ``last_at``, ``orders`` and ``monetary`` in the workspace."""
+    table = crm.db.tables[RFM]
+    ws = table.c.workspace_id == crm.workspace
+    n = int(conn.execute(sa.select(sa.func.count()).select_from(table).where(ws)).scalar_one())
+    out: dict[str, list[Any]] = {}
+    for name in ("last_at", "orders", "monetary"):
+        col = table.c[name]
+        cuts: list[Any] = []
+        for k in range(1, 5):
+            if n == 0:
+                cuts.append(None)
+                continue
+            offset = max(0, -(-k * n // 5) - 1)  # the value at rank ceil(k n / 5)
+            cuts.append(conn.execute(sa.select(col).where(ws).order_by(col).limit(1).offset(offset)).scalar_one())
+        out[name] = cuts
+    return out
+
+
+def rescore(crm: CRM, conn: sa.Connection) -> list[int]:
+    """Recompute the cut points and rewrite the scores and groups that changed; return those customers."""
+    table = crm.db.tables[RFM]
+    cuts = cut_points(crm, conn)
+    r = _sql_score(table.c.last_at, cuts["last_at"], UTCDateTime())
+    f = _sql_score(table.c.orders, cuts["orders"], sa.Integer())
+    m = _sql_score(table.c.monetary, cuts["monetary"], sa.Float())
+    grp = _sql_group(r, (f + m + 1) // 2)
+    stmt = (
+        sa.update(table)
+        .where(
+            table.c.workspace_id == crm.workspace,
+            sa.or_(table.c.r_score != r, table.c.f_score != f, table.c.m_score != m),
+        )
+        .values(r_score=r, f_score=f, m_score=m, grp=grp)
+        .returning(table.c.customer_id)
+    )
+    changed = [int(row[0]) for row in conn.execute(stmt)]
+    _save_state(crm, conn, cuts)
+    return changed
+
+
+def _save_state(crm: CRM, conn: sa.Connection, cuts: Mapping[str, list[Any]]) -> None:
+    state = crm.db.tables[STATE]
+    data = {k: [v.isoformat() if isinstance(v, datetime) else v for v in vs] for k, vs in cuts.items()}
+    conn.execute(sa.delete(state).where(state.c.workspace_id == crm.workspace, state.c.name == "rfm"))
+    conn.execute(
+        sa.insert(state).values(workspace_id=crm.workspace, name="rfm", data={"cuts": data}, updated_at=crm.now())
+    )
+
+
+def _fmt_days(now: datetime, at: datetime | None) -> float | None:
+    return None if at is None else round((now - at).total_seconds() / 86400, 1)
+
+
+def rfm_report(crm: CRM, top: int = 10, group: str = "") -> Report:
+    """The RFM report: customers and money per group (or, with ``group``, that group's top customers)."""
+    from ecrm_core.charts import Chart, Series
+
+    table = crm.db.tables[RFM]
+    customers = crm.db.tables["customers"]
+    ws = table.c.workspace_id == crm.workspace
+    now = crm.now()
+    rates = get_rates(crm)
+    with crm.db.read() as conn:
+        rows = conn.execute(
+            sa.select(
+                table.c.grp,
+                sa.func.count(),
+                sa.func.sum(table.c.monetary),
+                sa.func.avg(table.c.orders),
+                sa.func.max(table.c.last_at),
+                sa.func.min(table.c.last_at),
+            )
+            .where(ws)
+            .group_by(table.c.grp)
+        ).all()
+        by_group = {g: row for g, *row in rows}
+        total = sum(int(r[0]) for r in by_group.values())
+        money = sum(float(r[1] or 0) for r in by_group.values())
+        summary: dict[str, Any] = {"customers": total, "monetary": money, "currency": rates.currency}
+        if group:
+            picked = conn.execute(
+                sa.select(
+                    table.c.customer_id,
+                    customers.c.name,
+                    customers.c.email,
+                    table.c.r_score,
+                    table.c.f_score,
+                    table.c.m_score,
+                    table.c.orders,
+                    table.c.monetary,
+                    table.c.last_at,
+                )
+                .join(customers, customers.c.id == table.c.customer_id)
+                .where(ws, table.c.grp == group)
+                .order_by(table.c.monetary.desc(), table.c.customer_id)
+                .limit(top)
+            ).all()
+            out_rows = [
+                (r.customer_id, r.name, r.email, f"{r.r_score}{r.f_score}{r.m_score}", r.orders, r.monetary,
+                 _fmt_days(now, r.last_at))
+                for r in picked
+            ]  # fmt: skip
+            return Report(
+                name="rfm",
+                title=f"RFM group {group}: top {len(out_rows)} by monetary value",
+                columns=("customer_id", "name", "email", "rfm", "orders", f"monetary ({rates.currency})", "days since last"),
+                rows=out_rows,
+                summary={**summary, "group": group, "in_group": int(by_group.get(group, (0,))[0] or 0)},
+                caption=GROUPS.get(group, ""),
+            )  # fmt: skip
+    out = []
+    for name in GROUPS:
+        count, monetary, avg_orders, newest, oldest = by_group.get(name, (0, 0.0, None, None, None))
+        out.append(
+            (name, int(count), (count / total) if total else 0.0, float(monetary or 0), avg_orders,
+             _fmt_days(now, newest), _fmt_days(now, oldest), GROUPS[name])
+        )  # fmt: skip
+    chart = Chart(
+        kind="bar",
+        title="Customers by RFM group",
+        categories=[r[0] for r in out],
+        series=[Series(name="customers", values=[r[1] for r in out])],
+        y_label="customers",
+        caption=(
+            f"{total:,} customers with purchases; champions: {out[0][1]:,}, at risk or can't lose: "
+            f"{out[7][1] + out[8][1]:,}."
+        ),
+    )
+    return Report(
+        name="rfm",
+        title="RFM groups",
+        columns=("group", "customers", "share", f"monetary ({rates.currency})", "avg orders", "newest (days)",
+                 "oldest (days)", "what to do"),
+        rows=out,
+        summary=summary,
+        chart=chart,
+        caption=chart.caption,
+    )  # fmt: skip
+
+
+register(
+    ReportSpec(
+        name="rfm",
+        title="RFM groups",
+        build=rfm_report,
+        params=(
+            Param(name="group", type=str, default="", help="list this group's top customers", choices=("", *GROUPS)),
+            Param(name="top", type=int, default=10, help="how many customers with --group", min=1, max=1000),
+        ),
+        description="Customers per RFM group (recency, frequency, monetary quintiles), or one group's top customers.",
+    )
+)
