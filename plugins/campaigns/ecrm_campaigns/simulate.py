@@ -56,6 +56,8 @@ __all__ = ["MAX_DAYS", "OfferBudget", "PlannedMessage", "Simulation", "simulate"
 MAX_DAYS = 366
 #: Messages listed in ``to_dict(details=True)`` (all are counted).
 MAX_LISTED = 10_000
+#: Most segment evaluations one simulation may do (``days / every``): bounds its cost.
+MAX_EVALUATIONS = 2_000
 #: Queue items that end a wait are named after it with this prefix.
 _AFTER = "\x00after:"
 
@@ -821,6 +823,13 @@ def simulate(
     span = parse_duration(every, "every")
     if span < timedelta(minutes=5) or span > timedelta(days=days):
         raise ValidationError("every", every, "out of range", "evaluate segments every 5 minutes to the whole period")
+    if timedelta(days=days) / span > MAX_EVALUATIONS:
+        raise ValidationError(
+            "every",
+            every,
+            f"{int(timedelta(days=days) / span)} segment evaluations; at most {MAX_EVALUATIONS}",
+            "evaluate less often (e.g. every: 1h) or simulate fewer days",
+        )
     ids: list[int] | None = None
     if customer_ids is not None:
         ids = []
