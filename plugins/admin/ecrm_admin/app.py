@@ -44,6 +44,8 @@ log = logging.getLogger("ecrm.admin")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 COOKIE = "ecrm_admin"
 PRE_COOKIE = "ecrm_admin_pre"
+#: At most this many cached figures (dashboards, reports) per app.
+_MAX_CACHED = 512
 
 #: The pages' Content-Security-Policy: nothing inline, nothing from elsewhere.
 CSP = (
@@ -209,6 +211,9 @@ class AdminApp:
                 threading.Thread(target=refresh, name=f"admin-{name}", daemon=True).start()
             return hit[1]
         value = compute()
+        if len(self.cache) >= _MAX_CACHED:  # bounded: report parameters are chosen by users
+            for stale in sorted(self.cache, key=lambda k: self.cache[k][0])[: _MAX_CACHED // 4]:
+                self.cache.pop(stale, None)
         self.cache[key] = (now + self.config.dashboard_ttl, value)
         return value
 
