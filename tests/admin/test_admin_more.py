@@ -153,3 +153,10 @@ def test_demo_stage_gives_a_user_to_log_in_with(admin_crm: CRM) -> None:
     assert Users(admin_crm).authenticate("demo-admin", password).role == "admin"
     console.print(stage.run(admin_crm, None))  # again: the password is reset, nothing duplicated
     assert Users(admin_crm).authenticate("demo-admin", password) is None
+
+
+def test_served_at_the_root_path(admin_client: Any) -> None:
+    b = admin_client("agent", path="")
+    home = b.get("/")
+    assert home.status_code == 200 and 'href="/customers"' in home.text and 'action="/logout"' in home.text
+    assert b.get("/static/admin.css").status_code == 200
