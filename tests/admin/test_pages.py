@@ -115,3 +115,39 @@ def test_customer_list_pages_by_keyset_and_filters(admin_client: Any, admin_crm:
     assert "error-box" in b.get("/customers", params={"stage": "nonsense"}).text
     assert "error-box" in b.get("/customers", params={"after": "1 or 1=1"}).text
     assert b.get("/customers", params={"stage": "prospect"}).text.count('<tr><td><a href="/admin/customers/') == 50
+
+
+def test_a_dead_letter_is_replayed_from_its_page(admin_client: Any, admin_crm: CRM) -> None:
+    import sqlalchemy as sa
+
+    c = admin_crm.customers.create(email="dead@example.com")
+    t = admin_crm.db.tables["messages"]
+    now = admin_crm.now()
+    with admin_crm.db.write() as conn:
+        conn.execute(
+            sa.insert(t).values(
+                workspace_id="default",
+                uid="dead-1",
+                channel="email",
+                customer_id=c.id,
+                purpose="marketing",
+                content={"body": "<b>hi</b>"},
+                meta={},
+                status="dead",
+                reason="smtp 550",
+                attempts=5,
+                max_attempts=5,
+                transactional=False,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    b = admin_client("marketer")
+    page = b.get("/messages/dead-1")
+    assert page.status_code == 200 and "smtp 550" in page.text and "&lt;b&gt;hi&lt;/b&gt;" in page.text
+    done = b.post("/messages/dead-1/replay")
+    assert done.status_code == 303 and done.headers["location"] == "/admin/messages/dead-1?replayed=1"
+    assert admin_crm.messages.get("dead-1").status == "queued"
+    again = b.post("/messages/dead-1/replay")
+    assert again.status_code == 409 and "only dead letters can be replayed" in again.text
+    assert b.get("/messages/nope").status_code == 404
