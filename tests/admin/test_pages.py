@@ -151,3 +151,16 @@ def test_a_dead_letter_is_replayed_from_its_page(admin_client: Any, admin_crm: C
     again = b.post("/messages/dead-1/replay")
     assert again.status_code == 409 and "only dead letters can be replayed" in again.text
     assert b.get("/messages/nope").status_code == 404
+
+
+def test_offers_are_created_with_their_rule_checked(admin_client: Any, admin_crm: CRM) -> None:
+    b = admin_client("marketer")
+    ok = b.post("/offers", {"code": "spring10", "name": "Spring <10>", "eligibility": "purchase.count(365d) >= 1"})
+    assert ok.status_code == 303
+    offer = admin_crm.offers.get("spring10")
+    assert offer.name == "Spring <10>" and offer.eligibility is not None
+    assert "Spring &lt;10&gt;" in b.get("/offers").text
+    bad = b.post("/offers", {"code": "bad", "name": "Bad", "eligibility": "purchase.count(365d) >="})
+    assert bad.status_code == 400 and "error-box" in bad.text and 'value="bad"' in bad.text
+    taken = b.post("/offers", {"code": "spring10", "name": "Again"})
+    assert taken.status_code == 400 and "already used" in taken.text
