@@ -1,0 +1,1 @@
+"""Alembic migrations of the ``ecrm_analytics`` branch."""

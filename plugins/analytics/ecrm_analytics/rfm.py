@@ -1,0 +1,357 @@
+"""RFM: recency, frequency and monetary value per customer, quintile scores and named groups.
+
+Definitions (one reporting currency, see :mod:`ecrm_analytics.common`):
+
+* **recency**: when the customer last purchased (``last_at``; reported as
+  days before now);
+* **frequency**: how many purchases (``orders``) — every ``purchase``
+  interaction counts, whatever its amount;
+* **monetary**: net revenue, ``max(0, revenue - refunds)`` where
+  ``revenue`` sums the positive purchase amounts and ``refunds`` the
+  absolute refund amounts, each converted to the reporting currency.
+  Purchases with a zero, negative or missing amount add nothing; refunds
+  larger than the purchases give 0, never a negative value.  Amounts in a
+  currency without a rate are left out and counted in ``unconverted``.
+* Interactions dated after *now* (future-dated) are ignored until their
+  time comes; a customer without a purchase has no RFM row, no scores and
+  no group (every ``rfm(...)`` condition is false for them).
+
+**Scores** 1-5 are quintiles of the workspace's customers: the cut points
+are the values at 20 %, 40 %, 60 % and 80 % of the sorted values, and a
+customer scores 1 plus the number of cut points their value exceeds (a more
+recent ``last_at`` scores higher).  Equal values always get equal scores,
+so when many customers share a value (one purchase) the groups are uneven
+rather than split at random.
+
+**Groups** come from R and FM = ⌈(F + M) / 2⌉ (:data:`GROUP_GRID`):
+
+======  ==================  ==================  =================  =================  =================
+R \\ FM  1                   2                   3                  4                  5
+======  ==================  ==================  =================  =================  =================
+5       new                 potential_loyalists potential_loyalists champions          champions
+4       promising           potential_loyalists potential_loyalists loyal              loyal
+3       about_to_sleep      about_to_sleep      need_attention     loyal              loyal
+2       hibernating         hibernating         at_risk            at_risk            cant_lose_them
+1       lost                hibernating         at_risk            at_risk            cant_lose_them
+======  ==================  ==================  =================  =================  =================
+
+Computation is set-based.  A full build is one ``INSERT … SELECT``: the
+aggregate per customer over the interactions (read from the plugin's
+partial covering index), the scores by window functions (``rank()``: how
+many customers have a lower value) and the group.  An incremental refresh
+re-aggregates the marked customers, then one ``UPDATE … FROM`` recomputes
+every score with the same window functions and rewrites only those that
+changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from ecrm_core.storage import UTCDateTime
+
+from .common import Rates, Report, get_rates
+from .reports import Param, ReportSpec, register
+from .schema import RFM
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ecrm_core.crm import CRM
+
+__all__ = ["GROUPS", "GROUP_GRID", "compute", "group_of", "rescore", "rfm_report", "score"]
+
+#: The named groups, best first, with what to do about each.
+GROUPS: Mapping[str, str] = {
+    "champions": "bought recently, buy often and spend the most: reward them, ask for reviews",
+    "loyal": "buy regularly and spend well: up-sell, loyalty programme",
+    "potential_loyalists": "recent customers with some spend: membership, recommendations",
+    "new": "bought for the first time recently: onboarding, a second-purchase offer",
+    "promising": "recent, low spend: build the relationship, free shipping",
+    "need_attention": "average on everything, slipping: limited-time offer",
+    "about_to_sleep": "below average and fading: reactivation content, popular products",
+    "at_risk": "spent well but long ago: win-back campaign, personal message",
+    "cant_lose_them": "were among the best, gone quiet: win them back, ask what went wrong",
+    "hibernating": "low spend, long ago: low-cost reactivation",
+    "lost": "lowest recency, frequency and spend: ignore or last-chance offer",
+}
+
+#: ``GROUP_GRID[r - 1][fm - 1]``: the group of recency score ``r`` and FM score ``fm``.
+GROUP_GRID: tuple[tuple[str, ...], ...] = (
+    ("lost", "hibernating", "at_risk", "at_risk", "cant_lose_them"),
+    ("hibernating", "hibernating", "at_risk", "at_risk", "cant_lose_them"),
+    ("about_to_sleep", "about_to_sleep", "need_attention", "loyal", "loyal"),
+    ("promising", "potential_loyalists", "potential_loyalists", "loyal", "loyal"),
+    ("new", "potential_loyalists", "potential_loyalists", "champions", "champions"),
+)
+
+
+def group_of(r: int, f: int, m: int) -> str:
+    """The named group of scores ``r``, ``f``, ``m`` (each 1-5)."""
+    return GROUP_GRID[r - 1][(f + m + 1) // 2 - 1]
+
+
+def score(value: Any, cuts: Sequence[Any]) -> int:
+    """1 plus the number of cut points ``value`` exceeds (the in-memory twin of the SQL)."""
+    return 1 + sum(1 for c in cuts if c is not None and value > c)
+
+
+def _sql_group(r: Any, fm: Any) -> Any:
+    whens = [(sa.and_(r == ri + 1, fm == fi + 1), sa.literal(GROUP_GRID[ri][fi])) for ri in range(5) for fi in range(5)]
+    return sa.case(*whens, else_=sa.literal("lost"))
+
+
+def _aggregate(crm: CRM, rates: Rates, now: datetime, restrict: Collection[int] | None) -> sa.Select[Any]:
+    it = crm.db.tables["interactions"]
+    purchase = it.c.kind == "purchase"
+    refund = it.c.kind == "refund"
+    converted = rates.sql_convert(it.c.amount, it.c.currency)
+    revenue = sa.func.coalesce(sa.func.sum(sa.case((sa.and_(purchase, it.c.amount > 0), converted))), 0.0)
+    refunds = sa.func.coalesce(sa.func.sum(sa.case((refund, sa.func.abs(converted)))), 0.0)
+    unconverted = sa.func.sum(
+        sa.case((sa.and_(it.c.amount.is_not(None), rates.sql_rate(it.c.currency).is_(None)), 1), else_=0)
+    )
+    orders = sa.func.sum(sa.case((purchase, 1), else_=0))
+    # the kinds as literals (not parameters), so SQLite can prove the plugin's partial index applies
+    sales = it.c.kind.in_([sa.literal_column("'purchase'"), sa.literal_column("'refund'")])
+    where = [it.c.workspace_id == crm.workspace, sales, it.c.occurred_at <= now]
+    if restrict is not None:
+        from ecrm_core.rules.sql import ids_clause
+
+        where.append(ids_clause(it.c.customer_id, list(restrict), crm.db.dialect))
+    return (
+        sa.select(
+            sa.literal(crm.workspace).label("workspace_id"),
+            it.c.customer_id,
+            sa.func.min(sa.case((purchase, it.c.occurred_at))).label("first_at"),
+            sa.func.max(sa.case((purchase, it.c.occurred_at))).label("last_at"),
+            orders.label("orders"),
+            revenue.label("revenue"),
+            refunds.label("refunds"),
+            sa.case((revenue > refunds, revenue - refunds), else_=0.0).label("monetary"),
+            unconverted.label("unconverted"),
+            sa.literal(0).label("r_score"),
+            sa.literal(0).label("f_score"),
+            sa.literal(0).label("m_score"),
+            sa.literal("").label("grp"),
+            sa.bindparam("computed_at", now, type_=UTCDateTime()).label("computed_at"),
+        )
+        .where(*where)
+        .group_by(it.c.customer_id)
+        .having(orders > 0)
+    )
+
+
+def _scores(source: Any) -> Any:
+    """``source`` (with ``customer_id``, ``last_at``, ``orders``, ``monetary``) and the scores ``r``, ``f``, ``m``.
+
+    ``rank() - 1`` is how many customers have a strictly lower value, and a
+    value is above the cut point ``k`` exactly when that count reaches
+    ``ceil(k n / 5)``: so the score is computed by window functions in one
+    statement, with the same result as :func:`score` over :func:`cut_points`
+    (equal values, equal scores).
+    """
+    n = sa.func.count().over()
+    ranked = sa.select(
+        *source.c,
+        (sa.func.rank().over(order_by=source.c.last_at) - 1).label("lr"),
+        (sa.func.rank().over(order_by=source.c.orders) - 1).label("fr"),
+        (sa.func.rank().over(order_by=source.c.monetary) - 1).label("mr"),
+        n.label("n"),
+    ).subquery("ranked")
+
+    def one(rank: Any) -> Any:
+        out: Any = sa.literal(1)
+        for k in range(1, 5):
+            out = out + sa.case((rank * 5 >= ranked.c.n * k, 1), else_=0)  # rank >= ceil(k n / 5)
+        return out
+
+    return sa.select(
+        *(ranked.c[c.name] for c in source.c),
+        one(ranked.c.lr).label("r"),
+        one(ranked.c.fr).label("f"),
+        one(ranked.c.mr).label("m"),
+    ).subquery("scored")
+
+
+def compute(
+    crm: CRM, conn: sa.Connection, *, restrict: Collection[int] | None = None, rates: Rates | None = None
+) -> int:
+    """Recompute the RFM rows of the customers in ``restrict`` (scores left to :func:`rescore`), or with
+    ``restrict=None`` every customer's row, scores and group in one ``INSERT … SELECT``.
+
+    Returns how many rows were written.
+    """
+    table = crm.db.tables[RFM]
+    now = crm.now()
+    rates = rates or get_rates(crm)
+    if restrict is None:
+        conn.execute(sa.delete(table).where(table.c.workspace_id == crm.workspace))
+        agg = _aggregate(crm, rates, now, None).subquery("agg")
+        scored = _scores(agg)
+        f_plus_m = (scored.c.f + scored.c.m + 1) / 2
+        select = sa.select(
+            *(scored.c[c.name] for c in table.c if c.name not in ("r_score", "f_score", "m_score", "grp")),
+            scored.c.r, scored.c.f, scored.c.m,
+            _sql_group(scored.c.r, sa.cast(f_plus_m, sa.Integer)),
+        )  # fmt: skip
+        names = [c.name for c in table.c if c.name not in ("r_score", "f_score", "m_score", "grp")]
+        result = conn.execute(sa.insert(table).from_select([*names, "r_score", "f_score", "m_score", "grp"], select))
+        return int(result.rowcount or 0)
+    from ecrm_core.rules.sql import ids_clause
+
+    if not restrict:
+        return 0
+    conn.execute(
+        sa.delete(table).where(
+            table.c.workspace_id == crm.workspace, ids_clause(table.c.customer_id, list(restrict), crm.db.dialect)
+        )
+    )
+    select = _aggregate(crm, rates, now, restrict)
+    result = conn.execute(sa.insert(table).from_select([c.name for c in table.c], select))
+    return int(result.rowcount or 0)
+
+
+def cut_points(crm: CRM, conn: sa.Connection) -> dict[str, list[Any]]:
+    """The quintile cut points of ``last_at``, ``orders`` and ``monetary`` in the workspace.
+
+    The cut point ``k`` is the value at rank ``ceil(k n / 5)`` (1-based) of
+    the ``n`` sorted values; ``score(value, cuts)`` gives the stored score.
+    """
+    table = crm.db.tables[RFM]
+    ws = table.c.workspace_id == crm.workspace
+    out: dict[str, list[Any]] = {}
+    for name in ("last_at", "orders", "monetary"):
+        col = table.c[name]
+        values = conn.execute(sa.select(col).where(ws).order_by(col)).scalars().all()
+        n = len(values)
+        out[name] = [values[max(0, -(-k * n // 5) - 1)] if n else None for k in range(1, 5)]
+    return out
+
+
+def rescore(crm: CRM, conn: sa.Connection) -> list[int]:
+    """Rewrite the scores and groups that changed (one ``UPDATE … FROM`` with window functions); return
+    those customers."""
+    table = crm.db.tables[RFM]
+    source = sa.select(table.c.customer_id, table.c.last_at, table.c.orders, table.c.monetary).where(
+        table.c.workspace_id == crm.workspace
+    ).subquery("src")
+    scored = _scores(source)
+    f_plus_m = sa.cast((scored.c.f + scored.c.m + 1) / 2, sa.Integer)
+    stmt = (
+        sa.update(table)
+        .where(
+            table.c.workspace_id == crm.workspace,
+            table.c.customer_id == scored.c.customer_id,
+            sa.or_(table.c.r_score != scored.c.r, table.c.f_score != scored.c.f, table.c.m_score != scored.c.m),
+        )
+        .values(r_score=scored.c.r, f_score=scored.c.f, m_score=scored.c.m, grp=_sql_group(scored.c.r, f_plus_m))
+        .returning(table.c.customer_id)
+    )
+    return [int(row[0]) for row in conn.execute(stmt)]
+
+
+def _fmt_days(now: datetime, at: datetime | None) -> float | None:
+    return None if at is None else round((now - at).total_seconds() / 86400, 1)
+
+
+def rfm_report(crm: CRM, top: int = 10, group: str = "") -> Report:
+    """The RFM report: customers and money per group (or, with ``group``, that group's top customers)."""
+    from ecrm_core.charts import Chart, Series
+
+    table = crm.db.tables[RFM]
+    customers = crm.db.tables["customers"]
+    ws = table.c.workspace_id == crm.workspace
+    now = crm.now()
+    rates = get_rates(crm)
+    with crm.db.read() as conn:
+        rows = conn.execute(
+            sa.select(
+                table.c.grp,
+                sa.func.count(),
+                sa.func.sum(table.c.monetary),
+                sa.func.avg(table.c.orders),
+                sa.func.max(table.c.last_at),
+                sa.func.min(table.c.last_at),
+            )
+            .where(ws)
+            .group_by(table.c.grp)
+        ).all()
+        by_group = {g: row for g, *row in rows}
+        total = sum(int(r[0]) for r in by_group.values())
+        money = sum(float(r[1] or 0) for r in by_group.values())
+        summary: dict[str, Any] = {"customers": total, "monetary": money, "currency": rates.currency}
+        if group:
+            picked = conn.execute(
+                sa.select(
+                    table.c.customer_id,
+                    customers.c.name,
+                    customers.c.email,
+                    table.c.r_score,
+                    table.c.f_score,
+                    table.c.m_score,
+                    table.c.orders,
+                    table.c.monetary,
+                    table.c.last_at,
+                )
+                .join(customers, customers.c.id == table.c.customer_id)
+                .where(ws, table.c.grp == group)
+                .order_by(table.c.monetary.desc(), table.c.customer_id)
+                .limit(top)
+            ).all()
+            out_rows = [
+                (r.customer_id, r.name, r.email, f"{r.r_score}{r.f_score}{r.m_score}", r.orders, r.monetary,
+                 _fmt_days(now, r.last_at))
+                for r in picked
+            ]  # fmt: skip
+            return Report(
+                name="rfm",
+                title=f"RFM group {group}: top {len(out_rows)} by monetary value",
+                columns=("customer_id", "name", "email", "rfm", "orders", f"monetary ({rates.currency})", "days since last"),
+                rows=out_rows,
+                summary={**summary, "group": group, "in_group": int(by_group.get(group, (0,))[0] or 0)},
+                caption=GROUPS.get(group, ""),
+            )  # fmt: skip
+    out = []
+    for name in GROUPS:
+        count, monetary, avg_orders, newest, oldest = by_group.get(name, (0, 0.0, None, None, None))
+        out.append(
+            (name, int(count), (count / total) if total else 0.0, float(monetary or 0), avg_orders,
+             _fmt_days(now, newest), _fmt_days(now, oldest), GROUPS[name])
+        )  # fmt: skip
+    chart = Chart(
+        kind="bar",
+        title="Customers by RFM group",
+        categories=[r[0] for r in out],
+        series=[Series(name="customers", values=[r[1] for r in out])],
+        y_label="customers",
+        caption=(
+            f"{total:,} customers with purchases; champions: {out[0][1]:,}, at risk or can't lose: "
+            f"{out[7][1] + out[8][1]:,}."
+        ),
+    )
+    return Report(
+        name="rfm",
+        title="RFM groups",
+        columns=("group", "customers", "share", f"monetary ({rates.currency})", "avg orders", "newest (days)",
+                 "oldest (days)", "what to do"),
+        rows=out,
+        summary=summary,
+        chart=chart,
+        caption=chart.caption,
+    )  # fmt: skip
+
+
+register(
+    ReportSpec(
+        name="rfm",
+        title="RFM groups",
+        build=rfm_report,
+        params=(
+            Param(name="group", type=str, default="", help="list this group's top customers", choices=("", *GROUPS)),
+            Param(name="top", type=int, default=10, help="how many customers with --group", min=1, max=1000),
+        ),
+        description="Customers per RFM group (recency, frequency, monetary quintiles), or one group's top customers.",
+    )
+)

@@ -1,0 +1,143 @@
+"""Closing the loop: rfm()/clv() conditions (SQL and memory agree), attributes, merge and delete hooks."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from ecrm_analytics.conditions import CLV_METRICS
+from ecrm_analytics.rfm import group_of
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ecrm_core import RuleError
+
+from .conftest import NOW
+
+scores = st.integers(1, 5)
+rfm_rows = st.one_of(st.none(), st.tuples(scores, scores, scores))
+clv_values = st.one_of(st.none(), st.fixed_dictionaries(
+    {"p_alive": st.floats(0, 1), "purchases_12m": st.floats(0, 20), "expected_value": st.floats(0, 900),
+     "value_12m": st.floats(0, 5000)}
+))  # fmt: skip
+thresholds = st.one_of(st.integers(0, 1000), st.floats(0, 1000, allow_nan=False), st.sampled_from([0.3, 0.5, 500.0]))
+
+
+@st.composite
+def rfm_conditions(draw):
+    args = {}
+    if draw(st.booleans()):
+        groups = draw(
+            st.lists(st.sampled_from(["champions", "loyal", "at_risk", "lost", "new"]), min_size=1, max_size=3)
+        )
+        args["group"] = groups[0] if len(groups) == 1 else groups
+    for key in draw(st.lists(st.sampled_from(["r_min", "r_max", "f_min", "f_max", "m_min", "m_max"]), max_size=2)):
+        args[key] = draw(scores)
+    if not args:
+        args["r_min"] = draw(scores)
+    return {"condition": "rfm", "args": args}
+
+
+@st.composite
+def clv_conditions(draw):
+    keys = draw(st.lists(st.sampled_from([f"{m}_{o}" for m in CLV_METRICS for o in ("lt", "le", "gt", "ge")]),
+                         min_size=1, max_size=2, unique=True))  # fmt: skip
+    return {"condition": "clv", "args": {k: draw(thresholds) for k in keys}}
+
+
+conditions = st.one_of(rfm_conditions(), clv_conditions())
+trees = st.recursive(
+    conditions,
+    lambda children: st.one_of(
+        st.builds(lambda c: {"all": c}, st.lists(children, min_size=1, max_size=3)),
+        st.builds(lambda c: {"any": c}, st.lists(children, min_size=1, max_size=3)),
+        st.builds(lambda c: {"not": c}, children),
+    ),
+    max_leaves=5,
+)
+
+
+def _store(shop, ids, rfm, clv) -> None:
+    crm = shop.crm
+    rt, ct = crm.db.tables["analytics_rfm"], crm.db.tables["analytics_clv"]
+    with crm.db.write() as conn:
+        conn.execute(sa.delete(rt))
+        conn.execute(sa.delete(ct))
+        for cid, row in zip(ids, rfm, strict=True):
+            if row is not None:
+                r, f, m = row
+                conn.execute(sa.insert(rt).values(
+                    workspace_id="default", customer_id=cid, first_at=NOW, last_at=NOW, orders=1,
+                    revenue=1.0, refunds=0.0, monetary=1.0, unconverted=0, r_score=r, f_score=f, m_score=m,
+                    grp=group_of(r, f, m), computed_at=NOW,
+                ))  # fmt: skip
+        for cid, row in zip(ids, clv, strict=True):
+            if row is not None:
+                conn.execute(sa.insert(ct).values(
+                    workspace_id="default", customer_id=cid, frequency=1, recency_days=1.0, age_days=2.0,
+                    avg_value=1.0, computed_at=NOW, **row,
+                ))  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_sql_and_memory_evaluators_agree(shop, data) -> None:
+    if not hasattr(shop, "ids"):
+        shop.ids = [shop.customer(f"c{i}") for i in range(8)]
+    ids = shop.ids
+    rfm = data.draw(st.lists(rfm_rows, min_size=8, max_size=8))
+    clv = data.draw(st.lists(clv_values, min_size=8, max_size=8))
+    tree = data.draw(trees)
+    _store(shop, ids, rfm, clv)
+    sql = {c.id for c in shop.crm.segments.preview(tree, sample=1000).sample}
+    memory = {c for c in ids if shop.crm.segments.evaluate(tree, c)}
+    assert sql == memory, tree
+
+
+def test_text_syntax_and_bad_arguments(shop) -> None:
+    rule = shop.crm.segments.compile('rfm(group="at_risk") and clv(p_alive_lt=0.3, value_12m_gt=500)')
+    assert rule.tree["all"][0]["condition"] == "rfm" and rule.tree["all"][1]["args"]["value_12m_gt"] == 500
+    shop.crm.segments.compile('rfm(group=("at_risk", "cant_lose_them"), r_max=2)')
+    for bad, field in (('rfm(group="vip")', "group"), ("rfm(r_min=9)", "r_min"), ("clv(p_alive_between=1)", "p_alive"),
+                       ('clv(value_12m_gt="a lot")', "value_12m_gt"), ("rfm()", "args")):  # fmt: skip
+        with pytest.raises(RuleError) as err:
+            shop.crm.segments.compile(bad)
+        assert field in str(err.value)
+
+
+def test_segments_follow_the_refresh_and_attributes_agree(shop) -> None:
+    ids = [shop.customer(f"c{i}") for i in range(10)]
+    shop.history([(c, 100 - 10 * i + k, 10 * (i + 1)) for i, c in enumerate(ids) for k in range(i + 1)])
+    shop.crm.segments.create("champions", 'rfm(group="champions")')
+    shop.crm.segments.create("champions_attr", 'rfm_group == "champions"')
+    assert shop.crm.segments.count("champions") == 0  # nothing computed yet
+    shop.analytics.refresh(full=True)
+    members = {m.customer_id for m in shop.crm.segments.members("champions")}
+    assert members == {m.customer_id for m in shop.crm.segments.members("champions_attr")}
+    assert ids[-1] in members and ids[0] not in members
+    # the lost customer buys a lot now: the job's refresh moves them into the segment
+    for d in range(12):
+        shop.buy(ids[0], d * 0.1, "900")
+    shop.analytics.refresh()
+    assert shop.crm.segments.is_member("champions", ids[0])
+    assert shop.crm.customers.get(ids[0]).attributes["rfm_group"] == "champions"
+
+
+def test_merge_recomputes_the_survivor_and_delete_erases(shop) -> None:
+    a, b = shop.customer("a", email="a@example.com"), shop.customer("b", email="b@example.com")
+    shop.buy(a, 10, "10")
+    shop.buy(b, 5, "20")
+    shop.buy(b, 3, "30")
+    shop.analytics.refresh(full=True)
+    shop.crm.customers.merge(b, into=a, reason="same person")
+    info = shop.analytics.customer(a)
+    assert info["rfm"]["orders"] == 3 and info["rfm"]["monetary"] == 60
+    table = shop.crm.db.tables["analytics_rfm"]
+    with shop.crm.db.read() as conn:
+        assert conn.execute(sa.select(table.c.customer_id)).scalars().all() == [a]
+    shop.buy(a, 1, "5")  # a mark for a
+    shop.crm.customers.delete(a)
+    with shop.crm.db.read() as conn:
+        for name in ("analytics_rfm", "analytics_clv", "analytics_dirty"):
+            t = shop.crm.db.tables[name]
+            assert conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() == 0, name
+    assert not [f for f in shop.crm.plugins.failures if f.plugin == "analytics"]
