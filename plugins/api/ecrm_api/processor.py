@@ -531,6 +531,12 @@ class CommitWatch:
 
 #: The tick of ``ingest.process`` waits this long at most for new rows when the inbox is empty.
 IDLE_WAIT = 0.25
+#: Batching by time: once rows arrive (or after a tick that took every row),
+#: the processor lets this much more gather before it claims, so that a
+#: steady stream of small requests is stored in batches, not request by
+#: request (each tick has fixed costs: the claim, the COMMIT, the live
+#: segment refresh after it).
+GATHER = 0.05
 _watches: dict[int, CommitWatch] = {}
 
 
@@ -547,17 +553,19 @@ def make_job(
     *,
     event_kinds: Mapping[str, str] | None = None,
     future_tolerance: timedelta = timedelta(days=1),
-    every: float = 0.01,
+    every: float = GATHER,
     idle_wait: float = IDLE_WAIT,
+    gather: float = GATHER,
 ) -> Any:
     """The :class:`~ecrm_core.registry.JobSpec` of ``ingest.process`` (a global,
     non-exclusive job: on PostgreSQL several workers drain at once).
 
     A tick that finds the inbox empty waits up to ``idle_wait`` seconds for
     a COMMIT (:class:`CommitWatch`: on SQLite ``PRAGMA data_version``) and
-    processes what it brought at once, instead of sleeping until the next
-    tick: an event is visible a few milliseconds after its 200 when the
-    processor keeps up.
+    processes what it brought after ``gather`` seconds more (batching by
+    time), instead of sleeping a fixed interval: when the processor keeps
+    up, an event is visible about ``gather`` plus one tick after its 200.
+    ``every`` (the pause after a tick that took every row) is ``gather`` too.
     """
     from ecrm_core.registry import JobSpec
 
@@ -573,6 +581,8 @@ def make_job(
         watch.mark()
         result = run()
         if not result.rows and idle_wait > 0 and watch.wait(idle_wait, ctx.stopping):
+            if gather > 0 and not ctx.stopping():
+                time.sleep(gather)
             result = run()
         return JobResult(
             done=result.events,
@@ -597,9 +607,10 @@ def make_job(
 class ProcessorThread:
     """``ApiConfig(ingest_processor="thread")``: the processor in a thread of the server.
 
-    It ticks while there are rows; idle, it waits for this app's next append
-    (:meth:`wake`) or any COMMIT to the database (:class:`CommitWatch`), not
-    for a fixed time."""
+    It ticks while a tick leaves rows behind; after a tick that took every
+    row it lets :data:`GATHER` seconds of requests gather (batching by time);
+    idle, it waits for this app's next append (:meth:`wake`) or any COMMIT
+    to the database (:class:`CommitWatch`), not for a fixed time."""
 
     def __init__(
         self,
@@ -607,12 +618,14 @@ class ProcessorThread:
         *,
         event_kinds: Mapping[str, str],
         future_tolerance: timedelta,
+        gather: float = GATHER,
     ) -> None:
         import threading
 
         self.crm = crm
         self.event_kinds = event_kinds
         self.future_tolerance = future_tolerance
+        self.gather = gather
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -649,15 +662,17 @@ class ProcessorThread:
                 log.exception("ecrm-api: the ingest processor thread failed (retrying)")
                 self._stop.wait(min(30.0, 0.5 * 2**failures))
                 continue
-            if result.more or result.rows:
-                continue  # maybe more arrived meanwhile
-            # Idle: wait for this app's next append, or any COMMIT to the
-            # database (another server process's appends, a replay).
-            deadline = time.monotonic() + 1.0
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                if self._wake.wait(0.02) or watch.wait(0.03, self._stop.is_set):
-                    break
-            self._wake.clear()
+            if result.more:
+                continue
+            if not result.rows:
+                # Idle: wait for this app's next append, or any COMMIT to the
+                # database (another server process's appends, a replay).
+                deadline = time.monotonic() + 1.0
+                while not self._stop.is_set() and time.monotonic() < deadline:
+                    if self._wake.wait(0.02) or watch.wait(0.03, self._stop.is_set):
+                        break
+                self._wake.clear()
+            self._stop.wait(self.gather)  # batching by time: let more requests gather
 
     def close(self, timeout: float | None = None) -> None:
         self._stop.set()
