@@ -538,6 +538,34 @@ IDLE_WAIT = 0.25
 #: segment refresh after it).
 GATHER = 0.05
 _watches: dict[int, CommitWatch] = {}
+#: A tick holds the write lock (SQLite) about this long at most: the
+#: gateway's appends wait for it (503 past ``ingest_lock_timeout``, 5 s).
+LOCK_BUDGET = 1.0
+
+
+class Pace:
+    """Sizes ticks by time: the messages one tick claims follow the rate
+    measured over the last ticks, so that a tick takes about
+    :data:`LOCK_BUDGET` seconds (between 200 and ``max_events`` messages).
+    A tuning hint kept in the process, not state of the work."""
+
+    def __init__(self, budget: float = LOCK_BUDGET) -> None:
+        self.budget = budget
+        self.rate: float | None = None
+
+    def size(self, max_events: int) -> int:
+        if self.rate is None:
+            return max_events
+        return max(200, min(max_events, int(self.rate * self.budget)))
+
+    def record(self, result: ProcessResult) -> None:
+        if result.events < 100 or result.seconds <= 0:
+            return
+        rate = result.events / result.seconds
+        self.rate = rate if self.rate is None else 0.5 * self.rate + 0.5 * rate
+
+
+_paces: dict[int, Pace] = {}
 
 
 def _watch(crm: CRM) -> CommitWatch:
@@ -572,10 +600,17 @@ def make_job(
     def tick(ctx: JobContext) -> JobResult:
         from ecrm_core.registry import JobResult
 
+        pace = _paces.setdefault(id(ctx.crm.db.engine), Pace())
+
         def run() -> ProcessResult:
-            return process_inbox(
-                ctx.crm, event_kinds=event_kinds, future_tolerance=future_tolerance, max_events=batch_events()
+            done = process_inbox(
+                ctx.crm,
+                event_kinds=event_kinds,
+                future_tolerance=future_tolerance,
+                max_events=pace.size(batch_events()),
             )
+            pace.record(done)
+            return done
 
         watch = _watch(ctx.crm)
         watch.mark()
@@ -652,10 +687,17 @@ class ProcessorThread:
 
     def _loop(self, watch: CommitWatch) -> None:
         failures = 0
+        pace = Pace()
         while not self._stop.is_set():
             watch.mark()
             try:
-                result = process_inbox(self.crm, event_kinds=self.event_kinds, future_tolerance=self.future_tolerance)
+                result = process_inbox(
+                    self.crm,
+                    event_kinds=self.event_kinds,
+                    future_tolerance=self.future_tolerance,
+                    max_events=pace.size(batch_events()),
+                )
+                pace.record(result)
                 failures = 0
             except Exception:
                 failures += 1
