@@ -72,6 +72,7 @@ def blend(
         use = ("cooccurrence", "content", "recent", "popular")
     else:
         use = (recommender, "popular")
+    cap = k + len(exclude) + 2  # enough of each (best-first) list to fill k after the exclusions
     for source in use:
         w = WEIGHTS[source] if recommender in ("auto", "popular", "control") or source != "popular" else 0.01
         if source == "recent":
@@ -79,9 +80,12 @@ def blend(
                 add(s, w * (1 - i / (2 * max(k, 1))), _REASON["recent"])
             continue
         for key in sources.get(source, ()):
-            seed = key.split(":", 1)[1] if ":" in key else ""
-            for entry in lists.get(key, ()):
-                add(str(entry[0]), w * float(entry[1]), _REASON[source].format(seed))
+            entries = lists.get(key)
+            if not entries:
+                continue
+            reason = _REASON[source].format(key.split(":", 1)[1] if ":" in key else "")
+            for entry in entries[:cap]:
+                add(str(entry[0]), w * float(entry[1]), reason)
     out = [c for c in scores.values() if c.sku not in exclude]
     out.sort(key=lambda c: -c.score)
     return out[:limit] if limit is not None else out

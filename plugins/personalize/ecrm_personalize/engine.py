@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["HISTORY", "decide", "load_placement"]
 
 #: how many recent purchases/views of a person a decision reads
-HISTORY = 100
+HISTORY = 60
 MAX_CONTEXT = 50
 
 
@@ -99,25 +99,67 @@ def _segment(placement: Placement, customer: Mapping[str, Any] | None) -> str:
     return "none" if value is None or isinstance(value, dict | list) else str(value)[:128]
 
 
-def _person(conn: sa.Connection, crm: CRM, customer_id: int | None, visitor: str | None) -> Any:
-    c = crm.db.tables["customers"]
-    p = crm.db.tables[PREFERENCES]
-    cols = [c.c.id, c.c.name, c.c.timezone, c.c.locale, c.c.lifecycle_stage, c.c.attributes, c.c.merged_into, p.c.data]
-    base = (
-        sa.select(*cols).select_from(c.outerjoin(p, p.c.customer_id == c.c.id)).where(c.c.workspace_id == crm.workspace)
-    )
+class Statements:
+    """The decision's statements, built once per CRM (bound parameters; SQLAlchemy caches their SQL)."""
+
+    def __init__(self, crm: CRM) -> None:
+        tables = crm.db.tables
+        c, p, a = tables["customers"], tables[PREFERENCES], tables["aliases"]
+        t, r, pr, ar = tables["interactions"], tables[RECS], tables[PRODUCTS], tables[ARMS]
+        ws = sa.bindparam("ws")
+        cols = [
+            c.c.id,
+            c.c.name,
+            c.c.timezone,
+            c.c.locale,
+            c.c.lifecycle_stage,
+            c.c.attributes,
+            c.c.merged_into,
+            p.c.data,
+        ]
+        base = sa.select(*cols).select_from(c.outerjoin(p, p.c.customer_id == c.c.id)).where(c.c.workspace_id == ws)
+        self.person = base.where(c.c.id == sa.bindparam("cid"))
+        self.visitor = base.join(a, a.c.customer_id == c.c.id).where(
+            a.c.workspace_id == ws, a.c.kind == "anonymous", a.c.value == sa.bindparam("alias")
+        )
+        self.history = (
+            sa.select(t.c.kind, t.c.properties)
+            .where(t.c.workspace_id == ws, t.c.customer_id == sa.bindparam("cid"), t.c.kind.in_(HISTORY_KINDS))
+            .order_by(t.c.occurred_at.desc())
+            .limit(HISTORY)
+        )
+        self.lists = sa.select(r.c.key, r.c["items"]).where(
+            r.c.workspace_id == ws, r.c.key.in_(sa.bindparam("keys", expanding=True))
+        )
+        self.products = sa.select(pr.c.sku, pr.c.title, pr.c.category, pr.c.available).where(
+            pr.c.workspace_id == ws, pr.c.sku.in_(sa.bindparam("skus", expanding=True))
+        )
+        self.arms = sa.select(ar.c.arm, ar.c.trials, ar.c.wins).where(
+            ar.c.workspace_id == ws,
+            ar.c.placement == sa.bindparam("placement"),
+            ar.c.segment == sa.bindparam("segment"),
+        )
+
+
+def statements(crm: CRM) -> Statements:
+    st = state(crm)
+    key = ("statements", id(crm.db.metadata))
+    found = st.cache.get(key)
+    if found is None:
+        found = (float("inf"), Statements(crm))
+        st.cache[key] = found
+    return found[1]  # type: ignore[no-any-return]
+
+
+def _person(conn: sa.Connection, crm: CRM, stmts: Statements, customer_id: int | None, visitor: str | None) -> Any:
+    ws = crm.workspace
     if customer_id is not None:
-        row = conn.execute(base.where(c.c.id == customer_id)).first()
+        row = conn.execute(stmts.person, {"ws": ws, "cid": customer_id}).first()
     else:
-        a = crm.db.tables["aliases"]
-        row = conn.execute(
-            base.join(a, a.c.customer_id == c.c.id).where(
-                a.c.workspace_id == crm.workspace, a.c.kind == "anonymous", a.c.value == visitor
-            )
-        ).first()
+        row = conn.execute(stmts.visitor, {"ws": ws, "alias": visitor}).first()
     hops = 0
     while row is not None and row.merged_into is not None and hops < 5:
-        row = conn.execute(base.where(c.c.id == row.merged_into)).first()
+        row = conn.execute(stmts.person, {"ws": ws, "cid": row.merged_into}).first()
         hops += 1
     return row
 
@@ -163,10 +205,12 @@ def decide(
     lookup_alias = anonymous_id if anonymous_id is not None else vid
 
     now = crm.now()
+    stmts = statements(crm)
+    ws = crm.workspace
     with crm.db.read() as conn:
         row = None
         if customer_id is not None or (lookup_alias is not None and cookie_out is None):
-            row = _person(conn, crm, customer_id, lookup_alias)
+            row = _person(conn, crm, stmts, customer_id, lookup_alias)
             if row is None and customer_id is not None:
                 fallbacks.append("unknown_customer")
                 explanation.append(f"customer {customer_id} is not known here: popular items")
@@ -187,13 +231,7 @@ def decide(
         bought: list[str] = []
         viewed: list[str] = []
         if cid is not None:
-            t = crm.db.tables["interactions"]
-            hist = conn.execute(
-                sa.select(t.c.kind, t.c.properties)
-                .where(t.c.workspace_id == crm.workspace, t.c.customer_id == cid, t.c.kind.in_(HISTORY_KINDS))
-                .order_by(t.c.occurred_at.desc())
-                .limit(HISTORY)
-            ).all()
+            hist = conn.execute(stmts.history, {"ws": ws, "cid": cid}).all()
             for h in hist:
                 (bought if h.kind == "purchase" else viewed).extend(skus_of(h.kind, h.properties))
         bought = list(dict.fromkeys(bought))
@@ -208,39 +246,20 @@ def decide(
         rec = "control" if control else pl.recommender
         sources = list_keys(rec, bought, viewed, page_sku) if not control else {"popular": ["popular"]}
         keys = sorted({k for ks in sources.values() for k in ks if len(k) <= 260})
-        r = crm.db.tables[RECS]
-        lists = {
-            k: v
-            for k, v in conn.execute(
-                sa.select(r.c.key, r.c["items"]).where(r.c.workspace_id == crm.workspace, r.c.key.in_(keys))
-            ).all()
-        }
+        lists: dict[str, Any] = dict(conn.execute(stmts.lists, {"ws": ws, "keys": keys}).all())
         exclude = set(bought) if pl.exclude_bought else set()
         if page_sku:
             exclude.add(page_sku)
         candidates = blend(rec, sources, lists, viewed, pl.k, exclude, limit=max(pl.k * 4, 20))
 
         # 4. the catalogue: deleted or unavailable products are left out
-        p = crm.db.tables[PRODUCTS]
         want = {c.sku for c in candidates} | set(bought[:20]) | set(viewed[:20])
-        products = {
-            row.sku: row
-            for row in conn.execute(
-                sa.select(p.c.sku, p.c.title, p.c.category, p.c.available).where(
-                    p.c.workspace_id == crm.workspace, p.c.sku.in_(sorted(want))
-                )
-            ).all()
-        }
+        products = {row.sku: row for row in conn.execute(stmts.products, {"ws": ws, "skus": sorted(want)}).all()}
         arms = None
-        if pl.alternatives and not control and "bandit" in pl.strategies:
-            a = crm.db.tables[ARMS]
+        if pl.alternatives and "bandit" in pl.strategies:  # also in control: a constant number of queries
             arms = {
                 row.arm: (int(row.trials), int(row.wins))
-                for row in conn.execute(
-                    sa.select(a.c.arm, a.c.trials, a.c.wins).where(
-                        a.c.workspace_id == crm.workspace, a.c.placement == pl.name, a.c.segment == segment
-                    )
-                ).all()
+                for row in conn.execute(stmts.arms, {"ws": ws, "placement": pl.name, "segment": segment}).all()
             }
 
     unavailable = _unavailable(crm, [c.sku for c in candidates if c.sku in products])

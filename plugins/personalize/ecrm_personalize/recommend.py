@@ -101,7 +101,7 @@ class Training:
         return tr
 
 
-def popularity(tr: Training, size: int = 200) -> list[tuple[str, float]]:
+def popularity(tr: Training, size: int = 100) -> list[tuple[str, float]]:
     counts: Counter[str] = Counter()
     for basket in tr.bought.values():
         counts.update(basket)
@@ -271,6 +271,7 @@ def refresh(crm: CRM, *, watermark: int | None = None) -> RefreshReport:
         for start in range(0, len(rows), 5000):
             conn.execute(sa.insert(t), rows[start : start + 5000])
     report.seconds["write"] = time.perf_counter() - t0
+
     report.seconds["total"] = sum(report.seconds.values())
     return report
 

@@ -254,17 +254,15 @@ def put_preferences(
 def evaluation(
     crm: NamedDependency[CRM],
     k: Annotated[int, Parameter(ge=1, le=100)] = 10,
-    chart_format: Annotated[
-        Literal["json", "svg", "png"], Parameter(query="format", description="json, or the chart as svg or png")
-    ] = "json",
+    format: Annotated[Literal["json", "svg", "png"], Parameter(description="json, svg or png")] = "json",
 ) -> Response[Any]:
     """The offline evaluation (hit-rate@k, coverage, novelty per recommender vs popularity), as JSON or its chart."""
     ev = _svc(crm).evaluate(k=k)
-    if chart_format == "json":
+    if format == "json":
         return Response({**ev.to_dict(), "chart": ev.chart().to_dict()})
     from ecrm_core.charts import FORMATS, render
 
-    return Response(render(ev.chart(), chart_format), media_type=FORMATS[chart_format])
+    return Response(render(ev.chart(), format), media_type=FORMATS[format])
 
 
 HANDLERS = [

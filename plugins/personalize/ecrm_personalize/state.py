@@ -1,8 +1,8 @@
 """What one CRM keeps in memory for personalization: caches with short lifetimes.
 
 Shared by every view of a CRM (keyed by its plugin manager), per workspace:
-placements (5 s), active offers (5 s), compiled eligibility rules and the
-strategy objects.  Nothing here is needed for correctness: a cache miss
+placements (5 s), active offers (5 s), compiled eligibility rules, the
+prepared statements and the strategy objects.  Nothing here is needed for correctness: a cache miss
 reads the database.
 """
 
