@@ -249,6 +249,7 @@ def clv_report(crm: CRM, top: int = 20) -> Report:
         if model.gg is not None:
             summary_.update({f"gg_{k}": v for k, v in model.gg.to_dict().items() if k in ("p", "q", "v")})
         summary_["fitted_at"] = model.fitted_at
+        summary_["converged"] = model.bgnbd.converged and (model.gg is None or model.gg.converged)
     return Report(
         name="clv",
         title=f"Customer lifetime value: top {len(top_rows)} by expected value of the next 12 months",

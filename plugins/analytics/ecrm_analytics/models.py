@@ -63,7 +63,7 @@ def _compress(*cols: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
 LOG_BOUND = 14.0
 
 
-def _minimize(nll: Any, start: np.ndarray, model: str, stats: Mapping[str, Any]) -> tuple[np.ndarray, float, int]:
+def _minimize(nll: Any, start: np.ndarray, model: str, stats: Mapping[str, Any]) -> tuple[np.ndarray, float, int, bool]:
     from scipy.optimize import minimize
 
     bounds = [(-LOG_BOUND, LOG_BOUND)] * len(start)
@@ -76,9 +76,9 @@ def _minimize(nll: Any, start: np.ndarray, model: str, stats: Mapping[str, Any])
     best = second if np.isfinite(second.fun) and second.fun <= first.fun else first
     if not np.isfinite(best.fun) or not np.all(np.isfinite(best.x)):
         raise FitError(model, "the likelihood did not converge to finite parameters", stats)
-    if not (first.success or second.success):
-        raise FitError(model, f"the optimiser did not converge ({first.message})", stats)
-    return np.exp(best.x), float(best.fun), int(first.nit + second.nit)
+    # A flat likelihood (little data) may stop an optimiser on its iteration limit: the best finite point
+    # is kept and flagged (``converged=False``), not refused.
+    return np.exp(best.x), float(best.fun), int(first.nit + second.nit), bool(first.success or second.success)
 
 
 @frozen
@@ -92,11 +92,12 @@ class BgNbd:
     log_likelihood: float = 0.0
     customers: int = 0
     iterations: int = 0
+    converged: bool = True
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | bool]:
         return {
             "r": self.r, "alpha": self.alpha, "a": self.a, "b": self.b,
-            "log_likelihood": self.log_likelihood, "customers": self.customers,
+            "log_likelihood": self.log_likelihood, "customers": self.customers, "converged": self.converged,
         }  # fmt: skip
 
     def p_alive(self, x: Any, t_x: Any, T: Any) -> np.ndarray:
@@ -169,9 +170,11 @@ def fit_bgnbd(x: Any, t_x: Any, T: Any) -> BgNbd:
     (cx, ct, cT), w = _compress(x, t_x, T)
     scale = float(np.mean(T))
     start = np.log([1.0, max(scale, 1e-3), 1.0, 1.0])
-    params, nll, nit = _minimize(lambda p: _bgnbd_nll(p, cx, ct, cT, w), start, "BG/NBD", stats)
+    params, nll, nit, ok = _minimize(lambda p: _bgnbd_nll(p, cx, ct, cT, w), start, "BG/NBD", stats)
     r, alpha, a, b = (float(v) for v in params)
-    return BgNbd(r, alpha, a, b, log_likelihood=-nll * float(w.sum()), customers=int(x.size), iterations=nit)
+    return BgNbd(
+        r, alpha, a, b, log_likelihood=-nll * float(w.sum()), customers=int(x.size), iterations=nit, converged=ok
+    )
 
 
 @frozen
@@ -184,14 +187,16 @@ class GammaGamma:
     log_likelihood: float = 0.0
     customers: int = 0
     iterations: int = 0
+    converged: bool = True
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | bool]:
         return {
             "p": self.p,
             "q": self.q,
             "v": self.v,
             "log_likelihood": self.log_likelihood,
             "customers": self.customers,
+            "converged": self.converged,
         }
 
     @property
@@ -231,8 +236,10 @@ def fit_gamma_gamma(x: Any, m: Any) -> GammaGamma:
         raise FitError("Gamma-Gamma", "every repeat buyer has the same order value: spread cannot be estimated", stats)
     (cx, cm), w = _compress(x, m)
     start = np.log([1.0, 1.0, max(float(np.mean(m)), 1e-3)])
-    params, nll, nit = _minimize(lambda p: _gg_nll(p, cx, cm, w), start, "Gamma-Gamma", stats)
+    params, nll, nit, ok = _minimize(lambda p: _gg_nll(p, cx, cm, w), start, "Gamma-Gamma", stats)
     p, q, v = (float(val) for val in params)
     if q <= 1:
         raise FitError("Gamma-Gamma", f"q = {q:.3g} <= 1: the mean order value is not defined", stats)
-    return GammaGamma(p, q, v, log_likelihood=-nll * float(w.sum()), customers=int(x.size), iterations=nit)
+    return GammaGamma(
+        p, q, v, log_likelihood=-nll * float(w.sum()), customers=int(x.size), iterations=nit, converged=ok
+    )
