@@ -29,8 +29,20 @@ import sqlalchemy as sa
 from ecrm_core.storage import Naming, UTCDateTime
 
 __all__ = [
-    "CLV", "DIRTY", "RFM", "SALES_INDEX", "SETTINGS", "STATE", "TABLES", "columns", "define_tables", "sales_index",
-]  # fmt: skip
+    "BASKET_RULES",
+    "CLUSTERS",
+    "CLV",
+    "DIRTY",
+    "NEEDS_TABLES",
+    "RFM",
+    "SALES_INDEX",
+    "SETTINGS",
+    "STATE",
+    "TABLES",
+    "columns",
+    "define_tables",
+    "sales_index",
+]
 
 SETTINGS = "analytics_settings"
 DIRTY = "analytics_dirty"
@@ -39,6 +51,12 @@ CLV = "analytics_clv"
 STATE = "analytics_state"
 #: The tables of migration ``analytics_0001``, in creation order.
 TABLES = (SETTINGS, DIRTY, RFM, CLV, STATE)
+
+# Needs analysis (migration ``analytics_0002_needs``).
+BASKET_RULES = "analytics_basket_rules"
+CLUSTERS = "analytics_clusters"
+#: The tables of migration ``analytics_0002_needs``, in creation order.
+NEEDS_TABLES = (BASKET_RULES, CLUSTERS)
 
 
 def _customer_fk(naming: Naming) -> sa.ForeignKey:
@@ -102,6 +120,29 @@ def columns(naming: Naming, table: str) -> list[Any]:
             sa.Column("data", sa.JSON, nullable=False),
             sa.Column("updated_at", UTCDateTime(), nullable=False),
         ]
+    if table == BASKET_RULES:
+        return [
+            sa.Column("workspace_id", sa.String(64), primary_key=True),
+            sa.Column("level", sa.String(16), primary_key=True),
+            sa.Column("position", sa.Integer, primary_key=True),
+            sa.Column("antecedent", sa.JSON, nullable=False),
+            sa.Column("consequent", sa.JSON, nullable=False),
+            sa.Column("support", sa.Float, nullable=False),
+            sa.Column("confidence", sa.Float, nullable=False),
+            sa.Column("lift", sa.Float, nullable=False),
+            sa.Column("count", sa.Integer, nullable=False),
+            sa.Column("computed_at", UTCDateTime(), nullable=False),
+        ]
+    if table == CLUSTERS:
+        return [
+            sa.Column("workspace_id", sa.String(64), primary_key=True),
+            sa.Column("customer_id", sa.Integer, _customer_fk(naming), primary_key=True),
+            sa.Column("cluster", sa.SmallInteger, nullable=False),
+            sa.Column("label", sa.String(200), nullable=False),
+            sa.Column("distance", sa.Float, nullable=False),
+            sa.Column("computed_at", UTCDateTime(), nullable=False),
+            sa.Index(f"ix_{name}_ws_cluster", "workspace_id", "cluster"),
+        ]
     raise KeyError(table)
 
 
@@ -125,7 +166,7 @@ def define_tables(metadata: sa.MetaData, naming: Naming) -> None:
     the RFM aggregate reads it in customer order without touching the rows;
     a page view or any other kind costs it nothing on ingest.
     """
-    for table in TABLES:
+    for table in (*TABLES, *NEEDS_TABLES):
         name = naming.table(table)
         key = f"{naming.schema}.{name}" if naming.schema else name
         if key not in metadata.tables:
