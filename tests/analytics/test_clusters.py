@@ -57,6 +57,11 @@ def test_planted_groups_are_found_and_described(shop: Shop) -> None:
     report = result.to_report().to_dict()
     assert report["chart"]["kind"] == "scatter" and report["rows"][0][0] == 1
 
+    customer = shop.crm.customers.get(groups["vip"][0])
+    assert customer.attributes["cluster"] == vip.id and customer.attributes["cluster_label"] == vip.label
+    assert "cluster" not in shop.crm.customers.get(prospect).attributes
+    assert shop.crm.segments.preview(f'cluster_label == "{vip.label}"').count == 8  # a declared attribute too
+
     seg = shop.crm.segments.create("vips", f"cluster(id={vip.id})")
     assert seg.member_count == 8
     assert shop.crm.segments.preview(f'cluster(label="{lapsed.label}")').count == 14
@@ -79,6 +84,7 @@ def test_merge_places_the_survivor_and_delete_erases(shop: Shop) -> None:
     before = cluster_of(vip).cluster
     shop.crm.customers.merge(lapsed, into=vip, reason="same person")
     assert cluster_of(lapsed) is None and cluster_of(vip).cluster == before
+    assert shop.crm.customers.get(vip).attributes["cluster"] == before
     shop.crm.customers.delete(vip)
     assert cluster_of(vip) is None
     assert not [f for f in shop.crm.plugins.failures if "analytics" in f.plugin]
@@ -99,7 +105,13 @@ def test_too_few_or_identical_buyers_say_why(shop: Shop) -> None:
     shop.history([(c, 5, 10) for c in twins])
     alike = cluster_customers(shop.crm)
     assert alike.clusters == () and "different profile" in alike.message
-    assert assign(shop.crm, twins) == 0  # no stored model
+    shop.history([(one, 4, 10)])  # one buyer now differs: two clusters
+    assert cluster_customers(shop.crm, k=2).k == 2
+    assert shop.crm.customers.get(one).attributes["cluster"] == 2
+    shop.history([(c, 4, 10) for c in twins])  # everybody alike again
+    assert cluster_customers(shop.crm).clusters == ()
+    assert shop.crm.customers.get(one).attributes["cluster"] is None  # cleared with the clusters
+    assert assign(shop.crm, twins) == 0  # no stored model any more
     for bad in ({"k": 1}, {"k_max": 50}, {"k_min": 5, "k_max": 3}):
         with pytest.raises(ValidationError):
             cluster_customers(shop.crm, **bad)

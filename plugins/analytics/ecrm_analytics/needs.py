@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from ecrm_core.crm import CRM
     from ecrm_core.registry import ConditionType
 
-__all__ = ["condition_types", "on_deleted", "on_merged"]
+__all__ = ["attribute_defs", "condition_types", "on_deleted", "on_merged"]
 
 
 def _validate_cluster(args: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +100,15 @@ def condition_types() -> list[ConditionType]:
             description='the customer\'s stored cluster: cluster(id=2), cluster(label="high spend, recent, frequent")',
         )
     ]
+
+
+def attribute_defs() -> list[Any]:
+    """The customer attributes the needs analysis writes (``cluster``, ``cluster_label``)."""
+    from ecrm_core.registry import AttributeDef
+
+    from .clusters import ATTRIBUTES
+
+    return [AttributeDef(name=n, type=t, description=d) for n, (t, d) in ATTRIBUTES.items()]
 
 
 def on_merged(crm: CRM, source_id: int, target_id: int) -> None:

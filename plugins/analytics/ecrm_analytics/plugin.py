@@ -95,8 +95,9 @@ def ecrm_register_condition_types() -> list[ConditionType]:
 @hookimpl
 def ecrm_register_attributes() -> list[AttributeDef]:
     from .conditions import attribute_defs
+    from .needs import attribute_defs as needs_attribute_defs
 
-    return attribute_defs()
+    return [*attribute_defs(), *needs_attribute_defs()]
 
 
 @hookimpl
