@@ -94,7 +94,7 @@ def _sqlite_sql(table: str, items_key: str, where: str) -> str:
     cat = "CASE j.type WHEN 'object' THEN json_extract(j.value, '$.category') END"
     return (
         f"SELECT group_concat(i.id || {sep} || i.customer_id || {sep} || {clean(name)} || {sep}"
-        f" || coalesce({clean(cat)}, ''), {rec}), count(DISTINCT i.id)"
+        f" || coalesce({clean(cat)}, ''), {rec})"
         f" FROM {table} AS i, json_each(i.properties, '$.{items_key}') AS j"
         f" WHERE {where} AND json_type(i.properties, '$.{items_key}') = 'array'"
         " AND j.type IN ('text', 'integer', 'object')"
@@ -116,7 +116,7 @@ def _postgres_sql(table: str, items_key: str, where: str) -> str:
     cat = "CASE json_typeof(j) WHEN 'object' THEN j ->> 'category' END"
     return (
         f"SELECT string_agg(i.id::text || {sep} || i.customer_id::text || {sep} || {clean(name)} || {sep}"
-        f" || coalesce({clean(cat)}, ''), {rec}), count(DISTINCT i.id)"
+        f" || coalesce({clean(cat)}, ''), {rec})"
         f" FROM {table} AS i CROSS JOIN LATERAL json_array_elements("
         f"CASE WHEN json_typeof({arr}) = 'array' THEN {arr} ELSE '[]'::json END) AS j"
         f" WHERE {where} AND json_typeof(j) IN ('string', 'number', 'object')"
@@ -171,8 +171,9 @@ def read_baskets(
             params,
         ).one()
     lo, hi, total = bounds
-    frames: list[pd.DataFrame] = []
-    with_items = 0
+    index: dict[str, int] = {}  # item name -> global code (chunks have categories of their own)
+    own: dict[int, str] = {}  # item code -> the category its item objects gave, if any
+    parts: list[tuple[Any, Any, Any]] = []
     if total:
         where = " AND ".join([*conds, "i.id >= :lo", "i.id < :hi"])
         sql = sa.text((_sqlite_sql if dialect == "sqlite" else _postgres_sql)(table, key, where))
@@ -181,27 +182,43 @@ def read_baskets(
         start = lo
         while start <= hi:
             with db.read() as conn:
-                text, n = conn.execute(sql, {**params, "lo": start, "hi": start + step}).one()
+                text = conn.execute(sql, {**params, "lo": start, "hi": start + step}).scalar_one()
             if text:
-                frames.append(_parse(text))
-                with_items += int(n)
+                df = _parse(text)
+                mapping = np.fromiter(
+                    (index.setdefault(str(v), len(index)) for v in df["v"].cat.categories), dtype=np.int64
+                )
+                item = mapping[df["v"].cat.codes.to_numpy()] if len(mapping) else np.zeros(0, dtype=np.int64)
+                cat = df["c"]
+                named = cat.cat.codes.to_numpy() >= 0
+                if "" in cat.cat.categories:
+                    named &= cat.cat.codes.to_numpy() != cat.cat.categories.get_loc("")
+                if named.any():
+                    first_items, first_rows = np.unique(item[named], return_index=True)
+                    labels = cat.to_numpy(dtype=object)[named][first_rows]
+                    for code, label in zip(first_items.tolist(), labels.tolist(), strict=True):
+                        own.setdefault(code, str(label))
+                parts.append((df["p"].to_numpy(dtype=np.int64), df["b"].to_numpy(dtype=np.int64), item))
             start += step
             done = min(total, done + CHUNK)
             if progress is not None:
                 progress(done, total)
-    if not frames:
+    if not parts:
         empty = np.zeros(0, dtype=np.int64)
         return Baskets(empty, empty.copy(), (), (), empty.copy(), empty.copy(), int(total))
-    df = pd.concat(frames, ignore_index=True)
-    df = df.drop_duplicates(subset=["p", "v"])
-    pcode, pids = pd.factorize(df["p"].to_numpy(), sort=True)
-    vcode, names = pd.factorize(df["v"].to_numpy(dtype=object))
-    named = (df["c"] != "").to_numpy()
-    firsts = pd.Series(df["c"].to_numpy(dtype=object)[named], index=vcode[named])
-    firsts = firsts[~firsts.index.duplicated()]
-    cats = [firsts.get(k) for k in range(len(names))]
+    pairs = pd.DataFrame(
+        {
+            "p": np.concatenate([x[0] for x in parts]),
+            "b": np.concatenate([x[1] for x in parts]),
+            "v": np.concatenate([x[2] for x in parts]),
+        }
+    ).drop_duplicates(subset=["p", "v"])
+    pcode, pids = pd.factorize(pairs["p"].to_numpy(), sort=True)
+    vcode = pairs["v"].to_numpy()
+    names = list(index)
+    cats = [own.get(k) for k in range(len(names))]
     buyers = np.zeros(len(pids), dtype=np.int64)
-    buyers[pcode] = df["b"].to_numpy(dtype=np.int64)
+    buyers[pcode] = pairs["b"].to_numpy()
     return Baskets(
         basket=pcode.astype(np.int64),
         item=vcode.astype(np.int64),
@@ -209,7 +226,7 @@ def read_baskets(
         categories=tuple(None if c is None else str(c) for c in cats),
         customers=buyers,
         purchase_ids=np.asarray(pids, dtype=np.int64),
-        skipped=int(total) - with_items,
+        skipped=int(total) - len(pids),
     )
 
 
