@@ -434,7 +434,7 @@ def stored(crm: CRM, level: str = "product") -> list[BasketRule]:
 
 def _owned(crm: CRM, level: str, customer_ids: Sequence[int] | None, items_key: str) -> dict[int, set[str]]:
     """What each customer bought (items or categories), read set-based."""
-    baskets = read_baskets(crm, items_key=items_key)
+    baskets = read_baskets(crm, items_key=items_key, customer_ids=customer_ids)
     basket, item, names, _ = to_level(baskets, level, None, crm)
     buyers = baskets.customers[basket] if len(basket) else basket
     wanted = None if customer_ids is None else set(customer_ids)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -131,13 +131,15 @@ def read_baskets(
     since: datetime | None = None,
     until: datetime | None = None,
     segment: str | None = None,
+    customer_ids: Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Baskets:
     """Every ``kind`` interaction of the workspace with its items, as integer codes (see :class:`Baskets`).
 
     ``since``/``until`` bound ``occurred_at`` (``until`` defaults to the
     CRM's clock, so future-dated purchases are left out); ``segment`` keeps
-    the purchases of that segment's members.  ``progress(done, total)`` is
+    the purchases of that segment's members, ``customer_ids`` those of these
+    customers.  ``progress(done, total)`` is
     called after each chunk of :data:`CHUNK` purchases.
     """
     import numpy as np
@@ -164,6 +166,16 @@ def read_baskets(
         members = db.tables["segment_members"].fullname
         conds.append(f"i.customer_id IN (SELECT customer_id FROM {members} WHERE segment_id = :seg)")
         params["seg"] = seg.id
+    if customer_ids is not None:
+        ids = sorted({int(c) for c in customer_ids})
+        if dialect == "sqlite":
+            import json
+
+            conds.append("i.customer_id IN (SELECT value FROM json_each(:cids))")
+            params["cids"] = json.dumps(ids)
+        else:
+            conds.append("i.customer_id = ANY(:cids)")
+            params["cids"] = ids
     table = it.fullname if not it.schema else f"{it.schema}.{it.name}"
     with db.read() as conn:
         bounds = conn.execute(
