@@ -138,3 +138,26 @@ def test_sql_and_memory_agree(shop: Shop, ids: list[int], by_label: bool, negate
     everyone = [c.id for c in shop.crm.customers.list(limit=100)]
     assert len(everyone) == 33
     assert members == {c for c in everyone if shop.crm.segments.evaluate(rule, c)}
+
+
+def test_the_worker_job_recomputes_what_was_saved_once_a_day(shop: Shop) -> None:
+    from ecrm_analytics.basket import basket_rules, save, stored
+    from ecrm_analytics.clusters import cluster_customers, model
+
+    from ecrm_core.worker import JobRunner
+
+    assert "analytics.needs" in shop.crm.registry.jobs
+    runner = JobRunner(shop.crm, jobs=["analytics.needs"])
+    assert runner.tick("analytics.needs", "default").status == "ran"  # nothing saved: nothing to do
+    groups = _plant(shop)
+    for cid in groups["vip"]:
+        shop.buy(cid, 1, properties={"skus": ["A", "B"]})
+    save(shop.crm, basket_rules(shop.crm, min_support=0.1, min_confidence=0.5))
+    cluster_customers(shop.crm, k=3)
+    assert model(shop.crm)["k_fixed"] == 3
+    for cid in groups["lapsed"]:
+        shop.buy(cid, 1, properties={"skus": ["A", "C"]})
+    shop.clock.advance(days=2)
+    assert runner.tick("analytics.needs", "default").status == "ran"
+    assert {r.consequent for r in stored(shop.crm)} >= {("C",)}  # recomputed with the new purchases
+    assert model(shop.crm)["k"] == 3 and model(shop.crm)["customers"] == 32

@@ -411,7 +411,17 @@ def save(crm: CRM, result: BasketRules) -> int:
         name = f"basket_{result.level}"
         conn.execute(sa.delete(state).where(state.c.workspace_id == crm.workspace, state.c.name == name))
         conn.execute(
-            sa.insert(state).values(workspace_id=crm.workspace, name=name, data=result.summary(), updated_at=now)
+            sa.insert(state).values(
+                workspace_id=crm.workspace,
+                name=name,
+                data={
+                    **result.summary(),
+                    "min_support": result.min_support,
+                    "min_confidence": result.min_confidence,
+                    "min_lift": result.min_lift,
+                },
+                updated_at=now,
+            )
         )
     return len(result.rules)
 

@@ -234,9 +234,11 @@ def rescore(crm: CRM, conn: sa.Connection) -> list[int]:
     """Rewrite the scores and groups that changed (one ``UPDATE … FROM`` with window functions); return
     those customers."""
     table = crm.db.tables[RFM]
-    source = sa.select(table.c.customer_id, table.c.last_at, table.c.orders, table.c.monetary).where(
-        table.c.workspace_id == crm.workspace
-    ).subquery("src")
+    source = (
+        sa.select(table.c.customer_id, table.c.last_at, table.c.orders, table.c.monetary)
+        .where(table.c.workspace_id == crm.workspace)
+        .subquery("src")
+    )
     scored = _scores(source)
     f_plus_m = sa.cast((scored.c.f + scored.c.m + 1) / 2, sa.Integer)
     stmt = (
