@@ -311,7 +311,7 @@ def index_cost(workdir: Path, seed: int, n: int = 50_000) -> tuple[float, float]
         ids = [crm.customers.create(email=f"i{i}@example.com").id for i in range(500)]
         if not keep:
             with crm.db.write() as conn:
-                conn.exec_driver_sql(f"DROP INDEX {SALES_INDEX.format(prefix='ecrm_')}")  # noqa: S608
+                conn.exec_driver_sql(f"DROP INDEX {SALES_INDEX.format(prefix='ecrm_')}")
         rows = [
             {"kind": "purchase" if rng.random() < 0.2 else "page_view", "customer_id": rng.choice(ids),
              "amount": "12.5", "currency": "EUR", "occurred_at": (NOW - timedelta(days=rng.uniform(0, 300))).isoformat()}

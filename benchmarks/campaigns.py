@@ -23,11 +23,16 @@ Timed, from the trigger:
 * **dispatch**: ``messages.deliver`` ticks until the outbox is empty —
   every message handed to the channel (``channel.sent``).
 
+Also timed, before the real run: ``campaigns(crm).simulate("spring", days=30,
+customer_ids=<the entering set>)`` — the same campaign over 30 days on a
+fake clock, read-only (the pipeline's ``screen`` instead of ``send_many``);
+the goal is **<= the time of one real run** (trigger -> channel).
+
 Baseline, same run: inserting the same number of outbox rows (the same
 columns, a JSON content, a dedupe key) into a copy of the outbox table with
 plain ``sqlite3`` ``executemany`` in one transaction.  The issue's goal is
-**trigger→outbox <= 3x the raw insert**; the dispatch to the channel is shown
-beside it.  Also printed: the campaign's state rows per customer entered.
+**trigger -> all messages handed to the channel <= 3x the raw insert**;
+trigger -> outbox is shown beside it.  Also printed: the campaign's state rows per customer entered.
 """
 
 from __future__ import annotations
@@ -129,6 +134,9 @@ def raw_insert(db: Path, n: int) -> float:
             yield tuple(r.get(c) for c in cols)
 
     sql = f"INSERT INTO raw_messages ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    # the run's own writes are still in the WAL: checkpoint them first (not timed), so the baseline's
+    # commit does not pay for copying the campaign run's pages into the database file
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     start = time.perf_counter()
     with conn:
         conn.executemany(sql, rows())
@@ -182,6 +190,12 @@ def run(db: Path, entering: int) -> dict[str, float]:
             return enroll(self, *a, **kw)
         finally:
             spent[0] += time.perf_counter() - t
+
+    # the simulation of the same campaign over 30 days, before the real run (it is read-only)
+    ts = time.perf_counter()
+    sim = svc.simulate("spring", days=30, customer_ids=ids)
+    out["simulate"] = time.perf_counter() - ts
+    out["sim_messages"] = float(sum(1 for m in sim.messages if m.decision == "queue"))
 
     service.Campaigns.enroll = timed  # type: ignore[method-assign]
     t0 = time.perf_counter()
@@ -239,11 +253,18 @@ def main() -> None:
         print(f"trigger -> all messages handed to the channel:                   {to_outbox + r['dispatch']:8.2f} s")
         print(f"raw sqlite3 insert of {sent:,} outbox rows (same run):             {raw:8.2f} s")
         ratio = to_outbox / raw if raw else float("inf")
-        print(
-            f"trigger -> outbox / raw insert: {ratio:.1f}x (goal <= {GOAL:.0f}x: {'met' if ratio <= GOAL else 'NOT met'})"
-        )
+        print(f"trigger -> outbox / raw insert: {ratio:.1f}x")
         total = (to_outbox + r["dispatch"]) / raw if raw else float("inf")
-        print(f"trigger -> channel / raw insert: {total:.1f}x")
+        print(
+            f"trigger -> channel / raw insert: {total:.1f}x (the issue's figure; goal <= {GOAL:.0f}x: "
+            f"{'met' if total <= GOAL else 'NOT met'})"
+        )
+        real = to_outbox + r["dispatch"]
+        print(
+            f"simulation of the same campaign over 30 days ({int(r['sim_messages']):,} messages predicted): "
+            f"{r['simulate']:.2f} s = {r['simulate'] / real:.2f}x one real run "
+            f"(goal <= 1x: {'met' if r['simulate'] <= real else 'NOT met'})"
+        )
         entered = r["entered"] + r["held_out"]
         print(
             f"campaign state rows: {int(r['state_rows']):,} = {r['state_rows'] / entered:.2f} per customer entered "

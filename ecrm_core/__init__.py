@@ -41,6 +41,7 @@ _EXPORTS = {
     "ConditionType": "ecrm_core.registry",
     "StrategySpec": "ecrm_core.registry",
     "AdminPage": "ecrm_core.registry",
+    "AdminWidget": "ecrm_core.registry",
     "MigrationSource": "ecrm_core.registry",
     "JobSpec": "ecrm_core.registry",
     "DemoStage": "ecrm_core.registry",
@@ -85,6 +86,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .hookspecs import HOOK_API_VERSION, hookimpl
     from .registry import (
         AdminPage,
+        AdminWidget,
         AttributeDef,
         ChannelSpec,
         ConditionType,

@@ -256,6 +256,7 @@ class CRM:
             purposes=by_name("ecrm_register_message_purposes", "message purpose"),
             jobs=by_name("ecrm_register_jobs", "job"),
             demo_stages=by_name("ecrm_register_demo_stages", "demo stage"),
+            admin_widgets=by_name("ecrm_register_admin_widgets", "admin widget"),
         )
 
     def check_kind(self, kind: Any, field: str = "kind") -> str:

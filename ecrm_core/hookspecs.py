@@ -44,9 +44,10 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
     from .channels import MessageEvent, Purpose
     from .crm import CRM
-    from .domain import Customer, CustomerChange, InteractionBatch, MergeRecord
+    from .domain import Alias, Customer, CustomerChange, InteractionBatch, MergeRecord
     from .registry import (
         AdminPage,
+        AdminWidget,
         AttributeDef,
         ChannelSpec,
         ConditionType,
@@ -64,7 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 #: The hook API version this core implements (``major.minor``).  Minor
 #: versions only add hooks or arguments; a major version removes or changes.
-HOOK_API_VERSION = "1.4"
+HOOK_API_VERSION = "1.6"
 
 hookspec = pluggy.HookspecMarker("ecrm")
 hookimpl = pluggy.HookimplMarker("ecrm")
@@ -192,9 +193,39 @@ def ecrm_register_routes(crm: CRM) -> Sequence[Any] | None:
 def ecrm_register_admin_pages(crm: CRM) -> Sequence[AdminPage] | None:
     """Server-rendered admin pages.
 
-    :return: a list of :class:`~ecrm_core.registry.AdminPage`.
+    :return: a list of :class:`~ecrm_core.registry.AdminPage`: a ``path``
+        relative to the admin's mount point, a ``title``, a
+        ``handler(request)`` returning text, ``__html__`` markup, a
+        :class:`~ecrm_core.charts.Chart` or a list of those, and (API 1.6)
+        the lowest ``role`` that may open it (``agent``, ``marketer``,
+        ``admin``), its ``methods``, ``nav``/``nav_section``/``order`` for
+        the navigation.
+
+    The admin (``ecrm-admin``) mounts each page under its own path, behind
+    its login, role check and CSRF check; a handler that raises is shown as
+    an error box and recorded, the rest of the admin keeps working.  Keep
+    the handler's imports inside it.
 
     .. versionadded:: 1.0
+    .. versionchanged:: 1.6 ``role``, ``methods``, ``nav`` and ``order``.
+    """
+
+
+@hookspec
+def ecrm_register_admin_widgets(crm: CRM) -> Sequence[AdminWidget] | None:
+    """Boxes on the admin's customer (360°) view: value scores, the
+    personalization a customer gets, loyalty points, open cases…
+
+    :param crm: the CRM being built.
+    :return: a list of :class:`~ecrm_core.registry.AdminWidget`: a ``name``,
+        a ``title``, ``render(crm, customer)`` returning what to show (like
+        an admin page handler) or ``None``, the lowest ``role`` that sees it
+        and an ``order``.
+
+    Widgets are rendered on every load of the customer view, each isolated:
+    one that raises becomes an error box and is recorded.
+
+    .. versionadded:: 1.6
     """
 
 
@@ -322,17 +353,26 @@ def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
 
 
 @hookspec
-def ecrm_customers_deleted(crm: CRM, customer_ids: Sequence[int]) -> None:
+def ecrm_customers_deleted(crm: CRM, customer_ids: Sequence[int], aliases: Sequence[Alias]) -> None:
     """Customers were deleted, with everything ecrm kept about them.
 
     :param customer_ids: the deleted ids: the customer and the tombstones of
         the customers that had been merged into it.
+    :param aliases: every identity the deleted customers had, read inside
+        the delete's transaction before the rows went: their alias rows
+        (``external``, ``email``, ``phone``, ``anonymous``, plugins' kinds)
+        and the identity columns of the customer rows, as
+        :class:`~ecrm_core.domain.Alias` objects, sorted, each once.
 
     Fired after the delete committed.  Plugins with per-customer rows that
     are not removed by ``ON DELETE CASCADE`` (files, caches, rows in other
-    systems) should erase them here.
+    systems) should erase them here; data kept by *identity* rather than by
+    customer id (messages waiting in an inbox, rejected messages, rows keyed
+    by e-mail) is found through ``aliases``.
 
     .. versionadded:: 1.0
+    .. versionchanged:: 1.5
+       ``aliases`` (an implementation that does not name it is unaffected).
     """
 
 

@@ -30,6 +30,8 @@ __all__ = [
     "ConditionType",
     "StrategySpec",
     "AdminPage",
+    "AdminWidget",
+    "ADMIN_ROLES",
     "MigrationSource",
     "JobSpec",
     "JobResult",
@@ -173,15 +175,100 @@ class StrategySpec:
     plugin: str | None = None
 
 
+#: The admin's roles, lowest first; each includes the ones before it.  They
+#: match the API's scopes: ``agent`` reads (``read``), ``marketer`` also
+#: changes segments, offers, templates and campaigns (``write``), ``admin``
+#: may do everything (``admin``).
+ADMIN_ROLES = ("agent", "marketer", "admin")
+
+_ADMIN_PATH = re.compile(r"^(/[A-Za-z0-9_.\-]+|/\{[a-z_][a-z0-9_]*(:(str|int))?\})+$")
+
+
+def _admin_role(value: Any) -> str:
+    if value not in ADMIN_ROLES:
+        raise ValidationError("role", value, "not an admin role", f"use one of {', '.join(ADMIN_ROLES)}")
+    return str(value)
+
+
+def _admin_path(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 200 or not _ADMIN_PATH.match(value):
+        raise ValidationError(
+            "path",
+            value,
+            "not an admin page path",
+            "use '/name' segments of letters, digits, '_', '.', '-', and '{param}' or '{param:int}' "
+            "for path parameters, e.g. '/loyalty/{program}'",
+        )
+    return value
+
+
+def _methods(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    out = tuple(str(m).upper() for m in value)
+    if not out or any(m not in ("GET", "POST") for m in out):
+        raise ValidationError("methods", value, "not GET/POST", "admin pages answer GET and POST (forms) only")
+    return out
+
+
 @frozen(kw_only=True)
 class AdminPage:
-    """A server-rendered admin page contributed by a plugin."""
+    """A server-rendered admin page contributed by a plugin.
 
-    path: str
+    ``path`` is relative to where the admin is mounted (``/loyalty``,
+    ``/loyalty/{program}``); ``handler(request)`` gets an
+    :class:`ecrm_admin.AdminRequest` (the workspace's ``crm``, the ``user``,
+    ``params``, ``query``, ``form``…) and returns what to show: a ``str``
+    (shown as text, escaped), an object with ``__html__`` (a
+    ``markupsafe.Markup`` the plugin built with escaping: trusted HTML), a
+    :class:`~ecrm_core.charts.Chart` (drawn as SVG), or a list of those.
+    ``role``: the lowest role that may open it (:data:`ADMIN_ROLES`);
+    ``methods``: ``("GET",)`` or also ``"POST"`` (forms; the admin checks
+    their CSRF token before the handler runs).  ``nav_section`` groups the
+    navigation entry; ``nav=False`` leaves the page out of the navigation
+    (detail pages).  A handler that raises is isolated: the admin shows an
+    error box in its place and records the failure
+    (``crm.plugins.failures``), shown on the admin's plugins page.
+    """
+
+    path: str = field(converter=_admin_path)
     title: str
     handler: Callable[..., Any]
     nav_section: str | None = None
     plugin: str | None = None
+    #: hook API 1.6: the lowest role that may open the page
+    role: str = field(default="agent", converter=_admin_role)
+    #: hook API 1.6: HTTP methods (GET, POST)
+    methods: tuple[str, ...] = field(default=("GET",), converter=_methods)
+    #: hook API 1.6: listed in the navigation
+    nav: bool = True
+    #: hook API 1.6: position in its navigation section (then title)
+    order: int = 100
+
+
+@frozen(kw_only=True)
+class AdminWidget:
+    """A box on the admin's customer (360°) view, contributed by a plugin (hook API 1.6).
+
+    ``render(crm, customer)`` gets the workspace's CRM and the
+    :class:`~ecrm_core.domain.Customer` and returns what to show, like an
+    :class:`AdminPage` handler (text, ``__html__``, a
+    :class:`~ecrm_core.charts.Chart`, a list of those) or ``None`` to show
+    nothing for this customer.  Keep it one bounded query: the view renders
+    every widget on each page load.  A widget that raises is isolated (an
+    error box, the failure recorded).  ``role``: the lowest role that sees it.
+    """
+
+    name: str = field(converter=_slug("admin widget"))
+    title: str
+    render: Callable[[Any, Any], Any]
+    role: str = field(default="agent", converter=_admin_role)
+    order: int = 100
+    plugin: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not callable(self.render):
+            raise ValidationError("render", self.render, "not callable", "pass a function render(crm, customer)")
 
 
 @frozen(kw_only=True)
@@ -407,3 +494,5 @@ class Registry:
     jobs: Mapping[str, JobSpec] = field(factory=dict)
     #: :class:`DemoStage` objects, by name (hook API 1.4).
     demo_stages: Mapping[str, DemoStage] = field(factory=dict)
+    #: :class:`AdminWidget` objects, by name (hook API 1.6).
+    admin_widgets: Mapping[str, AdminWidget] = field(factory=dict)

@@ -13,12 +13,14 @@ import sqlalchemy as sa
 
 from ecrm_core import (
     AdminPage,
+    AdminWidget,
     AttributeDef,
     BatchError,
     ConditionType,
     InteractionKind,
     LifecycleStage,
     StrategySpec,
+    ValidationError,
     hookimpl,
 )
 from ecrm_core.testing import CapturingChannel, EventRecorder, registered
@@ -117,6 +119,22 @@ def test_ecrm_register_strategies_routes_and_admin_pages(crm):
         assert crm.registry.strategies["greeting"].kind == "cosmetic"
         assert handler in crm.registry.routes
         assert crm.registry.admin_pages["/stats"].plugin == "web"
+
+
+def test_ecrm_register_admin_widgets(crm):
+    class Widgets:
+        @hookimpl
+        def ecrm_register_admin_widgets(self):
+            return [AdminWidget(name="points", title="Points", render=lambda crm, customer: "12", role="marketer")]
+
+    with registered(crm, Widgets(), name="widgets"):
+        widget = crm.registry.admin_widgets["points"]
+        assert widget.plugin == "widgets" and widget.role == "marketer" and widget.render(crm, None) == "12"
+    with pytest.raises(ValidationError):
+        AdminWidget(name="x", title="X", render=lambda crm, customer: "", role="owner")
+    with pytest.raises(ValidationError):
+        AdminPage(path="javascript:alert(1)", title="X", handler=lambda r: "")
+    assert AdminPage(path="/loyalty/{program}", title="P", handler=lambda r: "", methods="post").methods == ("POST",)
 
 
 # -- event hooks ----------------------------------------------------------------

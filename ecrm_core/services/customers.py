@@ -1068,7 +1068,9 @@ class Customers(Service):
         audit records about them; plugin tables that reference customers with
         ``ON DELETE CASCADE`` follow.  An ``customer.delete`` audit record
         (ids only) is kept.  Fires ``ecrm_customers_deleted`` after commit
-        (``ecrm_segment_exited`` is not fired for deleted customers).
+        with the ids and every identity they had (read before the rows go:
+        plugins erase what they keep by identity, e.g. messages waiting in an
+        inbox); ``ecrm_segment_exited`` is not fired for deleted customers.
         Raises :class:`~ecrm_core.errors.NotFound`, or
         :class:`~ecrm_core.errors.Conflict` for a merged id (delete the
         survivor: that deletes the tombstone too).
@@ -1079,16 +1081,43 @@ class Customers(Service):
         assert current.id is not None
         cid = current.id
         try:
-            ids = self._delete(cid, customer_id, actor)
+            ids, aliases = self._delete(cid, customer_id, actor)
         except sa.exc.IntegrityError:
             raise Conflict(
                 f"customer {cid} is still referenced by a table without ON DELETE CASCADE (a plugin's); "
                 "nothing was deleted — the plugin must declare its foreign key with ondelete='CASCADE'"
             ) from None
-        self.crm.emit("ecrm_customers_deleted", customer_ids=ids)
+        self.crm.emit("ecrm_customers_deleted", customer_ids=ids, aliases=aliases)
         return ids
 
-    def _delete(self, cid: int, customer_id: int, actor: str | None) -> tuple[int, ...]:
+    def _doomed_aliases(self, conn: sa.Connection, doomed: sa.Select[Any]) -> tuple[Alias, ...]:
+        """Every identity of the customers about to be deleted: their alias rows
+        (external ids, e-mails, phones, anonymous ids…) and the identity
+        columns of the customer rows (tombstones included), sorted."""
+        t, a = self.t("customers"), self.t("aliases")
+        found: set[tuple[str, str]] = {
+            (kind, value)
+            for kind, value in conn.execute(
+                sa.select(a.c.kind, a.c.value).where(a.c.workspace_id == self.workspace, a.c.customer_id.in_(doomed))
+            )
+        }
+        columns = [t.c[name] for name in IDENTITY_FIELDS]
+        for row in conn.execute(sa.select(*columns).where(t.c.id.in_(doomed))):
+            for kind, value in zip(IDENTITY_FIELDS.values(), row, strict=True):
+                if value:
+                    found.add((kind, value))
+        out: list[Alias] = []
+        for kind, value in sorted(found):
+            try:
+                out.append(Alias(kind, value))
+            except ValidationError:  # legacy data the entry validation now refuses: kept as stored
+                al = object.__new__(Alias)
+                object.__setattr__(al, "kind", kind)
+                object.__setattr__(al, "value", value)
+                out.append(al)
+        return tuple(out)
+
+    def _delete(self, cid: int, customer_id: int, actor: str | None) -> tuple[tuple[int, ...], tuple[Alias, ...]]:
         t, a, i, e, log, s, m = (
             self.t(n)
             for n in (
@@ -1117,6 +1146,7 @@ class Customers(Service):
             doomed = sa.select(t.c.id).where(
                 t.c.workspace_id == self.workspace, sa.or_(t.c.id == cid, t.c.merged_into == cid)
             )
+            aliases = self._doomed_aliases(conn, doomed)
             leaving = (
                 sa.select(sa.func.count())
                 .where(m.c.segment_id == s.c.id, m.c.customer_id.in_(doomed))
@@ -1152,4 +1182,4 @@ class Customers(Service):
                     details={"customer_ids": list(ids), "deleted_interactions": interactions},
                 )
             )
-        return ids
+        return ids, aliases

@@ -355,6 +355,19 @@ class Lifecycle(Service):
                 params.append(tuple(value[k] for k in order))
             conn.exec_driver_sql(compiled.string, params)
             return
+        if not rows:
+            return
+        # Lock the rows in id order first: two refreshes (or a refresh and a
+        # tracking batch) updating overlapping customers in different orders
+        # (one statement per stage) would otherwise deadlock on PostgreSQL.
+        ordered = sorted(row.id for row in rows)
+        for i in range(0, len(ordered), CHUNK):
+            conn.execute(
+                sa.select(c.c.id)
+                .where(ids_clause(c.c.id, ordered[i : i + CHUNK], conn.dialect.name))
+                .order_by(c.c.id)
+                .with_for_update()
+            ).all()
         by_stage: dict[str, builtins.list[int]] = {}
         for row in rows:
             by_stage.setdefault(row.after, []).append(row.id)

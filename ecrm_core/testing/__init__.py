@@ -87,8 +87,8 @@ class EventRecorder:
         self.calls.append(("ecrm_customers_merged", {"merge": merge}))
 
     @hookimpl
-    def ecrm_customers_deleted(self, customer_ids: Any) -> None:
-        self.calls.append(("ecrm_customers_deleted", {"customer_ids": list(customer_ids)}))
+    def ecrm_customers_deleted(self, customer_ids: Any, aliases: Any) -> None:
+        self.calls.append(("ecrm_customers_deleted", {"customer_ids": list(customer_ids), "aliases": list(aliases)}))
 
     @hookimpl
     def ecrm_interactions_recorded(self, batch: Any) -> None:

@@ -65,3 +65,38 @@ def test_crud_lifecycle_and_problems(crm_factory: Callable[..., CRM], live_api_f
     assert schemas["CampaignIn"].get("additionalProperties") == schemas["OfferIn"].get("additionalProperties")
     yaml_schema = schemas["CampaignIn"]["properties"]["yaml"]  # a string, or null (msgspec's anyOf)
     assert 1_000_000 in [s.get("maxLength") for s in yaml_schema.get("anyOf", [yaml_schema])]
+
+
+def test_simulate_and_charts_over_http(crm_factory: Callable[..., CRM], live_api_factory: Callable[..., Any]) -> None:
+    from ecrm_api import plugin as api_plugin
+
+    chan = MemoryChannel(name="capture", capabilities=("templates",))
+    crm = crm_factory(plugins=[api_plugin, plugin, chan.plugin()])
+    crm.segments.create("lapsed", rule="purchase.count(365d) >= 1")
+    crm.offers.create("deal", "10 % off", status="active")
+    crm.offers.create("gift", "A gift", status="active")
+    api = live_api_factory(crm)
+    http = api.client()
+    assert http.post("/campaigns", json={"yaml": FULL}).status_code == 200
+    ids = [crm.customers.create(email=f"s{i}@x.org", consent={"capture": "granted"}).id for i in range(3)]
+    for cid in ids:
+        crm.interactions.track("purchase", customer_id=cid, amount="5.00", currency="EUR")
+    messages_before = len(crm.messages.list(limit=1000))
+
+    r = http.post("/campaigns/spring/simulate", json={"days": 3, "customer_ids": ids, "details": True})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert len(data["days"]) == 3 and data["entered_total"] == 3 and len(data["entries"]) == 3
+    assert len(crm.messages.list(limit=1000)) == messages_before  # nothing sent
+    assert http.post("/campaigns/spring/simulate", json={"days": 0}).status_code in (400, 422)
+    assert http.post("/campaigns/spring/simulate", json={"every": "1m"}).status_code == 422
+    assert http.post("/campaigns/nope/simulate", json={}).status_code == 404
+
+    svg = http.get("/campaigns/spring/chart")  # the uplift (the campaign has a holdout)
+    assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+    assert svg.content.startswith(b"<?xml")
+    png = http.get("/campaigns/spring/chart", params={"kind": "funnel", "format": "png"})
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    sim = http.get("/campaigns/spring/chart", params={"kind": "simulation", "days": 2, "format": "json"})
+    assert sim.status_code == 200 and sim.json()["kind"] == "line" and len(sim.json()["categories"]) == 2
+    assert http.get("/campaigns/spring/chart", params={"kind": "pie"}).status_code == 400

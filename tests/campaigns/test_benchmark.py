@@ -21,5 +21,6 @@ def test_campaigns_benchmark_smoke() -> None:
         "raw sqlite3 insert",
         "trigger -> outbox / raw insert",
         "campaign state rows: 1,000 = 1.00 per customer",
+        "simulation of the same campaign over 30 days (",
     ):
         assert figure in proc.stdout, proc.stdout

@@ -60,3 +60,37 @@ def test_apply_list_show_lifecycle_export(tmp_path: Path) -> None:
     assert "steps.later.duration: negative wait" in r.output, r.output
     r = run.invoke(cli, [*base, "show", "nope"])
     assert r.exit_code == 1 and "nope" in r.output
+
+
+def test_report_with_a_chart_and_simulate(tmp_path: Path) -> None:
+    chan = MemoryChannel(name="capture", capabilities=("templates",))
+    db = tmp_path / "cli.db"
+    crm = make_crm(db, plugins=[plugin, chan.plugin()])
+    crm.segments.create("lapsed", rule="purchase.count(365d) >= 1")
+    crm.offers.create("deal", "10 % off", status="active")
+    crm.offers.create("gift", "A gift", status="active")
+    ids = [crm.customers.create(email=f"c{i}@x.org", consent={"capture": "granted"}).id for i in range(4)]
+    crm.close()
+    cli = make_cli(plugins=[plugin, chan.plugin()], entrypoints=False)
+    run = CliRunner()
+    base = ["--db", f"sqlite:///{db}", "campaigns"]
+    spec = tmp_path / "spring.yaml"
+    spec.write_text(FULL)
+    assert run.invoke(cli, [*base, "apply", "-f", str(spec), "--start"]).exit_code == 0
+
+    r = run.invoke(cli, [*base, "report", "spring", "--chart", str(tmp_path / "uplift.svg")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "uplift.svg").read_bytes().startswith(b"<?xml") and "by arm" in r.output
+    r = run.invoke(cli, [*base, "report", "spring", "--chart", str(tmp_path / "f.png"), "--chart-kind", "funnel"])
+    assert r.exit_code == 0 and (tmp_path / "f.png").read_bytes().startswith(b"\x89PNG")
+    r = run.invoke(cli, [*base, "report", "spring", "--chart", str(tmp_path / "f.gif")])
+    assert r.exit_code == 1 and ".svg or .png" in r.output
+
+    args = [*base, "simulate", "spring", "--days", "3", *(x for cid in ids for x in ("--customer", str(cid)))]
+    r = run.invoke(cli, [*args, "--chart", str(tmp_path / "sim.svg")])
+    assert r.exit_code == 0, r.output
+    assert "simulated 3" in r.output and (tmp_path / "sim.svg").exists()
+    r = run.invoke(cli, [*args, "--json"])
+    assert r.exit_code == 0 and '"entered_total"' in r.output
+    r = run.invoke(cli, [*base, "simulate", "spring", "--days", "0"])
+    assert r.exit_code == 2

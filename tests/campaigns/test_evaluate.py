@@ -93,6 +93,8 @@ def test_report_by_arm_with_attribution_window(shop: Shop) -> None:
                 currency="EUR",
                 occurred_at=shop.clock() + timedelta(days=8),
             )
+    assert all(a.converted == 0 for a in shop.campaigns.evaluate("ev").arms)  # stamped in the future: not yet
+    shop.clock.advance(days=9)
     ev = shop.campaigns.evaluate("ev")
     got = {a.name: a for a in ev.arms}
     assert set(got) == {"holdout", "a", "b"}

@@ -23,7 +23,8 @@ customer's timeline (``message_sent``/``message_deferred``/``message_failed``).
 
 The package, one module per responsibility: :mod:`.records` (what is
 returned, customers as plain data, lookups), :mod:`.safety` (what may be
-stored), :mod:`.suppression`, :mod:`.send` (decide and plan),
+stored), :mod:`.suppression`, :mod:`.send` (decide and plan), :mod:`.screen` (decide without
+writing: what ``send_many`` would do),
 :mod:`.deliver` (claim and deliver, dead letters), :mod:`.events`
 (feedback) and :mod:`.service` (``Channels``, ``Messages``).
 """
@@ -48,6 +49,7 @@ from .records import (
     plain_customer,
     quiet_until,
 )
+from .screen import Screened, Screening
 from .service import Channels, Messages
 
 __all__ = [
@@ -67,6 +69,8 @@ __all__ = [
     "InboundResult",
     "DispatchReport",
     "Suppression",
+    "Screened",
+    "Screening",
     "plain_customer",
     "quiet_until",
 ]

@@ -119,6 +119,17 @@ class _Faults:
             )
 
 
+def _capped(caps: Sequence[dict[int, int]], policy: DeliveryPolicy, customer_id: int) -> bool:
+    """Whether one more message for ``customer_id`` is over a cap; if not, it is counted in ``caps``
+    (the per-cap counts from ``_cap_counts``), so the next decision for them sees it."""
+    for (limit, _w), counts in zip(policy.frequency_caps, caps, strict=True):
+        if counts.get(customer_id, 0) >= limit:
+            return True
+    for counts in caps:
+        counts[customer_id] = counts.get(customer_id, 0) + 1
+    return False
+
+
 class _Sending(_Suppressions):
     """The decision: ``send``, ``send_many`` and what they share."""
 
@@ -153,7 +164,14 @@ class _Sending(_Suppressions):
         return None
 
     def _cap_counts(
-        self, conn: sa.Connection, channel: str, ids: Sequence[int], policy: DeliveryPolicy
+        self,
+        conn: sa.Connection,
+        channel: str,
+        ids: Sequence[int],
+        policy: DeliveryPolicy,
+        *,
+        now: datetime | None = None,
+        lock: bool = True,
     ) -> builtins.list[dict[int, int]]:
         """Per cap, customer id -> non-transactional messages in the cap's window.
 
@@ -163,10 +181,14 @@ class _Sending(_Suppressions):
         so a cap cannot be overrun.  (SQLite's ``BEGIN IMMEDIATE`` already
         serialises them.)  ``NO KEY`` keeps inserts that merely reference the
         customer (its interactions, other messages) from waiting.
+
+        ``now`` and ``lock=False`` are for ``screen``: the windows end at
+        ``now`` (messages made after it are not counted), nothing is locked.
         """
         t = self.t("messages")
-        now = self.crm.now()
-        if conn.dialect.name != "sqlite" and ids:
+        until = now
+        now = now or self.crm.now()
+        if lock and conn.dialect.name != "sqlite" and ids:
             c = self.t("customers")
             ordered = sorted(set(ids))
             for i in range(0, len(ordered), 5000):
@@ -187,6 +209,7 @@ class _Sending(_Suppressions):
                     t.c.transactional.is_(False),
                     t.c.status.in_(_COUNTED),
                     t.c.created_at >= now - timedelta(seconds=seconds),
+                    *([t.c.created_at <= until] if until is not None else []),
                 )
                 .group_by(t.c.customer_id)
             )
@@ -491,14 +514,8 @@ class _Sending(_Suppressions):
                     elif key:
                         seen_keys.add(key)
                     reason = p["reason"]
-                    if reason is None and fault is None and caps:
-                        for (limit, _w), counts in zip(pol.frequency_caps, caps, strict=True):
-                            if counts.get(p["customer_id"], 0) >= limit:
-                                reason = "frequency_cap"
-                                break
-                        if reason is None:
-                            for counts in caps:
-                                counts[p["customer_id"]] = counts.get(p["customer_id"], 0) + 1
+                    if reason is None and fault is None and caps and _capped(caps, pol, p["customer_id"]):
+                        reason = "frequency_cap"
                     due = at if at is not None and at > now else now
                     if reason is None and fault is None and not purp.transactional:
                         tz = customers[p["customer_id"]]["timezone"] or pol.default_timezone

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 from .events import _Feedback
 from .records import EventReport, InboundResult
+from .screen import _Screening
 
 log = logging.getLogger("ecrm.messages")
 
@@ -137,10 +138,11 @@ class Channels(Service):
 # ---------------------------------------------------------------------------
 
 
-class Messages(_Feedback):
+class Messages(_Screening, _Feedback):
     """``crm.messages``: send through any channel, dispatch, inspect, replay.
 
     Built from one module per responsibility: :mod:`.records` (lookups),
-    :mod:`.suppression`, :mod:`.send` (the decision), :mod:`.deliver`
+    :mod:`.suppression`, :mod:`.send` (the decision), :mod:`.screen` (the
+    decision without writing), :mod:`.deliver`
     (dispatch and dead letters) and :mod:`.events` (feedback).
     """

@@ -29,9 +29,20 @@ import sqlalchemy as sa
 from ecrm_core.storage import Naming, UTCDateTime
 
 __all__ = [
-    "BASKET_RULES", "CLUSTERS", "CLV", "DIRTY", "NEEDS_TABLES", "RFM", "SALES_INDEX", "SETTINGS", "STATE", "TABLES",
-    "columns", "define_tables", "sales_index",
-]  # fmt: skip
+    "BASKET_RULES",
+    "CLUSTERS",
+    "CLV",
+    "DIRTY",
+    "NEEDS_TABLES",
+    "RFM",
+    "SALES_INDEX",
+    "SETTINGS",
+    "STATE",
+    "TABLES",
+    "columns",
+    "define_tables",
+    "sales_index",
+]
 
 SETTINGS = "analytics_settings"
 DIRTY = "analytics_dirty"

@@ -349,6 +349,7 @@ def _head_and_allow(app: Litestar, inner: Any) -> Any:
             # where the router refuses HEAD but allows GET is it answered as GET.
             refused = await _run(scope, receive, send, probe_head=True)
             if refused:
+
                 async def no_body() -> dict[str, Any]:
                     return {"type": "http.request", "body": b"", "more_body": False}
 

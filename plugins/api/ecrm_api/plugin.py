@@ -1,8 +1,9 @@
 """The ecrm plugin (entry point ``api`` in the group ``ecrm.plugins``).
 
 It ships the ``api_keys`` and ingest tables (its own migration branch), the
-``ecrm serve``, ``ecrm keys`` and ``ecrm ingest`` commands and the job
-``ingest.process``.  Importing it is cheap: Litestar
+``ecrm serve``, ``ecrm keys`` and ``ecrm ingest`` commands, the job
+``ingest.process`` and the erasure of a deleted customer's waiting and
+rejected messages (``ecrm_customers_deleted``).  Importing it is cheap: Litestar
 is imported only when an app is built.
 """
 
@@ -14,15 +15,19 @@ from typing import TYPE_CHECKING, Any
 from ecrm_core.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from collections.abc import Sequence
+
     import click
     import sqlalchemy as sa
+    from ecrm_core.crm import CRM
+    from ecrm_core.domain import Alias
     from ecrm_core.registry import MigrationSource
     from ecrm_core.storage import Naming
 
 from . import __version__ as __version__
 
 #: The ecrm hook API versions this plugin is written for.
-ECRM_HOOK_API = ">=1,<2"
+ECRM_HOOK_API = ">=1.5,<2"  # ecrm_customers_deleted(aliases) is 1.5
 
 #: The plugin's name, whether loaded by entry point or passed by the host.
 ECRM_PLUGIN_NAME = "api"
@@ -58,6 +63,15 @@ def ecrm_register_commands(cli: click.Group) -> None:
     cli.add_command(serve)
     cli.add_command(keys)
     cli.add_command(ingest)
+
+
+@hookimpl
+def ecrm_customers_deleted(crm: CRM, aliases: Sequence[Alias]) -> None:
+    """Erase the deleted people's messages waiting in the ingest inbox or
+    kept in ``ingest_rejected`` (found by identity: see :mod:`ecrm_api.erasure`)."""
+    from .erasure import erase_identities
+
+    erase_identities(crm, aliases)
 
 
 @hookimpl

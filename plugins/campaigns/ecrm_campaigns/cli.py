@@ -203,32 +203,131 @@ def trigger_command(ctx: click.Context, key: str, customer_ids: tuple[int, ...])
 @click.argument("key")
 @click.option("--confidence", type=float, default=0.95, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--chart",
+    "chart_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write a chart to this .svg or .png file.",
+)
+@click.option(
+    "--chart-kind",
+    type=click.Choice(["uplift", "funnel"]),
+    default=None,
+    help="Which chart (default: the uplift when the campaign has a holdout, else the funnel).",
+)
 @click.pass_context
-def report_command(ctx: click.Context, key: str, confidence: float, as_json: bool) -> None:
-    """Results by arm (entered, messaged, converted, revenue) and the uplift against the holdout."""
+def report_command(
+    ctx: click.Context, key: str, confidence: float, as_json: bool, chart_path: str | None, chart_kind: str | None
+) -> None:
+    """Results by arm and by send step (reached, sent, delivered, opened, clicked, bounced,
+    unsubscribed, complained, converted, revenue) and the uplift against the holdout."""
     ev = _run(_svc(ctx).evaluate, key, confidence=confidence)
+    if chart_path:
+        from ecrm_core.charts import write
+
+        kind = chart_kind or ("uplift" if ev.uplifts else "funnel")
+        _run(write, ev.uplift_chart() if kind == "uplift" else ev.funnel_chart(), chart_path)
     if as_json:
         click.echo(json.dumps(ev.to_dict(), indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{key}: goal {ev.goal or '(none)'}")
-    for col in ("arm", "entered", "messaged", "converted", "rate", "revenue", "per customer"):
+    goal = f"goal {ev.goal} within {ev.within}" if ev.goal else "no goal"
+    table = Table(title=f"{key}: by arm ({goal})")
+    cols = (
+        "arm",
+        "entered",
+        "messaged",
+        "sent",
+        "delivered",
+        "opened",
+        "clicked",
+        "converted",
+        "rate",
+        "revenue/recipient",
+    )
+    for col in cols:
         table.add_column(col, justify="left" if col == "arm" else "right")
     for a in ev.arms:
         table.add_row(
             a.name,
-            str(a.entered),
-            str(a.messaged),
-            str(a.converted),
+            *(
+                str(getattr(a, k))
+                for k in ("entered", "messaged", "sent", "delivered", "opened", "clicked", "converted")
+            ),
             f"{a.rate:.1%}",
-            str(a.revenue),
-            str(a.revenue_per_customer),
+            str(a.revenue_per_recipient),
         )
     console = Console()
     console.print(table)
-    for u in ev.uplifts:
-        console.print(u.sentence())
+    if ev.steps:
+        steps = Table(title=f"{key}: by send step")
+        scols = ("step", "arm", "reached", "blocked", "sent", "delivered", "opened", "clicked", "bounced")
+        for col in (*scols, "unsub.", "complaints", "converted", "revenue/recipient"):
+            steps.add_column(col, justify="left" if col in ("step", "arm") else "right")
+        for r in ev.steps:
+            steps.add_row(
+                r.step,
+                r.arm,
+                *(str(getattr(r, k)) for k in scols[2:]),
+                str(r.unsubscribed),
+                str(r.complained),
+                str(r.converted),
+                str(r.revenue_per_recipient),
+            )
+        console.print(steps)
+    for line in ev.summary():
+        console.print(line)
     for note in ev.notes:
         console.print(f"[yellow]{note}[/]")
+    if chart_path:
+        console.print(f"chart written to {chart_path}")
+
+
+@campaigns.command("simulate")
+@click.argument("key")
+@click.option("--days", type=click.IntRange(1, 366), default=30, show_default=True, help="How many days ahead.")
+@click.option(
+    "--every", default="1d", show_default=True, help="How often dynamic segments are evaluated (like their refresh)."
+)
+@click.option("--customer", "customer_ids", type=int, multiple=True, help="A customer entering at the start (repeat).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON result.")
+@click.option("--details", is_flag=True, help="With --json: list the entries and messages (the first 10,000).")
+@click.option(
+    "--chart",
+    "chart_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write the chart (entrants and messages per day) to this .svg or .png file.",
+)
+@click.pass_context
+def simulate_command(
+    ctx: click.Context,
+    key: str,
+    days: int,
+    every: str,
+    customer_ids: tuple[int, ...],
+    as_json: bool,
+    details: bool,
+    chart_path: str | None,
+) -> None:
+    """What the campaign would do over the next DAYS days, on the real data, without sending."""
+    from rich.console import Console
+
+    sim = _run(_svc(ctx).simulate, key, days=days, every=every, customer_ids=list(customer_ids) or None)
+    if chart_path:
+        from ecrm_core.charts import write
+
+        _run(write, sim.chart(), chart_path)
+    if as_json:
+        click.echo(json.dumps(sim.to_dict(details=details), indent=2))
+        return
+    from ecrm_core.charts import to_rich
+
+    console = Console()
+    console.print(sim.table())
+    console.print(to_rich(sim.chart()))
+    if chart_path:
+        console.print(f"chart written to {chart_path}")

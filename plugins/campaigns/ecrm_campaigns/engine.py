@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("ecrm.campaigns")
 
-__all__ = ["BATCH", "LEASE", "dedupe_prefix", "rule_ids", "run_steps"]
+__all__ = ["BATCH", "LEASE", "dedupe_prefix", "local_zone", "rule_ids", "run_steps", "wait_end", "window_opens"]
 
 #: Enrollments claimed per tick.
 BATCH = 5000
@@ -54,20 +54,30 @@ def dedupe_prefix(campaign_id: int, entry: int, step: str) -> str:
     return f"cmp{campaign_id}.{entry}.{step}."
 
 
-def rule_ids(crm: CRM, conn: sa.Connection, rule: str, restrict: Sequence[int]) -> set[int]:
-    """The customers among ``restrict`` for whom ``rule`` holds (one SQL statement per 5,000)."""
+def rule_ids(
+    crm: CRM,
+    conn: sa.Connection,
+    rule: str | Mapping[str, Any],
+    restrict: Sequence[int] | None,
+    *,
+    now: datetime | None = None,
+) -> set[int]:
+    """The customers among ``restrict`` (``None``: the whole workspace) for whom ``rule`` holds at
+    ``now`` (default: the CRM's clock) — one SQL statement per 5,000 ids."""
     from ecrm_core.rules import SqlContext
 
     compiled = crm.segments.compile(rule)
     s = crm.db.tables["segments"]
     seg_ids = {r.slug: r.id for r in conn.execute(sa.select(s.c.slug, s.c.id).where(s.c.workspace_id == crm.workspace))}
     out: set[int] = set()
-    for i in range(0, len(restrict), 5000):
-        part = restrict[i : i + 5000]
+    parts: list[Sequence[int] | None] = (
+        [None] if restrict is None else [restrict[i : i + 5000] for i in range(0, len(restrict), 5000)]
+    )
+    for part in parts:
         ctx = SqlContext(
             tables=crm.db.tables,
             workspace=crm.workspace,
-            now=crm.now(),
+            now=now or crm.now(),
             dialect=conn.dialect.name,
             segment_ids=seg_ids,
             restrict=part,
@@ -75,6 +85,47 @@ def rule_ids(crm: CRM, conn: sa.Connection, rule: str, restrict: Sequence[int]) 
         )
         out.update(conn.scalars(compiled.select(ctx)))
     return out
+
+
+def local_zone(tz: str | None) -> ZoneInfo:
+    """The customer's timezone (UTC when unset or unknown)."""
+    try:
+        return ZoneInfo(tz or "UTC")
+    except Exception:
+        return ZoneInfo("UTC")
+
+
+def window_opens(c: Campaign, now: datetime, tz: str | None) -> datetime | None:
+    """``None`` when ``now`` is inside the campaign's send window in the customer's timezone, else
+    when the window next opens (UTC)."""
+    w = c.window
+    if w is None:
+        return None
+    start, end = time.fromisoformat(w.start), time.fromisoformat(w.end)
+    days = [("mon", "tue", "wed", "thu", "fri", "sat", "sun").index(d) for d in w.days] or list(range(7))
+    local = now.astimezone(local_zone(tz))
+    t = local.time()
+    inside = (start <= t < end) if start < end else (t >= start or t < end)
+    if inside and local.weekday() in days:
+        return None
+    for k in range(8):
+        cand = datetime.combine(local.date() + timedelta(days=k), start, local.tzinfo)
+        if cand > local and cand.weekday() in days:
+            return cand.astimezone(now.tzinfo)
+    return None  # pragma: no cover - some weekday within 8 days always matches
+
+
+def wait_end(step: Step, now: datetime, tz: str | None) -> datetime:
+    """When a wait entered at ``now`` ends (``until`` is the next such time in the customer's timezone)."""
+    if step.until is not None:
+        at = time.fromisoformat(step.until)
+        local = now.astimezone(local_zone(tz))
+        cand = datetime.combine(local.date(), at, local.tzinfo)
+        if cand <= local:
+            cand = datetime.combine(local.date() + timedelta(days=1), at, local.tzinfo)
+        return cand.astimezone(now.tzinfo)
+    span = parse_duration(step.duration or step.timeout, f"steps.{step.id}")
+    return now + max(span, timedelta(0))
 
 
 class _Group:
@@ -223,16 +274,10 @@ class Runner:
         by_when: dict[datetime, list[int]] = {}
         if step.until is not None:
             tzs = self._timezones([self.customer_of[i] for i in ids])
-            at = time.fromisoformat(step.until)
             for i in ids:
-                local = self.now.astimezone(self._local(tzs.get(self.customer_of[i])))
-                cand = datetime.combine(local.date(), at, local.tzinfo)
-                if cand <= local:
-                    cand = datetime.combine(local.date() + timedelta(days=1), at, local.tzinfo)
-                by_when.setdefault(cand.astimezone(self.now.tzinfo), []).append(i)
-        else:
-            span = parse_duration(step.duration or step.timeout, f"steps.{step.id}")
-            by_when[self.now + max(span, timedelta(0))] = list(ids)
+                by_when.setdefault(wait_end(step, self.now, tzs.get(self.customer_of[i])), []).append(i)
+        elif ids:
+            by_when[wait_end(step, self.now, None)] = list(ids)
         return by_when
 
     def end(self, ids: Sequence[int], status: str, reason: str | None) -> None:
@@ -278,12 +323,6 @@ class Runner:
             self.end(self._ids(g), "exited", f"exit step {step.id}")
         return 0
 
-    def _local(self, tz: str | None) -> ZoneInfo:
-        try:
-            return ZoneInfo(tz or "UTC")
-        except Exception:
-            return ZoneInfo("UTC")
-
     def _timezones(self, customers: Sequence[int]) -> dict[int, str | None]:
         cu = self.crm.db.tables["customers"]
         out: dict[int, str | None] = {}
@@ -296,25 +335,14 @@ class Runner:
 
     def _outside_window(self, c: Campaign, g: _Group) -> dict[datetime, list[int]]:
         """Enrollments whose local time is outside the send window, by when the window next opens."""
-        w = c.window
-        if w is None:
+        if c.window is None:
             return {}
         tzs = self._timezones(g.customers)
-        start, end = time.fromisoformat(w.start), time.fromisoformat(w.end)
-        days = [("mon", "tue", "wed", "thu", "fri", "sat", "sun").index(d) for d in w.days] or list(range(7))
         later: dict[datetime, list[int]] = {}
         for r in g.rows:
-            local = self.now.astimezone(self._local(tzs.get(r.customer_id)))
-            t = local.time()
-            inside = (start <= t < end) if start < end else (t >= start or t < end)
-            if inside and local.weekday() in days:
-                continue
-            day = local.date()
-            for k in range(8):
-                cand = datetime.combine(day + timedelta(days=k), start, local.tzinfo)
-                if cand > local and cand.weekday() in days:
-                    later.setdefault(cand.astimezone(self.now.tzinfo), []).append(r.id)
-                    break
+            opens = window_opens(c, self.now, tzs.get(r.customer_id))
+            if opens is not None:
+                later.setdefault(opens, []).append(r.id)
         return later
 
     def _send(self, c: Campaign, step: Step, g: _Group) -> int:
@@ -419,24 +447,24 @@ class Runner:
             with self.crm.db.read() as conn:
                 ok = rule_ids(self.crm, conn, _tree_text(self.crm, offer.eligibility), g.customers)
             out.update({cid: "offer_not_eligible" for cid in g.customers if cid not in ok})
-        limit = next((o.limit for o in c.offers if o.code == step.offer), None)
-        if limit is not None:
-            # What this campaign already sent each customer with this offer (one query; this step's own
-            # message of this entry does not count, so a repeated tick is not refused).
-            m = self.crm.db.tables["messages"]
+        ref = next((o for o in c.offers if o.code == step.offer), None)
+        if ref is not None and (ref.limit is not None or ref.budget is not None):
+            # What this campaign already sent with this offer (this step's own message of this entry does
+            # not count, so a repeated tick is not refused).
             mine = dedupe_prefix(g.campaign_id, g.entry, step.id)
-            counts: dict[int, int] = {}
             with self.crm.db.read() as conn:
-                q = sa.select(m.c.customer_id, m.c.meta, m.c.dedupe_key).where(
-                    m.c.workspace_id == self.crm.workspace,
-                    m.c.customer_id.in_(g.customers),
-                    m.c.dedupe_key.like(f"cmp{g.campaign_id}.%"),
-                    m.c.status.notin_(("blocked", "cancelled")),
+                counts, used = offer_usage(
+                    self.crm, conn, g.campaign_id, offer.code, g.customers, mine, total_too=ref.budget is not None
                 )
-                for cid, meta, key in conn.execute(q):
-                    if (meta or {}).get("offer") == offer.code and not key.startswith(mine):
-                        counts[cid] = counts.get(cid, 0) + 1
-            out.update({cid: "offer_limit" for cid, n in counts.items() if n >= limit and cid not in out})
+            if ref.limit is not None:
+                out.update({cid: "offer_limit" for cid, n in counts.items() if n >= ref.limit and cid not in out})
+            if ref.budget is not None:
+                left = max(ref.budget - used, 0)
+                for cid in sorted(cid for cid in g.customers if cid not in out):
+                    if left > 0:
+                        left -= 1
+                    else:
+                        out[cid] = "offer_budget"
         return out
 
     def _wait(self, c: Campaign, step: Step, g: _Group) -> None:
@@ -482,6 +510,7 @@ class Runner:
                     i.c.kind == kind,
                     i.c.customer_id.in_(part),
                     i.c.occurred_at >= min(since[c] for c in part),
+                    i.c.occurred_at <= self.now,  # a future-stamped interaction has not happened yet
                 )
                 for row in conn.execute(q):
                     if row.customer_id in out or row.occurred_at < since[row.customer_id]:
@@ -539,6 +568,13 @@ class Runner:
             return {cid for cid, props in conn.execute(q) if (props or {}).get("message") in uids}
 
     def _update_attribute(self, c: Campaign, step: Step, g: _Group) -> None:
+        if step.segment is not None:  # a static segment: one set-based change for the group
+            if step.remove:
+                self.crm.segments.remove(step.segment, g.customers)
+            else:
+                self.crm.segments.add(step.segment, g.customers)
+            self.goto(c, self._ids(g), step.next)
+            return
         name = (step.attribute or "").removeprefix("attributes.")
         failed: dict[int, str] = {}
         for cid in g.customers:  # the core has no set-based attribute write; bounded by the batch
@@ -553,6 +589,39 @@ class Runner:
         for r in g.rows:
             if r.customer_id in failed:
                 self.end([r.id], "failed", failed[r.customer_id][:500])
+
+
+def offer_usage(
+    crm: CRM,
+    conn: sa.Connection,
+    campaign_id: int,
+    code: str,
+    customers: Sequence[int],
+    exclude: str = "\x00",
+    *,
+    total_too: bool = True,
+) -> tuple[dict[int, int], int]:
+    """Messages the campaign made with offer ``code`` (not blocked or cancelled; the customers' own
+    ``<exclude><customer id>`` left out): per customer among ``customers``, and in all (without ``total_too``
+    only the customers' own messages are read, and the total is theirs)."""
+    m = crm.db.tables["messages"]
+    q = sa.select(m.c.customer_id, m.c.meta, m.c.dedupe_key).where(
+        m.c.workspace_id == crm.workspace,
+        m.c.dedupe_key.like(f"cmp{campaign_id}.%"),
+        m.c.status.notin_(("blocked", "cancelled")),
+    )
+    if not total_too:  # the per-customer counts only: read just these customers' messages
+        q = q.where(m.c.customer_id.in_(sorted(set(customers))))
+    want = set(customers)
+    counts: dict[int, int] = {}
+    total = 0
+    for cid, meta, key in conn.execute(q):
+        if (meta or {}).get("offer") != code or (cid in want and key == f"{exclude}{cid}"):
+            continue  # another offer, or the group's own message of this step (a repeated tick)
+        total += 1
+        if cid in want:
+            counts[cid] = counts.get(cid, 0) + 1
+    return counts, total
 
 
 def _tree_text(crm: CRM, tree: Any) -> str:

@@ -286,23 +286,28 @@ class Window:
 
 @frozen(kw_only=True)
 class OfferRef:
-    """One of the core's offers (by code), and how often one customer may get it from this campaign."""
+    """One of the core's offers (by code): how often one customer may get it from this campaign
+    (``limit``) and how many messages with it the campaign may send in all (``budget``)."""
 
     code: str
     limit: int | None = None
+    budget: int | None = None
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> OfferRef:
         if isinstance(data, str):
             data = {"code": data}
-        d = _check_keys(data, path, ("code", "limit"), ("code",))
-        limit = d.get("limit")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise ValidationError(f"{path}.limit", limit, "not a positive whole number", "write e.g. 1")
-        return cls(code=_str(d["code"], f"{path}.code", limit=200), limit=limit)
+        d = _check_keys(data, path, ("code", "limit", "budget"), ("code",))
+        for k in ("limit", "budget"):
+            n = d.get(k)
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10**12):
+                raise ValidationError(f"{path}.{k}", n, "not a positive whole number", "write e.g. 1")
+        return cls(code=_str(d["code"], f"{path}.code", limit=200), limit=d.get("limit"), budget=d.get("budget"))
 
     def to_dict(self) -> Any:
-        return self.code if self.limit is None else {"code": self.code, "limit": self.limit}
+        if self.limit is None and self.budget is None:
+            return self.code
+        return _opt({"code": self.code}, limit=self.limit, budget=self.budget)
 
 
 @frozen(kw_only=True)
@@ -386,7 +391,7 @@ _STEP_KEYS = {
     "send": ("channel", "template", "offer", "purpose", "context"),
     "wait": ("duration", "until", "event", "where", "timeout", "on_event"),
     "branch": ("cases", "otherwise"),
-    "update": ("attribute", "value"),
+    "update": ("attribute", "value", "segment", "remove"),
     "action": ("name", "args"),
     "exit": (),
 }
@@ -405,7 +410,8 @@ class Step:
       timeout to ``next``;
     * ``branch``: ``cases`` (see :class:`Case`), the first that holds wins,
       else ``otherwise``;
-    * ``update``: set customer ``attribute`` to ``value``;
+    * ``update``: set customer ``attribute`` to ``value``, or add the customers to the static
+      ``segment`` (``remove: true``: take them out);
     * ``action``: call the plugin action ``name`` with ``args``;
     * ``exit``: leave the journey.
     """
@@ -428,6 +434,8 @@ class Step:
     otherwise: str | None = None
     attribute: str | None = None
     value: Any = None
+    segment: str | None = None
+    remove: bool | None = None
     name: str | None = None
     args: Mapping[str, Any] | None = None
 
@@ -506,9 +514,26 @@ class Step:
             if nxt is not None:
                 raise ValidationError(f"{path}.next", nxt, "a branch has no next", "use otherwise")
         elif typ == "update":
-            if d.get("attribute") is None:
-                raise ValidationError(f"{path}.attribute", None, "missing for an update step", "give attribute")
-            kw.update(attribute=_str(d["attribute"], f"{path}.attribute", limit=64), value=d.get("value"))
+            if (d.get("attribute") is None) == (d.get("segment") is None):
+                raise ValidationError(
+                    path,
+                    data,
+                    "an update needs exactly one of attribute, segment",
+                    "set an attribute or a static segment",
+                )
+            if d.get("segment") is not None:
+                if d.get("value") is not None:
+                    raise ValidationError(
+                        f"{path}.value", d["value"], "a segment update has no value", "use remove: true"
+                    )
+                remove = d.get("remove", False)
+                if not isinstance(remove, bool):
+                    raise ValidationError(f"{path}.remove", remove, "not true/false", "write true or false")
+                kw.update(segment=_str(d["segment"], f"{path}.segment", limit=64), remove=remove or None)
+            else:
+                if d.get("remove") is not None:
+                    raise ValidationError(f"{path}.remove", d["remove"], "remove goes with segment", "drop it")
+                kw.update(attribute=_str(d["attribute"], f"{path}.attribute", limit=64), value=d.get("value"))
         elif typ == "action":
             args = d.get("args")
             if args is not None and not isinstance(args, Mapping):

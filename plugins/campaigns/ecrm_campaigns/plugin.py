@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 from ecrm_core.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from collections.abc import Sequence
+
     import click
     import sqlalchemy as sa
     from ecrm_core.crm import CRM
-    from ecrm_core.domain import InteractionBatch, MergeRecord
+    from ecrm_core.domain import Customer, CustomerChange, InteractionBatch, MergeRecord
     from ecrm_core.registry import JobSpec, MigrationSource
     from ecrm_core.services.segments import Segment
     from ecrm_core.storage import Naming
@@ -24,8 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __version__ = "0.1.0"
 
-#: The ecrm hook API versions this plugin is written for (``ecrm_register_jobs`` is 1.3).
-ECRM_HOOK_API = ">=1.3,<2"
+#: The ecrm hook API versions this plugin is written for (``ecrm_register_demo_stages`` is 1.4).
+ECRM_HOOK_API = ">=1.4,<2"
 
 ECRM_PLUGIN_NAME = "campaigns"
 MIGRATION_BRANCH = "ecrm_campaigns"
@@ -124,13 +126,45 @@ def ecrm_interactions_recorded(crm: CRM, batch: InteractionBatch) -> None:
     from .triggers import on_interactions
 
     on_interactions(crm, batch)
+    if "purchase" in batch.kinds:
+        from . import dates
+
+        if dates.FIRST_PURCHASE in dates.tracked(crm):
+            dates.sync(crm, dates.FIRST_PURCHASE, batch.customer_ids)
+
+
+def _sync_dates(crm: CRM, ids: list[int]) -> None:
+    from . import dates
+
+    if not ids:
+        return
+    for source in dates.tracked(crm) - {dates.FIRST_PURCHASE}:
+        dates.sync(crm, source, ids)
+
+
+@hookimpl
+def ecrm_customers_created(crm: CRM, customers: Sequence[Customer]) -> None:
+    # new customers' date attributes (birthday...) into campaign_dates, one set-based sync per batch
+    _sync_dates(crm, [c.id for c in customers if c.id is not None])
+
+
+@hookimpl
+def ecrm_customers_updated(crm: CRM, changes: Sequence[CustomerChange]) -> None:
+    # a changed attribute or timezone: the customers' rows are recomputed (set-based)
+    _sync_dates(
+        crm,
+        [ch.after.id for ch in changes if ch.after.id is not None and ch.changed & {"attributes", "timezone"}],
+    )
 
 
 @hookimpl
 def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
+    from . import dates
     from .triggers import on_merged
 
     on_merged(crm, merge.source_id, merge.target_id)
+    for source in dates.tracked(crm):  # the survivor's dates are recomputed, the source's dropped
+        dates.sync(crm, source, [merge.source_id, merge.target_id])
 
 
 @hookimpl
@@ -138,6 +172,22 @@ def ecrm_customers_deleted(crm: CRM, customer_ids: list[int]) -> None:
     from .triggers import on_deleted
 
     on_deleted(crm, customer_ids)
+
+
+@hookimpl
+def ecrm_register_demo_stages() -> list[Any]:
+    from ecrm_core.registry import DemoStage
+
+    from .demo import winback_stage
+
+    return [
+        DemoStage(
+            name="campaigns.winback",
+            title="A win-back campaign with a 20 % holdout, replayed on the shop",
+            run=winback_stage,
+            order=200,
+        )
+    ]
 
 
 @hookimpl

@@ -5,6 +5,8 @@
   ``GET /campaigns/{campaign}/export`` (YAML)
 * ``POST /campaigns/{campaign}/start|pause|resume|stop``
 * ``POST /campaigns/{campaign}/trigger`` (enroll customers now)
+* ``GET /campaigns/{campaign}/report`` · ``POST /campaigns/{campaign}/simulate`` (read-only) ·
+  ``GET /campaigns/{campaign}/chart?kind=uplift|funnel|simulation&format=svg|png|json``
 
 A body gives the campaign as ``yaml`` text or as a ``definition`` object
 (exactly one); bodies refuse unknown keys.  A refused campaign is a 422
@@ -15,7 +17,7 @@ every problem in its detail.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from ecrm_api.problems import problem_responses
@@ -213,6 +215,63 @@ def campaign_report(
     return _svc(crm).evaluate(campaign, confidence=confidence).to_dict()  # type: ignore[no-any-return]
 
 
+class SimulateIn(msgspec.Struct, forbid_unknown_fields=True):
+    """What to simulate: how many days ahead, how often segments are evaluated, who enters at the start."""
+
+    days: Annotated[int, msgspec.Meta(ge=1, le=366)] = 30
+    every: Annotated[str, msgspec.Meta(max_length=16)] = "1d"
+    customer_ids: Annotated[list[CustomerId], msgspec.Meta(max_length=10_000)] | None = None
+    details: bool = False
+
+
+@post(
+    "/campaigns/{campaign:str}/simulate",
+    opt={"scope": "read"},
+    tags=["campaigns"],
+    sync_to_thread=True,
+    status_code=200,
+    responses=problem_responses(404),
+)
+def simulate_campaign(campaign: KeyParam, data: JSONBody[SimulateIn], crm: NamedDependency[CRM]) -> dict[str, Any]:
+    """What the campaign would do over the next ``days`` days, on the real data, without sending or
+    writing anything: who enters when, messages per day per channel, what caps, quiet hours, the
+    send window and the offers' budgets hold back (read-only, so the ``read`` scope)."""
+    sim = _svc(crm).simulate(campaign, days=data.days, every=data.every, customer_ids=data.customer_ids)
+    return sim.to_dict(details=data.details)  # type: ignore[no-any-return]
+
+
+@get(
+    "/campaigns/{campaign:str}/chart",
+    opt={"scope": "read"},
+    tags=["campaigns"],
+    sync_to_thread=True,
+    media_type="image/svg+xml",
+    responses=problem_responses(404),
+)
+def campaign_chart(
+    campaign: KeyParam,
+    crm: NamedDependency[CRM],
+    kind: Annotated[Literal["uplift", "funnel", "simulation"], Parameter(description="which chart")] = "uplift",
+    format: Annotated[Literal["svg", "png", "json"], Parameter(description="an image, or the chart's JSON")] = "svg",
+    days: Annotated[int, Parameter(ge=1, le=366, description="simulation only: days ahead")] = 30,
+    confidence: Annotated[float, Parameter(ge=0.5, lt=1)] = 0.95,
+) -> Response[Any]:
+    """A chart of the campaign (through ``ecrm_core.charts``): the uplift of each arm against the
+    holdout with its interval, the funnel by arm, or the simulation of the next ``days`` days.
+    ``format=json`` answers the chart's description for the admin UI."""
+    from ecrm_core.charts import FORMATS, render
+
+    svc = _svc(crm)
+    if kind == "simulation":
+        chart = svc.simulate(campaign, days=days).chart()
+    else:
+        ev = svc.evaluate(campaign, confidence=confidence)
+        chart = ev.uplift_chart() if kind == "uplift" else ev.funnel_chart()
+    if format == "json":
+        return Response(chart.to_dict(), media_type="application/json")
+    return Response(render(chart, format), media_type=FORMATS[format])
+
+
 def _lifecycle(verb: str) -> Any:
     def handler(campaign: KeyParam, crm: NamedDependency[CRM]) -> CampaignOut:
         return _out(crm, getattr(_svc(crm), verb)(campaign))
@@ -256,5 +315,7 @@ HANDLERS = [
     export_campaign,
     *(_lifecycle(v) for v in ("start", "pause", "resume", "stop")),
     campaign_report,
+    simulate_campaign,
+    campaign_chart,
     trigger_campaign,
 ]

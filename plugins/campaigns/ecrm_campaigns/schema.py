@@ -3,6 +3,11 @@
 * ``campaigns``: one row per campaign (key, status, current version, the
   next time a schedule/date trigger is due);
 * ``campaign_versions``: one row per saved version, the definition as JSON;
+* ``campaign_dates``: the dates that date triggers look up — one row per
+  customer per date source (``birthday``, ``first_purchase``…) with its
+  month and day as ``MMDD``, indexed by (workspace, source, month-day), so
+  "whose birthday is today" reads a few index entries instead of every
+  customer (see :mod:`ecrm_campaigns.dates`);
 * ``campaign_enrollments``: **one row per customer per campaign** — the arm
   (holdout/variant), the version the customer runs, the current step and
   when it is due, the lease of the worker executing it, how the journey
@@ -20,12 +25,13 @@ from typing import Any
 import sqlalchemy as sa
 from ecrm_core.storage import Naming, UTCDateTime
 
-__all__ = ["CAMPAIGNS", "ENROLLMENTS", "TABLES", "VERSIONS", "columns", "define_tables"]
+__all__ = ["CAMPAIGNS", "DATES", "ENROLLMENTS", "TABLES", "VERSIONS", "columns", "define_tables"]
 
 CAMPAIGNS = "campaigns"
 VERSIONS = "campaign_versions"
 ENROLLMENTS = "campaign_enrollments"
-TABLES = (CAMPAIGNS, VERSIONS, ENROLLMENTS)
+DATES = "campaign_dates"
+TABLES = (CAMPAIGNS, VERSIONS, ENROLLMENTS, DATES)
 
 
 def _ref(naming: Naming, table: str) -> str:
@@ -86,6 +92,21 @@ def columns(naming: Naming, table: str) -> list[Any]:
             sa.Column("reason", sa.String(500)),
             sa.UniqueConstraint("campaign_id", "customer_id", name=f"uq_{name}_campaign_customer"),
             sa.Index(f"ix_{name}_due", "workspace_id", "status", "due_at"),
+            sa.Index(f"ix_{name}_customer", "customer_id"),
+        ]
+    if table == DATES:
+        return [
+            sa.Column("workspace_id", sa.String(64), primary_key=True),
+            sa.Column("source", sa.String(80), primary_key=True),
+            sa.Column(
+                "customer_id",
+                sa.Integer,
+                sa.ForeignKey(_ref(naming, "customers"), ondelete="CASCADE"),
+                primary_key=True,
+            ),
+            sa.Column("month_day", sa.Integer, nullable=False),
+            sa.Column("day", sa.Date, nullable=False),
+            sa.Index(f"ix_{name}_lookup", "workspace_id", "source", "month_day"),
             sa.Index(f"ix_{name}_customer", "customer_id"),
         ]
     raise KeyError(table)

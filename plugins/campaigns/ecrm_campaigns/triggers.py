@@ -77,6 +77,10 @@ class _Row:
     def __init__(self, m: Any) -> None:
         for k in self.__slots__:
             setattr(self, k, m.get(k))
+        if isinstance(self.properties, str):  # the core's bulk path hands the stored JSON text
+            import json
+
+            self.properties = json.loads(self.properties)
 
 
 def _holds(rule: Any, row: Any) -> bool:
@@ -138,6 +142,9 @@ def run_schedules(ctx: JobContext) -> JobResult:
             nxt = _next_run(c, now + timedelta(microseconds=1)) if c.trigger.every else None
             state = dict(row.state or {})
         else:
+            from .dates import ensure_built
+
+            ensure_built(crm, cid, c)
             ids = date_matches(crm, c, now)
             report = svc.enroll(cid, ids)
             nxt = now + timedelta(minutes=15)
@@ -149,34 +156,25 @@ def run_schedules(ctx: JobContext) -> JobResult:
     return JobResult(done=done, message="; ".join(notes) or None)
 
 
-def date_matches(crm: CRM, c: Campaign, now: datetime) -> list[int]:
-    """Customers whose trigger date (shifted by ``offset`` days) is today in their timezone, past ``time``.
+def date_candidates(crm: CRM, c: Campaign, start: datetime, end: datetime) -> list[tuple[int, str | None, date]]:
+    """``(customer, timezone, date)`` of the customers whose trigger date may fall between ``start``
+    and ``end``: through the indexed ``campaign_dates`` once the source is built, else (a campaign
+    never run yet, for a read-only simulation) by reading the customers."""
+    from . import dates
 
-    Customers who entered within the last 20 hours are left out (the job runs
-    every 15 minutes); yearly repeats need ``reentry: always`` or a cooldown.
-    """
-    t = c.trigger
-    at = time.fromisoformat(t.time) if t.time else time(9, 0)
-    shift = timedelta(days=t.offset or 0)
-    cu, et = crm.db.tables["customers"], crm.db.tables[ENROLLMENTS]
-    out: list[int] = []
+    ct = crm.db.tables[CAMPAIGNS]
     with crm.db.read() as conn:
-        recent = set(
-            conn.scalars(
-                sa.select(et.c.customer_id).where(
-                    et.c.workspace_id == crm.workspace,
-                    et.c.entered_at > now - timedelta(hours=20),
-                    et.c.campaign_id
-                    == sa.select(crm.db.tables[CAMPAIGNS].c.id)
-                    .where(
-                        crm.db.tables[CAMPAIGNS].c.workspace_id == crm.workspace,
-                        crm.db.tables[CAMPAIGNS].c.key == c.key,
-                    )
-                    .scalar_subquery(),
-                )
-            )
-        )
-        if t.attribute == "first_purchase":
+        built = {
+            (st or {}).get("dates_built")
+            for st in conn.scalars(sa.select(ct.c.state).where(ct.c.workspace_id == crm.workspace))
+        }
+    source = dates.source_of(c)
+    if source in built:
+        return dates.candidates(crm, c, start, end)
+    cu = crm.db.tables["customers"]
+    out: list[tuple[int, str | None, date]] = []
+    with crm.db.read() as conn:
+        if source == dates.FIRST_PURCHASE:
             i = crm.db.tables["interactions"]
             q: Any = (
                 sa.select(i.c.customer_id, cu.c.timezone, sa.func.min(i.c.occurred_at))
@@ -188,39 +186,57 @@ def date_matches(crm: CRM, c: Campaign, now: datetime) -> list[int]:
             q = sa.select(cu.c.id, cu.c.timezone, cu.c.attributes).where(
                 cu.c.workspace_id == crm.workspace, cu.c.merged_into.is_(None)
             )
-        name = (t.attribute or "").removeprefix("attributes.")
         for cid, tz, value in conn.execute(q):
-            if cid in recent:
-                continue
-            if t.attribute != "first_purchase":
-                value = (value or {}).get(name)
-            day = _as_date(value, tz)
-            if day is None:
-                continue
-            try:
-                local = now.astimezone(ZoneInfo(tz or "UTC"))
-            except Exception:
-                local = now
-            target = local.date() - shift
-            if t.attribute == "first_purchase" and day >= target:
-                continue  # an anniversary is at least a year after
-            if (day.month, day.day) == (target.month, target.day) and local.time() >= at:
-                out.append(cid)
+            if source != dates.FIRST_PURCHASE:
+                value = (value or {}).get(source) if isinstance(value, dict) else None
+            day = dates.as_date(value, tz)
+            if day is not None:
+                out.append((cid, tz, day))
     return out
 
 
-def _as_date(value: Any, tz: str | None) -> date | None:
-    if isinstance(value, datetime):
+def date_matches(crm: CRM, c: Campaign, now: datetime) -> list[int]:
+    """Customers whose trigger date (shifted by ``offset`` days) is today in their timezone, past ``time``.
+
+    Set-based: the candidates come from the indexed ``campaign_dates`` (three month-days around
+    today's UTC date), then each one's local day and time is checked.  Customers who entered within
+    the last 20 hours are left out (the job runs every 15 minutes); yearly repeats need
+    ``reentry: always`` or a cooldown.
+    """
+    from . import dates
+
+    t = c.trigger
+    at = time.fromisoformat(t.time) if t.time else time(9, 0)
+    shift = timedelta(days=t.offset or 0)
+    et, ct = crm.db.tables[ENROLLMENTS], crm.db.tables[CAMPAIGNS]
+    out: list[int] = []
+    found = date_candidates(crm, c, now, now)
+    for cid, tz, day in found:
         try:
-            return value.astimezone(ZoneInfo(tz or "UTC")).date()
+            local = now.astimezone(ZoneInfo(tz or "UTC"))
         except Exception:
-            return value.date()
-    if isinstance(value, str):
-        try:
-            return date.fromisoformat(value[:10])
-        except ValueError:
-            return None
-    return None
+            local = now
+        target = local.date() - shift
+        if t.attribute == dates.FIRST_PURCHASE and day >= target:
+            continue  # an anniversary is at least a year after
+        if dates.falls_on(day, target) and local.time() >= at:
+            out.append(cid)
+    if not out:
+        return out
+    with crm.db.read() as conn:
+        campaign = sa.select(ct.c.id).where(ct.c.workspace_id == crm.workspace, ct.c.key == c.key).scalar_subquery()
+        recent: set[int] = set()
+        for k in range(0, len(out), 5000):
+            recent |= set(
+                conn.scalars(
+                    sa.select(et.c.customer_id).where(
+                        et.c.campaign_id == campaign,
+                        et.c.customer_id.in_(out[k : k + 5000]),
+                        et.c.entered_at > now - timedelta(hours=20),
+                    )
+                )
+            )
+    return [cid for cid in out if cid not in recent]
 
 
 def on_merged(crm: CRM, source_id: int, target_id: int) -> None:

@@ -26,9 +26,10 @@ __all__ = ["CampaignInvalid", "check", "event_rule", "graph_problems"]
 #: Interaction kinds that count as engaging with a message (``engaged`` branch cases).
 ENGAGEMENT_KINDS = ("email_open", "email_click", "click", "open")
 
-#: A customer as the template check sees it.
+#: A customer as the template check sees it (a positive id: channels sign links with it, e.g. the
+#: e-mail channel's preference page, and refuse ids below 1).
 SAMPLE_CUSTOMER = {
-    "id": 0,
+    "id": 1,
     "external_id": "sample",
     "email": "sample@example.com",
     "phone": "+10000000000",
@@ -224,6 +225,16 @@ def _crm_problems(crm: CRM, c: Campaign, now: datetime, actions: frozenset[str])
             for i, case in enumerate(s.cases):
                 if case.rule:
                     yield from _rule(crm, case.rule, f"{path}.cases[{i}].rule")
+        elif s.type == "update" and s.segment is not None:
+            try:
+                seg = crm.segments.get(s.segment)
+            except NotFound:
+                yield ValidationError(f"{path}.segment", s.segment, "no such segment", "create a static segment first")
+            else:
+                if seg.kind != "static":
+                    yield ValidationError(
+                        f"{path}.segment", s.segment, "not a static segment", "a dynamic segment follows its rule"
+                    )
         elif s.type == "update":
             yield from _rule(crm, f"{_attr(s.attribute or '')} exists", f"{path}.attribute")
         elif s.type == "action" and s.name not in actions:

@@ -10,7 +10,10 @@ from __future__ import annotations
 from alembic import op
 from ecrm_core.storage import migration_naming
 
-from ecrm_campaigns.schema import TABLES, columns
+from ecrm_campaigns.schema import CAMPAIGNS, ENROLLMENTS, VERSIONS, columns
+
+# the tables of this revision (later ones add theirs)
+TABLES = (CAMPAIGNS, VERSIONS, ENROLLMENTS)
 
 revision = "campaigns_0001"
 down_revision = None

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli import CONTEXT_SETTINGS, State, _progress, pass_state
+from .base import CONTEXT_SETTINGS, State, _progress, pass_state
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .services.messages import MessageRecord
+    from ..services.messages import MessageRecord
 
 __all__ = ["messages_group"]
 

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli import CONTEXT_SETTINGS, State
+from .base import CONTEXT_SETTINGS, State
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .crm import CRM
-    from .worker import Executor, JobRunner, JobState, TickOutcome
+    from ..crm import CRM
+    from ..worker import Executor, JobRunner, JobState, TickOutcome
 
 __all__ = ["worker_group"]
 
@@ -66,7 +66,7 @@ def _intervals(values: Sequence[str], config: dict[str, Any]) -> dict[str, float
 def _workspaces(state: State, crm: CRM, all_workspaces: bool) -> Any:
     if not all_workspaces:
         return [state.workspace]
-    from .worker import discover_workspaces
+    from ..worker import discover_workspaces
 
     def current() -> list[str]:
         return sorted(set(discover_workspaces(crm)) | {state.workspace})
@@ -91,7 +91,7 @@ def _runner(
     every: Sequence[str],
     all_workspaces: bool,
 ) -> JobRunner:
-    from .worker import JobRunner
+    from ..worker import JobRunner
 
     crm = state.crm()
     _check_tables(crm)
@@ -191,7 +191,7 @@ def worker_cmd(
     if ctx.invoked_subcommand is not None:
         return
     state: State = ctx.find_object(State)  # type: ignore[assignment]
-    from .worker import load_executor
+    from ..worker import load_executor
 
     cls = load_executor(executor)
     runner = _runner(state, jobs, exclude, every, all_workspaces)
@@ -288,7 +288,7 @@ def status_cmd(state: State, as_json: bool, jobs: tuple[str, ...]) -> None:
     Lag is how long a job is overdue (its next run was due that long ago):
     a growing lag means no worker runs it, or the workers cannot keep up.
     """
-    from .worker import JobRunner
+    from ..worker import JobRunner
 
     crm = state.crm()
     _check_tables(crm)

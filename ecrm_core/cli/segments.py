@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli import CONTEXT_SETTINGS, State, _progress, pass_state
+from .base import CONTEXT_SETTINGS, State, _progress, pass_state
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .services.segments import CancelToken, Segment
+    from ..services.segments import CancelToken, Segment
 
 __all__ = ["segments_group", "lifecycle_group"]
 
@@ -229,7 +229,7 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (count, sample ids, sql, plan, warnings).")
 @pass_state
 def seg_preview(state: State, rule: str, sample: int, show_sql: bool, timeout: float | None, as_json: bool) -> None:
-    from .services.segments import Cancelled, CancelToken
+    from ..services.segments import Cancelled, CancelToken
 
     crm = state.crm()
     token = CancelToken(timeout)

@@ -1,0 +1,390 @@
+"""Benchmark of personalization: ``decide`` over HTTP beside a bare Litestar endpoint, and the recommender refresh.
+
+Run by hand (not a test)::
+
+    python benchmarks/decide.py                         # the issue's scale: 1M customers, 10k products, 10M interactions
+    python benchmarks/decide.py --customers 100000 --products 10000 --interactions 1000000   # what fits a small VM
+
+Figures:
+
+* **refresh**: ``personalize(crm).refresh()`` — popularity, item-to-item
+  co-occurrence (sparse ``X^T X``) and TF-IDF content similarity over the whole
+  history, written as lists (goal < 60 s at the issue's scale);
+* **queries per decide**: SELECT statements counted on the engine for
+  customers with short and long histories (must be the same number);
+* **decide over HTTP**: ``POST /personalize/decide`` (Bearer key, ``read``)
+  for random customers, served by uvicorn (one worker) in its own process
+  and loaded from THIS process over loopback with ``--concurrency``
+  keep-alive connections; beside a bare Litestar app in the same run that
+  decodes the same JSON body and answers a JSON document of the same size
+  (no auth, no database).  Goal: p99 <= 20 ms and <= 3x the bare p99.
+
+The data: products in clusters of 10 (what is bought together), purchases of
+1-3 products (Zipf-like popularity), product views; interactions are written
+with ``track_many`` (the public bulk path), customers with ``upsert_many``.
+The SQLite file is kept per scale in ``--dir`` (reused by later runs).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# benchmarks/email.py would shadow the standard library's ``email`` package
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
+import argparse
+import importlib.util
+import json
+import random
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+SECRET = "benchmark-secret-0123456789-abcdefghij"
+P99_GOAL_MS = 20.0
+RATIO_GOAL = 3.0
+REFRESH_GOAL_S = 60.0
+WORDS = "classic light warm soft bold slim eco sport urban retro premium basic travel city trail studio".split()
+CATEGORIES = "shoes hats bags shirts jackets socks watches belts scarves gloves".split()
+
+
+def _api() -> Any:
+    """benchmarks/api.py: its load generator and server helpers (one implementation for both benchmarks)."""
+    spec = importlib.util.spec_from_file_location("ecrm_bench_api", Path(__file__).with_name("api.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------
+# the servers (own process: python benchmarks/decide.py --serve ecrm|bare ...)
+# ---------------------------------------------------------------------------
+
+
+def _crm(db: str) -> Any:
+    import ecrm_api.plugin
+    import ecrm_personalize.plugin
+
+    from ecrm_core import CRM
+
+    return CRM(
+        db,
+        plugins=[ecrm_api.plugin, ecrm_personalize.plugin],
+        load_entrypoints=False,
+        secret=SECRET,
+        live_segments=False,
+    )
+
+
+def bare_app(body_file: Path) -> Any:
+    """Litestar with one endpoint: decode the JSON body, answer a same-size JSON document (no auth, no database)."""
+    import msgspec
+    from litestar import Litestar, Request, Response, post
+
+    body = body_file.read_bytes()
+
+    @post("/personalize/decide", status_code=200)
+    async def decide(request: Request[Any, Any, Any]) -> Response[bytes]:
+        doc = msgspec.json.decode(await request.body())
+        assert doc["placement"]
+        return Response(body, media_type="application/json")
+
+    return Litestar(route_handlers=[decide], debug=False, signature_namespace={"Response": Response})
+
+
+def serve(kind: str, db: str, body: str | None) -> None:
+    import socket
+
+    import uvicorn
+
+    if kind == "ecrm":
+        from ecrm_api import create_app
+
+        app = create_app(_crm(db), rate_limit=None, docs=False, secret=b"b" * 32)
+    else:
+        assert body is not None
+        app = bare_app(Path(body))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    print(f"PORT {sock.getsockname()[1]}", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+
+
+def start(api: Any, kind: str, db: str, body: Path | None) -> Any:
+    args = [sys.executable, __file__, "--serve", kind, "--db", db]
+    if body is not None:
+        args += ["--body", str(body)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("PORT "):
+        proc.kill()
+        raise SystemExit(f"the {kind} server did not start")
+    server = api.Server(kind, proc, int(line.split()[1]))
+    server.wait_listening()
+    return server
+
+
+# ---------------------------------------------------------------------------
+# the data
+# ---------------------------------------------------------------------------
+
+
+def products(n: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        cat = CATEGORIES[(i // 10) % len(CATEGORIES)]
+        words = rng.sample(WORDS, 2)
+        out.append(
+            {
+                "sku": f"P{i}",
+                "title": f"{words[0].title()} {words[1]} {cat[:-1]} {i}",
+                "category": cat,
+                "attributes": {
+                    "brand": f"brand{(i // 10) % 97}",
+                    "colour": rng.choice(("red", "blue", "black", "white")),
+                },
+            }
+        )
+    return out
+
+
+def prepare(db: str, args: argparse.Namespace, console: Any) -> tuple[str, float]:
+    """The shop at the chosen scale (customers, products, interactions); return (read token, seconds)."""
+    from ecrm_api import Keys
+    from ecrm_personalize import personalize
+    from rich.progress import Progress
+
+    t0 = time.perf_counter()
+    crm = _crm(db)
+    try:
+        crm.upgrade()
+        keys = Keys(crm)
+        token = keys.create("bench-read", scopes=["read"]).token
+        if crm.customers.count() >= args.customers:
+            console.print(f"reusing the data in {db}")
+            return token, 0.0
+        rng = random.Random(args.seed)
+        p = personalize(crm)
+        p.add_products(products(args.products, args.seed))
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("customers", total=args.customers)
+            for start in range(0, args.customers, 20_000):
+                n = min(20_000, args.customers - start)
+                rows = (
+                    {
+                        "external_id": f"u{i}",
+                        "name": f"{rng.choice(('Ada', 'Bob', 'Chloé', 'Dan', 'Eun-ji'))} {i}",
+                        "timezone": rng.choice(("Europe/Paris", "Asia/Seoul", "America/New_York", "UTC")),
+                    }
+                    for i in range(start, start + n)
+                )
+                crm.customers.upsert_many(rows, batch_size=5000)
+                progress.advance(task, n)
+            task = progress.add_task("interactions", total=args.interactions)
+            now = datetime.now(UTC)
+            weights = [1 / (1 + c) ** 0.8 for c in range(max(args.products // 10, 1))]
+            clusters = list(range(len(weights)))
+            done = 0
+            while done < args.interactions:
+                n = min(50_000, args.interactions - done)
+                batch = []
+                for _ in range(n):
+                    cid = rng.randrange(1, args.customers + 1)
+                    cluster = rng.choices(clusters, weights)[0]
+                    sku = f"P{cluster * 10 + rng.randrange(10)}"
+                    at = now - timedelta(seconds=rng.randrange(86400 * 180))
+                    if rng.random() < 0.3:
+                        skus = list({sku, *(f"P{cluster * 10 + rng.randrange(10)}" for _ in range(rng.randrange(3)))})
+                        batch.append(
+                            {"kind": "purchase", "customer_id": cid, "occurred_at": at, "properties": {"skus": skus}}
+                        )
+                    else:
+                        batch.append(
+                            {"kind": "product_view", "customer_id": cid, "occurred_at": at, "properties": {"sku": sku}}
+                        )
+                crm.interactions.track_many(batch, batch_size=5000)
+                done += n
+                progress.advance(task, n)
+        return token, time.perf_counter() - t0
+    finally:
+        crm.close()
+
+
+def queries_per_decide(db: str, ids: list[int]) -> tuple[list[int], list[int]]:
+    """SELECTs per decide and history length, for each customer in ``ids``."""
+    import sqlalchemy as sa
+    from ecrm_personalize import personalize
+
+    crm = _crm(db)
+    try:
+        p = personalize(crm)
+        p.decide("home", ids[0])  # warm the caches
+        counts, lengths = [], []
+        for cid in ids:
+            seen: list[str] = []
+
+            def before(conn: Any, cursor: Any, statement: str, *rest: Any, seen: list[str] = seen) -> None:
+                if statement.lstrip().upper().startswith("SELECT"):
+                    seen.append(statement)
+
+            sa.event.listen(crm.db.engine, "before_cursor_execute", before)
+            p.decide("home", cid)
+            sa.event.remove(crm.db.engine, "before_cursor_execute", before)
+            counts.append(len(seen))
+            t = crm.db.tables["interactions"]
+            with crm.db.read() as conn:
+                lengths.append(conn.execute(sa.select(sa.func.count()).where(t.c.customer_id == cid)).scalar_one())
+        return counts, lengths
+    finally:
+        crm.close()
+
+
+# ---------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> None:
+    from ecrm_personalize import personalize
+    from rich.console import Console
+    from rich.table import Table
+
+    api = _api()
+    console = Console(highlight=False)
+    cores = os.cpu_count() or 1
+    workdir = Path(args.dir) if args.dir else Path(tempfile.gettempdir()) / "ecrm-decide-bench"
+    workdir.mkdir(parents=True, exist_ok=True)
+    db_file = workdir / f"decide-{args.customers}-{args.products}-{args.interactions}-{args.seed}.db"
+    db = f"sqlite:///{db_file}"
+    full = (args.customers, args.products, args.interactions) == (1_000_000, 10_000, 10_000_000)
+    console.print(
+        f"[bold]ecrm personalization benchmark[/]: {args.customers:,} customers, {args.products:,} products, "
+        f"{args.interactions:,} interactions" + ("" if full else " [yellow](smaller than the issue's scale)[/]")
+    )
+    console.print(f"machine: {cores} cores, load average {os.getloadavg()[0]:.2f} at start")
+    token, setup = prepare(db, args, console)
+    if setup:
+        console.print(f"setup: {setup:.1f} s ({db_file})")
+
+    crm = _crm(db)
+    try:
+        p = personalize(crm)
+        t0 = time.perf_counter()
+        report = p.refresh()
+        refresh_s = time.perf_counter() - t0
+        p.define("home", k=args.k, offers=2, control=0.05, alternatives=["grid", "carousel", "list"])
+    finally:
+        crm.close()
+    r = report.to_dict()
+    t = Table(title="recommender refresh (personalize.refresh)")
+    for c in ("read", "popular", "cooccurrence", "content", "write", "total", "lists"):
+        t.add_column(c, justify="right")
+    s = r["seconds"]
+    t.add_row(
+        *(f"{s.get(k, 0):.2f} s" for k in ("read", "popular", "cooccurrence", "content", "write")),
+        f"{refresh_s:.2f} s",
+        f"{sum(r['lists'].values()):,}",
+    )
+    console.print(t)
+    ok = "[green]met[/]" if refresh_s < REFRESH_GOAL_S else "[yellow]not met[/]"
+    console.print(f"goal: refresh < {REFRESH_GOAL_S:.0f} s -> {refresh_s:.1f} s at this scale, {ok}")
+
+    rng = random.Random(args.seed + 1)
+    sample = rng.sample(range(1, args.customers + 1), min(args.customers, 30))
+    counts, lengths = queries_per_decide(db, sample)
+    console.print(
+        f"queries per decide: {min(counts)}..{max(counts)} SELECTs for customers with {min(lengths)}..{max(lengths)} "
+        f"interactions ({'constant' if min(counts) == max(counts) else '[red]NOT constant[/]'})"
+    )
+
+    ids = [rng.randrange(1, args.customers + 1) for _ in range(args.requests + args.warmup)]
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    bodies = [json.dumps({"placement": "home", "customer_id": i}).encode() for i in ids]
+    reqs = [api.request_bytes("POST", "/personalize/decide", headers, b) for b in bodies]
+    server = start(api, "ecrm", db, None)
+    try:
+        probe = api.load(server.port, reqs[:50], 2, keep_bodies=True)
+        if probe.statuses.get(200) != 50:
+            raise SystemExit(f"POST /personalize/decide answered {probe.statuses}: {probe.bodies[0][:300]!r}")
+        sizes = sorted(len(b) for b in probe.bodies)
+        (workdir / "body.json").write_bytes(probe.bodies[[len(b) for b in probe.bodies].index(sizes[len(sizes) // 2])])
+        ecrm = api.load(server.port, reqs, args.concurrency, warmup=args.warmup)
+    finally:
+        server.stop()
+    bare_server = start(api, "bare", db, workdir / "body.json")
+    try:
+        bare_reqs = [
+            api.request_bytes("POST", "/personalize/decide", {"Content-Type": "application/json"}, b) for b in bodies
+        ]
+        bare = api.load(bare_server.port, bare_reqs, args.concurrency, warmup=args.warmup)
+    finally:
+        bare_server.stop()
+
+    t = Table(
+        title=f"POST /personalize/decide: {args.requests:,} requests for random customers, "
+        f"{args.concurrency} connections, answer ~{sizes[len(sizes) // 2]:,} bytes"
+    )
+    for c in ("app", "requests/s", "p50 ms", "p99 ms", "p50 vs bare", "p99 vs bare", "non-200"):
+        t.add_column(c, justify="right" if c != "app" else "left")
+    for name, res in (("ecrm decide", ecrm), ("bare Litestar, same-size JSON", bare)):
+        other = {k: v for k, v in res.statuses.items() if k != 200}
+        t.add_row(
+            name,
+            f"{res.requests / res.seconds:,.0f}",
+            f"{res.pct(0.5):.2f}",
+            f"{res.pct(0.99):.2f}",
+            f"{res.pct(0.5) / bare.pct(0.5):.2f}x" if res is ecrm else "",
+            f"{res.pct(0.99) / bare.pct(0.99):.2f}x" if res is ecrm else "",
+            str(other or ""),
+        )
+    console.print(t)
+    p99, ratio = ecrm.pct(0.99), ecrm.pct(0.99) / bare.pct(0.99)
+    ok = "[green]met[/]" if p99 <= P99_GOAL_MS and ratio <= RATIO_GOAL else "[yellow]not met[/]"
+    console.print(
+        f"goal: p99 <= {P99_GOAL_MS:.0f} ms and <= {RATIO_GOAL:.0f}x bare -> {p99:.2f} ms, {ratio:.2f}x bare, {ok}"
+    )
+    console.print(f"machine: {cores} cores, load average {os.getloadavg()[0]:.2f} at the end")
+    if not args.keep:
+        db_file.unlink(missing_ok=True)
+        for suffix in ("-wal", "-shm"):
+            Path(str(db_file) + suffix).unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="decide() over HTTP vs bare Litestar, and the recommender refresh")
+    p.add_argument("--customers", type=int, default=1_000_000, help="customers (1,000,000)")
+    p.add_argument("--products", type=int, default=10_000, help="products (10,000)")
+    p.add_argument("--interactions", type=int, default=10_000_000, help="purchases and product views (10,000,000)")
+    p.add_argument("--requests", type=int, default=5_000, help="timed decide requests (5,000)")
+    p.add_argument("--warmup", type=int, default=300, help="requests before timing (300)")
+    p.add_argument("--concurrency", type=int, default=8, help="keep-alive connections (8)")
+    p.add_argument("--k", type=int, default=10, help="items per decision (10)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--dir", help="where the SQLite file lives (default: a folder in the temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the SQLite file for the next run")
+    p.add_argument("--serve", choices=("ecrm", "bare"), help=argparse.SUPPRESS)
+    p.add_argument("--db", help=argparse.SUPPRESS)
+    p.add_argument("--body", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve:
+        serve(args.serve, args.db, args.body)
+        return
+    run(args)
+
+
+if __name__ == "__main__":
+    main()

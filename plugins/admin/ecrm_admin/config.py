@@ -1,0 +1,69 @@
+"""How an admin app is configured: :class:`AdminConfig`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from attrs import field, frozen
+from ecrm_core.errors import ValidationError
+
+__all__ = ["AdminConfig"]
+
+_PATH = re.compile(r"^(/[A-Za-z0-9_.\-]+)*$")
+
+
+def _path(value: Any) -> str:
+    if not isinstance(value, str) or not _PATH.match(value.rstrip("/") if value != "/" else ""):
+        raise ValidationError("path", value, "not a mount path", "use '' (the root) or '/admin', '/crm/admin'…")
+    return "" if value in ("", "/") else value.rstrip("/")
+
+
+@frozen(kw_only=True)
+class AdminConfig:
+    """Options of :func:`ecrm_admin.create_admin` (also accepted as its keyword arguments).
+
+    * ``path``: the public path the admin is served under (``"/admin"``;
+      ``""`` for the root).  Build the app with the path clients use and give
+      it requests with their full path (as for the API, see
+      ``docs/http/embedding.md``).
+    * ``authenticate``: the host's authentication.  ``authenticate(request)``
+      gets the Litestar request (``.headers``, ``.cookies``, ``.scope``) and
+      returns an :class:`~ecrm_admin.users.AdminUser` (the host decides the
+      role and workspaces) or ``None``.  With it, the admin's login form is
+      replaced by a redirect to ``login_url``.  ``own_users=True`` keeps the
+      admin's own login as well.
+    * ``secure_cookies``: the session cookie is ``Secure`` (only sent over
+      HTTPS; browsers treat ``http://127.0.0.1``/``localhost`` as secure
+      too).  Always ``HttpOnly`` and ``SameSite=Lax``.
+    * ``session_hours``: lifetime of a session.
+    * ``secret``: key for the login form's CSRF token (default:
+      ``ECRM_SECRET``, else random per process — then run one process, or
+      set it).
+    * ``stylesheets``: extra same-origin CSS URLs loaded after the admin's
+      own (theming).
+    * ``dashboard_ttl``: seconds the dashboard's figures are reused before
+      they are computed again (in the background, the old ones shown
+      meanwhile).
+    * ``count_timeout``: seconds the segment builder's live count may take
+      before it is abandoned and reported as too slow.
+    """
+
+    path: str = field(default="/admin", converter=_path)
+    title: str = "ecrm admin"
+    authenticate: Callable[[Any], Any] | None = None
+    login_url: str | None = None
+    own_users: bool | None = None
+    secure_cookies: bool = True
+    session_hours: float = 12.0
+    secret: str | bytes | None = None
+    stylesheets: Sequence[str] = ()
+    dashboard_ttl: float = 60.0
+    count_timeout: float = 1.0
+    max_body: int = 1_000_000
+
+    @property
+    def password_login(self) -> bool:
+        """Whether the admin's own login form is offered."""
+        return self.own_users if self.own_users is not None else self.authenticate is None

@@ -1,0 +1,235 @@
+"""A deleted person's messages leave the ingest inbox and the rejected table.
+
+The inbox and ``ingest_rejected`` hold messages, keyed by *identity*
+(``userId``, ``anonymousId``, ``previousId``, e-mails and phones in the
+traits), not by customer id: ``ON DELETE CASCADE`` cannot reach them.  The
+plugin's ``ecrm_customers_deleted`` implementation calls
+:func:`erase_identities` with the identities the core read before the
+customer rows went (hook API 1.5):
+
+* **inbox**: every waiting row of the workspace is read; the messages that
+  name one of the identities are taken out of it -- the row is rewritten
+  with the others (same id: the order of what is left is kept, ``count``
+  follows) or deleted when nothing is left.  The processor re-checks a
+  row's ``count`` under its write lock, so a row rewritten after it read
+  it is read again, never stored from the old copy;
+* **rejected**: the entries that name them are found through
+  ``ingest_rejected_ids`` (the identities of each rejected message, written
+  with it) and deleted; an ``unreadable`` entry (no identity could be read
+  from it) is deleted when one of the values occurs in its bytes.
+
+A merge needs nothing here: it moves the identities (aliases) to the
+surviving customer, and the processor resolves each message's identities
+when it stores it, so what waits for the merged-away identity lands on the
+survivor -- replayed messages too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import msgspec
+import sqlalchemy as sa
+
+from .inbox import INBOX, REJECTED, REJECTED_IDS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ecrm_core.crm import CRM
+    from ecrm_core.domain import Alias
+
+__all__ = ["ErasureResult", "erase_identities", "message_identities"]
+
+#: Inbox rows read (and rewritten) per transaction.
+CHUNK = 500
+
+
+@attrs.frozen
+class ErasureResult:
+    """What :func:`erase_identities` removed: inbox ``messages`` (from
+    ``rows_rewritten`` rows rewritten and ``rows_deleted`` rows deleted) and
+    ``rejected`` entries."""
+
+    messages: int = 0
+    rows_rewritten: int = 0
+    rows_deleted: int = 0
+    rejected: int = 0
+
+
+def _normal(kind: str, value: str) -> str | None:
+    """``value`` as the core keeps an alias of ``kind`` (None: not a valid one)."""
+    from ecrm_core.validation import normalize_email, normalize_phone
+
+    try:
+        if kind == "email":
+            return normalize_email(value, field="email")
+        if kind == "phone":
+            return normalize_phone(value, field="phone")
+    except Exception:
+        return None
+    return value
+
+
+def _ident(value: Any) -> str | None:
+    """An id as the tracking routes read it (a string, or an integer sent as one; stripped)."""
+    if type(value) is int:
+        return str(value)
+    if type(value) is str:
+        return value.strip() or None
+    return None
+
+
+def message_identities(message: Any) -> set[tuple[str, str]]:
+    """The identities a Segment message names, as ``(alias kind, value)``:
+    ``userId`` (``external``), ``anonymousId`` (``anonymous``),
+    ``previousId`` (both: it may be either), ``traits``/``context.traits``
+    ``email`` and ``phone`` (normalised as the core keeps them)."""
+    out: set[tuple[str, str]] = set()
+    if type(message) is not dict:
+        return out
+    user = _ident(message.get("userId"))
+    if user:
+        out.add(("external", user))
+    anon = _ident(message.get("anonymousId"))
+    if anon:
+        out.add(("anonymous", anon))
+    previous = _ident(message.get("previousId"))
+    if previous:
+        out.update((("external", previous), ("anonymous", previous)))
+    context = message.get("context")
+    for traits in (message.get("traits"), context.get("traits") if type(context) is dict else None):
+        if type(traits) is not dict:
+            continue
+        for kind in ("email", "phone"):
+            raw = traits.get(kind)
+            if type(raw) is str and raw.strip():
+                normal = _normal(kind, raw)
+                if normal:
+                    out.add((kind, normal))
+    return out
+
+
+def _wanted(aliases: Iterable[Alias]) -> set[tuple[str, str]]:
+    """The deleted identities as ``(kind, value)``."""
+    return {(a.kind, str(a.value)) for a in aliases}
+
+
+#: Shorter values are not looked for in the bytes of an unreadable row (they
+#: would match nearly anything).
+MIN_RAW_MATCH = 3
+
+
+def _in_bytes(raw: bytes, wanted: set[tuple[str, str]]) -> bool:
+    return any(len(value) >= MIN_RAW_MATCH and value.encode() in raw for _kind, value in wanted)
+
+
+def erase_identities(crm: CRM, aliases: Sequence[Alias]) -> ErasureResult:
+    """Remove from the inbox and the rejected table (``crm``'s workspace) every
+    message that names one of ``aliases``; see the module's text."""
+    wanted = _wanted(aliases)
+    if not wanted:
+        return ErasureResult()
+    messages, rewritten, deleted = _erase_inbox(crm, wanted)
+    rejected = _erase_rejected(crm, wanted)
+    return ErasureResult(messages, rewritten, deleted, rejected)
+
+
+def _names(message: Any, wanted: set[tuple[str, str]]) -> bool:
+    return not wanted.isdisjoint(message_identities(message))
+
+
+def _erase_inbox(crm: CRM, wanted: set[tuple[str, str]]) -> tuple[int, int, int]:
+    t = crm.db.tables[INBOX]
+    messages = rewritten = deleted = 0
+    last = 0
+    while True:
+        with crm.db.write() as conn:
+            q = (
+                sa.select(t.c.id, t.c.call, t.c.count, t.c.payload)
+                .where(t.c.workspace_id == crm.workspace, t.c.id > last)
+                .order_by(t.c.id)
+                .limit(CHUNK)
+            )
+            if conn.dialect.name == "postgresql":
+                q = q.with_for_update()  # a processor's claimed rows: wait for its tick (then they are gone)
+            rows = conn.execute(q).all()
+            if not rows:
+                break
+            last = rows[-1].id
+            for row in rows:
+                outcome = _without(row.call, bytes(row.payload), wanted)
+                if outcome is None:
+                    continue
+                payload, left, removed = outcome
+                messages += removed
+                if left == 0:
+                    conn.execute(t.delete().where(t.c.id == row.id))
+                    deleted += 1
+                else:
+                    conn.execute(t.update().where(t.c.id == row.id).values(payload=payload, count=left))
+                    rewritten += 1
+    return messages, rewritten, deleted
+
+
+def _without(call: str | None, payload: bytes, wanted: set[tuple[str, str]]) -> tuple[bytes, int, int] | None:
+    """The row without the messages that name ``wanted``: ``(payload, left, removed)``,
+    or None when it names none of them."""
+    try:
+        doc = msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        # Unreadable (the processor rejects it whole): taken out if a value occurs in it.
+        return (b"", 0, 1) if _in_bytes(payload, wanted) else None
+    if call is not None:
+        return (b"", 0, 1) if _names(doc, wanted) else None
+    batch = doc.get("batch") if type(doc) is dict else None
+    if type(batch) is not list:
+        return (b"", 0, 1) if _in_bytes(payload, wanted) else None
+    keep = [m for m in batch if not _names(m, wanted)]
+    removed = len(batch) - len(keep)
+    if not removed:
+        return None
+    if not keep:
+        return b"", 0, removed
+    return msgspec.json.encode({**doc, "batch": keep}), len(keep), removed
+
+
+def _erase_rejected(crm: CRM, wanted: set[tuple[str, str]]) -> int:
+    rt, it = crm.db.tables[REJECTED], crm.db.tables[REJECTED_IDS]
+    by_kind: dict[str, list[str]] = {}
+    for kind, value in wanted:
+        by_kind.setdefault(kind, []).append(value)
+    with crm.db.write() as conn:
+        ids: set[int] = set()
+        for kind, values in by_kind.items():
+            for start in range(0, len(values), 500):
+                ids.update(
+                    conn.execute(
+                        sa.select(it.c.rejected_id).where(
+                            it.c.workspace_id == crm.workspace,
+                            it.c.kind == kind,
+                            it.c.value.in_(values[start : start + 500]),
+                        )
+                    ).scalars()
+                )
+        # Entries no identity could be read from: look for the values in their bytes.
+        unreadable = conn.execute(
+            sa.select(rt.c.id, rt.c.message).where(rt.c.workspace_id == crm.workspace, rt.c.reason == "unreadable")
+        ).all()
+        for row in unreadable:
+            if _in_bytes(bytes(row.message), wanted):
+                ids.add(row.id)
+        done = sorted(ids)
+        for start in range(0, len(done), 500):
+            part = done[start : start + 500]
+            conn.execute(it.delete().where(it.c.rejected_id.in_(part)))
+            conn.execute(rt.delete().where(rt.c.id.in_(part)))
+    return len(done)
+
+
+def identity_rows(workspace: str, rejected_id: int, message: Any) -> list[dict[str, Any]]:
+    """The ``ingest_rejected_ids`` rows of one rejected message."""
+    return [
+        {"rejected_id": rejected_id, "workspace_id": workspace, "kind": kind, "value": value[:200]}
+        for kind, value in sorted(message_identities(message))
+    ]
