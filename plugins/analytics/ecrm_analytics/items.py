@@ -96,7 +96,7 @@ def _sqlite_sql(table: str, items_key: str, where: str) -> str:
         f"SELECT group_concat(i.id || {sep} || i.customer_id || {sep} || {clean(name)} || {sep}"
         f" || coalesce({clean(cat)}, ''), {rec})"
         f" FROM {table} AS i, json_each(i.properties, '$.{items_key}') AS j"
-        f" WHERE {where} AND json_type(i.properties, '$.{items_key}') = 'array'"
+        f" WHERE {where} AND typeof(j.key) = 'integer'"  # elements of an array (a scalar has no key)
         " AND j.type IN ('text', 'integer', 'object')"
     )
 
