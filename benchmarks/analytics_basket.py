@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             if not same:
                 console.print(f"[red]rules differ: ecrm {len(ours)}, baseline {len(base_rules)}[/red]")
         if args.fpgrowth:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             fp = basket_rules(
                 crm,
                 min_support=args.min_support,
@@ -288,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             figures.append(
                 (
-                    "mlxtend FP-growth (max_len 3), end to end",
-                    f"{time.perf_counter() - started:.2f} s ({len(fp.rules):,} rules)",
+                    "mlxtend FP-growth (max_len 3), end to end: wall; CPU",
+                    f"{time.perf_counter() - started:.2f} s; {time.process_time() - cpu:.2f} s ({len(fp.rules):,} rules)",
                 )
             )
         crm.close()
