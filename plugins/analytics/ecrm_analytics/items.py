@@ -60,7 +60,7 @@ class Baskets:
     """Purchases as (basket, item) pairs of integer codes.
 
     ``basket[k]`` and ``item[k]`` are parallel arrays (one entry per item of
-    a purchase, duplicates removed); ``items[code]`` is an item's name,
+    a purchase, an item listed twice in a purchase once); ``items[code]`` is an item's name,
     ``customers[basket]`` the buyer of each basket, ``purchase_ids[basket]``
     its interaction id.  ``categories[code]`` is the item's category (from
     the item objects) or ``None``.  ``skipped`` counts purchases without an
@@ -218,19 +218,24 @@ def read_baskets(
     if not parts:
         empty = np.zeros(0, dtype=np.int64)
         return Baskets(empty, empty.copy(), (), (), empty.copy(), empty.copy(), int(total))
-    pairs = pd.DataFrame(
-        {
-            "p": np.concatenate([x[0] for x in parts]),
-            "b": np.concatenate([x[1] for x in parts]),
-            "v": np.concatenate([x[2] for x in parts]),
-        }
-    ).drop_duplicates(subset=["p", "v"])
-    pcode, pids = pd.factorize(pairs["p"].to_numpy(), sort=True)
-    vcode = pairs["v"].to_numpy()
+    p = np.concatenate([x[0] for x in parts])
+    b = np.concatenate([x[1] for x in parts])
+    vcode = np.concatenate([x[2] for x in parts])
+    if len(p) and bool(np.all(p[1:] >= p[:-1])):  # the usual case: the database returned them in id order
+        starts = np.flatnonzero(np.concatenate(([True], p[1:] != p[:-1])))
+        pcode = np.cumsum(np.concatenate(([False], p[1:] != p[:-1]))).astype(np.int64)
+        pids = p[starts]
+    else:
+        pcode, pids = pd.factorize(p, sort=True)
+    # an item listed twice in one purchase counts once
+    key = pcode.astype(np.int64) * max(len(index), 1) + vcode
+    if _has_repeats(key):
+        keep = np.sort(np.unique(key, return_index=True)[1])
+        pcode, vcode, b = pcode[keep], vcode[keep], b[keep]
     names = list(index)
     cats = [own.get(k) for k in range(len(names))]
     buyers = np.zeros(len(pids), dtype=np.int64)
-    buyers[pcode] = pairs["b"].to_numpy()
+    buyers[pcode] = b
     return Baskets(
         basket=pcode.astype(np.int64),
         item=vcode.astype(np.int64),
@@ -240,6 +245,16 @@ def read_baskets(
         purchase_ids=np.asarray(pids, dtype=np.int64),
         skipped=int(total) - len(pids),
     )
+
+
+def _has_repeats(key: Any) -> bool:
+    """Whether a (purchase, item) key occurs twice (one sort of a copy)."""
+    import numpy as np
+
+    if len(key) < 2:
+        return False
+    ordered = np.sort(key, kind="stable")
+    return bool(np.any(ordered[1:] == ordered[:-1]))
 
 
 def _parse(text: str) -> Any:
