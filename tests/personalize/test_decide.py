@@ -186,9 +186,9 @@ def test_empty_shop_decides_without_lists(crm_factory) -> None:  # type: ignore[
         lambda p: p.decide("home", None, ["not", "a", "mapping"]),
     ],
 )
-def test_bad_input_is_a_validation_error(shop: Shop, call) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_a_validation_error(empty_shop: Shop, call) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValidationError):
-        call(shop.p)
+        call(empty_shop.p)
 
 
 @pytest.mark.parametrize(
@@ -204,9 +204,9 @@ def test_bad_input_is_a_validation_error(shop: Shop, call) -> None:  # type: ign
         {"unknown_field": 1},
     ],
 )
-def test_bad_placements_are_refused(shop: Shop, config) -> None:  # type: ignore[no-untyped-def]
+def test_bad_placements_are_refused(empty_shop: Shop, config) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValidationError):
-        shop.p.define("home", **config)
+        empty_shop.p.define("home", **config)
 
 
 def test_queries_per_decision_are_constant(shop: Shop) -> None:
