@@ -24,7 +24,7 @@ def test_deleting_a_customer_erases_preferences_and_outcomes(shop: Shop) -> None
     keep = shop.customer(name="Stays")
     for who in (cid, keep):
         shop.p.set_preferences(who, interests=["hats"])
-        shop.p.report(shop.p.decide("home", who).id, "impression")
+        shop.p.report(shop.p.decide(who, "home").id, "impression")
     assert _rows(shop, PREFERENCES, cid) == _rows(shop, OUTCOMES, cid) == 1
     shop.crm.customers.delete(cid)
     assert _rows(shop, PREFERENCES, cid) == _rows(shop, OUTCOMES, cid) == 0
@@ -42,7 +42,7 @@ def test_deletion_hook_erases_rows_the_cascade_did_not(empty_shop: Shop) -> None
 
 def test_visitor_outcomes_belong_to_the_customer_after_login_and_go_with_deletion(shop: Shop) -> None:
     shop.p.define("home")
-    first = shop.p.decide("home", None)
+    first = shop.p.decide(None, "home")
     shop.p.report(first.id, "impression")
     cid = shop.customer()
     shop.p.identify(first.visitor, cid)  # type: ignore[arg-type]
@@ -59,7 +59,7 @@ def test_merging_moves_preferences_and_outcomes(shop: Shop) -> None:
     target = shop.customer(name="New account")
     shop.p.set_preferences(source, interests=["hats"], frequency="weekly")
     shop.p.set_preferences(target, frequency="monthly")
-    shop.p.report(shop.p.decide("home", source).id, "impression")
+    shop.p.report(shop.p.decide(source, "home").id, "impression")
     shop.crm.customers.merge(source, into=target)
     assert shop.p.preferences(target) == {"interests": ["hats"], "frequency": "monthly"}  # the target's answers win
     assert _rows(shop, PREFERENCES, source) == 0
@@ -79,18 +79,18 @@ def test_preferences_change_what_is_offered_and_how(shop: Shop) -> None:
     shop.p.define("home", k=6, offers=2)
     cid = shop.customer(name="Carol")
     shop.buy(cid, "S1")
-    before = shop.p.decide("home", cid)
+    before = shop.p.decide(cid, "home")
     assert before.items[0].category == "shoes" and before.offers[0].code == "news"
     shop.p.set_preferences(
         cid, interests=["hats"], exclude=["shoes"], presentation={"tone": "formal", "layout": "list"}
     )
-    after = shop.p.decide("home", cid)
+    after = shop.p.decide(cid, "home")
     assert after.items and all(i.category != "shoes" for i in after.items)
     assert after.items[0].category == "hats" and "they said they like hats" in after.items[0].reasons
     assert after.offers[0].code == "hat_sale"
     assert (after.variant["tone"], after.variant["layout"]) == ("formal", "list")
     shop.p.set_preferences(cid, offers=False)
-    assert shop.p.decide("home", cid).offers == ()
+    assert shop.p.decide(cid, "home").offers == ()
 
 
 def test_preferences_feed_consent_and_purposes(empty_shop: Shop) -> None:

@@ -101,7 +101,7 @@ def decide(data: JSONBody[DecideIn], crm: NamedDependency[CRM], request: Request
     visitor = data.visitor
     if visitor is None and data.customer_id is None:
         visitor = request.cookies.get(COOKIE_NAME)
-    d = _svc(crm).decide(data.placement, customer_id=data.customer_id, visitor=visitor, context=data.context)
+    d = _svc(crm).decide(None, data.placement, data.context, customer_id=data.customer_id, visitor=visitor)
     cookies = []
     if d.visitor is not None:
         cookies.append(
