@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -49,7 +50,68 @@ def test_segments_offers_messages_plugins(admin_client: Any, shop: dict[str, Any
     assert b.get("/offers").status_code == 200
     assert b.get("/messages").status_code == 200
     assert b.get("/messages", params={"status": "dead"}).status_code == 200
+    assert b.get("/messages", params={"status": "nonsense"}).status_code == 400
+    assert b.get("/messages", params={"before": "1; drop"}).status_code == 400
     plugins = b.get("/plugins")
     assert plugins.status_code == 200 and "1.6" in plugins.text and "admin" in plugins.text
     assert b.get("/users").status_code == 200
     assert b.get("/static/admin.js").status_code == 200
+
+
+def test_the_sql_is_for_admins_and_messages_page_by_keyset(admin_client: Any, admin_crm: CRM) -> None:
+    import sqlalchemy as sa
+
+    marketer = admin_client("marketer")
+    check = marketer.post("/segments/check", {"rule": "purchase.count(365d) >= 1"})
+    assert 'data-count="0"' in check.text and "rule-sql" not in check.text
+    c = admin_crm.customers.create(email="m@example.com")
+    t = admin_crm.db.tables["messages"]
+    now = admin_crm.now()
+    with admin_crm.db.write() as conn:
+        conn.execute(
+            sa.insert(t),
+            [
+                {
+                    "workspace_id": "default",
+                    "uid": f"msg-{n:03d}",
+                    "channel": "email",
+                    "customer_id": c.id,
+                    "purpose": "marketing",
+                    "content": {},
+                    "meta": {},
+                    "status": "dead" if n % 2 else "sent",
+                    "attempts": 1,
+                    "max_attempts": 5,
+                    "transactional": False,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for n in range(120)
+            ],
+        )
+    first = marketer.get("/messages")
+    assert first.text.count('href="/admin/messages/msg-') == 50 and "msg-119" in first.text
+    older = re.search(r'href="(/admin/messages\?before=\d+)"', first.text).group(1)
+    second = marketer.client.get(older)
+    assert "msg-069" in second.text and "msg-070" not in second.text
+    dead = marketer.get("/messages", params={"status": "dead"})
+    assert "msg-119" in dead.text and "msg-118" not in dead.text
+
+
+def test_customer_list_pages_by_keyset_and_filters(admin_client: Any, admin_crm: CRM) -> None:
+    ids = [admin_crm.customers.create(email=f"p{n}@example.com", name=f"P {n:02d}").id for n in range(60)]
+    b = admin_client("agent")
+    first = b.get("/customers")
+    assert first.text.count('<tr><td><a href="/admin/customers/') == 50
+    nxt = re.search(r'rel="next" href="([^"]+)"', first.text).group(1).replace("&amp;", "&")
+    second = b.client.get(nxt)
+    assert second.text.count('<tr><td><a href="/admin/customers/') == 10 and f">{ids[-1]}<" in second.text
+    assert 'rel="next"' not in second.text
+    assert "P 07" in b.get("/customers", params={"q": str(ids[7])}).text
+    assert (
+        "not a valid" in b.get("/customers", params={"q": "x@"}).text
+        or "error-box" in b.get("/customers", params={"q": "x@"}).text
+    )
+    assert "error-box" in b.get("/customers", params={"stage": "nonsense"}).text
+    assert "error-box" in b.get("/customers", params={"after": "1 or 1=1"}).text
+    assert b.get("/customers", params={"stage": "prospect"}).text.count('<tr><td><a href="/admin/customers/') == 50

@@ -66,7 +66,7 @@ def _store(shop, ids, rfm, clv) -> None:
             if row is not None:
                 r, f, m = row
                 conn.execute(sa.insert(rt).values(
-                    workspace_id="default", customer_id=cid, first_at=NOW, last_at=NOW, orders=1, purchase_days=1,
+                    workspace_id="default", customer_id=cid, first_at=NOW, last_at=NOW, orders=1,
                     revenue=1.0, refunds=0.0, monetary=1.0, unconverted=0, r_score=r, f_score=f, m_score=m,
                     grp=group_of(r, f, m), computed_at=NOW,
                 ))  # fmt: skip

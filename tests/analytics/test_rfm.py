@@ -123,3 +123,37 @@ def test_rfm_report_and_cli(shop, tmp_path) -> None:
     assert out.exit_code != 0 and "nope" in out.output
     out = runner.invoke(group, ["rfm", "--json", "--group", "champions"], obj=shop.crm)
     assert out.exit_code == 0 and '"group": "champions"' in out.output
+
+
+def test_sql_scores_match_the_cut_point_definition_with_ties(shop) -> None:
+    import random
+
+    from ecrm_analytics.rfm import cut_points
+
+    rng = random.Random(5)
+    ids = [shop.customer(f"c{i}") for i in range(37)]
+    # few distinct values: many ties on every measure
+    shop.history(
+        [
+            (c, rng.choice([1, 5, 30, 90]), rng.choice([5, 10, 10, 50]))
+            for c in ids
+            for _ in range(rng.choice([1, 1, 2, 3]))
+        ]
+    )
+    shop.analytics.refresh(full=True)
+    rows = rfm_rows(shop)
+    with shop.crm.db.read() as conn:
+        cuts = cut_points(shop.crm, conn)
+    for r in rows.values():
+        assert r["r_score"] == score(r["last_at"], cuts["last_at"])
+        assert r["f_score"] == score(r["orders"], cuts["orders"])
+        assert r["m_score"] == score(r["monetary"], cuts["monetary"])
+    # an incremental refresh (UPDATE ... FROM) gives the same scores as a full build
+    shop.buy(ids[0], 0, "999")
+    shop.analytics.refresh()
+    incremental = rfm_rows(shop)
+    shop.analytics.refresh(full=True)
+    full = rfm_rows(shop)
+    assert {c: (r["r_score"], r["f_score"], r["m_score"], r["grp"]) for c, r in incremental.items()} == {
+        c: (r["r_score"], r["f_score"], r["m_score"], r["grp"]) for c, r in full.items()
+    }

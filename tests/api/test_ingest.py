@@ -327,3 +327,29 @@ def _drift(crm) -> list:
 def test_the_migration_creates_exactly_the_defined_tables(api_crm):
     assert {"ingest_inbox", "ingest_rejected", "ingest_log"} <= set(api_crm.db.tables)
     assert _drift(api_crm) == []
+
+
+def test_the_processor_waits_for_a_commit_not_for_a_fixed_time(api_crm):
+    from ecrm_api.processor import CommitWatch
+
+    watch = CommitWatch(api_crm, poll=0.002)
+    try:
+        watch.mark()
+        assert watch.wait(0.05) is False  # nothing committed
+        started = time.monotonic()
+        threading.Timer(0.1, lambda: _put_row(api_crm, json.dumps(batch(track(mid="c-1"))).encode())).start()
+        assert watch.wait(5.0) is True  # woken by the other connection's COMMIT...
+        assert time.monotonic() - started < 4.0  # ...not by the timeout
+        stopped = threading.Event()
+        stopped.set()
+        assert watch.wait(5.0, stopped.is_set) is False  # a stopping worker is not held
+    finally:
+        watch.close()
+    # the job's idle tick: it waits for the row, then stores it in the same tick
+    from ecrm_core.registry import JobContext
+
+    drain(api_crm)
+    spec = api_crm.registry.jobs["ingest.process"]
+    threading.Timer(0.1, lambda: _put_row(api_crm, json.dumps(batch(track(mid="c-2"))).encode())).start()
+    result = spec.tick(JobContext(crm=api_crm, workspace=None, job=spec, stopping=lambda: False))
+    assert result.done >= 1 and "segment:c-2" in keys(api_crm)

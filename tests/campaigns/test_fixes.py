@@ -170,3 +170,42 @@ def test_a_future_stamped_event_does_not_end_a_wait(shop: Shop) -> None:
     with shop.crm.db.read() as conn:
         keys = list(conn.scalars(sa.select(m.c.dedupe_key)))
     assert [k.split(".")[2] for k in keys] == ["no"]
+
+
+def test_an_update_step_adds_to_or_removes_from_a_static_segment(shop: Shop) -> None:
+    from ecrm_campaigns import CampaignInvalid
+
+    crm = shop.crm
+    crm.segments.create("tried_winback", static=True)
+    crm.segments.create("newsletter", static=True)
+    crm.segments.create("dynamic", rule="attributes.x == 1")
+    steps = [
+        {"id": "tag", "type": "update", "segment": "tried_winback", "next": "drop"},
+        {"id": "drop", "type": "update", "segment": "newsletter", "remove": True},
+    ]
+    shop.campaigns.save({"key": "seg", "name": "Seg", "trigger": {"type": "api"}, "steps": steps})
+    shop.campaigns.start("seg")
+    ids = shop.customers(4)
+    crm.segments.add("newsletter", ids)
+    shop.campaigns.trigger("seg", ids[:3])
+    shop.run()
+    assert sorted(m.customer_id for m in crm.segments.members("tried_winback")) == sorted(ids[:3])
+    assert [m.customer_id for m in crm.segments.members("newsletter")] == [ids[3]]
+    # refused at save time: a dynamic segment, a missing one, both kinds of update, a value with a segment
+    bad: list[dict[str, Any]] = [
+        {"id": "u", "type": "update", "segment": "dynamic"},
+        {"id": "u", "type": "update", "segment": "nope"},
+        {"id": "u", "type": "update", "segment": "newsletter", "attribute": "x"},
+        {"id": "u", "type": "update", "segment": "newsletter", "value": 1},
+    ]
+    from ecrm_core import ValidationError
+
+    for step in bad:
+        with pytest.raises((CampaignInvalid, ValidationError)) as err:
+            shop.campaigns.save({"key": "bad", "name": "Bad", "trigger": {"type": "api"}, "steps": [step]})
+        assert "steps" in str(err.value.field), err.value
+    # the YAML round-trips
+    from ecrm_campaigns import Campaign
+
+    c = shop.campaigns.definition("seg")
+    assert Campaign.from_yaml(c.to_yaml()) == c and "remove: true" in c.to_yaml()

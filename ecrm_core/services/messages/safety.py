@@ -4,6 +4,7 @@ providers made safe (control, surrogate and bidi characters escaped, lengths bou
 from __future__ import annotations
 
 import builtins
+import re
 import unicodedata
 from collections.abc import Mapping
 from typing import Any
@@ -29,12 +30,22 @@ def _unsafe_char(ch: str) -> bool:
 
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
+#: Exactly the characters of :func:`_unsafe_char` (Cc is U+0000-001F and U+007F-009F, Cs the
+#: surrogates, Zl U+2028, Zp U+2029, then the bidi controls) as one pattern: a whole string is
+#: checked in C instead of a Unicode lookup per character (tests/test_messages_safety.py proves
+#: the two agree on every code point).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    return m.group().encode("unicode_escape").decode("ascii")
+
 
 def _clean(text: Any, limit: int) -> str:
     """``text`` safe to store and show: unsafe characters escaped (``\\n``,
     ``\\x00``, ``\\u202e``), at most ``limit`` characters."""
     raw = str(text)[: limit * 2]
-    out = "".join(ch.encode("unicode_escape").decode("ascii") if _unsafe_char(ch) else ch for ch in raw)
+    out = _UNSAFE.sub(_escape, raw) if _UNSAFE.search(raw) else raw
     return _short(out, limit) or ""
 
 
@@ -66,7 +77,7 @@ def _address_problem(address: Any) -> str | None:
         return f"address() returned {type(address).__name__}, not a string"
     if len(address) > 320:
         return f"the address is {len(address)} characters long; at most 320 are stored"
-    if any(_unsafe_char(ch) for ch in address):
+    if _UNSAFE.search(address):
         return "the address contains control, surrogate or bidi characters"
     return None
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import click
     import sqlalchemy as sa
     from ecrm_core.crm import CRM
-    from ecrm_core.registry import AdminPage, MigrationSource
+    from ecrm_core.registry import AdminPage, AdminWidget, MigrationSource
     from ecrm_core.storage import Naming
 
 #: The ecrm hook API versions this plugin is written for (``AdminPage.role`` etc. are 1.6).
@@ -56,15 +56,43 @@ def ecrm_register_commands(cli: click.Group) -> None:
     cli.add_command(admin)
 
 
-@hookimpl
-def ecrm_register_admin_pages(crm: CRM) -> list[AdminPage] | None:
-    """The campaign pages, when the campaigns plugin is loaded in this CRM."""
-    info = crm.plugins.info.get("campaigns")
-    if info is None or info.status != "loaded":
-        return None
-    from .contrib.campaigns import pages
+def _loaded(crm: CRM, name: str) -> bool:
+    info = crm.plugins.info.get(name)
+    return info is not None and info.status == "loaded"
 
-    return pages()
+
+@hookimpl
+def ecrm_register_admin_pages(crm: CRM) -> list[AdminPage]:
+    """The campaign, analytics and personalization pages, for those plugins loaded in this CRM."""
+    out: list[AdminPage] = []
+    if _loaded(crm, "campaigns"):
+        from .contrib import campaigns
+
+        out += campaigns.pages()
+    if _loaded(crm, "analytics"):
+        from .contrib import analytics
+
+        out += analytics.pages()
+    if _loaded(crm, "personalize"):
+        from .contrib import personalize
+
+        out += personalize.pages()
+    return out
+
+
+@hookimpl
+def ecrm_register_admin_widgets(crm: CRM) -> list[AdminWidget]:
+    """The analytics value scores and the personalization preferences on the customer view."""
+    out: list[AdminWidget] = []
+    if _loaded(crm, "analytics"):
+        from .contrib import analytics
+
+        out += analytics.widgets()
+    if _loaded(crm, "personalize"):
+        from .contrib import personalize
+
+        out += personalize.widgets()
+    return out
 
 
 # The admin stores nothing about customers (only its own users and sessions):

@@ -3,8 +3,11 @@
 The models are in :mod:`ecrm_analytics.models`.  Their input per customer
 comes from the RFM rows (so no second scan of the interactions):
 
-* ``x`` = distinct UTC days with a purchase - 1 (repeat transactions; several
-  orders on one day are one transaction, as in the published CDNOW fits);
+* ``x`` = purchases - 1 (repeat transactions: every ``purchase``
+  interaction is one transaction — track one ``purchase`` per order, not per
+  order line.  The published CDNOW fits count purchase *days*; the models
+  are the same, only the input differs, and counting distinct days would
+  cost the RFM aggregate a second sort per customer);
 * ``t_x`` = days from the first to the last purchase; ``T`` = days from the
   first purchase to now;
 * ``m`` = the customer's average order value, ``monetary / orders`` (net of
@@ -88,7 +91,7 @@ def summary(
     now = sa.bindparam("now", crm.now(), type_=table.c.last_at.type)
     stmt = sa.select(
         table.c.customer_id,
-        table.c.purchase_days - 1,
+        table.c.orders - 1,
         _days(crm, table.c.last_at, table.c.first_at),
         _days(crm, now, table.c.first_at),
         table.c.monetary / table.c.orders,
@@ -264,7 +267,8 @@ def holdout_report(crm: CRM, holdout_days: int = 90) -> Report:
     Rows: customers grouped by repeat transactions in the calibration period
     (0 … 6, 7+), with the mean actual and predicted number of purchase days
     in the holdout period; the summary has the totals and the mean absolute
-    error per customer.
+    error per customer.  Here transactions are purchase *days* (as in the
+    published CDNOW check): the report reads the interactions, not the RFM rows.
     """
     from ecrm_core.charts import Chart, Series
 

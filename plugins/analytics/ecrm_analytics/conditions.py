@@ -33,7 +33,13 @@ from .schema import CLV, RFM
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ecrm_core.registry import AttributeDef, ConditionType
 
-__all__ = ["ATTRIBUTES", "CLV_METRICS", "attribute_defs", "condition_types"]
+__all__ = ["ATTRIBUTES", "CHANGED", "CLV_METRICS", "attribute_defs", "condition_types"]
+
+#: What the conditions declare as the "kind" whose arrival changes their answer: not an interaction
+#: kind, but the plugin's refresh.  Their answers change only when analytics recomputes, so the core's
+#: live refresh after a purchase skips them, and :func:`ecrm_analytics.service.Analytics.refresh`
+#: refreshes exactly the segments and stages that use them, for the customers whose results changed.
+CHANGED = "analytics.refreshed"
 
 #: ``clv(...)`` metrics: argument prefix → column of ``analytics_clv``.
 CLV_METRICS: Mapping[str, str] = {
@@ -179,7 +185,7 @@ def condition_types() -> list[ConditionType]:
             compile=_compile_rfm,
             evaluate=_evaluate_rfm,
             validate=_validate_rfm,
-            kinds=("purchase", "refund"),
+            kinds=(CHANGED,),
             description='the customer\'s RFM group or scores: rfm(group="at_risk"), rfm(r_min=4, f_min=3)',
         ),
         ConditionType(
@@ -187,7 +193,7 @@ def condition_types() -> list[ConditionType]:
             compile=_compile_clv,
             evaluate=_evaluate_clv,
             validate=_validate_clv,
-            kinds=("purchase", "refund"),
+            kinds=(CHANGED,),
             description="the customer's lifetime-value predictions: clv(p_alive_lt=0.3), clv(value_12m_gt=500)",
         ),
     ]

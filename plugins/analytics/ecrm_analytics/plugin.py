@@ -87,8 +87,9 @@ def ecrm_register_jobs() -> list[JobSpec]:
 @hookimpl
 def ecrm_register_condition_types() -> list[ConditionType]:
     from .conditions import condition_types
+    from .needs import condition_types as needs_condition_types
 
-    return condition_types()
+    return [*condition_types(), *needs_condition_types()]
 
 
 @hookimpl
@@ -103,6 +104,9 @@ def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
     from .service import on_merged
 
     on_merged(crm, merge.source_id, merge.target_id)
+    from . import needs  # clusters: drop the source's, place the survivor again
+
+    needs.on_merged(crm, merge.source_id, merge.target_id)
 
 
 @hookimpl
@@ -110,6 +114,9 @@ def ecrm_customers_deleted(crm: CRM, customer_ids: list[int]) -> None:
     from .store import clear
 
     clear(crm, customer_ids)
+    from . import needs
+
+    needs.on_deleted(crm, customer_ids)
 
 
 @hookimpl
@@ -134,5 +141,6 @@ def ecrm_register_routes() -> list[Any]:
 @hookimpl
 def ecrm_register_demo_stages() -> list[DemoStage]:
     from .demo import demo_stages
+    from .needs_demo import demo_stages as needs_demo_stages
 
-    return demo_stages()
+    return [*demo_stages(), *needs_demo_stages()]

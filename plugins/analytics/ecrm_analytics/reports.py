@@ -34,6 +34,14 @@ __all__ = ["Param", "ReportSpec", "register", "report", "specs"]
 
 #: Modules whose import registers the plugin's own reports.
 BUILTIN_MODULES = ("ecrm_analytics.rfm",)
+#: The needs-analysis and sales reports (market basket, clusters, affinity, sales, attribution).
+NEEDS_MODULES = (
+    "ecrm_analytics.basket",
+    "ecrm_analytics.clusters",
+    "ecrm_analytics.affinity",
+    "ecrm_analytics.sales",
+    "ecrm_analytics.attribution",
+)
 
 _REGISTRY: dict[str, ReportSpec] = {}
 _loaded = False
@@ -126,7 +134,7 @@ def specs() -> dict[str, ReportSpec]:
     """Every report, by name (the plugin's own are loaded on first use)."""
     global _loaded
     if not _loaded:
-        for module in BUILTIN_MODULES:
+        for module in (*BUILTIN_MODULES, *NEEDS_MODULES):
             importlib.import_module(module)
         _loaded = True
     return dict(sorted(_REGISTRY.items()))

@@ -35,10 +35,13 @@ R \\ FM  1                   2                   3                  4           
 1       lost                hibernating         at_risk            at_risk            cant_lose_them
 ======  ==================  ==================  =================  =================  =================
 
-Computation is set-based: one ``INSERT … SELECT … GROUP BY`` over the
-interactions (all customers, or the marked ones), then the cut points (a few
-``ORDER BY … LIMIT 1 OFFSET k`` reads) and one ``UPDATE`` that rewrites only
-the scores that changed.
+Computation is set-based.  A full build is one ``INSERT … SELECT``: the
+aggregate per customer over the interactions (read from the plugin's
+partial covering index), the scores by window functions (``rank()``: how
+many customers have a lower value) and the group.  An incremental refresh
+re-aggregates the marked customers, then one ``UPDATE … FROM`` recomputes
+every score with the same window functions and rewrites only those that
+changed.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from ecrm_core.storage import UTCDateTime
 
 from .common import Rates, Report, get_rates
 from .reports import Param, ReportSpec, register
-from .schema import RFM, STATE
+from .schema import RFM
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ecrm_core.crm import CRM
@@ -94,16 +97,6 @@ def score(value: Any, cuts: Sequence[Any]) -> int:
     return 1 + sum(1 for c in cuts if c is not None and value > c)
 
 
-def _sql_score(column: Any, cuts: Sequence[Any], type_: Any = None) -> Any:
-    terms = [
-        sa.case((column > sa.bindparam(None, c, type_=type_ or column.type), 1), else_=0) for c in cuts if c is not None
-    ]
-    out: Any = sa.literal(1)
-    for t in terms:
-        out = out + t
-    return out
-
-
 def _sql_group(r: Any, fm: Any) -> Any:
     whens = [(sa.and_(r == ri + 1, fm == fi + 1), sa.literal(GROUP_GRID[ri][fi])) for ri in range(5) for fi in range(5)]
     return sa.case(*whens, else_=sa.literal("lost"))
@@ -120,7 +113,9 @@ def _aggregate(crm: CRM, rates: Rates, now: datetime, restrict: Collection[int] 
         sa.case((sa.and_(it.c.amount.is_not(None), rates.sql_rate(it.c.currency).is_(None)), 1), else_=0)
     )
     orders = sa.func.sum(sa.case((purchase, 1), else_=0))
-    where = [it.c.workspace_id == crm.workspace, it.c.kind.in_(("purchase", "refund")), it.c.occurred_at <= now]
+    # the kinds as literals (not parameters), so SQLite can prove the plugin's partial index applies
+    sales = it.c.kind.in_([sa.literal_column("'purchase'"), sa.literal_column("'refund'")])
+    where = [it.c.workspace_id == crm.workspace, sales, it.c.occurred_at <= now]
     if restrict is not None:
         from ecrm_core.rules.sql import ids_clause
 
@@ -132,7 +127,6 @@ def _aggregate(crm: CRM, rates: Rates, now: datetime, restrict: Collection[int] 
             sa.func.min(sa.case((purchase, it.c.occurred_at))).label("first_at"),
             sa.func.max(sa.case((purchase, it.c.occurred_at))).label("last_at"),
             orders.label("orders"),
-            sa.func.count(sa.distinct(sa.case((purchase, sa.func.date(it.c.occurred_at))))).label("purchase_days"),
             revenue.label("revenue"),
             refunds.label("refunds"),
             sa.case((revenue > refunds, revenue - refunds), else_=0.0).label("monetary"),
@@ -149,81 +143,113 @@ def _aggregate(crm: CRM, rates: Rates, now: datetime, restrict: Collection[int] 
     )
 
 
+def _scores(source: Any) -> Any:
+    """``source`` (with ``customer_id``, ``last_at``, ``orders``, ``monetary``) and the scores ``r``, ``f``, ``m``.
+
+    ``rank() - 1`` is how many customers have a strictly lower value, and a
+    value is above the cut point ``k`` exactly when that count reaches
+    ``ceil(k n / 5)``: so the score is computed by window functions in one
+    statement, with the same result as :func:`score` over :func:`cut_points`
+    (equal values, equal scores).
+    """
+    n = sa.func.count().over()
+    ranked = sa.select(
+        *source.c,
+        (sa.func.rank().over(order_by=source.c.last_at) - 1).label("lr"),
+        (sa.func.rank().over(order_by=source.c.orders) - 1).label("fr"),
+        (sa.func.rank().over(order_by=source.c.monetary) - 1).label("mr"),
+        n.label("n"),
+    ).subquery("ranked")
+
+    def one(rank: Any) -> Any:
+        out: Any = sa.literal(1)
+        for k in range(1, 5):
+            out = out + sa.case((rank * 5 >= ranked.c.n * k, 1), else_=0)  # rank >= ceil(k n / 5)
+        return out
+
+    return sa.select(
+        *(ranked.c[c.name] for c in source.c),
+        one(ranked.c.lr).label("r"),
+        one(ranked.c.fr).label("f"),
+        one(ranked.c.mr).label("m"),
+    ).subquery("scored")
+
+
 def compute(
     crm: CRM, conn: sa.Connection, *, restrict: Collection[int] | None = None, rates: Rates | None = None
 ) -> int:
-    """Recompute the RFM rows (all customers, or those in ``restrict``) on ``conn``; scores are left to :func:`rescore`.
+    """Recompute the RFM rows of the customers in ``restrict`` (scores left to :func:`rescore`), or with
+    ``restrict=None`` every customer's row, scores and group in one ``INSERT … SELECT``.
 
-    Returns how many customers have an RFM row afterwards among those recomputed.
+    Returns how many rows were written.
     """
     table = crm.db.tables[RFM]
     now = crm.now()
     rates = rates or get_rates(crm)
     if restrict is None:
         conn.execute(sa.delete(table).where(table.c.workspace_id == crm.workspace))
-    else:
-        from ecrm_core.rules.sql import ids_clause
+        agg = _aggregate(crm, rates, now, None).subquery("agg")
+        scored = _scores(agg)
+        f_plus_m = (scored.c.f + scored.c.m + 1) / 2
+        select = sa.select(
+            *(scored.c[c.name] for c in table.c if c.name not in ("r_score", "f_score", "m_score", "grp")),
+            scored.c.r, scored.c.f, scored.c.m,
+            _sql_group(scored.c.r, sa.cast(f_plus_m, sa.Integer)),
+        )  # fmt: skip
+        names = [c.name for c in table.c if c.name not in ("r_score", "f_score", "m_score", "grp")]
+        result = conn.execute(sa.insert(table).from_select([*names, "r_score", "f_score", "m_score", "grp"], select))
+        return int(result.rowcount or 0)
+    from ecrm_core.rules.sql import ids_clause
 
-        if not restrict:
-            return 0
-        conn.execute(
-            sa.delete(table).where(
-                table.c.workspace_id == crm.workspace, ids_clause(table.c.customer_id, list(restrict), crm.db.dialect)
-            )
+    if not restrict:
+        return 0
+    conn.execute(
+        sa.delete(table).where(
+            table.c.workspace_id == crm.workspace, ids_clause(table.c.customer_id, list(restrict), crm.db.dialect)
         )
+    )
     select = _aggregate(crm, rates, now, restrict)
     result = conn.execute(sa.insert(table).from_select([c.name for c in table.c], select))
     return int(result.rowcount or 0)
 
 
 def cut_points(crm: CRM, conn: sa.Connection) -> dict[str, list[Any]]:
-    """The quintile cut points of ``last_at``, ``orders`` and ``monetary`` in the workspace."""
+    """The quintile cut points of ``last_at``, ``orders`` and ``monetary`` in the workspace.
+
+    The cut point ``k`` is the value at rank ``ceil(k n / 5)`` (1-based) of
+    the ``n`` sorted values; ``score(value, cuts)`` gives the stored score.
+    """
     table = crm.db.tables[RFM]
     ws = table.c.workspace_id == crm.workspace
-    n = int(conn.execute(sa.select(sa.func.count()).select_from(table).where(ws)).scalar_one())
     out: dict[str, list[Any]] = {}
     for name in ("last_at", "orders", "monetary"):
         col = table.c[name]
-        cuts: list[Any] = []
-        for k in range(1, 5):
-            if n == 0:
-                cuts.append(None)
-                continue
-            offset = max(0, -(-k * n // 5) - 1)  # the value at rank ceil(k n / 5)
-            cuts.append(conn.execute(sa.select(col).where(ws).order_by(col).limit(1).offset(offset)).scalar_one())
-        out[name] = cuts
+        values = conn.execute(sa.select(col).where(ws).order_by(col)).scalars().all()
+        n = len(values)
+        out[name] = [values[max(0, -(-k * n // 5) - 1)] if n else None for k in range(1, 5)]
     return out
 
 
 def rescore(crm: CRM, conn: sa.Connection) -> list[int]:
-    """Recompute the cut points and rewrite the scores and groups that changed; return those customers."""
+    """Rewrite the scores and groups that changed (one ``UPDATE … FROM`` with window functions); return
+    those customers."""
     table = crm.db.tables[RFM]
-    cuts = cut_points(crm, conn)
-    r = _sql_score(table.c.last_at, cuts["last_at"], UTCDateTime())
-    f = _sql_score(table.c.orders, cuts["orders"], sa.Integer())
-    m = _sql_score(table.c.monetary, cuts["monetary"], sa.Float())
-    grp = _sql_group(r, (f + m + 1) // 2)
+    source = sa.select(table.c.customer_id, table.c.last_at, table.c.orders, table.c.monetary).where(
+        table.c.workspace_id == crm.workspace
+    ).subquery("src")
+    scored = _scores(source)
+    f_plus_m = sa.cast((scored.c.f + scored.c.m + 1) / 2, sa.Integer)
     stmt = (
         sa.update(table)
         .where(
             table.c.workspace_id == crm.workspace,
-            sa.or_(table.c.r_score != r, table.c.f_score != f, table.c.m_score != m),
+            table.c.customer_id == scored.c.customer_id,
+            sa.or_(table.c.r_score != scored.c.r, table.c.f_score != scored.c.f, table.c.m_score != scored.c.m),
         )
-        .values(r_score=r, f_score=f, m_score=m, grp=grp)
+        .values(r_score=scored.c.r, f_score=scored.c.f, m_score=scored.c.m, grp=_sql_group(scored.c.r, f_plus_m))
         .returning(table.c.customer_id)
     )
-    changed = [int(row[0]) for row in conn.execute(stmt)]
-    _save_state(crm, conn, cuts)
-    return changed
-
-
-def _save_state(crm: CRM, conn: sa.Connection, cuts: Mapping[str, list[Any]]) -> None:
-    state = crm.db.tables[STATE]
-    data = {k: [v.isoformat() if isinstance(v, datetime) else v for v in vs] for k, vs in cuts.items()}
-    conn.execute(sa.delete(state).where(state.c.workspace_id == crm.workspace, state.c.name == "rfm"))
-    conn.execute(
-        sa.insert(state).values(workspace_id=crm.workspace, name="rfm", data={"cuts": data}, updated_at=crm.now())
-    )
+    return [int(row[0]) for row in conn.execute(stmt)]
 
 
 def _fmt_days(now: datetime, at: datetime | None) -> float | None:

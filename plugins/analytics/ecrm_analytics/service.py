@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from attrs import frozen
 
 from .common import finite, get_rates
+from .conditions import CHANGED
 from .models import FitError
 from .schema import CLV, RFM, STATE
 
@@ -98,8 +99,7 @@ class Analytics:
                 n = rfm.compute(crm, conn, restrict=ids, rates=rates)
                 bar.step(steps[1])
                 changed = set(rfm.rescore(crm, conn))
-                if ids is not None:
-                    changed |= set(ids)
+                changed |= set(ids) if ids is not None else _all_ids(crm, conn)
                 bar.step(steps[2])
                 clv_model.predict(crm, conn, ids)
                 store.release(crm, conn, claimed)
@@ -116,12 +116,12 @@ class Analytics:
                     with crm.db.write() as conn:
                         store.write_attributes(crm, conn, None)
             bar.step("segments")
-            if changed or full or fitted:
-                crm.segments.refresh(
-                    customer_ids=None if (full or fitted) else sorted(changed),
-                    kinds=("purchase", "refund"),
-                    customers_changed=False,
-                )
+            if fitted:
+                changed |= _all_ids(crm)
+            if changed:
+                # for these customers, the segments and lifecycle stages whose rules use rfm()/clv() or a
+                # customer field (the analytics attributes changed), not those about purchases only
+                crm.segments.refresh(customer_ids=sorted(changed), kinds=(CHANGED,), customers_changed=True)
         return RefreshResult(
             customers=n if full else len(claimed),
             changed=len(changed),
@@ -210,6 +210,15 @@ def refresh_tick(ctx: JobContext) -> JobResult:
         more=result.pending > 0,
         message=f"{result.customers} recomputed, {result.changed} changed, {result.pending} marked{note}",
     )
+
+
+def _all_ids(crm: CRM, conn: sa.Connection | None = None) -> set[int]:
+    table = crm.db.tables[RFM]
+    stmt = sa.select(table.c.customer_id).where(table.c.workspace_id == crm.workspace)
+    if conn is not None:
+        return set(conn.execute(stmt).scalars())
+    with crm.db.read() as c:
+        return set(c.execute(stmt).scalars())
 
 
 def _has_buyers(crm: CRM) -> bool:

@@ -25,18 +25,15 @@ agree.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
-import time
-from collections import deque
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import sqlalchemy as sa
 from ecrm_core.storage import Naming, UTCDateTime
+
+from .groupcommit import GroupCommit
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
@@ -174,7 +171,6 @@ class _Entry:
     call: str | None
     count: int
     payload: bytes
-    done: Callable[[BaseException | None], None]
 
 
 @attrs.define
@@ -187,8 +183,9 @@ class InboxWriterStats:
     failed_groups: int = 0
 
 
-class InboxWriter:
-    """Appends accepted payloads to ``ingest_inbox``: one transaction per group.
+class InboxWriter(GroupCommit[_Entry]):
+    """Appends accepted payloads to ``ingest_inbox``: one transaction per group
+    (the app's :class:`~ecrm_api.groupcommit.GroupCommit` for the inbox).
 
     :param max_depth: messages waiting in the inbox past which requests get
         503 (0: no limit).
@@ -199,7 +196,10 @@ class InboxWriter:
         requests get 503.
     :param retry_after: the ``Retry-After`` sent with the 503.
     :param refresh: how often (seconds) depth and lag are read again.
+    :param max_group_rows: rows (requests) in one transaction at most.
     """
+
+    thread_name = "ecrm-api-inbox"
 
     def __init__(
         self,
@@ -212,27 +212,22 @@ class InboxWriter:
         refresh: float = 0.5,
         max_group_rows: int = 1000,
     ) -> None:
+        super().__init__(max_group=max_group_rows)
         self.crm = crm
         self.max_depth = max_depth
         self.max_lag = max_lag
         self.lock_timeout = lock_timeout
         self.retry_after = retry_after
         self.refresh = refresh
-        self.max_group_rows = max_group_rows
         self.stats = InboxWriterStats()
         self.last: InboxStats | None = None
-        self._last_read = 0.0
-        self._queue: deque[_Entry] = deque()
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closing = False
 
     # -- the request's side -------------------------------------------------
     def check(self) -> None:
         """Raise :class:`Overloaded` when the inbox is past its limits (last reading)."""
         if not (self.max_depth or self.max_lag):
             return
-        self._ensure_thread()
+        self.ensure_thread()
         st = self.last
         if st is None:
             return
@@ -250,78 +245,23 @@ class InboxWriter:
 
     async def append(self, workspace: str, received_at: datetime, call: str | None, count: int, payload: bytes) -> None:
         """Append one payload; returns once its row is committed (raises :class:`Overloaded` if it could not be)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-
-        def settle(error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(None)
-
-        def done(error: BaseException | None) -> None:
-            try:
-                loop.call_soon_threadsafe(settle, error)
-            except RuntimeError:  # pragma: no cover - the loop is closed (shutdown)
-                pass
-
-        self._put(_Entry(workspace, received_at, call, count, payload, done))
-        await future
-
-    def _ensure_thread(self) -> None:
-        with self._cond:
-            if self._thread is None or not self._thread.is_alive():
-                self._closing = False
-                self._thread = threading.Thread(target=self._run, name="ecrm-api-inbox", daemon=True)
-                self._thread.start()
-
-    def _put(self, entry: _Entry) -> None:
-        self._ensure_thread()
-        with self._cond:
-            self._queue.append(entry)
-            self._cond.notify_all()
-
-    def close(self, timeout: float | None = None) -> None:
-        """Commit what was handed over, then stop the thread."""
-        with self._cond:
-            thread = self._thread
-            self._closing = True
-            self._cond.notify_all()
-        if thread is not None:
-            thread.join(timeout)
+        await self.submit(_Entry(workspace, received_at, call, count, payload))
 
     # -- the writer thread ----------------------------------------------------
-    def _take(self) -> list[_Entry] | None:
-        with self._cond:
-            while not self._queue:
-                if self._closing:
-                    self._thread = None
-                    return None
-                if (self.max_depth or self.max_lag) and time.monotonic() - self._last_read >= self.refresh:
-                    return []
-                self._cond.wait(self.refresh)
-            group: list[_Entry] = []
-            while self._queue and len(group) < self.max_group_rows:
-                group.append(self._queue.popleft())
-            return group
+    def _idle_every(self) -> float | None:
+        return self.refresh if (self.max_depth or self.max_lag) else None
 
-    def _run(self) -> None:
-        while True:
-            group = self._take()
-            if group is None:
-                self._drop_connection()
-                return
-            if group:
-                error = self._write(group)
-                for entry in group:
-                    entry.done(error)
-            if (self.max_depth or self.max_lag) and time.monotonic() - self._last_read >= self.refresh:
-                self._read_stats()
+    def _idle(self) -> None:
+        self._read_stats()
+
+    def _stopped(self) -> None:
+        self._drop_connection()
+
+    def _commit(self, group: list[_Entry]) -> list[tuple[Any, BaseException | None]]:
+        error = self._write(group)
+        return [(None, error)] * len(group)
 
     def _read_stats(self) -> None:
-        self._last_read = time.monotonic()
         try:
             self.last = inbox_stats(self.crm)
         except Exception as exc:  # the database is down: keep the last reading, say so once

@@ -466,22 +466,114 @@ def batch_events() -> int:
     return value if 1 <= value <= 1_000_000 else MAX_EVENTS
 
 
+class CommitWatch:
+    """Waits for a COMMIT by another connection to the database, instead of sleeping.
+
+    On SQLite: ``PRAGMA data_version`` on a connection of its own, polled
+    every ``poll`` seconds (a read of a counter in shared memory: no lock, no
+    I/O), changes when any other connection -- the gateway's inbox writer,
+    in this process or another -- committed.  Elsewhere (PostgreSQL, a
+    host's connection) it waits ``poll * 10`` at a time and reports a change
+    each time (the tick's claim query is the check).
+    """
+
+    def __init__(self, crm: CRM, *, poll: float = 0.005) -> None:
+        self.crm = crm
+        self.poll = poll
+        self._conn: Any = None
+        self._version: int | None = None
+
+    def _read(self) -> int | None:
+        if not self.crm.db.is_sqlite or self.crm.db.joined:
+            return None
+        try:
+            if self._conn is None:
+                self._conn = self.crm.db.engine.raw_connection()
+            cur = self._conn.cursor()
+            try:
+                cur.execute("PRAGMA data_version")
+                return int(cur.fetchone()[0])
+            finally:
+                cur.close()
+        except Exception:  # pragma: no cover - the database went away: wait by time
+            self.close()
+            return None
+
+    def mark(self) -> None:
+        """Remember the database's state now (call after a tick: its own COMMIT is not news)."""
+        self._version = self._read()
+
+    def wait(self, timeout: float, stop: Any = None) -> bool:
+        """Until a COMMIT since :meth:`mark` (True), ``timeout`` seconds, or ``stop()`` (False)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            version = self._read()
+            if version is None:
+                left = deadline - time.monotonic()
+                time.sleep(max(0.0, min(self.poll * 10, left)))
+                return left > 0
+            if self._version is not None and version != self._version:
+                self._version = version
+                return True
+            self._version = version
+            if time.monotonic() >= deadline or (stop is not None and stop()):
+                return False
+            time.sleep(self.poll)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # pragma: no cover
+                pass
+
+
+#: The tick of ``ingest.process`` waits this long at most for new rows when the inbox is empty.
+IDLE_WAIT = 0.25
+_watches: dict[int, CommitWatch] = {}
+
+
+def _watch(crm: CRM) -> CommitWatch:
+    """One watch per database engine in this process (a connection, not state of the work)."""
+    key = id(crm.db.engine)
+    watch = _watches.get(key)
+    if watch is None or watch.crm.db.engine is not crm.db.engine:
+        watch = _watches[key] = CommitWatch(crm)
+    return watch
+
+
 def make_job(
     *,
     event_kinds: Mapping[str, str] | None = None,
     future_tolerance: timedelta = timedelta(days=1),
-    every: float = 0.2,
+    every: float = 0.01,
+    idle_wait: float = IDLE_WAIT,
 ) -> Any:
     """The :class:`~ecrm_core.registry.JobSpec` of ``ingest.process`` (a global,
-    non-exclusive job: on PostgreSQL several workers drain at once)."""
+    non-exclusive job: on PostgreSQL several workers drain at once).
+
+    A tick that finds the inbox empty waits up to ``idle_wait`` seconds for
+    a COMMIT (:class:`CommitWatch`: on SQLite ``PRAGMA data_version``) and
+    processes what it brought at once, instead of sleeping until the next
+    tick: an event is visible a few milliseconds after its 200 when the
+    processor keeps up.
+    """
     from ecrm_core.registry import JobSpec
 
     def tick(ctx: JobContext) -> JobResult:
         from ecrm_core.registry import JobResult
 
-        result = process_inbox(
-            ctx.crm, event_kinds=event_kinds, future_tolerance=future_tolerance, max_events=batch_events()
-        )
+        def run() -> ProcessResult:
+            return process_inbox(
+                ctx.crm, event_kinds=event_kinds, future_tolerance=future_tolerance, max_events=batch_events()
+            )
+
+        watch = _watch(ctx.crm)
+        watch.mark()
+        result = run()
+        if not result.rows and idle_wait > 0 and watch.wait(idle_wait, ctx.stopping):
+            result = run()
         return JobResult(
             done=result.events,
             more=result.more,
@@ -497,12 +589,17 @@ def make_job(
         scope="global",
         every=every,
         exclusive=False,
-        description="store the tracking messages of the ingest inbox (all workspaces), up to 10,000 a tick",
+        description="store the tracking messages of the ingest inbox (all workspaces), up to 10,000 a tick; "
+        "an idle tick waits for the next COMMIT",
     )
 
 
 class ProcessorThread:
-    """``ApiConfig(ingest_processor="thread")``: the processor in a thread of the server."""
+    """``ApiConfig(ingest_processor="thread")``: the processor in a thread of the server.
+
+    It ticks while there are rows; idle, it waits for this app's next append
+    (:meth:`wake`) or any COMMIT to the database (:class:`CommitWatch`), not
+    for a fixed time."""
 
     def __init__(
         self,
@@ -510,14 +607,12 @@ class ProcessorThread:
         *,
         event_kinds: Mapping[str, str],
         future_tolerance: timedelta,
-        every: float = 0.05,
     ) -> None:
         import threading
 
         self.crm = crm
         self.event_kinds = event_kinds
         self.future_tolerance = future_tolerance
-        self.every = every
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -536,8 +631,16 @@ class ProcessorThread:
         self._wake.set()
 
     def _run(self) -> None:
+        watch = CommitWatch(self.crm)
+        try:
+            self._loop(watch)
+        finally:
+            watch.close()
+
+    def _loop(self, watch: CommitWatch) -> None:
         failures = 0
         while not self._stop.is_set():
+            watch.mark()
             try:
                 result = process_inbox(self.crm, event_kinds=self.event_kinds, future_tolerance=self.future_tolerance)
                 failures = 0
@@ -548,9 +651,13 @@ class ProcessorThread:
                 continue
             if result.more or result.rows:
                 continue  # maybe more arrived meanwhile
-            self._wake.wait(1.0)
+            # Idle: wait for this app's next append, or any COMMIT to the
+            # database (another server process's appends, a replay).
+            deadline = time.monotonic() + 1.0
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                if self._wake.wait(0.02) or watch.wait(0.03, self._stop.is_set):
+                    break
             self._wake.clear()
-            self._stop.wait(self.every)  # let a few requests gather: larger batches
 
     def close(self, timeout: float | None = None) -> None:
         self._stop.set()

@@ -39,15 +39,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
-from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .tracking import Outcome, Parsed, Tracker, store_events
+from .events import store_events
+from .groupcommit import GroupCommit, settler
+from .messages import Outcome, Parsed
+from .tracking import Tracker
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
@@ -72,7 +71,6 @@ class WriterStats:
 class _Work:
     tracker: Tracker
     parsed: Parsed
-    done: Callable[[Outcome | None, BaseException | None], None]
     failed: BaseException | None = None
 
     @property
@@ -98,33 +96,19 @@ class Slot:
         """No more work will come through this slot (idempotent)."""
         if self._open:
             self._open = False
-            self._writer._released()
+            self._writer.arrived()
 
     async def submit(self, tracker: Tracker, parsed: Parsed) -> Outcome:
         """Hand the request's messages to the writer; returns once they are stored (durable)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
-
-        def settle(outcome: Outcome | None, error: BaseException | None) -> None:
-            if future.done():  # the client went away: the rows are stored all the same
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                assert outcome is not None
-                future.set_result(outcome)
-
-        def done(outcome: Outcome | None, error: BaseException | None) -> None:
-            try:
-                loop.call_soon_threadsafe(settle, outcome, error)
-            except RuntimeError:  # pragma: no cover - the loop is closed (shutdown)
-                pass
-
-        self._writer._put(_Work(tracker, parsed, done), self)
+        # In the queue before the slot is released: the writer never commits without it.
+        self._writer.put(_Work(tracker, parsed), settler(loop, future))
+        self.release()
         return await future
 
 
-class GroupWriter:
+class GroupWriter(GroupCommit[_Work]):
     """The group-commit writer of one app (see the module's text).
 
     :param max_group_events: messages stored in one transaction at most
@@ -137,97 +121,33 @@ class GroupWriter:
     (the app's shutdown), after storing everything handed to it.
     """
 
+    thread_name = "ecrm-api-writer"
+
     def __init__(self, *, max_group_events: int = 5000, max_wait: float = 0.0) -> None:
-        self.max_group_events = max_group_events
-        self.max_wait = max_wait
+        super().__init__(max_group=max_group_events, max_wait=max_wait)
         self.stats = WriterStats()
-        self._queue: deque[_Work] = deque()
-        self._preparing = 0
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closing = False
-
-    # -- the request's side (event loop) ---------------------------------
-    def slot(self) -> Slot:
-        """Announce a request: use as ``with writer.slot() as slot: ... await slot.submit(...)``."""
-        with self._cond:
-            self._preparing += 1
-        return Slot(self)
-
-    def _released(self) -> None:
-        with self._cond:
-            self._preparing -= 1
-            self._cond.notify_all()
-
-    def _put(self, work: _Work, slot: Slot) -> None:
-        with self._cond:
-            if self._thread is None or not self._thread.is_alive():
-                self._closing = False
-                self._thread = threading.Thread(target=self._run, name="ecrm-api-writer", daemon=True)
-                self._thread.start()
-            self._queue.append(work)
-            if slot._open:
-                slot._open = False
-                self._preparing -= 1
-            self._cond.notify_all()
 
     @property
-    def pending(self) -> int:
-        """Requests handed over and not taken into a group yet."""
-        with self._cond:
-            return len(self._queue)
+    def max_group_events(self) -> int:
+        return self.max_group
 
-    def close(self, timeout: float | None = None) -> None:
-        """Store what was handed over, then stop the thread (a later request starts it again)."""
-        with self._cond:
-            thread = self._thread
-            self._closing = True
-            self._cond.notify_all()
-        if thread is not None:
-            thread.join(timeout)
+    def slot(self) -> Slot:
+        """Announce a request: use as ``with writer.slot() as slot: ... await slot.submit(...)``."""
+        self.announce()
+        return Slot(self)
 
-    # -- the writer thread -------------------------------------------------
-    def _take(self) -> list[_Work] | None:
-        with self._cond:
-            while not self._queue:
-                if self._closing:
-                    self._thread = None
-                    return None
-                self._cond.wait()
-            group = [self._queue.popleft()]
-            size = group[0].parsed.events
-            deadline = time.monotonic() + self.max_wait
-            while size < self.max_group_events:
-                if self._queue:
-                    nxt = self._queue[0].parsed.events
-                    if size + nxt > self.max_group_events:
-                        break
-                    group.append(self._queue.popleft())
-                    size += nxt
-                    continue
-                left = deadline - time.monotonic()
-                if self._preparing <= 0 or self._closing or left <= 0:
-                    break
-                self._cond.wait(left)
-            return group
+    def _weight(self, work: _Work) -> int:
+        return work.parsed.events
 
-    def _run(self) -> None:
-        while True:
-            group = self._take()
-            if group is None:
-                return
-            try:
-                self._store(group)
-            except BaseException as exc:  # pragma: no cover - a bug: answer, never hang a request
-                log.exception("ecrm-api writer: a group failed unexpectedly")
-                for work in group:
-                    if work.failed is None:
-                        work.failed = exc
+    def _commit(self, group: list[_Work]) -> list[tuple[Any, BaseException | None]]:
+        try:
+            self._store(group)
+        except BaseException as exc:  # pragma: no cover - a bug: answer, never hang a request
+            log.exception("ecrm-api writer: a group failed unexpectedly")
             for work in group:
-                if work.failed is not None:
-                    work.done(None, work.failed)
-                else:
-                    work.done(work.parsed.outcome(), None)
+                if work.failed is None:
+                    work.failed = exc
+        return [(None, w.failed) if w.failed is not None else (w.parsed.outcome(), None) for w in group]
 
     def _store(self, group: list[_Work]) -> None:
         st = self.stats

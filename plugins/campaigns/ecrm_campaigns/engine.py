@@ -568,6 +568,13 @@ class Runner:
             return {cid for cid, props in conn.execute(q) if (props or {}).get("message") in uids}
 
     def _update_attribute(self, c: Campaign, step: Step, g: _Group) -> None:
+        if step.segment is not None:  # a static segment: one set-based change for the group
+            if step.remove:
+                self.crm.segments.remove(step.segment, g.customers)
+            else:
+                self.crm.segments.add(step.segment, g.customers)
+            self.goto(c, self._ids(g), step.next)
+            return
         name = (step.attribute or "").removeprefix("attributes.")
         failed: dict[int, str] = {}
         for cid in g.customers:  # the core has no set-based attribute write; bounded by the batch

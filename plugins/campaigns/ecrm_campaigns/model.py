@@ -391,7 +391,7 @@ _STEP_KEYS = {
     "send": ("channel", "template", "offer", "purpose", "context"),
     "wait": ("duration", "until", "event", "where", "timeout", "on_event"),
     "branch": ("cases", "otherwise"),
-    "update": ("attribute", "value"),
+    "update": ("attribute", "value", "segment", "remove"),
     "action": ("name", "args"),
     "exit": (),
 }
@@ -410,7 +410,8 @@ class Step:
       timeout to ``next``;
     * ``branch``: ``cases`` (see :class:`Case`), the first that holds wins,
       else ``otherwise``;
-    * ``update``: set customer ``attribute`` to ``value``;
+    * ``update``: set customer ``attribute`` to ``value``, or add the customers to the static
+      ``segment`` (``remove: true``: take them out);
     * ``action``: call the plugin action ``name`` with ``args``;
     * ``exit``: leave the journey.
     """
@@ -433,6 +434,8 @@ class Step:
     otherwise: str | None = None
     attribute: str | None = None
     value: Any = None
+    segment: str | None = None
+    remove: bool | None = None
     name: str | None = None
     args: Mapping[str, Any] | None = None
 
@@ -511,9 +514,26 @@ class Step:
             if nxt is not None:
                 raise ValidationError(f"{path}.next", nxt, "a branch has no next", "use otherwise")
         elif typ == "update":
-            if d.get("attribute") is None:
-                raise ValidationError(f"{path}.attribute", None, "missing for an update step", "give attribute")
-            kw.update(attribute=_str(d["attribute"], f"{path}.attribute", limit=64), value=d.get("value"))
+            if (d.get("attribute") is None) == (d.get("segment") is None):
+                raise ValidationError(
+                    path,
+                    data,
+                    "an update needs exactly one of attribute, segment",
+                    "set an attribute or a static segment",
+                )
+            if d.get("segment") is not None:
+                if d.get("value") is not None:
+                    raise ValidationError(
+                        f"{path}.value", d["value"], "a segment update has no value", "use remove: true"
+                    )
+                remove = d.get("remove", False)
+                if not isinstance(remove, bool):
+                    raise ValidationError(f"{path}.remove", remove, "not true/false", "write true or false")
+                kw.update(segment=_str(d["segment"], f"{path}.segment", limit=64), remove=remove or None)
+            else:
+                if d.get("remove") is not None:
+                    raise ValidationError(f"{path}.remove", d["remove"], "remove goes with segment", "drop it")
+                kw.update(attribute=_str(d["attribute"], f"{path}.attribute", limit=64), value=d.get("value"))
         elif typ == "action":
             args = d.get("args")
             if args is not None and not isinstance(args, Mapping):

@@ -26,8 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __version__ = "0.1.0"
 
-#: The ecrm hook API versions this plugin is written for (``ecrm_register_jobs`` is 1.3).
-ECRM_HOOK_API = ">=1.3,<2"
+#: The ecrm hook API versions this plugin is written for (``ecrm_register_demo_stages`` is 1.4).
+ECRM_HOOK_API = ">=1.4,<2"
 
 ECRM_PLUGIN_NAME = "campaigns"
 MIGRATION_BRANCH = "ecrm_campaigns"
@@ -172,6 +172,22 @@ def ecrm_customers_deleted(crm: CRM, customer_ids: list[int]) -> None:
     from .triggers import on_deleted
 
     on_deleted(crm, customer_ids)
+
+
+@hookimpl
+def ecrm_register_demo_stages() -> list[Any]:
+    from ecrm_core.registry import DemoStage
+
+    from .demo import winback_stage
+
+    return [
+        DemoStage(
+            name="campaigns.winback",
+            title="A win-back campaign with a 20 % holdout, replayed on the shop",
+            run=winback_stage,
+            order=200,
+        )
+    ]
 
 
 @hookimpl

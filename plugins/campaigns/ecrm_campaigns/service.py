@@ -27,8 +27,8 @@ __all__ = ["CampaignInfo", "Campaigns", "EnrollReport", "STATUSES", "VersionInfo
 
 #: Campaign statuses: ``draft`` (saved, not running), ``live``, ``paused``, ``stopped``.
 STATUSES = ("draft", "live", "paused", "stopped")
-#: Chunk of customer ids per statement.
-CHUNK = 2000
+#: Chunk of customer ids per statement (the ids are one parameter on SQLite and PostgreSQL).
+CHUNK = 10_000
 
 
 @frozen(kw_only=True)
@@ -302,7 +302,13 @@ class Campaigns:
         if restrict is not None:
             # Driven by the ids (the primary key): with "workspace_id = ?" in the WHERE, SQLite would pick
             # a (workspace, ...) index and visit every customer of the workspace for each chunk.
-            rows = conn.execute(sa.select(cu.c.id, cu.c.workspace_id, cu.c.merged_into).where(cu.c.id.in_(restrict)))
+            from ecrm_core.rules.sql import ids_clause
+
+            rows = conn.execute(
+                sa.select(cu.c.id, cu.c.workspace_id, cu.c.merged_into).where(
+                    ids_clause(cu.c.id, list(restrict), conn.dialect.name)
+                )
+            )
             ids = {r.id for r in rows if r.workspace_id == self.workspace and r.merged_into is None}
         else:
             ids = set(
@@ -335,11 +341,13 @@ class Campaigns:
                 live = self.audience_ids(c, conn, ids)
             if len(live) < len(ids):
                 skipped["not_in_audience"] = len(ids) - len(live)
+            from ecrm_core.rules.sql import ids_clause
+
             existing = {
                 r.customer_id: r
                 for r in conn.execute(
                     sa.select(et.c.customer_id, et.c.status, et.c.entered_at).where(
-                        et.c.campaign_id == row.id, et.c.customer_id.in_(sorted(live))
+                        et.c.campaign_id == row.id, ids_clause(et.c.customer_id, sorted(live), conn.dialect.name)
                     )
                 )
             }
@@ -382,18 +390,14 @@ class Campaigns:
                 }
 
             if fresh:
-                rows = [
-                    {
-                        "workspace_id": self.workspace,
-                        "campaign_id": row.id,
-                        "customer_id": cid,
-                        "entry": 1,
-                        **values(cid),
-                    }
-                    for cid in fresh
-                ]
-                ins = _insert_ignore(conn, et)
-                conn.execute(ins, rows)
+                # One INSERT ... SELECT per arm: the values every row of the arm shares are bound once,
+                # the ids are one parameter (json_each / unnest) -- no per-row parameter processing.
+                by_arm_fresh: dict[str, builtins.list[int]] = {}
+                for cid in fresh:
+                    by_arm_fresh.setdefault(arms[cid], []).append(cid)
+                for group in by_arm_fresh.values():
+                    shared = {"workspace_id": self.workspace, "campaign_id": row.id, "entry": 1, **values(group[0])}
+                    _insert_many(conn, et, shared, group)
             if again:
                 # One UPDATE per (arm) group: every re-entering customer of a group gets the same values.
                 by_arm: dict[str, builtins.list[int]] = {}
@@ -467,6 +471,36 @@ def _coerce(campaign: Campaign | str | Mapping[str, Any]) -> Campaign:
 
         return load(campaign)
     return Campaign.from_dict(campaign)
+
+
+def _insert_many(conn: sa.Connection, table: sa.Table, shared: Mapping[str, Any], customer_ids: Sequence[int]) -> None:
+    """Insert one row per customer id (``shared`` for the other columns), skipping ids that already
+    have a row; set-based on SQLite and PostgreSQL (the ids as one parameter)."""
+    dialect = conn.dialect.name
+    if dialect not in ("sqlite", "postgresql"):
+        conn.execute(_insert_ignore(conn, table), [{**shared, "customer_id": cid} for cid in customer_ids])
+        return
+    if dialect == "sqlite":
+        import json
+
+        ids: Any = sa.func.json_each(sa.bindparam("ids", json.dumps(list(customer_ids)), type_=sa.String)).table_valued(
+            "value"
+        )
+        cid_col: Any = ids.c.value
+    else:
+        from sqlalchemy.dialects import postgresql
+
+        ids = (
+            sa.func.unnest(sa.bindparam("ids", list(customer_ids), type_=postgresql.ARRAY(sa.Integer)))
+            .table_valued("value")
+            .render_derived()
+        )
+        cid_col = ids.c.value
+    names = [*shared, "customer_id"]
+    cols = [sa.literal(v, type_=table.c[k].type).label(k) for k, v in shared.items()]
+    # "WHERE true": SQLite parses "INSERT ... SELECT ... ON CONFLICT" only with a WHERE in the SELECT
+    select = sa.select(*cols, cid_col.label("customer_id")).select_from(ids).where(sa.true())
+    conn.execute(_insert_ignore(conn, table).from_select(names, select))
 
 
 def _insert_ignore(conn: sa.Connection, table: sa.Table) -> Any:

@@ -225,6 +225,16 @@ def _crm_problems(crm: CRM, c: Campaign, now: datetime, actions: frozenset[str])
             for i, case in enumerate(s.cases):
                 if case.rule:
                     yield from _rule(crm, case.rule, f"{path}.cases[{i}].rule")
+        elif s.type == "update" and s.segment is not None:
+            try:
+                seg = crm.segments.get(s.segment)
+            except NotFound:
+                yield ValidationError(f"{path}.segment", s.segment, "no such segment", "create a static segment first")
+            else:
+                if seg.kind != "static":
+                    yield ValidationError(
+                        f"{path}.segment", s.segment, "not a static segment", "a dynamic segment follows its rule"
+                    )
         elif s.type == "update":
             yield from _rule(crm, f"{_attr(s.attribute or '')} exists", f"{path}.attribute")
         elif s.type == "action" and s.name not in actions:

@@ -1,0 +1,119 @@
+"""Needs analysis back into targeting: the ``cluster(...)`` condition, and what merges and deletions do.
+
+Condition type (``ecrm_register_condition_types``), for segments, lifecycle
+stages and offer eligibility:
+
+* ``cluster(id=2)``, ``cluster(id=(1, 3))`` — the customer's stored cluster
+  number;
+* ``cluster(label="high spend, recent, frequent")`` — the stored cluster
+  label (exact text; a list matches any of them).
+
+It compiles to one ``EXISTS`` over ``analytics_clusters`` (values bound,
+never NULL) and evaluates in memory from the same row; the two agree (a
+property test checks it).  A customer without a cluster (no purchase, or
+clustered before they bought) matches nothing.
+
+Merges and deletions: :func:`on_merged` drops the source's cluster and
+places the survivor in the nearest stored cluster; :func:`on_deleted`
+erases the rows of the deleted customers (the table's foreign key cascades
+too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from ecrm_core.errors import ValidationError
+
+from .schema import CLUSTERS
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ecrm_core.crm import CRM
+    from ecrm_core.registry import ConditionType
+
+__all__ = ["condition_types", "on_deleted", "on_merged"]
+
+
+def _validate_cluster(args: dict[str, Any]) -> dict[str, Any]:
+    if not args or set(args) - {"id", "label"} or len(args) != 1:
+        bad = next(iter(set(args) - {"id", "label"}), "args")
+        raise ValidationError(
+            bad, args.get(bad, args), "cluster() takes id or label", 'write cluster(id=2) or cluster(label="…")'
+        )
+    if "id" in args:
+        values = args["id"] if isinstance(args["id"], (list, tuple)) else [args["id"]]
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 20 for v in values):
+            raise ValidationError("id", args["id"], "not a cluster number from 1 to 20", "write e.g. cluster(id=2)")
+        return {"id": sorted(set(values))}
+    values = args["label"] if isinstance(args["label"], (list, tuple)) else [args["label"]]
+    if not values or any(not isinstance(v, str) or not v or len(v) > 200 for v in values):
+        raise ValidationError("label", args["label"], "not a cluster label", 'write e.g. cluster(label="…")')
+    return {"label": sorted(set(values))}
+
+
+def _where(table: sa.Table, args: Mapping[str, Any]) -> Any:
+    if "id" in args:
+        return table.c.cluster.in_(list(args["id"]))
+    return table.c.label.in_(list(args["label"]))
+
+
+def _compile_cluster(args: Mapping[str, Any], ctx: Any) -> Any:
+    table = ctx.tables[CLUSTERS]
+    stmt = sa.select(sa.literal(1)).where(
+        table.c.workspace_id == ctx.workspace, table.c.customer_id == ctx.customers.c.id, _where(table, args)
+    )
+    restrict = ctx.restrict_clause(table.c.customer_id)
+    if restrict is not None:
+        stmt = stmt.where(restrict)
+    return sa.exists(stmt)
+
+
+def _evaluate_cluster(args: Mapping[str, Any], ctx: Any) -> bool:
+    crm = ctx.crm
+    if crm is None:
+        raise ValidationError("crm", None, "the cluster condition reads stored clusters", "evaluate through a CRM")
+    table = crm.db.tables[CLUSTERS]
+    with crm.db.read() as conn:
+        row = conn.execute(
+            sa.select(table.c.cluster, table.c.label).where(
+                table.c.workspace_id == crm.workspace, table.c.customer_id == ctx.customer.id
+            )
+        ).first()
+    if row is None:
+        return False
+    return row.cluster in args["id"] if "id" in args else row.label in args["label"]
+
+
+def condition_types() -> list[ConditionType]:
+    """The needs-analysis condition types: ``cluster(...)``."""
+    from ecrm_core.registry import ConditionType
+
+    return [
+        ConditionType(
+            name="cluster",
+            compile=_compile_cluster,
+            evaluate=_evaluate_cluster,
+            validate=_validate_cluster,
+            kinds=("purchase", "refund"),
+            description='the customer\'s stored cluster: cluster(id=2), cluster(label="high spend, recent, frequent")',
+        )
+    ]
+
+
+def on_merged(crm: CRM, source_id: int, target_id: int) -> None:
+    """Forget the source's cluster; place the survivor (who now has both histories) again."""
+    from .clusters import assign, forget
+
+    with crm.db.write() as conn:
+        forget(crm, conn, [source_id])
+    assign(crm, [target_id])
+
+
+def on_deleted(crm: CRM, customer_ids: Sequence[int]) -> None:
+    """Erase the cluster rows of deleted customers."""
+    from .clusters import forget
+
+    with crm.db.write() as conn:
+        forget(crm, conn, customer_ids)

@@ -1,0 +1,224 @@
+"""The gateway's fast path: the checks of a batch, compiled with msgspec.
+
+A ``/v1/batch`` request going to the inbox needs only a *decision* per
+message -- accepted or rejected, and why -- not the mapped rows: the
+processor reads and maps the messages again when it stores them.  The
+general path (:meth:`~ecrm_api.messages.MessageReader.parse`) decodes the
+body into Python objects, maps every message and encodes its properties
+again to check them; this path:
+
+1. decodes the envelope with the messages left as raw JSON
+   (``{"batch": [Raw, ...], "sentAt"}``), so an accepted message is never
+   encoded again: the inbox payload is the raw messages joined;
+2. decodes each message into typed structs (``track``/``page``/``screen``,
+   properties a few levels deep of JSON scalars within the core's limits:
+   64-bit integers, finite floats, keys of at most 256 characters, a
+   bounded number of keys) -- the checks msgspec does in C;
+3. runs the few checks left in Python with the **same functions** as the
+   general path (ids, times and clock-skew correction, amounts of sale
+   kinds) and bounds the sizes.
+
+A message this path cannot decide -- another call type, a backslash escape
+anywhere in it (a control character or a lone surrogate may hide there),
+a campaign in its context, properties near a limit, an integer past 64
+bits --
+goes through the general path, alone: the answer is the general path's,
+message by message.  So the fast path never answers differently; it only
+answers sooner (``tests/api/test_fastpath.py`` checks that with hypothesis
+against the general path).  A request the envelope decoder refuses (not
+an object, no ``batch`` list, a ``writeKey`` in the body, more messages
+than allowed) is left to the general path whole.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from ecrm_core.validation import MAX_INT, MAX_JSON_KEYS, MAX_KEY_LENGTH, MAX_PROPERTIES_BYTES, MIN_INT
+from msgspec import UNSET, Meta, Raw, Struct, UnsetType
+
+from .messages import (
+    _MAX_MESSAGE_ID,
+    BATCH_MAX_MESSAGES,
+    EARLIEST,
+    MESSAGE_MAX_BYTES,
+    MessageError,
+    MessageReader,
+    Rejected,
+    _amount,
+    _encoded_size,
+    _identifier,
+    _rejected,
+    corrected_time,
+    parse_time,
+)
+
+__all__ = ["FastBatch", "check_batch"]
+
+_Key = Annotated[str, Meta(max_length=MAX_KEY_LENGTH)]
+_Int = Annotated[int, Meta(ge=MIN_INT, le=MAX_INT)]
+_Float = Annotated[float, Meta(ge=-1.7976931348623157e308, le=1.7976931348623157e308)]
+_Scalar = str | _Int | _Float | bool | None
+_Level2 = str | _Int | _Float | bool | list[_Scalar] | Annotated[dict[_Key, _Scalar], Meta(max_length=100)] | None
+_Level1 = str | _Int | _Float | bool | list[_Level2] | Annotated[dict[_Key, _Level2], Meta(max_length=100)] | None
+_Props = Annotated[dict[_Key, _Level1], Meta(max_length=200)]
+
+
+class _Envelope(Struct):
+    batch: list[Raw]
+    sentAt: Any = None
+    writeKey: Any = UNSET
+
+
+class _Event(Struct):
+    messageId: str | None = None
+    userId: str | int | None = None
+    anonymousId: str | int | None = None
+    timestamp: str | None = None
+    originalTimestamp: str | None = None
+    sentAt: str | None = None
+    context: dict[str, Any] | None = None
+    channel: Any = None
+    properties: _Props | None = None
+
+
+class _Track(_Event, tag_field="type", tag="track"):
+    event: str | None = None
+
+
+class _Page(_Event, tag_field="type", tag="page"):
+    name: str | None = None
+    category: str | None = None
+
+
+class _Screen(_Event, tag_field="type", tag="screen"):
+    name: str | None = None
+    category: str | None = None
+
+
+_decode_envelope = msgspec.json.Decoder(_Envelope).decode
+_decode_event = msgspec.json.Decoder(_Track | _Page | _Screen).decode
+_decode_any = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+#: Properties encoded longer than this are left to the general path: the
+#: mapping adds the event's name, a page's name and category (200 characters
+#: each), and Python's encoder writes some numbers longer than msgspec's.
+_MAX_PROPS_TEXT = MAX_PROPERTIES_BYTES // 2
+
+
+class FastBatch(Struct):
+    """The decision on a batch: ``count`` messages accepted, the ``rejected``
+    ones, and the inbox ``payload`` (the accepted messages, raw, and ``sentAt``)."""
+
+    count: int
+    rejected: list[Rejected]
+    payload: bytes
+
+
+def check_batch(body: bytes, reader: MessageReader) -> FastBatch | None:
+    """Decide a batch body as :meth:`~ecrm_api.messages.MessageReader.parse` would
+    (``None``: the body is left to the general path whole); see the module's text."""
+    try:
+        env = _decode_envelope(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if type(env.writeKey) is not UnsetType or len(env.batch) > BATCH_MAX_MESSAGES:
+        return None
+    raw_sent = env.sentAt
+    try:
+        sent_at = parse_time(raw_sent, "body.sentAt")
+    except MessageError:
+        return None
+    measure = len(body) > MESSAGE_MAX_BYTES
+    received, latest = reader.received_at, reader.latest
+    kinds, sale_kinds = reader.event_kinds, reader.sale_kinds
+    keep: list[Raw] = []
+    rejected: list[Rejected] = []
+    for index, raw in enumerate(env.batch):
+        data = bytes(raw)
+        ok = False
+        if b"\\" not in data:
+            try:
+                m = _decode_event(data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                m = None
+            if m is not None:
+                ok = _accepted(m, sent_at, received, latest, kinds, sale_kinds)
+                if ok and measure and len(data) * 8 > MESSAGE_MAX_BYTES:
+                    ok = False  # (numbers may grow when encoded again: the general path measures)
+        if ok:
+            keep.append(raw)
+            continue
+        # The general path, for this message alone.
+        try:
+            message = _decode_any(data)
+        except msgspec.DecodeError:
+            return None  # (the body as a whole is refused by the general path, as before)
+        where = f"body.batch[{index}]"
+        try:
+            if measure and _encoded_size(message) > MESSAGE_MAX_BYTES:
+                raise MessageError(
+                    where, f"larger than {MESSAGE_MAX_BYTES} bytes", "send smaller messages (Segment's limit is 32 KB)"
+                )
+            reader.prepare(message, index, where, sent_at=sent_at)
+        except MessageError as exc:
+            rejected.append(_rejected(index, message, exc))
+            continue
+        keep.append(raw)
+    payload = b'{"batch":[' + b",".join(bytes(r) for r in keep) + b"]"
+    if raw_sent is not None:
+        payload += b',"sentAt":' + _encode(raw_sent)
+    return FastBatch(len(keep), rejected, payload + b"}")
+
+
+def _accepted(
+    m: _Track | _Page | _Screen,
+    sent_at: datetime | None,
+    received: datetime,
+    latest: datetime,
+    kinds: Any,
+    sale_kinds: set[str],
+) -> bool:
+    """True when the general path accepts the message (False: let it decide)."""
+    mid = m.messageId
+    if mid is not None and not (0 < len(mid) <= _MAX_MESSAGE_ID and mid.isprintable()):
+        return False
+    try:
+        user = _identifier(m.userId, "")  # both checked: a bad anonymousId beside a good userId is refused
+        anonymous = _identifier(m.anonymousId, "")
+        if user is None and anonymous is None:
+            return False
+        client = parse_time(m.originalTimestamp if m.originalTimestamp is not None else m.timestamp, "")
+        own = parse_time(m.sentAt, "")
+    except MessageError:
+        return False
+    try:
+        at = corrected_time(client, own or sent_at, received)
+    except OverflowError:
+        return False
+    if at is not None and (at > latest or at < EARLIEST):
+        return False
+    context = m.context
+    if context is not None and "campaign" in context:
+        return False
+    props = m.properties
+    if props:
+        text = _encode(props)
+        if len(text) > _MAX_PROPS_TEXT or text.count(b":") > MAX_JSON_KEYS - 10:
+            return False
+    if type(m) is _Track:
+        event = m.event
+        if not event or len(event) > 200:
+            return False
+        if kinds.get(event, "event") in sale_kinds:
+            try:
+                _amount(props or {}, "")
+            except MessageError:
+                return False
+    else:
+        for text_value in (m.name, m.category):  # type: ignore[union-attr]
+            if text_value is not None and len(text_value) > 200:
+                return False
+    return True

@@ -1,0 +1,60 @@
+"""The analytics and personalization pages and widgets, added through the admin hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ecrm_core import CRM
+
+pytest.importorskip("ecrm_analytics")
+pytest.importorskip("ecrm_personalize")
+
+
+@pytest.fixture
+def crm(crm_factory: Callable[..., CRM]) -> CRM:
+    from ecrm_admin import Users
+    from ecrm_admin import plugin as admin_plugin
+    from ecrm_analytics import plugin as analytics_plugin
+    from ecrm_personalize import plugin as personalize_plugin
+
+    crm = crm_factory(plugins=[admin_plugin, analytics_plugin, personalize_plugin], secret="s")
+    Users(crm).create("mo", "a long passphrase", role="marketer")
+    return crm
+
+
+def test_analytics_and_personalization_pages_and_widgets(crm: CRM, admin_build: Any) -> None:
+    import re
+
+    from ecrm_analytics import analytics
+    from ecrm_personalize import personalize
+    from litestar.testing import TestClient
+
+    ada = crm.customers.create(email="ada@example.com", name="Ada")
+    for n in range(3):
+        crm.interactions.track("purchase", customer_id=ada.id, amount="25", currency="EUR", idempotency_key=f"o{n}")
+    analytics(crm).refresh(full=True)
+    p = personalize(crm)
+    p.define("home", k=2, control=0.1)
+    p.set_preferences(ada.id, interests=["<shoes>"])
+    assert {"/analytics", "/personalize"} <= set(crm.registry.admin_pages)
+    with TestClient(admin_build(crm), base_url="https://shop.local") as client:
+        form = client.get("/admin/login")
+        token = re.search(r'name="_csrf" value="([^"]+)"', form.text).group(1)
+        client.post("/admin/login", data={"_csrf": token, "username": "mo", "password": "a long passphrase"})
+        home = client.get("/admin/")
+        assert 'href="/admin/analytics"' in home.text and 'href="/admin/personalize"' in home.text
+        reports = client.get("/admin/analytics")
+        assert reports.status_code == 200 and 'href="/admin/analytics/rfm"' in reports.text
+        rfm = client.get("/admin/analytics/rfm")
+        assert rfm.status_code == 200, rfm.text
+        assert client.get("/admin/analytics/nope").status_code in (400, 404)
+        view = client.get(f"/admin/customers/{ada.id}")
+        assert "Value (analytics)" in view.text and "RFM group" in view.text
+        assert "Preferences" in view.text and "&lt;shoes&gt;" in view.text
+        placements = client.get("/admin/personalize")
+        assert 'href="/admin/personalize/home"' in placements.text
+        assert client.get("/admin/personalize/home").status_code == 200
+        assert client.get("/admin/personalize/missing").status_code == 404

@@ -1,0 +1,102 @@
+"""Needs-analysis and sales reports through the CLI (table, SVG/PNG), the API over real HTTP, and the demo stage."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from ecrm_analytics import plugin
+from ecrm_analytics.cli import analytics as cli
+
+from ecrm_core import CRM
+
+from .conftest import NOW, Shop
+
+NEEDS_REPORTS = ("basket", "clusters", "affinity", "sales", "attribution")
+
+
+def _shop(shop: Shop) -> list[int]:
+    ids = [shop.customer(f"c{i}") for i in range(10)]
+    for i, cid in enumerate(ids):
+        shop.crm.interactions.track(
+            "email_open",
+            customer_id=cid,
+            channel="email",
+            occurred_at=NOW.replace(day=1, hour=1),
+            properties={"campaign": "may"},
+        )
+        for k in range(1 + i % 3):
+            shop.buy(
+                cid,
+                1 + 20 * k + i,
+                10 * (i + 1),
+                channel="web" if i % 2 else "app",
+                properties={"skus": ["A", "B"] if i % 2 else ["A", "C"]},
+            )
+    shop.crm.segments.create("buyers", "purchase.count() >= 1")
+    return ids
+
+
+def test_cli_prints_tables_and_writes_charts(shop: Shop, tmp_path) -> None:
+    _shop(shop)
+    runner = CliRunner()
+    for name, args in (
+        ("basket", ["--min-support", "0.1"]),
+        ("sales", ["--by", "period,channel"]),
+        ("attribution", ["--by", "campaign"]),
+        ("clusters", ["--k", "2", "--save", "true"]),
+        ("affinity", ["--by", "cluster", "--level", "product", "--min-items", "1"]),
+    ):
+        path = tmp_path / f"{name}.{'png' if name == 'sales' else 'svg'}"
+        out = runner.invoke(cli, [name, *args, "--chart", str(path)], obj=shop.crm)
+        assert out.exit_code == 0, out.output
+        assert path.read_bytes()[:4] in (b"\x89PNG", b"<?xm"), name
+    out = runner.invoke(cli, ["sales", "--by", "country"], obj=shop.crm)
+    assert out.exit_code != 0 and "not a dimension" in out.output
+    out = runner.invoke(cli, ["basket", "--json", "--min-support", "0.1"], obj=shop.crm)
+    assert json.loads(out.output)["summary"]["baskets"] == 19
+
+
+def test_api_routes(crm_factory: Callable[..., CRM], live_api_factory: Callable[..., Any]) -> None:
+    pytest.importorskip("ecrm_api")
+    from ecrm_api import plugin as api_plugin
+
+    from ecrm_core.testing import FakeClock
+
+    crm = crm_factory(plugins=[api_plugin, plugin], clock=FakeClock(NOW))
+    _shop(Shop(crm, FakeClock(NOW)))
+    http = live_api_factory(crm).client()
+    names = {i["name"] for i in http.get("/analytics/reports").json()["items"]}
+    assert set(NEEDS_REPORTS) <= names
+    r = http.get("/analytics/reports/sales", params={"by": "channel,currency"})
+    assert r.status_code == 200 and r.json()["columns"][:2] == ["channel", "currency"], r.text
+    r = http.get("/analytics/reports/basket", params={"min_support": "0.1", "level": "product"})
+    assert r.status_code == 200 and r.json()["rows"], r.text
+    r = http.get("/analytics/reports/attribution/chart", params={"format": "png"})
+    assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
+    r = http.get("/analytics/reports/basket", params={"min_support": "2"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "query.min_support", r.text
+    r = http.get("/analytics/reports/clusters", params={"k": "2"})
+    assert r.status_code == 200 and r.json()["summary"]["k"] == 2
+
+
+def test_demo_stage(crm_factory: Callable[..., CRM]) -> None:
+    pytest.importorskip("sklearn")
+    from rich.console import Console
+
+    from ecrm_core.demo import build_demo
+    from ecrm_core.demo_stages import run_demo_stages
+
+    crm = crm_factory(plugins=[plugin])
+    build_demo(crm, customers=150, months=12)
+    [outcome] = run_demo_stages(crm, only=["analytics.needs"])
+    assert outcome.ok, outcome.error
+    console = Console(width=200, record=True)
+    console.print(outcome.output)
+    text = console.export_text()
+    assert "Sales by channel" in text and "Attribution" in text and "category rules" in text
+    assert "Customer clusters" in text
+    assert run_demo_stages(crm, only=["analytics.needs"])[0].ok  # safe to run again
