@@ -228,7 +228,7 @@ def clv_report(crm: CRM, top: int = 20) -> Report:
             .order_by(table.c.value_12m.desc(), table.c.customer_id)
             .limit(top)
         ).all()  # fmt: skip
-        bucket = sa.func.min(sa.cast(table.c.p_alive * 10, sa.Integer), 9)
+        bucket = sa.case(*((table.c.p_alive < (i + 1) / 10, i) for i in range(9)), else_=9)
         spread = dict(conn.execute(sa.select(bucket, sa.func.count()).where(ws).group_by(bucket)).all())
         totals = conn.execute(sa.select(sa.func.count(), sa.func.sum(table.c.value_12m)).where(ws)).one()
     labels = [f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10)]
@@ -249,6 +249,7 @@ def clv_report(crm: CRM, top: int = 20) -> Report:
         if model.gg is not None:
             summary_.update({f"gg_{k}": v for k, v in model.gg.to_dict().items() if k in ("p", "q", "v")})
         summary_["fitted_at"] = model.fitted_at
+        summary_["converged"] = model.bgnbd.converged and (model.gg is None or model.gg.converged)
     return Report(
         name="clv",
         title=f"Customer lifetime value: top {len(top_rows)} by expected value of the next 12 months",

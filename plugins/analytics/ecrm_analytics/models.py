@@ -12,7 +12,7 @@
 
 Fitting minimises the negative log-likelihood over the logarithms of the
 parameters (so they stay positive) with ``scipy.optimize.minimize``
-(Nelder-Mead, then L-BFGS-B to polish, within bounds), on customers grouped by identical input
+(L-BFGS-B within bounds; Nelder-Mead if that fails), on customers grouped by identical input
 (weights), which makes a fit on 100,000 customers take well under a second
 per model.  A fit that does not converge, or data that cannot identify the
 model, raises :class:`FitError` with the data's statistics.
@@ -63,22 +63,29 @@ def _compress(*cols: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
 LOG_BOUND = 14.0
 
 
-def _minimize(nll: Any, start: np.ndarray, model: str, stats: Mapping[str, Any]) -> tuple[np.ndarray, float, int]:
+def _minimize(nll: Any, start: np.ndarray, model: str, stats: Mapping[str, Any]) -> tuple[np.ndarray, float, int, bool]:
     from scipy.optimize import minimize
 
     bounds = [(-LOG_BOUND, LOG_BOUND)] * len(start)
     with np.errstate(all="ignore"):
+        # L-BFGS-B first (a few hundred likelihood evaluations); Nelder-Mead only to rescue a failed run
         first = minimize(
-            nll, start, method="Nelder-Mead", bounds=bounds,
-            options={"maxiter": 4000, "xatol": 1e-7, "fatol": 1e-9},
-        )  # fmt: skip
-        second = minimize(nll, first.x, method="L-BFGS-B", bounds=bounds, options={"gtol": 1e-8})
+            nll, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 1000, "ftol": 1e-13}
+        )
+        if first.success and np.isfinite(first.fun):
+            second = first
+        else:
+            second = minimize(
+                lambda p: nll(p)[0], first.x if np.all(np.isfinite(first.x)) else start, method="Nelder-Mead",
+                bounds=bounds,
+                options={"maxiter": 4000, "xatol": 1e-7, "fatol": 1e-10},
+            )  # fmt: skip
     best = second if np.isfinite(second.fun) and second.fun <= first.fun else first
     if not np.isfinite(best.fun) or not np.all(np.isfinite(best.x)):
         raise FitError(model, "the likelihood did not converge to finite parameters", stats)
-    if not (first.success or second.success):
-        raise FitError(model, f"the optimiser did not converge ({first.message})", stats)
-    return np.exp(best.x), float(best.fun), int(first.nit + second.nit)
+    # A flat likelihood (little data) may stop an optimiser on its iteration limit: the best finite point
+    # is kept and flagged (``converged=False``), not refused.
+    return np.exp(best.x), float(best.fun), int(first.nit + second.nit), bool(first.success or second.success)
 
 
 @frozen
@@ -92,11 +99,12 @@ class BgNbd:
     log_likelihood: float = 0.0
     customers: int = 0
     iterations: int = 0
+    converged: bool = True
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | bool]:
         return {
             "r": self.r, "alpha": self.alpha, "a": self.a, "b": self.b,
-            "log_likelihood": self.log_likelihood, "customers": self.customers,
+            "log_likelihood": self.log_likelihood, "customers": self.customers, "converged": self.converged,
         }  # fmt: skip
 
     def p_alive(self, x: Any, t_x: Any, T: Any) -> np.ndarray:
@@ -140,18 +148,36 @@ class BgNbd:
         return np.nan_to_num(out, nan=0.0, posinf=0.0)
 
 
-def _bgnbd_nll(params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, w: np.ndarray) -> float:
-    from scipy.special import gammaln
+def _bgnbd_nll(
+    params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, w: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """The mean negative log-likelihood and its gradient in the log-parameters (analytic: one evaluation
+    per optimiser step instead of five)."""
+    from scipy.special import digamma, gammaln
 
     r, alpha, a, b = np.exp(params)
-    a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
+    rx = r + x
+    log_aT, log_atx = np.log(alpha + T), np.log(alpha + t_x)
+    a1 = gammaln(rx) - gammaln(r) + r * np.log(alpha)
     a2 = gammaln(a + b) + gammaln(b + x) - gammaln(b) - gammaln(a + b + x)
-    a3 = -(r + x) * np.log(alpha + T)
+    a3 = -rx * log_aT
+    buyer = x > 0
+    bx1 = np.where(buyer, b + x - 1, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        a4 = np.where(x > 0, np.log(a) - np.log(np.maximum(b + x - 1, 1e-300)) - (r + x) * np.log(alpha + t_x), -np.inf)
-    ll = a1 + a2 + np.logaddexp(a3, a4)
-    total = float(np.dot(w, ll))
-    return -total / w.sum() if math.isfinite(total) else math.inf
+        a4 = np.where(buyer, np.log(a) - np.log(bx1) - rx * log_atx, -np.inf)
+    tail = np.logaddexp(a3, a4)
+    ll = a1 + a2 + tail
+    total_w = w.sum()
+    value = -float(np.dot(w, ll)) / total_w
+    if not math.isfinite(value):
+        return math.inf, np.zeros(4)
+    w3, w4 = np.exp(a3 - tail), np.where(buyer, np.exp(a4 - tail), 0.0)
+    d_r = digamma(rx) - digamma(r) + np.log(alpha) - w3 * log_aT - w4 * log_atx
+    d_alpha = r / alpha - w3 * rx / (alpha + T) - w4 * rx / (alpha + t_x)
+    d_a = digamma(a + b) - digamma(a + b + x) + w4 / a
+    d_b = digamma(a + b) + digamma(b + x) - digamma(b) - digamma(a + b + x) - w4 / bx1
+    grad = np.array([r * np.dot(w, d_r), alpha * np.dot(w, d_alpha), a * np.dot(w, d_a), b * np.dot(w, d_b)])
+    return value, -grad / total_w
 
 
 def fit_bgnbd(x: Any, t_x: Any, T: Any) -> BgNbd:
@@ -169,9 +195,11 @@ def fit_bgnbd(x: Any, t_x: Any, T: Any) -> BgNbd:
     (cx, ct, cT), w = _compress(x, t_x, T)
     scale = float(np.mean(T))
     start = np.log([1.0, max(scale, 1e-3), 1.0, 1.0])
-    params, nll, nit = _minimize(lambda p: _bgnbd_nll(p, cx, ct, cT, w), start, "BG/NBD", stats)
+    params, nll, nit, ok = _minimize(lambda p: _bgnbd_nll(p, cx, ct, cT, w), start, "BG/NBD", stats)
     r, alpha, a, b = (float(v) for v in params)
-    return BgNbd(r, alpha, a, b, log_likelihood=-nll * float(w.sum()), customers=int(x.size), iterations=nit)
+    return BgNbd(
+        r, alpha, a, b, log_likelihood=-nll * float(w.sum()), customers=int(x.size), iterations=nit, converged=ok
+    )
 
 
 @frozen
@@ -184,14 +212,16 @@ class GammaGamma:
     log_likelihood: float = 0.0
     customers: int = 0
     iterations: int = 0
+    converged: bool = True
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | bool]:
         return {
             "p": self.p,
             "q": self.q,
             "v": self.v,
             "log_likelihood": self.log_likelihood,
             "customers": self.customers,
+            "converged": self.converged,
         }
 
     @property
@@ -208,15 +238,25 @@ class GammaGamma:
         return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _gg_nll(params: np.ndarray, x: np.ndarray, m: np.ndarray, w: np.ndarray) -> float:
-    from scipy.special import gammaln
+def _gg_nll(params: np.ndarray, x: np.ndarray, m: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray]:
+    """The mean negative log-likelihood of Gamma-Gamma and its gradient in the log-parameters."""
+    from scipy.special import digamma, gammaln
 
     p, q, v = np.exp(params)
     px = p * x
-    ll = gammaln(px + q) - gammaln(px) - gammaln(q) + q * np.log(v) + (px - 1) * np.log(m) + px * np.log(x)
-    ll -= (px + q) * np.log(x * m + v)
-    total = float(np.dot(w, ll))
-    return -total / w.sum() if math.isfinite(total) else math.inf
+    log_m, log_x, log_xmv = np.log(m), np.log(x), np.log(x * m + v)
+    ll = gammaln(px + q) - gammaln(px) - gammaln(q) + q * np.log(v) + (px - 1) * log_m + px * log_x
+    ll -= (px + q) * log_xmv
+    total_w = w.sum()
+    value = -float(np.dot(w, ll)) / total_w
+    if not math.isfinite(value):
+        return math.inf, np.zeros(3)
+    psi = digamma(px + q)
+    d_p = x * (psi - digamma(px) + log_m + log_x - log_xmv)
+    d_q = psi - digamma(q) + np.log(v) - log_xmv
+    d_v = q / v - (px + q) / (x * m + v)
+    grad = np.array([p * np.dot(w, d_p), q * np.dot(w, d_q), v * np.dot(w, d_v)])
+    return value, -grad / total_w
 
 
 def fit_gamma_gamma(x: Any, m: Any) -> GammaGamma:
@@ -231,8 +271,10 @@ def fit_gamma_gamma(x: Any, m: Any) -> GammaGamma:
         raise FitError("Gamma-Gamma", "every repeat buyer has the same order value: spread cannot be estimated", stats)
     (cx, cm), w = _compress(x, m)
     start = np.log([1.0, 1.0, max(float(np.mean(m)), 1e-3)])
-    params, nll, nit = _minimize(lambda p: _gg_nll(p, cx, cm, w), start, "Gamma-Gamma", stats)
+    params, nll, nit, ok = _minimize(lambda p: _gg_nll(p, cx, cm, w), start, "Gamma-Gamma", stats)
     p, q, v = (float(val) for val in params)
     if q <= 1:
         raise FitError("Gamma-Gamma", f"q = {q:.3g} <= 1: the mean order value is not defined", stats)
-    return GammaGamma(p, q, v, log_likelihood=-nll * float(w.sum()), customers=int(x.size), iterations=nit)
+    return GammaGamma(
+        p, q, v, log_likelihood=-nll * float(w.sum()), customers=int(x.size), iterations=nit, converged=ok
+    )

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = ["Param", "ReportSpec", "register", "report", "specs"]
 
 #: Modules whose import registers the plugin's own reports.
-BUILTIN_MODULES = ("ecrm_analytics.rfm",)
+BUILTIN_MODULES = ("ecrm_analytics.rfm", "ecrm_analytics.clv", "ecrm_analytics.churn")
 #: The needs-analysis and sales reports (market basket, clusters, affinity, sales, attribution).
 NEEDS_MODULES = (
     "ecrm_analytics.basket",

@@ -96,10 +96,11 @@ class Analytics:
             with crm.db.write() as conn:
                 claimed = store.claim(crm, conn, 2**62 if full or limit is None else limit)
                 ids: list[int] | None = None if full else [c for c, _ in claimed]
-                n = rfm.compute(crm, conn, restrict=ids, rates=rates)
+                rfm.compute(crm, conn, restrict=ids, rates=rates)
                 bar.step(steps[1])
                 changed = set(rfm.rescore(crm, conn))
-                changed |= set(ids) if ids is not None else _all_ids(crm, conn)
+                everyone = _all_ids(crm, conn) if ids is None else set()
+                changed |= set(ids) if ids is not None else everyone
                 bar.step(steps[2])
                 clv_model.predict(crm, conn, ids)
                 store.release(crm, conn, claimed)
@@ -123,7 +124,7 @@ class Analytics:
                 # customer field (the analytics attributes changed), not those about purchases only
                 crm.segments.refresh(customer_ids=sorted(changed), kinds=(CHANGED,), customers_changed=True)
         return RefreshResult(
-            customers=n if full else len(claimed),
+            customers=len(everyone) if full else len(claimed),
             changed=len(changed),
             pending=store.pending(crm),
             clv_fitted=fitted,

@@ -156,8 +156,8 @@ def write_attributes(crm: CRM, conn: sa.Connection, customer_ids: Iterable[int] 
     values = [
         ("rfm_group", one(rfm, rfm.c.grp)),
         ("rfm_score", one(rfm, score)),
-        ("clv_p_alive", one(clv, sa.func.round(clv.c.p_alive, 4))),
-        ("clv_value_12m", one(clv, sa.func.round(clv.c.value_12m, 2))),
+        ("clv_p_alive", one(clv, sa.func.round(sa.cast(clv.c.p_alive, sa.Numeric), 4))),
+        ("clv_value_12m", one(clv, sa.func.round(sa.cast(clv.c.value_12m, sa.Numeric), 2))),
     ]
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import JSONB
