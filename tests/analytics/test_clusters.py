@@ -57,6 +57,11 @@ def test_planted_groups_are_found_and_described(shop: Shop) -> None:
     report = result.to_report().to_dict()
     assert report["chart"]["kind"] == "scatter" and report["rows"][0][0] == 1
 
+    customer = shop.crm.customers.get(groups["vip"][0])
+    assert customer.attributes["cluster"] == vip.id and customer.attributes["cluster_label"] == vip.label
+    assert "cluster" not in shop.crm.customers.get(prospect).attributes
+    assert shop.crm.segments.preview(f'cluster_label == "{vip.label}"').count == 8  # a declared attribute too
+
     seg = shop.crm.segments.create("vips", f"cluster(id={vip.id})")
     assert seg.member_count == 8
     assert shop.crm.segments.preview(f'cluster(label="{lapsed.label}")').count == 14
@@ -79,6 +84,7 @@ def test_merge_places_the_survivor_and_delete_erases(shop: Shop) -> None:
     before = cluster_of(vip).cluster
     shop.crm.customers.merge(lapsed, into=vip, reason="same person")
     assert cluster_of(lapsed) is None and cluster_of(vip).cluster == before
+    assert shop.crm.customers.get(vip).attributes["cluster"] == before
     shop.crm.customers.delete(vip)
     assert cluster_of(vip) is None
     assert not [f for f in shop.crm.plugins.failures if "analytics" in f.plugin]
@@ -99,7 +105,13 @@ def test_too_few_or_identical_buyers_say_why(shop: Shop) -> None:
     shop.history([(c, 5, 10) for c in twins])
     alike = cluster_customers(shop.crm)
     assert alike.clusters == () and "different profile" in alike.message
-    assert assign(shop.crm, twins) == 0  # no stored model
+    shop.history([(one, 4, 10)])  # one buyer now differs: two clusters
+    assert cluster_customers(shop.crm, k=2).k == 2
+    assert shop.crm.customers.get(one).attributes["cluster"] == 2
+    shop.history([(c, 4, 10) for c in twins])  # everybody alike again
+    assert cluster_customers(shop.crm).clusters == ()
+    assert shop.crm.customers.get(one).attributes["cluster"] is None  # cleared with the clusters
+    assert assign(shop.crm, twins) == 0  # no stored model any more
     for bad in ({"k": 1}, {"k_max": 50}, {"k_min": 5, "k_max": 3}):
         with pytest.raises(ValidationError):
             cluster_customers(shop.crm, **bad)
@@ -126,3 +138,26 @@ def test_sql_and_memory_agree(shop: Shop, ids: list[int], by_label: bool, negate
     everyone = [c.id for c in shop.crm.customers.list(limit=100)]
     assert len(everyone) == 33
     assert members == {c for c in everyone if shop.crm.segments.evaluate(rule, c)}
+
+
+def test_the_worker_job_recomputes_what_was_saved_once_a_day(shop: Shop) -> None:
+    from ecrm_analytics.basket import basket_rules, save, stored
+    from ecrm_analytics.clusters import cluster_customers, model
+
+    from ecrm_core.worker import JobRunner
+
+    assert "analytics.needs" in shop.crm.registry.jobs
+    runner = JobRunner(shop.crm, jobs=["analytics.needs"])
+    assert runner.tick("analytics.needs", "default").status == "ran"  # nothing saved: nothing to do
+    groups = _plant(shop)
+    for cid in groups["vip"]:
+        shop.buy(cid, 1, properties={"skus": ["A", "B"]})
+    save(shop.crm, basket_rules(shop.crm, min_support=0.1, min_confidence=0.5))
+    cluster_customers(shop.crm, k=3)
+    assert model(shop.crm)["k_fixed"] == 3
+    for cid in groups["lapsed"]:
+        shop.buy(cid, 1, properties={"skus": ["A", "C"]})
+    shop.clock.advance(days=2)
+    assert runner.tick("analytics.needs", "default").status == "ran"
+    assert {r.consequent for r in stored(shop.crm)} >= {("C",)}  # recomputed with the new purchases
+    assert model(shop.crm)["k"] == 3 and model(shop.crm)["customers"] == 32

@@ -37,7 +37,7 @@ def _fill(shop: Shop) -> list[int]:
 def _answers(shop: Shop) -> dict[str, Any]:
     from ecrm_analytics.affinity import affinity
     from ecrm_analytics.attribution import attribution
-    from ecrm_analytics.basket import basket_rules
+    from ecrm_analytics.basket import basket_rules, recommend, save
     from ecrm_analytics.clusters import cluster_customers
     from ecrm_analytics.sales import sales
 
@@ -56,6 +56,8 @@ def _answers(shop: Shop) -> dict[str, Any]:
         "clusters": [(c.label, c.size) for c in clusters.clusters],
         "members": sorted(ids.index(m.customer_id) for m in shop.crm.segments.members("first")),
         "affinity": affinity(shop.crm, by="cluster"),
+        "recommend": save(shop.crm, rules) and recommend(shop.crm, ids[0]),
+        "attributes": [shop.crm.customers.get(c).attributes.get("cluster_label") for c in ids],
     }
 
 
@@ -64,6 +66,7 @@ def test_same_answers_as_sqlite(pg_crm_factory: Any, crm_factory: Any) -> None:
     pg_clock, lite_clock = FakeClock(NOW), FakeClock(NOW)
     on_pg = _answers(Shop(pg_crm_factory(plugins=[plugin], clock=pg_clock), pg_clock))
     on_sqlite = _answers(Shop(crm_factory(plugins=[plugin], clock=lite_clock), lite_clock))
-    assert on_pg["rules"] and on_pg["skipped"] == 1
+    assert on_pg["rules"] and on_pg["skipped"] == 1 and all(on_pg["attributes"])
+    assert on_pg["recommend"] and on_pg["recommend"][0]["item"] == "B1"
     for key in on_sqlite:
         assert on_pg[key] == on_sqlite[key], key

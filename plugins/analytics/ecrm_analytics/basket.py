@@ -411,7 +411,17 @@ def save(crm: CRM, result: BasketRules) -> int:
         name = f"basket_{result.level}"
         conn.execute(sa.delete(state).where(state.c.workspace_id == crm.workspace, state.c.name == name))
         conn.execute(
-            sa.insert(state).values(workspace_id=crm.workspace, name=name, data=result.summary(), updated_at=now)
+            sa.insert(state).values(
+                workspace_id=crm.workspace,
+                name=name,
+                data={
+                    **result.summary(),
+                    "min_support": result.min_support,
+                    "min_confidence": result.min_confidence,
+                    "min_lift": result.min_lift,
+                },
+                updated_at=now,
+            )
         )
     return len(result.rules)
 
@@ -434,7 +444,7 @@ def stored(crm: CRM, level: str = "product") -> list[BasketRule]:
 
 def _owned(crm: CRM, level: str, customer_ids: Sequence[int] | None, items_key: str) -> dict[int, set[str]]:
     """What each customer bought (items or categories), read set-based."""
-    baskets = read_baskets(crm, items_key=items_key)
+    baskets = read_baskets(crm, items_key=items_key, customer_ids=customer_ids)
     basket, item, names, _ = to_level(baskets, level, None, crm)
     buyers = baskets.customers[basket] if len(basket) else basket
     wanted = None if customer_ids is None else set(customer_ids)

@@ -56,7 +56,18 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
     from ecrm_core.crm import CRM
 
-__all__ = ["FEATURES", "Cluster", "Clustering", "assign", "cluster_customers", "describe", "features", "model"]
+__all__ = [
+    "ATTRIBUTES",
+    "FEATURES",
+    "Cluster",
+    "Clustering",
+    "assign",
+    "cluster_customers",
+    "describe",
+    "features",
+    "model",
+    "write_attributes",
+]
 
 FEATURES: tuple[str, ...] = ("spend", "recency", "frequency", "basket", "engagement", "tenure")
 #: features that are log1p-transformed before standardising
@@ -328,6 +339,9 @@ def cluster_customers(
             "centres": [centres[old].tolist() for old in order],
             "labels": [c.label for c in clusters],
             "k": kbest,
+            "k_fixed": k,
+            "k_min": k_min,
+            "k_max": k_max,
             "silhouette": result.silhouette,
             "customers": n,
             "clusters": [c.to_dict() for c in clusters],
@@ -367,6 +381,62 @@ def _store(crm: CRM, ids: list[int], numbers: list[int], dist: list[float], stat
         ]  # fmt: skip
         for start in range(0, len(rows), 5000):
             conn.execute(sa.insert(table), rows[start : start + 5000])
+        write_attributes(crm, conn, None if state is not None else ids)
+
+
+#: Customer attributes the clusters write (``customer.attributes[name]``), for templates and personalization.
+ATTRIBUTES: dict[str, tuple[str, str]] = {
+    "cluster": ("integer", "the customer's stored cluster number (1 is the largest); null without one"),
+    "cluster_label": ("string", "the stored cluster's words, e.g. 'high spend, recent, frequent'; null without one"),
+}
+
+
+def write_attributes(crm: CRM, conn: sa.Connection, customer_ids: Sequence[int] | None = None) -> None:
+    """Copy the stored clusters into ``customers.attributes`` (``cluster``, ``cluster_label``), in one UPDATE.
+
+    For ``customer_ids`` (``None``: every customer with a cluster row or the
+    attributes already set); JSON ``null`` where there is no cluster; the
+    rest of the attributes is untouched and no customer event is fired.
+    """
+    from ecrm_core.rules.sql import ids_clause
+
+    customers, table = crm.db.tables["customers"], crm.db.tables[CLUSTERS]
+
+    def one(col: Any) -> Any:
+        return (
+            sa.select(col)
+            .where(table.c.workspace_id == crm.workspace, table.c.customer_id == customers.c.id)
+            .scalar_subquery()
+        )
+
+    values = [("cluster", one(table.c.cluster)), ("cluster_label", one(table.c.label))]
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        args: list[Any] = []
+        for key, expr in values:
+            args += [sa.literal(key), expr]
+        new = sa.cast(
+            sa.cast(customers.c.attributes, JSONB).op("||")(sa.func.jsonb_build_object(*args)),
+            customers.c.attributes.type,
+        )
+        has = sa.cast(customers.c.attributes, JSONB).op("?")("cluster")
+    else:
+        args = [customers.c.attributes]
+        for key, expr in values:
+            args += [sa.literal(f"$.{key}"), expr]
+        new = sa.func.json_set(*args)
+        has = sa.func.json_type(customers.c.attributes, "$.cluster").is_not(None)
+    stmt = sa.update(customers).where(customers.c.workspace_id == crm.workspace).values(attributes=new)
+    if customer_ids is None:
+        owned = sa.select(table.c.customer_id).where(table.c.workspace_id == crm.workspace)
+        stmt = stmt.where(sa.or_(customers.c.id.in_(owned), has))
+    else:
+        ids = sorted(set(customer_ids))
+        if not ids:
+            return
+        stmt = stmt.where(ids_clause(customers.c.id, ids, conn.dialect.name))
+    conn.execute(stmt)
 
 
 def _clear(crm: CRM) -> None:
@@ -374,6 +444,7 @@ def _clear(crm: CRM) -> None:
     with crm.db.write() as conn:
         conn.execute(sa.delete(table).where(table.c.workspace_id == crm.workspace))
         conn.execute(sa.delete(st).where(st.c.workspace_id == crm.workspace, st.c.name == STATE_NAME))
+        write_attributes(crm, conn, None)
 
 
 def _state(crm: CRM, conn: sa.Connection) -> dict[str, Any] | None:
@@ -421,6 +492,7 @@ def assign(crm: CRM, customer_ids: Sequence[int]) -> int:
                 ids_clause(table.c.customer_id, wanted, crm.db.engine.dialect.name),
             )
         )
+        write_attributes(crm, conn, wanted)
     if ids:
         _store(crm, ids, placed, dist, None)
     return len(ids)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +60,7 @@ class Baskets:
     """Purchases as (basket, item) pairs of integer codes.
 
     ``basket[k]`` and ``item[k]`` are parallel arrays (one entry per item of
-    a purchase, duplicates removed); ``items[code]`` is an item's name,
+    a purchase, an item listed twice in a purchase once); ``items[code]`` is an item's name,
     ``customers[basket]`` the buyer of each basket, ``purchase_ids[basket]``
     its interaction id.  ``categories[code]`` is the item's category (from
     the item objects) or ``None``.  ``skipped`` counts purchases without an
@@ -94,9 +94,9 @@ def _sqlite_sql(table: str, items_key: str, where: str) -> str:
     cat = "CASE j.type WHEN 'object' THEN json_extract(j.value, '$.category') END"
     return (
         f"SELECT group_concat(i.id || {sep} || i.customer_id || {sep} || {clean(name)} || {sep}"
-        f" || coalesce({clean(cat)}, ''), {rec}), count(DISTINCT i.id)"
+        f" || coalesce({clean(cat)}, ''), {rec})"
         f" FROM {table} AS i, json_each(i.properties, '$.{items_key}') AS j"
-        f" WHERE {where} AND json_type(i.properties, '$.{items_key}') = 'array'"
+        f" WHERE {where} AND typeof(j.key) = 'integer'"  # elements of an array (a scalar has no key)
         " AND j.type IN ('text', 'integer', 'object')"
     )
 
@@ -116,7 +116,7 @@ def _postgres_sql(table: str, items_key: str, where: str) -> str:
     cat = "CASE json_typeof(j) WHEN 'object' THEN j ->> 'category' END"
     return (
         f"SELECT string_agg(i.id::text || {sep} || i.customer_id::text || {sep} || {clean(name)} || {sep}"
-        f" || coalesce({clean(cat)}, ''), {rec}), count(DISTINCT i.id)"
+        f" || coalesce({clean(cat)}, ''), {rec})"
         f" FROM {table} AS i CROSS JOIN LATERAL json_array_elements("
         f"CASE WHEN json_typeof({arr}) = 'array' THEN {arr} ELSE '[]'::json END) AS j"
         f" WHERE {where} AND json_typeof(j) IN ('string', 'number', 'object')"
@@ -131,13 +131,15 @@ def read_baskets(
     since: datetime | None = None,
     until: datetime | None = None,
     segment: str | None = None,
+    customer_ids: Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Baskets:
     """Every ``kind`` interaction of the workspace with its items, as integer codes (see :class:`Baskets`).
 
     ``since``/``until`` bound ``occurred_at`` (``until`` defaults to the
     CRM's clock, so future-dated purchases are left out); ``segment`` keeps
-    the purchases of that segment's members.  ``progress(done, total)`` is
+    the purchases of that segment's members, ``customer_ids`` those of these
+    customers.  ``progress(done, total)`` is
     called after each chunk of :data:`CHUNK` purchases.
     """
     import numpy as np
@@ -164,6 +166,16 @@ def read_baskets(
         members = db.tables["segment_members"].fullname
         conds.append(f"i.customer_id IN (SELECT customer_id FROM {members} WHERE segment_id = :seg)")
         params["seg"] = seg.id
+    if customer_ids is not None:
+        ids = sorted({int(c) for c in customer_ids})
+        if dialect == "sqlite":
+            import json
+
+            conds.append("i.customer_id IN (SELECT value FROM json_each(:cids))")
+            params["cids"] = json.dumps(ids)
+        else:
+            conds.append("i.customer_id = ANY(:cids)")
+            params["cids"] = ids
     table = it.fullname if not it.schema else f"{it.schema}.{it.name}"
     with db.read() as conn:
         bounds = conn.execute(
@@ -171,8 +183,9 @@ def read_baskets(
             params,
         ).one()
     lo, hi, total = bounds
-    frames: list[pd.DataFrame] = []
-    with_items = 0
+    index: dict[str, int] = {}  # item name -> global code (chunks have categories of their own)
+    own: dict[int, str] = {}  # item code -> the category its item objects gave, if any
+    parts: list[tuple[Any, Any, Any]] = []
     if total:
         where = " AND ".join([*conds, "i.id >= :lo", "i.id < :hi"])
         sql = sa.text((_sqlite_sql if dialect == "sqlite" else _postgres_sql)(table, key, where))
@@ -181,27 +194,48 @@ def read_baskets(
         start = lo
         while start <= hi:
             with db.read() as conn:
-                text, n = conn.execute(sql, {**params, "lo": start, "hi": start + step}).one()
+                text = conn.execute(sql, {**params, "lo": start, "hi": start + step}).scalar_one()
             if text:
-                frames.append(_parse(text))
-                with_items += int(n)
+                df = _parse(text)
+                mapping = np.fromiter(
+                    (index.setdefault(str(v), len(index)) for v in df["v"].cat.categories), dtype=np.int64
+                )
+                item = mapping[df["v"].cat.codes.to_numpy()] if len(mapping) else np.zeros(0, dtype=np.int64)
+                cat = df["c"]
+                named = cat.cat.codes.to_numpy() >= 0
+                if "" in cat.cat.categories:
+                    named &= cat.cat.codes.to_numpy() != cat.cat.categories.get_loc("")
+                if named.any():
+                    first_items, first_rows = np.unique(item[named], return_index=True)
+                    labels = cat.to_numpy(dtype=object)[named][first_rows]
+                    for code, label in zip(first_items.tolist(), labels.tolist(), strict=True):
+                        own.setdefault(code, str(label))
+                parts.append((df["p"].to_numpy(dtype=np.int64), df["b"].to_numpy(dtype=np.int64), item))
             start += step
             done = min(total, done + CHUNK)
             if progress is not None:
                 progress(done, total)
-    if not frames:
+    if not parts:
         empty = np.zeros(0, dtype=np.int64)
         return Baskets(empty, empty.copy(), (), (), empty.copy(), empty.copy(), int(total))
-    df = pd.concat(frames, ignore_index=True)
-    df = df.drop_duplicates(subset=["p", "v"])
-    pcode, pids = pd.factorize(df["p"].to_numpy(), sort=True)
-    vcode, names = pd.factorize(df["v"].to_numpy(dtype=object))
-    named = (df["c"] != "").to_numpy()
-    firsts = pd.Series(df["c"].to_numpy(dtype=object)[named], index=vcode[named])
-    firsts = firsts[~firsts.index.duplicated()]
-    cats = [firsts.get(k) for k in range(len(names))]
+    p = np.concatenate([x[0] for x in parts])
+    b = np.concatenate([x[1] for x in parts])
+    vcode = np.concatenate([x[2] for x in parts])
+    if len(p) and bool(np.all(p[1:] >= p[:-1])):  # the usual case: the database returned them in id order
+        starts = np.flatnonzero(np.concatenate(([True], p[1:] != p[:-1])))
+        pcode = np.cumsum(np.concatenate(([False], p[1:] != p[:-1]))).astype(np.int64)
+        pids = p[starts]
+    else:
+        pcode, pids = pd.factorize(p, sort=True)
+    # an item listed twice in one purchase counts once
+    key = pcode.astype(np.int64) * max(len(index), 1) + vcode
+    if _has_repeats(key):
+        keep = np.sort(np.unique(key, return_index=True)[1])
+        pcode, vcode, b = pcode[keep], vcode[keep], b[keep]
+    names = list(index)
+    cats = [own.get(k) for k in range(len(names))]
     buyers = np.zeros(len(pids), dtype=np.int64)
-    buyers[pcode] = df["b"].to_numpy(dtype=np.int64)
+    buyers[pcode] = b
     return Baskets(
         basket=pcode.astype(np.int64),
         item=vcode.astype(np.int64),
@@ -209,8 +243,18 @@ def read_baskets(
         categories=tuple(None if c is None else str(c) for c in cats),
         customers=buyers,
         purchase_ids=np.asarray(pids, dtype=np.int64),
-        skipped=int(total) - with_items,
+        skipped=int(total) - len(pids),
     )
+
+
+def _has_repeats(key: Any) -> bool:
+    """Whether a (purchase, item) key occurs twice (one sort of a copy)."""
+    import numpy as np
+
+    if len(key) < 2:
+        return False
+    ordered = np.sort(key, kind="stable")
+    return bool(np.any(ordered[1:] == ordered[:-1]))
 
 
 def _parse(text: str) -> Any:

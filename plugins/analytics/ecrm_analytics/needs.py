@@ -22,6 +22,7 @@ too).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from ecrm_core.crm import CRM
     from ecrm_core.registry import ConditionType
 
-__all__ = ["condition_types", "on_deleted", "on_merged"]
+__all__ = ["MAX_AGE", "attribute_defs", "condition_types", "needs_tick", "on_deleted", "on_merged", "refresh_needs"]
 
 
 def _validate_cluster(args: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +101,73 @@ def condition_types() -> list[ConditionType]:
             description='the customer\'s stored cluster: cluster(id=2), cluster(label="high spend, recent, frequent")',
         )
     ]
+
+
+def attribute_defs() -> list[Any]:
+    """The customer attributes the needs analysis writes (``cluster``, ``cluster_label``)."""
+    from ecrm_core.registry import AttributeDef
+
+    from .clusters import ATTRIBUTES
+
+    return [AttributeDef(name=n, type=t, description=d) for n, (t, d) in ATTRIBUTES.items()]
+
+
+#: stored basket rules and clusters are recomputed by the worker when older than this
+MAX_AGE = timedelta(days=1)
+
+
+def _saved(crm: CRM) -> dict[str, tuple[Any, dict[str, Any]]]:
+    from .schema import STATE
+
+    table = crm.db.tables[STATE]
+    names = ("basket_product", "basket_category", "clusters")
+    with crm.db.read() as conn:
+        rows = conn.execute(
+            sa.select(table.c.name, table.c.updated_at, table.c.data).where(
+                table.c.workspace_id == crm.workspace, table.c.name.in_(names)
+            )
+        ).all()
+    return {r.name: (r.updated_at, dict(r.data or {})) for r in rows}
+
+
+def refresh_needs(crm: CRM, *, max_age: timedelta = MAX_AGE) -> list[str]:
+    """Recompute the stored basket rules and clusters older than ``max_age``, with the settings they were made with.
+
+    Only what was saved before (``basket.save``, ``cluster_customers(save=True)``)
+    is recomputed; returns what was done, one line each.
+    """
+    from .basket import basket_rules, save
+    from .clusters import cluster_customers
+
+    now = crm.now()
+    done: list[str] = []
+    for name, (at, data) in sorted(_saved(crm).items()):
+        if at is not None and now - at < max_age:
+            continue
+        if name.startswith("basket_"):
+            result = basket_rules(
+                crm,
+                level=name.removeprefix("basket_"),
+                method=data.get("method", "pairs"),
+                min_support=data.get("min_support", 0.001),
+                min_confidence=data.get("min_confidence", 0.1),
+                min_lift=data.get("min_lift", 1.0),
+            )
+            save(crm, result)
+            done.append(f"{len(result.rules)} {result.level} rules")
+        else:
+            fixed = data.get("k_fixed")
+            clustering = cluster_customers(crm, k=fixed, k_min=data.get("k_min", 2), k_max=data.get("k_max", 8))
+            done.append(f"{clustering.k} clusters" if clustering.clusters else clustering.message)
+    return done
+
+
+def needs_tick(ctx: Any) -> Any:
+    """The worker job ``analytics.needs``: recompute stored basket rules and clusters once a day."""
+    from ecrm_core.registry import JobResult
+
+    done = refresh_needs(ctx.crm)
+    return JobResult(done=len(done), message="; ".join(done) or "stored rules and clusters are current")
 
 
 def on_merged(crm: CRM, source_id: int, target_id: int) -> None:

@@ -80,6 +80,24 @@ def ecrm_register_jobs() -> list[JobSpec]:
             exclusive=True,
             lease=900.0,
             description=f"recompute RFM of customers whose sales changed ({BATCH} a tick); refit CLV daily",
+        ),
+        *needs_jobs(),
+    ]
+
+
+def needs_jobs() -> list[JobSpec]:
+    from ecrm_core.registry import JobSpec
+
+    from .needs import needs_tick
+
+    return [
+        JobSpec(
+            name="analytics.needs",
+            tick=needs_tick,
+            every=3600.0,
+            exclusive=True,
+            lease=1800.0,
+            description="recompute the stored basket rules and customer clusters once a day",
         )
     ]
 
@@ -95,8 +113,9 @@ def ecrm_register_condition_types() -> list[ConditionType]:
 @hookimpl
 def ecrm_register_attributes() -> list[AttributeDef]:
     from .conditions import attribute_defs
+    from .needs import attribute_defs as needs_attribute_defs
 
-    return attribute_defs()
+    return [*attribute_defs(), *needs_attribute_defs()]
 
 
 @hookimpl
