@@ -95,8 +95,10 @@ def build(db: Path, customers: int, purchases: int, seed: int) -> None:
     for cid, w in enumerate(weights, start=1):
         n = max(1, round(w * scale))
         first = rng.uniform(0, 3 * 365 - 1)
+        # six in ten customers stop buying at some point (they churn); the others buy until now
+        end = rng.uniform(first, 3 * 365) if rng.random() < 0.6 else 3 * 365
         for _ in range(n):
-            at = start + timedelta(days=rng.uniform(first, 3 * 365))
+            at = start + timedelta(days=rng.uniform(first, end))
             usd = rng.random() < 0.1
             amount = round(rng.lognormvariate(3.5, 0.8), 2)
             rows.append((cid, "purchase", at, amount, "USD" if usd else "EUR"))
@@ -254,6 +256,11 @@ def ecrm_runs(db: Path, customers: int, seed: int) -> dict[str, float]:
         result = analytics(crm).refresh(full=True)
         out["full"] = time.perf_counter() - t
         out["customers"] = result.customers
+        # the same full build again, in a warm process (the core's rule compilation and SQLAlchemy's
+        # statement caches are per process: a worker pays them once)
+        t = time.perf_counter()
+        analytics(crm).refresh(full=True)
+        out["full_warm"] = time.perf_counter() - t
         rng = random.Random(seed + 1)
         buyers = rng.sample(range(1, customers + 1), max(1, customers // 100))
         crm.interactions.track_many(
@@ -363,8 +370,10 @@ def main() -> None:
         fastest = min(baselines.values())
         print(f"\nRFM for every customer (load {os.getloadavg()[0]:.2f}):")
         print(f"  {'what':<58} {'seconds':>8} {'ratio':>7}")
-        print(f"  {'ecrm full build (first install / refresh(full=True))':<58} {ours['full']:8.2f} "
+        print(f"  {'ecrm full build (refresh(full=True)), cold process':<58} {ours['full']:8.2f} "
               f"{ours['full'] / fastest:7.2f}")  # fmt: skip
+        print(f"  {'ecrm full build again, warm process':<58} {ours['full_warm']:8.2f} "
+              f"{ours['full_warm'] / fastest:7.2f}")  # fmt: skip
         label = (
             f"ecrm after 1 % of customers bought again (refresh(), {int(ours['incremental_customers']):,} recomputed)"
         )

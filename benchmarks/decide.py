@@ -232,7 +232,7 @@ def queries_per_decide(db: str, ids: list[int]) -> tuple[list[int], list[int]]:
     crm = _crm(db)
     try:
         p = personalize(crm)
-        p.decide("home", ids[0])  # warm the caches
+        p.decide(ids[0], "home")  # warm the caches
         counts, lengths = [], []
         for cid in ids:
             seen: list[str] = []
@@ -242,7 +242,7 @@ def queries_per_decide(db: str, ids: list[int]) -> tuple[list[int], list[int]]:
                     seen.append(statement)
 
             sa.event.listen(crm.db.engine, "before_cursor_execute", before)
-            p.decide("home", cid)
+            p.decide(cid, "home")
             sa.event.remove(crm.db.engine, "before_cursor_execute", before)
             counts.append(len(seen))
             t = crm.db.tables["interactions"]

@@ -149,3 +149,23 @@ def test_bad_input_is_refused(tmp_path, clock) -> None:
         crm.messages.screen("nope", [1])
     with pytest.raises(ValidationError):
         crm.messages.screen("memory", [1], purpose="nope")
+
+
+@pytest.mark.postgres
+def test_screen_on_postgresql_locks_nothing_and_agrees_with_send_many(pg_crm_factory, clock) -> None:
+    memory = MemoryChannel(name="memory")
+    crm = pg_crm_factory(
+        plugins=[memory.plugin()],
+        clock=clock,
+        secret="s" * 32,
+        channels={"memory": {"policy": {"frequency_caps": [(1, 86400)], "quiet_start": "20:00", "quiet_end": "08:00"}}},
+    )
+    ids = population(crm)
+    with crm.db.engine.connect() as other, other.begin():
+        # another transaction holds the customers' rows: a send would wait for it, a screening does not
+        c = crm.db.tables["customers"]
+        other.execute(sa.select(c.c.id).where(c.c.id.in_(list(ids.values()))).with_for_update()).all()
+        screening = crm.messages.screen("memory", list(ids.values()))
+    report = crm.messages.send_many("memory", {"body": "hi"}, customer_ids=list(ids.values()))
+    assert report.queued == screening.queued and dict(report.blocked) == screening.blocked
+    assert report.scheduled == screening.scheduled == 1

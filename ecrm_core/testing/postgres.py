@@ -29,7 +29,8 @@ depends on the server's zone shows up in tests.
 Fixtures:
 
 * ``postgres_url`` (session) — URL of a database on the server (one server
-  per test session);
+  per test session: under pytest-xdist, one per worker, each in its own
+  directory on its own port);
 * ``postgres_databases`` (session) — :class:`PostgresDatabases` for that
   server: create and drop databases;
 * ``pg_empty_url`` — URL of a fresh, empty database, dropped after the test;
@@ -160,7 +161,10 @@ class _Cluster:
                 ) from None
             if shutil.which("runuser") is None:
                 raise PostgresUnavailable("running as root without 'runuser' to start PostgreSQL as 'postgres'")
-        self.dir = Path(tempfile.mkdtemp(prefix="ecrm-pg-", dir=_parent_dir(self.as_root)))
+        # one cluster per process: under pytest-xdist each worker (gw0, gw1…) has its own
+        worker = re.sub(r"[^A-Za-z0-9]", "", os.environ.get("PYTEST_XDIST_WORKER", ""))
+        prefix = f"ecrm-pg-{worker}-" if worker else "ecrm-pg-"
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix, dir=_parent_dir(self.as_root)))
         if self.as_root:
             os.chown(self.dir, self.owner.pw_uid, self.owner.pw_gid)
         self.data = self.dir / "data"

@@ -138,3 +138,25 @@ def test_admin_benchmark_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for figure in ("baseline: bare Litestar page", "360° view", "segment builder", "error + caret", "load average"):
         assert figure in proc.stdout, figure
+
+
+def test_demo_stage_gives_a_user_to_log_in_with(admin_crm: CRM) -> None:
+    from rich.console import Console
+
+    stage = admin_crm.registry.demo_stages["admin.login"]
+    console = Console(width=200, record=True)
+    console.print(stage.run(admin_crm, None))
+    text = console.export_text()
+    import re
+
+    password = re.search(r"password\W+(\S+)", text).group(1)
+    assert Users(admin_crm).authenticate("demo-admin", password).role == "admin"
+    console.print(stage.run(admin_crm, None))  # again: the password is reset, nothing duplicated
+    assert Users(admin_crm).authenticate("demo-admin", password) is None
+
+
+def test_served_at_the_root_path(admin_client: Any) -> None:
+    b = admin_client("agent", path="")
+    home = b.get("/")
+    assert home.status_code == 200 and 'href="/customers"' in home.text and 'action="/logout"' in home.text
+    assert b.get("/static/admin.css").status_code == 200

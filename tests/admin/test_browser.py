@@ -170,6 +170,8 @@ def test_a_campaigns_pages(page: Any, server: Any) -> None:
     page.get_by_role("button", name="Save campaign").click()
     page.wait_for_url(re.compile(r".*/campaigns/spring$"))
     assert "draft" in page.locator("#campaign-status").inner_text()
+    assert "holdout 20" in page.locator("#campaign-status").inner_text()
+    assert page.locator("#campaign-name").inner_text() == "Spring <b>sale</b>"
     assert page.get_by_role("heading", name="Journey").is_visible()
     assert page.get_by_role("cell", name="pause", exact=True).is_visible()
     page.get_by_role("button", name="start").click()
@@ -177,6 +179,10 @@ def test_a_campaigns_pages(page: Any, server: Any) -> None:
     assert "live" in page.locator("#campaign-status").inner_text()
     assert page.get_by_role("heading", name="Results").is_visible()
     assert "Spring <b>sale</b>" in page.locator("pre").last.inner_text()
+    page.get_by_label("Days").fill("14")
+    page.get_by_role("button", name="Simulate").click()
+    page.locator("#simulation").wait_for()
+    assert page.locator("#simulation table").count() == 2
     shot(page, "campaign")
     page.goto(f"{server.url}/admin/campaigns")
     assert page.get_by_role("cell", name="Spring <b>sale</b>").is_visible()

@@ -58,3 +58,24 @@ def test_analytics_and_personalization_pages_and_widgets(crm: CRM, admin_build: 
         assert 'href="/admin/personalize/home"' in placements.text
         assert client.get("/admin/personalize/home").status_code == 200
         assert client.get("/admin/personalize/missing").status_code == 404
+
+
+def test_the_uplift_chart_of_a_campaign() -> None:
+    pytest.importorskip("ecrm_campaigns")
+    from decimal import Decimal
+
+    from ecrm_admin.contrib.campaigns import _uplift_chart
+    from ecrm_admin.render import chart_img
+    from ecrm_campaigns.evaluate import Arm, Evaluation, Uplift
+
+    arms = (
+        Arm(name="holdout", entered=100, messaged=0, converted=2, revenue=Decimal("40")),
+        Arm(name="<b>A</b>", entered=900, messaged=900, converted=45, revenue=Decimal("900")),
+    )
+    lift = Uplift(arm="<b>A</b>", points=3.0, low=0.5, high=5.5, p_value=0.02, confidence=0.95)
+    chart = _uplift_chart(Evaluation(campaign="spring", goal="purchase", arms=arms, uplifts=(lift,)))
+    assert chart.kind == "interval" and chart.categories == ("<b>A</b>",) and chart.reference == 0
+    html = chart_img(chart)
+    assert html.startswith('<figure class="chart"><img src="data:image/svg+xml;base64,')
+    assert "&lt;b&gt;A&lt;/b&gt; lifts conversion by 3.0 pts" in html
+    assert _uplift_chart(Evaluation(campaign="spring", goal=None, arms=arms, uplifts=())) is None

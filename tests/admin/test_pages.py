@@ -115,3 +115,52 @@ def test_customer_list_pages_by_keyset_and_filters(admin_client: Any, admin_crm:
     assert "error-box" in b.get("/customers", params={"stage": "nonsense"}).text
     assert "error-box" in b.get("/customers", params={"after": "1 or 1=1"}).text
     assert b.get("/customers", params={"stage": "prospect"}).text.count('<tr><td><a href="/admin/customers/') == 50
+
+
+def test_a_dead_letter_is_replayed_from_its_page(admin_client: Any, admin_crm: CRM) -> None:
+    import sqlalchemy as sa
+
+    c = admin_crm.customers.create(email="dead@example.com")
+    t = admin_crm.db.tables["messages"]
+    now = admin_crm.now()
+    with admin_crm.db.write() as conn:
+        conn.execute(
+            sa.insert(t).values(
+                workspace_id="default",
+                uid="dead-1",
+                channel="email",
+                customer_id=c.id,
+                purpose="marketing",
+                content={"body": "<b>hi</b>"},
+                meta={},
+                status="dead",
+                reason="smtp 550",
+                attempts=5,
+                max_attempts=5,
+                transactional=False,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    b = admin_client("marketer")
+    page = b.get("/messages/dead-1")
+    assert page.status_code == 200 and "smtp 550" in page.text and "&lt;b&gt;hi&lt;/b&gt;" in page.text
+    done = b.post("/messages/dead-1/replay")
+    assert done.status_code == 303 and done.headers["location"] == "/admin/messages/dead-1?replayed=1"
+    assert admin_crm.messages.get("dead-1").status == "queued"
+    again = b.post("/messages/dead-1/replay")
+    assert again.status_code == 409 and "only dead letters can be replayed" in again.text
+    assert b.get("/messages/nope").status_code == 404
+
+
+def test_offers_are_created_with_their_rule_checked(admin_client: Any, admin_crm: CRM) -> None:
+    b = admin_client("marketer")
+    ok = b.post("/offers", {"code": "spring10", "name": "Spring <10>", "eligibility": "purchase.count(365d) >= 1"})
+    assert ok.status_code == 303
+    offer = admin_crm.offers.get("spring10")
+    assert offer.name == "Spring <10>" and offer.eligibility is not None
+    assert "Spring &lt;10&gt;" in b.get("/offers").text
+    bad = b.post("/offers", {"code": "bad", "name": "Bad", "eligibility": "purchase.count(365d) >="})
+    assert bad.status_code == 400 and "error-box" in bad.text and 'value="bad"' in bad.text
+    taken = b.post("/offers", {"code": "spring10", "name": "Again"})
+    assert taken.status_code == 400 and "already used" in taken.text

@@ -41,7 +41,7 @@ def swagger_assets() -> Path:
 
 
 def _operations(url: str) -> list[tuple[str, str]]:
-    document = httpx.get(f"{url}/docs/openapi.json").json()
+    document = httpx.get(f"{url}/docs/openapi.json", timeout=60).json()  # built on first request: slow when loaded
     expected = sorted(
         (method.upper(), path) for path, item in document["paths"].items() for method in item if method in HTTP_METHODS
     )

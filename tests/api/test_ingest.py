@@ -353,3 +353,18 @@ def test_the_processor_waits_for_a_commit_not_for_a_fixed_time(api_crm):
     threading.Timer(0.1, lambda: _put_row(api_crm, json.dumps(batch(track(mid="c-2"))).encode())).start()
     result = spec.tick(JobContext(crm=api_crm, workspace=None, job=spec, stopping=lambda: False))
     assert result.done >= 1 and "segment:c-2" in keys(api_crm)
+
+
+def test_ticks_are_sized_to_hold_the_write_lock_about_a_second():
+    from ecrm_api.processor import Pace, ProcessResult
+
+    pace = Pace(budget=1.0)
+    assert pace.size(10_000) == 10_000  # nothing measured yet
+    pace.record(ProcessResult(rows=100, events=10_000, seconds=4.0))  # a slow machine: 2,500/s
+    assert pace.size(10_000) == 2_500
+    pace.record(ProcessResult(rows=10, events=1_000, seconds=0.05))  # faster again: 20,000/s
+    assert pace.size(10_000) == 10_000
+    pace.record(ProcessResult(rows=1, events=10, seconds=1.0))  # too small to say anything
+    assert pace.size(10_000) == 10_000
+    pace.record(ProcessResult(rows=1, events=200, seconds=10.0))
+    assert pace.size(10_000) >= 200

@@ -27,7 +27,7 @@ CORPUS = json.loads((Path(__file__).parents[1] / "fixtures" / "hardening" / "ope
 def served(api_crm, live_api_factory):
     c = api_crm.customers.create(email="c1@example.com", name="C 1")
     live = live_api_factory(api_crm, rate_limit=None)
-    doc = httpx.get(f"{live.url}/docs/openapi.json").json()
+    doc = httpx.get(f"{live.url}/docs/openapi.json", timeout=120).json()
     return live, live.client(["admin"]), doc, c.id
 
 

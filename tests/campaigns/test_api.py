@@ -100,3 +100,8 @@ def test_simulate_and_charts_over_http(crm_factory: Callable[..., CRM], live_api
     sim = http.get("/campaigns/spring/chart", params={"kind": "simulation", "days": 2, "format": "json"})
     assert sim.status_code == 200 and sim.json()["kind"] == "line" and len(sim.json()["categories"]) == 2
     assert http.get("/campaigns/spring/chart", params={"kind": "pie"}).status_code == 400
+    spec = http.get("/docs/openapi.json").json()
+    assert "post" in spec["paths"]["/campaigns/{campaign}/simulate"]
+    chart = spec["paths"]["/campaigns/{campaign}/chart"]["get"]
+    kinds = next(p for p in chart["parameters"] if p["name"] == "kind")
+    assert set(kinds["schema"].get("enum", [])) == {"uplift", "funnel", "simulation"}

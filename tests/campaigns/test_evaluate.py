@@ -127,3 +127,73 @@ def test_no_holdout_is_said(shop: Shop) -> None:
     )
     ev = shop.campaigns.evaluate("nh")
     assert ev.uplifts == () and any("no holdout" in n for n in ev.notes)
+
+
+def test_the_funnel_counts_what_the_channel_reported_per_arm_and_step(crm_factory: Any) -> None:
+    """Delivered, opened, clicked, bounced, unsubscribed and complained come from the pipeline's
+    feedback on the campaign's own messages, per arm and per send step; charts render."""
+    import sqlalchemy as sa
+    from ecrm_campaigns import campaigns, plugin
+
+    from ecrm_core.channels import MessageEvent
+    from ecrm_core.testing import FakeClock
+    from ecrm_core.testing.channels import MemoryChannel
+
+    from .conftest import T0
+
+    chan = MemoryChannel(name="capture", capabilities=("templates", "receipts", "links", "html"))
+    crm = crm_factory(plugins=[plugin, chan.plugin()], clock=FakeClock(T0), secret="s" * 32)
+    svc = campaigns(crm)
+    send = {"type": "send", "channel": "capture", "template": {"subject": "s", "body": "b"}}
+    svc.save(
+        {
+            "key": "fun",
+            "name": "Funnel",
+            "trigger": {"type": "api"},
+            "holdout": 20,
+            "goal": {"kind": "purchase", "within": "7d"},
+            "steps": [{"id": "one", **send, "next": "two"}, {"id": "two", **send}],
+        }
+    )
+    svc.start("fun")
+    ids = [crm.customers.create(email=f"f{i}@x.org", consent={"capture": "granted"}).id for i in range(30)]
+    svc.trigger("fun", ids)
+    from ecrm_core.worker import JobRunner
+    from ecrm_core.worker.inprocess import InProcessExecutor
+
+    runner = JobRunner(crm, jobs=["campaigns.*", "messages.*"])
+    for _ in range(3):
+        InProcessExecutor(runner).run(once=True)
+    m = crm.db.tables["messages"]
+    with crm.db.read() as conn:
+        msgs = conn.execute(sa.select(m.c.uid, m.c.customer_id, m.c.dedupe_key, m.c.address, m.c.status)).all()
+    assert msgs and {r.status for r in msgs} == {"sent"}
+    first = sorted((r for r in msgs if r.dedupe_key.split(".")[2] == "one"), key=lambda r: r.customer_id)
+    kinds = ["delivered", "opened", "clicked", "bounced", "unsubscribed", "complained"]
+    events = []
+    for n, r in enumerate(first[:12]):
+        kind = kinds[n % 6]
+        extra: dict[str, Any] = {"url": "https://shop.example/x"} if kind == "clicked" else {}
+        if kind in ("bounced", "complained"):
+            extra["address"] = r.address
+        if kind == "unsubscribed":
+            extra["purpose"] = "marketing"
+        events.append(MessageEvent(type=kind, channel="capture", message_id=r.uid, key=f"e{n}", **extra))
+    report = crm.messages.apply(events)
+    assert len(report.applied) == 12 and not report.ignored, report
+    crm.interactions.track("purchase", customer_id=first[0].customer_id, amount="12.00", currency="EUR")
+    ev = svc.evaluate("fun")
+    [main] = [a for a in ev.arms if a.name == "main"]
+    assert (main.sent, main.delivered, main.opened, main.clicked) == (len(first), 2, 2, 2)
+    assert (main.bounced, main.unsubscribed, main.complained, main.converted) == (2, 2, 2, 1)
+    by_step = {s.step: s for s in ev.steps}
+    assert by_step["one"].delivered == 2 and by_step["two"].delivered == 0
+    assert by_step["one"].converted == 1 and by_step["one"].revenue_per_recipient > 0
+    assert by_step["two"].reached == len(first) and by_step["one"].reached == len(first)
+    assert ev.notes == () or all("does not report" not in n for n in ev.notes)
+    data = ev.to_dict()
+    assert data["arms"][1]["clicked"] == 2 and data["steps"][0]["step"] == "one"
+    from ecrm_core.charts import render
+
+    assert render(ev.uplift_chart()).startswith(b"<?xml") and render(ev.funnel_chart(), "png").startswith(b"\x89PNG")
+    assert list(ev.funnel_chart().categories) == ["messaged", "sent", "delivered", "opened", "clicked", "converted"]

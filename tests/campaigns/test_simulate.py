@@ -194,6 +194,8 @@ def test_explicit_entrants_mid_journey_customers_and_bad_input(crm_factory: Call
         svc.simulate("drip", days=0)
     with pytest.raises(ValidationError, match="every"):
         svc.simulate("drip", every="1m")
+    with pytest.raises(ValidationError, match="segment evaluations; at most 2000"):
+        svc.simulate("drip", days=366, every="5m")  # bounded work, whoever asks
     with pytest.raises(ValidationError, match=r"customer_ids\[0\]"):
         svc.simulate("drip", customer_ids=["x"])  # type: ignore[list-item]
 

@@ -82,3 +82,9 @@ def shop(crm_factory: Callable[..., CRM]) -> Shop:
     s.history()
     s.p.refresh()
     return s
+
+
+@pytest.fixture
+def empty_shop(crm_factory: Callable[..., CRM]) -> Shop:
+    """The catalogue only: no history, no lists (for tests of bad input)."""
+    return make_shop(crm_factory)

@@ -78,6 +78,9 @@ def test_outcomes_identify_preferences_and_reports(served: tuple[Shop, Any]) -> 
     assert r.status_code == 200 and r.json()["merged"] is None
     r = client.post("/personalize/decide", json={"placement": "home", "visitor": visitor})
     assert r.json()["customer_id"] == cid
+    shop.crm.interactions.track("purchase", anonymous_id="ajs-123", properties={"skus": ["S1"]})
+    r = client.post("/personalize/decide", json={"placement": "home", "anonymous_id": "ajs-123"})
+    assert r.json()["customer_id"] is not None and r.json()["items"][0]["sku"] == "S2" and r.json()["visitor"] is None
     assert [p["name"] for p in client.get("/personalize/placements").json()["items"]] == ["home"]
     assert client.get("/personalize/placements/home").json()["k"] == 3
     ev = client.get("/personalize/evaluation", params={"k": 3})

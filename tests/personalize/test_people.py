@@ -24,25 +24,25 @@ def test_deleting_a_customer_erases_preferences_and_outcomes(shop: Shop) -> None
     keep = shop.customer(name="Stays")
     for who in (cid, keep):
         shop.p.set_preferences(who, interests=["hats"])
-        shop.p.report(shop.p.decide("home", who).id, "impression")
+        shop.p.report(shop.p.decide(who, "home").id, "impression")
     assert _rows(shop, PREFERENCES, cid) == _rows(shop, OUTCOMES, cid) == 1
     shop.crm.customers.delete(cid)
     assert _rows(shop, PREFERENCES, cid) == _rows(shop, OUTCOMES, cid) == 0
     assert _rows(shop, PREFERENCES, keep) == _rows(shop, OUTCOMES, keep) == 1
 
 
-def test_deletion_hook_erases_rows_the_cascade_did_not(shop: Shop) -> None:
+def test_deletion_hook_erases_rows_the_cascade_did_not(empty_shop: Shop) -> None:
     from ecrm_personalize.people import on_deleted
 
-    cid = shop.customer()
-    shop.p.set_preferences(cid, interests=["hats"])
-    on_deleted(shop.crm, [cid])  # as fired by ecrm_customers_deleted
-    assert _rows(shop, PREFERENCES, cid) == 0
+    cid = empty_shop.customer()
+    empty_shop.p.set_preferences(cid, interests=["hats"])
+    on_deleted(empty_shop.crm, [cid])  # as fired by ecrm_customers_deleted
+    assert _rows(empty_shop, PREFERENCES, cid) == 0
 
 
 def test_visitor_outcomes_belong_to_the_customer_after_login_and_go_with_deletion(shop: Shop) -> None:
     shop.p.define("home")
-    first = shop.p.decide("home", None)
+    first = shop.p.decide(None, "home")
     shop.p.report(first.id, "impression")
     cid = shop.customer()
     shop.p.identify(first.visitor, cid)  # type: ignore[arg-type]
@@ -59,18 +59,18 @@ def test_merging_moves_preferences_and_outcomes(shop: Shop) -> None:
     target = shop.customer(name="New account")
     shop.p.set_preferences(source, interests=["hats"], frequency="weekly")
     shop.p.set_preferences(target, frequency="monthly")
-    shop.p.report(shop.p.decide("home", source).id, "impression")
+    shop.p.report(shop.p.decide(source, "home").id, "impression")
     shop.crm.customers.merge(source, into=target)
     assert shop.p.preferences(target) == {"interests": ["hats"], "frequency": "monthly"}  # the target's answers win
     assert _rows(shop, PREFERENCES, source) == 0
     assert _rows(shop, OUTCOMES, target) == 1 and _rows(shop, OUTCOMES, source) == 0
 
 
-def test_merging_into_a_customer_without_preferences_moves_them(shop: Shop) -> None:
-    source, target = shop.customer(), shop.customer()
-    shop.p.set_preferences(source, exclude=["bags"])
-    shop.crm.customers.merge(source, into=target)
-    assert shop.p.preferences(target) == {"exclude": ["bags"]}
+def test_merging_into_a_customer_without_preferences_moves_them(empty_shop: Shop) -> None:
+    source, target = empty_shop.customer(), empty_shop.customer()
+    empty_shop.p.set_preferences(source, exclude=["bags"])
+    empty_shop.crm.customers.merge(source, into=target)
+    assert empty_shop.p.preferences(target) == {"exclude": ["bags"]}
 
 
 def test_preferences_change_what_is_offered_and_how(shop: Shop) -> None:
@@ -79,39 +79,39 @@ def test_preferences_change_what_is_offered_and_how(shop: Shop) -> None:
     shop.p.define("home", k=6, offers=2)
     cid = shop.customer(name="Carol")
     shop.buy(cid, "S1")
-    before = shop.p.decide("home", cid)
+    before = shop.p.decide(cid, "home")
     assert before.items[0].category == "shoes" and before.offers[0].code == "news"
     shop.p.set_preferences(
         cid, interests=["hats"], exclude=["shoes"], presentation={"tone": "formal", "layout": "list"}
     )
-    after = shop.p.decide("home", cid)
+    after = shop.p.decide(cid, "home")
     assert after.items and all(i.category != "shoes" for i in after.items)
     assert after.items[0].category == "hats" and "they said they like hats" in after.items[0].reasons
     assert after.offers[0].code == "hat_sale"
     assert (after.variant["tone"], after.variant["layout"]) == ("formal", "list")
     shop.p.set_preferences(cid, offers=False)
-    assert shop.p.decide("home", cid).offers == ()
+    assert shop.p.decide(cid, "home").offers == ()
 
 
-def test_preferences_feed_consent_and_purposes(shop: Shop) -> None:
-    assert "recommendations" in shop.crm.registry.purposes
-    cid = shop.customer()
-    shop.p.set_preferences(cid, channels={"email": True, "sms": False})
-    c = shop.crm.customers.get(cid)
+def test_preferences_feed_consent_and_purposes(empty_shop: Shop) -> None:
+    assert "recommendations" in empty_shop.crm.registry.purposes
+    cid = empty_shop.customer()
+    empty_shop.p.set_preferences(cid, channels={"email": True, "sms": False})
+    c = empty_shop.crm.customers.get(cid)
     assert c.consents_to("email:recommendations") and not c.consents_to("sms:recommendations")
-    shop.p.set_preferences(cid, frequency="never")
-    c = shop.crm.customers.get(cid)
+    empty_shop.p.set_preferences(cid, frequency="never")
+    c = empty_shop.crm.customers.get(cid)
     assert not c.consents_to("email:recommendations")
-    history = shop.crm.customers.consent_history(cid)
+    history = empty_shop.crm.customers.consent_history(cid)
     assert any(h["channel"] == "email:recommendations" for h in history)
 
 
-def test_preferences_merge_and_remove(shop: Shop) -> None:
-    cid = shop.customer()
-    shop.p.set_preferences(cid, interests=["hats", "hats", " bags "], needs=["gift"])
-    assert shop.p.preferences(cid) == {"interests": ["hats", "bags"], "needs": ["gift"]}
-    shop.p.set_preferences(cid, needs=None)
-    assert shop.p.preferences(cid) == {"interests": ["hats", "bags"]}
+def test_preferences_merge_and_remove(empty_shop: Shop) -> None:
+    cid = empty_shop.customer()
+    empty_shop.p.set_preferences(cid, interests=["hats", "hats", " bags "], needs=["gift"])
+    assert empty_shop.p.preferences(cid) == {"interests": ["hats", "bags"], "needs": ["gift"]}
+    empty_shop.p.set_preferences(cid, needs=None)
+    assert empty_shop.p.preferences(cid) == {"interests": ["hats", "bags"]}
 
 
 @pytest.mark.parametrize(
@@ -128,14 +128,14 @@ def test_preferences_merge_and_remove(shop: Shop) -> None:
         {"channels": {"Not A Slug": True}},
     ],
 )
-def test_bad_preferences_are_refused_and_change_nothing(shop: Shop, answers) -> None:  # type: ignore[no-untyped-def]
-    cid = shop.customer()
-    shop.p.set_preferences(cid, interests=["hats"])
+def test_bad_preferences_are_refused_and_change_nothing(empty_shop: Shop, answers) -> None:  # type: ignore[no-untyped-def]
+    cid = empty_shop.customer()
+    empty_shop.p.set_preferences(cid, interests=["hats"])
     with pytest.raises(ValidationError):
-        shop.p.set_preferences(cid, **answers)
-    assert shop.p.preferences(cid) == {"interests": ["hats"]}
+        empty_shop.p.set_preferences(cid, **answers)
+    assert empty_shop.p.preferences(cid) == {"interests": ["hats"]}
 
 
-def test_preferences_of_an_unknown_customer(shop: Shop) -> None:
+def test_preferences_of_an_unknown_customer(empty_shop: Shop) -> None:
     with pytest.raises(NotFound):
-        shop.p.set_preferences(987654, interests=["hats"])
+        empty_shop.p.set_preferences(987654, interests=["hats"])

@@ -26,7 +26,7 @@ def test_concurrent_reporters_on_postgres_lose_no_increment(pg_crm_factory: Any)
         p = personalize(first)
         p.add_products(PRODUCTS)
         p.define("home", alternatives=["a", "b"], segment_by="none")
-        decisions = [p.decide("home", None).id for _ in range(N)]
+        decisions = [p.decide(None, "home").id for _ in range(N)]
         errors: list[BaseException] = []
 
         def work(crm: CRM, part: list[str]) -> None:
@@ -68,7 +68,7 @@ def test_decide_preferences_and_erasure_on_postgres(pg_crm_factory: Any) -> None
     p.define("home", k=3)
     ada = crm.customers.create(email="ada@example.com", name="Ada", timezone="Europe/Paris")
     crm.interactions.track("purchase", customer_id=ada.id, properties={"skus": ["S1"]})
-    d = p.decide("home", ada.id)
+    d = p.decide(ada.id, "home")
     assert d.items[0].sku == "S2" and d.variant["greeting"].startswith("Good")
     p.set_preferences(ada.id, interests=["hats"], channels={"email": True})
     p.report(d.id, "impression")

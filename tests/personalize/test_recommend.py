@@ -78,7 +78,7 @@ def test_refresh_runs_in_the_worker_only_when_something_changed(tmp_path: Path) 
         meta = last_meta(crm)
         assert meta is not None and meta["report"]["lists"]["cooccurrence"] == 2
         p.define("home", k=2)
-        items = [i.sku for i in p.decide("home", a).items]
+        items = [i.sku for i in p.decide(a, "home").items]
         assert items and not {"S1", "S2"} & set(items)  # the worker's lists serve decisions
         ctx = JobContext(crm=crm, job=job, workspace=crm.workspace)
         result = refresh_tick(ctx)

@@ -61,9 +61,9 @@ def test_a_strategy_plugin_changes_the_decision(shop: Shop) -> None:
     shop.p.define("home", k=5, strategies=["greeting", "weekend"])
     cid = shop.customer()
     shop.buy(cid, "S1")
-    assert shop.p.decide("home", cid).items[0].category != "bags"  # a Monday
+    assert shop.p.decide(cid, "home").items[0].category != "bags"  # a Monday
     shop.clock.advance(days=5)  # Saturday
-    d = shop.p.decide("home", cid)
+    d = shop.p.decide(cid, "home")
     assert d.items[0].category == "bags" and "weekend pick" in d.items[0].reasons
     assert "bags first at the weekend" in d.explanation
 
@@ -71,7 +71,7 @@ def test_a_strategy_plugin_changes_the_decision(shop: Shop) -> None:
 def test_a_failing_strategy_is_isolated_and_recorded(shop: Shop) -> None:
     shop.crm.register_plugin(ExplodingPlugin(), name="exploding")
     shop.p.define("home", k=3, strategies=["explodes", "greeting"])
-    d = shop.p.decide("home", shop.customer(name="Ada"))
+    d = shop.p.decide(shop.customer(name="Ada"), "home")
     assert d.variant["greeting"] == "Good morning, Ada!" and d.items
     assert any("'explodes' failed" in e for e in d.explanation)
     assert any(f.plugin == "exploding" and f.hook == "strategy explodes" for f in shop.crm.plugins.failures)
@@ -81,7 +81,7 @@ def test_an_uninstalled_strategy_is_skipped(shop: Shop) -> None:
     shop.crm.register_plugin(WeekendPlugin(), name="weekend")
     shop.p.define("home", strategies=["weekend"])
     shop.crm.unregister_plugin("weekend")
-    d = shop.p.decide("home", shop.customer())
+    d = shop.p.decide(shop.customer(), "home")
     assert any("'weekend' is not installed" in e for e in d.explanation)
 
 

@@ -44,6 +44,8 @@ log = logging.getLogger("ecrm.admin")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 COOKIE = "ecrm_admin"
 PRE_COOKIE = "ecrm_admin_pre"
+#: At most this many cached figures (dashboards, reports) per app.
+_MAX_CACHED = 512
 
 #: The pages' Content-Security-Policy: nothing inline, nothing from elsewhere.
 CSP = (
@@ -209,6 +211,9 @@ class AdminApp:
                 threading.Thread(target=refresh, name=f"admin-{name}", daemon=True).start()
             return hit[1]
         value = compute()
+        if len(self.cache) >= _MAX_CACHED:  # bounded: report parameters are chosen by users
+            for stale in sorted(self.cache, key=lambda k: self.cache[k][0])[: _MAX_CACHED // 4]:
+                self.cache.pop(stale, None)
         self.cache[key] = (now + self.config.dashboard_ttl, value)
         return value
 
@@ -270,7 +275,7 @@ class AdminApp:
                 sections.setdefault(page.nav_section or "Plugins", []).append((page.order, page.title, page.path))
         order = ["Work", "Marketing", "Messages"]
         names = sorted(sections, key=lambda s: (order.index(s) if s in order else len(order), s))
-        return [(s, [(t, p) for _o, t, p in sorted(sections[s])]) for s in names] + []
+        return [(s, [(t, p) for _o, t, p in sorted(sections[s])]) for s in names]
 
     def page(self, request: AdminRequest, template: str, **context: Any) -> Html:
         """Render a full page (or, for htmx, ``template`` is rendered the same)."""
@@ -351,6 +356,12 @@ class Pipeline:
     def serve(self, request: Request[Any, Any, Any], form: dict[str, str], route: Route) -> Any:
         if route.role == "public":  # the login pages: they do their own checks
             return route.view(self, request, form)  # type: ignore[call-arg]
+        try:
+            return self._serve(request, form, route)
+        except Forbidden as exc:  # e.g. an account that may see no workspace at all
+            return self._forbidden(None, str(exc), ())
+
+    def _serve(self, request: Request[Any, Any, Any], form: dict[str, str], route: Route) -> Any:
         admin = self.admin
         base = admin.config.path
         is_htmx = request.headers.get("hx-request") == "true"

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import click
     import sqlalchemy as sa
     from ecrm_core.crm import CRM
-    from ecrm_core.registry import AdminPage, AdminWidget, MigrationSource
+    from ecrm_core.registry import AdminPage, AdminWidget, DemoStage, MigrationSource
     from ecrm_core.storage import Naming
 
 #: The ecrm hook API versions this plugin is written for (``AdminPage.role`` etc. are 1.6).
@@ -54,6 +54,13 @@ def ecrm_register_commands(cli: click.Group) -> None:
     from .cli import admin
 
     cli.add_command(admin)
+
+
+@hookimpl
+def ecrm_register_demo_stages() -> list[DemoStage]:
+    from .demo import demo_stages
+
+    return demo_stages()
 
 
 def _loaded(crm: CRM, name: str) -> bool:

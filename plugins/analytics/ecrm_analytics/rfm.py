@@ -35,13 +35,12 @@ R \\ FM  1                   2                   3                  4           
 1       lost                hibernating         at_risk            at_risk            cant_lose_them
 ======  ==================  ==================  =================  =================  =================
 
-Computation is set-based.  A full build is one ``INSERT … SELECT``: the
-aggregate per customer over the interactions (read from the plugin's
-partial covering index), the scores by window functions (``rank()``: how
-many customers have a lower value) and the group.  An incremental refresh
-re-aggregates the marked customers, then one ``UPDATE … FROM`` recomputes
-every score with the same window functions and rewrites only those that
-changed.
+Computation is set-based, two statements: one ``INSERT … SELECT … GROUP
+BY`` aggregates the interactions per customer (all customers, or the marked
+ones; read from the plugin's partial covering index), then one ``UPDATE …
+FROM`` computes every customer's scores with window functions (``rank()``:
+how many customers have a lower value) over the RFM table's narrow columns
+and rewrites only the scores and groups that changed.
 """
 
 from __future__ import annotations
@@ -178,36 +177,26 @@ def _scores(source: Any) -> Any:
 def compute(
     crm: CRM, conn: sa.Connection, *, restrict: Collection[int] | None = None, rates: Rates | None = None
 ) -> int:
-    """Recompute the RFM rows of the customers in ``restrict`` (scores left to :func:`rescore`), or with
-    ``restrict=None`` every customer's row, scores and group in one ``INSERT … SELECT``.
+    """Recompute the RFM rows of the customers in ``restrict`` (``None``: every customer) with one
+    ``INSERT … SELECT … GROUP BY``; the scores and groups are then set by :func:`rescore`.
 
-    Returns how many rows were written.
+    Returns how many rows were written (as the driver reports it).
     """
     table = crm.db.tables[RFM]
     now = crm.now()
     rates = rates or get_rates(crm)
     if restrict is None:
         conn.execute(sa.delete(table).where(table.c.workspace_id == crm.workspace))
-        agg = _aggregate(crm, rates, now, None).subquery("agg")
-        scored = _scores(agg)
-        f_plus_m = (scored.c.f + scored.c.m + 1) / 2
-        select = sa.select(
-            *(scored.c[c.name] for c in table.c if c.name not in ("r_score", "f_score", "m_score", "grp")),
-            scored.c.r, scored.c.f, scored.c.m,
-            _sql_group(scored.c.r, sa.cast(f_plus_m, sa.Integer)),
-        )  # fmt: skip
-        names = [c.name for c in table.c if c.name not in ("r_score", "f_score", "m_score", "grp")]
-        result = conn.execute(sa.insert(table).from_select([*names, "r_score", "f_score", "m_score", "grp"], select))
-        return int(result.rowcount or 0)
-    from ecrm_core.rules.sql import ids_clause
+    else:
+        from ecrm_core.rules.sql import ids_clause
 
-    if not restrict:
-        return 0
-    conn.execute(
-        sa.delete(table).where(
-            table.c.workspace_id == crm.workspace, ids_clause(table.c.customer_id, list(restrict), crm.db.dialect)
+        if not restrict:
+            return 0
+        conn.execute(
+            sa.delete(table).where(
+                table.c.workspace_id == crm.workspace, ids_clause(table.c.customer_id, list(restrict), crm.db.dialect)
+            )
         )
-    )
     select = _aggregate(crm, rates, now, restrict)
     result = conn.execute(sa.insert(table).from_select([c.name for c in table.c], select))
     return int(result.rowcount or 0)

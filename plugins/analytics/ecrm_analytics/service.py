@@ -98,8 +98,7 @@ class Analytics:
                 ids: list[int] | None = None if full else [c for c, _ in claimed]
                 rfm.compute(crm, conn, restrict=ids, rates=rates)
                 bar.step(steps[1])
-                # a full build scored everyone in its INSERT; an incremental one rescores everyone here
-                changed = set(rfm.rescore(crm, conn)) if ids is not None else set()
+                changed = set(rfm.rescore(crm, conn))
                 everyone = _all_ids(crm, conn) if ids is None else set()
                 changed |= set(ids) if ids is not None else everyone
                 bar.step(steps[2])

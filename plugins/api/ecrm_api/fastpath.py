@@ -173,6 +173,17 @@ def check_batch(body: bytes, reader: MessageReader) -> FastBatch | None:
     return FastBatch(len(keep), rejected, payload + b"}")
 
 
+def _plain_id(value: Any) -> bool:
+    """An id that ``_identifier`` returns unchanged (the common case, without the call)."""
+    return (
+        type(value) is str
+        and 0 < len(value) <= 200
+        and value.isprintable()
+        and not value[0].isspace()
+        and not value[-1].isspace()
+    )
+
+
 def _accepted(
     m: _Track | _Page | _Screen,
     sent_at: datetime | None,
@@ -186,8 +197,9 @@ def _accepted(
     if mid is not None and not (0 < len(mid) <= _MAX_MESSAGE_ID and mid.isprintable()):
         return False
     try:
-        user = _identifier(m.userId, "")  # both checked: a bad anonymousId beside a good userId is refused
-        anonymous = _identifier(m.anonymousId, "")
+        # Both checked: a bad anonymousId beside a good userId is refused.
+        user = m.userId if _plain_id(m.userId) else _identifier(m.userId, "")
+        anonymous = m.anonymousId if _plain_id(m.anonymousId) else _identifier(m.anonymousId, "")
         if user is None and anonymous is None:
             return False
         client = parse_time(m.originalTimestamp if m.originalTimestamp is not None else m.timestamp, "")

@@ -531,7 +531,41 @@ class CommitWatch:
 
 #: The tick of ``ingest.process`` waits this long at most for new rows when the inbox is empty.
 IDLE_WAIT = 0.25
+#: Batching by time: once rows arrive (or after a tick that took every row),
+#: the processor lets this much more gather before it claims, so that a
+#: steady stream of small requests is stored in batches, not request by
+#: request (each tick has fixed costs: the claim, the COMMIT, the live
+#: segment refresh after it).
+GATHER = 0.05
 _watches: dict[int, CommitWatch] = {}
+#: A tick holds the write lock (SQLite) about this long at most: the
+#: gateway's appends wait for it (503 past ``ingest_lock_timeout``, 5 s).
+LOCK_BUDGET = 1.0
+
+
+class Pace:
+    """Sizes ticks by time: the messages one tick claims follow the rate
+    measured over the last ticks, so that a tick takes about
+    :data:`LOCK_BUDGET` seconds (between 200 and ``max_events`` messages).
+    A tuning hint kept in the process, not state of the work."""
+
+    def __init__(self, budget: float = LOCK_BUDGET) -> None:
+        self.budget = budget
+        self.rate: float | None = None
+
+    def size(self, max_events: int) -> int:
+        if self.rate is None:
+            return max_events
+        return max(200, min(max_events, int(self.rate * self.budget)))
+
+    def record(self, result: ProcessResult) -> None:
+        if result.events < 100 or result.seconds <= 0:
+            return
+        rate = result.events / result.seconds
+        self.rate = rate if self.rate is None else 0.5 * self.rate + 0.5 * rate
+
+
+_paces: dict[int, Pace] = {}
 
 
 def _watch(crm: CRM) -> CommitWatch:
@@ -547,32 +581,43 @@ def make_job(
     *,
     event_kinds: Mapping[str, str] | None = None,
     future_tolerance: timedelta = timedelta(days=1),
-    every: float = 0.01,
+    every: float = GATHER,
     idle_wait: float = IDLE_WAIT,
+    gather: float = GATHER,
 ) -> Any:
     """The :class:`~ecrm_core.registry.JobSpec` of ``ingest.process`` (a global,
     non-exclusive job: on PostgreSQL several workers drain at once).
 
     A tick that finds the inbox empty waits up to ``idle_wait`` seconds for
     a COMMIT (:class:`CommitWatch`: on SQLite ``PRAGMA data_version``) and
-    processes what it brought at once, instead of sleeping until the next
-    tick: an event is visible a few milliseconds after its 200 when the
-    processor keeps up.
+    processes what it brought after ``gather`` seconds more (batching by
+    time), instead of sleeping a fixed interval: when the processor keeps
+    up, an event is visible about ``gather`` plus one tick after its 200.
+    ``every`` (the pause after a tick that took every row) is ``gather`` too.
     """
     from ecrm_core.registry import JobSpec
 
     def tick(ctx: JobContext) -> JobResult:
         from ecrm_core.registry import JobResult
 
+        pace = _paces.setdefault(id(ctx.crm.db.engine), Pace())
+
         def run() -> ProcessResult:
-            return process_inbox(
-                ctx.crm, event_kinds=event_kinds, future_tolerance=future_tolerance, max_events=batch_events()
+            done = process_inbox(
+                ctx.crm,
+                event_kinds=event_kinds,
+                future_tolerance=future_tolerance,
+                max_events=pace.size(batch_events()),
             )
+            pace.record(done)
+            return done
 
         watch = _watch(ctx.crm)
         watch.mark()
         result = run()
         if not result.rows and idle_wait > 0 and watch.wait(idle_wait, ctx.stopping):
+            if gather > 0 and not ctx.stopping():
+                time.sleep(gather)
             result = run()
         return JobResult(
             done=result.events,
@@ -597,9 +642,10 @@ def make_job(
 class ProcessorThread:
     """``ApiConfig(ingest_processor="thread")``: the processor in a thread of the server.
 
-    It ticks while there are rows; idle, it waits for this app's next append
-    (:meth:`wake`) or any COMMIT to the database (:class:`CommitWatch`), not
-    for a fixed time."""
+    It ticks while a tick leaves rows behind; after a tick that took every
+    row it lets :data:`GATHER` seconds of requests gather (batching by time);
+    idle, it waits for this app's next append (:meth:`wake`) or any COMMIT
+    to the database (:class:`CommitWatch`), not for a fixed time."""
 
     def __init__(
         self,
@@ -607,12 +653,14 @@ class ProcessorThread:
         *,
         event_kinds: Mapping[str, str],
         future_tolerance: timedelta,
+        gather: float = GATHER,
     ) -> None:
         import threading
 
         self.crm = crm
         self.event_kinds = event_kinds
         self.future_tolerance = future_tolerance
+        self.gather = gather
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -639,25 +687,34 @@ class ProcessorThread:
 
     def _loop(self, watch: CommitWatch) -> None:
         failures = 0
+        pace = Pace()
         while not self._stop.is_set():
             watch.mark()
             try:
-                result = process_inbox(self.crm, event_kinds=self.event_kinds, future_tolerance=self.future_tolerance)
+                result = process_inbox(
+                    self.crm,
+                    event_kinds=self.event_kinds,
+                    future_tolerance=self.future_tolerance,
+                    max_events=pace.size(batch_events()),
+                )
+                pace.record(result)
                 failures = 0
             except Exception:
                 failures += 1
                 log.exception("ecrm-api: the ingest processor thread failed (retrying)")
                 self._stop.wait(min(30.0, 0.5 * 2**failures))
                 continue
-            if result.more or result.rows:
-                continue  # maybe more arrived meanwhile
-            # Idle: wait for this app's next append, or any COMMIT to the
-            # database (another server process's appends, a replay).
-            deadline = time.monotonic() + 1.0
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                if self._wake.wait(0.02) or watch.wait(0.03, self._stop.is_set):
-                    break
-            self._wake.clear()
+            if result.more:
+                continue
+            if not result.rows:
+                # Idle: wait for this app's next append, or any COMMIT to the
+                # database (another server process's appends, a replay).
+                deadline = time.monotonic() + 1.0
+                while not self._stop.is_set() and time.monotonic() < deadline:
+                    if self._wake.wait(0.02) or watch.wait(0.03, self._stop.is_set):
+                        break
+                self._wake.clear()
+            self._stop.wait(self.gather)  # batching by time: let more requests gather
 
     def close(self, timeout: float | None = None) -> None:
         self._stop.set()

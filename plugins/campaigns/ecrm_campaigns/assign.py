@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .model import Variant
 
-__all__ = ["HOLDOUT", "MAIN", "arm", "bucket"]
+__all__ = ["HOLDOUT", "MAIN", "arm", "bucket", "split"]
 
 HOLDOUT = "holdout"
 MAIN = "main"
@@ -38,3 +38,15 @@ def arm(campaign_key: str, customer_id: int, holdout: float, variants: Sequence[
         if b < edge:
             return v.name
     return variants[-1].name
+
+
+def split(campaign_key: str, step: str, customer_id: int, percents: Sequence[float]) -> int | None:
+    """The index of the split case a customer takes at branch ``step`` (``None``: none, the rest
+    goes to ``otherwise``): a hash of its own per step, independent of the holdout and variants."""
+    b = bucket(campaign_key, customer_id, f"split:{step}")
+    edge = 0.0
+    for i, p in enumerate(percents):
+        edge += p
+        if b < edge:
+            return i
+    return None

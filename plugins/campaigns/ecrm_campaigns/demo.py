@@ -97,7 +97,7 @@ def winback_stage(crm: CRM, progress: Any = None) -> Any:
 
 
 def _replay(origin: CRM, path: Path, progress: Any) -> Any:
-    from ecrm_core import CRM
+    from ecrm_core.crm import CRM
     from ecrm_core.testing import CapturingChannel, FakeClock
     from ecrm_core.worker import JobRunner
     from ecrm_core.worker.inprocess import InProcessExecutor

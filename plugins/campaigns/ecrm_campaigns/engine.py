@@ -533,6 +533,8 @@ class Runner:
             ids = sorted(left)
             if case.variant is not None:
                 hit = {cid for cid in ids if left[cid].arm == case.variant}
+            elif case.split is not None:
+                hit = split_hits(c, step, case, ids)
             elif case.rule is not None:
                 with self.crm.db.read() as conn:
                     hit = rule_ids(self.crm, conn, case.rule, ids)
@@ -589,6 +591,15 @@ class Runner:
         for r in g.rows:
             if r.customer_id in failed:
                 self.end([r.id], "failed", failed[r.customer_id][:500])
+
+
+def split_hits(c: Campaign, step: Step, case: Any, ids: Iterable[int]) -> set[int]:
+    """The customers among ``ids`` that take ``case`` (a ``split`` case) of branch ``step``."""
+    from .assign import split
+
+    percents = [k.split or 0.0 for k in step.cases]
+    index = step.cases.index(case)
+    return {cid for cid in ids if split(c.key, step.id, cid, percents) == index}
 
 
 def offer_usage(

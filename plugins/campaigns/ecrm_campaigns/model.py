@@ -356,29 +356,32 @@ class Goal:
 @frozen(kw_only=True)
 class Case:
     """One arm of a branch: exactly one of ``rule`` (rule text about the customer),
-    ``engaged`` (the customer opened/clicked the message of that earlier send step) or
-    ``variant`` (the customer's arm); then go to ``next``."""
+    ``engaged`` (the customer opened/clicked the message of that earlier send step),
+    ``variant`` (the customer's arm) or ``split`` (a percentage of the customers reaching this
+    step: a traffic split of its own, deterministic per customer and step); then go to ``next``."""
 
     next: str
     rule: str | None = None
     engaged: str | None = None
     variant: str | None = None
+    split: float | None = None
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> Case:
-        d = _check_keys(data, path, ("rule", "engaged", "variant", "next"), ("next",))
-        given = [k for k in ("rule", "engaged", "variant") if d.get(k) is not None]
+        d = _check_keys(data, path, ("rule", "engaged", "variant", "split", "next"), ("next",))
+        given = [k for k in ("rule", "engaged", "variant", "split") if d.get(k) is not None]
         if len(given) != 1:
-            raise ValidationError(path, data, "a case needs exactly one of rule, engaged, variant", "give one")
+            raise ValidationError(path, data, "a case needs exactly one of rule, engaged, variant, split", "give one")
         return cls(
             next=_key(d["next"], f"{path}.next", "step id"),
             rule=_str(d.get("rule"), f"{path}.rule", optional=True),
             engaged=d.get("engaged"),
             variant=d.get("variant"),
+            split=None if d.get("split") is None else _pct(d["split"], f"{path}.split"),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return _opt({}, rule=self.rule, engaged=self.engaged, variant=self.variant, next=self.next)
+        return _opt({}, rule=self.rule, engaged=self.engaged, variant=self.variant, split=self.split, next=self.next)
 
 
 @frozen(kw_only=True)

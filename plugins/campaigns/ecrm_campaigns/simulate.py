@@ -42,7 +42,7 @@ from attrs import field, frozen
 from ecrm_core.errors import EcrmError, ValidationError
 
 from . import assign
-from .engine import local_zone, offer_usage, rule_ids, wait_end, window_opens
+from .engine import local_zone, offer_usage, rule_ids, split_hits, wait_end, window_opens
 from .model import Campaign, Step, parse_duration
 from .schema import ENROLLMENTS, VERSIONS
 
@@ -56,6 +56,8 @@ __all__ = ["MAX_DAYS", "OfferBudget", "PlannedMessage", "Simulation", "simulate"
 MAX_DAYS = 366
 #: Messages listed in ``to_dict(details=True)`` (all are counted).
 MAX_LISTED = 10_000
+#: Most segment evaluations one simulation may do (``days / every``): bounds its cost.
+MAX_EVALUATIONS = 2_000
 #: Queue items that end a wait are named after it with this prefix.
 _AFTER = "\x00after:"
 
@@ -621,6 +623,8 @@ class _Simulator:
                 break
             if case.variant is not None:
                 hit = {cid for cid in left if self.state[cid].arm == case.variant}
+            elif case.split is not None:
+                hit = split_hits(c, step, case, left)
             elif case.rule is not None:
                 with self.crm.db.read() as conn:
                     hit = rule_ids(self.crm, conn, case.rule, sorted(left), now=now)
@@ -819,6 +823,13 @@ def simulate(
     span = parse_duration(every, "every")
     if span < timedelta(minutes=5) or span > timedelta(days=days):
         raise ValidationError("every", every, "out of range", "evaluate segments every 5 minutes to the whole period")
+    if timedelta(days=days) / span > MAX_EVALUATIONS:
+        raise ValidationError(
+            "every",
+            every,
+            f"{int(timedelta(days=days) / span)} segment evaluations; at most {MAX_EVALUATIONS}",
+            "evaluate less often (e.g. every: 1h) or simulate fewer days",
+        )
     ids: list[int] | None = None
     if customer_ids is not None:
         ids = []

@@ -73,6 +73,7 @@ def on_interactions(crm: CRM, batch: InteractionBatch) -> None:
 
 class _Row:
     __slots__ = ("amount", "channel", "currency", "kind", "occurred_at", "properties")
+    properties: Any
 
     def __init__(self, m: Any) -> None:
         for k in self.__slots__:

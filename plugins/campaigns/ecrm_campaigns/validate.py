@@ -128,6 +128,21 @@ def graph_problems(c: Campaign) -> Iterator[ValidationError]:
                 yield ValidationError(
                     f"steps.{s.id}.cases[{i}].engaged", case.engaged, "not a send step", "name an earlier send step"
                 )
+        splits = [case.split for case in s.cases if case.split is not None]
+        if splits and sum(splits) > 100 + 1e-9:
+            yield ValidationError(
+                f"steps.{s.id}.cases",
+                sum(splits),
+                "the splits add up to more than 100 %",
+                "make them add to 100 at most (the rest goes to otherwise)",
+            )
+        if splits and len(splits) != len(s.cases):
+            yield ValidationError(
+                f"steps.{s.id}.cases",
+                None,
+                "a split branch mixes split and other cases",
+                "split in a branch of its own",
+            )
     if c.variants:
         total = sum(v.percent for v in c.variants)
         if abs(total - 100) > 1e-9:

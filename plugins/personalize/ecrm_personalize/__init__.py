@@ -5,7 +5,7 @@
     from ecrm_personalize import personalize
     p = personalize(crm)
     p.define("home", k=4, control=0.1)
-    d = p.decide("home", customer.id, {"locale": "en"})
+    d = p.decide(customer.id, "home", {"locale": "en"})
     p.report(d.id, "click", d.items[0].sku)
 """
 
@@ -43,11 +43,12 @@ __all__ = [
 ]
 
 
-def personalize(crm: CRM) -> Personalize:
-    """Personalization for ``crm`` (in its workspace)."""
+def personalize(crm: CRM, *, seed: int | None = None) -> Personalize:
+    """Personalization for ``crm`` (in its workspace); ``seed`` makes the bandits' random draws
+    repeatable (tests, simulations)."""
     from .service import Personalize
 
-    return Personalize(crm)
+    return Personalize(crm, seed=seed)
 
 
 def __getattr__(name: str) -> Any:

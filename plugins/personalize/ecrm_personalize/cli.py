@@ -130,7 +130,7 @@ def decide_cmd(ctx: click.Context, placement: str, customer_id: int | None, visi
         data = json.loads(context)
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--context") from None
-    d = _run(_svc(ctx).decide, placement, customer_id=customer_id, visitor=visitor, context=data)
+    d = _run(_svc(ctx).decide, None, placement, data, customer_id=customer_id, visitor=visitor)
     click.echo(json.dumps(d.to_dict(), indent=2, ensure_ascii=False))
 
 

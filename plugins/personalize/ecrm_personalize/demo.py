@@ -99,7 +99,7 @@ def _run(crm: CRM) -> Any:
     for col in ("customer", "group", "greeting", "items", "why"):
         table.add_column(col)
     for cid in ids:
-        d = p.decide("demo_home", cid)
+        d = p.decide(cid, "demo_home")
         table.add_row(
             str(cid),
             d.group,
@@ -107,7 +107,7 @@ def _run(crm: CRM) -> Any:
             ", ".join(i.sku for i in d.items),
             "; ".join(d.explanation[:2]),
         )
-    d = p.decide("demo_home", None)
+    d = p.decide(None, "demo_home")
     table.add_row(
         "new visitor",
         d.group,

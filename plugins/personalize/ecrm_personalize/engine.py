@@ -173,6 +173,7 @@ def decide(
     anonymous_id: str | None = None,
     context: Mapping[str, Any] | None = None,
     issue_visitor: bool = True,
+    rng: random.Random | None = None,
 ) -> Decision:
     """See :meth:`ecrm_personalize.Personalize.decide`."""
     name = check_slug(placement, "placement", "placement name")
@@ -300,7 +301,7 @@ def decide(
         variant={},
         explanation=explanation,
         arms=arms,
-        rng=random.Random(),
+        rng=rng or random.Random(),
     )
     if control:
         dctx.explain(

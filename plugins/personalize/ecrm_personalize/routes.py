@@ -50,6 +50,8 @@ class DecideIn(msgspec.Struct, forbid_unknown_fields=True):
     placement: Slug
     customer_id: CustomerId | None = None
     visitor: Annotated[str, msgspec.Meta(max_length=512)] | None = None
+    #: analytics.js's ``anonymousId``, trusted as given (the caller holds an API key)
+    anonymous_id: Annotated[str, msgspec.Meta(min_length=1, max_length=320)] | None = None
     context: Annotated[dict[str, Any], msgspec.Meta(max_length=50)] | None = None
 
 
@@ -99,9 +101,16 @@ def decide(data: JSONBody[DecideIn], crm: NamedDependency[CRM], request: Request
     invalid, expired or other-workspace visitor cookies get defined fallbacks (``fallback`` says
     which), never someone else's history."""
     visitor = data.visitor
-    if visitor is None and data.customer_id is None:
+    if visitor is None and data.customer_id is None and data.anonymous_id is None:
         visitor = request.cookies.get(COOKIE_NAME)
-    d = _svc(crm).decide(data.placement, customer_id=data.customer_id, visitor=visitor, context=data.context)
+    d = _svc(crm).decide(
+        None,
+        data.placement,
+        data.context,
+        customer_id=data.customer_id,
+        visitor=visitor,
+        anonymous_id=data.anonymous_id,
+    )
     cookies = []
     if d.visitor is not None:
         cookies.append(

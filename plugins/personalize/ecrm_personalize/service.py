@@ -54,8 +54,12 @@ def _text_list(value: Any, where: str, max_items: int = 50) -> list[str]:
 class Personalize:
     """Personalization for one CRM (in its workspace).  Build with :func:`ecrm_personalize.personalize`."""
 
-    def __init__(self, crm: CRM) -> None:
+    def __init__(self, crm: CRM, *, seed: int | None = None) -> None:
+        import random
+
         self.crm = crm
+        #: the bandits' random draws: ``seed`` makes them repeatable (tests, simulations)
+        self.rng = random.Random(seed) if seed is not None else None
 
     def _t(self, name: str) -> sa.Table:
         return self.crm.db.tables[name]
@@ -186,8 +190,8 @@ class Personalize:
     # ------------------------------------------------------------------
     def decide(
         self,
+        customer_or_visitor: int | str | None,
         placement: str,
-        customer_or_visitor: int | str | None = None,
         context: Mapping[str, Any] | None = None,
         *,
         customer_id: int | None = None,
@@ -196,9 +200,11 @@ class Personalize:
     ) -> Decision:
         """Decide what ``placement`` shows to a person, and how.
 
-        :param customer_or_visitor: a customer id (int) or a visitor cookie
-            (str, from :meth:`visitor_cookie` or an earlier decision); or
-            pass ``customer_id=``/``visitor=`` explicitly.  ``anonymous_id``
+        :param customer_or_visitor: a customer id (int), a visitor cookie
+            (str, from :meth:`visitor_cookie` or an earlier decision), or
+            ``None`` (a new visitor, or pass ``customer_id=``/``visitor=``
+            explicitly).
+        :param placement: the placement's name.  ``anonymous_id``
             (analytics.js) is trusted as given: use it only with ids your
             own server vouches for.
         :param context: what the page knows: ``sku`` (the product shown),
@@ -234,7 +240,13 @@ class Personalize:
                 "send an int or a str",
             )
         return decide(
-            self.crm, placement, customer_id=customer_id, visitor=visitor, anonymous_id=anonymous_id, context=context
+            self.crm,
+            placement,
+            customer_id=customer_id,
+            visitor=visitor,
+            anonymous_id=anonymous_id,
+            context=context,
+            rng=self.rng,
         )
 
     def report(self, decision: str, event: str, item: str = "", *, value: float | None = None) -> OutcomeResult:

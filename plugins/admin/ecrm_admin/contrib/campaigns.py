@@ -116,9 +116,10 @@ def campaign_page(request: AdminRequest) -> Any:
         ],
     )
     parts: list[Any] = [
+        Markup('<h2 id="campaign-name">{}</h2>').format(c.name),
         Markup('<p id="campaign-status">Status <strong>{}</strong>, version {}; trigger {}; holdout {} %.</p>').format(
-            info.status, info.version, c.trigger.type, round(c.holdout * 100, 1)
-        )
+            info.status, info.version, c.trigger.type, c.holdout
+        ),
     ]
     if request.user.at_least("marketer"):
         buttons = Markup("").join(
@@ -133,12 +134,7 @@ def campaign_page(request: AdminRequest) -> Any:
     parts.append(steps)
     parts.append(Markup("<h2>Enrollments</h2>"))
     parts.append(table(["status", "customers"], sorted((str(k), v) for k, v in counts["status"].items())))
-    simulate = getattr(svc, "simulate", None)
-    if callable(simulate) and request.query.get("simulate"):
-        try:
-            parts.append(Markup("<h2>Simulation</h2><pre>{}</pre>").format(str(simulate(key))))
-        except Exception as exc:  # the campaigns API's own error, shown
-            parts.append(Markup('<p class="error-box">{}</p>').format(str(exc)))
+    parts.extend(_simulation(request, svc, key))
     parts.append(Markup("<h2>Results</h2>"))
     try:
         evaluation = svc.evaluate(key)
@@ -158,6 +154,39 @@ def campaign_page(request: AdminRequest) -> Any:
             parts.append(Markup('<p class="muted">{}</p>').format(note))
     parts.append(Markup("<h2>Definition</h2><pre>{}</pre>").format(escape(c.to_yaml())))
     return parts
+
+
+def _simulation(request: AdminRequest, svc: Any, key: str) -> list[Any]:
+    """The "simulate" form and, when asked (``?simulate=1&days=N``), what the campaign would do
+    over the next N days on the real data — nothing sent, nothing written (the campaigns
+    plugin's ``simulate``)."""
+    if not callable(getattr(svc, "simulate", None)):
+        return []
+    raw = request.query.get("days", "30")
+    if not raw.isdigit() or not 1 <= int(raw) <= 365:
+        raise ValidationError("days", raw, "not 1..365 days", "simulate between 1 and 365 days")
+    days = int(raw)
+    out: list[Any] = [
+        Markup("<h2>Simulation</h2>"),
+        Markup(
+            '<form method="get" action="{}"><input type="hidden" name="simulate" value="1">'
+            '<label for="sim-days">Days</label> <input id="sim-days" name="days" value="{}" size="4"> '
+            '<button type="submit">Simulate</button></form>'
+        ).format(request.url(f"/campaigns/{key}"), days),
+    ]
+    if not request.query.get("simulate"):
+        return out
+    sim = svc.simulate(key, days=days)
+    out.append(chart_img(sim.chart()))
+    out.append(
+        Markup('<div id="simulation">{}{}</div>').format(
+            table(["step", "customers reaching it"], sorted(sim.reached.items())),
+            table(["outcome", "customers"], sorted(sim.final.items())),
+        )
+    )
+    for note in sim.notes:
+        out.append(Markup('<p class="muted">{}</p>').format(note))
+    return out
 
 
 def campaign_status(request: AdminRequest) -> Any:
