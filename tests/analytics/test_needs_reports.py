@@ -100,3 +100,18 @@ def test_demo_stage(crm_factory: Callable[..., CRM]) -> None:
     assert "Sales by channel" in text and "Attribution" in text and "category rules" in text
     assert "Customer clusters" in text
     assert run_demo_stages(crm, only=["analytics.needs"])[0].ok  # safe to run again
+
+
+def test_progress_only_on_an_interactive_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import click
+    from ecrm_analytics.progress import cli_progress
+
+    with cli_progress("outside a command") as progress:
+        assert progress is None  # the API, the worker, Python code: nothing shown
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    with click.Context(click.Command("x")), cli_progress("reading") as progress:
+        assert progress is not None
+        progress(5, 10)
+        progress(10, 10)

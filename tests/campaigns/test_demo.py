@@ -34,3 +34,15 @@ def test_the_demo_replays_a_winback_and_leaves_the_shop_as_it_was(crm_factory: C
         assert "held out and sent nothing" in text
         assert _counts(crm) == before  # the replay ran on a copy
     assert re.search(r"main\s*│\s*[1-9]", text), text  # customers entered the replayed campaign
+
+
+def test_the_demo_stage_runs_beside_other_plugins_migrations(crm_factory: Callable[..., CRM]) -> None:
+    """The demo database also carries the revisions of every other installed plugin
+    (the admin's, analytics'...): the replay's copy must not try to upgrade with
+    only the campaigns plugin, which cannot locate them."""
+    crm = crm_factory(plugins=[plugin])
+    build_demo(crm, 200, months=6)
+    with crm.db.write() as conn:
+        conn.execute(sa.text(f"INSERT INTO {crm.db.naming.version_table} (version_num) VALUES ('other_plugin_0001')"))
+    [outcome] = run_demo_stages(crm, only=["campaigns.winback"])
+    assert outcome.ok, outcome.error

@@ -553,16 +553,20 @@ def basket_report(
     save_rules: bool = False,
 ) -> Report:
     """The ``basket`` report: the best rules by lift (``save_rules`` stores them for cross-sell)."""
-    result = basket_rules(
-        crm,
-        level=level,
-        min_support=min_support,
-        min_confidence=min_confidence,
-        min_lift=min_lift,
-        method=method,
-        segment=segment or None,
-        max_rules=max(top, 500),
-    )
+    from .progress import cli_progress
+
+    with cli_progress("reading the purchases") as progress:
+        result = basket_rules(
+            crm,
+            level=level,
+            min_support=min_support,
+            min_confidence=min_confidence,
+            min_lift=min_lift,
+            method=method,
+            segment=segment or None,
+            max_rules=max(top, 500),
+            progress=progress,
+        )
     if save_rules:
         save(crm, result)
     return result.to_report(top=top)

@@ -508,7 +508,10 @@ def forget(crm: CRM, conn: sa.Connection, customer_ids: Sequence[int]) -> None:
 
 def clusters_report(crm: CRM, k: int = 0, k_max: int = 8, save: bool = False) -> Report:
     """The ``clusters`` report: cluster now (``k=0``: choose k by silhouette) and describe each cluster."""
-    result = cluster_customers(crm, k=k or None, k_max=k_max, save=save)
+    from .progress import cli_progress
+
+    with cli_progress("clustering: trying each k") as progress:
+        result = cluster_customers(crm, k=k or None, k_max=k_max, save=save, progress=progress)
     return result.to_report()
 
 

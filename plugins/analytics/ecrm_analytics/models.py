@@ -72,13 +72,17 @@ def _minimize(nll: Any, start: np.ndarray, model: str, stats: Mapping[str, Any])
         first = minimize(
             nll, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 1000, "ftol": 1e-13}
         )
+        if not first.success and np.isfinite(first.fun):  # a line search that stalled: restart from there once
+            first = minimize(
+                nll, first.x, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 1000, "ftol": 1e-13}
+            )
         if first.success and np.isfinite(first.fun):
             second = first
         else:
             second = minimize(
                 lambda p: nll(p)[0], first.x if np.all(np.isfinite(first.x)) else start, method="Nelder-Mead",
                 bounds=bounds,
-                options={"maxiter": 4000, "xatol": 1e-7, "fatol": 1e-10},
+                options={"maxiter": 1500, "xatol": 1e-7, "fatol": 1e-10},
             )  # fmt: skip
     best = second if np.isfinite(second.fun) and second.fun <= first.fun else first
     if not np.isfinite(best.fun) or not np.all(np.isfinite(best.x)):
