@@ -31,8 +31,11 @@ HOOKS = [
 def test_hook_version_table(name, fn):
     added = re.search(r"versionadded:: ([0-9.]+)", fn.__doc__ or "")
     assert added, f"{name} has no versionadded"
-    rows = re.findall(rf"^\| `{name}` \| ([0-9.]+) \|$", (DOCS / "hooks.md").read_text(), flags=re.M)
-    assert rows == [added.group(1)]
+    rows = re.findall(rf"^\| `{name}` \| ([0-9.]+)(?: \(([^|]*)\))? \|$", (DOCS / "hooks.md").read_text(), flags=re.M)
+    assert [since for since, _ in rows] == [added.group(1)]
+    # each later change of the hook (versionchanged) is named in the row: "1.0 (`aliases` since 1.5)"
+    for changed in re.findall(r"versionchanged:: ([0-9.]+)", fn.__doc__ or ""):
+        assert changed in rows[0][1], f"{name}: the table does not say what changed in {changed}"
 
 
 CLASSES = [
