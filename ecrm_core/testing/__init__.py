@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
 
 from ..crm import CRM
 from ..hookspecs import hookimpl
+from ._pytest_optional import pytest
 from .channels import ChannelConformance, FakeClock, MemoryChannel
 
 __all__ = [

@@ -50,8 +50,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-import pytest
-
 from ..channels import (
     CAPABILITIES,
     Channel,
@@ -69,6 +67,7 @@ from ..crm import CRM
 from ..errors import NotFound
 from ..hookspecs import hookimpl
 from ..registry import ChannelSpec
+from ._pytest_optional import pytest
 
 __all__ = ["FakeClock", "MemoryChannel", "ChannelConformance", "sign_body"]
 
