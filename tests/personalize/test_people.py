@@ -53,6 +53,26 @@ def test_visitor_outcomes_belong_to_the_customer_after_login_and_go_with_deletio
         assert conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() == 0
 
 
+def test_outcomes_kept_under_a_visitor_id_go_with_the_customer_it_is_an_alias_of(shop: Shop) -> None:
+    """A visitor recognised as the customer without identify() (e.g. analytics.js
+    sent the same anonymousId): the deletion hook's aliases find its outcomes."""
+    shop.p.define("home")
+    visitor_decision = shop.p.decide(None, "home")
+    shop.p.report(visitor_decision.id, "impression")
+    other = shop.p.decide(None, "home")  # someone else's visitor: stays
+    shop.p.report(other.id, "impression")
+    cid = shop.customer()
+    t = shop.crm.db.tables[OUTCOMES]
+    with shop.crm.db.read() as conn:
+        visitors = conn.execute(sa.select(t.c.visitor).order_by(t.c.id)).scalars().all()
+    assert len(set(visitors)) == 2 and None not in visitors
+    shop.crm.customers.add_alias(cid, "anonymous", visitors[0])
+    shop.crm.customers.delete(cid)
+    with shop.crm.db.read() as conn:
+        left = conn.execute(sa.select(t.c.visitor)).scalars().all()
+    assert left == [visitors[1]]
+
+
 def test_merging_moves_preferences_and_outcomes(shop: Shop) -> None:
     shop.p.define("home")
     source = shop.customer(name="Old account")

@@ -12,18 +12,20 @@ from typing import TYPE_CHECKING, Any
 from ecrm_core.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from collections.abc import Sequence
+
     import click
     import sqlalchemy as sa
     from ecrm_core.channels import Purpose
     from ecrm_core.crm import CRM
-    from ecrm_core.domain import MergeRecord
+    from ecrm_core.domain import Alias, MergeRecord
     from ecrm_core.registry import DemoStage, InteractionKind, JobSpec, MigrationSource, StrategySpec
     from ecrm_core.storage import Naming
 
 __version__ = "0.1.0"
 
 #: hook API versions this plugin is written for (``ecrm_register_demo_stages`` is 1.4)
-ECRM_HOOK_API = ">=1.4,<2"
+ECRM_HOOK_API = ">=1.5,<2"  # 1.5: the deletion hook passes the aliases
 
 ECRM_PLUGIN_NAME = "personalize"
 MIGRATION_BRANCH = "ecrm_personalize"
@@ -152,10 +154,10 @@ def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
 
 
 @hookimpl
-def ecrm_customers_deleted(crm: CRM, customer_ids: list[int]) -> None:
+def ecrm_customers_deleted(crm: CRM, customer_ids: list[int], aliases: Sequence[Alias]) -> None:
     from .people import on_deleted
 
-    on_deleted(crm, customer_ids)
+    on_deleted(crm, customer_ids, aliases)
 
 
 @hookimpl
