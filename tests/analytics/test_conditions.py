@@ -118,6 +118,9 @@ def test_text_syntax_and_bad_arguments(shop) -> None:
 
 
 def test_segments_follow_the_refresh_and_attributes_agree(shop) -> None:
+    from ecrm_analytics.attributes import set_copy
+
+    assert set_copy(shop.crm, True) == 0  # nothing computed yet: nothing to copy
     ids = [shop.customer(f"c{i}") for i in range(10)]
     shop.history([(c, 100 - 10 * i + k, 10 * (i + 1)) for i, c in enumerate(ids) for k in range(i + 1)])
     shop.crm.segments.create("champions", 'rfm(group="champions")')
@@ -172,3 +175,48 @@ def test_churn_condition_counts_what_the_churn_report_counts(shop) -> None:
         assert all(shop.crm.segments.evaluate(f'churn(risk="{risk}")', c.id) for c in preview.sample)
     high = {c.id for c in shop.crm.segments.preview('churn(risk="high")', sample=100).sample}
     assert ids[10] in high and ids[11] not in high and ids[0] not in high
+
+
+def test_attributes_are_read_from_the_tables_unless_copied_and_copies_fire_the_customer_event(shop) -> None:
+
+    from ecrm_core.testing import EventRecorder, registered
+
+    ids = [shop.customer(f"c{i}") for i in range(6)]
+    shop.history([(c, 10 * i + k, 20 * (i + 1)) for i, c in enumerate(ids[:5]) for k in range(i + 1)])
+    recorder = EventRecorder()
+    with registered(shop.crm, recorder):
+        _copy_scenario(shop, ids, recorder)
+
+
+def _copy_scenario(shop, ids, recorder) -> None:
+    from ecrm_analytics.attributes import EMPTY, set_copy, values
+
+    shop.analytics.refresh(full=True)
+    # by default nothing is copied: no attribute, no customer event; the values come from the tables
+    assert not [c for c in recorder.calls if c[0] == "ecrm_customers_updated"]
+    assert all("rfm_group" not in shop.crm.customers.get(c).attributes for c in ids)
+    known = values(shop.crm, ids)
+    assert set(known) == set(ids[:5]) and known[ids[4]]["rfm_score"][0] in "12345"
+    assert known.get(ids[5], EMPTY) == EMPTY
+    # copying on: every customer with results at once, one event listing exactly them
+    assert set_copy(shop.crm, True) == 5
+    updated = [c for c in recorder.calls if c[0] == "ecrm_customers_updated"]
+    changes = updated[-1][1]["changes"]
+    assert {ch.after.id for ch in changes} == set(ids[:5])
+    for ch in changes:
+        assert ch.changed == {"attributes"} and ch.after.attributes["rfm_group"] == known[ch.after.id]["rfm_group"]
+    # a refresh that changes nothing writes nothing and fires nothing
+    before = len(updated)
+    shop.analytics.refresh(full=True)
+    assert len([c for c in recorder.calls if c[0] == "ecrm_customers_updated"]) == before
+    # one customer buys a lot: only the customers whose values moved are written
+    for d in range(8):
+        shop.buy(ids[0], d * 0.1, "900")
+    shop.analytics.refresh()
+    last = [c for c in recorder.calls if c[0] == "ecrm_customers_updated"][-1][1]["changes"]
+    assert ids[0] in {ch.after.id for ch in last}
+    assert shop.crm.customers.get(ids[0]).attributes["rfm_group"] == values(shop.crm, [ids[0]])[ids[0]]["rfm_group"]
+    # off: the copies are cleared (they would go stale), the tables still answer
+    assert set_copy(shop.crm, False) == 5
+    assert all(shop.crm.customers.get(c).attributes.get("rfm_group") is None for c in ids)
+    assert values(shop.crm, [ids[0]])[ids[0]]["rfm_group"]
