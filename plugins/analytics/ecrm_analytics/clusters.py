@@ -524,7 +524,7 @@ register(
         params=(
             Param(name="k", type=int, default=0, help="number of clusters (0: choose by silhouette)", min=0, max=20),
             Param(name="k_max", type=int, default=8, help="largest k tried", min=2, max=20),
-            Param(name="save", type=bool, default=False, help="store the clusters for cluster(...) rules"),
+            Param(name="save", type=bool, default=False, help="store the clusters for cluster(...) rules", writes=True),
         ),
     )
 )
