@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from ecrm_core.crm import CRM
     from ecrm_core.domain import CustomerChange
 
-__all__ = ["EMPTY", "KEYS", "copy_enabled", "copy_values", "set_copy", "values"]
+__all__ = ["EMPTY", "KEYS", "copy_enabled", "copy_values", "emit", "holders", "set_copy", "sync", "values"]
 
 #: The attributes, in order (see :data:`ecrm_analytics.conditions.ATTRIBUTES`).
 KEYS: tuple[str, ...] = ("rfm_group", "rfm_score", "clv_p_alive", "clv_value_12m")
@@ -123,44 +123,70 @@ def copy_values(
     """Write the attributes of these customers (``None``: everyone with a result or the attributes set) where
     they differ from the stored results; return the changes (fire them with :func:`emit` after the commit).
 
-    Only the four keys are touched (JSON ``null`` without a result);
-    ``updated_at`` moves as with any update.  One ``executemany`` of the
-    rows that changed, the JSON rendered here.  ``clear``: set them to ``null``.
+    ``clear``: set them to ``null``.  See :func:`sync`.
     """
-    import attrs
-    from ecrm_core.validation import freeze, thaw
-
-    customers, rfm = crm.db.tables["customers"], crm.db.tables[RFM]
-    ws = customers.c.workspace_id == crm.workspace
+    rfm = crm.db.tables[RFM]
     if customer_ids is None:
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import JSONB
-
-            has = sa.cast(customers.c.attributes, JSONB).op("?")(KEYS[0])
-        else:
-            has = sa.func.json_type(customers.c.attributes, f"$.{KEYS[0]}").is_not(None)
         owners = set(conn.execute(sa.select(rfm.c.customer_id).where(rfm.c.workspace_id == crm.workspace)).scalars())
-        owners |= set(conn.execute(sa.select(customers.c.id).where(ws, has)).scalars())
-        ids = sorted(owners)
+        ids = sorted(owners | holders(crm, conn, KEYS[0]))
     else:
         ids = sorted({int(c) for c in customer_ids})
+    changes: list[CustomerChange] = []
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        changes += sync(crm, conn, chunk, {} if clear else values(crm, chunk, conn), KEYS)
+    return changes
+
+
+def holders(crm: CRM, conn: sa.Connection, key: str) -> set[int]:
+    """The customers of the workspace whose attributes have ``key`` (set, even to ``null``)."""
+    customers = crm.db.tables["customers"]
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        has = sa.cast(customers.c.attributes, JSONB).op("?")(key)
+    else:
+        has = sa.func.json_type(customers.c.attributes, f"$.{key}").is_not(None)
+    return set(conn.execute(sa.select(customers.c.id).where(customers.c.workspace_id == crm.workspace, has)).scalars())
+
+
+def sync(
+    crm: CRM,
+    conn: sa.Connection,
+    customer_ids: Sequence[int],
+    wanted: Mapping[int, Mapping[str, Any]],
+    keys: Sequence[str],
+) -> list[CustomerChange]:
+    """Set ``keys`` of these customers' attributes to ``wanted[id]`` (``null`` for a key or a customer not in
+    it), writing only the customers whose values differ; return the changes for :func:`emit`.
+
+    One ``executemany`` of the changed rows (the JSON rendered here); the
+    rest of the attributes is untouched; ``updated_at`` moves as with any
+    update.  Merged and unknown ids are skipped.  Any number of ids (read 500 at a time).
+    """
+    import attrs
+    from ecrm_core.domain import CustomerChange
+    from ecrm_core.validation import freeze, thaw
+
+    customers = crm.db.tables["customers"]
+    ids = sorted({int(c) for c in customer_ids})
     now = crm.now()
     changes: list[CustomerChange] = []
     rows: list[dict[str, Any]] = []
-    from ecrm_core.domain import CustomerChange
-
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
-        wanted = {} if clear else values(crm, chunk, conn)
         for row in conn.execute(
-            sa.select(customers).where(ws, customers.c.id.in_(chunk), customers.c.merged_into.is_(None))
+            sa.select(customers).where(
+                customers.c.workspace_id == crm.workspace, customers.c.id.in_(chunk), customers.c.merged_into.is_(None)
+            )
         ):
             before = crm.customers._from_row(row)
             current = thaw(before.attributes)
-            new = wanted.get(before.id, EMPTY)
-            if all(current.get(k) == new[k] for k in KEYS):
+            new = wanted.get(before.id, {})
+            patch = {k: new.get(k) for k in keys}
+            if all(current.get(k) == v for k, v in patch.items()):
                 continue  # unchanged (a key absent and a null are the same: nothing known)
-            current.update(new)
+            current.update(patch)
             rows.append({"_id": before.id, "attributes": current, "updated_at": now})
             changes.append(CustomerChange(before, attrs.evolve(before, attributes=freeze(current), updated_at=now)))
     if rows:
