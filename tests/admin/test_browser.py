@@ -155,7 +155,7 @@ def test_edit_a_template_and_preview_it(page: Any, server: Any) -> None:
     assert "Subject: Welcome," in frame.locator("p").first.inner_text()
     shot(page, "template-preview")
     page.get_by_role("button", name="Save template").click()
-    page.wait_for_url(re.compile(r".*/templates/welcome\?saved=1$"))
+    page.wait_for_url(re.compile(r".*/templates/edit/welcome\?saved=1$"))
     assert page.get_by_role("status").inner_text() == "Saved."
     assert seen["dialogs"] == [] and seen["errors"] == []
     # the preview frame's own policy blocks the template's script (reported), the admin's pages report nothing
