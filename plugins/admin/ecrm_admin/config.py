@@ -22,8 +22,8 @@ def _path(value: Any) -> str:
 
 def _positive(name: str, *, whole: bool = False) -> Callable[[Any, Any, Any], None]:
     def check(_instance: Any, _attribute: Any, value: Any) -> None:
-        kinds: tuple[type, ...] = (int,) if whole else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+        number = isinstance(value, int) if whole else isinstance(value, int | float)
+        if isinstance(value, bool) or not number or float(value) <= 0:
             raise ValidationError(name, value, "not a positive number", f"give {name} a number above 0")
 
     return check
