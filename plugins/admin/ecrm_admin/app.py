@@ -199,9 +199,10 @@ class AdminApp:
         return sorted(n for n in names if user.may_see(n))
 
     # -- cached figures (dashboard) ----------------------------------------
-    def cached(self, workspace: str, name: str, compute: Callable[[], Any]) -> Any:
-        """``compute()`` at most every ``dashboard_ttl`` seconds per workspace; a stale
-        value is served while a background thread computes the next one."""
+    def cached(self, workspace: str, name: str, compute: Callable[[], Any], *, ttl: float | None = None) -> Any:
+        """``compute()`` at most every ``ttl`` (default ``dashboard_ttl``) seconds per
+        workspace; a stale value is served while a background thread computes the next one."""
+        ttl = self.config.dashboard_ttl if ttl is None else ttl
         key = (workspace, name)
         hit = self.cache.get(key)
         now = time.monotonic()
@@ -211,7 +212,7 @@ class AdminApp:
 
                 def refresh() -> None:
                     try:
-                        self.cache[key] = (time.monotonic() + self.config.dashboard_ttl, compute())
+                        self.cache[key] = (time.monotonic() + ttl, compute())
                     except Exception:  # pragma: no cover - logged, the old value stays
                         log.exception("ecrm admin: refreshing %s failed", name)
                     finally:
@@ -223,7 +224,7 @@ class AdminApp:
         if len(self.cache) >= _MAX_CACHED:  # bounded: report parameters are chosen by users
             for stale in sorted(self.cache, key=lambda k: self.cache[k][0])[: _MAX_CACHED // 4]:
                 self.cache.pop(stale, None)
-        self.cache[key] = (now + self.config.dashboard_ttl, value)
+        self.cache[key] = (now + ttl, value)
         return value
 
     # -- login form CSRF ------------------------------------------------------

@@ -72,6 +72,9 @@ class AdminConfig:
     * ``dashboard_ttl``: seconds the dashboard's figures are reused before
       they are computed again (in the background, the old ones shown
       meanwhile).
+    * ``dashboard_history_ttl``: seconds the closed months of the revenue
+      chart are reused (an hour; they are computed again at once when a month
+      closes).  Sales recorded late for a past month show after at most this.
     * ``count_timeout``: seconds the segment builder's live count may take
       before it is abandoned and reported as too slow.
     """
@@ -92,6 +95,7 @@ class AdminConfig:
     secret: str | bytes | None = None
     stylesheets: Sequence[str] = ()
     dashboard_ttl: float = 60.0
+    dashboard_history_ttl: float = 3600.0
     count_timeout: float = 1.0
     max_body: int = 1_000_000
 
