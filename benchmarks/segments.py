@@ -196,7 +196,7 @@ def interactions_sql(tables: dict[str, str], customers: int, total: int) -> str:
             UNION ALL
             SELECT n + 1, random() & {MASK}, random() & {MASK} FROM g WHERE n < :hi
         ),
-        e AS (SELECT n, a, {_customer_expr(customers, "b")} AS cid FROM g)
+        e AS (SELECT n, a, {_customer_expr(customers, "b")} AS cid, {stamp} AS ts FROM g)
         INSERT INTO {tables["interactions"]}
             (workspace_id, customer_id, origin_customer_id, kind, channel, occurred_at, amount, currency,
              properties, idempotency_key, payload_hash, recorded_at)
@@ -204,12 +204,12 @@ def interactions_sql(tables: dict[str, str], customers: int, total: int) -> str:
                CASE WHEN a % 100 < 50 THEN 'page_view' WHEN a % 100 < 78 THEN 'product_view'
                     WHEN a % 100 < 93 THEN 'purchase' ELSE 'email_open' END,
                CASE WHEN a % 100 >= 93 THEN 'email' WHEN (a >> 8) % 100 < 65 THEN 'web' ELSE 'app' END,
-               {stamp},
+               ts,
                CASE WHEN {purchase} THEN round(5 + 295 * pow(((a >> 40) % 1000000) / 1000000.0, 2), 2) END,
                CASE WHEN {purchase} THEN 'EUR' END,
                CASE WHEN a % 100 BETWEEN 50 AND 92 AND (a >> 36) % 10 < 7
                     THEN '{{"category": "' || {category} || '"}}' ELSE '{{}}' END,
-               NULL, NULL, {stamp}
+               NULL, NULL, ts
         FROM e
     """
 
