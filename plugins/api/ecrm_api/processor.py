@@ -33,9 +33,11 @@ and only that one is rejected.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +48,9 @@ import sqlalchemy as sa
 from .config import DEFAULT_EVENT_KINDS
 from .erasure import identity_rows
 from .events import store_events
+from .fastpath import _decode_any, _decode_envelope, read_event
 from .inbox import INBOX, LOG, REJECTED, REJECTED_IDS
-from .messages import _SET_BASED, MessageError, Parsed, Rejected, _Message, parse_time
+from .messages import _SET_BASED, MESSAGE_MAX_BYTES, MessageError, Parsed, Rejected, _Message, parse_time
 from .tracking import Tracker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -114,6 +117,32 @@ def process_inbox(
     max_rows: int = MAX_ROWS,
 ) -> ProcessResult:
     """Process one batch of the inbox (all workspaces) in one transaction; see the module's text."""
+    with _no_gc():
+        return _process(crm, event_kinds, future_tolerance, max_events, max_rows)
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """Python's cyclic garbage collector paused for one tick: a tick allocates
+    tens of thousands of objects (rows, tuples, dicts) that live until its
+    end, and the collections they trigger walk them and the process's older
+    objects (SQLAlchemy's metadata, the app) again and again -- about a fifth
+    of a tick's CPU in ``benchmarks/api.py``.  Reference counting still frees them as the tick goes; the
+    collector runs again right after it (and is left alone when someone else
+    paused it)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _process(
+    crm: CRM, event_kinds: Mapping[str, str] | None, future_tolerance: timedelta, max_events: int, max_rows: int
+) -> ProcessResult:
     started = time.perf_counter()
     kinds = DEFAULT_EVENT_KINDS if event_kinds is None else event_kinds
     t = crm.db.tables[INBOX]
@@ -294,6 +323,10 @@ class _Batch:
         self._flush()
 
     def _parse(self, row: _Row) -> Parsed | None:
+        if row.call is None:
+            typed = self._parse_batch(row)
+            if typed is not None:
+                return typed
         try:
             doc = msgspec.json.decode(row.payload)
             if row.call is not None:
@@ -319,9 +352,7 @@ class _Batch:
             )
             return None
         row.messages = messages
-        row.tracker = tracker = Tracker(
-            self.crm, event_kinds=self.kinds, future_tolerance=self.tolerance, received_at=row.received_at
-        )
+        tracker = self._tracker(row)
         if row.call is not None:
             try:
                 m = tracker.prepare(messages[0], 0, "body", call=row.call)
@@ -330,7 +361,42 @@ class _Batch:
                 rej = Rejected(0, mid if type(mid) is str else None, exc.field, exc.problem, exc.fix)
                 return Parsed(rejected=[rej])
             return Parsed(fast=[m]) if m.type in _SET_BASED else Parsed(slow=[m])
-        return tracker.parse(messages, sent_at=sent_at)
+        return tracker.parse(messages, sent_at=sent_at, body_bytes=len(row.payload))
+
+    def _tracker(self, row: _Row) -> Tracker:
+        row.tracker = Tracker(
+            self.crm, event_kinds=self.kinds, future_tolerance=self.tolerance, received_at=row.received_at
+        )
+        return row.tracker
+
+    def _parse_batch(self, row: _Row) -> Parsed | None:
+        """A batch row read once: the envelope with its messages raw, each
+        ``track``/``page``/``screen`` decoded into a typed struct and mapped
+        to its interaction row (:func:`~ecrm_api.fastpath.read_event`); any
+        other message through the general path alone.  ``None``: the row is
+        not a readable batch (the general path says why)."""
+        try:
+            env = _decode_envelope(row.payload)
+            sent_at = parse_time(env.sentAt, "body.sentAt")
+        except (msgspec.DecodeError, msgspec.ValidationError, MessageError):
+            return None
+        row.sent_at = env.sentAt if type(env.sentAt) is str else None
+        row.messages = raws = [bytes(r) for r in env.batch]
+        tracker = self._tracker(row)
+        parsed = Parsed()
+        measure = len(row.payload) > MESSAGE_MAX_BYTES
+        for index, data in enumerate(raws):
+            path = f"body.batch[{index}]"
+            m = (
+                None
+                if measure and len(data) * 8 > MESSAGE_MAX_BYTES
+                else read_event(data, index, path, tracker, sent_at)
+            )
+            if m is not None:
+                parsed.fast.append(m)
+            else:
+                tracker.add(parsed, _decode_any(data), index, path, sent_at=sent_at, measure=measure)
+        return parsed
 
     # customer-changing messages, one by one
     def _slow(self, row: _Row, m: _Message) -> None:
@@ -405,6 +471,8 @@ def standalone_message(row: _Row, index: int | None) -> bytes:
     if index is None or not 0 <= index < len(row.messages):
         return row.payload
     message = row.messages[index]
+    if type(message) is bytes:  # a batch row read raw (_Batch._parse_batch)
+        message = _decode_any(message)
     if type(message) is not dict:
         return msgspec.json.encode(message)
     message = dict(message)
