@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeGuard
 
 import msgspec
 from ecrm_core.validation import MAX_INT, MAX_JSON_KEYS, MAX_KEY_LENGTH, MAX_PROPERTIES_BYTES, MIN_INT
@@ -163,7 +163,7 @@ def check_batch(body: bytes, reader: MessageReader) -> FastBatch | None:
     return FastBatch(len(keep), general.rejected, payload + b"}")
 
 
-def _plain_id(value: Any) -> bool:
+def _plain_id(value: Any) -> TypeGuard[str]:
     """An id that ``_identifier`` returns unchanged (the common case, without the call)."""
     return (
         type(value) is str

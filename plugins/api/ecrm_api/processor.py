@@ -46,7 +46,7 @@ import msgspec
 import sqlalchemy as sa
 
 from .config import DEFAULT_EVENT_KINDS
-from .erasure import identity_rows
+from .erasure import dead_identities, forget_tombstones, identity_rows, message_identities, raw_identities
 from .events import store_events
 from .fastpath import _decode_any, _decode_envelope, read_event
 from .inbox import INBOX, LOG, REJECTED, REJECTED_IDS
@@ -84,6 +84,8 @@ class ProcessResult:
     rejected: int = 0
     more: bool = False
     seconds: float = 0.0
+    #: messages dropped because their person was deleted meanwhile (``ecrm_api.erasure``'s tombstones)
+    erased: int = 0
 
 
 @attrs.define(eq=False)
@@ -101,6 +103,7 @@ class _Row:
     tracker: Tracker | None = None
     stored: int = 0
     duplicates: int = 0
+    erased: int = 0
     rejected: list[tuple[int | None, Rejected, str]] = attrs.field(factory=list)
 
 
@@ -187,6 +190,7 @@ def _process(
         rejected=rejected,
         more=more,
         seconds=time.perf_counter() - started,
+        erased=sum(r.erased for r in rows),
     )
 
 
@@ -216,6 +220,7 @@ def _store(crm: CRM, conn: sa.Connection, rows: list[_Row], batches: list[_Batch
     """Store the prepared batches, write the rejected, delete the rows, log the tick (in ``conn``'s transaction)."""
     t = crm.db.tables[INBOX]
     for batch in batches:
+        batch.drop_erased(conn)
         batch.store(conn)
     now = crm.now()
     rejected = _write_rejected(crm, conn, rows, now)
@@ -233,6 +238,7 @@ def _store(crm: CRM, conn: sa.Connection, rows: list[_Row], batches: list[_Batch
         )
     )
     conn.execute(lt.delete().where(lt.c.finished_at < now - LOG_KEEP))
+    forget_tombstones(crm, conn)
     return rejected
 
 
@@ -298,6 +304,29 @@ class _Batch:
             for r in parsed.rejected:
                 row.rejected.append((r.index, r, "conflict" if r.conflict else "invalid"))
             self.stream += [(row, m) for m in sorted(parsed.fast + parsed.slow, key=lambda m: m.index)]
+
+    def drop_erased(self, conn: sa.Connection) -> None:
+        """Drop the messages (and rejected entries) of people deleted after the
+        messages were received (``ecrm_api.erasure``: a deletion while this
+        batch was claimed); in ``conn``'s write transaction, right before storing."""
+        dead = dead_identities(self.crm, conn, min(r.received_at for r in self.rows))
+        if not dead:
+            return
+
+        def erased(row: _Row, named: set[tuple[str, str]]) -> bool:  # received before (or as) the deletion
+            return any((at := dead.get(i)) is not None and at >= row.received_at for i in named)
+
+        kept = []
+        for row, m in self.stream:
+            if erased(row, _identities(m)):
+                row.erased += 1
+            else:
+                kept.append((row, m))
+        self.stream = kept
+        for row in self.rows:
+            left = [e for e in row.rejected if not erased(row, _entry_identities(row, e[0]))]
+            row.erased += len(row.rejected) - len(left)
+            row.rejected = left
 
     def keep(self, ids: set[int]) -> bool:
         """Keep only the rows whose ids are in ``ids``; false when none is left."""
@@ -466,6 +495,27 @@ def _ids(m: _Message) -> set[tuple[str, str]]:
     return out
 
 
+def _identities(m: _Message) -> set[tuple[str, str]]:
+    """The identities a checked message names (as ``erasure.message_identities`` reads them)."""
+    out: set[tuple[str, str]] = set()
+    if m.user_id:
+        out.add(("external", m.user_id))
+    if m.anonymous_id:
+        out.add(("anonymous", m.anonymous_id))
+    if m.previous_id:
+        out.update((("external", m.previous_id), ("anonymous", m.previous_id)))
+    if m.type == "identify":
+        out |= message_identities({"traits": {k: m.customer[k] for k in ("email", "phone") if k in m.customer}})
+    return out
+
+
+def _entry_identities(row: _Row, index: int | None) -> set[tuple[str, str]]:
+    """The identities a rejected entry of ``row`` names (the whole row's for an unreadable one)."""
+    raw = standalone_message(row, index)
+    message = _decoded(raw)
+    return message_identities(message) if type(message) is dict else raw_identities(raw)
+
+
 def standalone_message(row: _Row, index: int | None) -> bytes:
     """The message as a self-contained JSON document (its call type and the batch's sentAt in it)."""
     if index is None or not 0 <= index < len(row.messages):
@@ -508,7 +558,7 @@ def _write_rejected(crm: CRM, conn: sa.Connection, rows: list[_Row], now: dateti
         named = [
             r
             for rid, entry in zip(ids, out, strict=True)
-            for r in identity_rows(entry["workspace_id"], rid, _decoded(entry["message"]))
+            for r in identity_rows(entry["workspace_id"], rid, _decoded(entry["message"]), entry["message"])
         ]
         if named:
             conn.execute(crm.db.tables[REJECTED_IDS].insert(), named)
@@ -692,7 +742,7 @@ def make_job(
             more=result.more,
             message=(
                 f"{result.rows} rows, {result.stored} stored, {result.duplicates} duplicates, "
-                f"{result.rejected} rejected in {result.seconds:.2f} s"
+                f"{result.rejected} rejected, {result.erased} erased in {result.seconds:.2f} s"
             ),
         )
 
