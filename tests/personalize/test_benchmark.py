@@ -26,7 +26,7 @@ def test_decide_benchmark_smoke(tmp_path: Path) -> None:
             "--requests=200",
             "--warmup=20",
             "--concurrency=2",
-            f"--dir={tmp_path}",
+            f"--db={tmp_path / 'decide.db'}",
         ],
         capture_output=True,
         text=True,
