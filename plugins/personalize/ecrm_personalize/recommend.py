@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import sqlalchemy as sa
 
+from .cache import CATALOGUE_KEY, META_KEY
 from .schema import PRODUCTS, RECS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,9 +52,9 @@ __all__ = [
 LIST_SIZE = 30
 #: at most this many purchased products per customer enter the co-occurrence counts
 MAX_BASKET = 200
-META_KEY = "_meta"
-#: the row whose ``generation`` changes with every catalogue write (not replaced by a refresh)
-CATALOGUE_KEY = "_catalogue"
+
+#: how many distinct ``properties`` texts the refresh's reader remembers decoded
+MEMO_MAX = 500_000
 HISTORY_KINDS = ("purchase", "product_view", "add_to_cart")
 
 
@@ -390,13 +391,28 @@ def read_baskets(crm: CRM, report: RefreshReport | None = None) -> Baskets:
         cs: list[Any] = []
         ps: list[Any] = []
         setdefault = index.setdefault
+        # the same properties text names the same products: decoded once (bounded), which makes
+        # the read of typical order data (few distinct baskets) mostly a dictionary lookup per row
+        memo: dict[str, tuple[int, ...]] = {}
         while chunk := cur.fetchmany(50_000):
             c_out: list[int] = []
             p_out: list[int] = []
-            for cid, skus in zip(*_chunk_skus(chunk), strict=True):
-                for s in skus:
-                    c_out.append(cid)
-                    p_out.append(setdefault(s, len(index)))
+            pending: list[tuple[int, Any]] = []
+            get = memo.get
+            for cid, props in chunk:
+                codes = get(props)
+                if codes is None:
+                    pending.append((cid, props))
+                elif codes:
+                    c_out += [cid] * len(codes)
+                    p_out += codes
+            if pending:
+                for (cid, props), skus in zip(pending, _chunk_skus(pending)[1], strict=True):
+                    codes = tuple(setdefault(s, len(index)) for s in skus)
+                    if len(memo) < MEMO_MAX and isinstance(props, str):
+                        memo[props] = codes
+                    c_out += [cid] * len(codes)
+                    p_out += codes
             cs.append(np.asarray(c_out, dtype=np.int64))
             ps.append(np.asarray(p_out, dtype=np.int64))
         if not cs:
