@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import sqlalchemy as sa
 from ecrm_analytics.rfm import GROUP_GRID, GROUPS, group_of, score
@@ -123,6 +125,11 @@ def test_rfm_report_and_cli(shop, tmp_path) -> None:
     assert out.exit_code != 0 and "nope" in out.output
     out = runner.invoke(group, ["rfm", "--json", "--group", "champions"], obj=shop.crm)
     assert out.exit_code == 0 and '"group": "champions"' in out.output
+    out = runner.invoke(group, ["attributes"], obj=shop.crm)
+    assert out.exit_code == 0 and json.loads(out.output) == {"copy": False}, out.output
+    out = runner.invoke(group, ["attributes", "--copy"], obj=shop.crm)
+    assert json.loads(out.output) == {"copy": True, "customers_changed": 6}, out.output
+    assert shop.crm.customers.get(ids[0]).attributes["rfm_group"]
 
 
 def test_sql_scores_match_the_cut_point_definition_with_ties(shop) -> None:
