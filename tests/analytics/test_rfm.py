@@ -173,3 +173,7 @@ def test_sql_scores_match_the_cut_point_definition_with_ties(shop) -> None:
     for workers in (1, 3):
         shop.analytics.refresh(full=True, workers=workers)
         assert rfm_rows(shop) == full, workers
+    # the rows written through the DB-API store times exactly as the ORM does (SQLite: text in one format)
+    with shop.crm.db.read() as conn:
+        stored = conn.exec_driver_sql("SELECT computed_at, last_at FROM ecrm_analytics_rfm").all()
+    assert all(len(a) == len(b) == len("2026-06-01 12:00:00.000000") for a, b in stored), stored[:3]

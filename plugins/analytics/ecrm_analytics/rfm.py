@@ -249,8 +249,12 @@ def build(crm: CRM, conn: sa.Connection, *, rates: Rates | None = None, workers:
         values = sorted(r[col] for r in rows)
         cuts.append([values[-(-k * count // 5) - 1] for k in range(1, 5)])
     last_cuts, order_cuts, money_cuts = cuts
-    stamp = table.c.computed_at.type.bind_processor(conn.dialect)
-    computed_at = stamp(now) if stamp else now
+    computed_at: Any = now
+    if conn.dialect.name == "sqlite":  # the text SQLAlchemy stores (UTC, one format: text order is time order)
+        from sqlalchemy.dialects.sqlite import DATETIME
+
+        naive = table.c.computed_at.type.process_bind_param(now, conn.dialect)
+        computed_at = DATETIME().bind_processor(conn.dialect)(naive)
     ws = crm.workspace
     out = []
     for cid, first_at, last_at, orders, revenue, refunds, monetary, unconverted in rows:
