@@ -369,6 +369,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--dir", type=Path, default=None, help="where the SQLite files go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the files")
+    parser.add_argument(
+        "--reuse", action="store_true",
+        help="use the shop.db already in --dir as the data (a copy of one built by this script with the same "
+        "sizes and seed, not yet benchmarked: the runs change it)",
+    )  # fmt: skip
     parser.add_argument("--index-cost", action="store_true", help="measure the ingest cost of the plugin's index")
     parser.add_argument("--no-clv", action="store_true")
     args = parser.parse_args()
@@ -377,7 +382,8 @@ def main() -> None:
     db = workdir / "shop.db"
     try:
         t = time.perf_counter()
-        build(db, args.customers, args.purchases, args.seed)
+        if not (args.reuse and db.exists()):
+            build(db, args.customers, args.purchases, args.seed)
         con = sqlite3.connect(db)
         n_rows = con.execute("SELECT count(*) FROM ecrm_interactions").fetchone()[0]
         con.close()

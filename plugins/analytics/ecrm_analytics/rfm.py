@@ -219,8 +219,8 @@ def compute(
 _READ = ("customer_id", "first_at", "last_at", "orders", "revenue", "refunds", "monetary", "unconverted")
 
 
-def build(crm: CRM, conn: sa.Connection, *, rates: Rates | None = None, workers: int | None = None) -> int:
-    """Recompute every customer's RFM row, scores and group; return how many rows.
+def build(crm: CRM, conn: sa.Connection, *, rates: Rates | None = None, workers: int | None = None) -> list[int]:
+    """Recompute every customer's RFM row, scores and group; return the ids of the customers with a row.
 
     The aggregate per customer is read (on a SQLite file, by ``workers``
     reader connections in parallel, each a range of customer ids — default:
@@ -242,7 +242,7 @@ def build(crm: CRM, conn: sa.Connection, *, rates: Rates | None = None, workers:
     n = workers if workers is not None else min(4, os.cpu_count() or 1)
     rows = _read_aggregates(crm, conn, rates, now, max(1, n))
     if not rows:
-        return 0
+        return []
     count = len(rows)
     cuts = []
     for col in (2, 3, 6):  # last_at, orders, monetary
@@ -279,7 +279,7 @@ def build(crm: CRM, conn: sa.Connection, *, rates: Rates | None = None, workers:
     )
     for start in range(0, len(out), 50_000):
         conn.exec_driver_sql(sql, out[start : start + 50_000])
-    return count
+    return [r[1] for r in out]
 
 
 def _read_aggregates(crm: CRM, conn: sa.Connection, rates: Rates, now: datetime, workers: int) -> list[tuple[Any, ...]]:
@@ -297,7 +297,7 @@ def _read_aggregates(crm: CRM, conn: sa.Connection, rates: Rates, now: datetime,
         and not str(url.database).startswith("file::memory:")
     )  # fmt: skip
     if not parallel:
-        return [tuple(r) for r in conn.execute(select(None))]
+        return [tuple(r) for r in conn.execute(select(None)).all()]
     lo, hi = conn.execute(
         sa.select(sa.func.min(customers.c.id), sa.func.max(customers.c.id)).where(
             customers.c.workspace_id == crm.workspace
@@ -310,7 +310,7 @@ def _read_aggregates(crm: CRM, conn: sa.Connection, rates: Rates, now: datetime,
 
     def read(between: tuple[int, int]) -> list[tuple[Any, ...]]:
         with crm.db.engine.connect() as reader:
-            return [tuple(r) for r in reader.execute(select(between))]
+            return [tuple(r) for r in reader.execute(select(between)).all()]
 
     from concurrent.futures import ThreadPoolExecutor
 

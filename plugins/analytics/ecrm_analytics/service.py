@@ -109,8 +109,7 @@ class Analytics:
                 ids: list[int] | None = None if full else [c for c, _ in claimed]
                 if ids is None:
                     # one INSERT … SELECT: aggregates, scores and groups of everyone
-                    rfm.build(crm, conn, rates=rates, workers=workers)
-                    everyone = changed = _all_ids(crm, conn)
+                    everyone = changed = set(rfm.build(crm, conn, rates=rates, workers=workers))
                 else:
                     rfm.compute(crm, conn, restrict=ids, rates=rates)
                     changed = set(rfm.rescore(crm, conn)) | set(ids)
