@@ -6,7 +6,7 @@ from __future__ import annotations
 import builtins
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
@@ -269,6 +269,29 @@ def _plain_row(m: Mapping[Any, Any]) -> dict[str, Any]:
         "timezone": m["timezone"],
         "locale": m["locale"],
         "consent": _statuses(consent),
+    }
+
+
+#: The customer columns :func:`_plain_values` reads, in its order.
+_CUSTOMER_COLUMNS = "id, external_id, email, phone, name, attributes, consent, lifecycle_stage, timezone, locale"
+
+
+def _plain_values(r: Sequence[Any], read_json: Callable[[Any], Any]) -> dict[str, Any]:
+    """:func:`plain_customer` from a row of :data:`_CUSTOMER_COLUMNS` as the driver returns it
+    (``read_json`` decodes a JSON column)."""
+    name = r[4]
+    return {
+        "id": r[0],
+        "external_id": r[1],
+        "email": r[2],
+        "phone": r[3],
+        "name": name,
+        "first_name": (name or "").split(" ")[0] or None,
+        "attributes": dict(read_json(r[5]) or {}),
+        "lifecycle_stage": r[7],
+        "timezone": r[8],
+        "locale": r[9],
+        "consent": _statuses(read_json(r[6])),
     }
 
 
