@@ -16,11 +16,16 @@ through the tables' SQLAlchemy types unchanged, and the other way round.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+
+#: Texts up to this length are decoded once per batch by :meth:`_Sql.read_json_shared`.
+_SHARED_MAX = 512
+_MISSING = object()
 
 
 class _Sql:
@@ -85,6 +90,17 @@ class _Sql:
             return json.loads(value)
         return value
 
+    def read_json_shared(self, value: Any, cache: dict[str, Any]) -> Any:
+        """:meth:`read_json`, decoding each distinct short text once per ``cache``
+        (a batch's consent, metadata, empty attributes repeat): the value is SHARED
+        between the rows that had the same text, so the caller copies what it hands out."""
+        if type(value) is str and len(value) <= _SHARED_MAX:
+            found = cache.get(value, _MISSING)
+            if found is _MISSING:
+                found = cache[value] = json.loads(value)
+            return found
+        return self.read_json(value)
+
     # -- lists as one parameter ---------------------------------------------
     def any_of(self, column: str, values: Sequence[Any], *, kind: str = "bigint") -> tuple[str, Any]:
         """``column IN values`` with the values as ONE parameter: the SQL and the parameter.
@@ -107,3 +123,14 @@ class _Sql:
             self.conn.exec_driver_sql(sql, batch[0])
         elif batch:
             self.conn.exec_driver_sql(sql, batch)
+
+
+def _uids(n: int) -> list[str]:
+    """``n`` random version-4 UUIDs as 32 hex digits (what ``uuid.uuid4().hex`` gives),
+    from one ``os.urandom`` call: message and attempt ids for a whole batch."""
+    raw = bytearray(os.urandom(16 * n))
+    for i in range(0, 16 * n, 16):
+        raw[i + 6] = (raw[i + 6] & 0x0F) | 0x40  # version 4
+        raw[i + 8] = (raw[i + 8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = raw.hex()
+    return [text[j : j + 32] for j in range(0, 32 * n, 32)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import builtins
 import logging
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any, Literal
@@ -20,7 +19,7 @@ from ...channels import (
     Purpose,
 )
 from ...errors import Conflict, ValidationError
-from ._sql import _Sql
+from ._sql import _Sql, _uids
 from .records import _CHANNEL_ERROR, DispatchReport, MessageRecord, Outcome, _backoff, _Claimed, quiet_until
 from .safety import _clean, _safe_result, _short
 from .send import _Sending
@@ -82,18 +81,23 @@ class _Delivering(_Sending):
         with self.db.write() as conn:
             sql = _Sql(conn)
             ph, stamp = sql.ph, sql.ts(now)
-            where = (
-                f"workspace_id = {ph} AND ((status = 'queued' AND next_attempt_at <= {ph}) "
-                f"OR (status = 'sending' AND lease_until < {ph}))"
+            # Two reads, each in the order of the (status, next_attempt_at) index, so
+            # neither sorts the queue: expired leases first (a crashed worker's
+            # messages, normally none), then the queued messages that are due.
+            mine = f"workspace_id = {ph}" + (f" AND channel = {ph}" if channel else "")
+            scope: builtins.list[Any] = [self.workspace, *([channel] if channel else [])]
+            lock = "" if sql.sqlite else " FOR UPDATE SKIP LOCKED"
+            rows = sql.all(
+                f"SELECT {_CLAIM_COLUMNS} FROM {sql.name(t)} WHERE status = 'sending' AND lease_until < {ph} "
+                f"AND {mine} ORDER BY next_attempt_at, id LIMIT {int(n)}{lock}",
+                (stamp, *scope),
             )
-            params: builtins.list[Any] = [self.workspace, stamp, stamp]
-            if channel:
-                where += f" AND channel = {ph}"
-                params.append(channel)
-            q = f"SELECT {_CLAIM_COLUMNS} FROM {sql.name(t)} WHERE {where} ORDER BY next_attempt_at, id LIMIT {int(n)}"
-            if not sql.sqlite:
-                q += " FOR UPDATE SKIP LOCKED"
-            rows = sql.all(q, params)
+            if len(rows) < n:
+                rows += sql.all(
+                    f"SELECT {_CLAIM_COLUMNS} FROM {sql.name(t)} WHERE status = 'queued' AND next_attempt_at <= {ph} "
+                    f"AND {mine} ORDER BY next_attempt_at, id LIMIT {int(n) - len(rows)}{lock}",
+                    (stamp, *scope),
+                )
             if not rows:
                 return None
             # A message whose lease expired was being sent by a worker that
@@ -140,9 +144,9 @@ class _Delivering(_Sending):
             attempt_rows: builtins.list[tuple[Any, ...]] = []
             leased: dict[str, builtins.list[int]] = {}  # channel -> row ids (one lease per channel)
             read_json = sql.read_json
-            for r in live:
+            metas: dict[str, Any] = {}
+            for r, attempt_id in zip(live, _uids(len(live)), strict=True):
                 number = r[10] + 1
-                attempt_id = uuid.uuid4().hex
                 leased.setdefault(r[2], []).append(r[0])
                 attempt_rows.append((r[0], attempt_id, number, stamp))
                 c = customers[r[3]]
@@ -158,7 +162,7 @@ class _Delivering(_Sending):
                             to=r[4],
                             purpose=r[5],
                             content=Content.from_json(read_json(r[7]) or {}),
-                            metadata=read_json(r[8]) or {},
+                            metadata=dict(sql.read_json_shared(r[8], metas) or {}),
                         ),
                         row_id=r[0],
                         max_attempts=r[11],

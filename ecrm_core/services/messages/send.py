@@ -5,8 +5,8 @@ message cannot be made is recorded, never allowed to stop the others."""
 from __future__ import annotations
 
 import builtins
+import json
 import logging
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from datetime import datetime, timedelta
@@ -24,7 +24,7 @@ from ...channels import (
 )
 from ...errors import EcrmError, ValidationError
 from ...rules.sql import ids_clause
-from ._sql import _Sql
+from ._sql import _Sql, _uids
 from .records import (
     _COUNTED,
     _CUSTOMER_COLUMNS,
@@ -454,11 +454,12 @@ class _Sending(_Suppressions):
             with self.db.read() as conn:
                 suppressed = self._suppressed(conn, channel_name, [a for a in addresses.values() if a])
             to_render: builtins.list[tuple[dict[str, Any], dict[str, Any]]] = []
+            fresh = iter(_uids(len(ids)))
             for cid in ids:
                 c = customers.get(cid)
                 if c is None:
                     continue
-                uid = uuid.uuid4().hex
+                uid = next(fresh)
                 fault = failed.get(cid)
                 address = addresses.get(cid)
                 reason = None if fault else self._block_reason(c, address, channel_name, purp, suppressed)
@@ -672,21 +673,31 @@ class _Sending(_Suppressions):
         With ``conn`` (a claim re-checking consent inside its transaction) only
         what the claim needs is read: ``id``, ``consent`` and ``timezone``."""
         if single:
-            c = self.crm.customers.get(ids[0])  # NotFound for an unknown id
-            return {ids[0]: plain_customer(c)}
+            found = self.crm.customers.get(ids[0])  # NotFound for an unknown id
+            return {ids[0]: plain_customer(found)}
         t = self.t("customers")
-        sql = _Sql(conn) if conn is not None else None
         out: dict[int, dict[str, Any]] = {}
         ordered = builtins.list(ids)
         if not ordered:
             return out
-        with self.db.read() if conn is None else nullcontext(conn) as c:
-            q = sql or _Sql(c)
+        with self.db.read() if conn is None else nullcontext(conn) as rconn:
+            q = _Sql(rconn)
             # driven by the primary key: on SQLite a unary + keeps the planner off the
             # (workspace, ...) indexes, which would visit every customer of the workspace
             # for each chunk (1M customers: seconds per chunk)
             plus = "+" if q.sqlite else ""
             cols = "id, consent, timezone" if conn is not None else _CUSTOMER_COLUMNS
+            attrs: dict[str, Any] = {}
+            known: dict[str, dict[str, Any]] = {}  # consent text -> statuses (most customers share a few)
+
+            def statuses(value: Any) -> dict[str, Any]:
+                if type(value) is str and len(value) <= 512:
+                    found = known.get(value)
+                    if found is None:
+                        found = known[value] = _statuses(json.loads(value))
+                    return found
+                return _statuses(q.read_json(value))
+
             for i in range(0, len(ordered), 5000):
                 among, ids_param = q.any_of("id", ordered[i : i + 5000])
                 rows = q.all(
@@ -697,8 +708,8 @@ class _Sending(_Suppressions):
                 if conn is not None:
                     # a claim re-checking consent inside its transaction reads only what it needs
                     for cid, consent, tz in rows:
-                        out[cid] = {"id": cid, "timezone": tz, "consent": _statuses(q.read_json(consent))}
+                        out[cid] = {"id": cid, "timezone": tz, "consent": statuses(consent)}
                     continue
                 for r in rows:
-                    out[r[0]] = _plain_values(r, q.read_json)
+                    out[r[0]] = _plain_values(r, q.read_json_shared(r[5], attrs), dict(statuses(r[6])))
         return out
