@@ -556,7 +556,7 @@ class _Sending(_Suppressions):
                             _short(f"{fault.reason}: {fault.detail}", 500) if fault else reason,
                             0,
                             pol.max_attempts,
-                            None if stopped else sql.ts(due),
+                            None if stopped else (stamp if due is now else sql.ts(due)),
                             key,
                             transactional,
                             stamp,
