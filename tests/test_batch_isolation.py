@@ -409,7 +409,9 @@ def test_the_issues_exact_case_through_the_email_channel(crm_factory):
         channels={"email": {"from": "Shop <news@shop.example>", "base_url": "https://shop.example/crm"}},
     )
     names = ["Ada Lovelace", "Eve\nMallory", "Bob"] + [p["customer"]["name"] for p in PAYLOADS[:15]]
-    ids = [_create(crm, name=name, email=f"c{i}@example.com", consent={"email": "granted"}) for i, name in enumerate(names)]
+    ids = [
+        _create(crm, name=name, email=f"c{i}@example.com", consent={"email": "granted"}) for i, name in enumerate(names)
+    ]
     report = crm.messages.send_many("email", EMAIL_TEMPLATE, customer_ids=ids)
     assert report.total == len(ids)
     assert report.queued >= 2 and report.failed["render_failed"] >= 1

@@ -14,7 +14,7 @@ from ..domain import OFFER_WRITABLE, Offer
 from ..errors import Conflict, NotFound, ValidationError
 from ..validation import aware_datetime, thaw
 from ._base import Service
-from .customers import _unknown
+from .customers._common import _unknown
 
 __all__ = ["Offers"]
 

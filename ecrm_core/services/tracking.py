@@ -110,7 +110,7 @@ class _TrackState:
         self.duplicates = 0
         self.created = 0
         self.seen_keys: dict[str, str] = {}
-        self.refs: dict[tuple[str | None, ...], Alias] = {}
+        self.refs: dict[tuple[str | None, ...], tuple[Alias, str]] = {}
         self.sqlite = svc.db.is_sqlite
         now = self.crm.now().astimezone(UTC)
         self.now = now
@@ -173,19 +173,22 @@ class _TrackState:
         if key is not None and (type(key) is not str or not 0 < len(key) <= 200 or not key.isprintable()):
             check_key(key)
         ref = get("customer_id")
+        shown: str | None = None
         if type(ref) is not int or not 0 < ref < _MAX_ID or not _ALIAS_ROW_KEYS.isdisjoint(row):
             # An alias (checked and normalised by Alias) is built once per
             # call for each distinct identity: events come in runs per person.
             # (Only rows naming the customer by strings: 1 == True == 1.0.)
+            # Its text in the payload hash (the attrs repr) is kept with it.
             who = (get("external_id"), get("email"), get("phone"), get("anonymous_id"))
             cacheable = ref is None and all(v is None or type(v) is str for v in who)
             cached = self.refs.get(who) if cacheable else None
             if cached is None:
                 ref = self._ref(row)
                 if cacheable:
-                    self.refs[who] = ref
+                    shown = str(ref)
+                    self.refs[who] = (ref, shown)
             else:
-                ref = cached
+                ref, shown = cached
         # The stored text form on SQLite (UTC, always with microseconds):
         # isoformat of an aware UTC datetime, without its "+00:00".
         text_at = occurred_at.isoformat(" ", "microseconds")[:26]
@@ -195,7 +198,7 @@ class _TrackState:
             # payload: a retry of the same event must match.  The format is
             # what stored payload hashes were made with: keep it.
             hasher.update(
-                f"{ref}|{kind}|{channel}|{'' if at is None else text_at}|{amount}|{currency}|{props}".encode()
+                f"{ref if shown is None else shown}|{kind}|{channel}|{'' if at is None else text_at}|{amount}|{currency}|{props}".encode()
             )
             h = hasher.hexdigest()
             seen = self.seen_keys

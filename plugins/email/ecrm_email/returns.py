@@ -73,9 +73,7 @@ def _checked_signer(signer: Any) -> Any:
     # ecrm_core.signing.Signer's tokens (~100 characters, mixed case) do not
     # fit an address's local part: the short MACs of Signer.mac do.
     if signer is None or not callable(getattr(signer, "mac", None)):
-        raise ValidationError(
-            "secret", "***", "the CRM has no signer", "configure CRM(secret=...) or ECRM_SECRET"
-        )
+        raise ValidationError("secret", "***", "the CRM has no signer", "configure CRM(secret=...) or ECRM_SECRET")
     return signer
 
 

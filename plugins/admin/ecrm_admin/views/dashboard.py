@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from ecrm_core.rules.sql import unindexed
 
 from ..app import AdminRequest, Route
 
@@ -20,39 +21,73 @@ def _month(column: Any, dialect: str) -> Any:
     return sa.func.substr(column, 1, 7)  # SQLite keeps 'YYYY-MM-DD HH:MM:SS' text in UTC
 
 
-def figures(crm: Any) -> dict[str, Any]:
-    """The dashboard's numbers for one workspace (set-based: a few grouped queries)."""
-    c, i = crm.db.tables["customers"], crm.db.tables["interactions"]
-    ws = crm.workspace
+def _window(now: datetime) -> tuple[datetime, datetime]:
+    """The revenue chart's twelve calendar months: the first day of the month eleven
+    months back, and the first day of the current month (UTC)."""
+    current = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    year, month = divmod(current.year * 12 + current.month - 1 - 11, 12)
+    return current.replace(year=year, month=month + 1), current
+
+
+def revenue_by_month(crm: Any, start: datetime, end: datetime | None = None) -> list[tuple[str, Decimal, int]]:
+    """``(YYYY-MM, revenue, sales)`` of the sale kinds from ``start`` (to ``end``), by month:
+    one grouped query through the ``(workspace, kind, time)`` index."""
+    i = crm.db.tables["interactions"]
     sales = sorted(k for k, v in crm.registry.interaction_kinds.items() if v.sale)
-    since = crm.now() - timedelta(days=365)
+    if not sales:
+        return []
+    conds = [i.c.workspace_id == crm.workspace, i.c.kind.in_(sales), i.c.occurred_at >= start]
+    if end is not None:
+        conds.append(i.c.occurred_at < end)
+    with crm.db.read() as conn:
+        month = _month(i.c.occurred_at, conn.dialect.name)
+        rows = conn.execute(
+            sa.select(month.label("m"), sa.func.sum(i.c.amount), sa.func.count())
+            .where(*conds)
+            .group_by(month)
+            .order_by(month)
+        ).all()
+    return [(str(m), Decimal(str(s or 0)), int(n)) for m, s, n in rows]
+
+
+def stage_counts(crm: Any) -> dict[str, int]:
+    """Customers (not merged away) by lifecycle stage.
+
+    Every customer of the workspace by stage (read from the ``(workspace,
+    stage)`` index alone), minus the merged ones (few, found through the
+    ``merged_into`` index): a filter on ``merged_into`` in the first query
+    would read every customer's row."""
+    c = crm.db.tables["customers"]
+    ws = crm.workspace
     with crm.db.read() as conn:
         stages = dict(
             conn.execute(
                 sa.select(c.c.lifecycle_stage, sa.func.count())
-                .where(c.c.workspace_id == ws, c.c.merged_into.is_(None))
+                .where(c.c.workspace_id == ws)
                 .group_by(c.c.lifecycle_stage)
             ).all()
         )
-        month = _month(i.c.occurred_at, conn.dialect.name)
-        revenue = (
-            conn.execute(
-                sa.select(month.label("m"), sa.func.sum(i.c.amount), sa.func.count())
-                .where(i.c.workspace_id == ws, i.c.kind.in_(sales), i.c.occurred_at >= since)
-                .group_by(month)
-                .order_by(month)
-            ).all()
-            if sales
-            else []
-        )
-    messages = crm.messages.counts()
-    campaigns = _running_campaigns(crm)
+        ws_col = unindexed(c.c.workspace_id) if conn.dialect.name == "sqlite" else c.c.workspace_id
+        merged = conn.execute(
+            sa.select(c.c.lifecycle_stage, sa.func.count())
+            .where(c.c.merged_into.is_not(None), ws_col == ws)
+            .group_by(c.c.lifecycle_stage)
+        ).all()
+    for stage, n in merged:
+        stages[stage] -= n
+    return {stage: int(n) for stage, n in stages.items() if n}
+
+
+def figures(crm: Any, since: datetime) -> dict[str, Any]:
+    """The dashboard's figures that change often: customers by stage, the current
+    month's revenue (from ``since``), messages, running campaigns."""
+    stages = stage_counts(crm)
     return {
         "customers": sum(stages.values()),
         "stages": stages,
-        "revenue": [(str(m), Decimal(str(s or 0)), int(n)) for m, s, n in revenue],
-        "messages": messages,
-        "campaigns": campaigns,
+        "revenue": revenue_by_month(crm, since),
+        "messages": crm.messages.counts(),
+        "campaigns": _running_campaigns(crm),
     }
 
 
@@ -97,13 +132,23 @@ def charts(data: dict[str, Any], crm: Any) -> list[Any]:
 
 
 def dashboard(request: AdminRequest) -> Any:
+    """The figures: the closed months of the revenue chart are computed at most every
+    ``dashboard_history_ttl`` seconds (and when a month closes), the rest every
+    ``dashboard_ttl`` seconds; both in the background once warm."""
     crm = request.crm
-    data = request.admin.cached(request.workspace, "dashboard", lambda: figures(crm))
-    pictures = request.admin.cached(request.workspace, "dashboard-charts", lambda: charts(data, crm))
-    total = sum((s for _m, s, _n in data["revenue"]), Decimal(0))
-    return request.admin.page(
-        request, "dashboard.html", title="Dashboard", data=data, charts=pictures, revenue_total=total
+    admin = request.admin
+    first, current = _window(crm.now())
+    history = admin.cached(
+        request.workspace,
+        f"dashboard-history-{first:%Y-%m}",
+        lambda: revenue_by_month(crm, first, current),
+        ttl=admin.config.dashboard_history_ttl,
     )
+    recent = admin.cached(request.workspace, "dashboard", lambda: figures(crm, current))
+    data = {**recent, "revenue": [*history, *recent["revenue"]]}
+    pictures = admin.cached(request.workspace, "dashboard-charts", lambda: charts(data, crm))
+    total = sum((s for _m, s, _n in data["revenue"]), Decimal(0))
+    return admin.page(request, "dashboard.html", title="Dashboard", data=data, charts=pictures, revenue_total=total)
 
 
 def routes(admin: AdminApp) -> list[Route]:
