@@ -19,7 +19,7 @@ from ...channels import (
     Purpose,
 )
 from ...errors import Conflict, ValidationError
-from ._sql import _Sql, _uids
+from ._sql import _no_gc, _Sql, _uids
 from .records import _CHANNEL_ERROR, DispatchReport, MessageRecord, Outcome, _backoff, _Claimed, quiet_until
 from .safety import _clean, _safe_result, _short
 from .send import _Sending
@@ -58,12 +58,13 @@ class _Delivering(_Sending):
         done = 0
         while limit is None or done < limit:
             n = batch_size if limit is None else min(batch_size, limit - done)
-            claimed = self._claim(channel, n, totals)
-            if claimed is None:
-                break
-            done += len(claimed)
-            if claimed:
-                self._deliver(claimed, totals)
+            with _no_gc():
+                claimed = self._claim(channel, n, totals)
+                if claimed is None:
+                    break
+                done += len(claimed)
+                if claimed:
+                    self._deliver(claimed, totals)
             if progress is not None:
                 progress(len(claimed))
         return DispatchReport(**totals)

@@ -24,7 +24,7 @@ from ...channels import (
 )
 from ...errors import EcrmError, ValidationError
 from ...rules.sql import ids_clause
-from ._sql import _Sql, _uids
+from ._sql import _no_gc, _Sql, _uids
 from .records import (
     _COUNTED,
     _CUSTOMER_COLUMNS,
@@ -607,10 +607,12 @@ class _Sending(_Suppressions):
         for cid in customer_ids:
             chunk.append(cid)
             if len(chunk) >= chunk_size:
-                flush(chunk)
+                with _no_gc():
+                    flush(chunk)
                 chunk = []
         if chunk:
-            flush(chunk)
+            with _no_gc():
+                flush(chunk)
         faults.log_summary()
         report = SendReport(
             queued=queued,
