@@ -131,6 +131,7 @@ class Baskets:
         self.names = names
         self.bought = bought
         self.viewed = viewed
+        self._matrices: dict[str, Any] = {}
 
     @classmethod
     def of(cls, tr: Training | Baskets) -> Baskets:
@@ -149,28 +150,36 @@ class Baskets:
         viewed = pairs(tr.viewed)
         return cls(list(index), bought, viewed)
 
-    def matrix(self, pairs: tuple[Any, Any]) -> Any:
-        """Binary CSR matrix: one row per customer in ``pairs``, a 1 where they bought/viewed the product
-        (at most :data:`MAX_BASKET` products per customer, the lowest codes)."""
+    def matrix(self, which: str) -> Any:
+        """Binary CSR matrix of ``which`` (``"bought"`` or ``"viewed"``): one row per customer, a 1 where
+        they bought/viewed the product (at most :data:`MAX_BASKET` products per customer, the lowest
+        codes).  Built once per :class:`Baskets` with one sort of the (customer, product) keys."""
         import numpy as np
         from scipy import sparse
 
-        cids, codes = pairs
+        found = self._matrices.get(which)
+        if found is not None:
+            return found
+        cids, codes = self.bought if which == "bought" else self.viewed
+        n = max(len(self.names), 1)
         if not len(cids):
-            return sparse.csr_matrix((0, len(self.names)), dtype=np.float32)
-        _, rows = np.unique(cids, return_inverse=True)
-        x = sparse.csr_matrix(
-            (np.ones(len(rows), dtype=np.float32), (rows.ravel(), codes)),
-            shape=(int(rows.max()) + 1, len(self.names)),
-        )
-        x.sum_duplicates()
-        x.data[:] = 1.0
-        counts = np.diff(x.indptr)
-        if len(counts) and counts.max() > MAX_BASKET:
-            pos = np.arange(x.nnz) - np.repeat(x.indptr[:-1], counts)
-            keep = pos < MAX_BASKET
-            indptr = np.concatenate(([0], np.cumsum(np.minimum(counts, MAX_BASKET))))
-            x = sparse.csr_matrix((x.data[keep], x.indices[keep], indptr), shape=x.shape)
+            x = sparse.csr_matrix((0, len(self.names)), dtype=np.float32)
+        else:
+            keys = np.sort(np.asarray(cids, dtype=np.int64) * n + np.asarray(codes, dtype=np.int64))
+            keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]  # distinct (np.unique is slower)
+            customers, cols = np.divmod(keys, n)
+            starts = np.concatenate(([0], np.flatnonzero(np.diff(customers)) + 1))
+            counts = np.diff(np.append(starts, len(keys)))
+            if counts.max() > MAX_BASKET:
+                pos = np.arange(len(keys)) - np.repeat(starts, counts)
+                cols = cols[pos < MAX_BASKET]
+                counts = np.minimum(counts, MAX_BASKET)
+            indptr = np.concatenate(([0], np.cumsum(counts)))
+            x = sparse.csr_matrix(
+                (np.ones(len(cols), dtype=np.float32), cols.astype(np.int32), indptr),
+                shape=(len(counts), len(self.names)),
+            )
+        self._matrices[which] = x
         return x
 
 
@@ -178,9 +187,9 @@ def popularity(tr: Training | Baskets, size: int = 100) -> list[tuple[str, float
     import numpy as np
 
     b = Baskets.of(tr)
-    x = b.matrix(b.bought)
+    x = b.matrix("bought")
     if not x.nnz:
-        x = b.matrix(b.viewed)
+        x = b.matrix("viewed")
     if not x.nnz:
         return []
     counts = np.asarray(x.getnnz(axis=0))
@@ -192,27 +201,32 @@ def popularity(tr: Training | Baskets, size: int = 100) -> list[tuple[str, float
 
 def cooccurrence(tr: Training | Baskets, size: int = LIST_SIZE) -> dict[str, list[tuple[str, float]]]:
     import numpy as np
-    from scipy import sparse
 
     b = Baskets.of(tr)
-    x = b.matrix(b.bought)
+    x = b.matrix("bought")
     x = x[np.diff(x.indptr) > 1]
     if not x.nnz:
         return {}
-    co = (x.T @ x).tocoo()
-    counts = np.zeros(co.shape[0], dtype=np.float64)
-    diag = co.row == co.col
-    counts[co.row[diag]] = co.data[diag]
-    off = ~diag
-    co = sparse.csr_matrix((co.data[off], (co.row[off], co.col[off])), shape=co.shape)
+    co = (x.T.tocsr() @ x).tocsr()
+    co.sort_indices()
+    counts = np.asarray(co.diagonal(), dtype=np.float64)
     names = b.names
     out: dict[str, list[tuple[str, float]]] = {}
     for i in np.flatnonzero(np.diff(co.indptr)):
         start, end = co.indptr[i], co.indptr[i + 1]
         js = co.indices[start:end]
-        vals = co.data[start:end] / np.sqrt(counts[i] * counts[js])
-        order = np.argsort(-vals, kind="stable")[:size]
-        out[names[i]] = [(names[js[o]], float(vals[o])) for o in order]
+        keep = js != i  # not the item itself
+        js = js[keep]
+        if not len(js):
+            continue
+        vals = co.data[start:end][keep] / np.sqrt(counts[i] * counts[js])
+        if len(vals) > size:  # the best `size`, ties in product order: as a full stable sort would give
+            kth = np.partition(vals, len(vals) - size)[len(vals) - size]
+            cand = np.flatnonzero(vals >= kth)
+            order = cand[np.argsort(-vals[cand], kind="stable")][:size]
+        else:
+            order = np.argsort(-vals, kind="stable")
+        out[names[i]] = [(names[j], float(v)) for j, v in zip(js[order].tolist(), vals[order].tolist(), strict=True)]
     return out
 
 
