@@ -461,29 +461,35 @@ def run(args: argparse.Namespace) -> None:
             report.lists = meta["report"]["lists"]
             report.seconds = meta["report"]["seconds"]
             refresh_s = float(report.seconds.get("total", 0.0))
+            refresh_cpu = float("nan")
             console.print(
                 f"[yellow]--no-refresh: the lists of the refresh at {meta['refreshed_at']:%H:%M} (its figures)[/]"
             )
         else:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             report = p.refresh()
             refresh_s = time.perf_counter() - t0
+            refresh_cpu = time.process_time() - c0
         p.define("home", k=args.k, offers=2, control=0.05, alternatives=["grid", "carousel", "list"])
     finally:
         crm.close()
     r = report.to_dict()
     t = Table(title="recommender refresh (personalize.refresh)")
-    for c in ("read", "popular", "cooccurrence", "content", "write", "total", "lists"):
+    for c in ("read", "popular", "cooccurrence", "content", "write", "total", "CPU (this process)", "lists"):
         t.add_column(c, justify="right")
     s = r["seconds"]
     t.add_row(
         *(f"{s.get(k, 0):.2f} s" for k in ("read", "popular", "cooccurrence", "content", "write")),
         f"{refresh_s:.2f} s",
+        f"{refresh_cpu:.2f} s",
         f"{sum(r['lists'].values()):,}",
     )
     console.print(t)
     ok = "[green]met[/]" if refresh_s < REFRESH_GOAL_S else "[yellow]not met[/]"
-    console.print(f"goal: refresh < {REFRESH_GOAL_S:.0f} s -> {refresh_s:.1f} s at this scale, {ok}")
+    console.print(
+        f"goal: refresh < {REFRESH_GOAL_S:.0f} s -> {refresh_s:.1f} s wall ({refresh_cpu:.1f} s of CPU) at this "
+        f"scale, {ok} (load average {os.getloadavg()[0]:.2f})"
+    )
 
     rng = random.Random(args.seed + 1)
     sample = rng.sample(range(1, args.customers + 1), min(args.customers, 30))
