@@ -2,8 +2,8 @@
 
 Run by hand (not a test)::
 
-    python benchmarks/decide.py                         # the issue's scale: 1M customers, 10k products, 10M interactions
-    python benchmarks/decide.py --customers 100000 --products 10000 --interactions 1000000   # what fits a small VM
+    python benchmarks/decide.py --db /tmp/decide.db --keep   # the issue's scale: 1M customers, 10k products, 10M interactions
+    python benchmarks/decide.py --db /tmp/decide.db --keep --no-refresh --rate 100   # reuse data and lists
 
 Figures:
 
@@ -18,12 +18,18 @@ Figures:
   keep-alive connections; beside a bare Litestar app in the same run that
   decodes the same JSON body and answers a JSON document of the same size
   (no auth, no database).  Goal: p99 <= 20 ms and <= 3x the bare p99.
+  **closed loop**: the connections send back to back (saturation: latency
+  is concurrency / throughput);
+* **open loop**: both apps driven at the same offered rate (``--rate``),
+  latency from each request's scheduled send time (no coordinated omission);
+  printed beside the closed-loop (saturation) figure, each judged against
+  the goal.
 
 The data: products in clusters of 10 (what is bought together), purchases of
-1-3 products (Zipf-like popularity), product views; interactions are written
-with ``track_many`` (the public bulk path), customers with ``upsert_many``.
-The data are generated set-based (``INSERT ... SELECT`` over recursive CTEs, secondary
-indexes rebuilt after the load); ``--db PATH --keep`` keeps the file for later runs.
+1-3 products (Zipf-like popularity), product views; generated set-based
+(``INSERT ... SELECT`` over recursive CTEs, secondary indexes rebuilt after
+the load; products through ``add_products``); ``--db PATH --keep`` keeps the
+file for later runs with the same sizes.
 """
 
 from __future__ import annotations
