@@ -24,6 +24,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -377,11 +378,12 @@ def read_baskets(crm: CRM, report: RefreshReport | None = None) -> Baskets:
     """Every purchase (and, when nothing was bought yet, every view) of the workspace, as :class:`Baskets`.
 
     On SQLite the purchases are read in one pass in table order (sequential
-    pages) on the DB-API cursor, their ``properties`` decoded with
-    :func:`json.loads` and read by :func:`skus_of`; the interaction and
-    customer counts of the report come from one aggregate over the
-    ``(workspace, customer, time, kind)`` index; views are read only when
-    nothing was bought.  Other databases stream :func:`history_rows`.
+    pages) on the DB-API cursor; each distinct ``properties`` text is decoded
+    once (:func:`_chunk_skus`: msgspec, else :func:`skus_of`); views are read
+    only when nothing was bought.  The report counts the purchases and views
+    (``interactions``, one index count) and the customers whose purchases (or,
+    before anything was bought, views) name products.  Other databases
+    stream :func:`history_rows` (``customers``: with a purchase or a view).
     """
     report = report if report is not None else RefreshReport()
     if crm.db.engine.dialect.name != "sqlite":
@@ -409,26 +411,19 @@ def read_baskets(crm: CRM, report: RefreshReport | None = None) -> Baskets:
         # the read of typical order data (few distinct baskets) mostly a dictionary lookup per row
         memo: dict[str, tuple[int, ...]] = {}
         while chunk := cur.fetchmany(50_000):
-            c_out: list[int] = []
-            p_out: list[int] = []
-            pending: list[tuple[int, Any]] = []
-            get = memo.get
-            for cid, props in chunk:
-                codes = get(props)
-                if codes is None:
-                    pending.append((cid, props))
-                elif codes:
-                    c_out += [cid] * len(codes)
-                    p_out += codes
-            if pending:
-                for (cid, props), skus in zip(pending, _chunk_skus(pending)[1], strict=True):
+            cids, texts = zip(*chunk, strict=True)
+            found: list[Any] = list(map(memo.get, texts))  # C-level loops from here on
+            if None in found:
+                miss = [i for i, f in enumerate(found) if f is None]
+                decoded = _chunk_skus([(0, texts[i]) for i in miss])[1]
+                for i, skus in zip(miss, decoded, strict=True):
                     codes = tuple(setdefault(s, len(index)) for s in skus)
-                    if len(memo) < MEMO_MAX and isinstance(props, str):
-                        memo[props] = codes
-                    c_out += [cid] * len(codes)
-                    p_out += codes
-            cs.append(np.asarray(c_out, dtype=np.int64))
-            ps.append(np.asarray(p_out, dtype=np.int64))
+                    if len(memo) < MEMO_MAX and isinstance(texts[i], str):
+                        memo[texts[i]] = codes
+                    found[i] = codes
+            lens = np.fromiter(map(len, found), dtype=np.int64, count=len(found))
+            cs.append(np.repeat(np.asarray(cids, dtype=np.int64), lens))
+            ps.append(np.fromiter(chain.from_iterable(found), dtype=np.int64, count=int(lens.sum())))
         if not cs:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         return np.concatenate(cs), np.concatenate(ps)
@@ -439,11 +434,10 @@ def read_baskets(crm: CRM, report: RefreshReport | None = None) -> Baskets:
         try:
             marks = ", ".join("?" * len(HISTORY_KINDS))
             cur.execute(
-                f"SELECT count(*), count(DISTINCT customer_id) FROM {name} "
-                f"WHERE workspace_id = ? AND kind IN ({marks})",
+                f"SELECT count(*) FROM {name} WHERE workspace_id = ? AND kind IN ({marks})",
                 (crm.workspace, *HISTORY_KINDS),
             )
-            report.interactions, report.customers = cur.fetchone()
+            (report.interactions,) = cur.fetchone()
             bought = pairs(cur, ("purchase",))
             empty = np.zeros(0, dtype=np.int64)
             viewed = (
@@ -451,7 +445,9 @@ def read_baskets(crm: CRM, report: RefreshReport | None = None) -> Baskets:
             )
         finally:
             cur.close()
-    return Baskets(list(index), bought, viewed)
+    baskets = Baskets(list(index), bought, viewed)
+    report.customers = int(baskets.matrix("bought" if len(bought[0]) else "viewed").shape[0])
+    return baskets
 
 
 def _driver_insert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
