@@ -261,13 +261,15 @@ def content(
     keep = min(size, n - 1)
     for start in range(0, n, block):
         sims = (x[start : start + block] @ xt).toarray()
-        for r in range(sims.shape[0]):
-            sims[r, start + r] = -1.0
+        rows = np.arange(sims.shape[0])
+        sims[rows, start + rows] = -1.0
         top = np.argpartition(-sims, keep - 1, axis=1)[:, :keep] if keep < n else np.argsort(-sims, axis=1)
-        for r in range(sims.shape[0]):
-            cand = top[r]
-            cand = cand[np.argsort(-sims[r, cand], kind="stable")]
-            row = [(skus[j], float(sims[r, j])) for j in cand if sims[r, j] > 0]
+        vals = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-vals, axis=1, kind="stable")  # per row, as the row-by-row stable sort did
+        top_list = np.take_along_axis(top, order, axis=1).tolist()
+        vals_list = np.take_along_axis(vals, order, axis=1).tolist()
+        for r, (js, vs) in enumerate(zip(top_list, vals_list, strict=True)):
+            row = [(skus[j], v) for j, v in zip(js, vs, strict=True) if v > 0]
             if row:
                 out[skus[start + r]] = row
     return out
