@@ -26,7 +26,10 @@ def test_decide_benchmark_smoke(tmp_path: Path) -> None:
             "--requests=200",
             "--warmup=20",
             "--concurrency=2",
-            f"--dir={tmp_path}",
+            "--rate=50",
+            "--open-seconds=2",
+            "--open-connections=4",
+            f"--db={tmp_path / 'decide.db'}",
         ],
         capture_output=True,
         text=True,
@@ -44,6 +47,9 @@ def test_decide_benchmark_smoke(tmp_path: Path) -> None:
         "ecrm decide",
         "bare Litestar, same-size JSON",
         "p99 vs bare",
+        "CLOSED LOOP (saturation)",
+        "OPEN LOOP: 50 requests/s offered",
+        "goal, open loop at 50 req/s",
         "load average",
     ):
         assert figure in out, (figure, out)

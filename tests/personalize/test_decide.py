@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from ecrm_personalize import personalize, plugin
 
 from ecrm_core import ValidationError, hookimpl
 
@@ -15,18 +21,27 @@ from .conftest import Shop, make_shop
 
 @contextmanager
 def count_queries(shop: Shop) -> Iterator[list[str]]:
+    """The SELECTs the database runs (SQLite's trace callback: the decision runs its statements on
+    the DB-API cursor, below SQLAlchemy's events)."""
     seen: list[str] = []
+    traced: list[Any] = []
 
-    def before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+    def trace(statement: str) -> None:
         if statement.lstrip().upper().startswith("SELECT"):
             seen.append(statement)
 
+    def checkout(dbapi_conn, record, proxy):  # type: ignore[no-untyped-def]
+        dbapi_conn.set_trace_callback(trace)
+        traced.append(dbapi_conn)
+
     engine = shop.crm.db.engine
-    sa.event.listen(engine, "before_cursor_execute", before)
+    sa.event.listen(engine, "checkout", checkout)
     try:
         yield seen
     finally:
-        sa.event.remove(engine, "before_cursor_execute", before)
+        sa.event.remove(engine, "checkout", checkout)
+        for c in traced:
+            c.set_trace_callback(None)
 
 
 def test_customer_gets_items_bought_together_without_what_they_bought(shop: Shop) -> None:
@@ -217,14 +232,66 @@ def test_queries_per_decision_are_constant(shop: Shop) -> None:
     for i in range(1, 7):
         shop.buy(heavy, f"S{i}", f"H{i}", f"B{i}")
         shop.view(heavy, f"H{i}", f"B{i}")
-    shop.p.decide(light, "home")  # warm the placement and offer caches
+    shop.p.decide(None, "home")  # warm the placement and offer caches (and the catalogue)
+    first = []
+    for cid in (light, heavy):  # first decisions: the lists they miss are read once, in one query
+        with count_queries(shop) as seen:
+            shop.p.decide(cid, "home")
+        first.append(len(seen))
+    assert first == [5, 5]  # generation, person, history, the lists missed, bandit arms
     counts = []
     for cid in (light, heavy, None):
         with count_queries(shop) as seen:
             shop.p.decide(cid, "home")
         counts.append(len(seen))
-    assert counts[0] == counts[1] == 5  # person, history, lists, products, bandit arms
-    assert counts[2] <= 3  # a new visitor: lists, products, arms
+    assert counts[0] == counts[1] == 4  # generation, person, history, bandit arms
+    assert counts[2] <= 2  # a new visitor: generation, arms
+
+
+def test_a_refresh_or_catalogue_change_in_another_process_is_seen(tmp_path: Path) -> None:
+    """The cached catalogue and lists belong to a generation that every decision checks: what
+    another process changes (a worker's refresh, an API process's catalogue write) is seen at once."""
+    from ecrm_core.testing import make_crm
+
+    from .conftest import PRODUCTS, SECRET
+
+    db = tmp_path / "gen.db"
+    crm = make_crm(db, plugins=[plugin], secret=SECRET)
+    try:
+        p = personalize(crm)
+        p.add_products(PRODUCTS)
+        ada = crm.customers.create(email="ada@example.com").id
+        assert ada is not None
+        for n in range(4):
+            other = crm.customers.create(email=f"o{n}@example.com").id
+            crm.interactions.track("purchase", customer_id=other, properties={"skus": ["S1", "S2"]})
+        crm.interactions.track("purchase", customer_id=ada, properties={"skus": ["S1"]})
+        p.refresh()
+        p.define("home", k=3, recommender="cooccurrence")
+        assert p.decide(ada, "home").items[0].sku == "S2"  # cached now
+        script = f"""
+import sys
+from pathlib import Path
+from ecrm_core.testing import make_crm
+from ecrm_personalize import personalize, plugin
+crm = make_crm(Path({str(db)!r}), plugins=[plugin], secret={SECRET!r})
+p = personalize(crm)
+if sys.argv[1] == "remove":
+    p.remove_products(["S2"])
+else:
+    for n in range(6):
+        cid = crm.customers.create(email=f"h{{n}}@example.com").id
+        crm.interactions.track("purchase", customer_id=cid, properties={{"skus": ["S1", "H5"]}})
+    p.refresh()
+crm.close()
+"""
+        env = {**os.environ, "ECRM_TEST": "1"}
+        subprocess.run([sys.executable, "-c", script, "remove"], check=True, env=env, timeout=120)
+        assert "S2" not in [i.sku for i in p.decide(ada, "home").items]  # the catalogue's generation changed
+        subprocess.run([sys.executable, "-c", script, "refresh"], check=True, env=env, timeout=120)
+        assert p.decide(ada, "home").items[0].sku == "H5"  # the lists' generation changed
+    finally:
+        crm.close()
 
 
 def test_control_group_is_deterministic_and_unpersonalized(shop: Shop) -> None:

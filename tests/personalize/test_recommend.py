@@ -148,3 +148,38 @@ def test_evaluate_and_refresh_from_the_command_line(tmp_path: Path) -> None:
     assert r.exit_code == 0
     r = run.invoke(cli, [*base, "uplift", "nowhere"])
     assert json.loads(r.output)["groups"]["control"]["impression"] == 0
+
+
+def test_the_sqlite_reader_gives_what_the_generic_reader_gives(tmp_path: Path) -> None:
+    """read_baskets decodes chunks with msgspec; odd shapes (a boolean sku, an item that is not an
+    object, a too-long sku) fall back to skus_of: the pairs are the same as the row-by-row reader's."""
+    from ecrm_personalize.recommend import Baskets, Training, _chunk_skus, history_rows, read_baskets
+
+    crm = make_crm(tmp_path / "r.db", plugins=[plugin], secret=SECRET)
+    try:
+        ids = [crm.customers.create(email=f"r{i}@example.com").id for i in range(4)]
+        shapes: list[dict[str, object]] = [
+            {"skus": ["A", "B"]},
+            {"sku": "C", "category": "x"},
+            {"items": [{"sku": "D", "qty": 2}, {"sku": 7}]},
+            {"skus": ["E", True, "", "x" * 201], "sku": False, "items": ["no", {"sku": "F"}]},
+            {"other": 1},
+        ]
+        for n, props in enumerate(shapes):
+            crm.interactions.track("purchase", customer_id=ids[n % 4], properties=props)
+        crm.interactions.track("product_view", customer_id=ids[0], properties={"sku": "V"})
+
+        def pairs(b: Baskets) -> set[tuple[int, str]]:
+            return {(int(c), b.names[p]) for c, p in zip(*b.bought, strict=True)}
+
+        fast = read_baskets(crm)
+        tr = Training()
+        for cid, kind, skus, _at in history_rows(crm):
+            tr.add(cid, kind, skus)
+        assert pairs(fast) == pairs(Baskets.of(tr))
+        assert {s for _, s in pairs(fast)} == {"A", "B", "C", "D", "7", "E", "F"}
+        # the typed (msgspec) path alone, on the shapes it accepts, agrees with skus_of
+        good = [(1, json.dumps(p)) for p in shapes[:3] + shapes[4:]]
+        assert _chunk_skus(good)[1] == [skus_of("purchase", p) for p in shapes[:3] + shapes[4:]]
+    finally:
+        crm.close()

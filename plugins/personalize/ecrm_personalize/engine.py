@@ -30,11 +30,12 @@ import sqlalchemy as sa
 from ecrm_core.errors import ValidationError
 from ecrm_core.validation import check_slug
 
-from . import tokens
+from . import cache, tokens
 from .blend import blend, list_keys
+from .cache import Prepared, json_value
 from .model import Decision, Item, OfferPick, Placement
-from .recommend import HISTORY_KINDS, skus_of
-from .schema import ARMS, PLACEMENTS, PREFERENCES, PRODUCTS, RECS
+from .recommend import HISTORY_KINDS, _chunk_skus, skus_of
+from .schema import ARMS, PLACEMENTS, PREFERENCES
 from .state import state
 from .strategies import Candidate, DecisionContext, OfferCandidate
 
@@ -100,12 +101,12 @@ def _segment(placement: Placement, customer: Mapping[str, Any] | None) -> str:
 
 
 class Statements:
-    """The decision's statements, built once per CRM (bound parameters; SQLAlchemy caches their SQL)."""
+    """The decision's statements, rendered once per CRM and dialect (:class:`~ecrm_personalize.cache.Prepared`)."""
 
-    def __init__(self, crm: CRM) -> None:
+    def __init__(self, crm: CRM, dialect: sa.Dialect) -> None:
         tables = crm.db.tables
         c, p, a = tables["customers"], tables[PREFERENCES], tables["aliases"]
-        t, r, pr, ar = tables["interactions"], tables[RECS], tables[PRODUCTS], tables[ARMS]
+        t, ar = tables["interactions"], tables[ARMS]
         ws = sa.bindparam("ws")
         cols = [
             c.c.id,
@@ -118,50 +119,76 @@ class Statements:
             p.c.data,
         ]
         base = sa.select(*cols).select_from(c.outerjoin(p, p.c.customer_id == c.c.id)).where(c.c.workspace_id == ws)
-        self.person = base.where(c.c.id == sa.bindparam("cid"))
-        self.visitor = base.join(a, a.c.customer_id == c.c.id).where(
-            a.c.workspace_id == ws, a.c.kind == "anonymous", a.c.value == sa.bindparam("alias")
+        self.person = Prepared(base.where(c.c.id == sa.bindparam("cid")), dialect)
+        self.visitor = Prepared(
+            base.join(a, a.c.customer_id == c.c.id).where(
+                a.c.workspace_id == ws, a.c.kind == "anonymous", a.c.value == sa.bindparam("alias")
+            ),
+            dialect,
         )
-        self.history = (
+        self.history = Prepared(
             sa.select(t.c.kind, t.c.properties)
             .where(t.c.workspace_id == ws, t.c.customer_id == sa.bindparam("cid"), t.c.kind.in_(HISTORY_KINDS))
             .order_by(t.c.occurred_at.desc())
-            .limit(HISTORY)
+            .limit(HISTORY),
+            dialect,
         )
-        self.lists = sa.select(r.c.key, r.c["items"]).where(
-            r.c.workspace_id == ws, r.c.key.in_(sa.bindparam("keys", expanding=True))
-        )
-        self.products = sa.select(pr.c.sku, pr.c.title, pr.c.category, pr.c.available).where(
-            pr.c.workspace_id == ws, pr.c.sku.in_(sa.bindparam("skus", expanding=True))
-        )
-        self.arms = sa.select(ar.c.arm, ar.c.trials, ar.c.wins).where(
-            ar.c.workspace_id == ws,
-            ar.c.placement == sa.bindparam("placement"),
-            ar.c.segment == sa.bindparam("segment"),
+        self.arms = Prepared(
+            sa.select(ar.c.arm, ar.c.trials, ar.c.wins).where(
+                ar.c.workspace_id == ws,
+                ar.c.placement == sa.bindparam("placement"),
+                ar.c.segment == sa.bindparam("segment"),
+            ),
+            dialect,
         )
 
 
-def statements(crm: CRM) -> Statements:
+def statements(crm: CRM, dialect: sa.Dialect) -> Statements:
     st = state(crm)
-    key = ("statements", id(crm.db.metadata))
+    key = ("statements", id(crm.db.metadata), dialect.name)
     found = st.cache.get(key)
     if found is None:
-        found = (float("inf"), Statements(crm))
+        found = (float("inf"), Statements(crm, dialect))
         st.cache[key] = found
     return found[1]  # type: ignore[no-any-return]
 
 
-def _person(conn: sa.Connection, crm: CRM, stmts: Statements, customer_id: int | None, visitor: str | None) -> Any:
-    ws = crm.workspace
+class _Person:
+    """The columns of the person's row (id, name, timezone, locale, lifecycle_stage, attributes,
+    merged_into, preferences)."""
+
+    __slots__ = ("attributes", "data", "id", "lifecycle_stage", "locale", "merged_into", "name", "timezone")
+
+    def __init__(self, row: Any) -> None:
+        self.id, self.name, self.timezone, self.locale, self.lifecycle_stage = row[:5]
+        self.attributes = json_value(row[5])
+        self.merged_into = row[6]
+        self.data = json_value(row[7])
+
+
+def _person(cur: Any, ws: str, stmts: Statements, customer_id: int | None, visitor: str | None) -> _Person | None:
     if customer_id is not None:
-        row = conn.execute(stmts.person, {"ws": ws, "cid": customer_id}).first()
+        rows = stmts.person.rows(cur, {"ws": ws, "cid": customer_id})
     else:
-        row = conn.execute(stmts.visitor, {"ws": ws, "alias": visitor}).first()
+        rows = stmts.visitor.rows(cur, {"ws": ws, "alias": visitor})
     hops = 0
-    while row is not None and row.merged_into is not None and hops < 5:
-        row = conn.execute(stmts.person, {"ws": ws, "cid": row.merged_into}).first()
+    while rows and rows[0][6] is not None and hops < 5:
+        rows = stmts.person.rows(cur, {"ws": ws, "cid": rows[0][6]})
         hops += 1
-    return row
+    return _Person(rows[0]) if rows else None
+
+
+def _history(rows: list[Any]) -> tuple[list[str], list[str]]:
+    """(bought, viewed) product ids, most recent first, each once, from (kind, properties) rows."""
+    bought: list[str] = []
+    viewed: list[str] = []
+    if rows and all(isinstance(props, str) for _kind, props in rows):
+        _cids, skus = _chunk_skus([(0, props) for _kind, props in rows])
+    else:
+        skus = [skus_of(kind, json_value(props)) for kind, props in rows]
+    for (kind, _props), found in zip(rows, skus, strict=True):
+        (bought if kind == "purchase" else viewed).extend(found)
+    return list(dict.fromkeys(bought)), list(dict.fromkeys(viewed))
 
 
 def decide(
@@ -206,72 +233,75 @@ def decide(
     lookup_alias = anonymous_id if anonymous_id is not None else vid
 
     now = crm.now()
-    stmts = statements(crm)
     ws = crm.workspace
     with crm.db.read() as conn:
-        row = None
-        if customer_id is not None or (lookup_alias is not None and cookie_out is None):
-            row = _person(conn, crm, stmts, customer_id, lookup_alias)
-            if row is None and customer_id is not None:
-                fallbacks.append("unknown_customer")
-                explanation.append(f"customer {customer_id} is not known here: popular items")
-        cid = row.id if row is not None else None
-        customer = (
-            {
-                "name": row.name,
-                "timezone": row.timezone,
-                "locale": row.locale,
-                "lifecycle_stage": row.lifecycle_stage,
-                "attributes": row.attributes or {},
-            }
-            if row is not None
-            else None
-        )
-        prefs = (row.data if row is not None else None) or {}
+        dialect = conn.dialect
+        stmts = statements(crm, dialect)
+        cur = conn.connection.cursor()
+        try:
+            # 0. the generation of the cached catalogue and lists (one primary-key query)
+            gen = cache.generation(crm, cur, dialect)
+            row = None
+            if customer_id is not None or (lookup_alias is not None and cookie_out is None):
+                row = _person(cur, ws, stmts, customer_id, lookup_alias)
+                if row is None and customer_id is not None:
+                    fallbacks.append("unknown_customer")
+                    explanation.append(f"customer {customer_id} is not known here: popular items")
+            cid = row.id if row is not None else None
+            customer = (
+                {
+                    "name": row.name,
+                    "timezone": row.timezone,
+                    "locale": row.locale,
+                    "lifecycle_stage": row.lifecycle_stage,
+                    "attributes": row.attributes or {},
+                }
+                if row is not None
+                else None
+            )
+            prefs = (row.data if row is not None else None) or {}
 
-        bought: list[str] = []
-        viewed: list[str] = []
-        if cid is not None:
-            hist = conn.execute(stmts.history, {"ws": ws, "cid": cid}).all()
-            for h in hist:
-                (bought if h.kind == "purchase" else viewed).extend(skus_of(h.kind, h.properties))
-        bought = list(dict.fromkeys(bought))
-        viewed = list(dict.fromkeys(viewed))
+            bought: list[str] = []
+            viewed: list[str] = []
+            if cid is not None:
+                bought, viewed = _history(stmts.history.rows(cur, {"ws": ws, "cid": cid}))
 
-        subject = f"c{cid}" if cid is not None else f"v{lookup_alias or 'none'}"
-        control = _in_control(crm, pl, subject)
-        segment = _segment(pl, customer)
-        page_sku = ctx_in.get("sku") if isinstance(ctx_in.get("sku"), str) else None
+            subject = f"c{cid}" if cid is not None else f"v{lookup_alias or 'none'}"
+            control = _in_control(crm, pl, subject)
+            segment = _segment(pl, customer)
+            page_sku = ctx_in.get("sku") if isinstance(ctx_in.get("sku"), str) else None
 
-        # 3. the lists, by key
-        rec = "control" if control else pl.recommender
-        sources = list_keys(rec, bought, viewed, page_sku) if not control else {"popular": ["popular"]}
-        keys = sorted({k for ks in sources.values() for k in ks if len(k) <= 260})
-        lists: dict[str, Any] = dict(conn.execute(stmts.lists, {"ws": ws, "keys": keys}).all())
-        exclude = set(bought) if pl.exclude_bought else set()
-        if page_sku:
-            exclude.add(page_sku)
-        candidates = blend(rec, sources, lists, viewed, pl.k, exclude, limit=max(pl.k * 4, 20))
+            # 3. the lists, by key (cached per generation)
+            rec = "control" if control else pl.recommender
+            sources = list_keys(rec, bought, viewed, page_sku) if not control else {"popular": ["popular"]}
+            keys = sorted({k for ks in sources.values() for k in ks if len(k) <= 260})
+            lists = cache.lists(crm, cur, dialect, gen, keys)
+            exclude = set(bought) if pl.exclude_bought else set()
+            if page_sku:
+                exclude.add(page_sku)
+            candidates = blend(rec, sources, lists, viewed, pl.k, exclude, limit=max(pl.k * 4, 20))
 
-        # 4. the catalogue: deleted or unavailable products are left out
-        want = {c.sku for c in candidates} | set(bought[:20]) | set(viewed[:20])
-        products = {row.sku: row for row in conn.execute(stmts.products, {"ws": ws, "skus": sorted(want)}).all()}
-        arms = None
-        if pl.alternatives and "bandit" in pl.strategies:  # also in control: a constant number of queries
-            arms = {
-                row.arm: (int(row.trials), int(row.wins))
-                for row in conn.execute(stmts.arms, {"ws": ws, "placement": pl.name, "segment": segment}).all()
-            }
+            # 4. the catalogue: deleted or unavailable products are left out
+            want = {c.sku for c in candidates} | set(bought[:20]) | set(viewed[:20])
+            products = cache.products(crm, cur, dialect, gen, want)
+            arms = None
+            if pl.alternatives and "bandit" in pl.strategies:  # also in control: a constant number of queries
+                arms = {
+                    str(arm): (int(trials), int(wins))
+                    for arm, trials, wins in stmts.arms.rows(cur, {"ws": ws, "placement": pl.name, "segment": segment})
+                }
+        finally:
+            cur.close()
 
     unavailable = _unavailable(crm, [c.sku for c in candidates if c.sku in products])
     kept: list[Candidate] = []
     dropped = 0
     for c in candidates:
         prod = products.get(c.sku)
-        if prod is None or not prod.available or c.sku in unavailable:
+        if prod is None or not prod[2] or c.sku in unavailable:
             dropped += 1
             continue
-        c.title, c.category = prod.title, prod.category
+        c.title, c.category = prod[0], prod[1]
         kept.append(c)
     if dropped:
         explanation.append(f"{dropped} candidates left out: no longer in the catalogue or unavailable")
@@ -280,8 +310,8 @@ def decide(
     categories: Counter[str] = Counter()
     for s in bought[:20] + viewed[:20]:
         prod = products.get(s)
-        if prod is not None and prod.category:
-            categories[prod.category] += 2 if s in bought else 1
+        if prod is not None and prod[1]:
+            categories[prod[1]] += 2 if s in bought else 1
 
     offers = _offer_candidates(crm, pl, cid, control) if pl.offers else []
     dctx = DecisionContext(

@@ -22,26 +22,40 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import sqlalchemy as sa
 
+from .cache import CATALOGUE_KEY, META_KEY
 from .schema import PRODUCTS, RECS
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
     from ecrm_core.registry import JobContext, JobResult
 
-__all__ = ["LIST_SIZE", "RefreshReport", "Training", "history_rows", "refresh", "refresh_tick", "train"]
+__all__ = [
+    "LIST_SIZE",
+    "Baskets",
+    "RefreshReport",
+    "Training",
+    "history_rows",
+    "read_baskets",
+    "refresh",
+    "refresh_tick",
+    "train",
+]
 
 #: how many items each stored list keeps
 LIST_SIZE = 30
 #: at most this many purchased products per customer enter the co-occurrence counts
 MAX_BASKET = 200
-META_KEY = "_meta"
+
+#: how many distinct ``properties`` texts the refresh's reader remembers decoded
+MEMO_MAX = 500_000
 HISTORY_KINDS = ("purchase", "product_view", "add_to_cart")
 
 
@@ -101,49 +115,119 @@ class Training:
         return tr
 
 
-def popularity(tr: Training, size: int = 100) -> list[tuple[str, float]]:
-    counts: Counter[str] = Counter()
-    for basket in tr.bought.values():
-        counts.update(basket)
-    if not counts:
-        for basket in tr.viewed.values():
-            counts.update(basket)
-    if not counts:
-        return []
-    top = counts.most_common(size)
-    best = top[0][1]
-    return [(s, n / best) for s, n in top]
+class Baskets:
+    """Who bought and who viewed what, as integer arrays: the recommenders' input.
+
+    ``bought`` and ``viewed`` are ``(customer ids, product codes)`` pairs
+    (numpy arrays, repeats allowed); ``names[code]`` is the product id.
+    :meth:`matrix` turns a pair into the binary customer x product matrix.
+    """
+
+    def __init__(
+        self,
+        names: list[str],
+        bought: tuple[Any, Any],
+        viewed: tuple[Any, Any],
+    ) -> None:
+        self.names = names
+        self.bought = bought
+        self.viewed = viewed
+        self._matrices: dict[str, Any] = {}
+
+    @classmethod
+    def of(cls, tr: Training | Baskets) -> Baskets:
+        if isinstance(tr, Baskets):
+            return tr
+        import numpy as np
+
+        index: dict[str, int] = {}
+
+        def pairs(baskets: dict[int, set[str]]) -> tuple[Any, Any]:
+            cs = [c for c, b in baskets.items() for _ in b]
+            ps = [index.setdefault(s, len(index)) for b in baskets.values() for s in b]
+            return np.asarray(cs, dtype=np.int64), np.asarray(ps, dtype=np.int64)
+
+        bought = pairs(tr.bought)
+        viewed = pairs(tr.viewed)
+        return cls(list(index), bought, viewed)
+
+    def matrix(self, which: str) -> Any:
+        """Binary CSR matrix of ``which`` (``"bought"`` or ``"viewed"``): one row per customer, a 1 where
+        they bought/viewed the product (at most :data:`MAX_BASKET` products per customer, the lowest
+        codes).  Built once per :class:`Baskets` with one sort of the (customer, product) keys."""
+        import numpy as np
+        from scipy import sparse
+
+        found = self._matrices.get(which)
+        if found is not None:
+            return found
+        cids, codes = self.bought if which == "bought" else self.viewed
+        n = max(len(self.names), 1)
+        if not len(cids):
+            x = sparse.csr_matrix((0, len(self.names)), dtype=np.float32)
+        else:
+            keys = np.sort(np.asarray(cids, dtype=np.int64) * n + np.asarray(codes, dtype=np.int64))
+            keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]  # distinct (np.unique is slower)
+            customers, cols = np.divmod(keys, n)
+            starts = np.concatenate(([0], np.flatnonzero(np.diff(customers)) + 1))
+            counts = np.diff(np.append(starts, len(keys)))
+            if counts.max() > MAX_BASKET:
+                pos = np.arange(len(keys)) - np.repeat(starts, counts)
+                cols = cols[pos < MAX_BASKET]
+                counts = np.minimum(counts, MAX_BASKET)
+            indptr = np.concatenate(([0], np.cumsum(counts)))
+            x = sparse.csr_matrix(
+                (np.ones(len(cols), dtype=np.float32), cols.astype(np.int32), indptr),
+                shape=(len(counts), len(self.names)),
+            )
+        self._matrices[which] = x
+        return x
 
 
-def cooccurrence(tr: Training, size: int = LIST_SIZE) -> dict[str, list[tuple[str, float]]]:
+def popularity(tr: Training | Baskets, size: int = 100) -> list[tuple[str, float]]:
     import numpy as np
-    from scipy import sparse
 
-    baskets = [b for b in tr.bought.values() if len(b) > 1]
-    if not baskets:
+    b = Baskets.of(tr)
+    x = b.matrix("bought")
+    if not x.nnz:
+        x = b.matrix("viewed")
+    if not x.nnz:
+        return []
+    counts = np.asarray(x.getnnz(axis=0))
+    order = np.argsort(-counts, kind="stable")[:size]
+    order = order[counts[order] > 0]
+    best = float(counts[order[0]])
+    return [(b.names[i], float(counts[i]) / best) for i in order]
+
+
+def cooccurrence(tr: Training | Baskets, size: int = LIST_SIZE) -> dict[str, list[tuple[str, float]]]:
+    import numpy as np
+
+    b = Baskets.of(tr)
+    x = b.matrix("bought")
+    x = x[np.diff(x.indptr) > 1]
+    if not x.nnz:
         return {}
-    index: dict[str, int] = {}
-    rows: list[int] = []
-    cols: list[int] = []
-    for r, basket in enumerate(baskets):
-        for s in basket:
-            rows.append(r)
-            cols.append(index.setdefault(s, len(index)))
-    names = list(index)
-    x = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(baskets), len(names)))
-    co = (x.T @ x).tocsr()
-    counts = np.asarray(co.diagonal()).ravel()
-    co.setdiag(0)
-    co.eliminate_zeros()
+    co = (x.T.tocsr() @ x).tocsr()
+    co.sort_indices()
+    counts = np.asarray(co.diagonal(), dtype=np.float64)
+    names = b.names
     out: dict[str, list[tuple[str, float]]] = {}
-    for i in range(co.shape[0]):
+    for i in np.flatnonzero(np.diff(co.indptr)):
         start, end = co.indptr[i], co.indptr[i + 1]
-        if start == end:
-            continue
         js = co.indices[start:end]
-        vals = co.data[start:end] / np.sqrt(counts[i] * counts[js])
-        order = np.argsort(-vals, kind="stable")[:size]
-        out[names[i]] = [(names[js[o]], float(vals[o])) for o in order]
+        keep = js != i  # not the item itself
+        js = js[keep]
+        if not len(js):
+            continue
+        vals = co.data[start:end][keep] / np.sqrt(counts[i] * counts[js])
+        if len(vals) > size:  # the best `size`, ties in product order: as a full stable sort would give
+            kth = np.partition(vals, len(vals) - size)[len(vals) - size]
+            cand = np.flatnonzero(vals >= kth)
+            order = cand[np.argsort(-vals[cand], kind="stable")][:size]
+        else:
+            order = np.argsort(-vals, kind="stable")
+        out[names[i]] = [(names[j], float(v)) for j, v in zip(js[order].tolist(), vals[order].tolist(), strict=True)]
     return out
 
 
@@ -177,13 +261,15 @@ def content(
     keep = min(size, n - 1)
     for start in range(0, n, block):
         sims = (x[start : start + block] @ xt).toarray()
-        for r in range(sims.shape[0]):
-            sims[r, start + r] = -1.0
+        rows = np.arange(sims.shape[0])
+        sims[rows, start + rows] = -1.0
         top = np.argpartition(-sims, keep - 1, axis=1)[:, :keep] if keep < n else np.argsort(-sims, axis=1)
-        for r in range(sims.shape[0]):
-            cand = top[r]
-            cand = cand[np.argsort(-sims[r, cand], kind="stable")]
-            row = [(skus[j], float(sims[r, j])) for j in cand if sims[r, j] > 0]
+        vals = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-vals, axis=1, kind="stable")  # per row, as the row-by-row stable sort did
+        top_list = np.take_along_axis(top, order, axis=1).tolist()
+        vals_list = np.take_along_axis(vals, order, axis=1).tolist()
+        for r, (js, vs) in enumerate(zip(top_list, vals_list, strict=True)):
+            row = [(skus[j], v) for j, v in zip(js, vs, strict=True) if v > 0]
             if row:
                 out[skus[start + r]] = row
     return out
@@ -219,12 +305,13 @@ class RefreshReport:
 
 
 def train(
-    tr: Training, products: list[Mapping[str, Any]], report: RefreshReport | None = None
+    tr: Training | Baskets, products: list[Mapping[str, Any]], report: RefreshReport | None = None
 ) -> dict[str, list[tuple[str, float]]]:
     """Every list, by key, from ``tr`` and the catalogue ``products``."""
     report = report or RefreshReport()
     lists: dict[str, list[tuple[str, float]]] = {}
     t0 = time.perf_counter()
+    tr = Baskets.of(tr)
     lists["popular"] = popularity(tr)
     report.seconds["popular"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -239,23 +326,176 @@ def train(
     return lists
 
 
+class _Item(msgspec.Struct):
+    sku: str | int | None = None
+
+
+class _Props(msgspec.Struct):
+    """The shapes :func:`skus_of` reads, for msgspec's typed decoding (other keys are skipped)."""
+
+    sku: str | int | None = None
+    skus: list[str | int] | None = None
+    items: list[_Item] | None = None
+
+
+_DECODE_MANY = msgspec.json.Decoder(list[_Props])
+
+
+def _chunk_skus(rows: list[tuple[int, Any]]) -> tuple[list[int], list[list[str]]]:
+    """(customer ids, skus of each row) for rows of (customer id, properties JSON text).
+
+    The whole chunk is decoded in one msgspec call into typed structs; a
+    chunk holding any other shape (a boolean sku, an item that is not an
+    object, invalid JSON) is read row by row with :func:`skus_of` instead,
+    so both give the same answer.
+    """
+    cids = [r[0] for r in rows]
+    texts = [r[1] if isinstance(r[1], str) else "null" for r in rows]
+    try:
+        decoded = _DECODE_MANY.decode(("[" + ",".join(texts) + "]").encode())
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        import json
+
+        out = []
+        for t in texts:
+            try:
+                out.append(skus_of("purchase", json.loads(t)))
+            except ValueError:
+                out.append([])
+        return cids, out
+    result: list[list[str]] = []
+    for p in decoded:
+        got: list[str] = []
+        if p.sku is not None:
+            got.append(str(p.sku))
+        if p.skus is not None:
+            got += [str(x) for x in p.skus[:MAX_BASKET]]
+        if p.items is not None:
+            got += [str(it.sku) for it in p.items[:MAX_BASKET] if it.sku is not None]
+        result.append([x for x in got if 0 < len(x) <= 200])
+    return cids, result
+
+
+def read_baskets(crm: CRM, report: RefreshReport | None = None) -> Baskets:
+    """Every purchase (and, when nothing was bought yet, every view) of the workspace, as :class:`Baskets`.
+
+    On SQLite the purchases are read in one pass in table order (sequential
+    pages) on the DB-API cursor; each distinct ``properties`` text is decoded
+    once (:func:`_chunk_skus`: msgspec, else :func:`skus_of`); views are read
+    only when nothing was bought.  The report counts the purchases and views
+    (``interactions``, one index count) and the customers whose purchases (or,
+    before anything was bought, views) name products.  Other databases
+    stream :func:`history_rows` (``customers``: with a purchase or a view).
+    """
+    report = report if report is not None else RefreshReport()
+    if crm.db.engine.dialect.name != "sqlite":
+        tr = Training()
+        for cid, kind, skus, _at in history_rows(crm):
+            report.interactions += 1
+            tr.add(cid, kind, skus)
+        report.customers = len(set(tr.bought) | set(tr.viewed))
+        return Baskets.of(tr)
+    import numpy as np
+
+    t = crm.db.tables["interactions"]
+    index: dict[str, int] = {}
+
+    def pairs(cur: Any, kinds: tuple[str, ...]) -> tuple[Any, Any]:
+        marks = ", ".join("?" * len(kinds))
+        cur.execute(
+            f"SELECT customer_id, properties FROM {name} NOT INDEXED WHERE workspace_id = ? AND kind IN ({marks})",
+            (crm.workspace, *kinds),
+        )
+        cs: list[Any] = []
+        ps: list[Any] = []
+        setdefault = index.setdefault
+        # the same properties text names the same products: decoded once (bounded), which makes
+        # the read of typical order data (few distinct baskets) mostly a dictionary lookup per row
+        memo: dict[str, tuple[int, ...]] = {}
+        while chunk := cur.fetchmany(50_000):
+            cids, texts = zip(*chunk, strict=True)
+            found: list[Any] = list(map(memo.get, texts))  # C-level loops from here on
+            if None in found:
+                miss = [i for i, f in enumerate(found) if f is None]
+                decoded = _chunk_skus([(0, texts[i]) for i in miss])[1]
+                for i, skus in zip(miss, decoded, strict=True):
+                    codes = tuple(setdefault(s, len(index)) for s in skus)
+                    if len(memo) < MEMO_MAX and isinstance(texts[i], str):
+                        memo[texts[i]] = codes
+                    found[i] = codes
+            lens = np.fromiter(map(len, found), dtype=np.int64, count=len(found))
+            cs.append(np.repeat(np.asarray(cids, dtype=np.int64), lens))
+            ps.append(np.fromiter(chain.from_iterable(found), dtype=np.int64, count=int(lens.sum())))
+        if not cs:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate(cs), np.concatenate(ps)
+
+    with crm.db.read() as conn:
+        name = conn.dialect.identifier_preparer.format_table(t)
+        cur = conn.connection.cursor()
+        try:
+            marks = ", ".join("?" * len(HISTORY_KINDS))
+            cur.execute(
+                f"SELECT count(*) FROM {name} WHERE workspace_id = ? AND kind IN ({marks})",
+                (crm.workspace, *HISTORY_KINDS),
+            )
+            (report.interactions,) = cur.fetchone()
+            bought = pairs(cur, ("purchase",))
+            empty = np.zeros(0, dtype=np.int64)
+            viewed = (
+                (empty, empty) if len(bought[0]) else pairs(cur, tuple(k for k in HISTORY_KINDS if k != "purchase"))
+            )
+        finally:
+            cur.close()
+    baskets = Baskets(list(index), bought, viewed)
+    report.customers = int(baskets.matrix("bought" if len(bought[0]) else "viewed").shape[0])
+    return baskets
+
+
+def _driver_insert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """``executemany`` of ``rows``: on SQLite on the DB-API cursor (one compiled INSERT, the columns' own
+    bind processors), elsewhere through SQLAlchemy."""
+    if not rows:
+        return
+    if conn.dialect.name != "sqlite":  # the driver adapts JSON itself (psycopg): SQLAlchemy's executemany
+        conn.execute(sa.insert(table), rows)
+        return
+    cols = list(rows[0])
+    compiled = sa.insert(table).compile(dialect=conn.dialect, column_keys=cols)
+    procs = {c: table.c[c].type.bind_processor(conn.dialect) for c in cols}
+
+    def value(row: dict[str, Any], c: str) -> Any:
+        proc = procs[c]
+        return row[c] if proc is None else proc(row[c])
+
+    if compiled.positional:
+        order = compiled.positiontup or []
+        params: list[Any] = [tuple(value(r, c) for c in order) for r in rows]
+    else:
+        params = [{c: value(r, c) for c in cols} for r in rows]
+    conn.exec_driver_sql(str(compiled), params)
+
+
 def refresh(crm: CRM, *, watermark: int | None = None) -> RefreshReport:
-    """Recompute every list of the workspace and replace the stored ones (one transaction)."""
+    """Recompute every list of the workspace and replace the stored ones (one transaction).
+
+    The ``_meta`` row written with them carries a new ``generation``:
+    deciding processes see it and drop their cached lists
+    (:mod:`ecrm_personalize.cache`).
+    """
+    import uuid
+
     report = RefreshReport()
     t0 = time.perf_counter()
-    tr = Training()
-    for cid, kind, skus, _at in history_rows(crm):
-        report.interactions += 1
-        tr.add(cid, kind, skus)
-    report.customers = len(set(tr.bought) | set(tr.viewed))
+    baskets = read_baskets(crm, report)
     products = catalogue(crm)
     report.products = len(products)
     report.seconds["read"] = time.perf_counter() - t0
-    lists = train(tr, products, report)
+    lists = train(baskets, products, report)
     t0 = time.perf_counter()
     now = crm.now()
     t = crm.db.tables[RECS]
-    meta = {"report": report.to_dict(), "watermark": watermark}
+    meta = {"report": report.to_dict(), "watermark": watermark, "generation": uuid.uuid4().hex}
     rows = [
         {
             "workspace_id": crm.workspace,
@@ -265,14 +505,14 @@ def refresh(crm: CRM, *, watermark: int | None = None) -> RefreshReport:
         }
         for key, items in lists.items()
     ]
-    rows.append({"workspace_id": crm.workspace, "key": META_KEY, "items": meta, "refreshed_at": now})
     with crm.db.write() as conn:
-        conn.execute(sa.delete(t).where(t.c.workspace_id == crm.workspace))
+        conn.execute(sa.delete(t).where(t.c.workspace_id == crm.workspace, t.c.key != CATALOGUE_KEY))
         for start in range(0, len(rows), 5000):
-            conn.execute(sa.insert(t), rows[start : start + 5000])
-    report.seconds["write"] = time.perf_counter() - t0
-
-    report.seconds["total"] = sum(report.seconds.values())
+            _driver_insert(conn, t, rows[start : start + 5000])
+        report.seconds["write"] = time.perf_counter() - t0
+        report.seconds["total"] = sum(report.seconds.values())
+        meta["report"] = report.to_dict()
+        _driver_insert(conn, t, [{"workspace_id": crm.workspace, "key": META_KEY, "items": meta, "refreshed_at": now}])
     return report
 
 

@@ -10,6 +10,7 @@ from ecrm_core.errors import NotFound, ValidationError
 from ecrm_core.validation import check_slug
 
 from . import tokens
+from .cache import bump_catalogue
 from .model import Decision, Outcome, OutcomeResult, Placement, Product
 from .schema import OUTCOMES, PLACEMENTS, PREFERENCES, PRODUCTS
 from .state import state
@@ -166,15 +167,18 @@ class Personalize:
                     ["workspace_id", "sku"],
                     ["title", "category", "attributes", "available", "updated_at"],
                 )
+            bump_catalogue(self.crm, conn)
         return len(rows)
 
     def remove_products(self, skus: Sequence[str]) -> int:
         """Delete products from the catalogue: they are never recommended again, even from older lists."""
         t = self._t(PRODUCTS)
         with self.crm.db.write() as conn:
-            return conn.execute(
+            n = conn.execute(
                 sa.delete(t).where(t.c.workspace_id == self.crm.workspace, t.c.sku.in_(list(skus)))
             ).rowcount
+            bump_catalogue(self.crm, conn)
+        return int(n)
 
     def set_available(self, sku: str, available: bool) -> None:
         t = self._t(PRODUCTS)
@@ -184,6 +188,7 @@ class Personalize:
                 .where(t.c.workspace_id == self.crm.workspace, t.c.sku == sku)
                 .values(available=bool(available), updated_at=self.crm.now())
             )
+            bump_catalogue(self.crm, conn)
 
     # ------------------------------------------------------------------
     # deciding and learning
