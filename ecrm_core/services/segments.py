@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from ..domain import Customer
 from ..errors import Conflict, NotFound, ValidationError
 from ..rules import EvalContext, Rule, RuleError, compile_rule
+from ..rules.sql import ids_clause, unindexed
 from ..validation import check_text
 from .segment_queries import Cancelled, CancelToken, explain, refused_as_rule_error, render
 from .segment_refresh import _SegmentRefresh
@@ -244,10 +245,17 @@ class Segments(_SegmentRefresh):
         changed: builtins.list[int] = []
         with self.db.write() as conn:
             for chunk in _chunks(ids):
+                # driven by the primary key (the chunk's ids as one parameter): on SQLite a
+                # unary + keeps the planner off the (workspace, ...) indexes, which would
+                # visit every customer of the workspace for each chunk (1M customers: seconds)
+                ws: sa.ColumnElement[Any] = c.c.workspace_id
+                merged: sa.ColumnElement[Any] = c.c.merged_into
+                if self.db.is_sqlite:
+                    ws, merged = unindexed(ws), unindexed(merged)
                 known = set(
                     conn.scalars(
                         sa.select(c.c.id).where(
-                            c.c.workspace_id == self.workspace, c.c.merged_into.is_(None), c.c.id.in_(chunk)
+                            ids_clause(c.c.id, chunk, conn.dialect.name), ws == self.workspace, merged.is_(None)
                         )
                     )
                 )
@@ -258,7 +266,7 @@ class Segments(_SegmentRefresh):
                     ins = self._insert(conn).from_select(
                         ["segment_id", "customer_id", "entered_at"],
                         sa.select(sa.literal(seg.id), c.c.id, sa.literal(now, type_=m.c.entered_at.type)).where(
-                            c.c.id.in_(chunk),
+                            ids_clause(c.c.id, chunk, conn.dialect.name),
                             c.c.id.not_in(sa.select(m.c.customer_id).where(m.c.segment_id == seg.id)),
                         ),
                     )
@@ -315,10 +323,20 @@ class Segments(_SegmentRefresh):
             stmt = compiled.select(self._sql_context(conn))
             plan, warnings = explain(conn, stmt, self.db.tables)
             with token.watching(conn):
-                count = int(conn.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0)
-                rows = conn.execute(
-                    sa.select(c).where(c.c.id.in_(stmt.order_by(c.c.id).limit(sample))).order_by(c.c.id)
-                ).all()
+                if sample:
+                    # one evaluation of the rule for both the count and the sample: the
+                    # first ids with the total beside them (a rule's aggregates are the
+                    # cost; a second statement for the sample would compute them again)
+                    members = stmt.subquery()
+                    first = conn.execute(
+                        sa.select(members.c.id, sa.func.count().over()).order_by(members.c.id).limit(sample)
+                    ).all()
+                    count = int(first[0][1]) if first else 0
+                    ids = [r[0] for r in first]
+                    rows = conn.execute(sa.select(c).where(c.c.id.in_(ids)).order_by(c.c.id)).all() if ids else []
+                else:
+                    count = int(conn.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0)
+                    rows = []
             customers = tuple(self.crm.customers._from_row(r) for r in rows)
             return Preview(count, customers, render(stmt, conn.dialect), plan, warnings, compiled.text)
 

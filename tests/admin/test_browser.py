@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,7 @@ def test_edit_a_template_and_preview_it(page: Any, server: Any) -> None:
     assert "Subject: Welcome," in frame.locator("p").first.inner_text()
     shot(page, "template-preview")
     page.get_by_role("button", name="Save template").click()
-    page.wait_for_url(re.compile(r".*/templates/welcome\?saved=1$"))
+    page.wait_for_url(re.compile(r".*/templates/edit/welcome\?saved=1$"))
     assert page.get_by_role("status").inner_text() == "Saved."
     assert seen["dialogs"] == [] and seen["errors"] == []
     # the preview frame's own policy blocks the template's script (reported), the admin's pages report nothing
@@ -237,4 +238,33 @@ def test_keyboard_only_navigation(page: Any, server: Any, shop: dict[str, Any]) 
                  .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => e.name)"""
         )
         assert unlabeled == [], path
+    assert seen == {"csp": [], "errors": [], "dialogs": []}
+
+
+def test_throttled_logins_and_an_ended_session_are_explained(page: Any, live_admin: Any, admin_crm: CRM) -> None:
+    import sqlalchemy as sa
+
+    server = live_admin(login_failures_per_account=2, login_window_minutes=15)
+    seen = watch(page)
+    page.goto(f"{server.url}/admin/login")
+    for _ in range(2):
+        page.get_by_label("User name").fill("agent")
+        page.get_by_label("Password").fill("not the password")
+        page.get_by_role("button", name="Log in").click()
+        assert page.get_by_role("alert").inner_text() == "Wrong user name or password."
+    page.get_by_label("User name").fill("agent")
+    page.get_by_label("Password").fill("correct horse battery")
+    with page.expect_response(lambda r: r.url.endswith("/admin/login") and r.request.method == "POST") as answer:
+        page.get_by_role("button", name="Log in").click()
+    assert answer.value.status == 429 and 840 < int(answer.value.headers["retry-after"]) <= 900
+    assert page.get_by_role("alert").inner_text() == "Too many failed logins for this account. Try again in 15 minutes."
+    shot(page, "login-throttled")
+    # another account logs in; its session then sits unused past the idle time (30 minutes)
+    login(page, server.url, "marketer")
+    t = admin_crm.db.tables["admin_sessions"]
+    with admin_crm.db.write() as conn:
+        conn.execute(sa.update(t).values(seen_at=admin_crm.now() - timedelta(minutes=31)))
+    page.get_by_role("link", name="Customers").click()
+    page.wait_for_url(re.compile(r".*/admin/login\?next=/admin/customers&ended=1$"))
+    assert "Your session has ended" in page.get_by_role("status").inner_text()
     assert seen == {"csp": [], "errors": [], "dialogs": []}

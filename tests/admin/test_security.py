@@ -40,7 +40,7 @@ def test_script_in_template_sources_is_text_and_the_preview_is_sandboxed(admin_c
     b = admin_client("marketer")
     saved = b.post("/templates/new", {"name": "evil", "subject": "Hi {{ customer.name }}", "html": f"<p>{SCRIPT}</p>"})
     assert saved.status_code == 303, saved.text
-    edit = b.get("/templates/evil")
+    edit = b.get("/templates/edit/evil")
     assert edit.status_code == 200 and "<script>alert" not in edit.text and "&lt;script&gt;" in edit.text
     preview = b.post("/templates/preview", {"subject": "Hi {{ customer.name }}", "html": f"<p>{SCRIPT}</p>"})
     assert preview.status_code == 200

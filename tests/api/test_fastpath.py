@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 from ecrm_api.config import DEFAULT_EVENT_KINDS
-from ecrm_api.fastpath import check_batch
+from ecrm_api.fastpath import check_batch, read_event
 from ecrm_api.messages import MessageError, MessageReader, parse_time
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -216,3 +216,48 @@ def test_the_fast_path_takes_the_common_batch_and_stores_it_raw(reader):
     fast = check_batch(body, reader)
     assert fast is not None and fast.count == 99 and [r.index for r in fast.rejected] == [6]
     agree(body, reader)
+
+
+_SENT = st.one_of(st.none(), st.builds(_time, st.timedeltas(timedelta(seconds=-30), timedelta(seconds=30))))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(message=messages(), sent=_SENT, channel=st.sampled_from([None, "browser", "mobile", "server", "tv"]))
+@example(
+    message={"type": "page", "userId": " u ", "name": "Home", "properties": {"name": "x", "category": "c"}},
+    sent=None,
+    channel="browser",
+)
+def test_the_processor_reads_an_event_as_the_general_path_maps_it(reader, message, sent, channel):
+    """``read_event`` (the ingest processor's one typed parse of a message)
+    gives the very interaction row and identities that ``prepare`` gives, or
+    leaves the message to it."""
+    if type(message) is dict and channel is not None:
+        message["channel"] = channel
+    data = json.dumps(message, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    sent_at = parse_time(sent, "body.sentAt")
+    got = read_event(data, 3, "body.batch[3]", reader, sent_at)
+    if got is None:
+        return  # the general path decides it
+    expected = reader.prepare(msgspec.json.decode(data), 3, "body.batch[3]", sent_at=sent_at)
+    assert (got.index, got.type, got.message_id, got.path) == (3, expected.type, expected.message_id, expected.path)
+    assert (got.user_id, got.anonymous_id, got.previous_id) == (expected.user_id, expected.anonymous_id, None)
+    assert got.row == expected.row
+    assert list(got.row) == list(expected.row)  # the same keys, in the same order (hashes do not depend on it)
+
+
+def test_the_processor_reads_the_common_event_typed(reader):
+    """The benchmark's messages take the typed path (not the general one)."""
+    message = {
+        "type": "track",
+        "event": "Order Completed",
+        "userId": "user-1",
+        "messageId": "m-1",
+        "timestamp": _time(timedelta(minutes=-5)),
+        "properties": {"revenue": 12.5, "currency": "eur", "sku": "a"},
+        "context": {"library": {"name": "analytics-python"}},
+    }
+    got = read_event(json.dumps(message).encode(), 0, "body.batch[0]", reader, RECEIVED)
+    assert got is not None
+    assert got.row["kind"] == "purchase" and got.row["currency"] == "EUR" and str(got.row["amount"]) == "12.5000"
+    assert got.row["idempotency_key"] == "segment:m-1" and got.row["external_id"] == "user-1"

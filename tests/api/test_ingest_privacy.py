@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 from ecrm_api import plugin as api_plugin
-from ecrm_api.erasure import erase_identities, message_identities
+from ecrm_api.erasure import erase_identities, message_identities, raw_identities
 from ecrm_api.ingest import rejected_entries, replay
 from ecrm_api.processor import process_inbox
 
@@ -178,6 +178,75 @@ def test_a_row_rewritten_after_the_processor_read_it_is_read_again(api_crm, monk
     drain(crm)
     assert stored_keys(crm) == {"segment:b-1"}
     assert crm.customers.find(external_id="alice") is None
+
+
+def test_a_deletion_while_the_processor_holds_a_claimed_batch_drops_its_messages(crm, monkeypatch):
+    """The erasure has not reached a row the processor claimed (read before its
+    write lock on SQLite, locked on PostgreSQL): the tombstones recorded first
+    make the processor drop that person's messages, stored and rejected ones,
+    instead of storing them onto a new prospect; what arrives later is new."""
+    import ecrm_api.erasure as erasure
+    import ecrm_api.processor as processor
+
+    crm.customers.create(external_id="alice")
+    bad_sale = ev("a-2", user="alice", event="Order Completed", revenue="lots")  # rejected when read
+    put(crm, ev("a-1", user="alice"), ev("b-1", user="bob"), bad_sale)
+    real = processor._prepare
+    deleted = []
+
+    def prepare(*args, **kw):
+        out = real(*args, **kw)
+        if not deleted:
+            # The hook ran up to its tombstones; the inbox's rewrite has not come to this row yet.
+            monkeypatch.setattr(erasure, "_erase_inbox", lambda crm, wanted: (0, 0, 0))
+            deleted.append(crm.customers.delete(crm.customers.find(external_id="alice").id))
+        return out
+
+    monkeypatch.setattr(processor, "_prepare", prepare)
+    first = process_inbox(crm)
+    assert deleted and (first.stored, first.erased, first.rejected) == (1, 2, 0)
+    assert stored_keys(crm) == {"segment:b-1"}
+    assert crm.customers.find(external_id="alice") is None
+    assert rejected_entries(crm, include_replayed=True) == []
+    # A message received after the deletion is a new one: stored.
+    monkeypatch.setattr(processor, "_prepare", real)
+    put(crm, ev("a-9", user="alice"))
+    assert process_inbox(crm).stored == 1
+    assert crm.customers.find(external_id="alice") is not None
+    # Tombstones go once no waiting row is older (and TOMBSTONE_KEEP passed).
+    tombstones = crm.db.tables["ingest_tombstones"]
+    with crm.db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(tombstones)).scalar() == 1
+    monkeypatch.setattr(erasure, "TOMBSTONE_KEEP", timedelta(0))
+    put(crm, ev("b-9", user="bob"))
+    drain(crm)
+    with crm.db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(tombstones)).scalar() == 0
+
+
+def test_unreadable_rows_are_indexed_by_the_identities_they_seem_to_name(crm):
+    """An inbox row that is not JSON is rejected whole and indexed by the ids,
+    e-mails and phones its bytes seem to name: a deletion finds it even where
+    the bytes hold the value in another case or it is too short to look for."""
+    put_raw(crm, b'{"batch": [{"userId": "ab", "traits": {"email": "Alice@Example.COM"}, "event": ')
+    put_raw(crm, b'{"batch": [{"anonymousId": "zz", "event": ')
+    drain(crm)
+    assert [e.reason for e in rejected_entries(crm)] == ["unreadable", "unreadable"]
+    assert {("external", "ab"), ("email", "alice@example.com"), ("anonymous", "zz")} <= identity_rows(crm)
+    customer = crm.customers.create(external_id="ab", email="alice@example.com")
+    crm.customers.delete(customer.id)
+    assert [e.message for e in rejected_entries(crm)] == ['{"batch": [{"anonymousId": "zz", "event": ']
+    assert identity_rows(crm) == {("anonymous", "zz")}
+
+
+def test_raw_identities():
+    assert raw_identities(b'{"userId":"u\\u00e9", "previousId" : 42, "phone": "+1 415 555 0100", x') == {
+        ("external", "u\u00e9"),
+        ("external", "42"),
+        ("anonymous", "42"),
+        ("phone", "+14155550100"),
+    }
+    assert raw_identities(b"not json at all") == set()
 
 
 def test_waiting_and_replayed_messages_of_a_merged_identity_land_on_the_survivor(crm):

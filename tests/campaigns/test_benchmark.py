@@ -20,6 +20,7 @@ def test_campaigns_benchmark_smoke() -> None:
         "outbox -> channel",
         "raw sqlite3 insert",
         "trigger -> outbox / raw insert",
+        "the same in CPU time of this process",
         "campaign state rows: 1,000 = 1.00 per customer",
         "simulation of the same campaign over 30 days (",
     ):

@@ -6,8 +6,7 @@ from __future__ import annotations
 import builtins
 import logging
 import threading
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -20,11 +19,18 @@ from ...channels import (
     Purpose,
 )
 from ...errors import Conflict, ValidationError
+from ._sql import _no_gc, _Sql, _uids
 from .records import _CHANNEL_ERROR, DispatchReport, MessageRecord, Outcome, _backoff, _Claimed, quiet_until
 from .safety import _clean, _safe_result, _short
 from .send import _Sending
 
 log = logging.getLogger("ecrm.messages")
+
+#: What a claim reads of each due message (``_claim`` indexes the row by these positions).
+_CLAIM_COLUMNS = (
+    "id, uid, channel, customer_id, address, purpose, template, content, meta, status, attempts, max_attempts, "
+    "reason, transactional, workspace_id"
+)
 
 
 class _Delivering(_Sending):
@@ -52,75 +58,83 @@ class _Delivering(_Sending):
         done = 0
         while limit is None or done < limit:
             n = batch_size if limit is None else min(batch_size, limit - done)
-            claimed = self._claim(channel, n, totals)
-            if claimed is None:
-                break
-            done += len(claimed)
-            if claimed:
-                self._deliver(claimed, totals)
+            with _no_gc():
+                claimed = self._claim(channel, n, totals)
+                if claimed is None:
+                    break
+                done += len(claimed)
+                if claimed:
+                    self._deliver(claimed, totals)
             if progress is not None:
                 progress(len(claimed))
         return DispatchReport(**totals)
 
     def _claim(self, channel: str | None, n: int, totals: dict[str, int]) -> builtins.list[_Claimed] | None:
-        """Claim up to ``n`` due messages; ``None`` when nothing was due."""
+        """Claim up to ``n`` due messages; ``None`` when nothing was due.
+
+        One transaction, set-based: one SELECT of the due rows (``FOR UPDATE
+        SKIP LOCKED`` on PostgreSQL: concurrent workers take disjoint
+        batches; SQLite's ``BEGIN IMMEDIATE`` serialises claims), one read of
+        the customers' consent, one UPDATE per channel taking the lease, one
+        INSERT of the attempt log."""
         t, a = self.t("messages"), self.t("delivery_attempts")
         now = self.crm.now()
         with self.db.write() as conn:
-            due = sa.or_(
-                sa.and_(t.c.status == "queued", t.c.next_attempt_at <= now),
-                sa.and_(t.c.status == "sending", t.c.lease_until < now),
+            sql = _Sql(conn)
+            ph, stamp = sql.ph, sql.ts(now)
+            # Two reads, each in the order of the (status, next_attempt_at) index, so
+            # neither sorts the queue: expired leases first (a crashed worker's
+            # messages, normally none), then the queued messages that are due.
+            mine = f"workspace_id = {ph}" + (f" AND channel = {ph}" if channel else "")
+            scope: builtins.list[Any] = [self.workspace, *([channel] if channel else [])]
+            lock = "" if sql.sqlite else " FOR UPDATE SKIP LOCKED"
+            rows = sql.all(
+                f"SELECT {_CLAIM_COLUMNS} FROM {sql.name(t)} WHERE status = 'sending' AND lease_until < {ph} "
+                f"AND {mine} ORDER BY next_attempt_at, id LIMIT {int(n)}{lock}",
+                (stamp, *scope),
             )
-            q = sa.select(t).where(t.c.workspace_id == self.workspace, due)
-            if channel:
-                q = q.where(t.c.channel == channel)
-            q = q.order_by(t.c.next_attempt_at, t.c.id).limit(n)
-            if not self.db.is_sqlite:
-                q = q.with_for_update(skip_locked=True)
-            rows: builtins.list[Mapping[str, Any]] = [dict(r._mapping) for r in conn.execute(q)]
+            if len(rows) < n:
+                rows += sql.all(
+                    f"SELECT {_CLAIM_COLUMNS} FROM {sql.name(t)} WHERE status = 'queued' AND next_attempt_at <= {ph} "
+                    f"AND {mine} ORDER BY next_attempt_at, id LIMIT {int(n) - len(rows)}{lock}",
+                    (stamp, *scope),
+                )
             if not rows:
                 return None
             # A message whose lease expired was being sent by a worker that
             # died: its attempt is "lost" (it may or may not have gone out;
             # the retry carries the same message id).
-            stale = [r["id"] for r in rows if r["status"] == "sending"]
+            stale = [r[0] for r in rows if r[9] == "sending"]
             if stale:
                 totals["recovered"] += len(stale)
-                conn.execute(
-                    sa.update(a)
-                    .where(a.c.message_id.in_(stale), a.c.status == "started")
-                    .values(status="lost", finished_at=now, reason="lease expired: the worker did not report back")
+                among, param = sql.any_of("message_id", stale)
+                sql.run(
+                    f"UPDATE {sql.name(a)} SET status = 'lost', finished_at = {ph}, reason = {ph} "
+                    f"WHERE {among} AND status = 'started'",
+                    (stamp, "lease expired: the worker did not report back", param),
                 )
             # Consent and suppression may have changed since the decision.
-            customers = self._customers(builtins.list({r["customer_id"] for r in rows}), single=False, conn=conn)
-            by_channel: dict[str, builtins.list[Mapping[str, Any]]] = {}
+            customers = self._customers(builtins.list({r[3] for r in rows}), single=False, conn=conn)
+            by_channel: dict[str, builtins.list[Any]] = {}
             for r in rows:
-                by_channel.setdefault(r["channel"], []).append(r)
-            now_blocked: builtins.list[dict[str, Any]] = []
-            live: builtins.list[Mapping[str, Any]] = []
+                by_channel.setdefault(r[2], []).append(r)
+            now_blocked: builtins.list[tuple[Any, ...]] = []
+            live: builtins.list[Any] = []
+            purposes = self.crm.registry.purposes
             for ch, group in by_channel.items():
-                suppressed = self._suppressed(conn, ch, [r["address"] for r in group if r["address"]])
+                suppressed = self._suppressed(conn, ch, [r[4] for r in group if r[4]])
                 for r in group:
-                    c = customers.get(r["customer_id"])
-                    purp = self.crm.registry.purposes.get(r["purpose"]) or Purpose(
-                        name=r["purpose"], transactional=bool(r["transactional"])
-                    )
-                    reason = "customer_gone" if c is None else self._block_reason(c, r["address"], ch, purp, suppressed)
+                    c = customers.get(r[3])
+                    purp = purposes.get(r[5]) or Purpose(name=r[5], transactional=bool(r[13]))
+                    reason = "customer_gone" if c is None else self._block_reason(c, r[4], ch, purp, suppressed)
                     if reason:
-                        now_blocked.append({"_id": r["id"], "_reason": reason})
+                        now_blocked.append((reason, stamp, r[0]))
                     else:
                         live.append(r)
             if now_blocked:
-                conn.execute(
-                    sa.update(t)
-                    .where(t.c.id == sa.bindparam("_id"))
-                    .values(
-                        status="blocked",
-                        reason=sa.bindparam("_reason"),
-                        lease_until=None,
-                        next_attempt_at=None,
-                        updated_at=now,
-                    ),
+                sql.many(
+                    f"UPDATE {sql.name(t)} SET status = 'blocked', reason = {ph}, lease_until = NULL, "
+                    f"next_attempt_at = NULL, updated_at = {ph} WHERE id = {ph}",
                     now_blocked,
                 )
                 totals["blocked"] += len(now_blocked)
@@ -128,55 +142,52 @@ class _Delivering(_Sending):
                 return []
             policies = {ch: self.crm.channels.policy(ch) for ch in by_channel}
             claimed: builtins.list[_Claimed] = []
-            attempt_rows: builtins.list[dict[str, Any]] = []
+            attempt_rows: builtins.list[tuple[Any, ...]] = []
             leased: dict[str, builtins.list[int]] = {}  # channel -> row ids (one lease per channel)
-            for r in live:
-                number = r["attempts"] + 1
-                attempt_id = uuid.uuid4().hex
-                leased.setdefault(r["channel"], []).append(r["id"])
-                attempt_rows.append(
-                    {
-                        "message_id": r["id"],
-                        "attempt_id": attempt_id,
-                        "number": number,
-                        "status": "started",
-                        "started_at": now,
-                    }
-                )
-                c = customers[r["customer_id"]]
+            read_json = sql.read_json
+            metas: dict[str, Any] = {}
+            for r, attempt_id in zip(live, _uids(len(live)), strict=True):
+                number = r[10] + 1
+                leased.setdefault(r[2], []).append(r[0])
+                attempt_rows.append((r[0], attempt_id, number, stamp))
+                c = customers[r[3]]
                 claimed.append(
                     _Claimed(
                         message=Message(
-                            id=r["uid"],
+                            id=r[1],
                             attempt_id=attempt_id,
                             attempt=number,
-                            channel=r["channel"],
-                            workspace=r["workspace_id"],
-                            customer_id=r["customer_id"],
-                            to=r["address"],
-                            purpose=r["purpose"],
-                            content=Content.from_json(r["content"] or {}),
-                            metadata=r["meta"] or {},
+                            channel=r[2],
+                            workspace=r[14],
+                            customer_id=r[3],
+                            to=r[4],
+                            purpose=r[5],
+                            content=Content.from_json(read_json(r[7]) or {}),
+                            metadata=dict(sql.read_json_shared(r[8], metas) or {}),
                         ),
-                        row_id=r["id"],
-                        max_attempts=r["max_attempts"],
-                        transactional=bool(r["transactional"]),
-                        template=r["template"],
-                        timezone=c["timezone"] or policies[r["channel"]].default_timezone,
-                        alone=(r["reason"] or "").startswith(_CHANNEL_ERROR),
+                        row_id=r[0],
+                        max_attempts=r[11],
+                        transactional=bool(r[13]),
+                        template=r[6],
+                        timezone=c["timezone"] or policies[r[2]].default_timezone,
+                        alone=(r[12] or "").startswith(_CHANNEL_ERROR),
                     )
                 )
             # Set-based: the rows were read (and locked) in this transaction, so
             # attempts + 1 is the number each attempt row carries.
             for ch, row_ids in leased.items():
-                lease = now + timedelta(seconds=policies[ch].lease)
-                for i in range(0, len(row_ids), 500):
-                    conn.execute(
-                        sa.update(t)
-                        .where(t.c.id.in_(row_ids[i : i + 500]))
-                        .values(status="sending", attempts=t.c.attempts + 1, lease_until=lease, updated_at=now)
-                    )
-            conn.execute(sa.insert(a), attempt_rows)
+                lease = sql.ts(now + timedelta(seconds=policies[ch].lease))
+                among, param = sql.any_of("id", row_ids)
+                sql.run(
+                    f"UPDATE {sql.name(t)} SET status = 'sending', attempts = attempts + 1, lease_until = {ph}, "
+                    f"updated_at = {ph} WHERE {among}",
+                    (lease, stamp, param),
+                )
+            sql.many(
+                f"INSERT INTO {sql.name(a)} (message_id, attempt_id, number, status, started_at) "
+                f"VALUES ({ph}, {ph}, {ph}, 'started', {ph})",
+                attempt_rows,
+            )
         return claimed
 
     def _deliver(self, claimed: builtins.list[_Claimed], totals: dict[str, int]) -> None:
@@ -315,74 +326,38 @@ class _Delivering(_Sending):
         # Only the attempt that holds the lease may settle its message (a
         # worker whose lease expired reports too late: its attempt is logged,
         # the message stays with the newer attempt).
-        mine = sa.and_(t.c.id == sa.bindparam("_id"), t.c.status == "sending", t.c.attempts == sa.bindparam("_n"))
         with self.db.write() as conn:
+            sql = _Sql(conn)
+            ph, stamp, table = sql.ph, sql.ts(now), sql.name(t)
+            mine = f"WHERE id = {ph} AND status = 'sending' AND attempts = {ph}"
             if settle["sent"]:
-                conn.execute(
-                    sa.update(t)
-                    .where(mine)
-                    .values(
-                        status="sent",
-                        sent_at=now,
-                        next_attempt_at=None,
-                        provider_id=sa.bindparam("_provider"),
-                        reason=None,
-                        lease_until=None,
-                        updated_at=now,
-                    ),
-                    settle["sent"],
+                sql.many(
+                    f"UPDATE {table} SET status = 'sent', sent_at = {ph}, next_attempt_at = NULL, provider_id = {ph}, "
+                    f"reason = NULL, lease_until = NULL, updated_at = {ph} {mine}",
+                    ((stamp, k["_provider"], stamp, k["_id"], k["_n"]) for k in settle["sent"]),
                 )
             if settle["retrying"]:
-                conn.execute(
-                    sa.update(t)
-                    .where(mine)
-                    .values(
-                        status="queued",
-                        next_attempt_at=sa.bindparam("_next"),
-                        reason=sa.bindparam("_reason"),
-                        lease_until=None,
-                        updated_at=now,
-                    ),
-                    settle["retrying"],
+                sql.many(
+                    f"UPDATE {table} SET status = 'queued', next_attempt_at = {ph}, reason = {ph}, "
+                    f"lease_until = NULL, updated_at = {ph} {mine}",
+                    ((sql.ts(k["_next"]), k["_reason"], stamp, k["_id"], k["_n"]) for k in settle["retrying"]),
                 )
             if settle["isolate"]:
-                conn.execute(
-                    sa.update(t)
-                    .where(mine)
-                    .values(
-                        status="queued",
-                        next_attempt_at=sa.bindparam("_next"),
-                        reason=sa.bindparam("_reason"),
-                        max_attempts=t.c.max_attempts + 1,
-                        lease_until=None,
-                        updated_at=now,
-                    ),
-                    settle["isolate"],
+                sql.many(
+                    f"UPDATE {table} SET status = 'queued', next_attempt_at = {ph}, reason = {ph}, "
+                    f"max_attempts = max_attempts + 1, lease_until = NULL, updated_at = {ph} {mine}",
+                    ((sql.ts(k["_next"]), k["_reason"], stamp, k["_id"], k["_n"]) for k in settle["isolate"]),
                 )
             if settle["dead"]:
-                conn.execute(
-                    sa.update(t)
-                    .where(mine)
-                    .values(
-                        status="dead",
-                        next_attempt_at=None,
-                        reason=sa.bindparam("_reason"),
-                        lease_until=None,
-                        updated_at=now,
-                    ),
-                    settle["dead"],
+                sql.many(
+                    f"UPDATE {table} SET status = 'dead', next_attempt_at = NULL, reason = {ph}, "
+                    f"lease_until = NULL, updated_at = {ph} {mine}",
+                    ((k["_reason"], stamp, k["_id"], k["_n"]) for k in settle["dead"]),
                 )
-            conn.execute(
-                sa.update(a)
-                .where(a.c.attempt_id == sa.bindparam("_attempt"))
-                .values(
-                    status=sa.bindparam("_status"),
-                    code=sa.bindparam("_code"),
-                    reason=sa.bindparam("_reason"),
-                    provider_id=sa.bindparam("_provider"),
-                    finished_at=now,
-                ),
-                log_rows,
+            sql.many(
+                f"UPDATE {sql.name(a)} SET status = {ph}, code = {ph}, reason = {ph}, provider_id = {ph}, "
+                f"finished_at = {ph} WHERE attempt_id = {ph}",
+                ((r["_status"], r["_code"], r["_reason"], r["_provider"], stamp, r["_attempt"]) for r in log_rows),
             )
             if suppress:
                 self._suppress(conn, suppress)

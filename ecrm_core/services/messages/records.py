@@ -6,7 +6,7 @@ from __future__ import annotations
 import builtins
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
@@ -269,6 +269,29 @@ def _plain_row(m: Mapping[Any, Any]) -> dict[str, Any]:
         "timezone": m["timezone"],
         "locale": m["locale"],
         "consent": _statuses(consent),
+    }
+
+
+#: The customer columns :func:`_plain_values` reads, in its order.
+_CUSTOMER_COLUMNS = "id, external_id, email, phone, name, attributes, consent, lifecycle_stage, timezone, locale"
+
+
+def _plain_values(r: Sequence[Any], attributes: Mapping[str, Any] | None, consent: dict[str, Any]) -> dict[str, Any]:
+    """:func:`plain_customer` from a row of :data:`_CUSTOMER_COLUMNS` as the driver returns it,
+    with its ``attributes`` and ``consent`` (the statuses) decoded by the caller."""
+    name = r[4]
+    return {
+        "id": r[0],
+        "external_id": r[1],
+        "email": r[2],
+        "phone": r[3],
+        "name": name,
+        "first_name": (name or "").split(" ")[0] or None,
+        "attributes": dict(attributes or {}),
+        "lifecycle_stage": r[7],
+        "timezone": r[8],
+        "locale": r[9],
+        "consent": consent,
     }
 
 

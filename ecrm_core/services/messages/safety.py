@@ -53,9 +53,18 @@ def _clean_opt(text: Any, limit: int) -> str | None:
     return None if text is None else _clean(text, limit)
 
 
+def _is_safe(text: Any, limit: int, *, optional: bool = True) -> bool:
+    """Whether :func:`_clean` would return ``text`` unchanged (``None`` too, when ``optional``)."""
+    if text is None:
+        return optional
+    return type(text) is str and len(text) <= limit and _UNSAFE.search(text) is None
+
+
 def _safe_result(res: DeliveryResult) -> DeliveryResult:
     """``res`` with its texts safe to store (a provider's reason may hold
     anything; one unstorable reason must not lose the whole batch's outcomes)."""
+    if _is_safe(res.provider_id, 500) and _is_safe(res.code, 100) and _is_safe(res.reason, 1000, optional=False):
+        return res  # already safe (the usual case): no copy
     import attrs
 
     return attrs.evolve(

@@ -5,9 +5,10 @@ message cannot be made is recorded, never allowed to stop the others."""
 from __future__ import annotations
 
 import builtins
+import json
 import logging
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -22,14 +23,17 @@ from ...channels import (
     TemplateError,
 )
 from ...errors import EcrmError, ValidationError
+from ...rules.sql import ids_clause
+from ._sql import _no_gc, _Sql, _uids
 from .records import (
     _COUNTED,
+    _CUSTOMER_COLUMNS,
     MAX_LISTED_FAILURES,
     Failure,
     MessageRecord,
     SendReport,
     _plain,
-    _plain_row,
+    _plain_values,
     _statuses,
     plain_customer,
     quiet_until,
@@ -38,6 +42,12 @@ from .safety import _address_problem, _clean, _content_problem, _short
 from .suppression import _Suppressions
 
 log = logging.getLogger("ecrm.messages")
+
+#: The outbox columns ``send_many`` writes, in the order of its rows (the others are NULL).
+_OUTBOX_COLUMNS = (
+    "workspace_id, uid, channel, customer_id, address, purpose, template, content, meta, status, reason, "
+    "attempts, max_attempts, next_attempt_at, dedupe_key, transactional, created_at, updated_at"
+)
 
 
 @frozen
@@ -204,7 +214,7 @@ class _Sending(_Suppressions):
                 sa.select(t.c.customer_id, sa.func.count())
                 .where(
                     t.c.workspace_id == self.workspace,
-                    t.c.customer_id.in_(ids),
+                    ids_clause(t.c.customer_id, builtins.list(ids), conn.dialect.name),
                     t.c.channel == channel,
                     t.c.transactional.is_(False),
                     t.c.status.in_(_COUNTED),
@@ -444,11 +454,12 @@ class _Sending(_Suppressions):
             with self.db.read() as conn:
                 suppressed = self._suppressed(conn, channel_name, [a for a in addresses.values() if a])
             to_render: builtins.list[tuple[dict[str, Any], dict[str, Any]]] = []
+            fresh = iter(_uids(len(ids)))
             for cid in ids:
                 c = customers.get(cid)
                 if c is None:
                     continue
-                uid = uuid.uuid4().hex
+                uid = next(fresh)
                 fault = failed.get(cid)
                 address = addresses.get(cid)
                 reason = None if fault else self._block_reason(c, address, channel_name, purp, suppressed)
@@ -488,18 +499,23 @@ class _Sending(_Suppressions):
                     else []
                 )
                 t = self.t("messages")
+                sql = _Sql(conn)
                 keys = [p["dedupe_key"] for p in plans if p["dedupe_key"]]
                 existing: dict[str, str] = {}
-                for i in range(0, len(keys), 500):
+                for i in range(0, len(keys), 5000):
+                    among, param = sql.any_of("dedupe_key", keys[i : i + 5000], kind="text")
                     existing.update(
-                        conn.execute(
-                            sa.select(t.c.dedupe_key, t.c.uid).where(
-                                t.c.workspace_id == self.workspace, t.c.dedupe_key.in_(keys[i : i + 500])
-                            )
-                        ).all()
+                        sql.all(
+                            f"SELECT dedupe_key, uid FROM {sql.name(t)} WHERE workspace_id = {sql.ph} AND {among}",
+                            (self.workspace, param),
+                        )
                     )
-                rows, blocked_rows = [], []
+                rows: builtins.list[tuple[Any, ...]] = []
+                blocked_rows: builtins.list[dict[str, Any]] = []
                 seen_keys: set[str] = set()
+                meta_json = sql.json(meta)
+                transactional = sql.flag(purp.transactional)
+                stamp = sql.ts(now)
                 for p in plans:
                     key = p["dedupe_key"]
                     if key and (key in existing or key in seen_keys):
@@ -526,29 +542,26 @@ class _Sending(_Suppressions):
                     content = p["content"]
                     stopped = reason is not None or fault is not None
                     rows.append(
-                        {
-                            "workspace_id": self.workspace,
-                            "uid": p["uid"],
-                            "channel": channel_name,
-                            "customer_id": p["customer_id"],
-                            "address": p["address"],
-                            "purpose": purp.name,
-                            "template": template_name,
-                            "content": content.to_json() if content is not None else {},
-                            "meta": meta,
-                            "status": "blocked" if stopped else "queued",
-                            "reason": _short(f"{fault.reason}: {fault.detail}", 500) if fault else reason,
-                            "attempts": 0,
-                            "max_attempts": pol.max_attempts,
-                            "next_attempt_at": None if stopped else due,
-                            "lease_until": None,
-                            "provider_id": None,
-                            "dedupe_key": key,
-                            "transactional": purp.transactional,
-                            "created_at": now,
-                            "updated_at": now,
-                            "sent_at": None,
-                        }
+                        (
+                            self.workspace,
+                            p["uid"],
+                            channel_name,
+                            p["customer_id"],
+                            p["address"],
+                            purp.name,
+                            template_name,
+                            sql.json(content.to_json() if content is not None else {}),
+                            meta_json,
+                            "blocked" if stopped else "queued",
+                            _short(f"{fault.reason}: {fault.detail}", 500) if fault else reason,
+                            0,
+                            pol.max_attempts,
+                            None if stopped else (stamp if due is now else sql.ts(due)),
+                            key,
+                            transactional,
+                            stamp,
+                            stamp,
+                        )
                     )
                     uids.append(p["uid"])
                     if stopped:
@@ -577,7 +590,11 @@ class _Sending(_Suppressions):
                     else:
                         queued += 1
                 if rows:
-                    conn.execute(sa.insert(t), rows)
+                    sql.many(
+                        f"INSERT INTO {sql.name(t)} ({_OUTBOX_COLUMNS}) VALUES "
+                        f"({sql.marks(7)}, {sql.jph}, {sql.jph}, {sql.marks(9)})",
+                        rows,
+                    )
                 if blocked_rows:
                     done = self.crm.using(conn).interactions.track_many(
                         blocked_rows, create_missing=False, on_error="skip"
@@ -590,10 +607,12 @@ class _Sending(_Suppressions):
         for cid in customer_ids:
             chunk.append(cid)
             if len(chunk) >= chunk_size:
-                flush(chunk)
+                with _no_gc():
+                    flush(chunk)
                 chunk = []
         if chunk:
-            flush(chunk)
+            with _no_gc():
+                flush(chunk)
         faults.log_summary()
         report = SendReport(
             queued=queued,
@@ -656,28 +675,43 @@ class _Sending(_Suppressions):
         With ``conn`` (a claim re-checking consent inside its transaction) only
         what the claim needs is read: ``id``, ``consent`` and ``timezone``."""
         if single:
-            c = self.crm.customers.get(ids[0])  # NotFound for an unknown id
-            return {ids[0]: plain_customer(c)}
+            found = self.crm.customers.get(ids[0])  # NotFound for an unknown id
+            return {ids[0]: plain_customer(found)}
         t = self.t("customers")
-        ws: sa.ColumnElement[Any] = t.c.workspace_id
-        merged: sa.ColumnElement[Any] = t.c.merged_into
-        if self.db.is_sqlite:
-            # driven by the primary key: a unary + keeps SQLite off the
-            # (workspace, …) indexes, which would visit every customer of the
-            # workspace for each chunk (1M customers: seconds per chunk)
-            from ...rules.sql import unindexed
-
-            ws, merged = unindexed(ws), unindexed(merged)
         out: dict[int, dict[str, Any]] = {}
         ordered = builtins.list(ids)
-        for i in range(0, len(ordered), 500):
-            live = (ws == self.workspace, t.c.id.in_(ordered[i : i + 500]), merged.is_(None))
-            if conn is not None:
-                q = sa.select(t.c.id, t.c.consent, t.c.timezone).where(*live)
-                for cid, consent, tz in conn.execute(q):
-                    out[cid] = {"id": cid, "timezone": tz, "consent": _statuses(consent)}
-                continue
-            with self.db.read() as rconn:
-                rows = rconn.execute(sa.select(t).where(*live)).all()
-            out.update({r.id: _plain_row(r._mapping) for r in rows})
+        if not ordered:
+            return out
+        with self.db.read() if conn is None else nullcontext(conn) as rconn:
+            q = _Sql(rconn)
+            # driven by the primary key: on SQLite a unary + keeps the planner off the
+            # (workspace, ...) indexes, which would visit every customer of the workspace
+            # for each chunk (1M customers: seconds per chunk)
+            plus = "+" if q.sqlite else ""
+            cols = "id, consent, timezone" if conn is not None else _CUSTOMER_COLUMNS
+            attrs: dict[str, Any] = {}
+            known: dict[str, dict[str, Any]] = {}  # consent text -> statuses (most customers share a few)
+
+            def statuses(value: Any) -> dict[str, Any]:
+                if type(value) is str and len(value) <= 512:
+                    found = known.get(value)
+                    if found is None:
+                        found = known[value] = _statuses(json.loads(value))
+                    return found
+                return _statuses(q.read_json(value))
+
+            for i in range(0, len(ordered), 5000):
+                among, ids_param = q.any_of("id", ordered[i : i + 5000])
+                rows = q.all(
+                    f"SELECT {cols} FROM {q.name(t)} WHERE {among} AND {plus}workspace_id = {q.ph} "
+                    f"AND {plus}merged_into IS NULL",
+                    (ids_param, self.workspace),
+                )
+                if conn is not None:
+                    # a claim re-checking consent inside its transaction reads only what it needs
+                    for cid, consent, tz in rows:
+                        out[cid] = {"id": cid, "timezone": tz, "consent": statuses(consent)}
+                    continue
+                for r in rows:
+                    out[r[0]] = _plain_values(r, q.read_json_shared(r[5], attrs), dict(statuses(r[6])))
         return out

@@ -107,12 +107,17 @@ class _Suppressions(_Lookups):
         addrs = {a.lower() if channel == "email" else a for a in addresses if a}
         if not addrs:
             return {}
+        from ._sql import _Sql
+
         t = self.t("suppressions")
+        sql = _Sql(conn)
         out: dict[str, str] = {}
         ordered = sorted(addrs)
-        for i in range(0, len(ordered), 500):
-            q = sa.select(t.c.address, t.c.scope).where(
-                t.c.workspace_id == self.workspace, t.c.channel == channel, t.c.address.in_(ordered[i : i + 500])
+        for i in range(0, len(ordered), 5000):
+            among, param = sql.any_of("address", ordered[i : i + 5000], kind="text")
+            q = (
+                f"SELECT address, scope FROM {sql.name(t)} WHERE workspace_id = {sql.ph} AND channel = {sql.ph} "
+                f"AND {among}"
             )
-            out.update({a: s for a, s in conn.execute(q)})
+            out.update({a: s for a, s in sql.all(q, (self.workspace, channel, param))})
         return out

@@ -31,6 +31,7 @@ from markupsafe import Markup
 
 from .config import AdminConfig
 from .render import HTMX, environment, error_box, to_html
+from .throttle import LoginThrottle
 from .users import AdminUser, Session, Sessions, Users
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -142,7 +143,15 @@ class AdminApp:
         self.crm = crm
         self.config = config
         self.users = Users(crm)
-        self.sessions = Sessions(crm, lifetime=timedelta(hours=config.session_hours))
+        self.sessions = Sessions(
+            crm, lifetime=timedelta(hours=config.session_hours), idle=timedelta(minutes=config.session_idle_minutes)
+        )
+        self.throttle = LoginThrottle(
+            per_account=config.login_failures_per_account,
+            per_address=config.login_failures_per_address,
+            window=config.login_window_minutes * 60,
+            max_keys=config.login_throttle_keys,
+        )
         self._views: dict[str, Any] = {}
         self._lock = threading.Lock()
         key = config.secret
@@ -190,9 +199,10 @@ class AdminApp:
         return sorted(n for n in names if user.may_see(n))
 
     # -- cached figures (dashboard) ----------------------------------------
-    def cached(self, workspace: str, name: str, compute: Callable[[], Any]) -> Any:
-        """``compute()`` at most every ``dashboard_ttl`` seconds per workspace; a stale
-        value is served while a background thread computes the next one."""
+    def cached(self, workspace: str, name: str, compute: Callable[[], Any], *, ttl: float | None = None) -> Any:
+        """``compute()`` at most every ``ttl`` (default ``dashboard_ttl``) seconds per
+        workspace; a stale value is served while a background thread computes the next one."""
+        ttl = self.config.dashboard_ttl if ttl is None else ttl
         key = (workspace, name)
         hit = self.cache.get(key)
         now = time.monotonic()
@@ -202,7 +212,7 @@ class AdminApp:
 
                 def refresh() -> None:
                     try:
-                        self.cache[key] = (time.monotonic() + self.config.dashboard_ttl, compute())
+                        self.cache[key] = (time.monotonic() + ttl, compute())
                     except Exception:  # pragma: no cover - logged, the old value stays
                         log.exception("ecrm admin: refreshing %s failed", name)
                     finally:
@@ -214,7 +224,7 @@ class AdminApp:
         if len(self.cache) >= _MAX_CACHED:  # bounded: report parameters are chosen by users
             for stale in sorted(self.cache, key=lambda k: self.cache[k][0])[: _MAX_CACHED // 4]:
                 self.cache.pop(stale, None)
-        self.cache[key] = (now + self.config.dashboard_ttl, value)
+        self.cache[key] = (now + ttl, value)
         return value
 
     # -- login form CSRF ------------------------------------------------------
@@ -227,6 +237,13 @@ class AdminApp:
         return hmac.compare_digest(self.login_token(pre), token)
 
     # -- identity ---------------------------------------------------------------
+    def client_address(self, request: Request[Any, Any, Any]) -> str | None:
+        """The address failed logins are counted against (``AdminConfig.client_address``, else the peer)."""
+        if self.config.client_address is not None:
+            return self.config.client_address(request)
+        client = request.client
+        return client.host if client is not None else None
+
     def identify(self, request: Request[Any, Any, Any]) -> tuple[Session | None, str | None, AdminUser | None]:
         """``(session, token, host_user)`` of a request (any may be ``None``)."""
         token = request.cookies.get(COOKIE)
@@ -389,7 +406,8 @@ class Pipeline:
                 return _html_response(str(error_box("Signed out.", "Log in again.")), 401)
             if admin.config.authenticate is not None and not admin.config.password_login and admin.config.login_url:
                 return _redirect(admin.config.login_url)
-            return _redirect(f"{base}/login?next={quote(request.url.path)}")
+            ended = "&ended=1" if token else ""  # the cookie named a session that ended
+            return _redirect(f"{base}/login?next={quote(request.url.path)}{ended}")
         user = session.user
         if not user.may_see(session.workspace):
             session = Session(

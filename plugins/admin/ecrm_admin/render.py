@@ -37,9 +37,20 @@ def environment() -> Environment:
         )
         env.filters["html"] = to_html
         env.filters["when"] = _when
+        env.filters["pathpart"] = pathpart
         env.globals["htmx_js"] = HTMX
         _env = env
     return _env
+
+
+def pathpart(value: Any) -> str:
+    """``value`` as one URL path segment: every character but letters, digits and
+    ``_.-~`` percent-encoded (UTF-8), ``/`` included; ``.``/``..`` whole are
+    encoded too, so that no browser reads them as a dot segment."""
+    from urllib.parse import quote
+
+    text = quote(str(value), safe="")
+    return text.replace(".", "%2E") if text in (".", "..") else text
 
 
 def _when(value: Any) -> str:

@@ -277,11 +277,27 @@ def _token_hash(token: str) -> str:
 
 
 class Sessions:
-    """Server-side sessions: the cookie holds a random token, the table its SHA-256."""
+    """Server-side sessions: the cookie holds a random token, the table its SHA-256.
 
-    def __init__(self, crm: CRM, *, lifetime: timedelta = timedelta(hours=12)) -> None:
+    A session ends ``lifetime`` after it started (absolute) or ``idle`` after
+    its last use, whichever comes first; both are checked on every request
+    against the row, so they hold whatever the cookie says.  The last use
+    (``seen_at``) is written at most every ``touch_every`` (a minute, or a
+    tenth of ``idle`` if shorter), not on every request.
+    """
+
+    def __init__(
+        self,
+        crm: CRM,
+        *,
+        lifetime: timedelta = timedelta(hours=12),
+        idle: timedelta = timedelta(minutes=30),
+        touch_every: timedelta | None = None,
+    ) -> None:
         self.crm = crm
         self.lifetime = lifetime
+        self.idle = idle
+        self.touch_every = touch_every if touch_every is not None else min(timedelta(minutes=1), idle / 10)
 
     @property
     def table(self) -> sa.Table:
@@ -300,7 +316,7 @@ class Sessions:
         with self.crm.db.write() as conn:
             if replaces:
                 conn.execute(sa.delete(t).where(t.c.id == _token_hash(replaces)))
-            conn.execute(sa.delete(t).where(t.c.expires_at < now))
+            conn.execute(sa.delete(t).where(sa.or_(t.c.expires_at < now, t.c.seen_at < now - self.idle)))
             conn.execute(
                 sa.insert(t).values(
                     id=_token_hash(token),
@@ -327,7 +343,7 @@ class Sessions:
         now = self.crm.now()
         with self.crm.db.read() as conn:
             row = conn.execute(sa.select(t).where(t.c.id == _token_hash(token))).first()
-            if row is None or row.expires_at <= now:
+            if row is None or row.expires_at <= now or row.seen_at + self.idle <= now:
                 return None
             if row.source == "password":
                 u = self.crm.db.tables[USERS]
@@ -337,6 +353,9 @@ class Sessions:
                 user = Users._user(urow)
             else:
                 user = AdminUser(username=row.username, role=row.role, workspaces=("*",))
+        if now - row.seen_at >= self.touch_every:
+            with self.crm.db.write() as conn:
+                conn.execute(sa.update(t).where(t.c.id == row.id).values(seen_at=now))
         return Session(
             id_hash=row.id,
             user=user,

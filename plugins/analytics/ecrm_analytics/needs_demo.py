@@ -7,7 +7,41 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ecrm_core.registry import DemoStage
 
-__all__ = ["demo_stages", "run_needs_stage"]
+__all__ = ["clusters_table", "demo_stages", "run_needs_stage"]
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def clusters_table(report: Any) -> Any:
+    """The clusters report laid out for an 80-column terminal: one column per cluster
+    (k is at most 6-8), one row per measure, the clusters' labels listed above the
+    table instead of in a column that would wrap every row."""
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.table import Table
+
+    records = report.records()
+    if not records:
+        return report.to_rich()
+    parts: list[Any] = []
+    if report.summary:
+        parts.append(escape("  ".join(f"{k}: {_number(v)}" for k, v in report.summary.items())))
+    parts.extend(escape(f"cluster {r['cluster']}: {r['label']}") for r in records)
+    table = Table(title=escape(report.title), caption=escape(report.caption) or None)
+    table.add_column("cluster")
+    for r in records:
+        table.add_column(escape(str(r["cluster"])), justify="right", no_wrap=True)
+    for column in report.columns:
+        if column not in ("cluster", "label"):
+            table.add_row(escape(column), *(_number(r[column]) for r in records))
+    parts.append(table)
+    return Group(*parts)
 
 
 def run_needs_stage(crm: Any, progress: Any) -> Any:
@@ -38,7 +72,7 @@ def run_needs_stage(crm: Any, progress: Any) -> Any:
         sales.to_rich(limit=8),
         attribution.to_rich(limit=8),
         basket.to_rich(limit=8),
-        clusters.to_rich(limit=8),
+        clusters_table(clusters),
         affinity.to_rich(limit=16),
     )
 

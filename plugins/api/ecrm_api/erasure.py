@@ -15,8 +15,19 @@ customer rows went (hook API 1.5):
   it is read again, never stored from the old copy;
 * **rejected**: the entries that name them are found through
   ``ingest_rejected_ids`` (the identities of each rejected message, written
-  with it) and deleted; an ``unreadable`` entry (no identity could be read
-  from it) is deleted when one of the values occurs in its bytes.
+  with it; for an ``unreadable`` entry those its bytes seem to name,
+  :func:`raw_identities`) and deleted; an ``unreadable`` entry is also
+  deleted when one of the values occurs in its bytes.
+
+**Tombstones** close the race with a processor that holds a claimed batch
+(it read its rows before the erasure rewrote them, or, on PostgreSQL, has
+them locked): the deleted identities are recorded in ``ingest_tombstones``
+with the time, *before* the inbox is searched, and the processor, in its
+write transaction right before it stores, drops every message received
+before that time which names one of them (:func:`dead_identities`; also
+its rejected entries).  A message received after the deletion is a new one
+and is stored.  Tombstones are forgotten once no inbox row older than them
+waits (and at least :data:`TOMBSTONE_KEEP` after).
 
 A merge needs nothing here: it moves the identities (aliases) to the
 surviving customer, and the processor resolves each message's identities
@@ -26,20 +37,22 @@ survivor -- replayed messages too.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import msgspec
 import sqlalchemy as sa
 
-from .inbox import INBOX, REJECTED, REJECTED_IDS
+from .inbox import INBOX, REJECTED, REJECTED_IDS, TOMBSTONES
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
     from ecrm_core.domain import Alias
 
-__all__ = ["ErasureResult", "erase_identities", "message_identities"]
+__all__ = ["ErasureResult", "erase_identities", "message_identities", "raw_identities"]
 
 #: Inbox rows read (and rewritten) per transaction.
 CHUNK = 500
@@ -110,6 +123,46 @@ def message_identities(message: Any) -> set[tuple[str, str]]:
     return out
 
 
+#: A JSON member naming an identity, found in bytes that are not JSON as a
+#: whole (an ``unreadable`` inbox row): the key and its string or integer value.
+_RAW_IDENTITY = re.compile(
+    rb'"(userId|anonymousId|previousId|email|phone)"[ \t\r\n]*:[ \t\r\n]*(?:"((?:[^"\\]|\\.){1,400})"|(-?[0-9]{1,40}))'
+)
+_RAW_KINDS = {
+    b"userId": ("external",),
+    b"anonymousId": ("anonymous",),
+    b"previousId": ("external", "anonymous"),
+    b"email": ("email",),
+    b"phone": ("phone",),
+}
+
+
+def raw_identities(raw: bytes) -> set[tuple[str, str]]:
+    """The identities that bytes which are not a readable message seem to
+    name: each ``"userId"``, ``"anonymousId"``, ``"previousId"``, ``"email"``
+    or ``"phone"`` member found in them (as :func:`message_identities` reads
+    them), so that an ``unreadable`` rejected entry is found by the same
+    index as the others when its person is deleted."""
+    out: set[tuple[str, str]] = set()
+    for match in _RAW_IDENTITY.finditer(raw):
+        key, text, number = match.groups()
+        if text is not None:
+            try:
+                value = msgspec.json.decode(b'"' + text + b'"')
+            except msgspec.DecodeError:
+                continue
+        else:
+            value = number.decode()
+        value = _ident(value)
+        if not value:
+            continue
+        for kind in _RAW_KINDS[key]:
+            normal = _normal(kind, value) if kind in ("email", "phone") else value
+            if normal:
+                out.add((kind, normal))
+    return out
+
+
 def _wanted(aliases: Iterable[Alias]) -> set[tuple[str, str]]:
     """The deleted identities as ``(kind, value)``."""
     return {(a.kind, str(a.value)) for a in aliases}
@@ -130,9 +183,62 @@ def erase_identities(crm: CRM, aliases: Sequence[Alias]) -> ErasureResult:
     wanted = _wanted(aliases)
     if not wanted:
         return ErasureResult()
+    record_tombstones(crm, wanted)
     messages, rewritten, deleted = _erase_inbox(crm, wanted)
     rejected = _erase_rejected(crm, wanted)
     return ErasureResult(messages, rewritten, deleted, rejected)
+
+
+def record_tombstones(crm: CRM, wanted: set[tuple[str, str]]) -> None:
+    """Record the deleted identities, now (committed before the inbox is
+    searched): a processor holding a claimed batch drops the messages that
+    name one of them and were received before (:func:`dead_identities`)."""
+    tt = crm.db.tables[TOMBSTONES]
+    now = crm.now()
+    rows = [
+        {"workspace_id": crm.workspace, "kind": kind[:64], "value": value[:200], "deleted_at": now}
+        for kind, value in sorted(wanted)
+    ]
+    with crm.db.write() as conn:
+        for start in range(0, len(rows), 500):
+            conn.execute(tt.insert(), rows[start : start + 500])
+
+
+#: Tombstones are kept while inbox rows received before them may wait, and at
+#: least this long (a request being checked or appended when its person was
+#: deleted).
+TOMBSTONE_KEEP = timedelta(minutes=10)
+
+
+def dead_identities(crm: CRM, conn: sa.Connection, since: datetime) -> dict[tuple[str, str], datetime]:
+    """The identities of ``crm``'s workspace deleted at or after ``since``,
+    with when (the latest time each was deleted); usually none: one indexed
+    look-up."""
+    tt = crm.db.tables[TOMBSTONES]
+    recent = sa.and_(tt.c.workspace_id == crm.workspace, tt.c.deleted_at >= since)
+    if conn.execute(sa.select(tt.c.id).where(recent).limit(1)).first() is None:
+        return {}
+    out: dict[tuple[str, str], datetime] = {}
+    for kind, value, at in conn.execute(sa.select(tt.c.kind, tt.c.value, tt.c.deleted_at).where(recent)):
+        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at
+        before = out.get((kind, value))
+        if before is None or at > before:
+            out[(kind, value)] = at
+    return out
+
+
+def forget_tombstones(crm: CRM, conn: sa.Connection) -> None:
+    """Delete the tombstones no waiting inbox row can need any more: older than
+    :data:`TOMBSTONE_KEEP` and than the oldest row of the inbox (all workspaces)."""
+    tt, t = crm.db.tables[TOMBSTONES], crm.db.tables[INBOX]
+    limit = crm.now() - TOMBSTONE_KEEP
+    if conn.execute(sa.select(tt.c.id).where(tt.c.deleted_at < limit).limit(1)).first() is None:
+        return
+    oldest = conn.execute(sa.select(sa.func.min(t.c.received_at))).scalar()
+    if oldest is not None:
+        oldest = oldest.replace(tzinfo=UTC) if oldest.tzinfo is None else oldest
+        limit = min(limit, oldest)
+    conn.execute(tt.delete().where(tt.c.deleted_at < limit))
 
 
 def _names(message: Any, wanted: set[tuple[str, str]]) -> bool:
@@ -227,9 +333,11 @@ def _erase_rejected(crm: CRM, wanted: set[tuple[str, str]]) -> int:
     return len(done)
 
 
-def identity_rows(workspace: str, rejected_id: int, message: Any) -> list[dict[str, Any]]:
-    """The ``ingest_rejected_ids`` rows of one rejected message."""
+def identity_rows(workspace: str, rejected_id: int, message: Any, raw: bytes | None = None) -> list[dict[str, Any]]:
+    """The ``ingest_rejected_ids`` rows of one rejected message (``raw``: its
+    bytes, read by :func:`raw_identities` when they are not a message)."""
+    found = message_identities(message) if type(message) is dict or raw is None else raw_identities(raw)
     return [
         {"rejected_id": rejected_id, "workspace_id": workspace, "kind": kind, "value": value[:200]}
-        for kind, value in sorted(message_identities(message))
+        for kind, value in sorted(found)
     ]

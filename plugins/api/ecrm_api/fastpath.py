@@ -33,29 +33,32 @@ than allowed) is left to the general path whole.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from decimal import Decimal
+from typing import Annotated, Any, TypeGuard
 
 import msgspec
 from ecrm_core.validation import MAX_INT, MAX_JSON_KEYS, MAX_KEY_LENGTH, MAX_PROPERTIES_BYTES, MIN_INT
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
 from .messages import (
+    _CHANNELS,
     _MAX_MESSAGE_ID,
     BATCH_MAX_MESSAGES,
     EARLIEST,
+    KEY_PREFIX,
     MESSAGE_MAX_BYTES,
     MessageError,
     MessageReader,
+    Parsed,
     Rejected,
     _amount,
-    _encoded_size,
     _identifier,
-    _rejected,
+    _Message,
     corrected_time,
     parse_time,
 )
 
-__all__ = ["FastBatch", "check_batch"]
+__all__ = ["FastBatch", "check_batch", "read_event"]
 
 _Key = Annotated[str, Meta(max_length=MAX_KEY_LENGTH)]
 _Int = Annotated[int, Meta(ge=MIN_INT, le=MAX_INT)]
@@ -135,45 +138,32 @@ def check_batch(body: bytes, reader: MessageReader) -> FastBatch | None:
     received, latest = reader.received_at, reader.latest
     kinds, sale_kinds = reader.event_kinds, reader.sale_kinds
     keep: list[Raw] = []
-    rejected: list[Rejected] = []
+    general = Parsed()
     for index, raw in enumerate(env.batch):
         data = bytes(raw)
-        ok = False
-        if b"\\" not in data:
+        # (numbers may grow when encoded again: a large message is measured by the general path)
+        if not (measure and len(data) * 8 > MESSAGE_MAX_BYTES) and b"\\" not in data:
             try:
                 m = _decode_event(data)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 m = None
-            if m is not None:
-                ok = _accepted(m, sent_at, received, latest, kinds, sale_kinds)
-                if ok and measure and len(data) * 8 > MESSAGE_MAX_BYTES:
-                    ok = False  # (numbers may grow when encoded again: the general path measures)
-        if ok:
-            keep.append(raw)
-            continue
+            if m is not None and _checked(m, sent_at, received, latest, kinds, sale_kinds) is not None:
+                keep.append(raw)
+                continue
         # The general path, for this message alone.
         try:
             message = _decode_any(data)
         except msgspec.DecodeError:
             return None  # (the body as a whole is refused by the general path, as before)
-        where = f"body.batch[{index}]"
-        try:
-            if measure and _encoded_size(message) > MESSAGE_MAX_BYTES:
-                raise MessageError(
-                    where, f"larger than {MESSAGE_MAX_BYTES} bytes", "send smaller messages (Segment's limit is 32 KB)"
-                )
-            reader.prepare(message, index, where, sent_at=sent_at)
-        except MessageError as exc:
-            rejected.append(_rejected(index, message, exc))
-            continue
-        keep.append(raw)
+        if reader.add(general, message, index, f"body.batch[{index}]", sent_at=sent_at, measure=measure) is not None:
+            keep.append(raw)
     payload = b'{"batch":[' + b",".join(bytes(r) for r in keep) + b"]"
     if raw_sent is not None:
         payload += b',"sentAt":' + _encode(raw_sent)
-    return FastBatch(len(keep), rejected, payload + b"}")
+    return FastBatch(len(keep), general.rejected, payload + b"}")
 
 
-def _plain_id(value: Any) -> bool:
+def _plain_id(value: Any) -> TypeGuard[str]:
     """An id that ``_identifier`` returns unchanged (the common case, without the call)."""
     return (
         type(value) is str
@@ -184,53 +174,111 @@ def _plain_id(value: Any) -> bool:
     )
 
 
-def _accepted(
+#: What :func:`_checked` found: the user and anonymous ids, the corrected
+#: time, the interaction kind and, for a sale, ``(amount, currency)``.
+_Checked = tuple[str | None, str | None, datetime | None, str, tuple[Decimal, str] | None]
+
+
+def _checked(
     m: _Track | _Page | _Screen,
     sent_at: datetime | None,
     received: datetime,
     latest: datetime,
     kinds: Any,
     sale_kinds: set[str],
-) -> bool:
-    """True when the general path accepts the message (False: let it decide)."""
+) -> _Checked | None:
+    """What the general path reads from the message when it accepts it (None: let it decide)."""
     mid = m.messageId
     if mid is not None and not (0 < len(mid) <= _MAX_MESSAGE_ID and mid.isprintable()):
-        return False
+        return None
     try:
         # Both checked: a bad anonymousId beside a good userId is refused.
         user = m.userId if _plain_id(m.userId) else _identifier(m.userId, "")
         anonymous = m.anonymousId if _plain_id(m.anonymousId) else _identifier(m.anonymousId, "")
         if user is None and anonymous is None:
-            return False
+            return None
         client = parse_time(m.originalTimestamp if m.originalTimestamp is not None else m.timestamp, "")
         own = parse_time(m.sentAt, "")
     except MessageError:
-        return False
+        return None
     try:
         at = corrected_time(client, own or sent_at, received)
     except OverflowError:
-        return False
+        return None
     if at is not None and (at > latest or at < EARLIEST):
-        return False
+        return None
     context = m.context
     if context is not None and "campaign" in context:
-        return False
+        return None
     props = m.properties
     if props:
         text = _encode(props)
         if len(text) > _MAX_PROPS_TEXT or text.count(b":") > MAX_JSON_KEYS - 10:
-            return False
+            return None
+    money = None
     if type(m) is _Track:
         event = m.event
         if not event or len(event) > 200:
-            return False
-        if kinds.get(event, "event") in sale_kinds:
+            return None
+        kind = kinds.get(event, "event")
+        if kind in sale_kinds:
             try:
-                _amount(props or {}, "")
+                money = _amount(props or {}, "")
             except MessageError:
-                return False
+                return None
     else:
         for text_value in (m.name, m.category):  # type: ignore[union-attr]
             if text_value is not None and len(text_value) > 200:
-                return False
-    return True
+                return None
+        kind = "page_view" if type(m) is _Page else "screen_view"
+    return user, anonymous, at, kind, money
+
+
+def read_event(data: bytes, index: int, path: str, reader: MessageReader, sent_at: datetime | None) -> _Message | None:
+    """One ``track``/``page``/``screen`` message (its raw JSON) checked and mapped
+    as :meth:`~ecrm_api.messages.MessageReader.prepare` maps it, in one typed
+    decode; ``None`` when this path cannot decide it (the general path then
+    does, and gives the reason of a rejection).
+
+    The ingest processor reads the inbox with it: the message is parsed once,
+    into the interaction row ``track_many`` takes.  Sizes are the caller's
+    (see :func:`check_batch`).
+    """
+    if b"\\" in data:
+        return None
+    try:
+        m = _decode_event(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    got = _checked(m, sent_at, reader.received_at, reader.latest, reader.event_kinds, reader.sale_kinds)
+    if got is None:
+        return None
+    user, anonymous, at, kind, money = got
+    row: dict[str, Any] = {}
+    props = dict(m.properties) if m.properties else {}
+    channel = _CHANNELS.get(m.channel) if type(m.channel) is str else None
+    if type(m) is _Track:
+        call = "track"
+        props["event"] = m.event
+        if money is not None:
+            row["amount"], row["currency"] = money
+    else:
+        call = "page" if type(m) is _Page else "screen"
+        if m.name is not None:  # type: ignore[union-attr]
+            props["name"] = m.name  # type: ignore[union-attr]
+        if m.category is not None:  # type: ignore[union-attr]
+            props["category"] = m.category  # type: ignore[union-attr]
+        channel = channel or ("web" if call == "page" else "app")
+    row["kind"] = kind
+    if at is not None:
+        row["occurred_at"] = at
+    if channel is not None:
+        row["channel"] = channel
+    if user is not None:
+        row["external_id"] = user
+    else:
+        row["anonymous_id"] = anonymous
+    if m.messageId is not None:
+        row["idempotency_key"] = KEY_PREFIX + m.messageId
+    row["properties"] = props
+    return _Message(index, call, m.messageId, path, row, user, anonymous)

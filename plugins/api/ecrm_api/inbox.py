@@ -19,8 +19,9 @@ default, flushed to its WAL).
 
 The tables (``ingest_inbox``, ``ingest_rejected``, ``ingest_log``) are the
 migration ``api_0002``, ``ingest_rejected_ids`` (the identities each
-rejected message names, for erasure) ``api_0003``; a test checks that they
-agree.
+rejected message names, for erasure) ``api_0003``, ``ingest_tombstones``
+(deleted identities, :mod:`ecrm_api.erasure`) ``api_0004``; a test checks
+that they agree.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "LOG",
     "REJECTED",
     "REJECTED_IDS",
+    "TOMBSTONES",
     "InboxStats",
     "InboxWriter",
     "Overloaded",
@@ -56,6 +58,9 @@ INBOX = "ingest_inbox"
 REJECTED = "ingest_rejected"
 #: The identities each rejected message names (so that a customer's deletion finds them).
 REJECTED_IDS = "ingest_rejected_ids"
+#: Deleted identities, and when: the processor drops the messages received
+#: before that which name one (a deletion while it holds a claimed batch).
+TOMBSTONES = "ingest_tombstones"
 LOG = "ingest_log"
 
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -71,8 +76,8 @@ def _table(metadata: sa.MetaData, naming: Naming, short: str, *columns: Any) -> 
 
 
 def define_tables(metadata: sa.MetaData, naming: Naming) -> None:
-    """Define the inbox, rejected, rejected identities and log tables (as the
-    migrations ``api_0002`` and ``api_0003`` create them)."""
+    """Define the inbox, rejected, rejected identities, tombstones and log
+    tables (as the migrations ``api_0002`` to ``api_0004`` create them)."""
     _table(
         metadata,
         naming,
@@ -111,6 +116,17 @@ def define_tables(metadata: sa.MetaData, naming: Naming) -> None:
         sa.Column("kind", sa.String(64), nullable=False),
         sa.Column("value", sa.String(200), nullable=False),
         sa.Index(f"ix_{naming.table(REJECTED_IDS)}_identity", "workspace_id", "kind", "value"),
+    )
+    _table(
+        metadata,
+        naming,
+        TOMBSTONES,
+        sa.Column("id", _ID, primary_key=True, autoincrement=True),
+        sa.Column("workspace_id", sa.String(64), nullable=False),
+        sa.Column("kind", sa.String(64), nullable=False),
+        sa.Column("value", sa.String(200), nullable=False),
+        sa.Column("deleted_at", UTCDateTime(), nullable=False, index=True),
+        sa.Index(f"ix_{naming.table(TOMBSTONES)}_identity", "workspace_id", "kind", "value"),
     )
     _table(
         metadata,

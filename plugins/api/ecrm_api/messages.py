@@ -484,20 +484,36 @@ class MessageReader:
         parsed = Parsed()
         measure = body_bytes is None or body_bytes > MESSAGE_MAX_BYTES
         for index, message in enumerate(messages):
-            where = f"{path}[{index}]"
-            try:
-                if measure and _encoded_size(message) > MESSAGE_MAX_BYTES:
-                    raise MessageError(
-                        where,
-                        f"larger than {MESSAGE_MAX_BYTES} bytes",
-                        "send smaller messages (Segment's limit is 32 KB)",
-                    )
-                m = self.prepare(message, index, where, call=call, sent_at=sent_at)
-            except MessageError as exc:
-                parsed.rejected.append(_rejected(index, message, exc))
-                continue
-            (parsed.fast if m.type in _SET_BASED else parsed.slow).append(m)
+            self.add(parsed, message, index, f"{path}[{index}]", call=call, sent_at=sent_at, measure=measure)
         return parsed
+
+    def add(
+        self,
+        parsed: Parsed,
+        message: Any,
+        index: int,
+        path: str,
+        *,
+        call: str | None = None,
+        sent_at: datetime | None = None,
+        measure: bool = True,
+    ) -> _Message | None:
+        """Check one message of a batch (its size too when ``measure``) and add
+        it to ``parsed``: to :attr:`~Parsed.fast` or :attr:`~Parsed.slow`, or
+        to :attr:`~Parsed.rejected` with the reason (then ``None``)."""
+        try:
+            if measure and _encoded_size(message) > MESSAGE_MAX_BYTES:
+                raise MessageError(
+                    path,
+                    f"larger than {MESSAGE_MAX_BYTES} bytes",
+                    "send smaller messages (Segment's limit is 32 KB)",
+                )
+            m = self.prepare(message, index, path, call=call, sent_at=sent_at)
+        except MessageError as exc:
+            parsed.rejected.append(_rejected(index, message, exc))
+            return None
+        (parsed.fast if m.type in _SET_BASED else parsed.slow).append(m)
+        return m
 
     def parse_one(self, message: Any, *, call: str) -> Parsed:
         """Validate and map one message of a single-call endpoint; raises :class:`MessageError`."""

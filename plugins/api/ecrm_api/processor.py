@@ -33,9 +33,11 @@ and only that one is rejected.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -44,10 +46,11 @@ import msgspec
 import sqlalchemy as sa
 
 from .config import DEFAULT_EVENT_KINDS
-from .erasure import identity_rows
+from .erasure import dead_identities, forget_tombstones, identity_rows, message_identities, raw_identities
 from .events import store_events
+from .fastpath import _decode_any, _decode_envelope, read_event
 from .inbox import INBOX, LOG, REJECTED, REJECTED_IDS
-from .messages import _SET_BASED, MessageError, Parsed, Rejected, _Message, parse_time
+from .messages import _SET_BASED, MESSAGE_MAX_BYTES, MessageError, Parsed, Rejected, _Message, parse_time
 from .tracking import Tracker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,6 +84,8 @@ class ProcessResult:
     rejected: int = 0
     more: bool = False
     seconds: float = 0.0
+    #: messages dropped because their person was deleted meanwhile (``ecrm_api.erasure``'s tombstones)
+    erased: int = 0
 
 
 @attrs.define(eq=False)
@@ -98,6 +103,7 @@ class _Row:
     tracker: Tracker | None = None
     stored: int = 0
     duplicates: int = 0
+    erased: int = 0
     rejected: list[tuple[int | None, Rejected, str]] = attrs.field(factory=list)
 
 
@@ -114,6 +120,32 @@ def process_inbox(
     max_rows: int = MAX_ROWS,
 ) -> ProcessResult:
     """Process one batch of the inbox (all workspaces) in one transaction; see the module's text."""
+    with _no_gc():
+        return _process(crm, event_kinds, future_tolerance, max_events, max_rows)
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """Python's cyclic garbage collector paused for one tick: a tick allocates
+    tens of thousands of objects (rows, tuples, dicts) that live until its
+    end, and the collections they trigger walk them and the process's older
+    objects (SQLAlchemy's metadata, the app) again and again -- about a fifth
+    of a tick's CPU in ``benchmarks/api.py``.  Reference counting still frees them as the tick goes; the
+    collector runs again right after it (and is left alone when someone else
+    paused it)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _process(
+    crm: CRM, event_kinds: Mapping[str, str] | None, future_tolerance: timedelta, max_events: int, max_rows: int
+) -> ProcessResult:
     started = time.perf_counter()
     kinds = DEFAULT_EVENT_KINDS if event_kinds is None else event_kinds
     t = crm.db.tables[INBOX]
@@ -158,6 +190,7 @@ def process_inbox(
         rejected=rejected,
         more=more,
         seconds=time.perf_counter() - started,
+        erased=sum(r.erased for r in rows),
     )
 
 
@@ -187,6 +220,7 @@ def _store(crm: CRM, conn: sa.Connection, rows: list[_Row], batches: list[_Batch
     """Store the prepared batches, write the rejected, delete the rows, log the tick (in ``conn``'s transaction)."""
     t = crm.db.tables[INBOX]
     for batch in batches:
+        batch.drop_erased(conn)
         batch.store(conn)
     now = crm.now()
     rejected = _write_rejected(crm, conn, rows, now)
@@ -204,6 +238,7 @@ def _store(crm: CRM, conn: sa.Connection, rows: list[_Row], batches: list[_Batch
         )
     )
     conn.execute(lt.delete().where(lt.c.finished_at < now - LOG_KEEP))
+    forget_tombstones(crm, conn)
     return rejected
 
 
@@ -270,6 +305,29 @@ class _Batch:
                 row.rejected.append((r.index, r, "conflict" if r.conflict else "invalid"))
             self.stream += [(row, m) for m in sorted(parsed.fast + parsed.slow, key=lambda m: m.index)]
 
+    def drop_erased(self, conn: sa.Connection) -> None:
+        """Drop the messages (and rejected entries) of people deleted after the
+        messages were received (``ecrm_api.erasure``: a deletion while this
+        batch was claimed); in ``conn``'s write transaction, right before storing."""
+        dead = dead_identities(self.crm, conn, min(r.received_at for r in self.rows))
+        if not dead:
+            return
+
+        def erased(row: _Row, named: set[tuple[str, str]]) -> bool:  # received before (or as) the deletion
+            return any((at := dead.get(i)) is not None and at >= row.received_at for i in named)
+
+        kept = []
+        for row, m in self.stream:
+            if erased(row, _identities(m)):
+                row.erased += 1
+            else:
+                kept.append((row, m))
+        self.stream = kept
+        for row in self.rows:
+            left = [e for e in row.rejected if not erased(row, _entry_identities(row, e[0]))]
+            row.erased += len(row.rejected) - len(left)
+            row.rejected = left
+
     def keep(self, ids: set[int]) -> bool:
         """Keep only the rows whose ids are in ``ids``; false when none is left."""
         self.rows = [r for r in self.rows if r.id in ids]
@@ -294,6 +352,10 @@ class _Batch:
         self._flush()
 
     def _parse(self, row: _Row) -> Parsed | None:
+        if row.call is None:
+            typed = self._parse_batch(row)
+            if typed is not None:
+                return typed
         try:
             doc = msgspec.json.decode(row.payload)
             if row.call is not None:
@@ -319,9 +381,7 @@ class _Batch:
             )
             return None
         row.messages = messages
-        row.tracker = tracker = Tracker(
-            self.crm, event_kinds=self.kinds, future_tolerance=self.tolerance, received_at=row.received_at
-        )
+        tracker = self._tracker(row)
         if row.call is not None:
             try:
                 m = tracker.prepare(messages[0], 0, "body", call=row.call)
@@ -330,7 +390,42 @@ class _Batch:
                 rej = Rejected(0, mid if type(mid) is str else None, exc.field, exc.problem, exc.fix)
                 return Parsed(rejected=[rej])
             return Parsed(fast=[m]) if m.type in _SET_BASED else Parsed(slow=[m])
-        return tracker.parse(messages, sent_at=sent_at)
+        return tracker.parse(messages, sent_at=sent_at, body_bytes=len(row.payload))
+
+    def _tracker(self, row: _Row) -> Tracker:
+        row.tracker = Tracker(
+            self.crm, event_kinds=self.kinds, future_tolerance=self.tolerance, received_at=row.received_at
+        )
+        return row.tracker
+
+    def _parse_batch(self, row: _Row) -> Parsed | None:
+        """A batch row read once: the envelope with its messages raw, each
+        ``track``/``page``/``screen`` decoded into a typed struct and mapped
+        to its interaction row (:func:`~ecrm_api.fastpath.read_event`); any
+        other message through the general path alone.  ``None``: the row is
+        not a readable batch (the general path says why)."""
+        try:
+            env = _decode_envelope(row.payload)
+            sent_at = parse_time(env.sentAt, "body.sentAt")
+        except (msgspec.DecodeError, msgspec.ValidationError, MessageError):
+            return None
+        row.sent_at = env.sentAt if type(env.sentAt) is str else None
+        row.messages = raws = [bytes(r) for r in env.batch]
+        tracker = self._tracker(row)
+        parsed = Parsed()
+        measure = len(row.payload) > MESSAGE_MAX_BYTES
+        for index, data in enumerate(raws):
+            path = f"body.batch[{index}]"
+            m = (
+                None
+                if measure and len(data) * 8 > MESSAGE_MAX_BYTES
+                else read_event(data, index, path, tracker, sent_at)
+            )
+            if m is not None:
+                parsed.fast.append(m)
+            else:
+                tracker.add(parsed, _decode_any(data), index, path, sent_at=sent_at, measure=measure)
+        return parsed
 
     # customer-changing messages, one by one
     def _slow(self, row: _Row, m: _Message) -> None:
@@ -400,11 +495,34 @@ def _ids(m: _Message) -> set[tuple[str, str]]:
     return out
 
 
+def _identities(m: _Message) -> set[tuple[str, str]]:
+    """The identities a checked message names (as ``erasure.message_identities`` reads them)."""
+    out: set[tuple[str, str]] = set()
+    if m.user_id:
+        out.add(("external", m.user_id))
+    if m.anonymous_id:
+        out.add(("anonymous", m.anonymous_id))
+    if m.previous_id:
+        out.update((("external", m.previous_id), ("anonymous", m.previous_id)))
+    if m.type == "identify":
+        out |= message_identities({"traits": {k: m.customer[k] for k in ("email", "phone") if k in m.customer}})
+    return out
+
+
+def _entry_identities(row: _Row, index: int | None) -> set[tuple[str, str]]:
+    """The identities a rejected entry of ``row`` names (the whole row's for an unreadable one)."""
+    raw = standalone_message(row, index)
+    message = _decoded(raw)
+    return message_identities(message) if type(message) is dict else raw_identities(raw)
+
+
 def standalone_message(row: _Row, index: int | None) -> bytes:
     """The message as a self-contained JSON document (its call type and the batch's sentAt in it)."""
     if index is None or not 0 <= index < len(row.messages):
         return row.payload
     message = row.messages[index]
+    if type(message) is bytes:  # a batch row read raw (_Batch._parse_batch)
+        message = _decode_any(message)
     if type(message) is not dict:
         return msgspec.json.encode(message)
     message = dict(message)
@@ -440,7 +558,7 @@ def _write_rejected(crm: CRM, conn: sa.Connection, rows: list[_Row], now: dateti
         named = [
             r
             for rid, entry in zip(ids, out, strict=True)
-            for r in identity_rows(entry["workspace_id"], rid, _decoded(entry["message"]))
+            for r in identity_rows(entry["workspace_id"], rid, _decoded(entry["message"]), entry["message"])
         ]
         if named:
             conn.execute(crm.db.tables[REJECTED_IDS].insert(), named)
@@ -624,7 +742,7 @@ def make_job(
             more=result.more,
             message=(
                 f"{result.rows} rows, {result.stored} stored, {result.duplicates} duplicates, "
-                f"{result.rejected} rejected in {result.seconds:.2f} s"
+                f"{result.rejected} rejected, {result.erased} erased in {result.seconds:.2f} s"
             ),
         )
 

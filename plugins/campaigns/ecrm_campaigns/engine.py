@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from ecrm_core.errors import EcrmError
 from ecrm_core.registry import JobContext, JobResult
+from ecrm_core.rules.sql import ids_clause
 
 from .model import Campaign, Step, parse_duration
 from .schema import CAMPAIGNS, ENROLLMENTS, VERSIONS
@@ -248,7 +249,11 @@ class Runner:
         with self.crm.db.write() as conn:
             for i in range(0, len(ids), 5000):
                 conn.execute(
-                    sa.update(et).where(et.c.id.in_(ids[i : i + 5000]), et.c.lease_owner == self.owner).values(**values)
+                    sa.update(et)
+                    .where(
+                        ids_clause(et.c.id, list(ids[i : i + 5000]), conn.dialect.name), et.c.lease_owner == self.owner
+                    )
+                    .values(**values)
                 )
 
     def goto(self, c: Campaign, ids: Sequence[int], target: str | None, *, reason: str | None = None) -> None:
@@ -329,7 +334,11 @@ class Runner:
         with self.crm.db.read() as conn:
             for i in range(0, len(customers), 5000):
                 out.update(
-                    conn.execute(sa.select(cu.c.id, cu.c.timezone).where(cu.c.id.in_(customers[i : i + 5000]))).all()
+                    conn.execute(
+                        sa.select(cu.c.id, cu.c.timezone).where(
+                            ids_clause(cu.c.id, list(customers[i : i + 5000]), conn.dialect.name)
+                        )
+                    ).all()
                 )
         return out
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from typing import TYPE_CHECKING, Any
 
 from ..app import PRE_COOKIE, AdminRequest, Forbidden, Redirect, Route, _html_response, _redirect, _safe_next
 from ..render import environment
+from ..throttle import Refusal
 
 if TYPE_CHECKING:  # pragma: no cover
     from litestar import Request
@@ -14,7 +16,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..app import AdminApp, Pipeline
 
 
-def _login_page(pipeline: Pipeline, pre: str, next_url: str, error: str | None, status: int = 200) -> Any:
+def _login_page(
+    pipeline: Pipeline,
+    pre: str,
+    next_url: str,
+    error: str | None,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    *,
+    ended: bool = False,
+) -> Any:
     admin = pipeline.admin
     body = (
         environment()
@@ -25,10 +36,11 @@ def _login_page(pipeline: Pipeline, pre: str, next_url: str, error: str | None, 
             token=admin.login_token(pre),
             next=next_url,
             error=error,
+            ended=ended,
             user=None,
         )
     )
-    response = _html_response(body, status)
+    response = _html_response(body, status, headers)
     response.cookies.append(pipeline.cookie(pre, pre=True))
     return response
 
@@ -48,7 +60,8 @@ def login(pipeline: Pipeline, request: Request[Any, Any, Any], form: dict[str, s
         pre = request.cookies.get(PRE_COOKIE) or ""
         if not pre or len(pre) > 100:
             pre = secrets.token_urlsafe(24)
-        return _login_page(pipeline, pre, _safe_next(base, request.query_params.get("next")), None)
+        ended = request.query_params.get("ended") == "1"
+        return _login_page(pipeline, pre, _safe_next(base, request.query_params.get("next")), None, ended=ended)
     pre = request.cookies.get(PRE_COOKIE)
     next_url = _safe_next(base, form.get("next"))
     if not admin.check_login_token(pre, form.get("_csrf")):
@@ -59,15 +72,36 @@ def login(pipeline: Pipeline, request: Request[Any, Any, Any], form: dict[str, s
             "The form expired or was not sent by this page; log in again.",
             403,
         )
-    user = admin.users.authenticate(form.get("username", ""), form.get("password", ""))
+    username = form.get("username", "")
+    address = admin.client_address(request)
+    refusal = admin.throttle.check(username, address)
+    if refusal is not None:
+        return _login_page(
+            pipeline,
+            pre or secrets.token_urlsafe(24),
+            next_url,
+            _too_many(refusal),
+            429,
+            {"retry-after": str(refusal.retry_after)},
+        )
+    user = admin.users.authenticate(username, form.get("password", ""))
     if user is None:
+        admin.throttle.failed(username, address)
         return _login_page(pipeline, pre or secrets.token_urlsafe(24), next_url, "Wrong user name or password.", 401)
+    admin.throttle.succeeded(username)
     try:
         workspace = admin.default_workspace(user)
     except Forbidden as exc:
         return _login_page(pipeline, pre or secrets.token_urlsafe(24), next_url, str(exc), 403)
     token = admin.sessions.start(user, workspace, replaces=request.cookies.get("ecrm_admin"))
     return _redirect(next_url, [pipeline.cookie(token), pipeline.cookie(None, pre=True)])
+
+
+def _too_many(refusal: Refusal) -> str:
+    minutes = math.ceil(refusal.retry_after / 60)
+    wait = f"{refusal.retry_after} seconds" if refusal.retry_after < 120 else f"{minutes} minutes"
+    whose = "for this account" if refusal.scope == "account" else "from your network address"
+    return f"Too many failed logins {whose}. Try again in {wait}."
 
 
 def logout(request: AdminRequest) -> Any:

@@ -155,9 +155,25 @@ def templates(request: AdminRequest) -> Any:
     return request.admin.page(request, "templates.html", title="E-mail templates", items=items)
 
 
+def template_url(request: AdminRequest, name: str, **query: Any) -> str:
+    """The edit page of the template ``name`` (any characters: it is one encoded path segment)."""
+    from ..render import pathpart
+
+    return request.url(f"/templates/edit/{pathpart(name)}", **query)
+
+
+def _template_name(request: AdminRequest) -> str | None:
+    """The ``{name:path}`` parameter, decoded (the server decodes ``%2F`` and the rest)."""
+    name = request.path_params.get("name")
+    if name is None:
+        return None
+    name = str(name)
+    return name[1:] if name.startswith("/") else name
+
+
 def template_form(request: AdminRequest) -> Any:
     store = _templates(request)
-    name = request.path_params.get("name")
+    name = _template_name(request)
     error = None
     if request.method == "POST":
         f = request.form
@@ -170,7 +186,7 @@ def template_form(request: AdminRequest) -> Any:
                 text=f.get("text") or None,
                 description=f.get("description", ""),
             )
-            return Redirect(request.url(f"/templates/{name}", saved=1))
+            return Redirect(template_url(request, name, saved=1))
         except ValidationError as exc:
             error = str(exc)
         values = dict(f)
@@ -186,7 +202,7 @@ def template_form(request: AdminRequest) -> Any:
         values=values,
         error=error,
         saved=request.query.get("saved"),
-        existing=bool(request.path_params.get("name")),
+        existing=bool(_template_name(request)),
     )
     if error:
         page.status = 400
@@ -230,6 +246,10 @@ def routes(admin: AdminApp) -> list[Route]:
         Route(path="/templates/new", methods=("GET", "POST"), view=template_form, role="marketer", name="New template"),
         Route(path="/templates/preview", methods=("POST",), view=template_preview, role="marketer", name="Preview"),
         Route(
-            path="/templates/{name:str}", methods=("GET", "POST"), view=template_form, role="marketer", name="Template"
+            path="/templates/edit/{name:path}",
+            methods=("GET", "POST"),
+            view=template_form,
+            role="marketer",
+            name="Template",
         ),
     ]
