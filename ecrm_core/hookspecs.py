@@ -26,6 +26,10 @@ Three families:
   back to it, logged and recorded like a failing event, and the core's
   write (and the other plugins' writes) still commit.
 * **Lifecycle** (``ecrm_startup``/``ecrm_shutdown``) — once per CRM.
+* **Queries** (``ecrm_computed_attributes``) — called whenever the core
+  needs what plugins know about some customers; the answers of all plugins
+  are merged.  One that raises is recorded like a failing event and left
+  out; the others still answer.
 
 The version of this API is :data:`HOOK_API_VERSION`; a plugin module may set
 ``ECRM_HOOK_API = ">=1,<2"`` and is refused with a clear error outside it.
@@ -33,7 +37,7 @@ The version of this API is :data:`HOOK_API_VERSION`; a plugin module may set
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -65,7 +69,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 #: The hook API version this core implements (``major.minor``).  Minor
 #: versions only add hooks or arguments; a major version removes or changes.
-HOOK_API_VERSION = "1.6"
+HOOK_API_VERSION = "1.7"
 
 hookspec = pluggy.HookspecMarker("ecrm")
 hookimpl = pluggy.HookimplMarker("ecrm")
@@ -226,6 +230,29 @@ def ecrm_register_admin_widgets(crm: CRM) -> Sequence[AdminWidget] | None:
     one that raises becomes an error box and is recorded.
 
     .. versionadded:: 1.6
+    """
+
+
+@hookspec
+def ecrm_computed_attributes(crm: CRM, customer_ids: Sequence[int]) -> Mapping[int, Mapping[str, Any]] | None:
+    """Attributes a plugin computes about customers and keeps in its own
+    tables (value scores, predictions, groups), offered wherever a person's
+    attributes are read, without copying them into ``customers.attributes``.
+
+    :param crm: the CRM.
+    :param customer_ids: the customers asked about (a batch: up to a few
+        thousand; answer with one bounded query, not one per customer).
+    :return: ``{customer_id: {name: value}}`` for the customers the plugin
+        knows (plain JSON values; prefix the names with the plugin's, e.g.
+        ``rfm_group``), or ``None``.
+
+    The core calls it for the customers of each chunk of a send, so every
+    template reads the values as ``customer.attributes.<name>``, and
+    :meth:`crm.customers.computed <ecrm_core.services.customers.Customers.computed>`
+    gives them to plugins (personalization, the admin).  A stored attribute
+    of the same name wins; between plugins, the first answer for a name wins.
+
+    .. versionadded:: 1.7
     """
 
 

@@ -220,3 +220,40 @@ def _copy_scenario(shop, ids, recorder) -> None:
     assert set_copy(shop.crm, False) == 5
     assert all(shop.crm.customers.get(c).attributes.get("rfm_group") is None for c in ids)
     assert values(shop.crm, [ids[0]])[ids[0]]["rfm_group"]
+
+
+def test_every_send_template_reads_the_results_as_attributes_without_a_copy(crm_factory) -> None:
+    """The core's ``ecrm_computed_attributes``: a send's template (a campaign step's too) reads
+    ``customer.attributes.rfm_group`` though nothing is copied into the customers' attributes."""
+    from ecrm_analytics import plugin
+    from ecrm_analytics.attributes import values
+
+    from ecrm_core.channels import Content
+    from ecrm_core.testing import FakeClock
+    from ecrm_core.testing.channels import MemoryChannel
+
+    from .conftest import NOW, Shop
+
+    class Seeing(MemoryChannel):
+        def render(self, template, context, *, message_id, purpose):
+            attrs = context["customer"]["attributes"]
+            return Content(subject=str(attrs.get("rfm_group")), body=str(attrs.get("rfm_score")))
+
+    channel = Seeing(name="memory")
+    clock = FakeClock(NOW)
+    crm = crm_factory(plugins=[plugin, channel.plugin()], clock=clock, secret="s" * 32)
+    shop = Shop(crm, clock)
+    ids = [shop.customer(f"c{i}", email=f"c{i}@example.com") for i in range(4)]
+    shop.history([(c, 10 * i + k, 20 * (i + 1)) for i, c in enumerate(ids[:3]) for k in range(i + 1)])
+    shop.analytics.refresh(full=True)
+    for c in ids:
+        crm.customers.set_consent(c, "memory", True)
+    crm.messages.send_many("memory", {"body": "x"}, customer_ids=ids)
+    crm.messages.dispatch()
+    seen = {m.customer_id: (m.content.subject, m.content.body) for m in channel.sent}
+    known = values(crm, ids)
+    assert seen == {
+        **{c: (known[c]["rfm_group"], known[c]["rfm_score"]) for c in ids[:3]},
+        ids[3]: ("None", "None"),  # no purchases, no results: nothing invented
+    }
+    assert all("rfm_group" not in crm.customers.get(c).attributes for c in ids)

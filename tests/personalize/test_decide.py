@@ -308,3 +308,40 @@ def test_control_group_is_deterministic_and_unpersonalized(shop: Shop) -> None:
     assert all(r == "popular" for i in d.items for r in i.reasons)
     assert d.variant["greeting"] == "Good morning!"  # default presentation: no name
     assert any("control group" in e for e in d.explanation)
+
+
+class RfmScores:
+    """A value plugin (like ecrm-analytics): RFM groups kept in its own store, offered through
+    the core's ``ecrm_computed_attributes``; nothing copied into the customers' attributes."""
+
+    def __init__(self) -> None:
+        self.groups: dict[int, str] = {}
+        self.asked = 0
+
+    @hookimpl
+    def ecrm_computed_attributes(self, crm, customer_ids):
+        self.asked += 1
+        return {c: {"rfm_group": self.groups[c]} for c in customer_ids if c in self.groups}
+
+
+def test_offers_and_bandit_segments_read_the_rfm_group_a_plugin_computes(crm_factory) -> None:
+    scores = RfmScores()
+    shop = make_shop(crm_factory, scores)
+    shop.history()
+    shop.p.refresh()
+    shop.crm.offers.create("welcome_guide", "Welcome guide", kind="content", priority=10)
+    shop.crm.offers.create("comeback", "A coupon to come back", kind="coupon", priority=5)
+    shop.p.define("home", k=6, offers=2)
+    champion, lost, unknown = (shop.customer(lifecycle_stage="new") for _ in range(3))
+    scores.groups.update({champion: "champions", lost: "lost"})
+    d = shop.p.decide(lost, "home")
+    assert d.offers[0].code == "comeback" and "suits a lost customer" in d.offers[0].reason
+    assert "RFM group 'lost'" in " ".join(d.explanation)
+    d = shop.p.decide(champion, "home")
+    assert d.offers[0].code == "welcome_guide" and "RFM group 'champions'" in " ".join(d.explanation)
+    assert "RFM group" not in " ".join(shop.p.decide(unknown, "home").explanation)
+    assert shop.crm.customers.get(lost).attributes == {}  # read, never copied
+    # a bandit segmented by an attribute the plugin computes
+    shop.p.define("banner", alternatives=["a", "b"], segment_by="attribute:rfm_group")
+    assert shop.p.decide(lost, "banner").segment == "lost"
+    assert shop.p.decide(unknown, "banner").segment == "none"

@@ -89,6 +89,46 @@ class CustomerReads(Service):
             return None
         return self.get(next(iter(found.values())))
 
+    def computed(self, customer_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """What plugins compute about these customers and keep in their own
+        tables (hook ``ecrm_computed_attributes``): ``{customer_id: {name: value}}``,
+        only for customers some plugin knows.
+
+        Read-only and cheap when no plugin implements the hook (no query).
+        A plugin whose answer raises or is not a mapping is recorded in
+        ``crm.plugins.failures`` and left out; the first answer for a name wins.
+        Stored attributes are not included: a template sees both, the stored
+        value winning (see :meth:`with_computed`).
+        """
+        ids = builtins.list(dict.fromkeys(int(c) for c in customer_ids))
+        plugins = self.crm.plugins
+        if not ids or not plugins.has_impls("ecrm_computed_attributes"):
+            return {}
+        out: dict[int, dict[str, Any]] = {}
+        for name, answer in plugins.collect("ecrm_computed_attributes", crm=self.crm, customer_ids=ids):
+            if not isinstance(answer, Mapping):
+                plugins.record_failure(
+                    name,
+                    "ecrm_computed_attributes",
+                    TypeError(f"returned {type(answer).__name__}, not a mapping of customer id to values"),
+                )
+                continue
+            for cid, values in answer.items():
+                if isinstance(values, Mapping) and values:
+                    mine = out.setdefault(int(cid), {})
+                    for key, value in values.items():
+                        mine.setdefault(str(key), value)
+        return out
+
+    @staticmethod
+    def with_computed(attributes: Mapping[str, Any], computed: Mapping[str, Any] | None) -> dict[str, Any]:
+        """A customer's attributes as templates and decisions see them: the
+        computed values (:meth:`computed`) under the stored ones (a stored
+        attribute of the same name wins)."""
+        if not computed:
+            return dict(attributes)
+        return {**computed, **attributes}
+
     def aliases(self, customer_id: int) -> builtins.list[Alias]:
         """Every identity the customer is known by."""
         a = self.t("aliases")

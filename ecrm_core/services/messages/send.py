@@ -399,7 +399,12 @@ class _Sending(_Suppressions):
         uids: builtins.list[str] = []
         chunk: builtins.list[int] = []
 
+        computed: dict[int, dict[str, Any]] = {}  # per chunk: what plugins compute (ecrm_computed_attributes)
+
         def context_for(c: Mapping[str, Any], uid: str) -> dict[str, Any]:
+            extra_attrs = computed.get(c["id"])
+            if extra_attrs:
+                c = {**c, "attributes": self.crm.customers.with_computed(c.get("attributes") or {}, extra_attrs)}
             ctx = dict(shared_ctx)
             if ctx_fn is not None:
                 extra = ctx_fn(c)
@@ -424,6 +429,8 @@ class _Sending(_Suppressions):
         def flush(ids: builtins.list[int]) -> None:
             nonlocal queued, duplicates, scheduled
             customers = self._customers(ids, single)
+            computed.clear()
+            computed.update(self.crm.customers.computed(customers))
             now = self.crm.now()
             plans: builtins.list[dict[str, Any]] = []
             addresses: dict[int, str | None] = {}

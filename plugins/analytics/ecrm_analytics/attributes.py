@@ -1,16 +1,13 @@
 """What analytics knows about customers, as attributes: read from the plugin's tables, copied only when asked.
 
 By default the results are **not** copied into ``customers.attributes``:
-rules read them with ``rfm(...)``, ``clv(...)`` and ``churn(...)``, and code
-reads them with :func:`values` (many customers, one query per 500) or
-:meth:`ecrm_analytics.service.Analytics.customer`.  A template gets them
-through the send's ``context``::
+rules read them with ``rfm(...)``, ``clv(...)`` and ``churn(...)``; every
+send's template and personalization read them as attributes through the
+core's ``ecrm_computed_attributes`` hook, which the plugin answers with
+:func:`values` (one query per 500 customers); code calls :func:`values` or
+:meth:`ecrm_analytics.service.Analytics.customer`.
 
-    ctx = values(crm, ids)
-    crm.messages.send_many("email", "winback", customer_ids=ids,
-                           context=lambda c: {"analytics": ctx.get(c["id"], EMPTY)})
-
-A host whose templates or personalization read ``customer.attributes``
+A host whose rules or code read the stored ``customers.attributes``
 turns copying on with :func:`set_copy` (``True``): each refresh then writes
 the four attributes of :data:`ecrm_analytics.conditions.ATTRIBUTES` of the
 customers whose values changed — and only those — and fires the core's

@@ -15,6 +15,9 @@ Hooks:
   for segment, lifecycle and offer rules;
 * ``ecrm_register_attributes``: the types of the attributes copied into
   ``customers.attributes`` when a workspace turns copying on (:mod:`ecrm_analytics.attributes`);
+* ``ecrm_computed_attributes``: the same four values, read from the plugin's
+  tables, for every send's templates (``customer.attributes.rfm_group``) and
+  ``crm.customers.computed`` (personalization) — nothing copied;
 * ``ecrm_customers_merged`` / ``ecrm_customers_deleted``: recompute / erase;
 * ``ecrm_register_commands`` (``ecrm analytics``), ``ecrm_register_routes``
   (``/analytics/...``), ``ecrm_register_demo_stages``.
@@ -28,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 from ecrm_core.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from collections.abc import Sequence
+
     import click
     import sqlalchemy as sa
     from ecrm_core.crm import CRM
@@ -37,8 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __version__ = "0.1.0"
 
-#: The ecrm hook API versions this plugin is written for (``ecrm_register_demo_stages`` is 1.4).
-ECRM_HOOK_API = ">=1.4,<2"
+#: The ecrm hook API versions this plugin is written for (``ecrm_computed_attributes`` is 1.7).
+ECRM_HOOK_API = ">=1.7,<2"
 
 ECRM_PLUGIN_NAME = "analytics"
 MIGRATION_BRANCH = "ecrm_analytics"
@@ -117,6 +122,15 @@ def ecrm_register_attributes() -> list[AttributeDef]:
     from .needs import attribute_defs as needs_attribute_defs
 
     return [*attribute_defs(), *needs_attribute_defs()]
+
+
+@hookimpl
+def ecrm_computed_attributes(crm: CRM, customer_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    # The results as attributes of the person (templates: customer.attributes.rfm_group),
+    # read from the plugin's tables: one query per 500 customers, nothing copied.
+    from .attributes import values
+
+    return values(crm, customer_ids)
 
 
 @hookimpl

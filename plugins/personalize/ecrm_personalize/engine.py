@@ -87,7 +87,7 @@ def _in_control(crm: CRM, placement: Placement, subject: str) -> bool:
     return int.from_bytes(h, "big") / 2**64 < placement.control
 
 
-def _segment(placement: Placement, customer: Mapping[str, Any] | None) -> str:
+def _segment(crm: CRM, placement: Placement, customer: Mapping[str, Any] | None, customer_id: int | None) -> str:
     how = placement.segment_by
     if how == "none":
         return "all"
@@ -95,8 +95,12 @@ def _segment(placement: Placement, customer: Mapping[str, Any] | None) -> str:
         return "anonymous"
     if how == "lifecycle":
         return str(customer.get("lifecycle_stage") or "prospect")[:128]
+    name = how.split(":", 1)[1]
     attrs = customer.get("attributes") or {}
-    value = attrs.get(how.split(":", 1)[1]) if isinstance(attrs, Mapping) else None
+    value = attrs.get(name) if isinstance(attrs, Mapping) else None
+    if value is None and customer_id is not None:
+        # not stored: maybe computed by a plugin (ecrm-analytics' rfm_group…)
+        value = crm.customers.computed([customer_id]).get(customer_id, {}).get(name)
     return "none" if value is None or isinstance(value, dict | list) else str(value)[:128]
 
 
@@ -268,7 +272,7 @@ def decide(
 
             subject = f"c{cid}" if cid is not None else f"v{lookup_alias or 'none'}"
             control = _in_control(crm, pl, subject)
-            segment = _segment(pl, customer)
+            segment = _segment(crm, pl, customer, cid)
             page_sku = ctx_in.get("sku") if isinstance(ctx_in.get("sku"), str) else None
 
             # 3. the lists, by key (cached per generation)

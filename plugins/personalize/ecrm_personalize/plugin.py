@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __version__ = "0.1.0"
 
 #: hook API versions this plugin is written for (``ecrm_register_demo_stages`` is 1.4)
-ECRM_HOOK_API = ">=1.5,<2"  # 1.5: the deletion hook passes the aliases
+ECRM_HOOK_API = ">=1.7,<2"  # 1.5: the deletion hook passes the aliases; 1.7: crm.customers.computed
 
 ECRM_PLUGIN_NAME = "personalize"
 MIGRATION_BRANCH = "ecrm_personalize"

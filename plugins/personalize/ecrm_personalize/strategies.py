@@ -109,9 +109,29 @@ class DecisionContext:
     arms: Mapping[str, tuple[int, int]] | None = None
     rng: random.Random = field(factory=random.Random)
 
+    _computed: Mapping[str, Any] | None = field(default=None, init=False, repr=False)
+
     def explain(self, text: str) -> None:
         """Add a sentence to the decision's explanation."""
         self.explanation.append(text)
+
+    def attribute(self, name: str, default: Any = None) -> Any:
+        """The person's attribute ``name``: stored, else computed by a plugin
+        (the core's ``ecrm_computed_attributes``, e.g. ecrm-analytics'
+        ``rfm_group``, ``clv_p_alive``); ``default`` for a visitor.
+
+        The computed values are asked for on the first call that needs them,
+        once per decision, so a strategy that reads none costs nothing.
+        """
+        attrs = (self.customer or {}).get("attributes") or {}
+        if isinstance(attrs, Mapping) and attrs.get(name) is not None:
+            return attrs[name]
+        if self.customer_id is None:
+            return default
+        if self._computed is None:
+            self._computed = self.crm.customers.computed([self.customer_id]).get(self.customer_id) or {}
+        value = self._computed.get(name)
+        return default if value is None else value
 
     def options(self, strategy: str) -> Mapping[str, Any]:
         """The placement's settings for ``strategy`` (``placement.options[strategy]``)."""
@@ -272,8 +292,8 @@ class Ranked(Strategy):
     Items in the categories the person bought or viewed most gain up to
     ``affinity`` (default 0.5) of their score; offers whose kind suits the
     lifecycle stage (incentives for ``at_risk``/``lapsed``, content for
-    ``prospect``/``new``) or the ``rfm_segment`` attribute's preference rank
-    first.  The presentation stays as it is.
+    ``prospect``/``new``) or the person's RFM group (the ``rfm_group``
+    attribute, stored or computed by ecrm-analytics) rank first.  The presentation stays as it is.
     """
 
     kind = "transparent"
@@ -292,8 +312,7 @@ class Ranked(Strategy):
             ctx.explain(f"items ranked by category affinity (top: {top})")
         c = ctx.customer or {}
         stage = str(c.get("lifecycle_stage") or "prospect")
-        attrs = c.get("attributes") or {}
-        rfm = attrs.get("rfm_segment") if isinstance(attrs, Mapping) else None
+        rfm = ctx.attribute("rfm_group")
         kinds = STAGE_OFFER_KINDS.get(stage, ())
         if rfm in ("champions", "loyal"):
             kinds = ("product", *kinds)
