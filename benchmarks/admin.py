@@ -3,7 +3,8 @@ segment builder's live count.
 
 The data are the segments benchmark's (``benchmarks/segments.py``): customers
 with skewed activity (the top 1 % make 15 % of the interactions) over two
-years, generated set-based in SQLite (kept and reused with ``--db``).  The
+years, generated set-based in SQLite and bulk-loaded (the secondary indexes
+built after the rows; kept and reused with ``--db``).  The
 admin is served by uvicorn in a **separate process** (``--serve``); this
 process logs in over loopback and requests each page ``--requests`` times,
 one at a time, after ``--warmup`` requests.  Each page's latency is printed

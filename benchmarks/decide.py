@@ -2,8 +2,8 @@
 
 Run by hand (not a test)::
 
-    python benchmarks/decide.py                         # the issue's scale: 1M customers, 10k products, 10M interactions
-    python benchmarks/decide.py --customers 100000 --products 10000 --interactions 1000000   # what fits a small VM
+    python benchmarks/decide.py --db /tmp/decide.db --keep   # the issue's scale: 1M customers, 10k products, 10M interactions
+    python benchmarks/decide.py --db /tmp/decide.db --keep --no-refresh --rate 100   # reuse data and lists
 
 Figures:
 
@@ -18,12 +18,18 @@ Figures:
   keep-alive connections; beside a bare Litestar app in the same run that
   decodes the same JSON body and answers a JSON document of the same size
   (no auth, no database).  Goal: p99 <= 20 ms and <= 3x the bare p99.
+  **closed loop**: the connections send back to back (saturation: latency
+  is concurrency / throughput);
+* **open loop**: both apps driven at the same offered rate (``--rate``),
+  latency from each request's scheduled send time (no coordinated omission);
+  printed beside the closed-loop (saturation) figure, each judged against
+  the goal.
 
 The data: products in clusters of 10 (what is bought together), purchases of
-1-3 products (Zipf-like popularity), product views; interactions are written
-with ``track_many`` (the public bulk path), customers with ``upsert_many``.
-The data are generated set-based (``INSERT ... SELECT`` over recursive CTEs, secondary
-indexes rebuilt after the load); ``--db PATH --keep`` keeps the file for later runs.
+1-3 products (Zipf-like popularity), product views; generated set-based
+(``INSERT ... SELECT`` over recursive CTEs, secondary indexes rebuilt after
+the load; products through ``add_products``); ``--db PATH --keep`` keeps the
+file for later runs with the same sizes.
 """
 
 from __future__ import annotations
@@ -461,29 +467,35 @@ def run(args: argparse.Namespace) -> None:
             report.lists = meta["report"]["lists"]
             report.seconds = meta["report"]["seconds"]
             refresh_s = float(report.seconds.get("total", 0.0))
+            refresh_cpu = float("nan")
             console.print(
                 f"[yellow]--no-refresh: the lists of the refresh at {meta['refreshed_at']:%H:%M} (its figures)[/]"
             )
         else:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             report = p.refresh()
             refresh_s = time.perf_counter() - t0
+            refresh_cpu = time.process_time() - c0
         p.define("home", k=args.k, offers=2, control=0.05, alternatives=["grid", "carousel", "list"])
     finally:
         crm.close()
     r = report.to_dict()
     t = Table(title="recommender refresh (personalize.refresh)")
-    for c in ("read", "popular", "cooccurrence", "content", "write", "total", "lists"):
+    for c in ("read", "popular", "cooccurrence", "content", "write", "total", "CPU (this process)", "lists"):
         t.add_column(c, justify="right")
     s = r["seconds"]
     t.add_row(
         *(f"{s.get(k, 0):.2f} s" for k in ("read", "popular", "cooccurrence", "content", "write")),
         f"{refresh_s:.2f} s",
+        f"{refresh_cpu:.2f} s",
         f"{sum(r['lists'].values()):,}",
     )
     console.print(t)
     ok = "[green]met[/]" if refresh_s < REFRESH_GOAL_S else "[yellow]not met[/]"
-    console.print(f"goal: refresh < {REFRESH_GOAL_S:.0f} s -> {refresh_s:.1f} s at this scale, {ok}")
+    console.print(
+        f"goal: refresh < {REFRESH_GOAL_S:.0f} s -> {refresh_s:.1f} s wall ({refresh_cpu:.1f} s of CPU) at this "
+        f"scale, {ok} (load average {os.getloadavg()[0]:.2f})"
+    )
 
     rng = random.Random(args.seed + 1)
     sample = rng.sample(range(1, args.customers + 1), min(args.customers, 30))

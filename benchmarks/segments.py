@@ -7,8 +7,8 @@ Run by hand (not a test)::
     python benchmarks/segments.py --db /tmp/seg-bench.db --keep              # again: reuses the file
 
 What one run measures, on one SQLite file (schema made by ``crm.upgrade()``,
-synthetic data written set-based into ecrm's tables, every index in place,
-no ``ANALYZE``), with a fixed clock so that every query uses the same "now":
+synthetic data written set-based into ecrm's tables, bulk-loaded with the
+migration's secondary indexes built after the rows, no ``ANALYZE``), with a fixed clock so that every query uses the same "now":
 
 * full evaluation of the representative rule ``purchase.count(90d) >= 3 and
   purchase.sum(90d) > 100 and country in ("KR", "JP")``: ``SELECT count(*)``

@@ -80,7 +80,13 @@ def test_api_benchmark_smoke(tmp_path):
         "2 cores" if os.cpu_count() == 2 else "cores",
     ):
         assert figure in out, figure
-    for figure in ("end to end", "track_many on the same rows (same run)", "200 -> visible", "every 200 is there"):
+    for figure in (
+        "end to end",
+        "track_many on the same rows (same run)",
+        "processor events per CPU-second",
+        "200 -> visible",
+        "every 200 is there",
+    ):
         assert figure in out, figure
     answers = re.search(r"non-200 answers: (\{.*?\}) / paced (\{.*?\})", out)
     if answers is not None:  # the statuses answered: only 200s

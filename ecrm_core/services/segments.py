@@ -323,10 +323,20 @@ class Segments(_SegmentRefresh):
             stmt = compiled.select(self._sql_context(conn))
             plan, warnings = explain(conn, stmt, self.db.tables)
             with token.watching(conn):
-                count = int(conn.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0)
-                rows = conn.execute(
-                    sa.select(c).where(c.c.id.in_(stmt.order_by(c.c.id).limit(sample))).order_by(c.c.id)
-                ).all()
+                if sample:
+                    # one evaluation of the rule for both the count and the sample: the
+                    # first ids with the total beside them (a rule's aggregates are the
+                    # cost; a second statement for the sample would compute them again)
+                    members = stmt.subquery()
+                    first = conn.execute(
+                        sa.select(members.c.id, sa.func.count().over()).order_by(members.c.id).limit(sample)
+                    ).all()
+                    count = int(first[0][1]) if first else 0
+                    ids = [r[0] for r in first]
+                    rows = conn.execute(sa.select(c).where(c.c.id.in_(ids)).order_by(c.c.id)).all() if ids else []
+                else:
+                    count = int(conn.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0)
+                    rows = []
             customers = tuple(self.crm.customers._from_row(r) for r in rows)
             return Preview(count, customers, render(stmt, conn.dialect), plan, warnings, compiled.text)
 

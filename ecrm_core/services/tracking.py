@@ -85,6 +85,13 @@ _ALIAS_ROW_KEYS = frozenset(k for k, _ in _REF_KEYS)
 _MAX_ID = 2**63
 
 
+#: The aliases rows named by identity strings, built and checked once
+#: (``(external_id, email, phone, anonymous_id)`` -> the Alias and its text);
+#: emptied when it holds :data:`_REFS_MAX` (a few MB).
+_REFS: dict[tuple[str | None, ...], tuple[Alias, str]] = {}
+_REFS_MAX = 20_000
+
+
 def _sqlite_dt(d: datetime) -> str:
     # The text form SQLAlchemy's SQLite DateTime uses (UTC, always with micros).
     return d.strftime("%Y-%m-%d %H:%M:%S.%f")
@@ -110,7 +117,6 @@ class _TrackState:
         self.duplicates = 0
         self.created = 0
         self.seen_keys: dict[str, str] = {}
-        self.refs: dict[tuple[str | None, ...], tuple[Alias, str]] = {}
         self.sqlite = svc.db.is_sqlite
         now = self.crm.now().astimezone(UTC)
         self.now = now
@@ -175,18 +181,22 @@ class _TrackState:
         ref = get("customer_id")
         shown: str | None = None
         if type(ref) is not int or not 0 < ref < _MAX_ID or not _ALIAS_ROW_KEYS.isdisjoint(row):
-            # An alias (checked and normalised by Alias) is built once per
-            # call for each distinct identity: events come in runs per person.
-            # (Only rows naming the customer by strings: 1 == True == 1.0.)
-            # Its text in the payload hash (the attrs repr) is kept with it.
+            # An alias (checked and normalised by Alias) is built once for
+            # each distinct identity, and kept across calls: events come from
+            # the same people again and again, an Alias is immutable and its
+            # checks depend on the strings alone.  (Only rows naming the
+            # customer by strings: 1 == True == 1.0.)  Its text in the payload
+            # hash (the attrs repr) is kept with it.
             who = (get("external_id"), get("email"), get("phone"), get("anonymous_id"))
             cacheable = ref is None and all(v is None or type(v) is str for v in who)
-            cached = self.refs.get(who) if cacheable else None
+            cached = _REFS.get(who) if cacheable else None
             if cached is None:
                 ref = self._ref(row)
                 if cacheable:
                     shown = str(ref)
-                    self.refs[who] = (ref, shown)
+                    if len(_REFS) >= _REFS_MAX:
+                        _REFS.clear()
+                    _REFS[who] = (ref, shown)
             else:
                 ref, shown = cached
         # The stored text form on SQLite (UTC, always with microseconds):

@@ -53,3 +53,24 @@ def test_revenue_by_month_and_the_page_total(admin_client: Any, admin_crm: CRM) 
     page = admin_client("agent").get("/")
     assert page.status_code == 200, page.text
     assert '<div class="n">15.5</div>' in page.text.split("Revenue, last 12 months")[1]
+
+
+def test_merged_customers_are_read_through_their_index_with_or_without_statistics(admin_crm: CRM) -> None:
+    """The plan does not depend on ANALYZE: the merged_into index either way."""
+    from ecrm_admin.views.dashboard import merged_by_stage, stage_counts
+
+    crm = admin_crm
+    made = [crm.customers.create(email=f"p{n}@example.com") for n in range(30)]
+    crm.customers.merge(made[1].id, into=made[0].id)
+    c = crm.db.tables["customers"]
+    for analyze in (False, True):
+        with crm.db.engine.connect() as conn:
+            if analyze:
+                conn.exec_driver_sql("ANALYZE")
+                conn.commit()
+            query = merged_by_stage(conn, c, crm.workspace)
+            sql = str(query.compile(conn))
+            plan = " ".join(r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, ("default",)))
+            assert conn.execute(query).all() == [("prospect", 1)]
+        assert "merged_into" in plan and "SCAN" not in plan, (analyze, plan)
+    assert stage_counts(crm) == {"prospect": 29}

@@ -37,9 +37,19 @@ def _plant(shop: Shop, seed: int = 3) -> dict[str, list[int]]:
 def test_planted_groups_are_found_and_described(shop: Shop) -> None:
     from ecrm_analytics.clusters import cluster_customers, model
 
+    from ecrm_core.testing import EventRecorder, registered
+
     groups = _plant(shop)
     prospect = shop.customer("no purchase")
-    result = cluster_customers(shop.crm, k_max=5)
+    recorder = EventRecorder()
+    with registered(shop.crm, recorder):
+        result = cluster_customers(shop.crm, k_max=5)
+        # the attributes written are customer changes like any other: the core's event names each
+        changes = [ch for kw in recorder.of("ecrm_customers_updated") for ch in kw["changes"]]
+        assert len(changes) == 32 and all(ch.changed == {"attributes"} for ch in changes)
+        recorder.clear()
+        cluster_customers(shop.crm, k=3)  # the same clusters again: nothing changes, nothing is written or fired
+        assert not recorder.of("ecrm_customers_updated")
     assert result.customers == 32 and result.k == 3 and result.silhouette > 0.5
     assert set(result.tried) == {2, 3, 4, 5} and result.tried[3] == max(result.tried.values())
     labels = {c.label for c in result.clusters}

@@ -81,6 +81,32 @@ def test_api_routes(crm_factory: Callable[..., CRM], live_api_factory: Callable[
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "query.min_support", r.text
     r = http.get("/analytics/reports/clusters", params={"k": "2"})
     assert r.status_code == 200 and r.json()["summary"]["k"] == 2
+    # a GET never writes: the storing parameters are refused there, and taken by the POST route
+    from ecrm_analytics import basket, clusters
+
+    for path, flag in (("clusters", "save"), ("basket", "save_rules")):
+        r = http.get(f"/analytics/reports/{path}", params={flag: "true"})
+        assert r.status_code == 400 and flag in r.text, r.text
+    assert clusters.model(crm) is None and not basket.stored(crm)
+    r = http.post("/analytics/reports/clusters", params={"k": "2", "save": "true"})
+    assert r.status_code == 200 and r.json()["summary"]["k"] == 2, r.text
+    assert clusters.model(crm) is not None
+    r = http.post("/analytics/reports/basket", params={"min_support": "0.1", "save_rules": "true"})
+    assert r.status_code == 200 and basket.stored(crm), r.text
+    assert http.post("/analytics/reports/rfm").status_code in (404, 405)  # nothing to store: no POST route
+    catalogue = {i["name"]: i for i in http.get("/analytics/reports").json()["items"]}
+    assert [p["name"] for p in catalogue["clusters"]["params"] if p["writes"]] == ["save"]
+    # the OpenAPI document says the same: GET without the storing parameters, POST (scope write) with them
+    import httpx
+
+    doc = httpx.get(f"{http.base_url}/docs/openapi.json", timeout=120).json()
+    for path, flag in (("/analytics/reports/clusters", "save"), ("/analytics/reports/basket", "save_rules")):
+        item = doc["paths"][path]
+        assert set(item) >= {"get", "post"}
+        assert flag not in {q["name"] for q in item["get"].get("parameters", [])}
+        assert flag in {q["name"] for q in item["post"].get("parameters", [])}
+        assert "k" in {q["name"] for q in doc["paths"]["/analytics/reports/clusters"]["post"]["parameters"]}
+    assert set(doc["paths"]["/analytics/reports/rfm"]) == {"get"}
 
 
 def test_demo_stage(crm_factory: Callable[..., CRM]) -> None:

@@ -30,6 +30,9 @@ def test_rfm_clv_reports_and_conditions_on_postgres(pg_crm_factory: Any) -> None
     rows.append({"kind": "refund", "customer_id": ids[1], "amount": "3", "currency": "USD",
                  "occurred_at": (NOW - timedelta(days=2)).isoformat()})  # fmt: skip
     crm.interactions.track_many(rows)
+    from ecrm_analytics.attributes import set_copy
+
+    set_copy(crm, True)  # the attributes copied too (JSONB, the pre-rendered write)
     result = analytics(crm).refresh(full=True, clv=True)
     assert result.customers == 12
     one = analytics(crm).customer(ids[1])["rfm"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import sqlalchemy as sa
 from ecrm_analytics.rfm import GROUP_GRID, GROUPS, group_of, score
@@ -123,6 +125,11 @@ def test_rfm_report_and_cli(shop, tmp_path) -> None:
     assert out.exit_code != 0 and "nope" in out.output
     out = runner.invoke(group, ["rfm", "--json", "--group", "champions"], obj=shop.crm)
     assert out.exit_code == 0 and '"group": "champions"' in out.output
+    out = runner.invoke(group, ["attributes"], obj=shop.crm)
+    assert out.exit_code == 0 and json.loads(out.output) == {"copy": False}, out.output
+    out = runner.invoke(group, ["attributes", "--copy"], obj=shop.crm)
+    assert json.loads(out.output) == {"copy": True, "customers_changed": 6}, out.output
+    assert shop.crm.customers.get(ids[0]).attributes["rfm_group"]
 
 
 def test_sql_scores_match_the_cut_point_definition_with_ties(shop) -> None:
@@ -157,3 +164,16 @@ def test_sql_scores_match_the_cut_point_definition_with_ties(shop) -> None:
     assert {c: (r["r_score"], r["f_score"], r["m_score"], r["grp"]) for c, r in incremental.items()} == {
         c: (r["r_score"], r["f_score"], r["m_score"], r["grp"]) for c, r in full.items()
     }
+    # the full build's scores (computed in Python from the sorted values) are what the SQL rescore computes,
+    # and the parallel readers (ranges of customer ids) read the same rows as one
+    from ecrm_analytics.rfm import rescore
+
+    with shop.crm.db.write() as conn:
+        assert rescore(shop.crm, conn) == []
+    for workers in (1, 3):
+        shop.analytics.refresh(full=True, workers=workers)
+        assert rfm_rows(shop) == full, workers
+    # the rows written through the DB-API store times exactly as the ORM does (SQLite: text in one format)
+    with shop.crm.db.read() as conn:
+        stored = conn.exec_driver_sql("SELECT computed_at, last_at FROM ecrm_analytics_rfm").all()
+    assert all(len(a) == len(b) == len("2026-06-01 12:00:00.000000") for a, b in stored), stored[:3]

@@ -126,26 +126,51 @@ def test_attribution_models(shop: Shop) -> None:
             attribution(shop.crm, **bad)
 
 
-def test_attribution_reads_the_campaign_of_ecrm_messages(shop: Shop) -> None:
+def test_attribution_credits_the_campaign_that_sent_the_message(crm_factory) -> None:
+    """The campaign of a touch about an ecrm message is the ecrm-campaigns campaign that sent it (its dedupe
+    key), not the free-form metadata of a send."""
+    pytest.importorskip("ecrm_campaigns")
+    from ecrm_analytics import plugin
     from ecrm_analytics.attribution import attribution
+    from ecrm_campaigns import campaigns
+    from ecrm_campaigns import plugin as campaigns_plugin
 
-    from ecrm_core import ChannelSpec, hookimpl
-    from ecrm_core.testing import CapturingChannel
+    from ecrm_core.testing import CapturingChannel, FakeClock
+    from ecrm_core.worker import JobRunner
+    from ecrm_core.worker.inprocess import InProcessExecutor
 
-    class Chan:
-        @hookimpl
-        def ecrm_register_channels(self) -> list[ChannelSpec]:
-            return [ChannelSpec(name="capture", factory=CapturingChannel)]
+    from .conftest import NOW
 
-    shop.crm.register_plugin(Chan(), name="chan")
-    cid = shop.customer(email="x@example.com", phone="+821012345678")
-    shop.crm.customers.set_consent(cid, "capture", True)
-    shop.crm.messages.send("capture", cid, {"body": "hi"}, metadata={"campaign": "winback"})
-    shop.crm.messages.dispatch()
-    shop.clock.advance(hours=1)
-    shop.crm.interactions.track("purchase", customer_id=cid, amount="25", currency="EUR")
-    rows = {r["campaign"]: r for r in attribution(shop.crm, by="campaign")}
-    assert rows["winback"]["last_touch"] == 25
+    channel, clock = CapturingChannel(), FakeClock(NOW)
+    crm = crm_factory(plugins=[plugin, campaigns_plugin, channel.plugin()], clock=clock)
+    a, b = (crm.customers.create(email=f"{n}@example.com", consent={"capture": "granted"}).id for n in ("a", "b"))
+    svc = campaigns(crm)
+    svc.save({"key": "winback", "name": "Win back", "trigger": {"type": "api"},
+              "steps": [{"id": "mail", "type": "send", "channel": "capture", "template": {"body": "hi"}}]})  # fmt: skip
+    svc.start("winback")
+    svc.trigger("winback", [a])
+    runner = JobRunner(crm, jobs=["campaigns.*", "messages.*"])
+    for _ in range(3):
+        InProcessExecutor(runner).run(once=True)
+    # b gets a message outside any campaign whose metadata merely says "campaign": not a campaign's message
+    crm.messages.send("capture", b, {"body": "hi"}, metadata={"campaign": "winback"})
+    crm.messages.dispatch()
+    sent = {kw["customer_id"] for kw in _sent(crm)}
+    assert sent == {a, b}
+    clock.advance(hours=1)
+    crm.interactions.track("purchase", customer_id=a, amount="25", currency="EUR")
+    crm.interactions.track("purchase", customer_id=b, amount="40", currency="EUR")
+    rows = {r["campaign"]: r for r in attribution(crm, by="campaign")}
+    assert rows["winback"]["last_touch"] == 25 and rows["winback"]["last_touch_orders"] == 1
+    assert rows["(none)"]["last_touch"] == 40
+
+
+def _sent(crm) -> list[dict]:
+    it = crm.db.tables["interactions"]
+    import sqlalchemy as sa
+
+    with crm.db.read() as conn:
+        return [dict(r._mapping) for r in conn.execute(sa.select(it.c.customer_id).where(it.c.kind == "message_sent"))]
 
 
 def test_reports_through_the_catalogue(shop: Shop) -> None:

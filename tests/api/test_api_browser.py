@@ -23,6 +23,9 @@ import pytest
 pytest_plugins = ["browser_kit"]
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+# The pages carry a 1.5 MB script bundle and the whole OpenAPI document inline:
+# on a loaded machine Chromium needs more than the kit's default 15 s to fire "load".
+_PAGE_LOAD_MS = 60_000
 _ASSET_TYPES = {".js": "application/javascript", ".css": "text/css", ".png": "image/png"}
 
 
@@ -71,7 +74,7 @@ def test_docs_page_works_offline_with_bundled_swagger_ui(live_api, page, swagger
     expected = _operations(live_api.url)
     hosts: list[str | None] = []
     page.on("request", lambda request: hosts.append(urlsplit(request.url).hostname))
-    response = page.goto(f"{live_api.url}/docs")
+    response = page.goto(f"{live_api.url}/docs", timeout=_PAGE_LOAD_MS)
     assert response.status == 200
     assert page.title()  # (Litestar's page has no lang attribute: not ours to fix)
     _lists_every_operation(page, expected)
@@ -94,7 +97,7 @@ def test_cdn_swagger_docs_page_lists_every_operation(api_crm, live_api_factory, 
 
     page.route(re.compile(r"^https://cdn\.jsdelivr\.net/npm/swagger-ui-dist@[^/]+/"), cdn)
     expected = _operations(live.url)
-    response = page.goto(f"{live.url}/docs/swagger")
+    response = page.goto(f"{live.url}/docs/swagger", timeout=_PAGE_LOAD_MS)
     assert response.status == 200
     assert sorted(served) == ["swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "swagger-ui.css"]
     _lists_every_operation(page, expected)
@@ -106,7 +109,7 @@ def test_cdn_swagger_docs_page_lists_every_operation(api_crm, live_api_factory, 
 def test_scalar_docs_page_loads_the_document(api_crm, live_api_factory, page, assets, path):
     """Scalar (always from its CDN): the page itself, the title and the document it points at."""
     live = live_api_factory(api_crm, rate_limit=None, docs_assets=assets)
-    response = page.goto(f"{live.url}{path}")
+    response = page.goto(f"{live.url}{path}", timeout=_PAGE_LOAD_MS)
     assert response.status == 200 and response.headers["content-type"].startswith("text/html")
     assert page.title() == "ecrm API"
     scripts = page.locator("script[src]").evaluate_all("els => els.map(e => e.src)")

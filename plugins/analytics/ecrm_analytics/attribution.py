@@ -3,10 +3,20 @@
 A **touch** is an interaction of one of ``kinds`` (:data:`TOUCH_KINDS`: a
 message sent, an e-mail opened, a click, a page or screen view) by the same
 customer in the ``lookback_days`` before a purchase (the purchase's own
-time included).  Its channel is the interaction's channel; its campaign the
-``campaign``/``utm_campaign`` property, or the campaign of the ecrm message
-it refers to (``properties.message`` → the message's ``campaign`` metadata,
-which ``ecrm-campaigns`` sets); ``(none)`` otherwise.
+time included).  Its channel is the interaction's channel; its campaign:
+
+* the ``campaign``/``utm_campaign`` property the touch carries (links
+  tagged by the shop, tracked clicks);
+* else, for a touch about an ecrm message (the delivery pipeline records
+  ``properties.message``, the message's ``uid``, on ``message_sent`` and on
+  the channel's feedback — opens, clicks), the campaign that sent the
+  message, as ``ecrm-campaigns`` records it: its sends carry the dedupe key
+  ``cmp<campaign id>.<entry>.<step>.<customer id>`` (the key the campaigns
+  plugin itself finds its messages by), and the campaign's ``key`` is read
+  from its table.  Without that plugin, or for messages sent outside a
+  campaign, the message has no campaign (the free-form ``metadata`` of a
+  send is not read: any caller may set it);
+* ``(none)`` otherwise.
 
 Each purchase's value (converted to the reporting currency) and the
 purchase itself (one conversion) are credited:
@@ -44,6 +54,19 @@ MODELS: tuple[str, ...] = ("first_touch", "last_touch", "linear")
 BY: tuple[str, ...] = ("channel", "campaign")
 #: what purchases without a touch are credited to
 DIRECT = "(direct)"
+
+
+#: The campaigns plugin's table (short name), read when it is installed.
+CAMPAIGNS_TABLE = "campaigns"
+
+
+def _campaign_id_text(dedupe_key: Any, dialect: str) -> Any:
+    """SQL: ``<id>`` of a dedupe key ``cmp<id>.…`` as text (compared with the campaign's id as text, so a key of
+    another shape never fails a cast)."""
+    rest = sa.func.substr(dedupe_key, 4)
+    if dialect == "postgresql":
+        return sa.func.split_part(rest, ".", 1)
+    return sa.func.substr(rest, 1, sa.func.instr(rest, ".") - 1)
 
 
 def _window_start(at: Any, days: int, dialect: str) -> Any:
@@ -97,19 +120,29 @@ def attribution(
         .cte("p")
     )
     t_it = it.alias("t_it")
-    key = (
-        sa.func.coalesce(t_it.c.channel, NONE)
-        if by == "channel"
-        else sa.func.coalesce(campaign_expr(t_it.c.properties), msgs.c.meta["campaign"].as_string(), NONE)
-    )
     twhere = [t_it.c.workspace_id == crm.workspace, t_it.c.kind.in_(kinds), t_it.c.occurred_at <= until]
     if since is not None:
         twhere.append(t_it.c.occurred_at >= since - timedelta(days=lookback_days))
     source: Any = t_it
-    if by == "campaign":
-        source = t_it.outerjoin(
-            msgs, sa.and_(msgs.c.uid == t_it.c.properties["message"].as_string(), msgs.c.workspace_id == crm.workspace)
-        )
+    if by == "channel":
+        key = sa.func.coalesce(t_it.c.channel, NONE)
+    else:
+        sent_by = None
+        if CAMPAIGNS_TABLE in db.tables:  # ecrm-campaigns is installed: its messages name it in their dedupe key
+            camp = db.tables[CAMPAIGNS_TABLE]
+            source = t_it.outerjoin(
+                msgs,
+                sa.and_(msgs.c.uid == t_it.c.properties["message"].as_string(), msgs.c.workspace_id == crm.workspace),
+            ).outerjoin(
+                camp,
+                sa.and_(
+                    camp.c.workspace_id == msgs.c.workspace_id,
+                    msgs.c.dedupe_key.like("cmp%.%"),
+                    sa.cast(camp.c.id, sa.String()) == _campaign_id_text(msgs.c.dedupe_key, dialect),
+                ),
+            )
+            sent_by = camp.c.key
+        key = sa.func.coalesce(campaign_expr(t_it.c.properties), sent_by, NONE)
     t = (
         sa.select(
             t_it.c.id.label("tid"), t_it.c.customer_id.label("cid"), t_it.c.occurred_at.label("at"), key.label("key")

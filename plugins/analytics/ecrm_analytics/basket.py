@@ -586,7 +586,7 @@ register(
             Param(name="method", type=str, default="pairs", help="pairs (fast) or fpgrowth", choices=METHODS),
             Param(name="segment", type=str, default="", help="only the purchases of this segment's members"),
             Param(name="top", type=int, default=20, help="rules shown", min=1, max=1000),
-            Param(name="save_rules", type=bool, default=False, help="store the rules for cross-sell"),
+            Param(name="save_rules", type=bool, default=False, help="store the rules for cross-sell", writes=True),
         ),
     )
 )

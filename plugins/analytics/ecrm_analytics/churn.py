@@ -35,7 +35,7 @@ from .schema import CLV, RFM
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ecrm_core.crm import CRM
 
-__all__ = ["REASON_KINDS", "churn_report", "cohort_report", "risk_of"]
+__all__ = ["REASON_KINDS", "RISKS", "churn_report", "cohort_report", "risk_of", "sql_risk"]
 
 #: Interaction kinds shown as reasons before a lapse.
 REASON_KINDS = ("complaint", "refund", "unsubscribe")
@@ -43,17 +43,35 @@ RISKS = ("high", "medium", "low")
 
 
 def risk_of(recency_days: float, gap_days: float | None, p_alive: float | None) -> str:
-    """The churn risk of one customer (see the module docs)."""
-    overdue = None if not gap_days else recency_days / gap_days
-    if (p_alive is not None and p_alive < 0.3) or (overdue is not None and overdue > 3):
+    """The churn risk of one customer (see the module docs; :func:`sql_risk` is its SQL twin).
+
+    ``overdue > k`` is computed as ``recency_days > k * gap_days`` (the same
+    arithmetic as the SQL, so the two agree to the last bit).
+    """
+    gap = gap_days if gap_days is not None and gap_days > 0 else None  # 0 or unknown: a single purchase day
+    if (p_alive is not None and p_alive < 0.3) or (gap is not None and recency_days > 3 * gap):
         return "high"
-    if overdue is None and recency_days > 180:
+    if gap is None and recency_days > 180:
         return "high"
-    if (p_alive is not None and p_alive < 0.6) or (overdue is not None and overdue > 1.5):
+    if (p_alive is not None and p_alive < 0.6) or (gap is not None and recency_days > 1.5 * gap):
         return "medium"
-    if overdue is None and recency_days > 90:
+    if gap is None and recency_days > 90:
         return "medium"
     return "low"
+
+
+def sql_risk(recency_days: Any, gap_days: Any, p_alive: Any) -> Any:
+    """The SQL twin of :func:`risk_of`: ``'high'``, ``'medium'`` or ``'low'`` (``gap_days`` NULL or 0: unknown,
+    ``p_alive`` NULL: no CLV model)."""
+    gap = sa.case((gap_days > 0, gap_days))
+    unknown = gap.is_(None)
+    high = sa.or_(
+        p_alive < 0.3, sa.and_(gap.is_not(None), recency_days > 3 * gap), sa.and_(unknown, recency_days > 180)
+    )
+    medium = sa.or_(
+        p_alive < 0.6, sa.and_(gap.is_not(None), recency_days > 1.5 * gap), sa.and_(unknown, recency_days > 90)
+    )
+    return sa.case((high, "high"), (medium, "medium"), else_="low")
 
 
 def churn_report(crm: CRM, top: int = 20, risk: str = "high") -> Report:

@@ -162,8 +162,24 @@ def rates_command(currency: str | None, rates: tuple[str, ...], clear: bool) -> 
 @analytics.command("customer")
 @click.argument("customer_id", type=int)
 def customer_command(customer_id: int) -> None:
-    """What analytics knows about one customer (the attributes templates see)."""
+    """What analytics knows about one customer (RFM, CLV: what the conditions read)."""
     from .service import analytics as service
 
     crm = open_crm(click.get_current_context())
     click.echo(json.dumps(_run(service(crm).customer, customer_id), indent=2, ensure_ascii=False))
+
+
+@analytics.command("attributes")
+@click.option(
+    "--copy/--no-copy", default=None, help="Copy the results into customers.attributes on each refresh, or not."
+)
+def attributes_command(copy: bool | None) -> None:
+    """Show or set whether refreshes copy the results into customer attributes (off by default)."""
+    from .attributes import copy_enabled, set_copy
+
+    crm = open_crm(click.get_current_context())
+    if copy is None:
+        click.echo(json.dumps({"copy": copy_enabled(crm)}))
+        return
+    changed = _run(set_copy, crm, copy)
+    click.echo(json.dumps({"copy": copy, "customers_changed": changed}))

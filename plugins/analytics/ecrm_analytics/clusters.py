@@ -48,6 +48,7 @@ import sqlalchemy as sa
 from attrs import frozen
 from ecrm_core.errors import ValidationError
 
+from .attributes import emit
 from .common import Rates, Report, finite, get_rates
 from .reports import Param, ReportSpec, register
 from .schema import CLUSTERS, STATE
@@ -55,6 +56,7 @@ from .schema import CLUSTERS, STATE
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
     from ecrm_core.crm import CRM
+    from ecrm_core.domain import CustomerChange
 
 __all__ = [
     "ATTRIBUTES",
@@ -381,7 +383,8 @@ def _store(crm: CRM, ids: list[int], numbers: list[int], dist: list[float], stat
         ]  # fmt: skip
         for start in range(0, len(rows), 5000):
             conn.execute(sa.insert(table), rows[start : start + 5000])
-        write_attributes(crm, conn, None if state is not None else ids)
+        changes = write_attributes(crm, conn, None if state is not None else ids)
+    emit(crm, changes)
 
 
 #: Customer attributes the clusters write (``customer.attributes[name]``), for templates and personalization.
@@ -391,52 +394,35 @@ ATTRIBUTES: dict[str, tuple[str, str]] = {
 }
 
 
-def write_attributes(crm: CRM, conn: sa.Connection, customer_ids: Sequence[int] | None = None) -> None:
-    """Copy the stored clusters into ``customers.attributes`` (``cluster``, ``cluster_label``), in one UPDATE.
+def write_attributes(crm: CRM, conn: sa.Connection, customer_ids: Sequence[int] | None = None) -> list[CustomerChange]:
+    """Copy the stored clusters into ``customers.attributes`` (``cluster``, ``cluster_label``).
 
     For ``customer_ids`` (``None``: every customer with a cluster row or the
-    attributes already set); JSON ``null`` where there is no cluster; the
-    rest of the attributes is untouched and no customer event is fired.
+    attributes already set); JSON ``null`` where there is no cluster; only
+    the customers whose values change are written, and their changes are
+    returned: fire them with :func:`ecrm_analytics.attributes.emit` once the
+    transaction committed (the core's ``ecrm_customers_updated``).
     """
-    from ecrm_core.rules.sql import ids_clause
+    from .attributes import holders, sync
 
-    customers, table = crm.db.tables["customers"], crm.db.tables[CLUSTERS]
-
-    def one(col: Any) -> Any:
-        return (
-            sa.select(col)
-            .where(table.c.workspace_id == crm.workspace, table.c.customer_id == customers.c.id)
-            .scalar_subquery()
-        )
-
-    values = [("cluster", one(table.c.cluster)), ("cluster_label", one(table.c.label))]
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import JSONB
-
-        args: list[Any] = []
-        for key, expr in values:
-            args += [sa.literal(key), expr]
-        new = sa.cast(
-            sa.cast(customers.c.attributes, JSONB).op("||")(sa.func.jsonb_build_object(*args)),
-            customers.c.attributes.type,
-        )
-        has = sa.cast(customers.c.attributes, JSONB).op("?")("cluster")
-    else:
-        args = [customers.c.attributes]
-        for key, expr in values:
-            args += [sa.literal(f"$.{key}"), expr]
-        new = sa.func.json_set(*args)
-        has = sa.func.json_type(customers.c.attributes, "$.cluster").is_not(None)
-    stmt = sa.update(customers).where(customers.c.workspace_id == crm.workspace).values(attributes=new)
+    table = crm.db.tables[CLUSTERS]
+    ws = table.c.workspace_id == crm.workspace
     if customer_ids is None:
-        owned = sa.select(table.c.customer_id).where(table.c.workspace_id == crm.workspace)
-        stmt = stmt.where(sa.or_(customers.c.id.in_(owned), has))
+        owned = set(conn.execute(sa.select(table.c.customer_id).where(ws)).scalars())
+        ids = sorted(owned | holders(crm, conn, "cluster"))
     else:
         ids = sorted(set(customer_ids))
-        if not ids:
-            return
-        stmt = stmt.where(ids_clause(customers.c.id, ids, conn.dialect.name))
-    conn.execute(stmt)
+    changes: list[CustomerChange] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        wanted = {
+            int(c): {"cluster": int(k), "cluster_label": label}
+            for c, k, label in conn.execute(
+                sa.select(table.c.customer_id, table.c.cluster, table.c.label).where(ws, table.c.customer_id.in_(chunk))
+            )
+        }
+        changes += sync(crm, conn, chunk, wanted, tuple(ATTRIBUTES))
+    return changes
 
 
 def _clear(crm: CRM) -> None:
@@ -444,7 +430,8 @@ def _clear(crm: CRM) -> None:
     with crm.db.write() as conn:
         conn.execute(sa.delete(table).where(table.c.workspace_id == crm.workspace))
         conn.execute(sa.delete(st).where(st.c.workspace_id == crm.workspace, st.c.name == STATE_NAME))
-        write_attributes(crm, conn, None)
+        changes = write_attributes(crm, conn, None)
+    emit(crm, changes)
 
 
 def _state(crm: CRM, conn: sa.Connection) -> dict[str, Any] | None:
@@ -492,7 +479,9 @@ def assign(crm: CRM, customer_ids: Sequence[int]) -> int:
                 ids_clause(table.c.customer_id, wanted, crm.db.engine.dialect.name),
             )
         )
-        write_attributes(crm, conn, wanted)
+        # the customers who lost their cluster (no features any more); the others are stored again just below
+        changes = write_attributes(crm, conn, sorted(set(wanted) - set(ids)))
+    emit(crm, changes)
     if ids:
         _store(crm, ids, placed, dist, None)
     return len(ids)
@@ -524,7 +513,7 @@ register(
         params=(
             Param(name="k", type=int, default=0, help="number of clusters (0: choose by silhouette)", min=0, max=20),
             Param(name="k_max", type=int, default=8, help="largest k tried", min=2, max=20),
-            Param(name="save", type=bool, default=False, help="store the clusters for cluster(...) rules"),
+            Param(name="save", type=bool, default=False, help="store the clusters for cluster(...) rules", writes=True),
         ),
     )
 )

@@ -9,7 +9,12 @@ lifecycle stages and offer eligibility:
 * ``clv(p_alive_lt=0.3)``, ``clv(value_12m_gt=500)``, ``clv(purchases_12m_ge=1)``
   — the stored CLV predictions: ``<metric>_<op>`` with metric ``p_alive``,
   ``purchases_12m``, ``expected_order_value``, ``value_12m`` and op ``lt``,
-  ``le``, ``gt``, ``ge``; a customer without predictions matches nothing.
+  ``le``, ``gt``, ``ge``; a customer without predictions matches nothing;
+* ``churn(risk="high")``, ``churn(risk=("high", "medium"))`` — the churn
+  risk of :mod:`ecrm_analytics.churn` from the stored RFM row (days since
+  the last purchase, at the time the rule is evaluated), the CLV row's
+  usual gap between purchases and P(alive) (recency rules alone without a
+  CLV model); a customer without purchases matches nothing.
 
 Each compiles to one ``EXISTS`` over the plugin's table (never NULL, values
 bound) and evaluates in memory from the same row; the two agree (a property
@@ -97,6 +102,71 @@ def _validate_clv(args: dict[str, Any]) -> dict[str, Any]:
             raise ValidationError(key, value, "not a number", f"write e.g. {key}=0.3")
         out[key] = float(value)
     return out
+
+
+def _validate_churn(args: dict[str, Any]) -> dict[str, Any]:
+    from .churn import RISKS
+
+    unknown = sorted(set(args) - {"risk"})
+    if unknown:
+        raise ValidationError(unknown[0], args[unknown[0]], "not an argument of churn()", 'write churn(risk="high")')
+    if "risk" not in args:
+        raise ValidationError("args", args, "no argument", 'write e.g. churn(risk="high")')
+    value = args["risk"]
+    risks = [value] if isinstance(value, str) else value
+    if not isinstance(risks, (list, tuple)) or not risks:
+        raise ValidationError("risk", value, "not a risk level or a list of them", 'e.g. risk="high"')
+    for r in risks:
+        if r not in RISKS:
+            raise ValidationError("risk", r, "not a churn risk level", f"use one of {', '.join(RISKS)}")
+    return {"risk": sorted(set(risks))}
+
+
+def _risks(args: Mapping[str, Any]) -> list[str]:
+    value = args["risk"]
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _days(dialect: str, later: Any, earlier: Any) -> Any:
+    if dialect == "sqlite":
+        return sa.func.julianday(later) - sa.func.julianday(earlier)
+    return sa.extract("epoch", later - earlier) / 86400.0
+
+
+def _compile_churn(args: Mapping[str, Any], ctx: Any) -> Any:
+    from ecrm_core.storage import UTCDateTime
+
+    from .churn import sql_risk
+
+    rfm, clv = ctx.tables[RFM], ctx.tables[CLV]
+    now = sa.bindparam(None, ctx.now, type_=UTCDateTime())
+    gap = sa.case((clv.c.frequency > 0, clv.c.recency_days / clv.c.frequency))
+    risk = sql_risk(_days(ctx.dialect, now, rfm.c.last_at), gap, clv.c.p_alive)
+    stmt = (
+        sa.select(sa.literal(1))
+        .select_from(
+            rfm.outerjoin(
+                clv, sa.and_(clv.c.workspace_id == rfm.c.workspace_id, clv.c.customer_id == rfm.c.customer_id)
+            )
+        )
+        .where(rfm.c.workspace_id == ctx.workspace, rfm.c.customer_id == ctx.customers.c.id, risk.in_(_risks(args)))
+    )
+    restrict = ctx.restrict_clause(rfm.c.customer_id)
+    if restrict is not None:
+        stmt = stmt.where(restrict)
+    return sa.exists(stmt)
+
+
+def _evaluate_churn(args: Mapping[str, Any], ctx: Any) -> bool:
+    from .churn import risk_of
+
+    row = _row(ctx, RFM)
+    if row is None:
+        return False
+    c = _row(ctx, CLV)
+    recency = (ctx.now - row.last_at).total_seconds() / 86400
+    gap = (c.recency_days / c.frequency) if c is not None and c.frequency > 0 else None
+    return risk_of(recency, gap, None if c is None else c.p_alive) in _risks(args)
 
 
 def _exists(ctx: Any, table: sa.Table, where: list[Any]) -> Any:
@@ -195,6 +265,15 @@ def condition_types() -> list[ConditionType]:
             validate=_validate_clv,
             kinds=(CHANGED,),
             description="the customer's lifetime-value predictions: clv(p_alive_lt=0.3), clv(value_12m_gt=500)",
+        ),
+        ConditionType(
+            name="churn",
+            compile=_compile_churn,
+            evaluate=_evaluate_churn,
+            validate=_validate_churn,
+            kinds=(CHANGED,),
+            description='the customer\'s churn risk (recency, usual gap, P(alive)): churn(risk="high"), '
+            'churn(risk=("high", "medium"))',
         ),
     ]
 

@@ -58,6 +58,9 @@ class Param:
     min: float | None = None
     max: float | None = None
     choices: tuple[str, ...] | None = None
+    #: the parameter makes the report store what it computed: over HTTP only the ``POST`` route takes it (a ``GET``
+    #: is safe); the CLI and Python take it as any other
+    writes: bool = False
 
     def coerce(self, value: Any) -> Any:
         """``value`` (text from a CLI or query string, or a Python value) as this parameter's type."""

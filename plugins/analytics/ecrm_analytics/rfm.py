@@ -35,12 +35,14 @@ R \\ FM  1                   2                   3                  4           
 1       lost                hibernating         at_risk            at_risk            cant_lose_them
 ======  ==================  ==================  =================  =================  =================
 
-Computation is set-based, two statements: one ``INSERT … SELECT … GROUP
-BY`` aggregates the interactions per customer (all customers, or the marked
-ones; read from the plugin's partial covering index), then one ``UPDATE …
-FROM`` computes every customer's scores with window functions (``rank()``:
-how many customers have a lower value) over the RFM table's narrow columns
-and rewrites only the scores and groups that changed.
+Computation is set-based.  A full build (:func:`build`) is **one**
+``INSERT … SELECT``: the aggregate per customer (``GROUP BY`` over the
+plugin's partial covering index), the three scores by window functions
+(``rank()``: how many customers have a lower value) and the group, written
+as they are computed.  An incremental refresh (:func:`compute` of the marked
+customers, then :func:`rescore`) aggregates only those customers, then one
+``UPDATE … FROM`` recomputes every customer's scores over the RFM table's
+narrow columns and rewrites only the scores and groups that changed.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from .schema import RFM
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ecrm_core.crm import CRM
 
-__all__ = ["GROUPS", "GROUP_GRID", "compute", "group_of", "rescore", "rfm_report", "score"]
+__all__ = ["GROUPS", "GROUP_GRID", "build", "compute", "group_of", "rescore", "rfm_report", "score"]
 
 #: The named groups, best first, with what to do about each.
 GROUPS: Mapping[str, str] = {
@@ -96,12 +98,21 @@ def score(value: Any, cuts: Sequence[Any]) -> int:
     return 1 + sum(1 for c in cuts if c is not None and value > c)
 
 
+_WIDTH = max(len(g) for row in GROUP_GRID for g in row)
+#: the 25 groups of :data:`GROUP_GRID`, row by row, each padded to the same width: the group is a substring
+_PACKED = "".join(g.ljust(_WIDTH) for row in GROUP_GRID for g in row)
+
+
 def _sql_group(r: Any, fm: Any) -> Any:
-    whens = [(sa.and_(r == ri + 1, fm == fi + 1), sa.literal(GROUP_GRID[ri][fi])) for ri in range(5) for fi in range(5)]
-    return sa.case(*whens, else_=sa.literal("lost"))
+    """The group of scores ``r`` and ``fm`` (each 1-5): a slice of :data:`_PACKED`, one expression instead of 25
+    ``CASE`` branches."""
+    start = ((r - 1) * 5 + (fm - 1)) * _WIDTH + 1
+    return sa.func.rtrim(sa.func.substr(sa.literal(_PACKED), start, _WIDTH))
 
 
-def _aggregate(crm: CRM, rates: Rates, now: datetime, restrict: Collection[int] | None) -> sa.Select[Any]:
+def _aggregate(
+    crm: CRM, rates: Rates, now: datetime, restrict: Collection[int] | None, between: tuple[int, int] | None = None
+) -> sa.Select[Any]:
     it = crm.db.tables["interactions"]
     purchase = it.c.kind == "purchase"
     refund = it.c.kind == "refund"
@@ -119,6 +130,8 @@ def _aggregate(crm: CRM, rates: Rates, now: datetime, restrict: Collection[int] 
         from ecrm_core.rules.sql import ids_clause
 
         where.append(ids_clause(it.c.customer_id, list(restrict), crm.db.dialect))
+    if between is not None:
+        where.append(it.c.customer_id.between(*between))
     return (
         sa.select(
             sa.literal(crm.workspace).label("workspace_id"),
@@ -200,6 +213,110 @@ def compute(
     select = _aggregate(crm, rates, now, restrict)
     result = conn.execute(sa.insert(table).from_select([c.name for c in table.c], select))
     return int(result.rowcount or 0)
+
+
+#: The RFM columns a full build reads per customer, in the order of :func:`_build_rows`.
+_READ = ("customer_id", "first_at", "last_at", "orders", "revenue", "refunds", "monetary", "unconverted")
+
+
+def build(crm: CRM, conn: sa.Connection, *, rates: Rates | None = None, workers: int | None = None) -> list[int]:
+    """Recompute every customer's RFM row, scores and group; return the ids of the customers with a row.
+
+    The aggregate per customer is read (on a SQLite file, by ``workers``
+    reader connections in parallel, each a range of customer ids — default:
+    one per CPU, at most 4; they see exactly what ``conn``'s write
+    transaction sees, as it holds the write lock); the quintile scores and
+    groups are computed from the sorted values (:func:`cut_points`'s rule,
+    the same scores as :func:`rescore`'s window functions), and the rows are
+    written with one ``executemany`` of a pre-rendered ``INSERT``.  The same
+    rows as :func:`compute` (everyone) followed by :func:`rescore`, each row
+    written once.
+    """
+    import os
+    from bisect import bisect_left
+
+    table = crm.db.tables[RFM]
+    now = crm.now()
+    rates = rates or get_rates(crm)
+    conn.execute(sa.delete(table).where(table.c.workspace_id == crm.workspace))
+    n = workers if workers is not None else min(4, os.cpu_count() or 1)
+    rows = _read_aggregates(crm, conn, rates, now, max(1, n))
+    if not rows:
+        return []
+    count = len(rows)
+    cuts = []
+    for col in (2, 3, 6):  # last_at, orders, monetary
+        values = sorted(r[col] for r in rows)
+        cuts.append([values[-(-k * count // 5) - 1] for k in range(1, 5)])
+    last_cuts, order_cuts, money_cuts = cuts
+    computed_at: Any = now
+    if conn.dialect.name == "sqlite":  # the text SQLAlchemy stores (UTC, one format: text order is time order)
+        from sqlalchemy.dialects.sqlite import DATETIME
+
+        naive = table.c.computed_at.type.process_bind_param(now, conn.dialect)
+        computed_at = DATETIME().bind_processor(conn.dialect)(naive)
+    ws = crm.workspace
+    out = []
+    for cid, first_at, last_at, orders, revenue, refunds, monetary, unconverted in rows:
+        r = 1 + bisect_left(last_cuts, last_at)
+        f = 1 + bisect_left(order_cuts, orders)
+        m = 1 + bisect_left(money_cuts, monetary)
+        out.append((ws, cid, first_at, last_at, orders, revenue, refunds, monetary, unconverted, r, f, m,
+                    GROUP_GRID[r - 1][(f + m + 1) // 2 - 1], computed_at))  # fmt: skip
+    names = [c.name for c in table.c]
+    assert names[:9] == ["workspace_id", *_READ] and names[9:] == [
+        "r_score",
+        "f_score",
+        "m_score",
+        "grp",
+        "computed_at",
+    ]
+    prep = conn.dialect.identifier_preparer
+    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(c) for c in names)}) "
+        f"VALUES ({', '.join([marker] * len(names))})"
+    )
+    for start in range(0, len(out), 50_000):
+        conn.exec_driver_sql(sql, out[start : start + 50_000])
+    return [r[1] for r in out]
+
+
+def _read_aggregates(crm: CRM, conn: sa.Connection, rates: Rates, now: datetime, workers: int) -> list[tuple[Any, ...]]:
+    """Every customer's aggregate row (:data:`_READ`; times as the driver returns them), in parallel when it pays."""
+    customers = crm.db.tables["customers"]
+
+    def select(between: tuple[int, int] | None) -> Any:
+        agg = _aggregate(crm, rates, now, None, between).subquery("agg")
+        # the times as stored (text on SQLite: its order is time order), not parsed into datetimes
+        return sa.select(*(sa.type_coerce(agg.c[c], sa.String()) if c.endswith("_at") else agg.c[c] for c in _READ))
+
+    url = crm.db.engine.url
+    parallel = (
+        workers > 1 and crm.db.is_sqlite and not crm.db.joined and url.database not in (None, "", ":memory:")
+        and not str(url.database).startswith("file::memory:")
+    )  # fmt: skip
+    if not parallel:
+        return [tuple(r) for r in conn.execute(select(None)).all()]
+    lo, hi = conn.execute(
+        sa.select(sa.func.min(customers.c.id), sa.func.max(customers.c.id)).where(
+            customers.c.workspace_id == crm.workspace
+        )
+    ).one()
+    if lo is None:
+        return []
+    step = -(-(hi - lo + 1) // workers)
+    ranges = [(a, min(hi, a + step - 1)) for a in range(lo, hi + 1, step)]
+
+    def read(between: tuple[int, int]) -> list[tuple[Any, ...]]:
+        with crm.db.engine.connect() as reader:
+            return [tuple(r) for r in reader.execute(select(between)).all()]
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="ecrm-rfm") as pool:
+        parts = list(pool.map(read, ranges))
+    return [row for part in parts for row in part]
 
 
 def cut_points(crm: CRM, conn: sa.Connection) -> dict[str, list[Any]]:

@@ -4,6 +4,9 @@
 * ``GET /analytics/reports/{report}?param=value`` — ``Report.to_dict()`` (one route per
   registered report, its parameters declared in the OpenAPI document);
 * ``GET /analytics/reports/{report}/chart?format=svg|png`` — the chart (``image/svg+xml``/``image/png``);
+* ``POST /analytics/reports/{report}?param=value`` — for the reports that can store what they computed
+  (``basket``'s ``save_rules``, ``clusters``' ``save``): the same report, those parameters accepted (scope
+  ``write``).  The ``GET`` routes never write: they do not take those parameters (400 naming them);
 * ``GET /analytics/customers/{customer_id}`` — what analytics knows about one customer;
 * ``POST /analytics/refresh`` — recompute the customers whose sales changed now.
 
@@ -62,7 +65,8 @@ def list_reports() -> dict[str, Any]:
                 "title": s.title,
                 "description": s.description,
                 "params": [
-                    {"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help} for p in s.params
+                    {"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help, "writes": p.writes}
+                    for p in s.params
                 ],
             }
             for s in specs().values()
@@ -79,7 +83,8 @@ def _describe(p: Any) -> str:
 
 
 def report_handlers(spec: ReportSpec) -> list[Any]:
-    """The two routes of one report, with its parameters declared as query parameters.
+    """The routes of one report, with its parameters declared as query parameters: ``GET`` (data, chart) with
+    the parameters that only read, and ``POST`` with all of them when some store what the report computed.
 
     Parameters are taken as text and checked by the report's
     :class:`~ecrm_analytics.reports.Param` (a 422 naming ``query.<param>``),
@@ -88,7 +93,7 @@ def report_handlers(spec: ReportSpec) -> list[Any]:
     from ecrm_core.crm import CRM
     from ecrm_core.errors import ValidationError
 
-    def query_params() -> list[inspect.Parameter]:
+    def query_params(writes: bool = False) -> list[inspect.Parameter]:
         return [
             inspect.Parameter(
                 p.name,
@@ -99,6 +104,7 @@ def report_handlers(spec: ReportSpec) -> list[Any]:
                 ],
             )
             for p in spec.params
+            if writes or not p.writes
         ]
 
     crm_param = inspect.Parameter("crm", inspect.Parameter.KEYWORD_ONLY, annotation=NamedDependency[CRM])
@@ -137,7 +143,7 @@ def report_handlers(spec: ReportSpec) -> list[Any]:
     chart.__name__ = chart.__qualname__ = f"report_{spec.name}_chart"
     chart.__doc__ = f"The chart of {spec.title} as image/svg+xml (``?format=png``: image/png)."
     common: dict[str, Any] = {"opt": {"scope": "read"}, "tags": ["analytics"], "sync_to_thread": True}
-    return [
+    out = [
         get(f"/analytics/reports/{spec.name}", responses=problem_responses(), **common)(data),
         get(
             f"/analytics/reports/{spec.name}/chart",
@@ -146,6 +152,33 @@ def report_handlers(spec: ReportSpec) -> list[Any]:
             **common,
         )(chart),
     ]
+    writing = [p.name for p in spec.params if p.writes]
+    if writing:
+
+        def store(crm: CRM, **params: Any) -> dict[str, Any]:
+            return _build(crm, spec.name, params).to_dict()  # type: ignore[no-any-return]
+
+        store.__signature__ = inspect.Signature(
+            [crm_param, *query_params(writes=True)], return_annotation=dict[str, Any]
+        )  # type: ignore[attr-defined]
+        store.__annotations__ = {p.name: p.annotation for p in inspect.signature(store).parameters.values()}
+        store.__annotations__["return"] = dict[str, Any]
+        store.__name__ = store.__qualname__ = f"report_{spec.name}_store"
+        store.__doc__ = (
+            f"{spec.title}, computed and, with {' or '.join(f'``{w}=true``' for w in writing)}, stored "
+            "(``Report.to_dict()``)."
+        )
+        out.append(
+            post(
+                f"/analytics/reports/{spec.name}",
+                opt={"scope": "write"},
+                tags=["analytics"],
+                sync_to_thread=True,
+                status_code=200,
+                responses=problem_responses(),
+            )(store)
+        )
+    return out
 
 
 @get(

@@ -76,35 +76,51 @@ class Analytics:
         self.crm = crm
 
     def refresh(
-        self, *, full: bool = False, clv: bool = False, limit: int | None = None, progress: bool = False
+        self,
+        *,
+        full: bool = False,
+        clv: bool = False,
+        limit: int | None = None,
+        progress: bool = False,
+        workers: int | None = None,
     ) -> RefreshResult:
         """Recompute the marked customers (all of them, or ``limit``), or everyone with ``full``.
 
         ``clv=True`` also refits the lifetime-value model on every customer.
-        ``progress=True`` shows a rich progress bar (for the CLI).
+        ``progress=True`` shows a rich progress bar (for the CLI).  ``workers``:
+        how many reader connections a full build aggregates with on a SQLite
+        file (default one per CPU, at most 4; see :func:`ecrm_analytics.rfm.build`).  When the
+        workspace copies results into attributes (:func:`~ecrm_analytics.attributes.set_copy`),
+        the changed ones are written and ``ecrm_customers_updated`` fires for them.
         """
+        from . import attributes, rfm, store
         from . import clv as clv_model
-        from . import rfm, store
 
         crm = self.crm
         started = time.perf_counter()
         rates = get_rates(crm)
-        steps = ["RFM aggregates", "RFM scores", "CLV predictions"] + (["CLV fit"] if clv else []) + ["segments"]
+        steps = ["RFM", "CLV predictions"] + (["CLV fit"] if clv else []) + ["segments"]
         message = ""
+        changes: list[Any] = []
         with _Progress(progress, len(steps)) as bar:
             bar.step(steps[0])
             with crm.db.write() as conn:
                 claimed = store.claim(crm, conn, 2**62 if full or limit is None else limit)
                 ids: list[int] | None = None if full else [c for c, _ in claimed]
-                rfm.compute(crm, conn, restrict=ids, rates=rates)
-                bar.step(steps[1])
-                changed = set(rfm.rescore(crm, conn))
-                everyone = _all_ids(crm, conn) if ids is None else set()
-                changed |= set(ids) if ids is not None else everyone
-                bar.step(steps[2])
+                if ids is None:
+                    # one INSERT … SELECT: aggregates, scores and groups of everyone
+                    everyone = changed = set(rfm.build(crm, conn, rates=rates, workers=workers))
+                else:
+                    rfm.compute(crm, conn, restrict=ids, rates=rates)
+                    changed = set(rfm.rescore(crm, conn)) | set(ids)
+                    everyone = set()
+                bar.step("CLV predictions")
                 clv_model.predict(crm, conn, ids)
                 store.release(crm, conn, claimed)
-                store.write_attributes(crm, conn, None if full else sorted(changed))
+                copy = attributes.copy_enabled(crm, conn)
+                if copy:
+                    changes = attributes.copy_values(crm, conn, None if full else sorted(changed))
+            attributes.emit(crm, changes)
             fitted = False
             if clv:
                 bar.step("CLV fit")
@@ -114,15 +130,17 @@ class Analytics:
                     message = str(exc)
                 else:
                     fitted = True
-                    with crm.db.write() as conn:
-                        store.write_attributes(crm, conn, None)
+                    if copy:
+                        with crm.db.write() as conn:
+                            changes = attributes.copy_values(crm, conn, None)
+                        attributes.emit(crm, changes)
             bar.step("segments")
             if fitted:
                 changed |= _all_ids(crm)
             if changed:
-                # for these customers, the segments and lifecycle stages whose rules use rfm()/clv() or a
-                # customer field (the analytics attributes changed), not those about purchases only
-                crm.segments.refresh(customer_ids=sorted(changed), kinds=(CHANGED,), customers_changed=True)
+                # for these customers, the segments and lifecycle stages whose rules use rfm()/clv()/churn();
+                # those on the copied attributes follow the customers_updated event like any attribute change
+                crm.segments.refresh(customer_ids=sorted(changed), kinds=(CHANGED,), customers_changed=False)
         return RefreshResult(
             customers=len(everyone) if full else len(claimed),
             changed=len(changed),

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from ecrm_core.crm import CRM
     from ecrm_core.domain import InteractionBatch
 
-__all__ = ["claim", "clear", "forget", "mark", "mark_all", "mark_batch", "pending", "release", "write_attributes"]
+__all__ = ["claim", "clear", "forget", "mark", "mark_all", "mark_batch", "pending", "release"]
 
 _counter = itertools.count()
 
@@ -131,55 +131,3 @@ def clear(crm: CRM, customer_ids: Iterable[int]) -> None:
     """:func:`forget` in a transaction of its own."""
     with crm.db.write() as conn:
         forget(crm, conn, customer_ids)
-
-
-def write_attributes(crm: CRM, conn: sa.Connection, customer_ids: Iterable[int] | None) -> None:
-    """Copy the stored results into ``customers.attributes`` (``rfm_group``, ``rfm_score``, ``clv_p_alive``,
-    ``clv_value_12m``) for these customers (``None``: every customer with an RFM row), in one UPDATE.
-
-    Only the four keys are set (JSON ``null`` when there is no result); the
-    rest of the attributes is untouched, and no customer event is fired.
-    """
-    from ecrm_core.rules.sql import ids_clause
-
-    customers = crm.db.tables["customers"]
-    rfm, clv = crm.db.tables[RFM], crm.db.tables[CLV]
-
-    def one(table: sa.Table, expr: Any) -> Any:
-        return (
-            sa.select(expr)
-            .where(table.c.workspace_id == crm.workspace, table.c.customer_id == customers.c.id)
-            .scalar_subquery()
-        )
-
-    score = sa.cast(rfm.c.r_score, sa.String) + sa.cast(rfm.c.f_score, sa.String) + sa.cast(rfm.c.m_score, sa.String)
-    values = [
-        ("rfm_group", one(rfm, rfm.c.grp)),
-        ("rfm_score", one(rfm, score)),
-        ("clv_p_alive", one(clv, sa.func.round(sa.cast(clv.c.p_alive, sa.Numeric), 4))),
-        ("clv_value_12m", one(clv, sa.func.round(sa.cast(clv.c.value_12m, sa.Numeric), 2))),
-    ]
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import JSONB
-
-        args: list[Any] = []
-        for key, expr in values:
-            args += [sa.literal(key), expr]
-        new = sa.cast(
-            sa.cast(customers.c.attributes, JSONB).op("||")(sa.func.jsonb_build_object(*args)),
-            customers.c.attributes.type,
-        )
-    else:
-        args = [customers.c.attributes]
-        for key, expr in values:
-            args += [sa.literal(f"$.{key}"), expr]
-        new = sa.func.json_set(*args)
-    stmt = sa.update(customers).where(customers.c.workspace_id == crm.workspace).values(attributes=new)
-    if customer_ids is None:
-        stmt = stmt.where(customers.c.id.in_(sa.select(rfm.c.customer_id).where(rfm.c.workspace_id == crm.workspace)))
-    else:
-        ids = sorted(set(customer_ids))
-        if not ids:
-            return
-        stmt = stmt.where(ids_clause(customers.c.id, ids, crm.db.dialect))
-    conn.execute(stmt)

@@ -55,16 +55,19 @@ def blend(
     recommender uses its own list and fills with ``popular``; ``control``
     uses ``popular`` only.
     """
-    scores: dict[str, Candidate] = {}
+    # plain dicts while scoring (a decision adds ~200 list entries); Candidate objects for the best only
+    scores: dict[str, float] = {}
+    reasons: dict[str, list[str]] = {}
 
     def add(sku: str, score: float, reason: str) -> None:
-        cand = scores.get(sku)
-        if cand is None:
-            scores[sku] = Candidate(sku=sku, score=score, reasons=[reason])
+        if sku in scores:
+            scores[sku] += score
+            got = reasons[sku]
+            if reason not in got:
+                got.append(reason)
         else:
-            cand.score += score
-            if reason not in cand.reasons:
-                cand.reasons.append(reason)
+            scores[sku] = score
+            reasons[sku] = [reason]
 
     if recommender == "control" or recommender == "popular":
         use: tuple[str, ...] = ("popular",)
@@ -85,7 +88,10 @@ def blend(
                 continue
             reason = _REASON[source].format(key.split(":", 1)[1] if ":" in key else "")
             for entry in entries[:cap]:
-                add(str(entry[0]), w * float(entry[1]), reason)
-    out = [c for c in scores.values() if c.sku not in exclude]
-    out.sort(key=lambda c: -c.score)
-    return out[:limit] if limit is not None else out
+                sku, score = entry[0], entry[1]
+                add(sku if type(sku) is str else str(sku), w * float(score), reason)
+    # best first; equal scores keep the order they were first met (sorted is stable)
+    ranked = sorted((s for s in scores if s not in exclude), key=scores.__getitem__, reverse=True)
+    if limit is not None:
+        ranked = ranked[:limit]
+    return [Candidate(sku=s, score=scores[s], reasons=reasons[s]) for s in ranked]

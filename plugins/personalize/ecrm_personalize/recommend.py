@@ -24,6 +24,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -131,6 +132,7 @@ class Baskets:
         self.names = names
         self.bought = bought
         self.viewed = viewed
+        self._matrices: dict[str, Any] = {}
 
     @classmethod
     def of(cls, tr: Training | Baskets) -> Baskets:
@@ -149,28 +151,36 @@ class Baskets:
         viewed = pairs(tr.viewed)
         return cls(list(index), bought, viewed)
 
-    def matrix(self, pairs: tuple[Any, Any]) -> Any:
-        """Binary CSR matrix: one row per customer in ``pairs``, a 1 where they bought/viewed the product
-        (at most :data:`MAX_BASKET` products per customer, the lowest codes)."""
+    def matrix(self, which: str) -> Any:
+        """Binary CSR matrix of ``which`` (``"bought"`` or ``"viewed"``): one row per customer, a 1 where
+        they bought/viewed the product (at most :data:`MAX_BASKET` products per customer, the lowest
+        codes).  Built once per :class:`Baskets` with one sort of the (customer, product) keys."""
         import numpy as np
         from scipy import sparse
 
-        cids, codes = pairs
+        found = self._matrices.get(which)
+        if found is not None:
+            return found
+        cids, codes = self.bought if which == "bought" else self.viewed
+        n = max(len(self.names), 1)
         if not len(cids):
-            return sparse.csr_matrix((0, len(self.names)), dtype=np.float32)
-        _, rows = np.unique(cids, return_inverse=True)
-        x = sparse.csr_matrix(
-            (np.ones(len(rows), dtype=np.float32), (rows.ravel(), codes)),
-            shape=(int(rows.max()) + 1, len(self.names)),
-        )
-        x.sum_duplicates()
-        x.data[:] = 1.0
-        counts = np.diff(x.indptr)
-        if len(counts) and counts.max() > MAX_BASKET:
-            pos = np.arange(x.nnz) - np.repeat(x.indptr[:-1], counts)
-            keep = pos < MAX_BASKET
-            indptr = np.concatenate(([0], np.cumsum(np.minimum(counts, MAX_BASKET))))
-            x = sparse.csr_matrix((x.data[keep], x.indices[keep], indptr), shape=x.shape)
+            x = sparse.csr_matrix((0, len(self.names)), dtype=np.float32)
+        else:
+            keys = np.sort(np.asarray(cids, dtype=np.int64) * n + np.asarray(codes, dtype=np.int64))
+            keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]  # distinct (np.unique is slower)
+            customers, cols = np.divmod(keys, n)
+            starts = np.concatenate(([0], np.flatnonzero(np.diff(customers)) + 1))
+            counts = np.diff(np.append(starts, len(keys)))
+            if counts.max() > MAX_BASKET:
+                pos = np.arange(len(keys)) - np.repeat(starts, counts)
+                cols = cols[pos < MAX_BASKET]
+                counts = np.minimum(counts, MAX_BASKET)
+            indptr = np.concatenate(([0], np.cumsum(counts)))
+            x = sparse.csr_matrix(
+                (np.ones(len(cols), dtype=np.float32), cols.astype(np.int32), indptr),
+                shape=(len(counts), len(self.names)),
+            )
+        self._matrices[which] = x
         return x
 
 
@@ -178,9 +188,9 @@ def popularity(tr: Training | Baskets, size: int = 100) -> list[tuple[str, float
     import numpy as np
 
     b = Baskets.of(tr)
-    x = b.matrix(b.bought)
+    x = b.matrix("bought")
     if not x.nnz:
-        x = b.matrix(b.viewed)
+        x = b.matrix("viewed")
     if not x.nnz:
         return []
     counts = np.asarray(x.getnnz(axis=0))
@@ -192,27 +202,32 @@ def popularity(tr: Training | Baskets, size: int = 100) -> list[tuple[str, float
 
 def cooccurrence(tr: Training | Baskets, size: int = LIST_SIZE) -> dict[str, list[tuple[str, float]]]:
     import numpy as np
-    from scipy import sparse
 
     b = Baskets.of(tr)
-    x = b.matrix(b.bought)
+    x = b.matrix("bought")
     x = x[np.diff(x.indptr) > 1]
     if not x.nnz:
         return {}
-    co = (x.T @ x).tocoo()
-    counts = np.zeros(co.shape[0], dtype=np.float64)
-    diag = co.row == co.col
-    counts[co.row[diag]] = co.data[diag]
-    off = ~diag
-    co = sparse.csr_matrix((co.data[off], (co.row[off], co.col[off])), shape=co.shape)
+    co = (x.T.tocsr() @ x).tocsr()
+    co.sort_indices()
+    counts = np.asarray(co.diagonal(), dtype=np.float64)
     names = b.names
     out: dict[str, list[tuple[str, float]]] = {}
     for i in np.flatnonzero(np.diff(co.indptr)):
         start, end = co.indptr[i], co.indptr[i + 1]
         js = co.indices[start:end]
-        vals = co.data[start:end] / np.sqrt(counts[i] * counts[js])
-        order = np.argsort(-vals, kind="stable")[:size]
-        out[names[i]] = [(names[js[o]], float(vals[o])) for o in order]
+        keep = js != i  # not the item itself
+        js = js[keep]
+        if not len(js):
+            continue
+        vals = co.data[start:end][keep] / np.sqrt(counts[i] * counts[js])
+        if len(vals) > size:  # the best `size`, ties in product order: as a full stable sort would give
+            kth = np.partition(vals, len(vals) - size)[len(vals) - size]
+            cand = np.flatnonzero(vals >= kth)
+            order = cand[np.argsort(-vals[cand], kind="stable")][:size]
+        else:
+            order = np.argsort(-vals, kind="stable")
+        out[names[i]] = [(names[j], float(v)) for j, v in zip(js[order].tolist(), vals[order].tolist(), strict=True)]
     return out
 
 
@@ -246,13 +261,15 @@ def content(
     keep = min(size, n - 1)
     for start in range(0, n, block):
         sims = (x[start : start + block] @ xt).toarray()
-        for r in range(sims.shape[0]):
-            sims[r, start + r] = -1.0
+        rows = np.arange(sims.shape[0])
+        sims[rows, start + rows] = -1.0
         top = np.argpartition(-sims, keep - 1, axis=1)[:, :keep] if keep < n else np.argsort(-sims, axis=1)
-        for r in range(sims.shape[0]):
-            cand = top[r]
-            cand = cand[np.argsort(-sims[r, cand], kind="stable")]
-            row = [(skus[j], float(sims[r, j])) for j in cand if sims[r, j] > 0]
+        vals = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-vals, axis=1, kind="stable")  # per row, as the row-by-row stable sort did
+        top_list = np.take_along_axis(top, order, axis=1).tolist()
+        vals_list = np.take_along_axis(vals, order, axis=1).tolist()
+        for r, (js, vs) in enumerate(zip(top_list, vals_list, strict=True)):
+            row = [(skus[j], v) for j, v in zip(js, vs, strict=True) if v > 0]
             if row:
                 out[skus[start + r]] = row
     return out
@@ -363,11 +380,12 @@ def read_baskets(crm: CRM, report: RefreshReport | None = None) -> Baskets:
     """Every purchase (and, when nothing was bought yet, every view) of the workspace, as :class:`Baskets`.
 
     On SQLite the purchases are read in one pass in table order (sequential
-    pages) on the DB-API cursor, their ``properties`` decoded with
-    :func:`json.loads` and read by :func:`skus_of`; the interaction and
-    customer counts of the report come from one aggregate over the
-    ``(workspace, customer, time, kind)`` index; views are read only when
-    nothing was bought.  Other databases stream :func:`history_rows`.
+    pages) on the DB-API cursor; each distinct ``properties`` text is decoded
+    once (:func:`_chunk_skus`: msgspec, else :func:`skus_of`); views are read
+    only when nothing was bought.  The report counts the purchases and views
+    (``interactions``, one index count) and the customers whose purchases (or,
+    before anything was bought, views) name products.  Other databases
+    stream :func:`history_rows` (``customers``: with a purchase or a view).
     """
     report = report if report is not None else RefreshReport()
     if crm.db.engine.dialect.name != "sqlite":
@@ -395,26 +413,19 @@ def read_baskets(crm: CRM, report: RefreshReport | None = None) -> Baskets:
         # the read of typical order data (few distinct baskets) mostly a dictionary lookup per row
         memo: dict[str, tuple[int, ...]] = {}
         while chunk := cur.fetchmany(50_000):
-            c_out: list[int] = []
-            p_out: list[int] = []
-            pending: list[tuple[int, Any]] = []
-            get = memo.get
-            for cid, props in chunk:
-                codes = get(props)
-                if codes is None:
-                    pending.append((cid, props))
-                elif codes:
-                    c_out += [cid] * len(codes)
-                    p_out += codes
-            if pending:
-                for (cid, props), skus in zip(pending, _chunk_skus(pending)[1], strict=True):
+            cids, texts = zip(*chunk, strict=True)
+            found: list[Any] = list(map(memo.get, texts))  # C-level loops from here on
+            if None in found:
+                miss = [i for i, f in enumerate(found) if f is None]
+                decoded = _chunk_skus([(0, texts[i]) for i in miss])[1]
+                for i, skus in zip(miss, decoded, strict=True):
                     codes = tuple(setdefault(s, len(index)) for s in skus)
-                    if len(memo) < MEMO_MAX and isinstance(props, str):
-                        memo[props] = codes
-                    c_out += [cid] * len(codes)
-                    p_out += codes
-            cs.append(np.asarray(c_out, dtype=np.int64))
-            ps.append(np.asarray(p_out, dtype=np.int64))
+                    if len(memo) < MEMO_MAX and isinstance(texts[i], str):
+                        memo[texts[i]] = codes
+                    found[i] = codes
+            lens = np.fromiter(map(len, found), dtype=np.int64, count=len(found))
+            cs.append(np.repeat(np.asarray(cids, dtype=np.int64), lens))
+            ps.append(np.fromiter(chain.from_iterable(found), dtype=np.int64, count=int(lens.sum())))
         if not cs:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         return np.concatenate(cs), np.concatenate(ps)
@@ -425,11 +436,10 @@ def read_baskets(crm: CRM, report: RefreshReport | None = None) -> Baskets:
         try:
             marks = ", ".join("?" * len(HISTORY_KINDS))
             cur.execute(
-                f"SELECT count(*), count(DISTINCT customer_id) FROM {name} "
-                f"WHERE workspace_id = ? AND kind IN ({marks})",
+                f"SELECT count(*) FROM {name} WHERE workspace_id = ? AND kind IN ({marks})",
                 (crm.workspace, *HISTORY_KINDS),
             )
-            report.interactions, report.customers = cur.fetchone()
+            (report.interactions,) = cur.fetchone()
             bought = pairs(cur, ("purchase",))
             empty = np.zeros(0, dtype=np.int64)
             viewed = (
@@ -437,7 +447,9 @@ def read_baskets(crm: CRM, report: RefreshReport | None = None) -> Baskets:
             )
         finally:
             cur.close()
-    return Baskets(list(index), bought, viewed)
+    baskets = Baskets(list(index), bought, viewed)
+    report.customers = int(baskets.matrix("bought" if len(bought[0]) else "viewed").shape[0])
+    return baskets
 
 
 def _driver_insert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:

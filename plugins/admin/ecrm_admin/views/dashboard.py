@@ -7,7 +7,6 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from ecrm_core.rules.sql import unindexed
 
 from ..app import AdminRequest, Route
 
@@ -67,15 +66,33 @@ def stage_counts(crm: Any) -> dict[str, int]:
                 .group_by(c.c.lifecycle_stage)
             ).all()
         )
-        ws_col = unindexed(c.c.workspace_id) if conn.dialect.name == "sqlite" else c.c.workspace_id
-        merged = conn.execute(
-            sa.select(c.c.lifecycle_stage, sa.func.count())
-            .where(c.c.merged_into.is_not(None), ws_col == ws)
-            .group_by(c.c.lifecycle_stage)
-        ).all()
+        merged = conn.execute(merged_by_stage(conn, c, ws)).all()
     for stage, n in merged:
         stages[stage] -= n
     return {stage: int(n) for stage, n in stages.items() if n}
+
+
+def merged_by_stage(conn: sa.Connection, c: sa.Table, workspace: str) -> sa.Executable:
+    """The statement counting the workspace's merged customers by stage.
+
+    On SQLite it reads them through the ``merged_into`` index (``INDEXED BY``)
+    whatever the statistics say: without ``ANALYZE`` the planner takes the
+    ``(workspace, stage)`` index for the workspace term, with it (every
+    ``merged_into`` NULL in the sample) a table scan; both read a million
+    rows where the index reads the few merged ones."""
+    query = (
+        sa.select(c.c.lifecycle_stage, sa.func.count())
+        .where(c.c.merged_into.is_not(None), c.c.workspace_id == workspace)
+        .group_by(c.c.lifecycle_stage)
+    )
+    index = next((ix for ix in c.indexes if [col.name for col in ix.columns] == ["merged_into"]), None)
+    if conn.dialect.name != "sqlite" or index is None or index.name is None:
+        return query
+    quote = conn.dialect.identifier_preparer
+    return sa.text(
+        f"SELECT lifecycle_stage, count(*) FROM {quote.format_table(c)} INDEXED BY {quote.quote(str(index.name))} "
+        "WHERE merged_into IS NOT NULL AND workspace_id = :ws GROUP BY lifecycle_stage"
+    ).bindparams(ws=workspace)
 
 
 def figures(crm: Any, since: datetime) -> dict[str, Any]:
