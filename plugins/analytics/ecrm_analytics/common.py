@@ -56,6 +56,7 @@ __all__ = [
     "Rates",
     "Report",
     "SALE_KINDS",
+    "const",
     "finite",
     "get_rates",
     "set_rates",
@@ -128,8 +129,8 @@ class Rates:
         a NULL currency taken as the reporting currency.
         """
         known = {self.currency: 1.0, **self.rates}
-        whens = {code: sa.literal(rate, sa.Float()) for code, rate in sorted(known.items())}
-        return sa.case(whens, value=currency, else_=sa.case((currency.is_(None), sa.literal(1.0, sa.Float()))))
+        whens = {const(code): const(float(rate), sa.Float()) for code, rate in sorted(known.items())}
+        return sa.case(whens, value=currency, else_=sa.case((currency.is_(None), const(1.0, sa.Float()))))
 
     def sql_convert(self, amount: sa.ColumnElement[Any], currency: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         """A SQL expression: ``amount`` in the reporting currency (NULL when the rate is unknown)."""
@@ -137,6 +138,18 @@ class Rates:
 
     def to_dict(self) -> dict[str, Any]:
         return {"currency": self.currency, "rates": dict(sorted(self.rates.items()))}
+
+
+def const(value: Any, type_: Any = None) -> sa.ColumnElement[Any]:
+    """A constant rendered into the statement by SQLAlchemy (``literal_execute``), not sent as a parameter.
+
+    For the values of an expression repeated in one statement (a rate table,
+    a kind): the same constant renders as the same text everywhere, so the
+    database can recognise the repeated expression (SQLite computes an
+    aggregate that appears twice once, but only when both are the same text).
+    Values are quoted by SQLAlchemy's literal rendering for the dialect.
+    """
+    return sa.literal(value, type_, literal_execute=True)
 
 
 def get_rates(crm: CRM) -> Rates:

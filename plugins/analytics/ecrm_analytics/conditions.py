@@ -56,7 +56,7 @@ CLV_METRICS: Mapping[str, str] = {
 _OPS = {"lt": "__lt__", "le": "__le__", "gt": "__gt__", "ge": "__ge__"}
 _SCORES = ("r_min", "r_max", "f_min", "f_max", "m_min", "m_max")
 
-#: Customer attributes analytics writes (``customer.attributes[name]``), with their types.
+#: Customer attributes analytics copies when copying is on (:mod:`ecrm_analytics.attributes`), with their types.
 ATTRIBUTES: Mapping[str, tuple[str, str]] = {
     "rfm_group": ("string", "the customer's RFM group (champions, loyal, … lost); absent without purchases"),
     "rfm_score": ("string", "the R, F and M scores as three digits, e.g. '545'"),

@@ -13,7 +13,8 @@ Hooks:
   marked customers and refits the CLV model when it is due;
 * ``ecrm_register_condition_types``: ``rfm(...)``, ``clv(...)``, ``churn(...)``
   for segment, lifecycle and offer rules;
-* ``ecrm_register_attributes``: the analytics attributes templates see;
+* ``ecrm_register_attributes``: the types of the attributes copied into
+  ``customers.attributes`` when a workspace turns copying on (:mod:`ecrm_analytics.attributes`);
 * ``ecrm_customers_merged`` / ``ecrm_customers_deleted``: recompute / erase;
 * ``ecrm_register_commands`` (``ecrm analytics``), ``ecrm_register_routes``
   (``/analytics/...``), ``ecrm_register_demo_stages``.

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from ecrm_core.storage import UTCDateTime
 
-from .common import Rates, Report, get_rates
+from .common import Rates, Report, const, get_rates
 from .reports import Param, ReportSpec, register
 from .schema import RFM
 
@@ -113,16 +113,20 @@ def _sql_group(r: Any, fm: Any) -> Any:
 def _aggregate(
     crm: CRM, rates: Rates, now: datetime, restrict: Collection[int] | None, between: tuple[int, int] | None = None
 ) -> sa.Select[Any]:
+    # Constants are rendered into the SQL (``const``), not sent as parameters: SQLite computes an aggregate that
+    # appears several times (``revenue`` in ``monetary``, ``orders`` in HAVING) once only when the occurrences are
+    # the same text, and ``?1 … ?9`` never are — with parameters, every row paid for each copy.
     it = crm.db.tables["interactions"]
-    purchase = it.c.kind == "purchase"
-    refund = it.c.kind == "refund"
+    purchase = it.c.kind == const("purchase")
+    refund = it.c.kind == const("refund")
     converted = rates.sql_convert(it.c.amount, it.c.currency)
-    revenue = sa.func.coalesce(sa.func.sum(sa.case((sa.and_(purchase, it.c.amount > 0), converted))), 0.0)
-    refunds = sa.func.coalesce(sa.func.sum(sa.case((refund, sa.func.abs(converted)))), 0.0)
+    zero = const(0.0, sa.Float())
+    revenue = sa.func.coalesce(sa.func.sum(sa.case((sa.and_(purchase, it.c.amount > const(0)), converted))), zero)
+    refunds = sa.func.coalesce(sa.func.sum(sa.case((refund, sa.func.abs(converted)))), zero)
     unconverted = sa.func.sum(
-        sa.case((sa.and_(it.c.amount.is_not(None), rates.sql_rate(it.c.currency).is_(None)), 1), else_=0)
+        sa.case((sa.and_(it.c.amount.is_not(None), rates.sql_rate(it.c.currency).is_(None)), const(1)), else_=const(0))
     )
-    orders = sa.func.sum(sa.case((purchase, 1), else_=0))
+    orders = sa.func.sum(sa.case((purchase, const(1)), else_=const(0)))
     # the kinds as literals (not parameters), so SQLite can prove the plugin's partial index applies
     sales = it.c.kind.in_([sa.literal_column("'purchase'"), sa.literal_column("'refund'")])
     where = [it.c.workspace_id == crm.workspace, sales, it.c.occurred_at <= now]
@@ -141,7 +145,7 @@ def _aggregate(
             orders.label("orders"),
             revenue.label("revenue"),
             refunds.label("refunds"),
-            sa.case((revenue > refunds, revenue - refunds), else_=0.0).label("monetary"),
+            sa.case((revenue > refunds, revenue - refunds), else_=zero).label("monetary"),
             unconverted.label("unconverted"),
             sa.literal(0).label("r_score"),
             sa.literal(0).label("f_score"),
@@ -151,7 +155,7 @@ def _aggregate(
         )
         .where(*where)
         .group_by(it.c.customer_id)
-        .having(orders > 0)
+        .having(orders > const(0))
     )
 
 

@@ -7,8 +7,9 @@
   follow);
 * :func:`refresh_tick` is the worker job ``analytics.refresh``: one bounded
   batch of marked customers per tick, and a daily refit of the CLV model;
-* :meth:`Analytics.customer` is what analytics knows about one customer —
-  the attributes templates and personalization read.
+* :meth:`Analytics.customer` is what analytics knows about one customer
+  (:func:`ecrm_analytics.attributes.values`: the attributes of many, for
+  templates and personalization).
 """
 
 from __future__ import annotations

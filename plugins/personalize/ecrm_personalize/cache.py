@@ -34,9 +34,10 @@ import json
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from .schema import PRODUCTS, RECS
 from .state import state
@@ -76,8 +77,9 @@ class Prepared:
 
     def __init__(self, stmt: sa.ClauseElement, dialect: sa.Dialect) -> None:
         # the caller's parameters get a placeholder value, so that the literal IN lists can be rendered
-        unset = {name: None for name, bind in stmt.compile(dialect=dialect).binds.items() if bind.required}
-        compiled = stmt.params(unset).compile(dialect=dialect)
+        first = cast(SQLCompiler, stmt.compile(dialect=dialect))
+        unset = {name: None for name, bind in first.binds.items() if bind.required}
+        compiled = cast(SQLCompiler, stmt.params(unset).compile(dialect=dialect))
         expanded = compiled.construct_expanded_state()
         self.sql = expanded.statement
         self.positional = bool(compiled.positional)
@@ -129,6 +131,7 @@ class _Statements:
         """``SELECT ... WHERE key IN (n parameters)``: lists (``recs``) or products (``products``)."""
         found = self._by_n.get((what, n))
         if found is None:
+            cols: tuple[sa.Column[Any], ...]
             if what == "recs":
                 t, col, cols = self._r, self._r.c.key, (self._r.c.key, self._r.c["items"])
             else:
@@ -201,7 +204,7 @@ def lists(
     if want:
         stmts = statements(crm, dialect)
         params = {"ws": crm.workspace, **{f"k{i}": k for i, k in enumerate(want)}}
-        found = {k: () for k in want}
+        found: dict[str, tuple[tuple[str, float], ...]] = {k: () for k in want}
         for key, items in stmts.in_keys("recs", len(want)).rows(cur, params):
             value = json_value(items)
             if isinstance(value, list):

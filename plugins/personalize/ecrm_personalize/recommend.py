@@ -439,7 +439,8 @@ def read_baskets(crm: CRM, report: RefreshReport | None = None) -> Baskets:
                 f"SELECT count(*) FROM {name} WHERE workspace_id = ? AND kind IN ({marks})",
                 (crm.workspace, *HISTORY_KINDS),
             )
-            (report.interactions,) = cur.fetchone()
+            counted = cur.fetchone()
+            report.interactions = int(counted[0]) if counted else 0
             bought = pairs(cur, ("purchase",))
             empty = np.zeros(0, dtype=np.int64)
             viewed = (
