@@ -22,6 +22,7 @@ interactions, evaluated only for the rows that get that far.
 from __future__ import annotations
 
 import operator as op_
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -473,17 +474,38 @@ _SQLITE_TYPES = {
 _PG_TYPES = {"string": ("string",), "number": ("number",), "boolean": ("boolean",), "list": ("array",)}
 
 
+#: Attribute keys written into the SQL text (see :class:`_Json`): the same
+#: expression as an attribute index's.
+_INDEXABLE_KEY = re.compile(r"[A-Za-z0-9_$-]{1,64}")
+
+
+def attribute_expression(key: str, dialect: str) -> str:
+    """The SQL text of attribute ``key`` of ``customers.attributes`` as rules
+    compile it (a plain key only): what an attribute index is built on."""
+    if _INDEXABLE_KEY.fullmatch(key) is None:
+        raise ValueError(f"attribute key {key!r} cannot be indexed: use letters, digits, _ $ - (at most 64)")
+    if dialect == "sqlite":
+        return f"json_extract(attributes, '$.\"{key}\"')"
+    return f"(attributes ->> '{key}')"
+
+
 class _Json:
     """Dialect-specific access to one key of a JSON column."""
 
     def __init__(self, col: sa.Column[Any], key: str, ctx: SqlContext) -> None:
         self.col, self.key, self.sqlite = col, key, ctx.dialect == "sqlite"
-        self.path = f'$."{key}"'  # key is whitelisted by the catalogue; still sent as a bound parameter
+        # The key is whitelisted by the catalogue.  A plain key (letters,
+        # digits, _ $ -) is written into the SQL text, so the expression is
+        # the very one of an attribute index (crm.customers.index_attribute)
+        # and the planner can use it; any other key is a bound parameter.
+        plain = _INDEXABLE_KEY.fullmatch(key) is not None
+        self.path: Any = sa.literal_column(f"'$.\"{key}\"'") if plain else f'$."{key}"'
+        self.member: Any = sa.literal_column(f"'{key}'") if plain else key
 
     def type(self) -> ColumnElement[str]:
         if self.sqlite:
             return sa.func.coalesce(sa.func.json_type(self.col, self.path), "missing")
-        return sa.func.coalesce(sa.func.json_typeof(self.col[self.key]), "missing")
+        return sa.func.coalesce(sa.func.json_typeof(self.col.op("->")(self.member)), "missing")
 
     def is_type(self, vtype: str) -> Clause:
         names = (_SQLITE_TYPES if self.sqlite else _PG_TYPES)[vtype]
@@ -492,14 +514,14 @@ class _Json:
     def text(self) -> ColumnElement[Any]:
         if self.sqlite:
             return sa.func.json_extract(self.col, self.path)
-        return cast(ColumnElement[Any], self.col[self.key].as_string())
+        return cast(ColumnElement[Any], self.col.op("->>", return_type=sa.Text)(self.member))
 
     def number(self) -> ColumnElement[Any]:
         if self.sqlite:
             return sa.func.json_extract(self.col, self.path)
         # double precision: values (numbers below 10^15) bind as floats, so
         # 0.1 stays 0.1 (a NUMERIC bind without a scale would round it)
-        return sa.cast(self.col[self.key].as_string(), sa.Float)
+        return sa.cast(self.col.op("->>", return_type=sa.Text)(self.member), sa.Float)
 
     def boolean_is(self, value: bool) -> Clause:
         if self.sqlite:
@@ -513,7 +535,7 @@ class _Json:
                 self.is_type("list"),
                 sa.exists(sa.select(1).select_from(each).where(each.c.type == "text", each.c.value == value)),
             )
-        as_jsonb = sa.cast(self.col[self.key], postgresql.JSONB)
+        as_jsonb = sa.cast(self.col.op("->")(self.member), postgresql.JSONB)
         return sa.and_(self.is_type("list"), as_jsonb.contains([value]))
 
 

@@ -10,11 +10,19 @@ from ...domain import Alias, Customer, CustomerChange, MergeRecord, evolve_store
 from ...errors import Conflict, NotFound, ValidationError
 from ...validation import check_text, thaw
 from ._common import IDENTITY_FIELDS
+from .indexes import AttributeIndexes
 from .writes import CustomerWrites
 
 
 class Customers(CustomerWrites):
     """``crm.customers``: the people the business knows."""
+
+    @property
+    def indexes(self) -> AttributeIndexes:
+        """Attribute indexes (:class:`~ecrm_core.services.customers.indexes.AttributeIndexes`):
+        ``crm.customers.indexes.create("country")`` makes rules on that attribute read only
+        the matching customers."""
+        return AttributeIndexes(self.db, self.t("customers").name)
 
     # ------------------------------------------------------------------
     # merge
