@@ -136,7 +136,14 @@ def test_admin_benchmark_smoke(tmp_path: Path) -> None:
         env={**os.environ, "COLUMNS": "200"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for figure in ("baseline: bare Litestar page", "360° view", "segment builder", "error + caret", "load average"):
+    for figure in (
+        "baseline: bare Litestar page",
+        "360° view",
+        "segment builder",
+        "error + caret",
+        "load average",
+        "attribute index on country",
+    ):
         assert figure in proc.stdout, figure
 
 
