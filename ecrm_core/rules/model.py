@@ -79,7 +79,10 @@ _DURATION = re.compile(r"^([1-9][0-9]{0,6})([hdw])$")
 _UNIT = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
 #: The longest window or relative date a rule may use.
 MAX_DURATION = timedelta(days=36600)
-_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+#: Attribute and property keys rules may name (also what SQL carries as text: see
+#: ``rules.sql.attribute_expression``).
+KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+_KEY = KEY_PATTERN
 
 
 def parse_duration(value: Any, path: str) -> timedelta:

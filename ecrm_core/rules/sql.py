@@ -22,7 +22,6 @@ interactions, evaluated only for the rows that get that far.
 from __future__ import annotations
 
 import operator as op_
-import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -40,6 +39,7 @@ from ..errors import ValidationError
 from . import memory
 from .model import (
     AMOUNT_SCALE,
+    KEY_PATTERN,
     All,
     AnyOf,
     ConsentCond,
@@ -474,16 +474,14 @@ _SQLITE_TYPES = {
 _PG_TYPES = {"string": ("string",), "number": ("number",), "boolean": ("boolean",), "list": ("array",)}
 
 
-#: Attribute keys written into the SQL text (see :class:`_Json`): the same
-#: expression as an attribute index's.
-_INDEXABLE_KEY = re.compile(r"[A-Za-z0-9_$-]{1,64}")
-
-
 def attribute_expression(key: str, dialect: str) -> str:
     """The SQL text of attribute ``key`` of ``customers.attributes`` as rules
     compile it (a plain key only): what an attribute index is built on."""
-    if _INDEXABLE_KEY.fullmatch(key) is None:
-        raise ValueError(f"attribute key {key!r} cannot be indexed: use letters, digits, _ $ - (at most 64)")
+    if KEY_PATTERN.fullmatch(key) is None:
+        raise ValueError(
+            f"attribute key {key!r} cannot be indexed: a key starts with a letter or '_' "
+            "and uses letters, digits, '_' and '-' (at most 64)"
+        )
     if dialect == "sqlite":
         return f"json_extract(attributes, '$.\"{key}\"')"
     return f"(attributes ->> '{key}')"
@@ -494,11 +492,11 @@ class _Json:
 
     def __init__(self, col: sa.Column[Any], key: str, ctx: SqlContext) -> None:
         self.col, self.key, self.sqlite = col, key, ctx.dialect == "sqlite"
-        # The key is whitelisted by the catalogue.  A plain key (letters,
-        # digits, _ $ -) is written into the SQL text, so the expression is
-        # the very one of an attribute index (crm.customers.index_attribute)
-        # and the planner can use it; any other key is a bound parameter.
-        plain = _INDEXABLE_KEY.fullmatch(key) is not None
+        # A key the rule language accepts (KEY_PATTERN: every key that passed
+        # the catalogue) is written into the SQL text, so the expression is
+        # the very one of an attribute index (crm.customers.indexes) and the
+        # planner can use it; anything else stays a bound parameter.
+        plain = KEY_PATTERN.fullmatch(key) is not None
         self.path: Any = sa.literal_column(f"'$.\"{key}\"'") if plain else f'$."{key}"'
         self.member: Any = sa.literal_column(f"'{key}'") if plain else key
 

@@ -15,11 +15,9 @@ through the tables' SQLAlchemy types unchanged, and the other way round.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -136,23 +134,3 @@ def _uids(n: int) -> list[str]:
         raw[i + 8] = (raw[i + 8] & 0x3F) | 0x80  # RFC 4122 variant
     text = raw.hex()
     return [text[j : j + 32] for j in range(0, 32 * n, 32)]
-
-
-@contextmanager
-def _no_gc() -> Iterator[None]:
-    """Python's cyclic garbage collector paused for one batch (a chunk of
-    ``send_many``, a claim-send-settle round of ``dispatch``): a batch allocates
-    tens of thousands of objects (rows, dicts, messages, results) that live
-    until its end, and the collections they trigger walk them and every older
-    object of the process (SQLAlchemy's metadata, the host application) again
-    and again -- at 200,000 messages, seconds of the pipeline's CPU.  Reference
-    counting still frees them as the batch goes; the collector runs again
-    right after it (and is left alone when someone else paused it)."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from ...batching import gc_paused
 from ...channels import (
     Content,
     DeliveryResult,
@@ -19,7 +20,7 @@ from ...channels import (
     Purpose,
 )
 from ...errors import Conflict, ValidationError
-from ._sql import _no_gc, _Sql, _uids
+from ._sql import _Sql, _uids
 from .records import _CHANNEL_ERROR, DispatchReport, MessageRecord, Outcome, _backoff, _Claimed, quiet_until
 from .safety import _clean, _safe_result, _short
 from .send import _Sending
@@ -58,7 +59,7 @@ class _Delivering(_Sending):
         done = 0
         while limit is None or done < limit:
             n = batch_size if limit is None else min(batch_size, limit - done)
-            with _no_gc():
+            with gc_paused():
                 claimed = self._claim(channel, n, totals)
                 if claimed is None:
                     break

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from attrs import frozen
 
+from ...batching import gc_paused
 from ...channels import (
     Channel,
     Content,
@@ -24,7 +25,7 @@ from ...channels import (
 )
 from ...errors import EcrmError, ValidationError
 from ...rules.sql import ids_clause
-from ._sql import _no_gc, _Sql, _uids
+from ._sql import _Sql, _uids
 from .records import (
     _COUNTED,
     _CUSTOMER_COLUMNS,
@@ -614,11 +615,11 @@ class _Sending(_Suppressions):
         for cid in customer_ids:
             chunk.append(cid)
             if len(chunk) >= chunk_size:
-                with _no_gc():
+                with gc_paused():
                     flush(chunk)
                 chunk = []
         if chunk:
-            with _no_gc():
+            with gc_paused():
                 flush(chunk)
         faults.log_summary()
         report = SendReport(

@@ -33,17 +33,16 @@ and only that one is rejected.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import msgspec
 import sqlalchemy as sa
+from ecrm_core.batching import gc_paused
 
 from .config import DEFAULT_EVENT_KINDS
 from .erasure import dead_identities, forget_tombstones, identity_rows, message_identities, raw_identities
@@ -120,27 +119,8 @@ def process_inbox(
     max_rows: int = MAX_ROWS,
 ) -> ProcessResult:
     """Process one batch of the inbox (all workspaces) in one transaction; see the module's text."""
-    with _no_gc():
+    with gc_paused():
         return _process(crm, event_kinds, future_tolerance, max_events, max_rows)
-
-
-@contextmanager
-def _no_gc() -> Iterator[None]:
-    """Python's cyclic garbage collector paused for one tick: a tick allocates
-    tens of thousands of objects (rows, tuples, dicts) that live until its
-    end, and the collections they trigger walk them and the process's older
-    objects (SQLAlchemy's metadata, the app) again and again -- about a fifth
-    of a tick's CPU in ``benchmarks/api.py``.  Reference counting still frees them as the tick goes; the
-    collector runs again right after it (and is left alone when someone else
-    paused it)."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _process(
