@@ -19,6 +19,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from hashlib import blake2b
 from typing import Any
 
 import sqlalchemy as sa
@@ -134,3 +135,10 @@ def _uids(n: int) -> list[str]:
         raw[i + 8] = (raw[i + 8] & 0x3F) | 0x80  # RFC 4122 variant
     text = raw.hex()
     return [text[j : j + 32] for j in range(0, 32 * n, 32)]
+
+
+def _attempt_id(message_uid: str, number: int) -> str:
+    """The id of attempt ``number`` of a message: 32 hex digits derived from the message id and
+    the number (each attempt of a message has its own, and a claim need not store it: the
+    attempt's row is written once, when it settles or when its lease is found expired)."""
+    return blake2b(f"{message_uid}/{number}".encode(), digest_size=16).hexdigest()
