@@ -378,12 +378,17 @@ class _Delivering(_Sending):
             # (a message deleted meanwhile, with its customer, has no log to write to)
             among, param = sql.any_of("id", [r[0] for r in log_rows])
             alive = {r[0] for r in sql.all(f"SELECT id FROM {table} WHERE {among}", (param,))}
+            started: dict[Any, Any] = {}  # a claim's start, converted once
             sql.many(
                 f"INSERT INTO {sql.name(a)} (message_id, attempt_id, number, status, code, reason, provider_id, "
                 f"started_at, finished_at) VALUES ({sql.marks(8)}, {ph}) ON CONFLICT (attempt_id) DO UPDATE SET "
                 "status = excluded.status, code = excluded.code, reason = excluded.reason, "
                 "provider_id = excluded.provider_id, finished_at = excluded.finished_at",
-                ((*r[:7], sql.ts(r[7]), stamp) for r in log_rows if r[0] in alive),
+                (
+                    (*r[:7], started.get(r[7]) or started.setdefault(r[7], sql.ts(r[7])), stamp)
+                    for r in log_rows
+                    if r[0] in alive
+                ),
             )
             if suppress:
                 self._suppress(conn, suppress)

@@ -46,6 +46,8 @@ __all__ = ["BATCH", "LEASE", "dedupe_prefix", "local_zone", "rule_ids", "run_ste
 
 #: Enrollments claimed per tick.
 BATCH = 5000
+#: Customers per ``send_many`` chunk (one decision transaction each) of a send step.
+SEND_CHUNK = 2500
 #: Seconds a claimed enrollment stays leased (a crashed worker's claims come back after it).
 LEASE = 300.0
 
@@ -397,7 +399,12 @@ class Runner:
         failed: dict[int, str] = {}
         try:
             report = self.crm.messages.send_many(
-                step.channel or "", step.template, customer_ids=targets, dedupe_key=prefix + "{customer_id}", **kw
+                step.channel or "",
+                step.template,
+                customer_ids=targets,
+                dedupe_key=prefix + "{customer_id}",
+                chunk_size=SEND_CHUNK,
+                **kw,
             )
         except EcrmError:
             queued = 0
