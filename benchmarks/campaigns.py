@@ -269,7 +269,7 @@ def floor(db: Path, n: int) -> dict[str, float]:
         lambda: conn.executemany(
             "INSERT INTO floor_delivery_attempts (message_id, attempt_id, number, status, provider_id, started_at, "
             "finished_at) VALUES (?, ?, 1, 'accepted', ?, ?, ?)",
-            ((i, uuid.uuid4().hex, f"capture-{i}", now, now) for i in ids),
+            ((i, f"{i:012x}0001{uuid.uuid4().hex[:16]}", f"capture-{i}", now, now) for i in ids),
         ),
     )
     timed(

@@ -175,8 +175,11 @@ def _uids(n: int) -> list[str]:
     return [text[j : j + 32] for j in range(0, 32 * n, 32)]
 
 
-def _attempt_id(message_uid: str, number: int) -> str:
-    """The id of attempt ``number`` of a message: 32 hex digits derived from the message id and
-    the number (each attempt of a message has its own, and a claim need not store it: the
-    attempt's row is written once, when it settles or when its lease is found expired)."""
-    return blake2b(f"{message_uid}/{number}".encode(), digest_size=16).hexdigest()
+def _attempt_id(row_id: int, message_uid: str, number: int) -> str:
+    """The id of attempt ``number`` of a message, 32 hex digits: the message's row id and the number
+    (so attempt rows are appended in the order of their unique index, not scattered through it),
+    then 16 digits derived from the message id and the number.  Each attempt of a message has its
+    own, and a claim need not store it: the attempt's row is written once, when it settles (or
+    when its lease is found expired)."""
+    tail = blake2b(f"{message_uid}/{number}".encode(), digest_size=8).hexdigest()
+    return f"{row_id:012x}{number:04x}{tail}"

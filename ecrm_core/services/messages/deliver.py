@@ -128,7 +128,11 @@ class _Delivering(_Sending):
                 sql.many(
                     f"INSERT INTO {sql.name(a)} (message_id, attempt_id, number, status, reason, started_at, "
                     f"finished_at) VALUES ({sql.marks(7)}) ON CONFLICT (attempt_id) DO NOTHING",
-                    ((r[0], _attempt_id(r[1], r[2]), r[2], "lost", _LOST, r[3], stamp) for r in stale if r[2] > 0),
+                    (
+                        (r[0], _attempt_id(r[0], r[1], r[2]), r[2], "lost", _LOST, r[3], stamp)
+                        for r in stale
+                        if r[2] > 0
+                    ),
                 )
                 among, param = sql.any_of("id", [r[0] for r in stale])
                 rows += sql.all(
@@ -193,7 +197,7 @@ class _Delivering(_Sending):
                     _Claimed(
                         message=Message(
                             id=r[1],
-                            attempt_id=_attempt_id(r[1], number),
+                            attempt_id=_attempt_id(r[0], r[1], number),
                             attempt=number,
                             channel=r[2],
                             workspace=r[14],

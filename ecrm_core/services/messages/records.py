@@ -467,7 +467,7 @@ class _Lookups(Service):
         with self.db.read() as conn:
             rows = conn.execute(q).all()
             msg = conn.execute(
-                sa.select(t.c.status, t.c.attempts, t.c.updated_at).where(
+                sa.select(t.c.id, t.c.status, t.c.attempts, t.c.updated_at).where(
                     t.c.uid == message_id, t.c.workspace_id == self.workspace
                 )
             ).one_or_none()
@@ -489,7 +489,7 @@ class _Lookups(Service):
         if msg.status == "sending" and all(r.number != msg.attempts for r in rows):
             out.append(
                 Attempt(
-                    attempt_id=_attempt_id(message_id, msg.attempts),
+                    attempt_id=_attempt_id(msg.id, message_id, msg.attempts),
                     number=msg.attempts,
                     status="started",
                     code=None,
