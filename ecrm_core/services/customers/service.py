@@ -138,13 +138,17 @@ class Customers(CustomerWrites):
         interactions, segment memberships (member counts follow) and the
         audit records about them; plugin tables that reference customers with
         ``ON DELETE CASCADE`` follow.  An ``customer.delete`` audit record
-        (ids only) is kept.  Fires ``ecrm_customers_deleted`` after commit
-        with the ids and every identity they had (read before the rows go:
-        plugins erase what they keep by identity, e.g. messages waiting in an
-        inbox); ``ecrm_segment_exited`` is not fired for deleted customers.
+        (ids only) is kept.  Plugins erase what they keep in the same
+        transaction (``ecrm_customers_deleting``: all or nothing); after the
+        commit ``ecrm_customers_deleted`` fires with the ids and every
+        identity they had (read before the rows go: plugins erase what they
+        keep by identity, e.g. messages waiting in an inbox);
+        ``ecrm_segment_exited`` is not fired for deleted customers.
         Raises :class:`~ecrm_core.errors.NotFound`, or
         :class:`~ecrm_core.errors.Conflict` for a merged id (delete the
-        survivor: that deletes the tombstone too).
+        survivor: that deletes the tombstone too), or
+        :class:`~ecrm_core.errors.PluginError` when a plugin's erasure
+        failed (nothing was deleted).
         """
         if actor is not None:
             actor = check_text(actor, "actor", max_length=200)
@@ -242,6 +246,11 @@ class Customers(CustomerWrites):
                 )
             )
             conn.execute(sa.delete(t).where(t.c.workspace_id == self.workspace, t.c.id.in_(ids)))
+            plugins = self.crm.plugins
+            if plugins.has_impls("ecrm_customers_deleting"):
+                plugins.call_all_or_nothing(
+                    "ecrm_customers_deleting", conn, crm=self.crm, customer_ids=ids, aliases=aliases
+                )
             conn.execute(
                 sa.insert(log).values(
                     workspace_id=self.workspace,

@@ -179,9 +179,8 @@ def on_merged(crm: CRM, source_id: int, target_id: int) -> None:
     assign(crm, [target_id])
 
 
-def on_deleted(crm: CRM, customer_ids: Sequence[int]) -> None:
-    """Erase the cluster rows of deleted customers."""
+def on_deleted(crm: CRM, conn: sa.Connection, customer_ids: Sequence[int]) -> None:
+    """Erase the cluster rows of deleted customers, on ``conn`` (the delete's transaction)."""
     from .clusters import forget
 
-    with crm.db.write() as conn:
-        forget(crm, conn, customer_ids)
+    forget(crm, conn, customer_ids)

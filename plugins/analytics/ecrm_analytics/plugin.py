@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __version__ = "0.1.0"
 
 #: The ecrm hook API versions this plugin is written for (``ecrm_computed_attributes`` is 1.7).
-ECRM_HOOK_API = ">=1.7,<2"
+ECRM_HOOK_API = ">=1.8,<2"  # 1.7: ecrm_computed_attributes; 1.8: ecrm_customers_deleting
 
 ECRM_PLUGIN_NAME = "analytics"
 MIGRATION_BRANCH = "ecrm_analytics"
@@ -144,13 +144,13 @@ def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
 
 
 @hookimpl
-def ecrm_customers_deleted(crm: CRM, customer_ids: list[int]) -> None:
-    from .store import clear
-
-    clear(crm, customer_ids)
+def ecrm_customers_deleting(crm: CRM, conn: sa.Connection, customer_ids: list[int]) -> None:
+    """In the delete's transaction: every analytics row of the deleted customers."""
     from . import needs
+    from .store import forget
 
-    needs.on_deleted(crm, customer_ids)
+    forget(crm, conn, customer_ids)
+    needs.on_deleted(crm, conn, customer_ids)
 
 
 @hookimpl

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __version__ = "0.1.0"
 
 #: The ecrm hook API versions this plugin is written for (``ecrm_register_demo_stages`` is 1.4).
-ECRM_HOOK_API = ">=1.4,<2"
+ECRM_HOOK_API = ">=1.8,<2"  # ecrm_customers_deleting is 1.8
 
 ECRM_PLUGIN_NAME = "campaigns"
 MIGRATION_BRANCH = "ecrm_campaigns"
@@ -168,10 +168,11 @@ def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
 
 
 @hookimpl
-def ecrm_customers_deleted(crm: CRM, customer_ids: list[int]) -> None:
+def ecrm_customers_deleting(crm: CRM, conn: sa.Connection, customer_ids: list[int]) -> None:
+    """In the delete's transaction: the deleted customers' journey state."""
     from .triggers import on_deleted
 
-    on_deleted(crm, customer_ids)
+    on_deleted(crm, conn, customer_ids)
 
 
 @hookimpl

@@ -256,12 +256,12 @@ def on_merged(crm: CRM, source_id: int, target_id: int) -> None:
         conn.execute(sa.delete(et).where(et.c.customer_id == source_id))
 
 
-def on_deleted(crm: CRM, customer_ids: Sequence[int]) -> None:
-    """Journey state goes with the customer (the foreign key cascades too; this covers databases without it)."""
+def on_deleted(crm: CRM, conn: sa.Connection, customer_ids: Sequence[int]) -> None:
+    """Journey state goes with the customer, on ``conn`` (the delete's
+    transaction; the foreign key cascades too: this covers databases without it)."""
     if "campaign_enrollments" not in crm.db.tables:
         return
     et = crm.db.tables[ENROLLMENTS]
     ids = list(customer_ids)
-    with crm.db.write() as conn:
-        for i in range(0, len(ids), 5000):
-            conn.execute(sa.delete(et).where(et.c.customer_id.in_(ids[i : i + 5000])))
+    for i in range(0, len(ids), 5000):
+        conn.execute(sa.delete(et).where(et.c.customer_id.in_(ids[i : i + 5000])))
