@@ -20,10 +20,10 @@ Three families:
   and the core's write is kept.  Events are batch-aware: bulk calls fire
   once per committed batch, never once per row.
 * **Transactional** (``ecrm_interactions_inserted``,
-  ``ecrm_customers_deleting``) — called *inside* the core's write
-  transaction, before its COMMIT, with its connection, so a plugin's rows
-  commit (or roll back) together with the core's.  For
-  ``ecrm_interactions_inserted`` each implementation runs in its own
+  ``ecrm_customers_merging``, ``ecrm_customers_deleting``) — called
+  *inside* the core's write transaction, before its COMMIT, with its
+  connection, so a plugin's rows commit (or roll back) together with the
+  core's.  For the first two each implementation runs in its own
   SAVEPOINT: one that raises is rolled back to it, logged and recorded like
   a failing event, and the core's write (and the other plugins' writes)
   still commit.  ``ecrm_customers_deleting`` is all or nothing: an
@@ -94,7 +94,7 @@ EVENT_HOOKS = (
 )
 
 #: Hooks called inside the core's transaction, each implementation in its own SAVEPOINT.
-TRANSACTIONAL_HOOKS = ("ecrm_interactions_inserted", "ecrm_customers_deleting")
+TRANSACTIONAL_HOOKS = ("ecrm_interactions_inserted", "ecrm_customers_merging", "ecrm_customers_deleting")
 
 
 # ---------------------------------------------------------------------------
@@ -378,9 +378,36 @@ def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
 
     :param merge: the audit record: source (now a tombstone redirecting to
         the target), target, and how many interactions and aliases moved.
-        Plugins with their own per-customer rows should move them here.
+
+    Fired after the merge committed (and not at all if the process dies
+    right after the COMMIT): move per-customer rows in
+    ``ecrm_customers_merging``, in the merge's transaction; recompute
+    derived data here.
 
     .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_customers_merging(crm: CRM, conn: sa.Connection, merge: MergeRecord) -> None:
+    """A customer is being merged into another: move, with ``conn``, what the
+    plugin keeps about the source onto the target.
+
+    Called inside the merge's transaction, after the core moved its rows
+    (interactions, aliases, consent) and wrote the audit record, before the
+    COMMIT: the plugin's rows move together with the core's, so a process
+    killed right after the COMMIT cannot leave them on the source (a
+    tombstone).  Each implementation runs in its own SAVEPOINT: one that
+    raises is rolled back to it and recorded in ``crm.plugins.failures``;
+    the merge and the other plugins' moves still commit (the failed
+    plugin's rows stay on the source, which redirects to the target).  The
+    write lock is held: a few set-based statements; recompute derived data
+    (scores, models) in ``ecrm_customers_merged`` or a worker job, after
+    the COMMIT.  Never COMMIT or ROLLBACK ``conn``.
+
+    :param merge: the audit record, as ``ecrm_customers_merged`` gets it.
+
+    .. versionadded:: 1.8
     """
 
 

@@ -1,5 +1,6 @@
 """A deleted person is erased everywhere, in one transaction with the core's
-deletion (``ecrm_customers_deleting``, hook API 1.8).
+deletion (``ecrm_customers_deleting``, hook API 1.8); a merged person's rows
+move everywhere in the merge's transaction (``ecrm_customers_merging``).
 
 The cross-plugin test loads every plugin that stores data about a person,
 gives one person data in each (by customer id, and by identity: a visitor
@@ -269,3 +270,71 @@ def test_the_hook_sees_the_ids_and_identities_and_writes_with_the_core(crm: CRM)
     assert seen == [(sorted([a, b]), [("email", "a@example.com"), ("external", "b-1")])]
     with crm.db.read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(notes)).scalar_one() == 0
+
+
+def test_a_merge_moves_every_plugins_rows_even_if_the_process_dies_after_the_commit(
+    everything: tuple[CRM, FakeClock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crm, clock = everything
+    a = _a_person_everywhere(crm, clock, "ann@example.com")
+    b = _a_person_everywhere(crm, clock, "ann.work@example.com")
+    before = _rows_about(crm, [b])
+    assert {"analytics_rfm", "campaign_enrollments", "personalize_preferences", "personalize_outcomes"} <= set(before)
+    real = crm.plugins.notify
+
+    def notify(hook: str, **kwargs: Any) -> None:  # the process dies right after the merge's COMMIT
+        if hook != "ecrm_customers_merged":
+            real(hook, **kwargs)
+
+    monkeypatch.setattr(crm.plugins, "notify", notify)
+    crm.customers.merge(b, into=a)
+    assert _rows_about(crm, [b]) == {}  # nothing left on the tombstone
+    after = _rows_about(crm, [a])
+    assert {"personalize_preferences", "personalize_outcomes", "campaign_enrollments", "interactions"} <= set(after)
+    assert after["personalize_outcomes"] == 2 * before["personalize_outcomes"]
+    # The survivor's scores are marked for the worker's analytics.refresh, which recomputes them.
+    dirty = crm.db.tables["analytics_dirty"]
+    with crm.db.read() as conn:
+        assert conn.execute(sa.select(dirty.c.customer_id)).scalars().all() == [a]
+    from ecrm_analytics import analytics
+
+    analytics(crm).refresh()
+    assert analytics(crm).customer(a)["rfm"]["orders"] == 4
+
+
+def test_ecrm_customers_merging_moves_rows_in_the_merge_and_a_failing_one_is_isolated(crm: CRM) -> None:
+    notes = sa.Table(
+        "merge_notes",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("customer_id", sa.Integer, nullable=False),
+    )
+    notes.create(crm.db.engine)
+    seen: list[tuple[int, int]] = []
+
+    class Mover:
+        @hookimpl
+        def ecrm_customers_merging(self, conn: sa.Connection, merge: Any) -> None:
+            seen.append((merge.source_id, merge.target_id))
+            conn.execute(
+                notes.update().where(notes.c.customer_id == merge.source_id).values(customer_id=merge.target_id)
+            )
+
+    class Broken:
+        @hookimpl
+        def ecrm_customers_merging(self, conn: sa.Connection) -> None:
+            conn.execute(notes.delete())  # rolled back with its savepoint
+            raise RuntimeError("boom")
+
+    crm.register_plugin(Mover(), name="mover")
+    crm.register_plugin(Broken(), name="broken-merging")
+    a = crm.customers.create(email="a@example.com").id
+    b = crm.customers.create(email="b@example.com").id
+    with crm.db.write() as conn:
+        conn.execute(notes.insert(), [{"customer_id": b}, {"customer_id": b}, {"customer_id": a}])
+    crm.customers.merge(b, into=a)
+    assert seen == [(b, a)]
+    with crm.db.read() as conn:
+        assert conn.execute(sa.select(notes.c.customer_id)).scalars().all() == [a, a, a]
+    assert crm.plugins.failures[-1].plugin == "broken-merging"
+    assert crm.customers.get(b).id == a  # the merge was kept

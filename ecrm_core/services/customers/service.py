@@ -33,7 +33,9 @@ class Customers(CustomerWrites):
         Every interaction, alias and consent record of the source moves to
         the target; fields the target lacks are filled from the source;
         the source stays as a tombstone (``merged_into``) so old ids keep
-        resolving.  One transaction: all of it happens or none.
+        resolving.  One transaction: all of it happens or none; plugins move
+        their rows in it (``ecrm_customers_merging``), and
+        ``ecrm_customers_merged`` fires after the commit.
         """
         if source_id == into:
             raise ValidationError("into", into, "a customer cannot be merged into itself", "pass two different ids")
@@ -111,17 +113,20 @@ class Customers(CustomerWrites):
                     details=details,
                 )
             ).inserted_primary_key[0]  # type: ignore[index]
-        record = MergeRecord(
-            id=merge_id,
-            workspace=self.workspace,
-            source_id=source.id,
-            target_id=target.id,
-            merged_at=now,
-            moved_interactions=moved_i,
-            moved_aliases=moved_a,
-            actor=actor,
-            reason=reason,
-        )
+            record = MergeRecord(
+                id=merge_id,
+                workspace=self.workspace,
+                source_id=source.id,
+                target_id=target.id,
+                merged_at=now,
+                moved_interactions=moved_i,
+                moved_aliases=moved_a,
+                actor=actor,
+                reason=reason,
+            )
+            plugins = self.crm.plugins
+            if plugins.has_impls("ecrm_customers_merging"):
+                plugins.notify_in_transaction("ecrm_customers_merging", conn, crm=self.crm, merge=record)
         self.crm.emit("ecrm_customers_merged", merge=record)
         if after != target:
             self.crm.emit("ecrm_customers_updated", changes=[CustomerChange(target, after)])

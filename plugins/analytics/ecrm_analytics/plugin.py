@@ -134,13 +134,26 @@ def ecrm_computed_attributes(crm: CRM, customer_ids: Sequence[int]) -> dict[int,
 
 
 @hookimpl
+def ecrm_customers_merging(crm: CRM, conn: sa.Connection, merge: MergeRecord) -> None:
+    """In the merge's transaction: forget the source's rows, mark the target for
+    recomputation (the worker's ``analytics.refresh`` does it if the process dies
+    before ``ecrm_customers_merged``)."""
+    from .clusters import forget as forget_cluster
+    from .store import forget, mark
+
+    forget(crm, conn, [merge.source_id])
+    forget_cluster(crm, conn, [merge.source_id])
+    mark(crm, conn, [merge.target_id])
+
+
+@hookimpl
 def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
+    """After the commit: recompute the survivor now, and place them in a cluster again."""
+    from . import needs
     from .service import on_merged
 
-    on_merged(crm, merge.source_id, merge.target_id)
-    from . import needs  # clusters: drop the source's, place the survivor again
-
-    needs.on_merged(crm, merge.source_id, merge.target_id)
+    on_merged(crm, merge.target_id)
+    needs.on_merged(crm, merge.target_id)
 
 
 @hookimpl

@@ -158,11 +158,17 @@ def ecrm_customers_updated(crm: CRM, changes: Sequence[CustomerChange]) -> None:
 
 
 @hookimpl
-def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
-    from . import dates
+def ecrm_customers_merging(crm: CRM, conn: sa.Connection, merge: MergeRecord) -> None:
+    """In the merge's transaction: the source's journeys move to the target."""
     from .triggers import on_merged
 
-    on_merged(crm, merge.source_id, merge.target_id)
+    on_merged(crm, conn, merge.source_id, merge.target_id)
+
+
+@hookimpl
+def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
+    from . import dates
+
     for source in dates.tracked(crm):  # the survivor's dates are recomputed, the source's dropped
         dates.sync(crm, source, [merge.source_id, merge.target_id])
 

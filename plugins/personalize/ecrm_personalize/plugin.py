@@ -147,10 +147,11 @@ def strategy(crm: CRM, name: str) -> Any:
 
 
 @hookimpl
-def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
+def ecrm_customers_merging(crm: CRM, conn: sa.Connection, merge: MergeRecord) -> None:
+    """In the merge's transaction: preferences join, outcomes move."""
     from .people import on_merged
 
-    on_merged(crm, merge.source_id, merge.target_id)
+    on_merged(crm, conn, merge.source_id, merge.target_id)
 
 
 @hookimpl
