@@ -284,11 +284,18 @@ def build(crm: CRM, conn: sa.Connection, *, rates: Rates | None = None, workers:
     :func:`compute` (everyone) followed by :func:`rescore`, each row written
     once.
     """
+    from ecrm_core.batching import gc_paused
+
+    # 100,000 rows of tuples: the cyclic collector would rescan them again and again as they are built
+    with gc_paused():
+        return _build(crm, conn, rates or get_rates(crm), workers)
+
+
+def _build(crm: CRM, conn: sa.Connection, rates: Rates, workers: int | None) -> list[int]:
     import os
 
     table = crm.db.tables[RFM]
     now = crm.now()
-    rates = rates or get_rates(crm)
     conn.execute(sa.delete(table).where(table.c.workspace_id == crm.workspace))
     n = workers if workers is not None else min(4, os.cpu_count() or 1)
     rows = _read_aggregates(crm, conn, rates, _time_bound(crm, conn, now), max(1, n))
@@ -378,10 +385,19 @@ def _read_aggregates(
     """Every customer's aggregate row (:data:`_READ`; times as the driver returns them), in parallel when it pays."""
     customers = crm.db.tables["customers"]
 
-    def select(between: tuple[int, int] | None) -> Any:
-        agg = _aggregate(crm, rates, now, None, between).subquery("agg")
+    def read_on(connection: sa.Connection, between: tuple[int, int] | None) -> list[tuple[Any, ...]]:
+        agg = _aggregate(crm, rates, now, None, between)
         # the times as stored (text on SQLite: its order is time order), not parsed into datetimes
-        return sa.select(*(sa.type_coerce(agg.c[c], sa.String()) if c.endswith("_at") else agg.c[c] for c in _READ))
+        stmt = agg.with_only_columns(
+            *(sa.type_coerce(agg.selected_columns[c], sa.String()) if c.endswith("_at") else agg.selected_columns[c]
+              for c in _READ)
+        )  # fmt: skip
+        if connection.dialect.name == "sqlite":
+            # plain tuples from the driver, no result rows built on top (the values bound — the workspace, the
+            # range, the time — are rendered as quoted literals by SQLAlchemy)
+            sql = str(stmt.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
+            return list(connection.connection.driver_connection.execute(sql).fetchall())  # type: ignore[union-attr]
+        return [tuple(r) for r in connection.execute(stmt)]
 
     url = crm.db.engine.url
     parallel = (
@@ -389,7 +405,7 @@ def _read_aggregates(
         and not str(url.database).startswith("file::memory:")
     )  # fmt: skip
     if not parallel:
-        return list(conn.execute(select(None)).all())
+        return read_on(conn, None)
     lo, hi = conn.execute(
         sa.select(sa.func.min(customers.c.id), sa.func.max(customers.c.id)).where(
             customers.c.workspace_id == crm.workspace
@@ -402,7 +418,7 @@ def _read_aggregates(
 
     def read(between: tuple[int, int]) -> list[tuple[Any, ...]]:
         with crm.db.engine.connect() as reader:
-            return list(reader.execute(select(between)).all())
+            return read_on(reader, between)
 
     from concurrent.futures import ThreadPoolExecutor
 
