@@ -442,7 +442,13 @@ def _last_keys(bodies: list[bytes]) -> dict[str, int]:
 
 
 def end_to_end(
-    console: Any, db_file: Path, args: argparse.Namespace, headers: dict[str, str], accepted_rate: float, workdir: Path
+    console: Any,
+    db_file: Path,
+    args: argparse.Namespace,
+    headers: dict[str, str],
+    accepted_rate: float,
+    workdir: Path,
+    gateway_cpu_rate: float = 0.0,
 ) -> None:
     """The processor in its own process: events/s from the first request to the last event
     visible, beside track_many on the same rows; then the time from the 200 to visible."""
@@ -546,16 +552,24 @@ def end_to_end(
     # What each costs in CPU (the machine's other load changes it much less).
     per_cpu = n / worker_cpu if worker_cpu > 0 else 0.0
     t.add_row(
-        "processor drain rate the 200 -> visible goal needs (above half the accepted rate)",
-        f"> {accepted_rate / 2:,.0f} events/s while the gateway takes as much (floor alone: {floor_rate:,.0f}, "
-        f"track_many alone: {tm_rate:,.0f})",
-    )
-    t.add_row(
         "processor events per CPU-second (its process, first request to last visible)",
         f"{per_cpu:,.0f} (track_many {tm_cpu_rate:,.0f}: {per_cpu / tm_cpu_rate:.2f}x)"
         if per_cpu
         else "not measurable (less than a clock tick)",
     )
+    half = accepted_rate / 2
+    need = f"> {half:,.0f} events/s while the gateway takes as much (floor alone: {floor_rate:,.0f}, " + (
+        f"track_many alone: {tm_rate:,.0f})"
+    )
+    if per_cpu and gateway_cpu_rate:
+        # CPU seconds per second the goal's load needs, at the CPU costs measured in this run.
+        cores = half / gateway_cpu_rate + half / per_cpu
+        floor_cores = half / gateway_cpu_rate + half / floor_cpu_rate
+        need += (
+            f"; CPU: gateway {half / gateway_cpu_rate:.2f} + processor {half / per_cpu:.2f} = {cores:.2f} cores "
+            f"(with the processor at the floor: {floor_cores:.2f}) of {os.cpu_count() or 1}, beside the load generator"
+        )
+    t.add_row("processor drain rate the 200 -> visible goal needs (above half the accepted rate)", need)
     if paced is not None and latencies:
         p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
         t.add_row(
@@ -752,7 +766,8 @@ def run(args: argparse.Namespace) -> None:
         console.print(f"in the inbox after the accepted-rate run: {inbox_events:,} events (every 200 is there)")
         if args.e2e_events:
             accepted_rate = figures.events["ecrm"] / figures.ingest["ecrm"].seconds
-            end_to_end(console, db_file, args, ingest_headers, accepted_rate, workdir)
+            gateway_cpu_rate = figures.events["ecrm"] / figures.cpu["ecrm"] if figures.cpu.get("ecrm") else 0.0
+            end_to_end(console, db_file, args, ingest_headers, accepted_rate, workdir, gateway_cpu_rate)
     finally:
         if not args.keep and not args.dir:
             shutil.rmtree(workdir, ignore_errors=True)
