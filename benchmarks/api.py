@@ -421,9 +421,16 @@ def _scalar(db_file: Path, sql: str, *params: Any) -> Any:
         conn.close()
 
 
-def _worker(db: str) -> subprocess.Popen[bytes]:
-    """``ecrm worker --jobs ingest.process`` in its own process."""
-    code = "import sys; from ecrm_core.cli import main; main(sys.argv[1:])"
+def _worker(db: str, entrypoints: bool = False) -> subprocess.Popen[bytes]:
+    """``ecrm worker --jobs ingest.process`` in its own process, with the plugins
+    the server and the ``track_many`` baseline have (the API plugin only, or
+    every installed one with ``--entrypoints``): the same listeners on every side."""
+    code = (
+        "import sys; from ecrm_core.cli import main; main(sys.argv[1:])"
+        if entrypoints
+        else "import sys; import ecrm_api.plugin; from ecrm_core.cli import main; "
+        "main(sys.argv[1:], plugins=[ecrm_api.plugin], entrypoints=False)"
+    )
     args = [sys.executable, "-c", code, "--db", db, "worker", "--jobs", "ingest.process", "-q"]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -474,7 +481,7 @@ def end_to_end(
     n = len(bodies) * EVENTS_PER_REQUEST
     reqs = [request_bytes("POST", "/v1/batch", headers, b) for b in bodies]
     server = Server.start("ecrm", db, None, args.entrypoints, args.live_segments)
-    worker = _worker(db)
+    worker = _worker(db, args.entrypoints)
     latencies: list[float] = []
     paced: Result | None = None
     try:
