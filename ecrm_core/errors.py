@@ -22,6 +22,7 @@ __all__ = [
     "SchemaNotInitialised",
     "PluginError",
     "HookApiVersionError",
+    "HookFailed",
 ]
 
 
@@ -133,3 +134,17 @@ class PluginError(EcrmError):
 
 class HookApiVersionError(PluginError):
     """A plugin declares a hook API range that this ecrm does not satisfy."""
+
+
+class HookFailed(PluginError):
+    """A plugin failed in a hook whose work must be complete or not at all
+    (``ecrm_customers_deleting``); nothing was changed.
+
+    ``plugin`` and ``hook`` name it; the plugin's own exception is the
+    ``__cause__`` (and in ``crm.plugins.failures``).  ``public`` is the
+    message without the plugin's exception text, for answers to clients."""
+
+    def __init__(self, plugin: str, hook: str, error: str) -> None:
+        self.plugin, self.hook = plugin, hook
+        self.public = f"ecrm plugin {plugin!r} failed in {hook}; nothing was changed"
+        super().__init__(f"ecrm plugin {plugin!r} failed in {hook} ({error}); nothing was changed")

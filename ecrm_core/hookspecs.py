@@ -19,12 +19,17 @@ Three families:
   its plugin and recorded in ``crm.plugins.failures``; the others still run
   and the core's write is kept.  Events are batch-aware: bulk calls fire
   once per committed batch, never once per row.
-* **Transactional** (``ecrm_interactions_inserted``) — called *inside* the
-  core's write transaction, before its COMMIT, with its connection, so a
-  plugin's derived rows commit (or roll back) together with the core's.
-  Each implementation runs in its own SAVEPOINT: one that raises is rolled
-  back to it, logged and recorded like a failing event, and the core's
-  write (and the other plugins' writes) still commit.
+* **Transactional** (``ecrm_interactions_inserted``,
+  ``ecrm_customers_merging``, ``ecrm_customers_deleting``) — called
+  *inside* the core's write transaction, before its COMMIT, with its
+  connection, so a plugin's rows commit (or roll back) together with the
+  core's.  For the first two each implementation runs in its own
+  SAVEPOINT: one that raises is rolled back to it, logged and recorded like
+  a failing event, and the core's write (and the other plugins' writes)
+  still commit.  ``ecrm_customers_deleting`` is all or nothing: an
+  erasure is complete or not done, so one implementation that raises is
+  recorded and the whole deletion rolls back with a
+  :class:`~ecrm_core.errors.PluginError` naming it.
 * **Lifecycle** (``ecrm_startup``/``ecrm_shutdown``) — once per CRM.
 * **Queries** (``ecrm_computed_attributes``) — called whenever the core
   needs what plugins know about some customers; the answers of all plugins
@@ -69,7 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 #: The hook API version this core implements (``major.minor``).  Minor
 #: versions only add hooks or arguments; a major version removes or changes.
-HOOK_API_VERSION = "1.7"
+HOOK_API_VERSION = "1.8"
 
 hookspec = pluggy.HookspecMarker("ecrm")
 hookimpl = pluggy.HookimplMarker("ecrm")
@@ -89,7 +94,7 @@ EVENT_HOOKS = (
 )
 
 #: Hooks called inside the core's transaction, each implementation in its own SAVEPOINT.
-TRANSACTIONAL_HOOKS = ("ecrm_interactions_inserted",)
+TRANSACTIONAL_HOOKS = ("ecrm_interactions_inserted", "ecrm_customers_merging", "ecrm_customers_deleting")
 
 
 # ---------------------------------------------------------------------------
@@ -373,9 +378,67 @@ def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
 
     :param merge: the audit record: source (now a tombstone redirecting to
         the target), target, and how many interactions and aliases moved.
-        Plugins with their own per-customer rows should move them here.
+
+    Fired after the merge committed (and not at all if the process dies
+    right after the COMMIT): move per-customer rows in
+    ``ecrm_customers_merging``, in the merge's transaction; recompute
+    derived data here.
 
     .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def ecrm_customers_merging(crm: CRM, conn: sa.Connection, merge: MergeRecord) -> None:
+    """A customer is being merged into another: move, with ``conn``, what the
+    plugin keeps about the source onto the target.
+
+    Called inside the merge's transaction, after the core moved its rows
+    (interactions, aliases, consent) and wrote the audit record, before the
+    COMMIT: the plugin's rows move together with the core's, so a process
+    killed right after the COMMIT cannot leave them on the source (a
+    tombstone).  Each implementation runs in its own SAVEPOINT: one that
+    raises is rolled back to it and recorded in ``crm.plugins.failures``;
+    the merge and the other plugins' moves still commit (the failed
+    plugin's rows stay on the source, which redirects to the target).  The
+    write lock is held: a few set-based statements; recompute derived data
+    (scores, models) in ``ecrm_customers_merged`` or a worker job, after
+    the COMMIT.  Never COMMIT or ROLLBACK ``conn``.
+
+    :param merge: the audit record, as ``ecrm_customers_merged`` gets it.
+
+    .. versionadded:: 1.8
+    """
+
+
+@hookspec
+def ecrm_customers_deleting(
+    crm: CRM, conn: sa.Connection, customer_ids: Sequence[int], aliases: Sequence[Alias]
+) -> None:
+    """Customers are being deleted: erase, with ``conn``, what the plugin keeps
+    about them in the database.
+
+    Called inside the delete's transaction, after the core's rows are gone
+    and before the COMMIT: the plugin's erasure commits together with the
+    core's, so no crash, kill or failing hook can leave a deleted person's
+    data behind in a plugin's tables (an ``ecrm_customers_deleted``
+    implementation runs only after the COMMIT, and not at all if the
+    process dies in between).
+
+    All or nothing: an implementation that raises is recorded in
+    ``crm.plugins.failures``, the whole deletion rolls back (the customer
+    and every plugin's rows stay) and ``crm.customers.delete`` raises
+    :class:`~ecrm_core.errors.PluginError` naming the plugin.  The write lock
+    is held: keep it to a few set-based statements.  Never COMMIT or
+    ROLLBACK ``conn``.  Work outside the database (files, caches, other
+    systems) belongs in ``ecrm_customers_deleted``.
+
+    :param conn: the connection of the delete's transaction.
+    :param customer_ids: the customer and the tombstones of the customers
+        merged into it.
+    :param aliases: every identity they had, as for ``ecrm_customers_deleted``.
+
+    .. versionadded:: 1.8
     """
 
 
@@ -391,11 +454,13 @@ def ecrm_customers_deleted(crm: CRM, customer_ids: Sequence[int], aliases: Seque
         and the identity columns of the customer rows, as
         :class:`~ecrm_core.domain.Alias` objects, sorted, each once.
 
-    Fired after the delete committed.  Plugins with per-customer rows that
-    are not removed by ``ON DELETE CASCADE`` (files, caches, rows in other
-    systems) should erase them here; data kept by *identity* rather than by
-    customer id (messages waiting in an inbox, rejected messages, rows keyed
-    by e-mail) is found through ``aliases``.
+    Fired after the delete committed (and not at all if the process dies
+    right after the COMMIT): erase rows in ecrm's database in
+    ``ecrm_customers_deleting`` instead, in the delete's transaction.  Here,
+    erase what lives outside it (files, caches, rows in other systems).  In
+    both hooks, data kept by *identity* rather than by customer id (messages
+    waiting in an inbox, rejected messages, rows keyed by e-mail) is found
+    through ``aliases``.
 
     .. versionadded:: 1.0
     .. versionchanged:: 1.5

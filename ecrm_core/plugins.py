@@ -285,6 +285,27 @@ class Plugins:
                     )
                 savepoint.commit()
 
+    def call_all_or_nothing(self, hook: str, conn: Any, **kwargs: Any) -> None:
+        """Call a transactional hook whose work must be complete or not at all
+        (``ecrm_customers_deleting``): every implementation with ``conn``, in
+        the core's transaction; the first that raises is recorded and ends
+        the call with a :class:`~ecrm_core.errors.HookFailed` naming the
+        plugin, so the caller's transaction rolls back as a whole."""
+        from .errors import HookFailed, PluginError
+
+        kwargs["conn"] = conn
+        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+            try:
+                impl.function(*[kwargs[a] for a in impl.argnames])
+            except Exception as exc:
+                self._record(impl.plugin_name, hook, exc)
+                raise HookFailed(impl.plugin_name, hook, f"{type(exc).__name__}: {exc}") from exc
+            if not conn.in_transaction():
+                raise PluginError(
+                    f"ecrm plugin {impl.plugin_name!r} ended the transaction in {hook}; "
+                    "a transactional hook must not COMMIT or ROLLBACK the connection it is given"
+                )
+
     def record_failure(self, plugin: str, hook: str, exc: BaseException) -> None:
         """Record (and log) that ``plugin`` failed in ``hook``; the caller goes on without it."""
         self._record(plugin, hook, exc)

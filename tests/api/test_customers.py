@@ -421,3 +421,22 @@ def test_openapi_lists_the_customer_routes(live):
     assert "409" in paths["/customers"]["post"]["responses"]
     params = {p["name"] for p in paths["/customers"]["get"]["parameters"]}
     assert {"where", "sort", "cursor", "limit", "segment"} <= params
+
+
+def test_delete_with_a_failing_plugin_erasure_is_a_500_that_changes_nothing_and_leaks_nothing(rw, live):
+    class Archive:
+        @hookimpl
+        def ecrm_customers_deleting(self, conn):
+            raise RuntimeError("connect to postgresql://archive:s3cret@db/archive failed")
+
+    cid = rw.post("/customers", json={"email": "keep@example.com"}).json()["id"]
+    live.crm.register_plugin(Archive(), name="archive")
+    try:
+        r = rw.delete(f"/customers/{cid}")
+    finally:
+        live.crm.unregister_plugin("archive")
+    assert r.status_code == 500 and r.json()["type"] == "urn:ecrm:problem:plugin-failed", r.text
+    assert r.json()["plugin"] == "archive" and "nothing was changed" in r.json()["detail"]
+    assert "s3cret" not in r.text
+    assert rw.get(f"/customers/{cid}").status_code == 200
+    assert rw.delete(f"/customers/{cid}").status_code == 204

@@ -36,7 +36,8 @@ def test_deletion_hook_erases_rows_the_cascade_did_not(empty_shop: Shop) -> None
 
     cid = empty_shop.customer()
     empty_shop.p.set_preferences(cid, interests=["hats"])
-    on_deleted(empty_shop.crm, [cid])  # as fired by ecrm_customers_deleted
+    with empty_shop.crm.db.write() as conn:
+        on_deleted(empty_shop.crm, conn, [cid])  # as called by ecrm_customers_deleting
     assert _rows(empty_shop, PREFERENCES, cid) == 0
 
 

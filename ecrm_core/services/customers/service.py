@@ -33,7 +33,9 @@ class Customers(CustomerWrites):
         Every interaction, alias and consent record of the source moves to
         the target; fields the target lacks are filled from the source;
         the source stays as a tombstone (``merged_into``) so old ids keep
-        resolving.  One transaction: all of it happens or none.
+        resolving.  One transaction: all of it happens or none; plugins move
+        their rows in it (``ecrm_customers_merging``), and
+        ``ecrm_customers_merged`` fires after the commit.
         """
         if source_id == into:
             raise ValidationError("into", into, "a customer cannot be merged into itself", "pass two different ids")
@@ -111,17 +113,20 @@ class Customers(CustomerWrites):
                     details=details,
                 )
             ).inserted_primary_key[0]  # type: ignore[index]
-        record = MergeRecord(
-            id=merge_id,
-            workspace=self.workspace,
-            source_id=source.id,
-            target_id=target.id,
-            merged_at=now,
-            moved_interactions=moved_i,
-            moved_aliases=moved_a,
-            actor=actor,
-            reason=reason,
-        )
+            record = MergeRecord(
+                id=merge_id,
+                workspace=self.workspace,
+                source_id=source.id,
+                target_id=target.id,
+                merged_at=now,
+                moved_interactions=moved_i,
+                moved_aliases=moved_a,
+                actor=actor,
+                reason=reason,
+            )
+            plugins = self.crm.plugins
+            if plugins.has_impls("ecrm_customers_merging"):
+                plugins.notify_in_transaction("ecrm_customers_merging", conn, crm=self.crm, merge=record)
         self.crm.emit("ecrm_customers_merged", merge=record)
         if after != target:
             self.crm.emit("ecrm_customers_updated", changes=[CustomerChange(target, after)])
@@ -138,13 +143,17 @@ class Customers(CustomerWrites):
         interactions, segment memberships (member counts follow) and the
         audit records about them; plugin tables that reference customers with
         ``ON DELETE CASCADE`` follow.  An ``customer.delete`` audit record
-        (ids only) is kept.  Fires ``ecrm_customers_deleted`` after commit
-        with the ids and every identity they had (read before the rows go:
-        plugins erase what they keep by identity, e.g. messages waiting in an
-        inbox); ``ecrm_segment_exited`` is not fired for deleted customers.
+        (ids only) is kept.  Plugins erase what they keep in the same
+        transaction (``ecrm_customers_deleting``: all or nothing); after the
+        commit ``ecrm_customers_deleted`` fires with the ids and every
+        identity they had (read before the rows go: plugins erase what they
+        keep by identity, e.g. messages waiting in an inbox);
+        ``ecrm_segment_exited`` is not fired for deleted customers.
         Raises :class:`~ecrm_core.errors.NotFound`, or
         :class:`~ecrm_core.errors.Conflict` for a merged id (delete the
-        survivor: that deletes the tombstone too).
+        survivor: that deletes the tombstone too), or
+        :class:`~ecrm_core.errors.PluginError` when a plugin's erasure
+        failed (nothing was deleted).
         """
         if actor is not None:
             actor = check_text(actor, "actor", max_length=200)
@@ -242,6 +251,11 @@ class Customers(CustomerWrites):
                 )
             )
             conn.execute(sa.delete(t).where(t.c.workspace_id == self.workspace, t.c.id.in_(ids)))
+            plugins = self.crm.plugins
+            if plugins.has_impls("ecrm_customers_deleting"):
+                plugins.call_all_or_nothing(
+                    "ecrm_customers_deleting", conn, crm=self.crm, customer_ids=ids, aliases=aliases
+                )
             conn.execute(
                 sa.insert(log).values(
                     workspace_id=self.workspace,

@@ -13,8 +13,9 @@ never NULL) and evaluates in memory from the same row; the two agree (a
 property test checks it).  A customer without a cluster (no purchase, or
 clustered before they bought) matches nothing.
 
-Merges and deletions: :func:`on_merged` drops the source's cluster and
-places the survivor in the nearest stored cluster; :func:`on_deleted`
+Merges and deletions: the source's cluster is dropped in the merge's
+transaction and :func:`on_merged` places the survivor in the nearest stored
+cluster after it; :func:`on_deleted`
 erases the rows of the deleted customers (the table's foreign key cascades
 too).
 """
@@ -170,18 +171,16 @@ def needs_tick(ctx: Any) -> Any:
     return JobResult(done=len(done), message="; ".join(done) or "stored rules and clusters are current")
 
 
-def on_merged(crm: CRM, source_id: int, target_id: int) -> None:
-    """Forget the source's cluster; place the survivor (who now has both histories) again."""
-    from .clusters import assign, forget
+def on_merged(crm: CRM, target_id: int) -> None:
+    """After a merge committed (the source's cluster forgotten in its transaction):
+    place the survivor (who now has both histories) again."""
+    from .clusters import assign
 
-    with crm.db.write() as conn:
-        forget(crm, conn, [source_id])
     assign(crm, [target_id])
 
 
-def on_deleted(crm: CRM, customer_ids: Sequence[int]) -> None:
-    """Erase the cluster rows of deleted customers."""
+def on_deleted(crm: CRM, conn: sa.Connection, customer_ids: Sequence[int]) -> None:
+    """Erase the cluster rows of deleted customers, on ``conn`` (the delete's transaction)."""
     from .clusters import forget
 
-    with crm.db.write() as conn:
-        forget(crm, conn, customer_ids)
+    forget(crm, conn, customer_ids)

@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __version__ = "0.1.0"
 
 #: The ecrm hook API versions this plugin is written for (``ecrm_computed_attributes`` is 1.7).
-ECRM_HOOK_API = ">=1.7,<2"
+ECRM_HOOK_API = ">=1.8,<2"  # 1.7: ecrm_computed_attributes; 1.8: ecrm_customers_deleting
 
 ECRM_PLUGIN_NAME = "analytics"
 MIGRATION_BRANCH = "ecrm_analytics"
@@ -134,23 +134,36 @@ def ecrm_computed_attributes(crm: CRM, customer_ids: Sequence[int]) -> dict[int,
 
 
 @hookimpl
-def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
-    from .service import on_merged
+def ecrm_customers_merging(crm: CRM, conn: sa.Connection, merge: MergeRecord) -> None:
+    """In the merge's transaction: forget the source's rows, mark the target for
+    recomputation (the worker's ``analytics.refresh`` does it if the process dies
+    before ``ecrm_customers_merged``)."""
+    from .clusters import forget as forget_cluster
+    from .store import forget, mark
 
-    on_merged(crm, merge.source_id, merge.target_id)
-    from . import needs  # clusters: drop the source's, place the survivor again
-
-    needs.on_merged(crm, merge.source_id, merge.target_id)
+    forget(crm, conn, [merge.source_id])
+    forget_cluster(crm, conn, [merge.source_id])
+    mark(crm, conn, [merge.target_id])
 
 
 @hookimpl
-def ecrm_customers_deleted(crm: CRM, customer_ids: list[int]) -> None:
-    from .store import clear
-
-    clear(crm, customer_ids)
+def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
+    """After the commit: recompute the survivor now, and place them in a cluster again."""
     from . import needs
+    from .service import on_merged
 
-    needs.on_deleted(crm, customer_ids)
+    on_merged(crm, merge.target_id)
+    needs.on_merged(crm, merge.target_id)
+
+
+@hookimpl
+def ecrm_customers_deleting(crm: CRM, conn: sa.Connection, customer_ids: list[int]) -> None:
+    """In the delete's transaction: every analytics row of the deleted customers."""
+    from . import needs
+    from .store import forget
+
+    forget(crm, conn, customer_ids)
+    needs.on_deleted(crm, conn, customer_ids)
 
 
 @hookimpl

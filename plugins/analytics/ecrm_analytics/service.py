@@ -250,13 +250,9 @@ def _has_buyers(crm: CRM) -> bool:
         )
 
 
-def on_merged(crm: CRM, source_id: int, target_id: int) -> None:
-    """A merge moved the source's purchases to the target: forget the source, recompute the target."""
-    from . import store
-
-    with crm.db.write() as conn:
-        store.forget(crm, conn, [source_id])
-        store.mark(crm, conn, [target_id])
+def on_merged(crm: CRM, target_id: int) -> None:
+    """After a merge committed (the source forgotten and the target marked in its
+    transaction, ``ecrm_customers_merging``): recompute the target now."""
     Analytics(crm).refresh()
 
 

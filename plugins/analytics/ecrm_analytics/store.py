@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from ecrm_core.crm import CRM
     from ecrm_core.domain import InteractionBatch
 
-__all__ = ["claim", "clear", "forget", "mark", "mark_all", "mark_batch", "pending", "release"]
+__all__ = ["claim", "forget", "mark", "mark_all", "mark_batch", "pending", "release"]
 
 _counter = itertools.count()
 
@@ -125,9 +125,3 @@ def forget(crm: CRM, conn: sa.Connection, customer_ids: Iterable[int]) -> None:
         table = crm.db.tables[name]
         for start in range(0, len(ids), 500):
             conn.execute(sa.delete(table).where(table.c.customer_id.in_(ids[start : start + 500])))
-
-
-def clear(crm: CRM, customer_ids: Iterable[int]) -> None:
-    """:func:`forget` in a transaction of its own."""
-    with crm.db.write() as conn:
-        forget(crm, conn, customer_ids)

@@ -3,9 +3,23 @@
 The inbox and ``ingest_rejected`` hold messages, keyed by *identity*
 (``userId``, ``anonymousId``, ``previousId``, e-mails and phones in the
 traits), not by customer id: ``ON DELETE CASCADE`` cannot reach them.  The
-plugin's ``ecrm_customers_deleted`` implementation calls
-:func:`erase_identities` with the identities the core read before the
-customer rows went (hook API 1.5):
+plugin erases them with the identities the core read before the customer
+rows went, in two parts:
+
+* **in the delete's transaction** (``ecrm_customers_deleting``, hook API
+  1.8; :func:`erase_in_transaction`): the tombstones and the rejected
+  entries.  They commit with the deletion or not at all, so a process
+  killed right after the COMMIT leaves no rejected message of the person
+  behind, and its waiting messages are already condemned by the
+  tombstones;
+* **after the commit** (``ecrm_customers_deleted``): the inbox rows are
+  searched and rewritten in chunks of their own transactions (a large
+  inbox must not hold the write lock the gateway appends under).  If the
+  process dies before, the processor drops those messages anyway when it
+  reaches them (tombstones below).
+
+:func:`erase_identities` does all three in transactions of its own (for a
+host that erases identities without deleting a customer).  In detail:
 
 * **inbox**: every waiting row of the workspace is read; the messages that
   name one of the identities are taken out of it -- the row is rewritten
@@ -52,7 +66,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
     from ecrm_core.domain import Alias
 
-__all__ = ["ErasureResult", "erase_identities", "message_identities", "raw_identities"]
+__all__ = [
+    "ErasureResult",
+    "erase_identities",
+    "erase_in_transaction",
+    "erase_inbox",
+    "message_identities",
+    "raw_identities",
+]
 
 #: Inbox rows read (and rewritten) per transaction.
 CHUNK = 500
@@ -183,13 +204,35 @@ def erase_identities(crm: CRM, aliases: Sequence[Alias]) -> ErasureResult:
     wanted = _wanted(aliases)
     if not wanted:
         return ErasureResult()
-    record_tombstones(crm, wanted)
+    with crm.db.write() as conn:
+        rejected = _erase_in(crm, conn, wanted)
     messages, rewritten, deleted = _erase_inbox(crm, wanted)
-    rejected = _erase_rejected(crm, wanted)
     return ErasureResult(messages, rewritten, deleted, rejected)
 
 
-def record_tombstones(crm: CRM, wanted: set[tuple[str, str]]) -> None:
+def erase_in_transaction(crm: CRM, conn: sa.Connection, aliases: Sequence[Alias]) -> int:
+    """The part of the erasure that commits with the deletion (``conn``): the
+    tombstones of ``aliases`` and the rejected entries naming them (their
+    number is returned)."""
+    wanted = _wanted(aliases)
+    return _erase_in(crm, conn, wanted) if wanted else 0
+
+
+def erase_inbox(crm: CRM, aliases: Sequence[Alias]) -> ErasureResult:
+    """The part after the commit: the waiting inbox messages naming ``aliases``
+    (in chunks, each its own transaction)."""
+    wanted = _wanted(aliases)
+    if not wanted:
+        return ErasureResult()
+    return ErasureResult(*_erase_inbox(crm, wanted))
+
+
+def _erase_in(crm: CRM, conn: sa.Connection, wanted: set[tuple[str, str]]) -> int:
+    record_tombstones(crm, conn, wanted)
+    return _erase_rejected(crm, conn, wanted)
+
+
+def record_tombstones(crm: CRM, conn: sa.Connection, wanted: set[tuple[str, str]]) -> None:
     """Record the deleted identities, now (committed before the inbox is
     searched): a processor holding a claimed batch drops the messages that
     name one of them and were received before (:func:`dead_identities`)."""
@@ -199,9 +242,8 @@ def record_tombstones(crm: CRM, wanted: set[tuple[str, str]]) -> None:
         {"workspace_id": crm.workspace, "kind": kind[:64], "value": value[:200], "deleted_at": now}
         for kind, value in sorted(wanted)
     ]
-    with crm.db.write() as conn:
-        for start in range(0, len(rows), 500):
-            conn.execute(tt.insert(), rows[start : start + 500])
+    for start in range(0, len(rows), 500):
+        conn.execute(tt.insert(), rows[start : start + 500])
 
 
 #: Tombstones are kept while inbox rows received before them may wait, and at
@@ -300,36 +342,35 @@ def _without(call: str | None, payload: bytes, wanted: set[tuple[str, str]]) -> 
     return msgspec.json.encode({**doc, "batch": keep}), len(keep), removed
 
 
-def _erase_rejected(crm: CRM, wanted: set[tuple[str, str]]) -> int:
+def _erase_rejected(crm: CRM, conn: sa.Connection, wanted: set[tuple[str, str]]) -> int:
     rt, it = crm.db.tables[REJECTED], crm.db.tables[REJECTED_IDS]
     by_kind: dict[str, list[str]] = {}
     for kind, value in wanted:
         by_kind.setdefault(kind, []).append(value)
-    with crm.db.write() as conn:
-        ids: set[int] = set()
-        for kind, values in by_kind.items():
-            for start in range(0, len(values), 500):
-                ids.update(
-                    conn.execute(
-                        sa.select(it.c.rejected_id).where(
-                            it.c.workspace_id == crm.workspace,
-                            it.c.kind == kind,
-                            it.c.value.in_(values[start : start + 500]),
-                        )
-                    ).scalars()
-                )
-        # Entries no identity could be read from: look for the values in their bytes.
-        unreadable = conn.execute(
-            sa.select(rt.c.id, rt.c.message).where(rt.c.workspace_id == crm.workspace, rt.c.reason == "unreadable")
-        ).all()
-        for row in unreadable:
-            if _in_bytes(bytes(row.message), wanted):
-                ids.add(row.id)
-        done = sorted(ids)
-        for start in range(0, len(done), 500):
-            part = done[start : start + 500]
-            conn.execute(it.delete().where(it.c.rejected_id.in_(part)))
-            conn.execute(rt.delete().where(rt.c.id.in_(part)))
+    ids: set[int] = set()
+    for kind, values in by_kind.items():
+        for start in range(0, len(values), 500):
+            ids.update(
+                conn.execute(
+                    sa.select(it.c.rejected_id).where(
+                        it.c.workspace_id == crm.workspace,
+                        it.c.kind == kind,
+                        it.c.value.in_(values[start : start + 500]),
+                    )
+                ).scalars()
+            )
+    # Entries no identity could be read from: look for the values in their bytes.
+    unreadable = conn.execute(
+        sa.select(rt.c.id, rt.c.message).where(rt.c.workspace_id == crm.workspace, rt.c.reason == "unreadable")
+    ).all()
+    for row in unreadable:
+        if _in_bytes(bytes(row.message), wanted):
+            ids.add(row.id)
+    done = sorted(ids)
+    for start in range(0, len(done), 500):
+        part = done[start : start + 500]
+        conn.execute(it.delete().where(it.c.rejected_id.in_(part)))
+        conn.execute(rt.delete().where(rt.c.id.in_(part)))
     return len(done)
 
 

@@ -3,7 +3,7 @@
 It ships the ``api_keys`` and ingest tables (its own migration branch), the
 ``ecrm serve``, ``ecrm keys`` and ``ecrm ingest`` commands, the job
 ``ingest.process`` and the erasure of a deleted customer's waiting and
-rejected messages (``ecrm_customers_deleted``).  Importing it is cheap: Litestar
+rejected messages (``ecrm_customers_deleting``, ``ecrm_customers_deleted``).  Importing it is cheap: Litestar
 is imported only when an app is built.
 """
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 from . import __version__ as __version__
 
 #: The ecrm hook API versions this plugin is written for.
-ECRM_HOOK_API = ">=1.5,<2"  # ecrm_customers_deleted(aliases) is 1.5
+ECRM_HOOK_API = ">=1.8,<2"  # ecrm_customers_deleting is 1.8
 
 #: The plugin's name, whether loaded by entry point or passed by the host.
 ECRM_PLUGIN_NAME = "api"
@@ -66,12 +66,22 @@ def ecrm_register_commands(cli: click.Group) -> None:
 
 
 @hookimpl
-def ecrm_customers_deleted(crm: CRM, aliases: Sequence[Alias]) -> None:
-    """Erase the deleted people's messages waiting in the ingest inbox or
-    kept in ``ingest_rejected`` (found by identity: see :mod:`ecrm_api.erasure`)."""
-    from .erasure import erase_identities
+def ecrm_customers_deleting(crm: CRM, conn: sa.Connection, aliases: Sequence[Alias]) -> None:
+    """In the delete's transaction: the deleted people's tombstones (their
+    waiting messages are dropped by the processor from now on) and their
+    messages kept in ``ingest_rejected`` (found by identity: see
+    :mod:`ecrm_api.erasure`)."""
+    from .erasure import erase_in_transaction
 
-    erase_identities(crm, aliases)
+    erase_in_transaction(crm, conn, aliases)
+
+
+@hookimpl
+def ecrm_customers_deleted(crm: CRM, aliases: Sequence[Alias]) -> None:
+    """After the commit: their messages waiting in the ingest inbox."""
+    from .erasure import erase_inbox
+
+    erase_inbox(crm, aliases)
 
 
 @hookimpl

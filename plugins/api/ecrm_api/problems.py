@@ -15,7 +15,7 @@ import re
 import uuid
 from typing import Any
 
-from ecrm_core.errors import BatchError, Conflict, EcrmError, IdempotencyConflict, NotFound, ValidationError
+from ecrm_core.errors import BatchError, Conflict, EcrmError, HookFailed, IdempotencyConflict, NotFound, ValidationError
 from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
@@ -100,6 +100,9 @@ def _on_ecrm(request: Request[Any, Any, Any], exc: EcrmError) -> Response[Any]:
         p = problem(409, "idempotency-conflict", "Idempotency key reused", str(exc), key=exc.key)
     elif isinstance(exc, Conflict):
         p = problem(409, "conflict", "Conflict", str(exc))
+    elif isinstance(exc, HookFailed):
+        # The server's fault, not the request's; the plugin's own message may hold internals: logged, not sent.
+        p = problem(500, "plugin-failed", "A plugin failed", exc.public, plugin=exc.plugin)
     else:
         p = problem(400, "bad-request", "Request rejected", str(exc))
     return _render(request, p)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __version__ = "0.1.0"
 
 #: The ecrm hook API versions this plugin is written for (``ecrm_register_demo_stages`` is 1.4).
-ECRM_HOOK_API = ">=1.4,<2"
+ECRM_HOOK_API = ">=1.8,<2"  # ecrm_customers_deleting is 1.8
 
 ECRM_PLUGIN_NAME = "campaigns"
 MIGRATION_BRANCH = "ecrm_campaigns"
@@ -158,20 +158,27 @@ def ecrm_customers_updated(crm: CRM, changes: Sequence[CustomerChange]) -> None:
 
 
 @hookimpl
-def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
-    from . import dates
+def ecrm_customers_merging(crm: CRM, conn: sa.Connection, merge: MergeRecord) -> None:
+    """In the merge's transaction: the source's journeys move to the target."""
     from .triggers import on_merged
 
-    on_merged(crm, merge.source_id, merge.target_id)
+    on_merged(crm, conn, merge.source_id, merge.target_id)
+
+
+@hookimpl
+def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
+    from . import dates
+
     for source in dates.tracked(crm):  # the survivor's dates are recomputed, the source's dropped
         dates.sync(crm, source, [merge.source_id, merge.target_id])
 
 
 @hookimpl
-def ecrm_customers_deleted(crm: CRM, customer_ids: list[int]) -> None:
+def ecrm_customers_deleting(crm: CRM, conn: sa.Connection, customer_ids: list[int]) -> None:
+    """In the delete's transaction: the deleted customers' journey state."""
     from .triggers import on_deleted
 
-    on_deleted(crm, customer_ids)
+    on_deleted(crm, conn, customer_ids)
 
 
 @hookimpl

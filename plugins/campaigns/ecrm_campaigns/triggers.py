@@ -240,28 +240,28 @@ def date_matches(crm: CRM, c: Campaign, now: datetime) -> list[int]:
     return [cid for cid in out if cid not in recent]
 
 
-def on_merged(crm: CRM, source_id: int, target_id: int) -> None:
-    """Journeys follow a merge: the source's enrollments move to the target, except in campaigns
-    where the target has its own (the target's journey is kept, the source's is dropped)."""
+def on_merged(crm: CRM, conn: sa.Connection, source_id: int, target_id: int) -> None:
+    """Journeys follow a merge, on ``conn`` (the merge's transaction): the source's enrollments
+    move to the target, except in campaigns where the target has its own (the target's journey
+    is kept, the source's is dropped)."""
     if "campaign_enrollments" not in crm.db.tables:
         return
     et = crm.db.tables[ENROLLMENTS]
-    with crm.db.write() as conn:
-        taken = sa.select(et.c.campaign_id).where(et.c.customer_id == target_id).scalar_subquery()
-        conn.execute(
-            sa.update(et)
-            .where(et.c.customer_id == source_id, et.c.campaign_id.notin_(taken))
-            .values(customer_id=target_id, updated_at=crm.now())
-        )
-        conn.execute(sa.delete(et).where(et.c.customer_id == source_id))
+    taken = sa.select(et.c.campaign_id).where(et.c.customer_id == target_id).scalar_subquery()
+    conn.execute(
+        sa.update(et)
+        .where(et.c.customer_id == source_id, et.c.campaign_id.notin_(taken))
+        .values(customer_id=target_id, updated_at=crm.now())
+    )
+    conn.execute(sa.delete(et).where(et.c.customer_id == source_id))
 
 
-def on_deleted(crm: CRM, customer_ids: Sequence[int]) -> None:
-    """Journey state goes with the customer (the foreign key cascades too; this covers databases without it)."""
+def on_deleted(crm: CRM, conn: sa.Connection, customer_ids: Sequence[int]) -> None:
+    """Journey state goes with the customer, on ``conn`` (the delete's
+    transaction; the foreign key cascades too: this covers databases without it)."""
     if "campaign_enrollments" not in crm.db.tables:
         return
     et = crm.db.tables[ENROLLMENTS]
     ids = list(customer_ids)
-    with crm.db.write() as conn:
-        for i in range(0, len(ids), 5000):
-            conn.execute(sa.delete(et).where(et.c.customer_id.in_(ids[i : i + 5000])))
+    for i in range(0, len(ids), 5000):
+        conn.execute(sa.delete(et).where(et.c.customer_id.in_(ids[i : i + 5000])))

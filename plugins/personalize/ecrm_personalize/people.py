@@ -23,41 +23,41 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["on_deleted", "on_merged", "on_visitor_identified"]
 
 
-def on_merged(crm: CRM, source_id: int, target_id: int) -> None:
-    """The source's preferences join the target's (the target's answers win); outcomes move."""
+def on_merged(crm: CRM, conn: sa.Connection, source_id: int, target_id: int) -> None:
+    """The source's preferences join the target's (the target's answers win); outcomes move;
+    on ``conn`` (the merge's transaction)."""
     p = crm.db.tables[PREFERENCES]
     o = crm.db.tables[OUTCOMES]
-    with crm.db.write() as conn:
-        rows = {r.customer_id: r for r in conn.execute(sa.select(p).where(p.c.customer_id.in_([source_id, target_id])))}
-        src = rows.get(source_id)
-        if src is not None:
-            tgt = rows.get(target_id)
-            if tgt is None:
-                conn.execute(sa.update(p).where(p.c.customer_id == source_id).values(customer_id=target_id))
-            else:
-                merged = {**(src.data or {}), **(tgt.data or {})}
-                conn.execute(sa.update(p).where(p.c.customer_id == target_id).values(data=merged))
-                conn.execute(sa.delete(p).where(p.c.customer_id == source_id))
-        conn.execute(sa.update(o).where(o.c.customer_id == source_id).values(customer_id=target_id))
+    rows = {r.customer_id: r for r in conn.execute(sa.select(p).where(p.c.customer_id.in_([source_id, target_id])))}
+    src = rows.get(source_id)
+    if src is not None:
+        tgt = rows.get(target_id)
+        if tgt is None:
+            conn.execute(sa.update(p).where(p.c.customer_id == source_id).values(customer_id=target_id))
+        else:
+            merged = {**(src.data or {}), **(tgt.data or {})}
+            conn.execute(sa.update(p).where(p.c.customer_id == target_id).values(data=merged))
+            conn.execute(sa.delete(p).where(p.c.customer_id == source_id))
+    conn.execute(sa.update(o).where(o.c.customer_id == source_id).values(customer_id=target_id))
 
 
-def on_deleted(crm: CRM, customer_ids: Sequence[int], aliases: Sequence[Alias] = ()) -> None:
+def on_deleted(crm: CRM, conn: sa.Connection, customer_ids: Sequence[int], aliases: Sequence[Alias] = ()) -> None:
     """Erase the preferences and decision outcomes of the deleted customers,
     and the outcomes still kept under one of their visitor ids (``anonymous``
     aliases: a visitor the customer was recognised as without logging in
-    through :meth:`~ecrm_personalize.Personalize.identify`)."""
+    through :meth:`~ecrm_personalize.Personalize.identify`), on ``conn``
+    (the delete's transaction)."""
     ids = list(customer_ids)
     visitors = sorted({a.value for a in aliases if a.kind == "anonymous"})
     if not ids and not visitors:
         return
     p = crm.db.tables[PREFERENCES]
     o = crm.db.tables[OUTCOMES]
-    with crm.db.write() as conn:
-        if ids:
-            conn.execute(sa.delete(p).where(p.c.customer_id.in_(ids)))
-            conn.execute(sa.delete(o).where(o.c.customer_id.in_(ids)))
-        if visitors:
-            conn.execute(sa.delete(o).where(o.c.workspace_id == crm.workspace, o.c.visitor.in_(visitors)))
+    if ids:
+        conn.execute(sa.delete(p).where(p.c.customer_id.in_(ids)))
+        conn.execute(sa.delete(o).where(o.c.customer_id.in_(ids)))
+    if visitors:
+        conn.execute(sa.delete(o).where(o.c.workspace_id == crm.workspace, o.c.visitor.in_(visitors)))
 
 
 def on_visitor_identified(crm: CRM, visitor: str, customer_id: int) -> None:

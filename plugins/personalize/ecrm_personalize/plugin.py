@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __version__ = "0.1.0"
 
 #: hook API versions this plugin is written for (``ecrm_register_demo_stages`` is 1.4)
-ECRM_HOOK_API = ">=1.7,<2"  # 1.5: the deletion hook passes the aliases; 1.7: crm.customers.computed
+ECRM_HOOK_API = ">=1.8,<2"  # 1.7: crm.customers.computed; 1.8: ecrm_customers_deleting
 
 ECRM_PLUGIN_NAME = "personalize"
 MIGRATION_BRANCH = "ecrm_personalize"
@@ -147,17 +147,19 @@ def strategy(crm: CRM, name: str) -> Any:
 
 
 @hookimpl
-def ecrm_customers_merged(crm: CRM, merge: MergeRecord) -> None:
+def ecrm_customers_merging(crm: CRM, conn: sa.Connection, merge: MergeRecord) -> None:
+    """In the merge's transaction: preferences join, outcomes move."""
     from .people import on_merged
 
-    on_merged(crm, merge.source_id, merge.target_id)
+    on_merged(crm, conn, merge.source_id, merge.target_id)
 
 
 @hookimpl
-def ecrm_customers_deleted(crm: CRM, customer_ids: list[int], aliases: Sequence[Alias]) -> None:
+def ecrm_customers_deleting(crm: CRM, conn: sa.Connection, customer_ids: list[int], aliases: Sequence[Alias]) -> None:
+    """In the delete's transaction: preferences and decision outcomes."""
     from .people import on_deleted
 
-    on_deleted(crm, customer_ids, aliases)
+    on_deleted(crm, conn, customer_ids, aliases)
 
 
 @hookimpl
