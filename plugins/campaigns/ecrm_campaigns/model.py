@@ -115,23 +115,29 @@ def check_document(data: Any) -> None:
     except ValidationError as exc:
         field = _step_path(data, exc.field.removeprefix("$").removeprefix(".") or "campaign")
         raise ValidationError(field, exc.value, exc.problem, exc.fix) from None
-    stack: list[tuple[Any, int]] = [(data, 0)]
+    # depth, iteratively; `where` is the top of the path (``steps[3]``, ``trigger``) for the message
+    stack: list[tuple[Any, int, str]] = [(data, 0, "campaign")]
     while stack:
-        node, depth = stack.pop()
+        node, depth, where = stack.pop()
         if isinstance(node, Mapping):
-            children: Any = node.values()
+            items: Any = ((str(k), v) for k, v in node.items())
         elif isinstance(node, list | tuple):
-            children = node
+            items = ((f"[{i}]", v) for i, v in enumerate(node))
         else:
             continue
         if depth >= MAX_DEFINITION_DEPTH:
             raise ValidationError(
-                "campaign",
+                _step_path(data, where),
                 "<nested data>",
                 f"nested deeper than {MAX_DEFINITION_DEPTH} levels",
                 "write flatter data",
             )
-        stack.extend((v, depth + 1) for v in children)
+        if depth == 0:
+            stack.extend((v, 1, k) for k, v in items)
+        elif depth == 1 and where == "steps":
+            stack.extend((v, 2, f"steps{k}") for k, v in items)
+        else:
+            stack.extend((v, depth + 1, where) for _, v in items)
     size = len(json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode())
     if size > MAX_DEFINITION_BYTES:
         raise ValidationError(

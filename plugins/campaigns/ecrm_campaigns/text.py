@@ -44,7 +44,7 @@ def _loader() -> type[Any]:
             self._depth = 0
 
         def compose_node(self, parent: Any, index: Any) -> Any:
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             if isinstance(event, AliasEvent):
                 raise ValidationError(
                     "text",
@@ -75,7 +75,7 @@ def _loader() -> type[Any]:
                 self._depth -= 1
 
     # A date-time stays text: the model reads `at` itself, and free-form data stays JSON.
-    Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+    Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)  # type: ignore[type-var]
     return Loader
 
 

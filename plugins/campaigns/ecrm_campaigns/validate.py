@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ecrm_core.errors import EcrmError, NotFound, ValidationError
 
-from .model import Campaign, Step, parse_duration
+from .model import Campaign, Step, check_document, parse_duration
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
@@ -208,7 +208,14 @@ def _some(names: Iterable[str], limit: int = 10) -> str:
 
 
 def check(crm: CRM, c: Campaign, *, now: datetime | None = None, actions: frozenset[str] = frozenset()) -> None:
-    """Raise :class:`CampaignInvalid` listing every problem of ``c`` (graph and CRM references)."""
+    """Raise :class:`CampaignInvalid` listing every problem of ``c`` (graph and CRM references).
+
+    ``c``'s plain form goes through :func:`~ecrm_campaigns.model.check_document` first (as
+    ``Campaign.from_dict`` does): a Campaign object built in Python meets the same limits."""
+    try:
+        check_document(c.to_dict())
+    except ValidationError as exc:
+        raise CampaignInvalid([exc]) from None
     problems = list(graph_problems(c))
     problems += list(data_problems(crm, c))
     problems += list(_crm_problems(crm, c, now or crm.now(), actions))
