@@ -289,9 +289,13 @@ def _value_problems(name: str, value: Any, path: str, declared: Mapping[str, str
         yield ValidationError(
             f"{path}.value",
             value,
-            f"not a {typ} (the attribute {name!r} is declared as {typ})",
-            f"give a {typ} value",
+            f"not {_an(typ)} (the attribute {name!r} is declared as {typ})",
+            f"give {_an(typ)} value",
         )
+
+
+def _an(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
 def _rule(crm: CRM, text: str, path: str) -> Iterator[ValidationError]:
