@@ -103,3 +103,61 @@ def test_no_plugin_no_cost(tmp_path):
     assert crm.customers.computed(ids) == {}
     assert crm.customers.computed([]) == {}
     assert crm.customers.with_computed({"tier": "gold"}, None) == {"tier": "gold"}
+
+
+class Answers:
+    """A plugin answering ``make(ids)`` (a malformed answer of the corpus below)."""
+
+    def __init__(self, make: Any, name: str = "answers") -> None:
+        self.make = make
+        self.ECRM_PLUGIN_NAME = name
+
+    @hookimpl
+    def ecrm_computed_attributes(self, crm, customer_ids):
+        return self.make(list(customer_ids))
+
+
+_DEEP: Any = "x"
+for _ in range(200):
+    _DEEP = [_DEEP]
+
+MALFORMED = {
+    "string key": lambda ids: {ids[0]: {"a": 1}, "total": {"a": 2}},
+    "digit string key": lambda ids: {str(ids[0]): {"a": 1}},
+    "bool key": lambda ids: {True: {"a": 1}},
+    "float key": lambda ids: {float(ids[0]): {"a": 1}},
+    "values not a mapping": lambda ids: {ids[0]: ["a", 1]},
+    "values a string": lambda ids: {ids[0]: "champions"},
+    "non-string name": lambda ids: {ids[0]: {1: "x"}},
+    "NaN": lambda ids: {ids[0]: {"p": float("nan")}},
+    "infinity": lambda ids: {ids[0]: {"p": float("inf")}},
+    "huge text": lambda ids: {ids[0]: {"note": "x" * 2_000_000}},
+    "deep nesting": lambda ids: {ids[0]: {"deep": _DEEP}},
+    "huge integer": lambda ids: {ids[0]: {"n": 10**30}},
+    "an object": lambda ids: {ids[0]: {"when": object()}},
+    "a set": lambda ids: {ids[0]: {"tags": {"a", "b"}}},
+}
+
+
+def test_a_malformed_answer_is_recorded_and_left_out_whatever_its_shape(tmp_path):
+    """A corpus of malformed answers: each plugin is left out whole and recorded;
+    the well-formed plugin's values still reach every template and the send goes on."""
+    good = Scores({})
+    bad = [Answers(make, f"answers-{label}") for label, make in MALFORMED.items()]
+    crm, channel = build(tmp_path, good, *bad)
+    ids = people(crm, 2)
+    good.values[ids[0]] = {"rfm_group": "champions"}
+    assert crm.customers.computed(ids) == {ids[0]: {"rfm_group": "champions"}}
+    failed = [f for f in crm.plugins.failures if f.hook == "ecrm_computed_attributes"]
+    assert len(failed) == len(MALFORMED), [f.error for f in failed]
+    report = crm.messages.send_many("memory", {"body": "x"}, customer_ids=ids)
+    assert report.queued == 2
+    crm.messages.dispatch()
+    assert sorted(m.content.body for m in channel.sent) == ["rfm_group=champions;tier=gold", "tier=gold"]
+
+
+def test_ids_that_were_not_asked_are_ignored(tmp_path):
+    extra = Answers(lambda ids: {**{i: {"a": 1} for i in ids}, **{10**6 + n: {"a": 2} for n in range(1000)}})
+    crm, _channel = build(tmp_path, extra)
+    ids = people(crm, 2)
+    assert crm.customers.computed(ids) == {i: {"a": 1} for i in ids}

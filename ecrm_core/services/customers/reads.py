@@ -95,8 +95,14 @@ class CustomerReads(Service):
         only for customers some plugin knows.
 
         Read-only and cheap when no plugin implements the hook (no query).
-        A plugin whose answer raises or is not a mapping is recorded in
-        ``crm.plugins.failures`` and left out; the first answer for a name wins.
+        Each plugin's answer is checked as a whole: a mapping of the asked
+        integer ids to mappings of string names to JSON values within the
+        limits of a stored attributes mapping
+        (:func:`~ecrm_core.validation.properties_json`: plain JSON, finite
+        numbers, bounded depth, at most 16 KiB per customer); ids that
+        were not asked are ignored.  A plugin whose answer raises or breaks
+        those rules is recorded in ``crm.plugins.failures`` and left out
+        entirely (the others still answer); the first answer for a name wins.
         Stored attributes are not included: a template sees both, the stored
         value winning (see :meth:`with_computed`).
         """
@@ -105,19 +111,17 @@ class CustomerReads(Service):
         if not ids or not plugins.has_impls("ecrm_computed_attributes"):
             return {}
         out: dict[int, dict[str, Any]] = {}
+        asked = set(ids)
         for name, answer in plugins.collect("ecrm_computed_attributes", crm=self.crm, customer_ids=ids):
-            if not isinstance(answer, Mapping):
-                plugins.record_failure(
-                    name,
-                    "ecrm_computed_attributes",
-                    TypeError(f"returned {type(answer).__name__}, not a mapping of customer id to values"),
-                )
+            try:
+                checked = _checked_answer(answer, asked)
+            except (TypeError, ValueError) as exc:  # ValidationError is a ValueError
+                plugins.record_failure(name, "ecrm_computed_attributes", exc)
                 continue
-            for cid, values in answer.items():
-                if isinstance(values, Mapping) and values:
-                    mine = out.setdefault(int(cid), {})
-                    for key, value in values.items():
-                        mine.setdefault(str(key), value)
+            for cid, values in checked.items():
+                mine = out.setdefault(cid, {})
+                for key, value in values.items():
+                    mine.setdefault(key, value)
         return out
 
     @staticmethod
@@ -457,3 +461,28 @@ class CustomerReads(Service):
                     for al in new
                 ],
             )
+
+
+def _checked_answer(answer: Any, asked: set[int]) -> dict[int, Mapping[str, Any]]:
+    """One plugin's ``ecrm_computed_attributes`` answer, checked whole (see
+    :meth:`CustomerReads.computed`); raises TypeError/ValueError naming the fault."""
+    from ...validation import properties_json
+
+    if not isinstance(answer, Mapping):
+        raise TypeError(f"returned {type(answer).__name__}, not a mapping of customer id to values")
+    out: dict[int, Mapping[str, Any]] = {}
+    for cid, values in answer.items():
+        if type(cid) is not int:
+            raise TypeError(f"a key of the answer is {cid!r} ({type(cid).__name__}), not a customer id (int)")
+        if cid not in asked:
+            continue
+        if not isinstance(values, Mapping):
+            raise TypeError(f"the values of customer {cid} are a {type(values).__name__}, not a mapping")
+        if not values:
+            continue
+        for key in values:
+            if type(key) is not str:
+                raise TypeError(f"customer {cid}: an attribute name is {key!r}, not a string")
+        properties_json(dict(values), f"computed[{cid}]")  # as a stored attributes mapping: JSON, size
+        out[cid] = values
+    return out
