@@ -135,7 +135,8 @@ def _aggregate(
     revenue = sa.func.coalesce(sa.func.sum(converted).filter(purchase, it.c.amount > const(0)), zero)
     refunds = sa.func.coalesce(sa.func.sum(sa.func.abs(converted)).filter(refund), zero)
     # a non-NULL currency without a rate (NULL is the reporting currency)
-    unknown = it.c.currency.not_in([const(code) for code in sorted({rates.currency, *rates.rates})])
+    # (``<>`` per known code: cheaper per row than SQLite's ``NOT IN`` list, which probes a temporary index)
+    unknown = sa.and_(*(it.c.currency != const(code) for code in sorted({rates.currency, *rates.rates})))
     unconverted = sa.func.count(it.c.amount).filter(unknown)
     orders = sa.func.count().filter(purchase)
     # the kinds as literals (not parameters), so SQLite can prove the plugin's partial index applies
