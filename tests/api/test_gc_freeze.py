@@ -29,3 +29,12 @@ def test_gc_freeze_off_leaves_the_collector_alone(api_crm, unfrozen):
     with TestClient(app) as client:
         assert client.get("/health").status_code == 200
         assert gc.get_freeze_count() == 0
+
+
+def test_gc_freeze_must_be_a_boolean():
+    from ecrm_api.config import ApiConfig
+
+    from ecrm_core.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="gc_freeze"):
+        ApiConfig(gc_freeze="no")

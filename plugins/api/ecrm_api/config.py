@@ -219,6 +219,8 @@ class ApiConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 86400:
                 raise ValidationError(name, v, "out of range", "give seconds from 0 to 86400")
+        if not isinstance(self.gc_freeze, bool):
+            raise ValidationError("gc_freeze", self.gc_freeze, "not a boolean", "give True or False")
         if self.docs_assets not in DOCS_ASSETS:
             raise ValidationError(
                 "docs_assets", self.docs_assets, "unknown choice", f"give one of {', '.join(map(repr, DOCS_ASSETS))}"
