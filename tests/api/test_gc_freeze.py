@@ -38,3 +38,14 @@ def test_gc_freeze_must_be_a_boolean():
 
     with pytest.raises(ValidationError, match="gc_freeze"):
         ApiConfig(gc_freeze="no")
+
+
+def test_a_process_freezes_once(api_crm, unfrozen):
+    """A second app (or a host that froze already) does not freeze again: frozen objects are never
+    collected, so each freeze would keep the garbage of what was alive at that moment."""
+    with TestClient(create_app(api_crm, rate_limit=None, docs=False)):
+        frozen = gc.get_freeze_count()
+    garbage = [[] for _ in range(5000)]  # tracked by the collector
+    with TestClient(create_app(api_crm, rate_limit=None, docs=False)):
+        assert gc.get_freeze_count() < frozen + 5000  # the second startup froze nothing new
+    del garbage

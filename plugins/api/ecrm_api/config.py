@@ -171,8 +171,10 @@ class ApiConfig:
         warm caches move to the collector's permanent generation, so a full
         collection, which otherwise walks all of them (tens of milliseconds
         at a time, stalling every request in flight), walks only what
-        requests created since.  ``True`` (default); turn it off for a host
-        that manages the collector itself.
+        requests created since.  Once per process: nothing is done when
+        something is frozen already (an earlier app, or the host's own
+        ``gc.freeze()``).  ``True`` (default); turn it off for a host that
+        manages the collector itself.
     """
 
     path: str = ""
