@@ -79,3 +79,50 @@ def test_the_uplift_chart_of_a_campaign() -> None:
     assert html.startswith('<figure class="chart"><img src="data:image/svg+xml;base64,')
     assert "&lt;b&gt;A&lt;/b&gt; lifts conversion by 3.0 pts" in html
     assert _uplift_chart(Evaluation(campaign="spring", goal=None, arms=arms, uplifts=())) is None
+
+
+def test_a_report_page_never_saves_whatever_its_query_string(crm: CRM, admin_build: Any) -> None:
+    """Every report with a saving parameter (the whole catalogue, not one example):
+    a GET of its page by the lowest role with that parameter set is refused, and
+    no table changes; the form does not offer it."""
+    import re
+
+    import sqlalchemy as sa
+    from ecrm_admin import Users
+    from ecrm_analytics.reports import specs
+    from litestar.testing import TestClient
+
+    Users(crm).create("ann", "a long passphrase", role="agent")
+    for n in range(12):
+        c = crm.customers.create(email=f"c{n}@example.com")
+        for k in range(1 + n % 3):
+            crm.interactions.track(
+                "purchase", customer_id=c.id, amount=str(10 + n), currency="EUR", idempotency_key=f"o{n}-{k}",
+                properties={"skus": ["A", "B"] if k % 2 else ["A"]},
+            )  # fmt: skip
+
+    def counts() -> dict[str, int]:
+        with crm.db.read() as conn:
+            return {
+                name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+                for name, t in crm.db.tables.items()
+                if name.startswith("analytics_")
+            }
+
+    saving = {s.name: [p.name for p in s.params if p.writes] for s in specs().values()}
+    saving = {k: v for k, v in saving.items() if v}
+    assert saving, "the catalogue has reports that can save (clusters, basket)"
+    with TestClient(admin_build(crm), base_url="https://shop.local") as client:
+        form = client.get("/admin/login")
+        token = re.search(r'name="_csrf" value="([^"]+)"', form.text).group(1)
+        client.post("/admin/login", data={"_csrf": token, "username": "ann", "password": "a long passphrase"})
+        before = counts()
+        for report, params in saving.items():
+            page = client.get(f"/admin/analytics/{report}")
+            assert page.status_code == 200, page.text
+            for name in params:
+                assert f'name="{name}"' not in page.text
+                r = client.get(f"/admin/analytics/{report}", params={name: "true"})
+                assert r.status_code == 400 and "a read cannot do" in r.text, (report, name, r.status_code)
+                assert client.get(f"/admin/analytics/{report}", params={name: "false"}).status_code == 200
+        assert counts() == before

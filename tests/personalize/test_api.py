@@ -174,3 +174,31 @@ def test_decide_runs_on_the_event_loop_unless_an_integration_may_block(
     r = client.post("/personalize/decide", json={"placement": "home", "customer_id": cid})
     assert r.status_code == 200 and on_loop == [True, False]
     assert "S2" not in [i["sku"] for i in r.json()["items"]]
+
+
+def test_the_arms_listing_is_paged_whatever_the_number_of_segments(served: tuple[Shop, Any]) -> None:
+    """A placement segmented by an attribute has one segment per value: the
+    listing is bounded (``limit``, 1-1,000) and pages with ``next``/``after``."""
+    shop, live = served
+    shop.p.define("banner", alternatives=["a", "b"], segment_by="attribute:team")
+    for n in range(7):
+        cid = shop.customer(attributes={"team": f"t{n}"})
+        shop.p.report(shop.p.decide(cid, "banner").id, "impression")
+    client = live.client(["read"])
+    seen: list[str] = []
+    after = None
+    while True:
+        r = client.get(
+            "/personalize/placements/banner/arms", params={"limit": 3, **({"after": after} if after else {})}
+        )
+        assert r.status_code == 200, r.text
+        page = r.json()
+        assert len(page["segments"]) <= 3
+        seen += list(page["segments"])
+        after = page["next"]
+        if after is None:
+            break
+    assert seen == sorted(f"t{n}" for n in range(7))
+    assert all(set(v) == {"a", "b"} for v in shop.p.arms("banner").values())
+    for bad in ({"limit": 0}, {"limit": 1001}, {"after": "x" * 129}):
+        assert client.get("/personalize/placements/banner/arms", params=bad).status_code == 400

@@ -206,6 +206,11 @@ def test_bad_input_is_a_validation_error(empty_shop: Shop, call) -> None:  # typ
         call(empty_shop.p)
 
 
+_DEEP: Any = "x"
+for _ in range(100):
+    _DEEP = [_DEEP]
+
+
 @pytest.mark.parametrize(
     "config",
     [
@@ -217,6 +222,10 @@ def test_bad_input_is_a_validation_error(empty_shop: Shop, call) -> None:  # typ
         {"alternatives": ["a", "a"]},
         {"strategies": ["nope"]},
         {"unknown_field": 1},
+        {"options": {"ranked": {"weight": float("nan")}}},
+        {"options": {"ranked": {"weight": float("inf")}}},
+        {"options": {"ranked": {"deep": _DEEP}}},
+        {"options": {"ranked": {"when": object()}}},
     ],
 )
 def test_bad_placements_are_refused(empty_shop: Shop, config) -> None:  # type: ignore[no-untyped-def]

@@ -113,8 +113,16 @@ class ReportSpec:
     params: tuple[Param, ...] = field(default=(), converter=_params)
     description: str = ""
 
-    def coerce(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        """The parameters for :attr:`build`: defaults filled in, unknown names refused."""
+    def coerce(self, given: Mapping[str, Any], *, writes: bool = False) -> dict[str, Any]:
+        """The parameters for :attr:`build`: defaults filled in, unknown names refused.
+
+        A parameter that makes the report store what it computed
+        (:attr:`Param.writes`) is refused, unless it asks for its default (not
+        saving) or ``writes=True``: a caller that
+        must not change anything (an HTTP ``GET``, an admin page) cannot be
+        talked into saving by its query string.  The Python API, the CLI and
+        the ``POST`` route pass ``writes=True``.
+        """
         known = {p.name: p for p in self.params}
         unknown = sorted(set(given) - set(known))
         if unknown:
@@ -122,6 +130,14 @@ class ReportSpec:
                 unknown[0], given[unknown[0]], f"not a parameter of the {self.name} report",
                 f"use one of: {', '.join(known) or '(none)'}",
             )  # fmt: skip
+        if not writes:
+            for name in given:
+                p = known[name]
+                if p.writes and p.coerce(given[name]) != p.default:
+                    raise ValidationError(
+                        name, given[name], "saves what the report computed, which a read cannot do",
+                        f"POST /analytics/reports/{self.name}, or ecrm analytics {self.name} --{name.replace('_', '-')}",
+                    )  # fmt: skip
         return {name: p.coerce(given.get(name)) for name, p in known.items()}
 
 
@@ -155,4 +171,4 @@ def get(name: str) -> ReportSpec:
 def report(crm: CRM, name: str, **params: Any) -> Report:
     """Build report ``name`` for ``crm``'s workspace: plain data for the admin UI (``.to_dict()``)."""
     spec = get(name)
-    return spec.build(crm, **spec.coerce(params))
+    return spec.build(crm, **spec.coerce(params, writes=True))

@@ -38,14 +38,14 @@ ReportName = Annotated[
 CustomerId = Annotated[int, Parameter(ge=1, le=2**63 - 1, description="the customer's id")]
 
 
-def _build(crm: CRM, report: str, params: dict[str, Any]) -> Any:
+def _build(crm: CRM, report: str, params: dict[str, Any], *, writes: bool = False) -> Any:
     from ecrm_core.errors import ValidationError
 
     from .reports import get as get_spec
 
     spec = get_spec(report)
     try:
-        kwargs = spec.coerce({k: v for k, v in params.items() if v is not None})
+        kwargs = spec.coerce({k: v for k, v in params.items() if v is not None}, writes=writes)
     except ValidationError as exc:
         raise exc.at("query") from None
     return spec.build(crm, **kwargs)
@@ -156,7 +156,7 @@ def report_handlers(spec: ReportSpec) -> list[Any]:
     if writing:
 
         def store(crm: CRM, **params: Any) -> dict[str, Any]:
-            return _build(crm, spec.name, params).to_dict()  # type: ignore[no-any-return]
+            return _build(crm, spec.name, params, writes=True).to_dict()  # type: ignore[no-any-return]
 
         store.__signature__ = inspect.Signature(
             [crm_param, *query_params(writes=True)], return_annotation=dict[str, Any]

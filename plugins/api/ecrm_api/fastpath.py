@@ -191,14 +191,18 @@ def _checked(
     mid = m.messageId
     if mid is not None and not (0 < len(mid) <= _MAX_MESSAGE_ID and mid.isprintable()):
         return None
+    user, anonymous = m.userId, m.anonymousId
     try:
         # Both checked: a bad anonymousId beside a good userId is refused.
-        user = m.userId if _plain_id(m.userId) else _identifier(m.userId, "")
-        anonymous = m.anonymousId if _plain_id(m.anonymousId) else _identifier(m.anonymousId, "")
+        if user is not None and not _plain_id(user):
+            user = _identifier(user, "")
+        if anonymous is not None and not _plain_id(anonymous):
+            anonymous = _identifier(anonymous, "")
         if user is None and anonymous is None:
             return None
-        client = parse_time(m.originalTimestamp if m.originalTimestamp is not None else m.timestamp, "")
-        own = parse_time(m.sentAt, "")
+        raw_time = m.originalTimestamp if m.originalTimestamp is not None else m.timestamp
+        client = None if raw_time is None else parse_time(raw_time, "")
+        own = None if m.sentAt is None else parse_time(m.sentAt, "")
     except MessageError:
         return None
     try:

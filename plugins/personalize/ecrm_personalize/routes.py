@@ -216,9 +216,22 @@ def put_placement(
     sync_to_thread=True,
     responses=problem_responses(),
 )
-def placement_arms(name: NameParam, crm: NamedDependency[CRM]) -> dict[str, Any]:
-    """The bandit state: trials and wins per segment and alternative."""
-    return {"placement": name, "segments": _svc(crm).arms(name)}
+def placement_arms(
+    name: NameParam,
+    crm: NamedDependency[CRM],
+    limit: Annotated[int, Parameter(ge=1, le=1000, description="segments per page (1-1,000)")] = 100,
+    after: Annotated[
+        str | None, Parameter(min_length=1, max_length=128, description="the `next` of the previous page")
+    ] = None,
+) -> dict[str, Any]:
+    """The bandit state: trials and wins per segment and alternative, ``limit`` segments
+    a page in name order (``next``: pass it as ``after`` for the following page)."""
+    segments = _svc(crm).arms(name, limit=limit + 1, after=after)
+    names = list(segments)
+    more = len(names) > limit
+    if more:
+        del segments[names[limit]]
+    return {"placement": name, "segments": segments, "next": names[limit - 1] if more else None}
 
 
 @get(

@@ -23,17 +23,21 @@ def catalogue(request: Any) -> Any:
 
 
 def report_page(request: Any) -> Any:
-    from ecrm_analytics.reports import get, report
+    """A report on a GET page: it never saves (a parameter that would is refused by
+    ``ReportSpec.coerce``, and not offered in the form); saving is the CLI's and
+    ``POST /analytics/reports/{name}``'s."""
+    from ecrm_analytics.reports import get
 
     spec = get(request.path_params["name"])
     params = spec.coerce({k: v for k, v in request.query.items() if k in {p.name for p in spec.params}})
     key = f"analytics:{spec.name}:{sorted(params.items())}"
-    built = request.admin.cached(request.workspace, key, lambda: report(request.crm, spec.name, **params))
+    built = request.admin.cached(request.workspace, key, lambda: spec.build(request.crm, **params))
     parts: list[Any] = [Markup("<h2>{}</h2>").format(built.title)]
-    if spec.params:
+    shown = [p for p in spec.params if not p.writes]
+    if shown:
         fields = Markup("").join(
             Markup('<label for="p-{0}">{0}</label> <input id="p-{0}" name="{0}" value="{1}"> ').format(p.name, v)
-            for p, v in ((p, params[p.name]) for p in spec.params)
+            for p, v in ((p, params[p.name]) for p in shown)
         )
         parts.append(
             Markup('<form method="get" action="{}">{}<button type="submit">Show</button></form>').format(
