@@ -166,6 +166,13 @@ class ApiConfig:
         ``"https://crm.example.com"``, with the mount path if any), put in
         the settings document analytics.js fetches; default: taken from the
         request (its scheme, ``Host`` and mount path).
+    :param gc_freeze: at startup (the app's lifespan), collect once and
+        then :func:`gc.freeze` what exists: the modules, the app and the
+        warm caches move to the collector's permanent generation, so a full
+        collection, which otherwise walks all of them (tens of milliseconds
+        at a time, stalling every request in flight), walks only what
+        requests created since.  ``True`` (default); turn it off for a host
+        that manages the collector itself.
     """
 
     path: str = ""
@@ -188,6 +195,7 @@ class ApiConfig:
     ingest_retry_after: int = 5
     tracking_origins: tuple[str, ...] = attrs.field(default=(), converter=_origins)
     tracking_public_url: str | None = attrs.field(default=None, converter=_public_url)
+    gc_freeze: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.path and (not self.path.startswith("/") or self.path.endswith("/")):

@@ -1,22 +1,86 @@
 """The YAML text form of a campaign: ``load(dump(c)) == c`` and ``dump(load(t)) == t`` for a
-text ``t`` in the canonical form (``dump``'s output: keys in model order, defaults left out)."""
+text ``t`` in the canonical form (``dump``'s output: keys in model order, defaults left out).
+
+The text is read by a restricted PyYAML safe loader: no tags that make objects, **no anchors
+and aliases** (``&name`` / ``*name``: an alias repeats a whole subtree, so a few hundred bytes
+could stand for gigabytes — "billion laughs"), nesting at most :data:`MAX_YAML_DEPTH` deep,
+and date-times read as text (the model parses them), so what YAML gives is plain JSON data
+that then goes through the same checks as a definition given as a mapping
+(:meth:`Campaign.from_dict <ecrm_campaigns.model.Campaign.from_dict>`).
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ecrm_core.errors import ValidationError
 
-from .model import Campaign
+from .model import MAX_DEFINITION_DEPTH, Campaign
 
-__all__ = ["dump", "load"]
+__all__ = ["MAX_TEXT", "MAX_YAML_DEPTH", "dump", "load"]
 
 #: Longest campaign text accepted (characters).
 MAX_TEXT = 1_000_000
+#: Deepest nesting of mappings and lists the YAML reader accepts (the definition's own limit).
+MAX_YAML_DEPTH = MAX_DEFINITION_DEPTH
+
+
+def _where(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "the text"
+
+
+@functools.cache
+def _loader() -> type[Any]:
+    import yaml
+    from yaml.events import AliasEvent, CollectionStartEvent, NodeEvent
+
+    class Loader(yaml.SafeLoader):
+        """``yaml.SafeLoader`` that refuses anchors and aliases and deep nesting (iteratively
+        bounded, so it never reaches the recursion limit) and reads date-times as text."""
+
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self._depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            if isinstance(event, AliasEvent):
+                raise ValidationError(
+                    "text",
+                    _where(event.start_mark),
+                    f"uses the YAML alias *{event.anchor}",
+                    "write the value out in full: anchors (&) and aliases (*) are not accepted",
+                )
+            if isinstance(event, NodeEvent) and event.anchor is not None:
+                raise ValidationError(
+                    "text",
+                    _where(event.start_mark),
+                    f"uses the YAML anchor &{event.anchor}",
+                    "write the value out in full: anchors (&) and aliases (*) are not accepted",
+                )
+            if not isinstance(event, CollectionStartEvent):
+                return super().compose_node(parent, index)
+            self._depth += 1
+            try:
+                if self._depth > MAX_YAML_DEPTH:
+                    raise ValidationError(
+                        "text",
+                        _where(event.start_mark),
+                        f"nested deeper than {MAX_YAML_DEPTH} levels",
+                        "write flatter data",
+                    )
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+    # A date-time stays text: the model reads `at` itself, and free-form data stays JSON.
+    Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)  # type: ignore[type-var]
+    return Loader
 
 
 def load(text: str) -> Campaign:
-    """Parse YAML text (PyYAML ``safe_load``: no tags, no objects) into a :class:`Campaign`."""
+    """Parse YAML text (the restricted safe loader above) into a :class:`Campaign`."""
     import yaml
 
     if not isinstance(text, str) or len(text) > MAX_TEXT:
@@ -26,14 +90,16 @@ def load(text: str) -> Campaign:
             "not a campaign text",
             f"give at most {MAX_TEXT} characters of YAML",
         )
+    loader = _loader()(text)
     try:
-        data: Any = yaml.safe_load(text)
+        data: Any = loader.get_single_data()
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "the text"
+        where = _where(getattr(exc, "problem_mark", None))
         raise ValidationError(
             "text", where, f"not valid YAML: {getattr(exc, 'problem', exc)}", "fix the YAML syntax there"
         ) from None
+    finally:
+        loader.dispose()
     return Campaign.from_dict(data)
 
 
