@@ -159,3 +159,58 @@ def test_control_group_outcomes_measure_uplift_and_leave_bandits_alone(shop: Sho
     assert g["control"]["click"] == 0 and g["personalized"]["click_rate"] == 1.0
     trials = sum(a["trials"] for a in shop.p.arms("home").get("all", {}).values())
     assert trials == 2 * g["personalized"]["impression"]  # control impressions train nothing
+
+
+def test_replays_with_made_up_items_cannot_inflate_a_bandit(shop: Shop) -> None:
+    """One decision, many reports with invented items, in one request and in many:
+    at most one trial per alternative shown and one win per decision and reward."""
+    shop.p.define("home", alternatives=["city", "hiking", "beach"])
+    d = shop.p.decide(shop.customer(), "home")
+    shown = list(d.alternatives)
+    forged = [{"decision": d.id, "event": "click", "item": f"made-up-{n}"} for n in range(300)]
+    forged += [{"decision": d.id, "event": "impression", "item": f"made-up-{n}"} for n in range(200)]
+    assert {r.status for r in shop.p.report_many(forged)} == {"recorded"}  # stored as data…
+    for n in range(5):  # …and again in later requests
+        shop.p.report_many([{"decision": d.id, "event": "impression", "item": f"later-{n}"}])
+        shop.p.report_many([{"decision": d.id, "event": "click", "item": f"later-{n}"}])
+    arms = shop.p.arms("home")[d.segment]
+    assert {a: v["trials"] for a, v in arms.items()} == {a: 1 for a in shown}  # one impression counted
+    assert all(v["wins"] == 0 for v in arms.values())  # no invented item wins
+    shop.p.report(d.id, "click", shown[1])  # the real click on a shown alternative
+    shop.p.report(d.id, "click", shown[2])  # a second reward of the same decision moves nothing
+    shop.p.report(d.id, "click", shown[1])  # a replay
+    arms = shop.p.arms("home")[d.segment]
+    assert {a: v["wins"] for a, v in arms.items()} == {shown[0]: 0, shown[1]: 1, shown[2]: 0}
+    assert all(v["trials"] == 1 for v in arms.values())
+
+
+def test_outcomes_of_a_deleted_customer_are_rejected_and_the_batch_goes_on(shop: Shop) -> None:
+    shop.p.define("home", alternatives=["a", "b"])
+    gone, kept = shop.customer(), shop.customer()
+    dg, dk = shop.p.decide(gone, "home"), shop.p.decide(kept, "home")
+    shop.crm.customers.delete(gone)  # their page is still open
+    results = shop.p.report_many(
+        [{"decision": dg.id, "event": "impression"}, {"decision": dk.id, "event": "impression"},
+         {"decision": dg.id, "event": "click", "item": "a"}]
+    )  # fmt: skip
+    assert [(r.status, r.reason) for r in results] == [
+        ("rejected", "customer deleted"),
+        ("recorded", None),
+        ("rejected", "customer deleted"),
+    ]
+    assert shop.p.arms("home")[dk.segment]["a"]["trials"] == 1
+
+
+def test_outcomes_after_a_merge_land_on_the_survivor(shop: Shop) -> None:
+    import sqlalchemy as sa
+
+    shop.p.define("home", alternatives=["a", "b"])
+    source, survivor = shop.customer(), shop.customer()
+    d = shop.p.decide(source, "home")
+    shop.crm.customers.merge(source, into=survivor)
+    assert shop.p.report(d.id, "impression").status == "recorded"
+    o = shop.crm.db.tables["personalize_outcomes"]
+    with shop.crm.db.read() as conn:
+        assert conn.execute(sa.select(o.c.customer_id)).scalars().all() == [survivor]
+    summary = {s.kind: s.count for s in shop.crm.interactions.view(survivor).summary}
+    assert summary["personalize_impression"] == 1

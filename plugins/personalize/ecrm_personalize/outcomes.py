@@ -14,6 +14,22 @@
    ``wins``) per (placement, segment, alternative) — atomic increments, so
    any number of API processes and workers can report at once and no count
    is lost.
+
+The bandit is credited **at most once per decision and event**, whatever
+the items reported: the first impression adds one trial to each alternative
+shown, the first reward one win to the alternative it names (one of those
+shown; an item that is not one of them moves nothing when several were
+shown).  The credited row keeps the arm in ``personalize_outcomes.arm``;
+the other rows are stored as data with ``arm`` empty.  On PostgreSQL a
+transaction-level advisory lock per decision makes concurrent reports of
+one decision take turns (SQLite's write lock does it there), so replays
+with made-up items, in one request or many, cannot inflate a bandit.
+
+The decision's customer is resolved when the outcome is stored, inside the
+write transaction (their row locked against a concurrent delete on
+PostgreSQL): a customer merged since the decision gets the survivor's id; an
+outcome of a customer deleted since is ``rejected`` (``customer deleted``),
+and the other outcomes of the batch are stored.
 """
 
 from __future__ import annotations
@@ -74,9 +90,6 @@ def record(crm: CRM, outcomes: Iterable[Outcome | dict[str, Any]]) -> list[Outco
             results[i] = OutcomeResult(decision=o.decision, event=o.event, item=o.item, status="duplicate")
             continue
         seen.add(key)
-        arm = None
-        if tok.alternatives:
-            arm = o.item if o.item in tok.alternatives else (tok.alternatives[0] if o.event != "impression" else None)
         rows.append(
             {
                 "workspace_id": crm.workspace,
@@ -86,7 +99,7 @@ def record(crm: CRM, outcomes: Iterable[Outcome | dict[str, Any]]) -> list[Outco
                 "placement": tok.placement,
                 "grp": tok.group,
                 "segment": tok.segment,
-                "arm": arm,
+                "arm": None,
                 "customer_id": tok.customer_id,
                 "visitor": tok.visitor,
                 "value": o.value,
@@ -110,29 +123,54 @@ def record(crm: CRM, outcomes: Iterable[Outcome | dict[str, Any]]) -> list[Outco
     if timeline:
         # first the timeline (idempotent by key): a crash before the outcome row is
         # written is repaired by the retry, which finds the interaction already there
+        with crm.db.read() as conn:
+            now_known = _current_customers(crm, conn, {r["customer_id"] for r in timeline})
+        timeline = [
+            {**r, "customer_id": now_known[r["customer_id"]]} for r in timeline if r["customer_id"] in now_known
+        ]
         crm.interactions.track_many(timeline, on_error="skip")
     if rows:
         t = crm.db.tables[OUTCOMES]
         a = crm.db.tables[ARMS]
         alts = [r.pop("_alts") for r in rows]
         new: set[tuple[str, str, str]] = set()
+        gone: set[int] = set()  # indexes into rows: the customer was deleted since the decision
         with crm.db.write() as conn:
-            for start in range(0, len(rows), 200):
-                chunk = rows[start : start + 200]
+            if conn.dialect.name == "postgresql":
+                for uid in sorted({r["decision"] for r in rows}):  # concurrent reports of a decision take turns
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext("personalize:" + uid))))
+            known = _current_customers(
+                crm, conn, {r["customer_id"] for r in rows if r["customer_id"] is not None}, lock=True
+            )
+            for n, r in enumerate(rows):
+                if r["customer_id"] is not None:
+                    if r["customer_id"] in known:
+                        r["customer_id"] = known[r["customer_id"]]
+                    else:
+                        gone.add(n)
+            # The rows that will move a bandit carry their arm when inserted (the lock
+            # above keeps the decision's earlier rows as they are meanwhile).
+            credits = _credits(crm, conn, t, rows, alts, gone)
+            for n, arm in credits.items():
+                rows[n]["arm"] = arm
+            stored = [r for n, r in enumerate(rows) if n not in gone]
+            for start in range(0, len(stored), 200):
+                chunk = stored[start : start + 200]
                 stmt = _insert(conn, t, chunk, ["workspace_id", "decision", "event", "item"]).returning(
                     t.c.decision, t.c.event, t.c.item
                 )
                 new |= {(r.decision, r.event, r.item) for r in conn.execute(stmt)}
             trials: Counter[tuple[str, str, str]] = Counter()
             wins: Counter[tuple[str, str, str]] = Counter()
-            for r, shown in zip(rows, alts, strict=True):
-                if (r["decision"], r["event"], r["item"]) not in new or r["grp"] != "personalized" or not shown:
+            for n, arm in credits.items():
+                r = rows[n]
+                if (r["decision"], r["event"], r["item"]) not in new:
                     continue
                 if r["event"] == "impression":
-                    for arm in shown:
-                        trials[(r["placement"], r["segment"], arm)] += 1
-                elif r["arm"] is not None and _is_reward(crm, r["placement"], r["event"]):
-                    wins[(r["placement"], r["segment"], r["arm"])] += 1
+                    for shown in alts[n]:
+                        trials[(r["placement"], r["segment"], shown)] += 1
+                else:
+                    wins[(r["placement"], r["segment"], arm)] += 1
             touched = set(trials) | set(wins)
             if touched:
                 conn.execute(
@@ -157,11 +195,82 @@ def record(crm: CRM, outcomes: Iterable[Outcome | dict[str, Any]]) -> list[Outco
                     _bump(conn, a, crm.workspace, p, s, arm, trials=n)
                 for (p, s, arm), n in sorted(wins.items()):
                     _bump(conn, a, crm.workspace, p, s, arm, wins=n)
-        for r, i in zip(rows, where, strict=True):
-            status = "recorded" if (r["decision"], r["event"], r["item"]) in new else "duplicate"
+        for n, (r, i) in enumerate(zip(rows, where, strict=True)):
             o = items[i]
+            if n in gone:
+                results[i] = OutcomeResult(
+                    decision=o.decision, event=o.event, item=o.item, status="rejected", reason="customer deleted"
+                )
+                continue
+            status = "recorded" if (r["decision"], r["event"], r["item"]) in new else "duplicate"
             results[i] = OutcomeResult(decision=o.decision, event=o.event, item=o.item, status=status)
     return [r for r in results if r is not None]
+
+
+def _current_customers(crm: CRM, conn: sa.Connection, ids: set[int], *, lock: bool = False) -> dict[int, int]:
+    """``{id: the id to store now}`` for the customers of ``ids`` that still exist
+    (a merged one: its survivor); deleted ones are absent.  ``lock``: on
+    PostgreSQL the rows are locked against a concurrent delete until the commit."""
+    if not ids:
+        return {}
+    c = crm.db.tables["customers"]
+    out: dict[int, int] = {}
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), 500):
+        q = sa.select(c.c.id, c.c.merged_into).where(
+            c.c.workspace_id == crm.workspace, c.c.id.in_(ordered[start : start + 500])
+        )
+        if lock and conn.dialect.name == "postgresql":
+            q = q.with_for_update(key_share=True)
+        for cid, merged_into in conn.execute(q):
+            out[cid] = merged_into if merged_into is not None else cid
+    return out
+
+
+def _credits(
+    crm: CRM,
+    conn: sa.Connection,
+    t: sa.Table,
+    rows: list[dict[str, Any]],
+    alts: list[tuple[str, ...]],
+    gone: set[int],
+) -> dict[int, str]:
+    """The rows that move a bandit, ``{row index: arm}``: per (decision, event)
+    at most one, and none where an earlier row of that decision and event was
+    credited (``arm`` set; a row that turns out to be a replay is not new and
+    moves nothing).  Impressions credit the alternatives shown (the arm
+    kept is the first); rewards the alternative named (the only one shown, if
+    one was)."""
+    wanted: dict[tuple[str, str], tuple[int, str]] = {}
+    for n, r in enumerate(rows):
+        shown = alts[n]
+        if n in gone or not shown or r["grp"] != "personalized":
+            continue
+        if (r["decision"], r["event"]) in wanted:
+            continue
+        if r["event"] == "impression":
+            wanted[(r["decision"], r["event"])] = (n, shown[0])
+        elif _is_reward(crm, r["placement"], r["event"]):
+            if r["item"] in shown:
+                wanted[(r["decision"], r["event"])] = (n, r["item"])
+            elif len(shown) == 1:  # the one alternative shown (an item inside it was clicked)
+                wanted[(r["decision"], r["event"])] = (n, shown[0])
+    if not wanted:
+        return {}
+    uids = sorted({d for d, _e in wanted})
+    done: set[tuple[str, str]] = set()
+    for start in range(0, len(uids), 500):
+        done |= {
+            (d, e)
+            for d, e in conn.execute(
+                sa.select(t.c.decision, t.c.event)
+                .where(
+                    t.c.workspace_id == crm.workspace, t.c.decision.in_(uids[start : start + 500]), t.c.arm.is_not(None)
+                )
+                .distinct()
+            )
+        }
+    return {n: arm for key, (n, arm) in wanted.items() if key not in done}
 
 
 def _bump(
