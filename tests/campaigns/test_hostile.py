@@ -424,3 +424,10 @@ def test_the_cli_refuses_an_alias_bomb_and_a_bad_value(tmp_path: Any) -> None:
         assert r.exit_code == 1 and says in r.output, r.output
     r = CliRunner().invoke(cli, [*base, "list", "--json"])
     assert r.exit_code == 0 and '"key"' not in r.output, r.output
+
+
+@pytest.mark.parametrize("data", [5, "x", None, 1.5, [1, [2]], math.nan, "5", "", "- a", "a: 1\n---\nb: 2\n"])
+def test_documents_that_are_not_a_mapping_are_refused(data: Any) -> None:
+    with pytest.raises(ValidationError) as err:
+        load(data) if isinstance(data, str) else Campaign.from_dict(data)
+    assert err.value.field in ("campaign", "text"), str(err.value)
