@@ -343,6 +343,12 @@ def test_typed_attributes_get_their_type(crm_factory: Callable[..., CRM], attrib
     with pytest.raises(CampaignInvalid) as err:
         campaigns(crm).save(data)
     assert err.value.field == "steps.a.value", str(err.value)
+    says = "naive" if isinstance(value, str) and attribute == "renews" else f"is declared as {_TYPES[attribute]}"
+    assert says in err.value.problem or says in err.value.fix, str(err.value)
+    assert campaigns(crm).list() == []
+
+
+_TYPES = {"score": "integer", "vip": "boolean", "renews": "datetime"}
 
 
 def test_step_type_carries_integer_durations() -> None:
