@@ -35,18 +35,22 @@ R \\ FM  1                   2                   3                  4           
 1       lost                hibernating         at_risk            at_risk            cant_lose_them
 ======  ==================  ==================  =================  =================  =================
 
-Computation is set-based.  A full build (:func:`build`) is **one**
-``INSERT … SELECT``: the aggregate per customer (``GROUP BY`` over the
-plugin's partial covering index), the three scores by window functions
-(``rank()``: how many customers have a lower value) and the group, written
-as they are computed.  An incremental refresh (:func:`compute` of the marked
-customers, then :func:`rescore`) aggregates only those customers, then one
-``UPDATE … FROM`` recomputes every customer's scores over the RFM table's
-narrow columns and rewrites only the scores and groups that changed.
+Computation is set-based.  The aggregate per customer is one ``GROUP BY``
+over the plugin's partial covering index (ordered by customer, then time):
+sums and counts with ``FILTER`` clauses, and the first and last purchase by
+two index seeks per customer rather than ``min()``/``max()`` of the time over
+every row.  A full build (:func:`build`) reads it (in parallel ranges of
+customers on a SQLite file), computes the quintile scores and groups
+column-wise and writes every row once.  An incremental refresh
+(:func:`compute` of the marked customers, then :func:`rescore`) aggregates
+only those customers, then one ``UPDATE … FROM`` recomputes every customer's
+scores over the RFM table's narrow columns and rewrites only the scores and
+groups that changed.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -111,8 +115,18 @@ def _sql_group(r: Any, fm: Any) -> Any:
 
 
 def _aggregate(
-    crm: CRM, rates: Rates, now: datetime, restrict: Collection[int] | None, between: tuple[int, int] | None = None
+    crm: CRM,
+    rates: Rates,
+    now: datetime | None,
+    restrict: Collection[int] | None,
+    between: tuple[int, int] | None = None,
 ) -> sa.Select[Any]:
+    """The aggregate per customer; ``now=None`` leaves out the time bound (when no sale is dated after now).
+
+    Each aggregate has a ``FILTER (WHERE …)`` clause rather than a ``CASE``
+    inside it: a row the filter refuses costs the aggregate nothing (no call
+    with a NULL), and the kind test is not repeated inside each value.
+    """
     # Constants are rendered into the SQL (``const``), not sent as parameters: SQLite computes an aggregate that
     # appears several times (``revenue`` in ``monetary``, ``orders`` in HAVING) once only when the occurrences are
     # the same text, and ``?1 … ?9`` never are — with parameters, every row paid for each copy.
@@ -121,27 +135,48 @@ def _aggregate(
     refund = it.c.kind == const("refund")
     converted = rates.sql_convert(it.c.amount, it.c.currency)
     zero = const(0.0, sa.Float())
-    revenue = sa.func.coalesce(sa.func.sum(sa.case((sa.and_(purchase, it.c.amount > const(0)), converted))), zero)
-    refunds = sa.func.coalesce(sa.func.sum(sa.case((refund, sa.func.abs(converted)))), zero)
-    unconverted = sa.func.sum(
-        sa.case((sa.and_(it.c.amount.is_not(None), rates.sql_rate(it.c.currency).is_(None)), const(1)), else_=const(0))
-    )
-    orders = sa.func.sum(sa.case((purchase, const(1)), else_=const(0)))
+    revenue = sa.func.coalesce(sa.func.sum(converted).filter(purchase, it.c.amount > const(0)), zero)
+    refunds = sa.func.coalesce(sa.func.sum(sa.func.abs(converted)).filter(refund), zero)
+    # a non-NULL currency without a rate (NULL is the reporting currency)
+    # (``<>`` per known code: cheaper per row than SQLite's ``NOT IN`` list, which probes a temporary index)
+    unknown = sa.and_(*(it.c.currency != const(code) for code in sorted({rates.currency, *rates.rates})))
+    unconverted = sa.func.count(it.c.amount).filter(unknown)
+    orders = sa.func.count().filter(purchase)
     # the kinds as literals (not parameters), so SQLite can prove the plugin's partial index applies
     sales = it.c.kind.in_([sa.literal_column("'purchase'"), sa.literal_column("'refund'")])
-    where = [it.c.workspace_id == crm.workspace, sales, it.c.occurred_at <= now]
+    where = [it.c.workspace_id == crm.workspace, sales]
+    if now is not None:
+        where.append(it.c.occurred_at <= now)
     if restrict is not None:
         from ecrm_core.rules.sql import ids_clause
 
         where.append(ids_clause(it.c.customer_id, list(restrict), crm.db.dialect))
     if between is not None:
         where.append(it.c.customer_id.between(*between))
+    computed_at = crm.now() if now is None else now
+    # The first and last purchase: two seeks per customer in the plugin's index (ordered by time within a
+    # customer) instead of a min() and a max() of the time text over every row — the most costly part of the
+    # aggregate (a text comparison, and for max() a copy, per row).
+    sale = it.alias("sale")
+
+    def edge(last: bool) -> Any:
+        q = sa.select(sale.c.occurred_at).where(
+            sale.c.workspace_id == crm.workspace,
+            sale.c.kind.in_([sa.literal_column("'purchase'"), sa.literal_column("'refund'")]),
+            sale.c.customer_id == it.c.customer_id,
+            sale.c.kind == const("purchase"),
+        )
+        if now is not None:
+            q = q.where(sale.c.occurred_at <= now)
+        order = sale.c.occurred_at.desc() if last else sale.c.occurred_at.asc()
+        return q.order_by(order).limit(1).scalar_subquery()
+
     return (
         sa.select(
             sa.literal(crm.workspace).label("workspace_id"),
             it.c.customer_id,
-            sa.func.min(sa.case((purchase, it.c.occurred_at))).label("first_at"),
-            sa.func.max(sa.case((purchase, it.c.occurred_at))).label("last_at"),
+            edge(False).label("first_at"),
+            edge(True).label("last_at"),
             orders.label("orders"),
             revenue.label("revenue"),
             refunds.label("refunds"),
@@ -151,12 +186,27 @@ def _aggregate(
             sa.literal(0).label("f_score"),
             sa.literal(0).label("m_score"),
             sa.literal("").label("grp"),
-            sa.bindparam("computed_at", now, type_=UTCDateTime()).label("computed_at"),
+            sa.bindparam("computed_at", computed_at, type_=UTCDateTime()).label("computed_at"),
         )
         .where(*where)
         .group_by(it.c.customer_id)
         .having(orders > const(0))
     )
+
+
+def _time_bound(crm: CRM, conn: sa.Connection, now: datetime) -> datetime | None:
+    """``now``, or ``None`` when no sale of the workspace is dated after it (then the aggregate needs no time
+    test per row): one seek on the core's ``(workspace_id, kind, occurred_at)`` index per kind."""
+    it = crm.db.tables["interactions"]
+    for kind in ("purchase", "refund"):
+        later = conn.execute(
+            sa.select(it.c.id)
+            .where(it.c.workspace_id == crm.workspace, it.c.kind == kind, it.c.occurred_at > now)
+            .limit(1)
+        ).first()
+        if later is not None:
+            return now
+    return None
 
 
 def _scores(source: Any) -> Any:
@@ -229,71 +279,129 @@ def build(crm: CRM, conn: sa.Connection, *, rates: Rates | None = None, workers:
     The aggregate per customer is read (on a SQLite file, by ``workers``
     reader connections in parallel, each a range of customer ids — default:
     one per CPU, at most 4; they see exactly what ``conn``'s write
-    transaction sees, as it holds the write lock); the quintile scores and
-    groups are computed from the sorted values (:func:`cut_points`'s rule,
-    the same scores as :func:`rescore`'s window functions), and the rows are
-    written with one ``executemany`` of a pre-rendered ``INSERT``.  The same
-    rows as :func:`compute` (everyone) followed by :func:`rescore`, each row
-    written once.
+    transaction sees, as it holds the write lock); when no sale is dated
+    after now, the aggregate has no time test per row (:func:`_time_bound`).
+    The quintile scores and groups are computed column-wise (numpy) from the
+    sorted values (:func:`cut_points`'s rule, the same scores as
+    :func:`rescore`'s window functions), and the rows are written with one
+    ``executemany`` of a pre-rendered ``INSERT``.  The same rows as
+    :func:`compute` (everyone) followed by :func:`rescore`, each row written
+    once.
     """
+    from ecrm_core.batching import gc_paused
+
+    # 100,000 rows of tuples: the cyclic collector would rescan them again and again as they are built
+    with gc_paused():
+        return _build(crm, conn, rates or get_rates(crm), workers)
+
+
+def _build(crm: CRM, conn: sa.Connection, rates: Rates, workers: int | None) -> list[int]:
     import os
-    from bisect import bisect_left
 
     table = crm.db.tables[RFM]
     now = crm.now()
-    rates = rates or get_rates(crm)
     conn.execute(sa.delete(table).where(table.c.workspace_id == crm.workspace))
     n = workers if workers is not None else min(4, os.cpu_count() or 1)
-    rows = _read_aggregates(crm, conn, rates, now, max(1, n))
+    rows = _read_aggregates(crm, conn, rates, _time_bound(crm, conn, now), max(1, n))
     if not rows:
         return []
-    count = len(rows)
-    cuts = []
-    for col in (2, 3, 6):  # last_at, orders, monetary
-        values = sorted(r[col] for r in rows)
-        cuts.append([values[-(-k * count // 5) - 1] for k in range(1, 5)])
-    last_cuts, order_cuts, money_cuts = cuts
     computed_at: Any = now
-    if conn.dialect.name == "sqlite":  # the text SQLAlchemy stores (UTC, one format: text order is time order)
+    sqlite = conn.dialect.name == "sqlite"
+    if sqlite:  # the text SQLAlchemy stores (UTC, one format: text order is time order)
         from sqlalchemy.dialects.sqlite import DATETIME
 
         naive = table.c.computed_at.type.process_bind_param(now, conn.dialect)
         computed_at = DATETIME().bind_processor(conn.dialect)(naive)
-    ws = crm.workspace
-    out = []
-    for cid, first_at, last_at, orders, revenue, refunds, monetary, unconverted in rows:
-        r = 1 + bisect_left(last_cuts, last_at)
-        f = 1 + bisect_left(order_cuts, orders)
-        m = 1 + bisect_left(money_cuts, monetary)
-        out.append((ws, cid, first_at, last_at, orders, revenue, refunds, monetary, unconverted, r, f, m,
-                    GROUP_GRID[r - 1][(f + m + 1) // 2 - 1], computed_at))  # fmt: skip
+    count = len(rows)
+    r, f, m = (_quintiles([row[i] for row in rows]) for i in (2, 3, 6))  # last_at, orders, monetary
+    groups = _grid()[(r - 1) * 5 + (f + m + 1) // 2 - 1].tolist()
     names = [c.name for c in table.c]
-    assert names[:9] == ["workspace_id", *_READ] and names[9:] == [
-        "r_score",
-        "f_score",
-        "m_score",
-        "grp",
-        "computed_at",
-    ]
+    assert names[1:9] == list(_READ) and names[9:] == ["r_score", "f_score", "m_score", "grp", "computed_at"]
     prep = conn.dialect.identifier_preparer
     marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    if sqlite:
+        # the workspace and the time, the same on every row, written into the statement (as quoted literals)
+        # rather than bound 100,000 times each
+        literal = sa.String().literal_processor(conn.dialect)
+        assert literal is not None
+        head, tail = [literal(crm.workspace)], [literal(computed_at)]
+    else:
+        head, tail = [marker], [marker]
+    scored = zip(rows, r.tolist(), f.tolist(), m.tolist(), groups, strict=True)
+    if sqlite:
+        out = [(*row, rs, fs, ms, g) for row, rs, fs, ms, g in scored]
+    else:
+        out = [(crm.workspace, *row, rs, fs, ms, g, computed_at) for row, rs, fs, ms, g in scored]
+    values = [*head, *([marker] * 12), *tail]
     sql = (
         f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(c) for c in names)}) "
-        f"VALUES ({', '.join([marker] * len(names))})"
+        f"VALUES ({', '.join(values)})"
     )
-    for start in range(0, len(out), 50_000):
+    # On a table left empty (the first build, or a single workspace), the group index is built once at the end
+    # (one sort) rather than kept up to date row by row.
+    rebuild = []
+    if sqlite and conn.execute(sa.select(table.c.customer_id).limit(1)).first() is None:
+        rebuild = sorted(table.indexes, key=lambda ix: str(ix.name))
+    for ix in rebuild:
+        ix.drop(conn)
+    for start in range(0, count, 50_000):
         conn.exec_driver_sql(sql, out[start : start + 50_000])
-    return [r[1] for r in out]
+    for ix in rebuild:
+        ix.create(conn)
+    return [row[0] for row in rows]
 
 
-def _read_aggregates(crm: CRM, conn: sa.Connection, rates: Rates, now: datetime, workers: int) -> list[tuple[Any, ...]]:
+@functools.cache
+def _grid() -> Any:
+    """:data:`GROUP_GRID` flattened (index ``(r - 1) * 5 + fm - 1``) as a numpy array, for fancy indexing."""
+    import numpy as np
+
+    return np.array([g for row in GROUP_GRID for g in row], dtype=object)
+
+
+def _quintiles(values: Sequence[Any]) -> Any:
+    """The scores 1-5 of ``values`` (a numpy array): 1 plus how many of the four cut points each value exceeds.
+
+    The cut point ``k`` is the value at rank ``ceil(k n / 5)`` (1-based) of the
+    sorted values, as in :func:`cut_points` and :func:`score`; ``searchsorted``
+    (left) counts the cut points strictly below a value, which is
+    :func:`score`'s count.  Texts (SQLite's times) and datetimes are compared
+    as Python compares them.
+    """
+    import numpy as np
+
+    count = len(values)
+    ranks = [-(-k * count // 5) - 1 for k in range(1, 5)]
+    if all(isinstance(v, int | float) for v in values[:1]):
+        array = np.asarray(values)
+        if array.dtype.kind in "iuf":
+            cuts = np.sort(array)[ranks]
+            return np.searchsorted(cuts, array, side="left") + 1
+    ordered = sorted(values)
+    array = np.empty(count, dtype=object)
+    array[:] = values
+    return np.searchsorted(np.asarray([ordered[k] for k in ranks], dtype=object), array, side="left") + 1
+
+
+def _read_aggregates(
+    crm: CRM, conn: sa.Connection, rates: Rates, now: datetime | None, workers: int
+) -> list[tuple[Any, ...]]:
     """Every customer's aggregate row (:data:`_READ`; times as the driver returns them), in parallel when it pays."""
     customers = crm.db.tables["customers"]
 
-    def select(between: tuple[int, int] | None) -> Any:
-        agg = _aggregate(crm, rates, now, None, between).subquery("agg")
+    def read_on(connection: sa.Connection, between: tuple[int, int] | None) -> list[tuple[Any, ...]]:
+        agg = _aggregate(crm, rates, now, None, between)
         # the times as stored (text on SQLite: its order is time order), not parsed into datetimes
-        return sa.select(*(sa.type_coerce(agg.c[c], sa.String()) if c.endswith("_at") else agg.c[c] for c in _READ))
+        stmt = agg.with_only_columns(
+            *(sa.type_coerce(agg.selected_columns[c], sa.String()) if c.endswith("_at") else agg.selected_columns[c]
+              for c in _READ)
+        )  # fmt: skip
+        if connection.dialect.name == "sqlite":
+            # plain tuples from the driver, no result rows built on top (the values bound — the workspace, the
+            # range, the time — are rendered as quoted literals by SQLAlchemy)
+            sql = str(stmt.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
+            return list(connection.connection.driver_connection.execute(sql).fetchall())  # type: ignore[union-attr]
+        return [tuple(r) for r in connection.execute(stmt)]
 
     url = crm.db.engine.url
     parallel = (
@@ -301,7 +409,7 @@ def _read_aggregates(crm: CRM, conn: sa.Connection, rates: Rates, now: datetime,
         and not str(url.database).startswith("file::memory:")
     )  # fmt: skip
     if not parallel:
-        return [tuple(r) for r in conn.execute(select(None)).all()]
+        return read_on(conn, None)
     lo, hi = conn.execute(
         sa.select(sa.func.min(customers.c.id), sa.func.max(customers.c.id)).where(
             customers.c.workspace_id == crm.workspace
@@ -314,7 +422,7 @@ def _read_aggregates(crm: CRM, conn: sa.Connection, rates: Rates, now: datetime,
 
     def read(between: tuple[int, int]) -> list[tuple[Any, ...]]:
         with crm.db.engine.connect() as reader:
-            return [tuple(r) for r in reader.execute(select(between)).all()]
+            return read_on(reader, between)
 
     from concurrent.futures import ThreadPoolExecutor
 
