@@ -181,6 +181,18 @@ async def _open_loop(api: Any, port: int, requests: list[bytes], rate: float, co
     return result
 
 
+def measured(api: Any, server: Any, sent: list[bytes], load: Any) -> Any:
+    """``load()``'s result with ``cpu_ms``: the server process's CPU (user + system) per request sent.
+
+    On a shared machine the wall-clock figures of both servers move with
+    whatever else runs; the CPU a request costs the server does not, and at
+    saturation the closed-loop latency is about concurrency x that."""
+    c0 = api.cpu_seconds(server.proc.pid)
+    res = load()
+    res.cpu_ms = (api.cpu_seconds(server.proc.pid) - c0) / max(len(sent), 1) * 1000
+    return res
+
+
 def open_loop(api: Any, port: int, requests: list[bytes], rate: float, connections: int, warmup: int) -> Any:
     import asyncio
 
@@ -520,18 +532,33 @@ def run(args: argparse.Namespace) -> None:
             raise SystemExit(f"POST /personalize/decide answered {probe.statuses}: {probe.bodies[0][:300]!r}")
         sizes = sorted(len(b) for b in probe.bodies)
         (workdir / "body.json").write_bytes(probe.bodies[[len(b) for b in probe.bodies].index(sizes[len(sizes) // 2])])
-        ecrm = api.load(server.port, reqs, args.concurrency, warmup=args.warmup)
+        ecrm = measured(api, server, reqs, lambda: api.load(server.port, reqs, args.concurrency, warmup=args.warmup))
         open_reqs = [api.request_bytes("POST", "/personalize/decide", headers, b) for b in open_bodies]
-        ecrm_open = open_loop(api, server.port, open_reqs, args.rate, args.open_connections, open_warm)
+        ecrm_open = measured(
+            api,
+            server,
+            open_reqs,
+            lambda: open_loop(api, server.port, open_reqs, args.rate, args.open_connections, open_warm),
+        )
     finally:
         server.stop()
     bare_server = start(api, "bare", db, workdir / "body.json")
     try:
         plain = {"Content-Type": "application/json"}
         bare_reqs = [api.request_bytes("POST", "/personalize/decide", plain, b) for b in bodies]
-        bare = api.load(bare_server.port, bare_reqs, args.concurrency, warmup=args.warmup)
+        bare = measured(
+            api,
+            bare_server,
+            bare_reqs,
+            lambda: api.load(bare_server.port, bare_reqs, args.concurrency, warmup=args.warmup),
+        )
         bare_open_reqs = [api.request_bytes("POST", "/personalize/decide", plain, b) for b in open_bodies]
-        bare_open = open_loop(api, bare_server.port, bare_open_reqs, args.rate, args.open_connections, open_warm)
+        bare_open = measured(
+            api,
+            bare_server,
+            bare_open_reqs,
+            lambda: open_loop(api, bare_server.port, bare_open_reqs, args.rate, args.open_connections, open_warm),
+        )
     finally:
         bare_server.stop()
 
@@ -549,7 +576,7 @@ def run(args: argparse.Namespace) -> None:
         ),
     ):
         t = Table(title=title)
-        for c in ("app", "requests/s", "p50 ms", "p99 ms", "p50 vs bare", "p99 vs bare", "non-200"):
+        for c in ("app", "requests/s", "p50 ms", "p99 ms", "p50 vs bare", "p99 vs bare", "server CPU/req", "non-200"):
             t.add_column(c, justify="right" if c != "app" else "left")
         mine, base = pair
         for name, res in (("ecrm decide", mine), ("bare Litestar, same-size JSON", base)):
@@ -561,6 +588,7 @@ def run(args: argparse.Namespace) -> None:
                 f"{res.pct(0.99):.2f}",
                 f"{res.pct(0.5) / base.pct(0.5):.2f}x" if res is mine else "",
                 f"{res.pct(0.99) / base.pct(0.99):.2f}x" if res is mine else "",
+                f"{res.cpu_ms:.2f} ms" + (f" ({res.cpu_ms / base.cpu_ms:.1f}x)" if res is mine else ""),
                 str(other or ""),
             )
         console.print(t)

@@ -84,6 +84,9 @@ def test_api_benchmark_smoke(tmp_path):
         "end to end",
         "track_many on the same rows (same run)",
         "processor events per CPU-second",
+        "floor: raw sqlite3 executemany",
+        "drain rate the 200 -> visible goal needs",
+        "right after the ingest (WAL",
         "200 -> visible",
         "every 200 is there",
     ):

@@ -173,6 +173,56 @@ def test_one_claim_leases_fresh_retried_and_recovered_messages_with_the_right_nu
     assert [x.number for x in crm.messages.attempts(fresh)] == [1]
 
 
+def test_an_attempt_is_written_once_with_its_outcome_and_a_late_report_replaces_lost(tmp_path, memory, clock):
+    """The claim writes no attempt row: an attempt in flight is listed as ``started`` (from the
+    message's lease), with the id the channel was given; its row is written when it settles.  A
+    worker that reports after its lease expired and another worker took the message over finds its
+    attempt logged ``lost``: its outcome replaces that, the message stays with the newer attempt."""
+    crm = build(tmp_path, memory, clock, lease=60)
+    mid = crm.messages.send("memory", customer(crm), {"body": "x"}).id
+    [slow] = crm.messages._claim(None, 10, {"recovered": 0, "blocked": 0})  # its worker stalls
+    [started] = crm.messages.attempts(mid)
+    assert (started.number, started.status, started.attempt_id) == (1, "started", slow.message.attempt_id)
+    assert started.finished_at is None
+    with crm.db.read() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM ecrm_delivery_attempts").scalar() == 0
+    clock.advance(seconds=61)
+    assert crm.messages.dispatch().sent == 1  # another worker takes it over: attempt 1 lost, 2 accepted
+    second = crm.messages.attempts(mid)
+    assert [(a.number, a.status) for a in second] == [(1, "lost"), (2, "accepted")]
+    assert second[0].attempt_id == slow.message.attempt_id != second[1].attempt_id
+    assert second[0].started_at == started.started_at
+    crm.messages._deliver([slow], {"sent": 0, "retrying": 0, "dead": 0, "blocked": 0, "recovered": 0})
+    assert [(a.number, a.status) for a in crm.messages.attempts(mid)] == [(1, "accepted"), (2, "accepted")]
+    record = crm.messages.get(mid)
+    assert (record.status, record.attempts) == ("sent", 2)  # settled once, by the attempt holding the lease
+
+
+def test_settling_after_the_customer_was_merged_or_deleted_meanwhile(tmp_path, memory, clock):
+    """Between claim and settle a customer may be merged (the outcome lands on the survivor's
+    timeline) or deleted with their messages (nothing is written for them); the others settle."""
+    crm = build(tmp_path, memory, clock)
+    keep, merged, gone, survivor = (customer(crm, n) for n in range(1, 5))
+    ids = {cid: crm.messages.send("memory", cid, {"body": "x"}).id for cid in (keep, merged, gone)}
+    claimed = crm.messages._claim(None, 10, {"recovered": 0, "blocked": 0})
+    assert len(claimed) == 3
+    crm.customers.merge(merged, into=survivor)
+    crm.customers.delete(gone)
+    totals = {"sent": 0, "retrying": 0, "dead": 0, "blocked": 0, "recovered": 0}
+    crm.messages._deliver(claimed, totals)
+    assert totals["sent"] == 3
+    assert crm.messages.get(ids[keep]).status == "sent"
+    with pytest.raises(NotFound):
+        crm.messages.get(ids[gone])
+
+    def sent_to(cid):
+        return [i.properties["message"] for i in crm.interactions.timeline(cid) if i.kind == "message_sent"]
+
+    assert sent_to(keep) == [ids[keep]]
+    assert ids[merged] in sent_to(survivor)
+    assert [a.status for a in crm.messages.attempts(ids[keep])] == ["accepted"]
+
+
 def test_channel_that_raises_or_returns_garbage_loses_nothing(tmp_path, memory, clock, caplog):
     crm = build(tmp_path, memory, clock)
     cid = customer(crm)

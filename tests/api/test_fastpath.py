@@ -261,3 +261,30 @@ def test_the_processor_reads_the_common_event_typed(reader):
     assert got is not None
     assert got.row["kind"] == "purchase" and got.row["currency"] == "EUR" and str(got.row["amount"]) == "12.5000"
     assert got.row["idempotency_key"] == "segment:m-1" and got.row["external_id"] == "user-1"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    raw=st.one_of(
+        _floats,
+        _ints,
+        st.floats(min_value=-1e11, max_value=1e11).map(lambda f: round(f, 4)),
+        st.sampled_from([99999999999.99998, -99999999999.99998, 1e11, 10**11 - 1, 0.00005, 1.23456, -0.0, 0]),
+    )
+)
+def test_the_common_amount_is_read_as_the_core_checks_it(raw):
+    """``_amount``'s shortcut for plain numbers gives what the core's checks
+    (``check_amount``, rounding, ``check_amount`` again) give, or refuses alike."""
+    from ecrm_api.messages import _amount, _checked_amount
+
+    try:
+        expected: object = _checked_amount(raw, ".revenue")
+    except MessageError as exc:
+        expected = ("refused", exc.field, exc.problem)
+    try:
+        got = _amount({"revenue": raw, "currency": "EUR"}, "")
+    except MessageError as exc:
+        assert ("refused", exc.field, exc.problem) == expected
+    else:
+        assert got is not None and got[1] == "EUR"
+        assert got[0] == expected and str(got[0]) == str(expected)

@@ -292,3 +292,48 @@ def test_message_identities():
     }
     assert message_identities({"context": {"traits": {"phone": "not a phone", "email": 3}}}) == set()
     assert message_identities(["not", "an", "object"]) == set()
+
+
+def _long_email(n: int) -> str:
+    """A valid e-mail address of exactly ``n`` characters (labels of at most 63)."""
+    for local in range(5, 60):
+        parts, left = ["com"], n - local - 1 - 3
+        while left >= 2:
+            size = min(63, left - 1)
+            parts.insert(0, "d" * size)
+            left -= size + 1
+        if left == 0:
+            return "a" * local + "@" + ".".join(parts)
+    raise AssertionError(n)
+
+
+@pytest.mark.parametrize("length", [17, 199, 200, 201, 254])
+def test_identities_of_any_length_are_erased_from_rejected_entries_and_tombstones(crm, length):
+    """An identity is never cut to a prefix where a deletion looks for it
+    (``identity_key``): a rejected message naming a long e-mail goes, and the
+    processor holding a claimed batch drops such a message."""
+    from ecrm_api.erasure import identity_key
+
+    email = "alice@example.com" if length == 17 else _long_email(length)
+    assert len(email) == length
+    person = crm.customers.create(email=email)
+    m = ev("m-1", anon="anon-1", colour="blue")
+    m["context"] = {"traits": {"email": email}}
+    put(crm, m)
+    drain(crm)
+    put(crm, {**m, "properties": {"colour": "red"}})  # same messageId, other payload: rejected, names her e-mail
+    drain(crm)
+    assert len(rejected_entries(crm)) == 1
+    crm.customers.delete(person.id)
+    assert rejected_entries(crm, include_replayed=True) == []
+    tombstones = crm.db.tables["ingest_tombstones"]
+    with crm.db.read() as conn:
+        kept = set(conn.execute(sa.select(tombstones.c.kind, tombstones.c.value)).all())
+    assert ("email", identity_key(email)) in kept
+    assert all(len(v) <= 200 for _k, v in kept)
+    # The processor finds her among the dead (it looks identities up by their key).
+    from ecrm_api.erasure import dead_identities
+
+    with crm.db.read() as conn:
+        dead = dead_identities(crm, conn, NOW - timedelta(days=1))
+    assert ("email", identity_key(email)) in dead

@@ -132,3 +132,73 @@ def test_routes_need_a_key_with_the_scope(served: tuple[Shop, Any]) -> None:
         reader.post("/personalize/outcomes", json={"outcomes": [{"decision": "x", "event": "click"}]}).status_code
         == 403
     )
+
+
+def test_decide_runs_on_the_event_loop_unless_an_integration_may_block(
+    served: tuple[Shop, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite the decision runs on the server's event loop (no thread hop); with a
+    ``personalize_unavailable`` integration (a remote inventory may block) in a worker thread."""
+    import asyncio
+
+    from ecrm_personalize import engine
+
+    from ecrm_core import hookimpl
+
+    shop, live = served
+    client = live.client(scopes=("read", "write"))
+    client.put("/personalize/placements/home", json={"k": 3})
+    cid = shop.customer()
+    shop.buy(cid, "S1")
+    on_loop: list[bool] = []
+    real = engine.decide
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "decide", spy)
+    first = client.post("/personalize/decide", json={"placement": "home", "customer_id": cid}).json()
+    assert on_loop == [True] and "S2" in [i["sku"] for i in first["items"]]
+
+    class Stock:
+        @hookimpl
+        def personalize_unavailable(self, skus):  # type: ignore[no-untyped-def]
+            return {"S2"}
+
+    shop.crm.register_plugin(Stock(), name="stock")
+    r = client.post("/personalize/decide", json={"placement": "home", "customer_id": cid})
+    assert r.status_code == 200 and on_loop == [True, False]
+    assert "S2" not in [i["sku"] for i in r.json()["items"]]
+
+
+def test_the_arms_listing_is_paged_whatever_the_number_of_segments(served: tuple[Shop, Any]) -> None:
+    """A placement segmented by an attribute has one segment per value: the
+    listing is bounded (``limit``, 1-1,000) and pages with ``next``/``after``."""
+    shop, live = served
+    shop.p.define("banner", alternatives=["a", "b"], segment_by="attribute:team")
+    for n in range(7):
+        cid = shop.customer(attributes={"team": f"t{n}"})
+        shop.p.report(shop.p.decide(cid, "banner").id, "impression")
+    client = live.client(["read"])
+    seen: list[str] = []
+    after = None
+    while True:
+        r = client.get(
+            "/personalize/placements/banner/arms", params={"limit": 3, **({"after": after} if after else {})}
+        )
+        assert r.status_code == 200, r.text
+        page = r.json()
+        assert len(page["segments"]) <= 3
+        seen += list(page["segments"])
+        after = page["next"]
+        if after is None:
+            break
+    assert seen == sorted(f"t{n}" for n in range(7))
+    assert all(set(v) == {"a", "b"} for v in shop.p.arms("banner").values())
+    for bad in ({"limit": 0}, {"limit": 1001}, {"after": "x" * 129}):
+        assert client.get("/personalize/placements/banner/arms", params=bad).status_code == 400

@@ -206,6 +206,11 @@ def test_bad_input_is_a_validation_error(empty_shop: Shop, call) -> None:  # typ
         call(empty_shop.p)
 
 
+_DEEP: Any = "x"
+for _ in range(100):
+    _DEEP = [_DEEP]
+
+
 @pytest.mark.parametrize(
     "config",
     [
@@ -217,6 +222,10 @@ def test_bad_input_is_a_validation_error(empty_shop: Shop, call) -> None:  # typ
         {"alternatives": ["a", "a"]},
         {"strategies": ["nope"]},
         {"unknown_field": 1},
+        {"options": {"ranked": {"weight": float("nan")}}},
+        {"options": {"ranked": {"weight": float("inf")}}},
+        {"options": {"ranked": {"deep": _DEEP}}},
+        {"options": {"ranked": {"when": object()}}},
     ],
 )
 def test_bad_placements_are_refused(empty_shop: Shop, config) -> None:  # type: ignore[no-untyped-def]
@@ -345,3 +354,17 @@ def test_offers_and_bandit_segments_read_the_rfm_group_a_plugin_computes(crm_fac
     shop.p.define("banner", alternatives=["a", "b"], segment_by="attribute:rfm_group")
     assert shop.p.decide(lost, "banner").segment == "lost"
     assert shop.p.decide(unknown, "banner").segment == "none"
+    # the segment and the transparent strategy both read the attribute: computed once per decision
+    shop.p.define("banner", alternatives=["a", "b"], segment_by="attribute:rfm_group", strategies=["ranked", "bandit"])
+    before = scores.asked
+    d = shop.p.decide(lost, "banner")
+    assert d.segment == "lost" and scores.asked == before + 1
+
+
+def test_stored_lists_of_any_shape_decode_to_sku_score_pairs() -> None:
+    from ecrm_personalize.cache import _entries
+
+    assert _entries('[["S1", 0.5], ["S2", 1]]') == (("S1", 0.5), ("S2", 1.0))
+    assert _entries('[[7, 0.5], ["S2", 1, "extra"], "junk"]') == (("7", 0.5), ("S2", 1.0))
+    assert _entries([["S1", 2]]) == (("S1", 2.0),)  # PostgreSQL's driver decodes JSON itself
+    assert _entries("not json") == () and _entries('{"a": 1}') == () and _entries(None) == ()

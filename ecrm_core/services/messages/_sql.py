@@ -17,11 +17,48 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from hashlib import blake2b
 from typing import Any
 
 import sqlalchemy as sa
+
+
+def _make_dumps() -> Callable[[Any], str]:
+    """``json.dumps`` with its default options, its C encoder built once (``json.dumps`` builds
+    one per call, which costs more than encoding a message's content)."""
+    from json import encoder
+
+    make = getattr(encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - Python without the _json accelerator
+        return json.dumps
+    plain = json.JSONEncoder()
+    chunks = make(
+        None,  # markers: no circular check (a dict kept across calls could be left dirty by an error)
+        plain.default,
+        encoder.encode_basestring_ascii,
+        plain.indent,
+        plain.key_separator,
+        plain.item_separator,
+        plain.sort_keys,
+        plain.skipkeys,
+        plain.allow_nan,
+    )
+    join = "".join
+
+    def dumps(value: Any) -> str:
+        if isinstance(value, str):
+            return json.dumps(value)
+        try:
+            return join(chunks(value, 0))
+        except RecursionError:  # a circular (or absurdly deep) value: json.dumps's own error
+            return json.dumps(value)
+
+    return dumps
+
+
+_dumps = _make_dumps()
 
 #: Texts up to this length are decoded once per batch by :meth:`_Sql.read_json_shared`.
 _SHARED_MAX = 512
@@ -71,7 +108,9 @@ class _Sql:
 
     @staticmethod
     def json(value: Any) -> str:
-        return json.dumps(value)
+        """``json.dumps(value)``: the same text, without setting up an encoder per call."""
+        text: str = _dumps(value)
+        return text
 
     # -- values read ---------------------------------------------------------
     @staticmethod
@@ -134,3 +173,13 @@ def _uids(n: int) -> list[str]:
         raw[i + 8] = (raw[i + 8] & 0x3F) | 0x80  # RFC 4122 variant
     text = raw.hex()
     return [text[j : j + 32] for j in range(0, 32 * n, 32)]
+
+
+def _attempt_id(row_id: int, message_uid: str, number: int) -> str:
+    """The id of attempt ``number`` of a message, 32 hex digits: the message's row id and the number
+    (so attempt rows are appended in the order of their unique index, not scattered through it),
+    then 16 digits derived from the message id and the number.  Each attempt of a message has its
+    own, and a claim need not store it: the attempt's row is written once, when it settles (or
+    when its lease is found expired)."""
+    tail = blake2b(f"{message_uid}/{number}".encode(), digest_size=8).hexdigest()
+    return f"{row_id:012x}{number:04x}{tail}"

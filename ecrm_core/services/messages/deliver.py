@@ -15,17 +15,22 @@ import sqlalchemy as sa
 from ...batching import gc_paused
 from ...channels import (
     Content,
+    DeliveryPolicy,
     DeliveryResult,
     Message,
     Purpose,
 )
 from ...errors import Conflict, ValidationError
-from ._sql import _Sql, _uids
+from ._sql import _attempt_id, _Sql
 from .records import _CHANNEL_ERROR, DispatchReport, MessageRecord, Outcome, _backoff, _Claimed, quiet_until
 from .safety import _clean, _safe_result, _short
 from .send import _Sending
+from .timeline import record_outcomes
 
 log = logging.getLogger("ecrm.messages")
+
+#: The reason of an attempt whose worker did not report back before its lease expired.
+_LOST = "lease expired: the worker did not report back"
 
 #: What a claim reads of each due message (``_claim`` indexes the row by these positions).
 _CLAIM_COLUMNS = (
@@ -73,47 +78,86 @@ class _Delivering(_Sending):
     def _claim(self, channel: str | None, n: int, totals: dict[str, int]) -> builtins.list[_Claimed] | None:
         """Claim up to ``n`` due messages; ``None`` when nothing was due.
 
-        One transaction, set-based: one SELECT of the due rows (``FOR UPDATE
-        SKIP LOCKED`` on PostgreSQL: concurrent workers take disjoint
-        batches; SQLite's ``BEGIN IMMEDIATE`` serialises claims), one read of
-        the customers' consent, one UPDATE per channel taking the lease, one
-        INSERT of the attempt log."""
+        One transaction, set-based, one write per message: expired leases
+        first (a crashed worker's messages, normally none: read, their
+        attempts logged ``lost``), then ONE ``UPDATE … WHERE id IN (SELECT
+        … ORDER BY next_attempt_at, id LIMIT n) RETURNING`` that takes the
+        lease of the due messages in the order of the ``(status,
+        next_attempt_at)`` index (``FOR UPDATE SKIP LOCKED`` in the subquery
+        on PostgreSQL: concurrent workers take disjoint batches; SQLite's
+        ``BEGIN IMMEDIATE`` serialises claims); one read of the customers'
+        consent.  The attempt is not written here: its id is derived from the
+        message id and the attempt number (:func:`attempt_id`), the lease on
+        the message row is the record of an attempt in flight, and the
+        attempt's row is written once, with its outcome, when it settles."""
         t, a = self.t("messages"), self.t("delivery_attempts")
         now = self.crm.now()
         with self.db.write() as conn:
             sql = _Sql(conn)
-            ph, stamp = sql.ph, sql.ts(now)
-            # Two reads, each in the order of the (status, next_attempt_at) index, so
-            # neither sorts the queue: expired leases first (a crashed worker's
-            # messages, normally none), then the queued messages that are due.
+            ph, stamp, table = sql.ph, sql.ts(now), sql.name(t)
             mine = f"workspace_id = {ph}" + (f" AND channel = {ph}" if channel else "")
             scope: builtins.list[Any] = [self.workspace, *([channel] if channel else [])]
             lock = "" if sql.sqlite else " FOR UPDATE SKIP LOCKED"
-            rows = sql.all(
-                f"SELECT {_CLAIM_COLUMNS} FROM {sql.name(t)} WHERE status = 'sending' AND lease_until < {ph} "
+            policies = self.crm.channels
+            names = [channel] if channel else builtins.list(self.crm.registry.channels)
+            leases = {ch: policies.policy(ch).lease for ch in names}
+            default = DeliveryPolicy().lease
+            if len(set(leases.values())) <= 1:
+                lease_sql, lease_params = ph, [sql.ts(now + timedelta(seconds=next(iter(leases.values()), default)))]
+            else:  # one lease per channel, in the statement
+                lease_sql = "CASE channel " + " ".join(f"WHEN {ph} THEN {ph}" for _ in leases) + f" ELSE {ph} END"
+                lease_params = [v for ch, s in leases.items() for v in (ch, sql.ts(now + timedelta(seconds=s)))]
+                lease_params.append(sql.ts(now + timedelta(seconds=default)))
+            take = (
+                f"UPDATE {table} SET status = 'sending', attempts = attempts + 1, lease_until = {lease_sql}, "
+                f"updated_at = {ph} WHERE "
+            )
+            returned = [f"{c.strip()}" for c in f"{_CLAIM_COLUMNS}, next_attempt_at".split(",")]
+            back = " RETURNING " + ", ".join(returned if sql.sqlite else (f"{table}.{c}" for c in returned))
+            # A message whose lease expired was being sent by a worker that
+            # died: its attempt is "lost" (it may or may not have gone out;
+            # the retry carries the same message id).  Normally none.
+            stale = sql.all(
+                f"SELECT id, uid, attempts, updated_at FROM {table} WHERE status = 'sending' AND lease_until < {ph} "
                 f"AND {mine} ORDER BY next_attempt_at, id LIMIT {int(n)}{lock}",
                 (stamp, *scope),
             )
-            if len(rows) < n:
-                rows += sql.all(
-                    f"SELECT {_CLAIM_COLUMNS} FROM {sql.name(t)} WHERE status = 'queued' AND next_attempt_at <= {ph} "
-                    f"AND {mine} ORDER BY next_attempt_at, id LIMIT {int(n) - len(rows)}{lock}",
-                    (stamp, *scope),
-                )
-            if not rows:
-                return None
-            # A message whose lease expired was being sent by a worker that
-            # died: its attempt is "lost" (it may or may not have gone out;
-            # the retry carries the same message id).
-            stale = [r[0] for r in rows if r[9] == "sending"]
+            rows: builtins.list[Any] = []
             if stale:
                 totals["recovered"] += len(stale)
-                among, param = sql.any_of("message_id", stale)
-                sql.run(
-                    f"UPDATE {sql.name(a)} SET status = 'lost', finished_at = {ph}, reason = {ph} "
-                    f"WHERE {among} AND status = 'started'",
-                    (stamp, "lease expired: the worker did not report back", param),
+                sql.many(
+                    f"INSERT INTO {sql.name(a)} (message_id, attempt_id, number, status, reason, started_at, "
+                    f"finished_at) VALUES ({sql.marks(7)}) ON CONFLICT (attempt_id) DO NOTHING",
+                    (
+                        (r[0], _attempt_id(r[0], r[1], r[2]), r[2], "lost", _LOST, r[3], stamp)
+                        for r in stale
+                        if r[2] > 0
+                    ),
                 )
+                among, param = sql.any_of("id", [r[0] for r in stale])
+                rows += sql.all(
+                    f"{take}{among} AND status = 'sending' AND lease_until < {ph}{back}",
+                    (*lease_params, stamp, param, stamp),
+                )
+            if len(rows) < n:
+                due = (
+                    f"SELECT id FROM {table} WHERE status = 'queued' AND next_attempt_at <= {ph} "
+                    f"AND {mine} ORDER BY next_attempt_at, id LIMIT {int(n) - len(rows)}{lock}"
+                )
+                if sql.sqlite:
+                    rows += sql.all(
+                        f"{take}id IN ({due}) AND status = 'queued'{back}", (*lease_params, stamp, stamp, *scope)
+                    )
+                else:
+                    # PostgreSQL: the queue idiom, the locked rows in a CTE joined by the UPDATE
+                    rows += sql.all(
+                        f"WITH due AS ({due}) {take.replace(' WHERE ', ' FROM due WHERE ')}{table}.id = due.id{back}",
+                        (stamp, *scope, *lease_params, stamp),
+                    )
+            if not rows:
+                return None
+            # RETURNING does not keep the subquery's order: the index's order again
+            rows.sort(key=lambda r: (r[15] is None, 0 if r[15] is None else r[15], r[0]))
             # Consent and suppression may have changed since the decision.
             customers = self._customers(builtins.list({r[3] for r in rows}), single=False, conn=conn)
             by_channel: dict[str, builtins.list[Any]] = {}
@@ -133,30 +177,27 @@ class _Delivering(_Sending):
                     else:
                         live.append(r)
             if now_blocked:
+                # not attempted after all: the claim's attempt is given back
                 sql.many(
-                    f"UPDATE {sql.name(t)} SET status = 'blocked', reason = {ph}, lease_until = NULL, "
-                    f"next_attempt_at = NULL, updated_at = {ph} WHERE id = {ph}",
+                    f"UPDATE {table} SET status = 'blocked', reason = {ph}, lease_until = NULL, "
+                    f"next_attempt_at = NULL, attempts = attempts - 1, updated_at = {ph} WHERE id = {ph}",
                     now_blocked,
                 )
                 totals["blocked"] += len(now_blocked)
             if not live:
                 return []
-            policies = {ch: self.crm.channels.policy(ch) for ch in by_channel}
             claimed: builtins.list[_Claimed] = []
-            attempt_rows: builtins.list[tuple[Any, ...]] = []
-            leased: dict[str, builtins.list[int]] = {}  # channel -> row ids (one lease per channel)
             read_json = sql.read_json
             metas: dict[str, Any] = {}
-            for r, attempt_id in zip(live, _uids(len(live)), strict=True):
-                number = r[10] + 1
-                leased.setdefault(r[2], []).append(r[0])
-                attempt_rows.append((r[0], attempt_id, number, stamp))
+            default_tz = {ch: policies.policy(ch).default_timezone for ch in by_channel}
+            for r in live:
+                number = r[10]  # attempts + 1, as the UPDATE left it
                 c = customers[r[3]]
                 claimed.append(
                     _Claimed(
                         message=Message(
                             id=r[1],
-                            attempt_id=attempt_id,
+                            attempt_id=_attempt_id(r[0], r[1], number),
                             attempt=number,
                             channel=r[2],
                             workspace=r[14],
@@ -170,25 +211,11 @@ class _Delivering(_Sending):
                         max_attempts=r[11],
                         transactional=bool(r[13]),
                         template=r[6],
-                        timezone=c["timezone"] or policies[r[2]].default_timezone,
+                        timezone=c["timezone"] or default_tz[r[2]],
                         alone=(r[12] or "").startswith(_CHANNEL_ERROR),
+                        started_at=now,
                     )
                 )
-            # Set-based: the rows were read (and locked) in this transaction, so
-            # attempts + 1 is the number each attempt row carries.
-            for ch, row_ids in leased.items():
-                lease = sql.ts(now + timedelta(seconds=policies[ch].lease))
-                among, param = sql.any_of("id", row_ids)
-                sql.run(
-                    f"UPDATE {sql.name(t)} SET status = 'sending', attempts = attempts + 1, lease_until = {ph}, "
-                    f"updated_at = {ph} WHERE {among}",
-                    (lease, stamp, param),
-                )
-            sql.many(
-                f"INSERT INTO {sql.name(a)} (message_id, attempt_id, number, status, started_at) "
-                f"VALUES ({ph}, {ph}, {ph}, 'started', {ph})",
-                attempt_rows,
-            )
         return claimed
 
     def _deliver(self, claimed: builtins.list[_Claimed], totals: dict[str, int]) -> None:
@@ -252,14 +279,15 @@ class _Delivering(_Sending):
         now = self.crm.now()
         isolated = set(isolate)
         outcomes: builtins.list[Outcome] = []
-        timeline: builtins.list[dict[str, Any]] = []
+        timeline: builtins.list[tuple[str, int, str, dict[str, Any]]] = []
         suppress: builtins.list[tuple[str, str, str, str, str | None]] = []
         settle: dict[str, builtins.list[dict[str, Any]]] = {"sent": [], "retrying": [], "dead": [], "isolate": []}
-        log_rows: builtins.list[dict[str, Any]] = []
+        log_rows: builtins.list[tuple[Any, ...]] = []
+        policies: dict[str, DeliveryPolicy] = {}
         for item, given in results:
             res = _safe_result(given)
             m = item.message
-            pol = self.crm.channels.policy(m.channel)
+            pol = policies.get(m.channel) or policies.setdefault(m.channel, self.crm.channels.policy(m.channel))
             next_at = None
             key: dict[str, Any] = {"_id": item.row_id, "_n": m.attempt}
             bucket: str | None = None
@@ -284,13 +312,16 @@ class _Delivering(_Sending):
                     suppress.append((m.channel, m.to, "all", "hard_bounce", res.code or res.reason))
             settle[bucket or status].append(key)
             log_rows.append(
-                {
-                    "_attempt": m.attempt_id,
-                    "_status": res.status,
-                    "_code": _short(res.code, 100),
-                    "_reason": _short(res.reason, 1000),
-                    "_provider": _short(res.provider_id, 500),
-                }
+                (
+                    item.row_id,
+                    m.attempt_id,
+                    m.attempt,
+                    res.status,
+                    _short(res.code, 100),
+                    _short(res.reason, 1000),
+                    _short(res.provider_id, 500),
+                    item.started_at or now,
+                )
             )
             kind = {"sent": "message_sent", "retrying": "message_deferred", "dead": "message_failed"}[status]
             props: dict[str, Any] = {"message": m.id, "attempt": m.attempt, "purpose": m.purpose, "status": res.status}
@@ -300,16 +331,7 @@ class _Delivering(_Sending):
                 v = getattr(res, k)
                 if v:
                     props[k] = _short(str(v), 500)
-            timeline.append(
-                {
-                    "kind": kind,
-                    "customer_id": m.customer_id,
-                    "channel": m.channel,
-                    "occurred_at": now,
-                    "idempotency_key": f"attempt:{m.attempt_id}",
-                    "properties": props,
-                }
-            )
+            timeline.append((kind, m.customer_id, m.channel, props))
             outcomes.append(
                 Outcome(
                     message=m.id,
@@ -355,15 +377,27 @@ class _Delivering(_Sending):
                     f"lease_until = NULL, updated_at = {ph} {mine}",
                     ((k["_reason"], stamp, k["_id"], k["_n"]) for k in settle["dead"]),
                 )
+            # The attempt's one row, with its outcome.  A worker reporting after its lease
+            # expired finds the row the next claim logged as ``lost``: its outcome replaces it.
+            # (a message deleted meanwhile, with its customer, has no log to write to)
+            among, param = sql.any_of("id", [r[0] for r in log_rows])
+            alive = {r[0] for r in sql.all(f"SELECT id FROM {table} WHERE {among}", (param,))}
+            started: dict[Any, Any] = {}  # a claim's start, converted once
             sql.many(
-                f"UPDATE {sql.name(a)} SET status = {ph}, code = {ph}, reason = {ph}, provider_id = {ph}, "
-                f"finished_at = {ph} WHERE attempt_id = {ph}",
-                ((r["_status"], r["_code"], r["_reason"], r["_provider"], stamp, r["_attempt"]) for r in log_rows),
+                f"INSERT INTO {sql.name(a)} (message_id, attempt_id, number, status, code, reason, provider_id, "
+                f"started_at, finished_at) VALUES ({sql.marks(8)}, {ph}) ON CONFLICT (attempt_id) DO UPDATE SET "
+                "status = excluded.status, code = excluded.code, reason = excluded.reason, "
+                "provider_id = excluded.provider_id, finished_at = excluded.finished_at",
+                (
+                    (*r[:7], started.get(r[7]) or started.setdefault(r[7], sql.ts(r[7])), stamp)
+                    for r in log_rows
+                    if r[0] in alive
+                ),
             )
             if suppress:
                 self._suppress(conn, suppress)
             if timeline:
-                self.crm.using(conn).interactions.track_many(timeline, create_missing=False, on_error="skip")
+                record_outcomes(self.crm.using(conn).interactions, timeline, now)
         self.crm.emit("ecrm_messages_dispatched", outcomes=outcomes)
 
     def work(

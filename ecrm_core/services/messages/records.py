@@ -107,6 +107,7 @@ class _Claimed:
     template: str | None
     timezone: str
     alone: bool = False  # its last attempt was in a send_many that raised: send it on its own
+    started_at: datetime | None = None  # when the claim took the lease (the attempt's start)
 
 
 #: The reason a message waits with after a channel raised while sending it.
@@ -448,8 +449,14 @@ class _Lookups(Service):
         return self.list(status="dead", channel=channel, limit=limit)
 
     def attempts(self, message_id: str) -> builtins.list[Attempt]:
-        """The delivery log of one message, oldest attempt first."""
+        """The delivery log of one message, oldest attempt first.
+
+        An attempt in flight (the message is ``sending``) is listed as
+        ``started``: its row is written once, when it settles (or, if its
+        worker died, as ``lost`` when another worker takes the message over)."""
         self.ready()
+        from ._sql import _attempt_id
+
         t, a = self.t("messages"), self.t("delivery_attempts")
         q = (
             sa.select(a)
@@ -459,9 +466,14 @@ class _Lookups(Service):
         )
         with self.db.read() as conn:
             rows = conn.execute(q).all()
-            if not rows:
-                self.get(message_id)  # NotFound for an unknown message
-        return [
+            msg = conn.execute(
+                sa.select(t.c.id, t.c.status, t.c.attempts, t.c.updated_at).where(
+                    t.c.uid == message_id, t.c.workspace_id == self.workspace
+                )
+            ).one_or_none()
+        if msg is None:
+            raise NotFound("message", message_id)
+        out = [
             Attempt(
                 attempt_id=r.attempt_id,
                 number=r.number,
@@ -474,6 +486,20 @@ class _Lookups(Service):
             )
             for r in rows
         ]
+        if msg.status == "sending" and all(r.number != msg.attempts for r in rows):
+            out.append(
+                Attempt(
+                    attempt_id=_attempt_id(msg.id, message_id, msg.attempts),
+                    number=msg.attempts,
+                    status="started",
+                    code=None,
+                    reason=None,
+                    provider_id=None,
+                    started_at=msg.updated_at,
+                    finished_at=None,
+                )
+            )
+        return out
 
     def counts(self, *, channel: str | None = None) -> dict[str, int]:
         """How many messages are in each status."""

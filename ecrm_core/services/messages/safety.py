@@ -112,10 +112,11 @@ def _content_problem(content: Any) -> str | None:
             return f"content.{where} is {type(value).__name__}, not a string"
         if "\x00" in value:
             return f"content.{where} contains NUL"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return f"content.{where} contains lone surrogates (not valid Unicode text)"
+        if not value.isascii():  # (ASCII text cannot hold a lone surrogate)
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"content.{where} contains lone surrogates (not valid Unicode text)"
         if one_line and ("\r" in value or "\n" in value):
             return f"content.{where} has a line break"
     return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -110,6 +111,19 @@ def provide_key(request: Request[Any, Any, Any]) -> ApiKey:
 def provide_api(request: Request[Any, Any, Any]) -> ApiState:
     """Dependency ``api``: the :class:`ApiState`."""
     return _state(request)
+
+
+def freeze_gc() -> None:
+    """Collect, then freeze what exists (see :attr:`ApiConfig.gc_freeze`): full collections then
+    walk only what requests created, not the modules, the app and its caches (no stalls of tens of ms).
+
+    Once per process: when something is frozen already (an earlier app of this process, or the
+    host's own ``gc.freeze()``), nothing is done -- objects frozen are never collected, so freezing
+    again and again (a test session serving many apps) would keep each app's garbage forever."""
+    if gc.get_freeze_count():
+        return
+    gc.collect()
+    gc.freeze()
 
 
 def _rate_identifier(request: Request[Any, Any, Any]) -> str:
@@ -284,6 +298,7 @@ def create_app(
 
     app = Litestar(
         route_handlers=routers,
+        on_startup=[freeze_gc] if config.gc_freeze else [],
         on_shutdown=[stop_writer],
         before_request=check_request,
         middleware=middleware,

@@ -166,6 +166,15 @@ class ApiConfig:
         ``"https://crm.example.com"``, with the mount path if any), put in
         the settings document analytics.js fetches; default: taken from the
         request (its scheme, ``Host`` and mount path).
+    :param gc_freeze: at startup (the app's lifespan), collect once and
+        then :func:`gc.freeze` what exists: the modules, the app and the
+        warm caches move to the collector's permanent generation, so a full
+        collection, which otherwise walks all of them (tens of milliseconds
+        at a time, stalling every request in flight), walks only what
+        requests created since.  Once per process: nothing is done when
+        something is frozen already (an earlier app, or the host's own
+        ``gc.freeze()``).  ``True`` (default); turn it off for a host that
+        manages the collector itself.
     """
 
     path: str = ""
@@ -188,6 +197,7 @@ class ApiConfig:
     ingest_retry_after: int = 5
     tracking_origins: tuple[str, ...] = attrs.field(default=(), converter=_origins)
     tracking_public_url: str | None = attrs.field(default=None, converter=_public_url)
+    gc_freeze: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.path and (not self.path.startswith("/") or self.path.endswith("/")):
@@ -211,6 +221,8 @@ class ApiConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 86400:
                 raise ValidationError(name, v, "out of range", "give seconds from 0 to 86400")
+        if not isinstance(self.gc_freeze, bool):
+            raise ValidationError("gc_freeze", self.gc_freeze, "not a boolean", "give True or False")
         if self.docs_assets not in DOCS_ASSETS:
             raise ValidationError(
                 "docs_assets", self.docs_assets, "unknown choice", f"give one of {', '.join(map(repr, DOCS_ASSETS))}"

@@ -184,6 +184,25 @@ def raw_identities(raw: bytes) -> set[tuple[str, str]]:
     return out
 
 
+#: The longest identity value kept as it is in ``ingest_rejected_ids`` and
+#: ``ingest_tombstones`` (their ``value`` columns); a longer one is kept as
+#: :func:`identity_key` says.
+MAX_KEPT = 200
+
+
+def identity_key(value: str) -> str:
+    """How an identity value is kept and looked up in ``ingest_rejected_ids``
+    and ``ingest_tombstones``: as it is up to :data:`MAX_KEPT` characters,
+    else its first 135 characters, ``~`` and its SHA-256 (hex): never cut to
+    a prefix, which would miss the value (or match another one) when a
+    deletion looks for it."""
+    if len(value) <= MAX_KEPT:
+        return value
+    import hashlib
+
+    return value[:135] + "~" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _wanted(aliases: Iterable[Alias]) -> set[tuple[str, str]]:
     """The deleted identities as ``(kind, value)``."""
     return {(a.kind, str(a.value)) for a in aliases}
@@ -239,7 +258,7 @@ def record_tombstones(crm: CRM, conn: sa.Connection, wanted: set[tuple[str, str]
     tt = crm.db.tables[TOMBSTONES]
     now = crm.now()
     rows = [
-        {"workspace_id": crm.workspace, "kind": kind[:64], "value": value[:200], "deleted_at": now}
+        {"workspace_id": crm.workspace, "kind": kind[:64], "value": identity_key(value), "deleted_at": now}
         for kind, value in sorted(wanted)
     ]
     for start in range(0, len(rows), 500):
@@ -255,7 +274,8 @@ TOMBSTONE_KEEP = timedelta(minutes=10)
 def dead_identities(crm: CRM, conn: sa.Connection, since: datetime) -> dict[tuple[str, str], datetime]:
     """The identities of ``crm``'s workspace deleted at or after ``since``,
     with when (the latest time each was deleted); usually none: one indexed
-    look-up."""
+    look-up.  The values are keys (:func:`identity_key`): look an identity
+    ``(kind, value)`` up as ``(kind, identity_key(value))``."""
     tt = crm.db.tables[TOMBSTONES]
     recent = sa.and_(tt.c.workspace_id == crm.workspace, tt.c.deleted_at >= since)
     if conn.execute(sa.select(tt.c.id).where(recent).limit(1)).first() is None:
@@ -346,7 +366,7 @@ def _erase_rejected(crm: CRM, conn: sa.Connection, wanted: set[tuple[str, str]])
     rt, it = crm.db.tables[REJECTED], crm.db.tables[REJECTED_IDS]
     by_kind: dict[str, list[str]] = {}
     for kind, value in wanted:
-        by_kind.setdefault(kind, []).append(value)
+        by_kind.setdefault(kind, []).append(identity_key(value))
     ids: set[int] = set()
     for kind, values in by_kind.items():
         for start in range(0, len(values), 500):
@@ -379,6 +399,6 @@ def identity_rows(workspace: str, rejected_id: int, message: Any, raw: bytes | N
     bytes, read by :func:`raw_identities` when they are not a message)."""
     found = message_identities(message) if type(message) is dict or raw is None else raw_identities(raw)
     return [
-        {"rejected_id": rejected_id, "workspace_id": workspace, "kind": kind, "value": value[:200]}
+        {"rejected_id": rejected_id, "workspace_id": workspace, "kind": kind, "value": identity_key(value)}
         for kind, value in sorted(found)
     ]

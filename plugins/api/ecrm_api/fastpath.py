@@ -139,12 +139,12 @@ def check_batch(body: bytes, reader: MessageReader) -> FastBatch | None:
     kinds, sale_kinds = reader.event_kinds, reader.sale_kinds
     keep: list[Raw] = []
     general = Parsed()
+    escaped = b"\\" in body  # (scanned once: a message without one needs no scan of its own)
     for index, raw in enumerate(env.batch):
-        data = bytes(raw)
         # (numbers may grow when encoded again: a large message is measured by the general path)
-        if not (measure and len(data) * 8 > MESSAGE_MAX_BYTES) and b"\\" not in data:
+        if not (measure and len(raw) * 8 > MESSAGE_MAX_BYTES) and not (escaped and b"\\" in bytes(raw)):
             try:
-                m = _decode_event(data)
+                m = _decode_event(raw)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 m = None
             if m is not None and _checked(m, sent_at, received, latest, kinds, sale_kinds) is not None:
@@ -152,12 +152,12 @@ def check_batch(body: bytes, reader: MessageReader) -> FastBatch | None:
                 continue
         # The general path, for this message alone.
         try:
-            message = _decode_any(data)
+            message = _decode_any(raw)
         except msgspec.DecodeError:
             return None  # (the body as a whole is refused by the general path, as before)
         if reader.add(general, message, index, f"body.batch[{index}]", sent_at=sent_at, measure=measure) is not None:
             keep.append(raw)
-    payload = b'{"batch":[' + b",".join(bytes(r) for r in keep) + b"]"
+    payload = b'{"batch":[' + b",".join(keep) + b"]"  # (Raw is a buffer: joined without copies)
     if raw_sent is not None:
         payload += b',"sentAt":' + _encode(raw_sent)
     return FastBatch(len(keep), general.rejected, payload + b"}")
@@ -191,14 +191,18 @@ def _checked(
     mid = m.messageId
     if mid is not None and not (0 < len(mid) <= _MAX_MESSAGE_ID and mid.isprintable()):
         return None
+    user, anonymous = m.userId, m.anonymousId
     try:
         # Both checked: a bad anonymousId beside a good userId is refused.
-        user = m.userId if _plain_id(m.userId) else _identifier(m.userId, "")
-        anonymous = m.anonymousId if _plain_id(m.anonymousId) else _identifier(m.anonymousId, "")
+        if user is not None and not _plain_id(user):
+            user = _identifier(user, "")
+        if anonymous is not None and not _plain_id(anonymous):
+            anonymous = _identifier(anonymous, "")
         if user is None and anonymous is None:
             return None
-        client = parse_time(m.originalTimestamp if m.originalTimestamp is not None else m.timestamp, "")
-        own = parse_time(m.sentAt, "")
+        raw_time = m.originalTimestamp if m.originalTimestamp is not None else m.timestamp
+        client = None if raw_time is None else parse_time(raw_time, "")
+        own = None if m.sentAt is None else parse_time(m.sentAt, "")
     except MessageError:
         return None
     try:

@@ -227,20 +227,35 @@ def _check_traits(traits: dict[str, Any], path: str) -> None:
         raise MessageError(exc.field, exc.problem, exc.fix) from None
 
 
+#: Amounts below this (in absolute value) pass the core's size limit.
+_AMOUNT_LIMIT = 10**11
+
+
+def _checked_amount(raw: Any, field: str) -> Decimal:
+    """``raw`` through the core's amount checks, rounded to 4 decimals (and checked again)."""
+    try:
+        amount = check_amount(raw, field)
+        return check_amount(amount.quantize(_AMOUNT_STEP, rounding=ROUND_HALF_EVEN), field)
+    except ValidationError as exc:
+        raise MessageError(exc.field, exc.problem, exc.fix) from None
+
+
 def _amount(props: Mapping[str, Any], path: str) -> tuple[Decimal, str] | None:
     for name in ("revenue", "total", "value"):
         raw = props.get(name)
         if raw is None:
             continue
-        try:
-            amount = check_amount(raw, f"{path}.{name}")
-        except ValidationError as exc:
-            raise MessageError(exc.field, exc.problem, exc.fix) from None
-        amount = amount.quantize(_AMOUNT_STEP, rounding=ROUND_HALF_EVEN)
-        try:
-            amount = check_amount(amount, f"{path}.{name}")
-        except ValidationError as exc:
-            raise MessageError(exc.field, exc.problem, exc.fix) from None
+        kind = type(raw)
+        if (kind is float or kind is int) and -_AMOUNT_LIMIT < raw < _AMOUNT_LIMIT:
+            # The common amount (a finite number of at most 4 decimals, within
+            # the core's limit): what the checks below give, without them.
+            exact = Decimal(repr(raw)) if kind is float else Decimal(raw)
+            if exact.as_tuple().exponent >= -4:  # type: ignore[operator]
+                amount = exact.quantize(_AMOUNT_STEP, rounding=ROUND_HALF_EVEN)
+            else:
+                amount = _checked_amount(raw, f"{path}.{name}")
+        else:
+            amount = _checked_amount(raw, f"{path}.{name}")
         currency = props.get("currency") or "USD"
         if type(currency) is str:
             currency = currency.strip().upper()

@@ -260,8 +260,30 @@ def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[
     return _render(request, p)
 
 
+#: Modules that decode a request body: a RecursionError raised in one of them (the innermost
+#: frame; msgspec's C decoder raises it in its caller's frame) is a body nested too deeply, and
+#: so is msgspec's own ("... while deserializing an object", e.g. the tracking routes' decoder).
+_BODY_DECODERS = ("ecrm_api.bodies", "litestar.serialization", "litestar.connection", "litestar._kwargs")
+_MSGSPEC_TOO_DEEP = "while deserializing"
+
+
+def _raised_in(exc: BaseException) -> str:
+    """The module of the innermost frame of ``exc``'s traceback ("" when unknown)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", ""))
+
+
 def _on_too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
-    # msgspec refuses absurdly nested JSON with RecursionError while decoding the body.
+    # msgspec refuses absurdly nested JSON with RecursionError while decoding the body; a
+    # RecursionError anywhere else is a server bug, answered (and logged) as one.
+    module = _raised_in(exc)
+    decoding = _MSGSPEC_TOO_DEEP in str(exc) or any(module == m or module.startswith(m + ".") for m in _BODY_DECODERS)
+    if not decoding:
+        return _on_unexpected(request, exc)
     p = problem(
         400,
         "invalid-request",

@@ -45,7 +45,14 @@ import sqlalchemy as sa
 from ecrm_core.batching import gc_paused
 
 from .config import DEFAULT_EVENT_KINDS
-from .erasure import dead_identities, forget_tombstones, identity_rows, message_identities, raw_identities
+from .erasure import (
+    dead_identities,
+    forget_tombstones,
+    identity_key,
+    identity_rows,
+    message_identities,
+    raw_identities,
+)
 from .events import store_events
 from .fastpath import _decode_any, _decode_envelope, read_event
 from .inbox import INBOX, LOG, REJECTED, REJECTED_IDS
@@ -294,7 +301,10 @@ class _Batch:
             return
 
         def erased(row: _Row, named: set[tuple[str, str]]) -> bool:  # received before (or as) the deletion
-            return any((at := dead.get(i)) is not None and at >= row.received_at for i in named)
+            return any(
+                (at := dead.get((kind, identity_key(value)))) is not None and at >= row.received_at
+                for kind, value in named
+            )
 
         kept = []
         for row, m in self.stream:

@@ -128,6 +128,8 @@ def live_api_factory() -> Iterator[Callable[..., LiveApi]]:
     running: list[tuple[LiveApi, Callable[[], None]]] = []
 
     def factory(crm: CRM, **options: Any) -> LiveApi:
+        # gc.freeze() is for a server process; tests serve many apps in one process
+        options.setdefault("gc_freeze", False)
         app = create_app(crm, **options)
         url, stop = serve_in_thread(app)
         live = LiveApi(crm, app, url)

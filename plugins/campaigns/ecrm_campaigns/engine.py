@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -46,6 +46,8 @@ __all__ = ["BATCH", "LEASE", "dedupe_prefix", "local_zone", "rule_ids", "run_ste
 
 #: Enrollments claimed per tick.
 BATCH = 5000
+#: Customers per ``send_many`` chunk (one decision transaction each) of a send step.
+SEND_CHUNK = 2500
 #: Seconds a claimed enrollment stays leased (a crashed worker's claims come back after it).
 LEASE = 300.0
 
@@ -129,6 +131,43 @@ def wait_end(step: Step, now: datetime, tz: str | None) -> datetime:
     return now + max(span, timedelta(0))
 
 
+def _read_ts(value: Any) -> datetime | None:
+    """A datetime column's value as the driver returns it (SQLite: text), as an aware UTC datetime."""
+    if value is None:
+        return None
+    at: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+class _Claim:
+    """One claimed enrollment (what a step reads of it; its times parsed when read)."""
+
+    __slots__ = ("_entered", "_timeout", "arm", "campaign_id", "customer_id", "entry", "id", "step", "version")
+
+    def __init__(self, row: Sequence[Any]) -> None:
+        (
+            self.id,
+            self.campaign_id,
+            self.customer_id,
+            self.version,
+            self.entry,
+            self.arm,
+            self.step,
+            self._timeout,
+            self._entered,
+        ) = row
+
+    @property
+    def timeout_at(self) -> datetime | None:
+        return _read_ts(self._timeout)
+
+    @property
+    def entered_at(self) -> datetime:
+        at = _read_ts(self._entered)
+        assert at is not None
+        return at
+
+
 class _Group:
     def __init__(self, campaign_id: int, version: int, step: str, entry: int) -> None:
         self.campaign_id, self.version, self.step, self.entry = campaign_id, version, step, entry
@@ -187,11 +226,12 @@ class Runner:
                     et.c.entry,
                     et.c.arm,
                     et.c.step,
-                    et.c.timeout_at,
-                    et.c.entered_at,
+                    # as stored: read when a step needs them (a send step never does)
+                    sa.type_coerce(et.c.timeout_at, sa.types.NullType()),
+                    sa.type_coerce(et.c.entered_at, sa.types.NullType()),
                 )
             )
-            return list(conn.execute(stmt).all())
+            return [_Claim(r) for r in conn.execute(stmt).all()]
 
     # -- the tick -------------------------------------------------------------------
     def run(self, limit: int | None = None) -> JobResult:
@@ -397,7 +437,12 @@ class Runner:
         failed: dict[int, str] = {}
         try:
             report = self.crm.messages.send_many(
-                step.channel or "", step.template, customer_ids=targets, dedupe_key=prefix + "{customer_id}", **kw
+                step.channel or "",
+                step.template,
+                customer_ids=targets,
+                dedupe_key=prefix + "{customer_id}",
+                chunk_size=SEND_CHUNK,
+                **kw,
             )
         except EcrmError:
             queued = 0

@@ -417,7 +417,7 @@ def evaluate(crm: CRM, key: str, *, confidence: float = 0.95) -> Evaluation:
     return Evaluation(
         campaign=key,
         goal=c.goal.kind if c.goal else None,
-        within=c.goal.within if c.goal else None,
+        within=str(c.goal.within) if c.goal else None,
         arms=tuple(arms),
         uplifts=uplifts,
         notes=tuple(notes),

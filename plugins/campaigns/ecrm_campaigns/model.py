@@ -10,6 +10,7 @@ rules) are in :mod:`ecrm_campaigns.validate`, run when a campaign is saved.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -32,6 +33,11 @@ __all__ = [
     "Trigger",
     "Variant",
     "Window",
+    "MAX_DEFINITION_BYTES",
+    "MAX_DEFINITION_DEPTH",
+    "MAX_DURATION",
+    "MAX_STEPS",
+    "check_document",
     "parse_duration",
 ]
 
@@ -40,26 +46,109 @@ STEP_TYPES = ("send", "wait", "branch", "update", "action", "exit")
 REENTRY = ("never", "always", "cooldown")
 
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_DURATION = re.compile(r"^\s*(-?\d+)\s*([smhdw])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(-?\d{1,12})\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
+#: Longest duration accepted (a wait, a timeout, a schedule's ``every``, a cooldown, a goal's
+#: ``within``): 100 years, in seconds.
+MAX_DURATION = 36500 * 86400
+#: Most steps in one campaign.
+MAX_STEPS = 2000
+#: Largest campaign definition accepted: its plain form as compact JSON, in bytes.
+MAX_DEFINITION_BYTES = 1_000_000
+#: Deepest nesting of mappings and lists in a definition (``{"steps": [{"context": {}}]}`` is 4
+#: deep); the free-form parts (a send's ``context`` and inline ``template``, an action's ``args``,
+#: an update's ``value``) are held to the core's own limit within that
+#: (:data:`ecrm_core.validation.MAX_JSON_DEPTH`).
+MAX_DEFINITION_DEPTH = 40
+
+
 def parse_duration(value: Any, path: str) -> timedelta:
-    """``"30m"``, ``"12h"``, ``"3d"``, ``"2w"`` (or whole seconds) as a timedelta; may be negative
-    (the validation refuses negative waits, naming the step)."""
-    if isinstance(value, bool):
-        raise ValidationError(path, value, "not a duration", "write e.g. '3d', '12h' or '30m'")
-    if isinstance(value, int):
-        return timedelta(seconds=value)
-    if isinstance(value, str):
+    """``"30m"``, ``"12h"``, ``"3d"``, ``"2w"`` (or whole seconds: ``86400`` or ``"86400"``) as a
+    timedelta, at most :data:`MAX_DURATION` either way; may be negative (the validation refuses
+    negative waits, naming the step)."""
+    seconds: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str):
         m = _DURATION.match(value)
         if m:
-            n = int(m.group(1))
-            if abs(n) > 36500 * 86400:
-                raise ValidationError(path, value, "too long", "use at most 100 years")
-            return timedelta(seconds=n * _UNITS[m.group(2)])
-    raise ValidationError(path, value, "not a duration", "write e.g. '3d', '12h' or '30m'")
+            seconds = int(m.group(1)) * _UNITS[m.group(2)]
+    if seconds is None:
+        raise ValidationError(path, value, "not a duration", "write e.g. '3d', '12h' or '30m'")
+    if abs(seconds) > MAX_DURATION:
+        shown = value if len(str(value)) <= 40 else f"<{len(str(value))}-character duration>"
+        raise ValidationError(path, shown, "too long", "use at most 100 years")
+    return timedelta(seconds=seconds)
+
+
+_DURATION_KEYS = frozenset({"duration", "timeout", "every", "cooldown", "within"})
+_STEP_INDEX = re.compile(r"^steps\[(\d+)\]")
+
+
+def _step_path(data: Any, path: str) -> str:
+    """``steps[3].context.x`` as ``steps.remind.context.x`` when step 3 has a valid id (errors
+    name the step, as the model's own do)."""
+    m = _STEP_INDEX.match(path)
+    if m is None:
+        return path
+    try:
+        sid = data["steps"][int(m.group(1))]["id"]
+    except (KeyError, IndexError, TypeError):
+        return path
+    if not isinstance(sid, str) or not _KEY.match(sid):
+        return path
+    return f"steps.{sid}{path[m.end() :]}"
+
+
+def check_document(data: Any) -> None:
+    """Refuse a definition's plain form (before it is read) that is not plain JSON data within
+    the limits: the core's value rules (:func:`ecrm_core.validation.check_json`: text without
+    control characters, 64-bit integers, finite numbers, string keys), at most
+    :data:`MAX_DEFINITION_DEPTH` deep, at most :data:`MAX_DEFINITION_BYTES` as JSON.
+    Iterative: no document can exhaust the stack."""
+    from ecrm_core.validation import check_json
+
+    try:
+        check_json(data, "$", limits=False)
+    except ValidationError as exc:
+        field = _step_path(data, exc.field.removeprefix("$").removeprefix(".") or "campaign")
+        if exc.problem.startswith("integer outside") and field.rsplit(".", 1)[-1] in _DURATION_KEYS:
+            raise ValidationError(field, exc.value, "too long", "use at most 100 years") from None
+        raise ValidationError(field, exc.value, exc.problem, exc.fix) from None
+    # depth, iteratively; `where` is the top of the path (``steps[3]``, ``trigger``) for the message
+    stack: list[tuple[Any, int, str]] = [(data, 0, "campaign")]
+    while stack:
+        node, depth, where = stack.pop()
+        if isinstance(node, Mapping):
+            items: Any = ((str(k), v) for k, v in node.items())
+        elif isinstance(node, list | tuple):
+            items = ((f"[{i}]", v) for i, v in enumerate(node))
+        else:
+            continue
+        if depth >= MAX_DEFINITION_DEPTH:
+            raise ValidationError(
+                _step_path(data, where),
+                "<nested data>",
+                f"nested deeper than {MAX_DEFINITION_DEPTH} levels",
+                "write flatter data",
+            )
+        if depth == 0:
+            stack.extend((v, 1, k) for k, v in items)
+        elif depth == 1 and where == "steps":
+            stack.extend((v, 2, f"steps{k}") for k, v in items)
+        else:
+            stack.extend((v, depth + 1, where) for _, v in items)
+    size = len(json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > MAX_DEFINITION_BYTES:
+        raise ValidationError(
+            "campaign",
+            f"<{size} bytes>",
+            f"larger than {MAX_DEFINITION_BYTES} bytes as JSON",
+            "keep big content in templates or offers and refer to them by name",
+        )
 
 
 def _check_keys(data: Any, path: str, allowed: Sequence[str], required: Sequence[str] = ()) -> Mapping[str, Any]:
@@ -157,7 +246,7 @@ class Trigger:
     kind: str | None = None
     where: str | None = None
     at: datetime | None = None
-    every: str | None = None
+    every: str | int | None = None
     attribute: str | None = None
     time: str | None = None
     offset: int | None = None
@@ -208,7 +297,7 @@ class Trigger:
             kind=_str(d.get("kind"), f"{path}.kind", optional=True),
             where=_str(d.get("where"), f"{path}.where", optional=True),
             at=at,
-            every=every if every is None else str(every),
+            every=every,
             attribute=_str(d.get("attribute"), f"{path}.attribute", optional=True),
             time=time,
             offset=offset,
@@ -234,7 +323,7 @@ class Reentry:
     is not mid-journey) or ``cooldown`` (again once ``cooldown`` has passed since the last entry)."""
 
     policy: str = "never"
-    cooldown: str | None = None
+    cooldown: str | int | None = None
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "reentry") -> Reentry:
@@ -326,7 +415,7 @@ class Goal:
 
     kind: str
     where: str | None = None
-    within: str = "30d"
+    within: str | int = "30d"
     exit: bool = True
 
     @classmethod
@@ -341,7 +430,7 @@ class Goal:
         return cls(
             kind=_str(d["kind"], f"{path}.kind"),
             where=_str(d.get("where"), f"{path}.where", optional=True),
-            within=str(within),
+            within=within,
             exit=ex,
         )
 
@@ -427,11 +516,11 @@ class Step:
     offer: str | None = None
     purpose: str | None = None
     context: Mapping[str, Any] | None = None
-    duration: str | None = None
+    duration: str | int | None = None
     until: str | None = None
     event: str | None = None
     where: str | None = None
-    timeout: str | None = None
+    timeout: str | int | None = None
     on_event: str | None = None
     cases: tuple[Case, ...] = ()
     otherwise: str | None = None
@@ -499,11 +588,11 @@ class Step:
                     path, data, "timeout/on_event/where go with event", "drop them or wait on an event"
                 )
             kw.update(
-                duration=None if d.get("duration") is None else str(d["duration"]),
+                duration=d.get("duration"),
                 until=d.get("until"),
                 event=d.get("event"),
                 where=d.get("where"),
-                timeout=None if d.get("timeout") is None else str(d["timeout"]),
+                timeout=d.get("timeout"),
                 on_event=d.get("on_event"),
             )
         elif typ == "branch":
@@ -596,6 +685,9 @@ class Campaign:
 
     @classmethod
     def from_dict(cls, data: Any) -> Campaign:
+        """The campaign of a plain form (a mapping, e.g. parsed YAML or JSON): first checked as a
+        whole by :func:`check_document`, then part by part; a ``ValidationError`` names the part."""
+        check_document(data)
         d = _check_keys(
             data,
             "",
@@ -618,6 +710,10 @@ class Campaign:
         steps = d["steps"]
         if not isinstance(steps, list | tuple) or not steps:
             raise ValidationError("steps", steps, "no steps", "give a list of at least one step")
+        if len(steps) > MAX_STEPS:
+            raise ValidationError(
+                "steps", f"<{len(steps)} steps>", f"more than {MAX_STEPS} steps", "split the journey into campaigns"
+            )
         offers = d.get("offers") or []
         if not isinstance(offers, list | tuple):
             raise ValidationError("offers", offers, "not a list", "give a list of offer codes")

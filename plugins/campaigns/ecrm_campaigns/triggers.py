@@ -57,9 +57,14 @@ def on_segment(crm: CRM, slug: str, customer_ids: Sequence[int], entered: bool) 
             log.info("campaign %s: %s %s -> %s", c.key, kind, slug, report)
 
 
+#: Every trigger type (a journey of any of them may wait on an event).
+_ALL_TRIGGERS = ("segment_entered", "segment_exited", "interaction", "schedule", "date", "api")
+
+
 def on_interactions(crm: CRM, batch: InteractionBatch) -> None:
     kinds = batch.kinds
-    campaigns = [x for x in _live(crm, ("interaction",)) if x[1].trigger.kind in kinds]
+    live = _live(crm, _ALL_TRIGGERS)  # one read for the triggers and the waits
+    campaigns = [x for x in live if x[1].trigger.type == "interaction" and x[1].trigger.kind in kinds]
     if campaigns:
         rows = list(batch.rows)
         svc = Campaigns(crm)
@@ -68,7 +73,7 @@ def on_interactions(crm: CRM, batch: InteractionBatch) -> None:
             ids = {r["customer_id"] for r in rows if r["kind"] == c.trigger.kind and (rule is None or _holds(rule, r))}
             if ids:
                 svc.enroll(cid, sorted(ids))
-    _wake_waiters(crm, batch)
+    _wake_waiters(crm, batch, live)
 
 
 class _Row:
@@ -90,20 +95,20 @@ def _holds(rule: Any, row: Any) -> bool:
     return bool(rule.evaluate(EvalContext(customer=None, interactions=[_Row(row)], now=row["occurred_at"])))
 
 
-def _wake_waiters(crm: CRM, batch: InteractionBatch) -> None:
+def _wake_waiters(crm: CRM, batch: InteractionBatch, live: Sequence[tuple[int, Campaign]]) -> None:
     """Journeys waiting on an event of a kind in the batch become due now (the tick decides)."""
     if "campaign_enrollments" not in crm.db.tables:
         return
     et = crm.db.tables[ENROLLMENTS]
-    ids = sorted(batch.customer_ids)
-    if not ids:
-        return
     waiting: list[tuple[int, int, str]] = []
-    for cid, c in _live(crm, ("segment_entered", "segment_exited", "interaction", "schedule", "date", "api")):
+    for cid, c in live:
         for s in c.steps:
             if s.type == "wait" and s.event in batch.kinds:
                 waiting.append((cid, 0, s.id))
     if not waiting:
+        return
+    ids = sorted(batch.customer_ids)
+    if not ids:
         return
     now = crm.now()
     with crm.db.write() as conn:

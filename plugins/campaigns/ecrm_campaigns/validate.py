@@ -10,18 +10,27 @@ channel with a sample customer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ecrm_core.errors import EcrmError, NotFound, ValidationError
 
-from .model import Campaign, Step, parse_duration
+from .model import Campaign, Step, check_document, parse_duration
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
 
-__all__ = ["CampaignInvalid", "check", "event_rule", "graph_problems"]
+__all__ = [
+    "MAX_LISTED",
+    "MAX_TEMPLATE_BYTES",
+    "MAX_TEMPLATE_NAME",
+    "CampaignInvalid",
+    "check",
+    "data_problems",
+    "event_rule",
+    "graph_problems",
+]
 
 #: Interaction kinds that count as engaging with a message (``engaged`` branch cases).
 ENGAGEMENT_KINDS = ("email_open", "email_click", "click", "open")
@@ -43,6 +52,25 @@ SAMPLE_CUSTOMER = {
 }
 
 
+#: Problems a :class:`CampaignInvalid` message spells out (``problems`` keeps them all).
+MAX_LISTED = 10
+
+#: Largest inline template (a send step's ``template`` given as a mapping of parts), as JSON bytes.
+MAX_TEMPLATE_BYTES = 256 * 1024
+#: Longest template name (a send step's ``template`` given as text).
+MAX_TEMPLATE_NAME = 200
+
+#: The Python types a typed attribute's value may have (``AttributeDef.type``).
+_ATTRIBUTE_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "number": (int, float),
+    "integer": (int,),
+    "boolean": (bool,),
+    "datetime": (str,),
+    "list": (list, tuple),
+}
+
+
 class CampaignInvalid(ValidationError):
     """A campaign was refused; ``problems`` lists every problem found (each a ValidationError)."""
 
@@ -51,8 +79,10 @@ class CampaignInvalid(ValidationError):
         super().__init__(first.field, first.value, first.problem, first.fix)
         self.problems = problems
         if len(problems) > 1:
-            more = "; ".join(str(p) for p in problems[1:])
-            self.args = (f"{self.args[0]}; and {len(problems) - 1} more: {more}",)
+            # the message stays short: the first problems, and how many there are in all
+            more = "; ".join(str(p) for p in problems[1:MAX_LISTED])
+            cut = f"; ... (all {len(problems)} in .problems)" if len(problems) > MAX_LISTED else ""
+            self.args = (f"{self.args[0]}; and {len(problems) - 1} more: {more}{cut}",)
 
     def at(self, prefix: str) -> CampaignInvalid:
         """The same problems with ``prefix`` in front of every field."""
@@ -74,28 +104,32 @@ def graph_problems(c: Campaign) -> Iterator[ValidationError]:
     for s in c.steps:
         for fld, target in s.targets():
             if target not in ids:
-                yield ValidationError(f"steps.{s.id}.{fld}", target, "no such step", f"use one of: {', '.join(ids)}")
-    # cycles: depth-first, colouring the steps
-    colour: dict[str, int] = {}
-
-    def visit(sid: str, trail: list[str]) -> Iterator[ValidationError]:
-        colour[sid] = 1
-        for fld, target in ids[sid].targets():
+                yield ValidationError(f"steps.{s.id}.{fld}", target, "no such step", f"use one of: {_some(ids)}")
+    # cycles: depth-first with an explicit stack (a journey of MAX_STEPS steps never reaches
+    # the recursion limit), colouring the steps; `parent` gives the loop for the message
+    colour: dict[str, int] = {c.first: 1}
+    parent: dict[str, str] = {}
+    stack: list[tuple[str, Iterator[tuple[str, str]]]] = [(c.first, iter(ids[c.first].targets()))]
+    while stack:
+        sid, todo = stack[-1]
+        for fld, target in todo:
             if target not in ids:
                 continue
             if colour.get(target) == 1:
-                loop = " -> ".join([*trail[trail.index(target) :], sid, target]) if target in trail else target
                 yield ValidationError(
                     f"steps.{sid}.{fld}",
                     target,
-                    f"makes a cycle ({loop})",
+                    f"makes a cycle ({_loop(parent, sid, target)})",
                     "journeys go forward: end the loop with an exit or another step",
                 )
             elif target not in colour:
-                yield from visit(target, [*trail, sid])
-        colour[sid] = 2
-
-    yield from visit(c.first, [])
+                colour[target] = 1
+                parent[target] = sid
+                stack.append((target, iter(ids[target].targets())))
+                break
+        else:
+            colour[sid] = 2
+            stack.pop()
     for s in c.steps:
         if s.id not in colour:
             yield ValidationError(
@@ -154,12 +188,114 @@ def graph_problems(c: Campaign) -> Iterator[ValidationError]:
         yield ValidationError("holdout", c.holdout, "everyone would be held out", "use less than 100")
 
 
+def _loop(parent: dict[str, str], sid: str, target: str) -> str:
+    """``target -> ... -> sid -> target``: the steps of the loop closed by ``sid -> target``
+    (``target`` is an ancestor of ``sid`` on the depth-first path), long loops shortened."""
+    chain = [sid]
+    while chain[-1] != target:
+        chain.append(parent[chain[-1]])
+    chain.reverse()
+    if len(chain) > 12:
+        chain = [*chain[:5], f"... ({len(chain) - 10} more)", *chain[-5:]]
+    return " -> ".join([*chain, target])
+
+
+def _some(names: Iterable[str], limit: int = 10) -> str:
+    """At most ``limit`` names, comma-separated (a fix message stays short)."""
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return f"{shown}, ... ({len(names) - limit} more)" if len(names) > limit else shown
+
+
 def check(crm: CRM, c: Campaign, *, now: datetime | None = None, actions: frozenset[str] = frozenset()) -> None:
-    """Raise :class:`CampaignInvalid` listing every problem of ``c`` (graph and CRM references)."""
+    """Raise :class:`CampaignInvalid` listing every problem of ``c`` (graph and CRM references).
+
+    ``c``'s plain form goes through :func:`~ecrm_campaigns.model.check_document` first (as
+    ``Campaign.from_dict`` does): a Campaign object built in Python meets the same limits."""
+    try:
+        check_document(c.to_dict())
+    except ValidationError as exc:
+        raise CampaignInvalid([exc]) from None
     problems = list(graph_problems(c))
+    problems += list(data_problems(crm, c))
     problems += list(_crm_problems(crm, c, now or crm.now(), actions))
     if problems:
         raise CampaignInvalid(problems)
+
+
+def data_problems(crm: CRM, c: Campaign) -> Iterator[ValidationError]:
+    """The free-form values of the steps, held to the rules their use at run time applies, so that
+    a value that would fail for every customer is refused at save time, naming the step:
+
+    * a send's ``context`` and an action's ``args``: the core's free-form JSON rules
+      (:func:`ecrm_core.validation.properties_json`: JSON values, finite numbers, 64-bit integers,
+      at most ``MAX_JSON_DEPTH`` deep, ``MAX_JSON_KEYS`` keys, ``MAX_PROPERTIES_BYTES`` bytes);
+    * a send's ``template``: a name of at most :data:`MAX_TEMPLATE_NAME` characters, or a mapping
+      of parts under the same rules with at most :data:`MAX_TEMPLATE_BYTES` bytes;
+    * an update's ``value``: what ``crm.customers.update(id, attributes={attribute: value})`` checks,
+      and for an attribute a plugin declares (``ecrm_register_attributes``) its type.
+    """
+    from ecrm_core.validation import MAX_PROPERTIES_BYTES, check_string, properties_json
+
+    declared = {a.name: a.type for a in crm.registry.attributes.values()}
+    for s in c.steps:
+        path = f"steps.{s.id}"
+        try:
+            if s.type == "send":
+                if isinstance(s.template, str):
+                    check_string(s.template, f"{path}.template")
+                    if len(s.template) > MAX_TEMPLATE_NAME:
+                        raise ValidationError(
+                            f"{path}.template",
+                            s.template,
+                            f"longer than {MAX_TEMPLATE_NAME} characters",
+                            "name a stored template",
+                        )
+                else:
+                    properties_json(s.template, f"{path}.template", MAX_TEMPLATE_BYTES)
+                if s.context is not None:
+                    properties_json(s.context, f"{path}.context", MAX_PROPERTIES_BYTES)
+            elif s.type == "action" and s.args is not None:
+                properties_json(s.args, f"{path}.args", MAX_PROPERTIES_BYTES)
+            elif s.type == "update" and s.attribute is not None and s.value is not None:
+                yield from _value_problems(s.attribute.removeprefix("attributes."), s.value, path, declared)
+        except ValidationError as exc:
+            yield exc
+
+
+def _value_problems(name: str, value: Any, path: str, declared: Mapping[str, str]) -> Iterator[ValidationError]:
+    from ecrm_core.validation import properties_json
+
+    try:
+        properties_json({name: value}, "attributes")  # what crm.customers.update checks
+    except ValidationError as exc:
+        inner = f"attributes.{name}"
+        rest = exc.field[len(inner) :] if exc.field.startswith(inner) else ""
+        yield ValidationError(f"{path}.value{rest}", exc.value, exc.problem, exc.fix)
+        return
+    typ = declared.get(name)
+    if typ is None:
+        return
+    ok = isinstance(value, _ATTRIBUTE_TYPES.get(typ, (object,))) and not (isinstance(value, bool) and typ != "boolean")
+    if ok and typ == "datetime":
+        from ecrm_core.validation import aware_datetime
+
+        try:
+            aware_datetime(value, f"{path}.value")
+        except ValidationError as exc:
+            yield exc
+            return
+    if not ok:
+        yield ValidationError(
+            f"{path}.value",
+            value,
+            f"not {_an(typ)} (the attribute {name!r} is declared as {typ})",
+            f"give {_an(typ)} value",
+        )
+
+
+def _an(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
 def _rule(crm: CRM, text: str, path: str) -> Iterator[ValidationError]:

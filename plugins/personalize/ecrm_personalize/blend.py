@@ -39,6 +39,25 @@ def list_keys(
     return sources
 
 
+def _add(
+    scores: dict[str, float], reasons: dict[str, list[str]], entries: Sequence[Any], w: float, reason: str
+) -> None:
+    """Add ``w * score`` of each ``(sku, score)`` entry; a sku's reasons each once, in order met."""
+    for entry in entries:
+        sku, score = entry[0], entry[1]
+        if type(sku) is not str:
+            sku = str(sku)
+        value = w * float(score)
+        if sku in scores:
+            scores[sku] += value
+            got = reasons[sku]
+            if reason not in got:
+                got.append(reason)
+        else:
+            scores[sku] = value
+            reasons[sku] = [reason]
+
+
 def blend(
     recommender: str,
     sources: Mapping[str, Sequence[str]],
@@ -59,16 +78,6 @@ def blend(
     scores: dict[str, float] = {}
     reasons: dict[str, list[str]] = {}
 
-    def add(sku: str, score: float, reason: str) -> None:
-        if sku in scores:
-            scores[sku] += score
-            got = reasons[sku]
-            if reason not in got:
-                got.append(reason)
-        else:
-            scores[sku] = score
-            reasons[sku] = [reason]
-
     if recommender == "control" or recommender == "popular":
         use: tuple[str, ...] = ("popular",)
     elif recommender == "auto":
@@ -79,17 +88,15 @@ def blend(
     for source in use:
         w = WEIGHTS[source] if recommender in ("auto", "popular", "control") or source != "popular" else 0.01
         if source == "recent":
-            for i, s in enumerate(viewed[:k]):
-                add(s, w * (1 - i / (2 * max(k, 1))), _REASON["recent"])
+            entries: Sequence[Any] = [(s, 1 - i / (2 * max(k, 1))) for i, s in enumerate(viewed[:k])]
+            _add(scores, reasons, entries, w, _REASON["recent"])
             continue
         for key in sources.get(source, ()):
-            entries = lists.get(key)
-            if not entries:
+            found = lists.get(key)
+            if not found:
                 continue
             reason = _REASON[source].format(key.split(":", 1)[1] if ":" in key else "")
-            for entry in entries[:cap]:
-                sku, score = entry[0], entry[1]
-                add(sku if type(sku) is str else str(sku), w * float(score), reason)
+            _add(scores, reasons, found[:cap], w, reason)
     # best first; equal scores keep the order they were first met (sorted is stable)
     ranked = sorted((s for s in scores if s not in exclude), key=scores.__getitem__, reverse=True)
     if limit is not None:

@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -206,16 +207,31 @@ def lists(
         params = {"ws": crm.workspace, **{f"k{i}": k for i, k in enumerate(want)}}
         found: dict[str, tuple[tuple[str, float], ...]] = {k: () for k in want}
         for key, items in stmts.in_keys("recs", len(want)).rows(cur, params):
-            value = json_value(items)
-            if isinstance(value, list):
-                found[str(key)] = tuple(
-                    (str(e[0]), float(e[1])) for e in value if isinstance(e, list | tuple) and len(e) >= 2
-                )
+            found[str(key)] = _entries(items)
         with gen.lock:
             if len(cached) > LISTS_MAX:
                 cached.clear()
             cached.update(found)
     return {k: cached.get(k, ()) for k in keys}
+
+
+_LIST = msgspec.json.Decoder(tuple[tuple[str, float], ...])
+
+
+def _entries(items: Any) -> tuple[tuple[str, float], ...]:
+    """A stored list as ``((sku, score), ...)``: decoded straight into tuples by msgspec when it is
+    the text of ``[[sku, score], ...]`` (what refreshes write); any other shape item by item."""
+    if isinstance(items, str | bytes):
+        try:
+            return _LIST.decode(items)
+        except msgspec.ValidationError:
+            pass  # another shape (an int sku, a third element…): item by item below
+        except msgspec.DecodeError:
+            return ()
+    value = json_value(items)
+    if not isinstance(value, list):
+        return ()
+    return tuple((str(e[0]), float(e[1])) for e in value if isinstance(e, list | tuple) and len(e) >= 2)
 
 
 def bump_catalogue(crm: CRM, conn: sa.Connection) -> None:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -44,6 +45,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["HISTORY", "decide", "load_placement"]
 
+#: the bandits' draws when the caller gave no generator (one per process: seeding one per decision costs)
+_RNG = random.Random()
 #: how many recent purchases/views of a person a decision reads
 HISTORY = 60
 MAX_CONTEXT = 50
@@ -87,21 +90,27 @@ def _in_control(crm: CRM, placement: Placement, subject: str) -> bool:
     return int.from_bytes(h, "big") / 2**64 < placement.control
 
 
-def _segment(crm: CRM, placement: Placement, customer: Mapping[str, Any] | None, customer_id: int | None) -> str:
+def _segment(
+    crm: CRM, placement: Placement, customer: Mapping[str, Any] | None, customer_id: int | None
+) -> tuple[str, dict[str, Any] | None]:
+    """The person's segment for the placement's bandit, and the computed attributes when it had to
+    ask for them (so the strategies do not ask again: :meth:`DecisionContext.attribute`)."""
     how = placement.segment_by
     if how == "none":
-        return "all"
+        return "all", None
     if customer is None:
-        return "anonymous"
+        return "anonymous", None
     if how == "lifecycle":
-        return str(customer.get("lifecycle_stage") or "prospect")[:128]
+        return str(customer.get("lifecycle_stage") or "prospect")[:128], None
     name = how.split(":", 1)[1]
     attrs = customer.get("attributes") or {}
     value = attrs.get(name) if isinstance(attrs, Mapping) else None
+    computed = None
     if value is None and customer_id is not None:
         # not stored: maybe computed by a plugin (ecrm-analytics' rfm_group…)
-        value = crm.customers.computed([customer_id]).get(customer_id, {}).get(name)
-    return "none" if value is None or isinstance(value, dict | list) else str(value)[:128]
+        computed = crm.customers.computed([customer_id]).get(customer_id) or {}
+        value = computed.get(name)
+    return ("none" if value is None or isinstance(value, dict | list) else str(value)[:128]), computed
 
 
 class Statements:
@@ -195,6 +204,32 @@ def _history(rows: list[Any]) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(bought)), list(dict.fromkeys(viewed))
 
 
+@contextmanager
+def _cursor(crm: CRM) -> Iterator[tuple[Any, sa.Dialect]]:
+    """A DB-API cursor for the decision's reads and the dialect: on a connection of the engine's
+    pool taken without SQLAlchemy's ``Connection`` around it (its set-up and reset cost more than
+    the decision's person and generation queries together), or on the host's connection when ecrm
+    works inside one."""
+    db = crm.db
+    if db.joined:
+        with db.read() as conn:
+            cur = conn.connection.cursor()
+            try:
+                yield cur, conn.dialect
+            finally:
+                cur.close()
+        return
+    raw = db.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        try:
+            yield cur, db.engine.dialect
+        finally:
+            cur.close()
+    finally:
+        raw.close()  # back to the pool (which rolls back whatever a statement left open)
+
+
 def decide(
     crm: CRM,
     placement: str,
@@ -238,64 +273,59 @@ def decide(
 
     now = crm.now()
     ws = crm.workspace
-    with crm.db.read() as conn:
-        dialect = conn.dialect
+    with _cursor(crm) as (cur, dialect):
         stmts = statements(crm, dialect)
-        cur = conn.connection.cursor()
-        try:
-            # 0. the generation of the cached catalogue and lists (one primary-key query)
-            gen = cache.generation(crm, cur, dialect)
-            row = None
-            if customer_id is not None or (lookup_alias is not None and cookie_out is None):
-                row = _person(cur, ws, stmts, customer_id, lookup_alias)
-                if row is None and customer_id is not None:
-                    fallbacks.append("unknown_customer")
-                    explanation.append(f"customer {customer_id} is not known here: popular items")
-            cid = row.id if row is not None else None
-            customer = (
-                {
-                    "name": row.name,
-                    "timezone": row.timezone,
-                    "locale": row.locale,
-                    "lifecycle_stage": row.lifecycle_stage,
-                    "attributes": row.attributes or {},
-                }
-                if row is not None
-                else None
-            )
-            prefs = (row.data if row is not None else None) or {}
+        # 0. the generation of the cached catalogue and lists (one primary-key query)
+        gen = cache.generation(crm, cur, dialect)
+        row = None
+        if customer_id is not None or (lookup_alias is not None and cookie_out is None):
+            row = _person(cur, ws, stmts, customer_id, lookup_alias)
+            if row is None and customer_id is not None:
+                fallbacks.append("unknown_customer")
+                explanation.append(f"customer {customer_id} is not known here: popular items")
+        cid = row.id if row is not None else None
+        customer = (
+            {
+                "name": row.name,
+                "timezone": row.timezone,
+                "locale": row.locale,
+                "lifecycle_stage": row.lifecycle_stage,
+                "attributes": row.attributes or {},
+            }
+            if row is not None
+            else None
+        )
+        prefs = (row.data if row is not None else None) or {}
 
-            bought: list[str] = []
-            viewed: list[str] = []
-            if cid is not None:
-                bought, viewed = _history(stmts.history.rows(cur, {"ws": ws, "cid": cid}))
+        bought: list[str] = []
+        viewed: list[str] = []
+        if cid is not None:
+            bought, viewed = _history(stmts.history.rows(cur, {"ws": ws, "cid": cid}))
 
-            subject = f"c{cid}" if cid is not None else f"v{lookup_alias or 'none'}"
-            control = _in_control(crm, pl, subject)
-            segment = _segment(crm, pl, customer, cid)
-            page_sku = ctx_in.get("sku") if isinstance(ctx_in.get("sku"), str) else None
+        subject = f"c{cid}" if cid is not None else f"v{lookup_alias or 'none'}"
+        control = _in_control(crm, pl, subject)
+        segment, computed = _segment(crm, pl, customer, cid)
+        page_sku = ctx_in.get("sku") if isinstance(ctx_in.get("sku"), str) else None
 
-            # 3. the lists, by key (cached per generation)
-            rec = "control" if control else pl.recommender
-            sources = list_keys(rec, bought, viewed, page_sku) if not control else {"popular": ["popular"]}
-            keys = sorted({k for ks in sources.values() for k in ks if len(k) <= 260})
-            lists = cache.lists(crm, cur, dialect, gen, keys)
-            exclude = set(bought) if pl.exclude_bought else set()
-            if page_sku:
-                exclude.add(page_sku)
-            candidates = blend(rec, sources, lists, viewed, pl.k, exclude, limit=max(pl.k * 4, 20))
+        # 3. the lists, by key (cached per generation)
+        rec = "control" if control else pl.recommender
+        sources = list_keys(rec, bought, viewed, page_sku) if not control else {"popular": ["popular"]}
+        keys = sorted({k for ks in sources.values() for k in ks if len(k) <= 260})
+        lists = cache.lists(crm, cur, dialect, gen, keys)
+        exclude = set(bought) if pl.exclude_bought else set()
+        if page_sku:
+            exclude.add(page_sku)
+        candidates = blend(rec, sources, lists, viewed, pl.k, exclude, limit=max(pl.k * 4, 20))
 
-            # 4. the catalogue: deleted or unavailable products are left out
-            want = {c.sku for c in candidates} | set(bought[:20]) | set(viewed[:20])
-            products = cache.products(crm, cur, dialect, gen, want)
-            arms = None
-            if pl.alternatives and "bandit" in pl.strategies:  # also in control: a constant number of queries
-                arms = {
-                    str(arm): (int(trials), int(wins))
-                    for arm, trials, wins in stmts.arms.rows(cur, {"ws": ws, "placement": pl.name, "segment": segment})
-                }
-        finally:
-            cur.close()
+        # 4. the catalogue: deleted or unavailable products are left out
+        want = {c.sku for c in candidates} | set(bought[:20]) | set(viewed[:20])
+        products = cache.products(crm, cur, dialect, gen, want)
+        arms = None
+        if pl.alternatives and "bandit" in pl.strategies:  # also in control: a constant number of queries
+            arms = {
+                str(arm): (int(trials), int(wins))
+                for arm, trials, wins in stmts.arms.rows(cur, {"ws": ws, "placement": pl.name, "segment": segment})
+            }
 
     unavailable = _unavailable(crm, [c.sku for c in candidates if c.sku in products])
     kept: list[Candidate] = []
@@ -335,8 +365,10 @@ def decide(
         variant={},
         explanation=explanation,
         arms=arms,
-        rng=rng or random.Random(),
+        rng=rng or _RNG,
     )
+    if computed is not None:
+        dctx._computed = computed  # asked for once per decision
     if control:
         dctx.explain(
             f"control group of placement {pl.name!r}: no personalization (popular items, default presentation)"

@@ -195,7 +195,10 @@ class Placement:
         options = fields.get("options") or {}
         if not isinstance(options, Mapping) or not all(isinstance(v, Mapping) for v in options.values()):
             raise ValidationError("options", options, "not a mapping of mappings", 'send e.g. {"ranked": {...}}')
+        from ecrm_core.validation import check_json
+
         fields["options"] = {str(k): dict(v) for k, v in options.items()}
+        check_json(fields["options"], "options")  # the core's JSON rules: finite numbers, depth, sizes
         if "exclude_bought" in fields and not isinstance(fields["exclude_bought"], bool):
             raise ValidationError("exclude_bought", fields["exclude_bought"], "not a boolean", "send true or false")
         return cls(**fields)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import anyio.to_thread
 import msgspec
 from ecrm_api.problems import problem_responses
 from litestar import Request, Response, get, post, put
@@ -87,15 +88,24 @@ def _svc(crm: CRM) -> Any:
     return Personalize(crm)
 
 
+def _inline(crm: CRM) -> bool:
+    """Whether a decision may run on the event loop: on a SQLite file ecrm opened itself (its reads
+    are a few indexed page reads, ~1 ms of CPU in all, that a worker thread would only add a thread
+    hop and GIL hand-offs to) and with no ``personalize_unavailable`` hook implemented (an
+    integration may call a remote inventory).  Otherwise (PostgreSQL: network round trips; a
+    host's connection) it runs in a worker thread."""
+    db = crm.db
+    return bool(db.is_sqlite and not db.joined and not crm.plugins.has_impls("personalize_unavailable"))
+
+
 @post(
     "/personalize/decide",
     opt={"scope": "read"},
     tags=["personalize"],
-    sync_to_thread=True,
     status_code=200,
     responses=problem_responses(),
 )
-def decide(data: JSONBody[DecideIn], crm: NamedDependency[CRM], request: Request[Any, Any, Any]) -> Response[Any]:
+async def decide(data: JSONBody[DecideIn], crm: NamedDependency[CRM], request: Request[Any, Any, Any]) -> Response[Any]:
     """A decision: ranked items and offers, the adaptive alternatives, the presentation variant, an
     explanation and the decision id to report outcomes against.  Unknown placements, customers and
     invalid, expired or other-workspace visitor cookies get defined fallbacks (``fallback`` says
@@ -103,14 +113,18 @@ def decide(data: JSONBody[DecideIn], crm: NamedDependency[CRM], request: Request
     visitor = data.visitor
     if visitor is None and data.customer_id is None and data.anonymous_id is None:
         visitor = request.cookies.get(COOKIE_NAME)
-    d = _svc(crm).decide(
-        None,
-        data.placement,
-        data.context,
-        customer_id=data.customer_id,
-        visitor=visitor,
-        anonymous_id=data.anonymous_id,
-    )
+
+    def run() -> Any:
+        return _svc(crm).decide(
+            None,
+            data.placement,
+            data.context,
+            customer_id=data.customer_id,
+            visitor=visitor,
+            anonymous_id=data.anonymous_id,
+        )
+
+    d = run() if _inline(crm) else await anyio.to_thread.run_sync(run)
     cookies = []
     if d.visitor is not None:
         cookies.append(
@@ -202,9 +216,22 @@ def put_placement(
     sync_to_thread=True,
     responses=problem_responses(),
 )
-def placement_arms(name: NameParam, crm: NamedDependency[CRM]) -> dict[str, Any]:
-    """The bandit state: trials and wins per segment and alternative."""
-    return {"placement": name, "segments": _svc(crm).arms(name)}
+def placement_arms(
+    name: NameParam,
+    crm: NamedDependency[CRM],
+    limit: Annotated[int, Parameter(ge=1, le=1000, description="segments per page (1-1,000)")] = 100,
+    after: Annotated[
+        str | None, Parameter(min_length=1, max_length=128, description="the `next` of the previous page")
+    ] = None,
+) -> dict[str, Any]:
+    """The bandit state: trials and wins per segment and alternative, ``limit`` segments
+    a page in name order (``next``: pass it as ``after`` for the following page)."""
+    segments = _svc(crm).arms(name, limit=limit + 1, after=after)
+    names = list(segments)
+    more = len(names) > limit
+    if more:
+        del segments[names[limit]]
+    return {"placement": name, "segments": segments, "next": names[limit - 1] if more else None}
 
 
 @get(

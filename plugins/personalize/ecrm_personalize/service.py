@@ -265,16 +265,24 @@ class Personalize:
 
         return record(self.crm, [o if isinstance(o, Outcome) else Outcome(**o) for o in outcomes])
 
-    def arms(self, placement: str, segment: str | None = None) -> dict[str, dict[str, dict[str, int]]]:
-        """The bandit state: ``{segment: {alternative: {"trials": n, "wins": n}}}``."""
+    def arms(
+        self, placement: str, segment: str | None = None, *, limit: int | None = None, after: str | None = None
+    ) -> dict[str, dict[str, dict[str, int]]]:
+        """The bandit state: ``{segment: {alternative: {"trials": n, "wins": n}}}``,
+        segments in name order; ``limit`` segments at most, those after ``after``
+        (a placement segmented by an attribute has one segment per value)."""
         from .schema import ARMS
 
         a = self._t(ARMS)
-        q = sa.select(a.c.segment, a.c.arm, a.c.trials, a.c.wins).where(
-            a.c.workspace_id == self.crm.workspace, a.c.placement == placement
-        )
+        where = [a.c.workspace_id == self.crm.workspace, a.c.placement == placement]
         if segment is not None:
-            q = q.where(a.c.segment == segment)
+            where.append(a.c.segment == segment)
+        if after is not None:
+            where.append(a.c.segment > after)
+        q = sa.select(a.c.segment, a.c.arm, a.c.trials, a.c.wins).where(*where)
+        if limit is not None:
+            first = sa.select(a.c.segment).where(*where).distinct().order_by(a.c.segment).limit(limit)
+            q = q.where(a.c.segment.in_(first.scalar_subquery()))
         out: dict[str, dict[str, dict[str, int]]] = {}
         with self.crm.db.read() as conn:
             for r in conn.execute(q.order_by(a.c.segment, a.c.arm)):

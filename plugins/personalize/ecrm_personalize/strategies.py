@@ -302,11 +302,17 @@ class Ranked(Strategy):
         weight = float(ctx.options("ranked").get("affinity", 0.5))
         total = sum(ctx.categories.values())
         if total and ctx.items:
+            # one factor and one sentence per category (a decision ranks ~40 items of a few categories)
+            boost = {
+                c: (1 + weight * (n / total), f"{c} is {n / total:.0%} of their history")
+                for c, n in ctx.categories.items()
+                if n
+            }
             for it in ctx.items:
-                share = ctx.categories.get(it.category or "", 0) / total
-                if share:
-                    it.score *= 1 + weight * share
-                    it.reasons.append(f"{it.category} is {share:.0%} of their history")
+                found = boost.get(it.category or "")
+                if found is not None:
+                    it.score *= found[0]
+                    it.reasons.append(found[1])
             ctx.items.sort(key=lambda i: -i.score)
             top = ctx.categories.most_common(1)[0][0]
             ctx.explain(f"items ranked by category affinity (top: {top})")
