@@ -15,8 +15,9 @@ Timed on the same data, in the same run:
 
 * **ecrm, full build**: ``analytics(crm).refresh(full=True)`` — the RFM rows
   of every customer (the aggregate ``GROUP BY`` over the plugin's covering
-  index, read by one reader connection per CPU, at most 4, each a range of
-  customers), quintile cut points, scores and groups, the rows written
+  index — first and last purchase by index seeks — read by one reader
+  connection per CPU, at most 4, each a range of customers), quintile cut
+  points, scores and groups, the rows written
   (one ``executemany``), the CLV predictions (none: no model is fitted yet)
   and the refresh of the segments using ``rfm()``/``clv()``/``churn()``.
   The results are **not** copied into ``customers.attributes`` (the
