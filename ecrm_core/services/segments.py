@@ -267,7 +267,9 @@ class Segments(_SegmentRefresh):
                         ["segment_id", "customer_id", "entered_at"],
                         sa.select(sa.literal(seg.id), c.c.id, sa.literal(now, type_=m.c.entered_at.type)).where(
                             ids_clause(c.c.id, chunk, conn.dialect.name),
-                            c.c.id.not_in(sa.select(m.c.customer_id).where(m.c.segment_id == seg.id)),
+                            # one primary-key probe per id (a NOT IN over the segment's members read
+                            # them all, per chunk: quadratic in the size of the change)
+                            ~sa.exists().where(m.c.segment_id == seg.id, m.c.customer_id == c.c.id),
                         ),
                     )
                     changed += conn.scalars(ins.on_conflict_do_nothing().returning(m.c.customer_id)).all()

@@ -115,7 +115,7 @@ def test_yaml_objects_that_are_not_json_are_refused() -> None:
 # -- 2. durations, chains, fans ----------------------------------------------------------------
 
 DURATIONS = [
-    (10**20, "integer outside"),
+    (10**20, "too long"),
     (10**12, "too long"),
     (-(10**12), "too long"),
     ("999999999999w", "too long"),
@@ -401,3 +401,26 @@ def test_hostile_definitions_over_http(
     monkeypatch.setattr(Campaigns, "save", overflow)
     r = http.post("/campaigns", json={"definition": _base({"id": "a", "type": "exit"})})
     assert r.status_code == 500 and r.json()["type"].endswith("internal") and "nested" not in r.text, r.text
+
+
+def test_the_cli_refuses_an_alias_bomb_and_a_bad_value(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from ecrm_core.cli import make_cli
+    from ecrm_core.testing import make_crm
+
+    db = tmp_path / "cli.db"
+    make_crm(db, plugins=[plugin]).close()
+    cli = make_cli(plugins=[plugin], entrypoints=False)
+    base = ["--db", f"sqlite:///{db}", "campaigns"]
+    spec = tmp_path / "c.yaml"
+    for text, says in (
+        (_lol(9, 10), "text: uses the YAML anchor &l0"),
+        (HEAD + "  - {id: a, type: update, attribute: tier, value: .nan}\n", "steps.a.value: not a finite number"),
+        (HEAD + "  - {id: a, type: wait, duration: 99999999999999, next: b}\n  - {id: b, type: exit}\n", "too long"),
+    ):
+        spec.write_text(text)
+        r = CliRunner().invoke(cli, [*base, "apply", "-f", str(spec)])
+        assert r.exit_code == 1 and says in r.output, r.output
+    r = CliRunner().invoke(cli, [*base, "list", "--json"])
+    assert r.exit_code == 0 and '"key"' not in r.output, r.output

@@ -7,9 +7,10 @@ The pipeline is the same for every channel (see :mod:`ecrm_core.channels`):
    in the *same transaction* as the decision (with ``crm.using(conn)`` that
    is the host's transaction).  A blocked message is stored too, with the
    reason, so "why did Ada not get it" has an answer.
-2. **Dispatch** (``dispatch``/``work``): claim due messages under a lease,
-   log an attempt (``attempt_id``) per message, hand them to the channel,
-   record each outcome.  Accepted → ``sent``; deferred → retried with
+2. **Dispatch** (``dispatch``/``work``): claim due messages under a lease
+   (one ``UPDATE … RETURNING``), hand them to the channel with an
+   ``attempt_id`` each (derived from the message and the attempt number),
+   record each outcome (the attempt's row, written once).  Accepted → ``sent``; deferred → retried with
    exponential backoff; rejected or out of attempts → ``dead`` (the dead
    letter, which ``replay`` re-queues).  A worker that dies between claim
    and record leaves a lease that expires: the message is retried with the
@@ -19,13 +20,15 @@ The pipeline is the same for every channel (see :mod:`ecrm_core.channels`):
    clicks land on the timeline — each event once, by its key.
 
 Every attempt is a row in ``delivery_attempts`` and an interaction on the
-customer's timeline (``message_sent``/``message_deferred``/``message_failed``).
+customer's timeline (``message_sent``/``message_deferred``/``message_failed``,
+written by :mod:`.timeline`, the bulk interaction writer's lean path).
 
 The package, one module per responsibility: :mod:`.records` (what is
 returned, customers as plain data, lookups), :mod:`.safety` (what may be
 stored), :mod:`.suppression`, :mod:`.send` (decide and plan), :mod:`.screen` (decide without
 writing: what ``send_many`` would do),
-:mod:`.deliver` (claim and deliver, dead letters), :mod:`.events`
+:mod:`.deliver` (claim and deliver, dead letters), :mod:`.timeline` (the
+outcomes' interactions), :mod:`.events`
 (feedback) and :mod:`.service` (``Channels``, ``Messages``).
 """
 

@@ -115,7 +115,13 @@ def provide_api(request: Request[Any, Any, Any]) -> ApiState:
 
 def freeze_gc() -> None:
     """Collect, then freeze what exists (see :attr:`ApiConfig.gc_freeze`): full collections then
-    walk only what requests created, not the modules, the app and its caches (no stalls of tens of ms)."""
+    walk only what requests created, not the modules, the app and its caches (no stalls of tens of ms).
+
+    Once per process: when something is frozen already (an earlier app of this process, or the
+    host's own ``gc.freeze()``), nothing is done -- objects frozen are never collected, so freezing
+    again and again (a test session serving many apps) would keep each app's garbage forever."""
+    if gc.get_freeze_count():
+        return
     gc.collect()
     gc.freeze()
 

@@ -171,8 +171,10 @@ class ApiConfig:
         warm caches move to the collector's permanent generation, so a full
         collection, which otherwise walks all of them (tens of milliseconds
         at a time, stalling every request in flight), walks only what
-        requests created since.  ``True`` (default); turn it off for a host
-        that manages the collector itself.
+        requests created since.  Once per process: nothing is done when
+        something is frozen already (an earlier app, or the host's own
+        ``gc.freeze()``).  ``True`` (default); turn it off for a host that
+        manages the collector itself.
     """
 
     path: str = ""
@@ -219,6 +221,8 @@ class ApiConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 86400:
                 raise ValidationError(name, v, "out of range", "give seconds from 0 to 86400")
+        if not isinstance(self.gc_freeze, bool):
+            raise ValidationError("gc_freeze", self.gc_freeze, "not a boolean", "give True or False")
         if self.docs_assets not in DOCS_ASSETS:
             raise ValidationError(
                 "docs_assets", self.docs_assets, "unknown choice", f"give one of {', '.join(map(repr, DOCS_ASSETS))}"

@@ -261,8 +261,10 @@ def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[
 
 
 #: Modules that decode a request body: a RecursionError raised in one of them (the innermost
-#: frame; msgspec's C decoder raises it in its caller's frame) is a body nested too deeply.
+#: frame; msgspec's C decoder raises it in its caller's frame) is a body nested too deeply, and
+#: so is msgspec's own ("... while deserializing an object", e.g. the tracking routes' decoder).
 _BODY_DECODERS = ("ecrm_api.bodies", "litestar.serialization", "litestar.connection", "litestar._kwargs")
+_MSGSPEC_TOO_DEEP = "while deserializing"
 
 
 def _raised_in(exc: BaseException) -> str:
@@ -279,7 +281,8 @@ def _on_too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Respon
     # msgspec refuses absurdly nested JSON with RecursionError while decoding the body; a
     # RecursionError anywhere else is a server bug, answered (and logged) as one.
     module = _raised_in(exc)
-    if not any(module == m or module.startswith(m + ".") for m in _BODY_DECODERS):
+    decoding = _MSGSPEC_TOO_DEEP in str(exc) or any(module == m or module.startswith(m + ".") for m in _BODY_DECODERS)
+    if not decoding:
         return _on_unexpected(request, exc)
     p = problem(
         400,

@@ -84,6 +84,7 @@ def parse_duration(value: Any, path: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+_DURATION_KEYS = frozenset({"duration", "timeout", "every", "cooldown", "within"})
 _STEP_INDEX = re.compile(r"^steps\[(\d+)\]")
 
 
@@ -114,6 +115,8 @@ def check_document(data: Any) -> None:
         check_json(data, "$", limits=False)
     except ValidationError as exc:
         field = _step_path(data, exc.field.removeprefix("$").removeprefix(".") or "campaign")
+        if exc.problem.startswith("integer outside") and field.rsplit(".", 1)[-1] in _DURATION_KEYS:
+            raise ValidationError(field, exc.value, "too long", "use at most 100 years") from None
         raise ValidationError(field, exc.value, exc.problem, exc.fix) from None
     # depth, iteratively; `where` is the top of the path (``steps[3]``, ``trigger``) for the message
     stack: list[tuple[Any, int, str]] = [(data, 0, "campaign")]

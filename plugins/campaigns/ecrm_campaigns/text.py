@@ -1,9 +1,10 @@
 """The YAML text form of a campaign: ``load(dump(c)) == c`` and ``dump(load(t)) == t`` for a
 text ``t`` in the canonical form (``dump``'s output: keys in model order, defaults left out).
 
-The text is read by a restricted PyYAML safe loader: no tags that make objects, **no anchors
-and aliases** (``&name`` / ``*name``: an alias repeats a whole subtree, so a few hundred bytes
-could stand for gigabytes — "billion laughs"), nesting at most :data:`MAX_YAML_DEPTH` deep,
+The text is read by PyYAML's safe loader (libyaml's when installed): no tags that make objects,
+**no anchors and aliases** (``&name`` / ``*name``: an alias repeats a whole subtree, so a few hundred bytes
+could stand for gigabytes — "billion laughs"), nesting at most :data:`MAX_YAML_DEPTH` deep
+(both refused from the parser's events, before anything is built),
 and date-times read as text (the model parses them), so what YAML gives is plain JSON data
 that then goes through the same checks as a definition given as a mapping
 (:meth:`Campaign.from_dict <ecrm_campaigns.model.Campaign.from_dict>`).
@@ -32,55 +33,56 @@ def _where(mark: Any) -> str:
 
 @functools.cache
 def _loader() -> type[Any]:
+    """PyYAML's safe loader (libyaml's when installed) reading date-times as text."""
     import yaml
-    from yaml.events import AliasEvent, CollectionStartEvent, NodeEvent
 
-    class Loader(yaml.SafeLoader):
-        """``yaml.SafeLoader`` that refuses anchors and aliases and deep nesting (iteratively
-        bounded, so it never reaches the recursion limit) and reads date-times as text."""
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-        def __init__(self, stream: str) -> None:
-            super().__init__(stream)
-            self._depth = 0
-
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            if isinstance(event, AliasEvent):
-                raise ValidationError(
-                    "text",
-                    _where(event.start_mark),
-                    f"uses the YAML alias *{event.anchor}",
-                    "write the value out in full: anchors (&) and aliases (*) are not accepted",
-                )
-            if isinstance(event, NodeEvent) and event.anchor is not None:
-                raise ValidationError(
-                    "text",
-                    _where(event.start_mark),
-                    f"uses the YAML anchor &{event.anchor}",
-                    "write the value out in full: anchors (&) and aliases (*) are not accepted",
-                )
-            if not isinstance(event, CollectionStartEvent):
-                return super().compose_node(parent, index)
-            self._depth += 1
-            try:
-                if self._depth > MAX_YAML_DEPTH:
-                    raise ValidationError(
-                        "text",
-                        _where(event.start_mark),
-                        f"nested deeper than {MAX_YAML_DEPTH} levels",
-                        "write flatter data",
-                    )
-                return super().compose_node(parent, index)
-            finally:
-                self._depth -= 1
+    class Loader(base):  # type: ignore[valid-type,misc]
+        pass
 
     # A date-time stays text: the model reads `at` itself, and free-form data stays JSON.
-    Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)  # type: ignore[type-var]
+    Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
     return Loader
 
 
+def _scan(text: str) -> None:
+    """Refuse anchors, aliases and deep nesting from the parser's events, before anything is
+    built (a flat loop over the events: nothing recursive, nothing expanded)."""
+    import yaml
+    from yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, NodeEvent
+
+    depth = 0
+    for event in yaml.parse(text, Loader=_loader()):
+        if isinstance(event, AliasEvent):
+            raise ValidationError(
+                "text",
+                _where(event.start_mark),
+                f"uses the YAML alias *{event.anchor}",
+                "write the value out in full: anchors (&) and aliases (*) are not accepted",
+            )
+        if isinstance(event, NodeEvent) and event.anchor is not None:
+            raise ValidationError(
+                "text",
+                _where(event.start_mark),
+                f"uses the YAML anchor &{event.anchor}",
+                "write the value out in full: anchors (&) and aliases (*) are not accepted",
+            )
+        if isinstance(event, CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ValidationError(
+                    "text",
+                    _where(event.start_mark),
+                    f"nested deeper than {MAX_YAML_DEPTH} levels",
+                    "write flatter data",
+                )
+        elif isinstance(event, CollectionEndEvent):
+            depth -= 1
+
+
 def load(text: str) -> Campaign:
-    """Parse YAML text (the restricted safe loader above) into a :class:`Campaign`."""
+    """Parse YAML text (checked by :func:`_scan`, then read by the safe loader) into a :class:`Campaign`."""
     import yaml
 
     if not isinstance(text, str) or len(text) > MAX_TEXT:
@@ -90,16 +92,17 @@ def load(text: str) -> Campaign:
             "not a campaign text",
             f"give at most {MAX_TEXT} characters of YAML",
         )
-    loader = _loader()(text)
     try:
-        data: Any = loader.get_single_data()
+        _scan(text)
+        data: Any = yaml.load(text, Loader=_loader())  # a SafeLoader: see _loader
     except yaml.YAMLError as exc:
         where = _where(getattr(exc, "problem_mark", None))
-        raise ValidationError(
-            "text", where, f"not valid YAML: {getattr(exc, 'problem', exc)}", "fix the YAML syntax there"
-        ) from None
-    finally:
-        loader.dispose()
+        problem = str(getattr(exc, "problem", exc))
+        if "nesting depth" in problem:  # libyaml's own limit, met while it looks ahead
+            raise ValidationError(
+                "text", where, f"nested deeper than {MAX_YAML_DEPTH} levels", "write flatter data"
+            ) from None
+        raise ValidationError("text", where, f"not valid YAML: {problem}", "fix the YAML syntax there") from None
     return Campaign.from_dict(data)
 
 
