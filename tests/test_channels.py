@@ -198,6 +198,31 @@ def test_an_attempt_is_written_once_with_its_outcome_and_a_late_report_replaces_
     assert (record.status, record.attempts) == ("sent", 2)  # settled once, by the attempt holding the lease
 
 
+def test_one_claim_gives_each_channel_its_own_lease(tmp_path, memory, clock):
+    """The claim's one UPDATE takes each message's lease from its channel's policy."""
+    sms = MemoryChannel(name="sms", address_field="phone")
+    second = sms.plugin()
+    second.ECRM_PLUGIN_NAME = "memory-sms"  # two MemoryChannel plugins: each its own name
+    crm = make_crm(
+        tmp_path / "m.db",
+        plugins=[memory.plugin(), second],
+        clock=clock,
+        secret="s" * 32,
+        channels={"memory": {"policy": {"lease": 60}}, "sms": {"policy": {"lease": 900}}},
+    )
+    cid = crm.customers.create(
+        email="c@example.com", phone="+14155550101", consent={"memory": "granted", "sms": "granted"}
+    ).id
+    by_channel = {ch: crm.messages.send(ch, cid, {"body": "x"}).id for ch in ("memory", "sms")}
+    claimed = crm.messages._claim(None, 10, {"recovered": 0, "blocked": 0})
+    assert sorted(c.message.channel for c in claimed) == ["memory", "sms"]
+    with crm.db.read() as conn:
+        leases = dict(conn.exec_driver_sql("SELECT uid, lease_until FROM ecrm_messages").all())
+    now = clock().replace(tzinfo=None)
+    for ch, seconds in (("memory", 60), ("sms", 900)):
+        assert datetime.fromisoformat(leases[by_channel[ch]]) == now + timedelta(seconds=seconds)
+
+
 def test_settling_after_the_customer_was_merged_or_deleted_meanwhile(tmp_path, memory, clock):
     """Between claim and settle a customer may be merged (the outcome lands on the survivor's
     timeline) or deleted with their messages (nothing is written for them); the others settle."""

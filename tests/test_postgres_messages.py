@@ -373,3 +373,41 @@ def test_quiet_hours_are_the_customers_local_night(workers):
     w.clock.advance(hours=3, minutes=15)  # 02:15 UTC = 08:00 in Kathmandu
     assert w.crms[1].messages.dispatch().sent == 1
     assert w.delivered()[late.id] == 1 and w.delivered()[nepal.id] == 1
+
+
+def test_claim_leases_per_channel_and_a_late_report_replaces_lost_on_postgres(pg_crm_factory):
+    """The claim's one statement on PostgreSQL (a CTE with SKIP LOCKED joined by the UPDATE): each
+    channel's own lease; the attempt row written once; a takeover logs the stalled attempt ``lost``
+    and its late report replaces that row (``INSERT … ON CONFLICT DO UPDATE``)."""
+    clock = FakeClock()
+    memory, sms = MemoryChannel(name="memory"), MemoryChannel(name="sms", address_field="phone")
+    second = sms.plugin()
+    second.ECRM_PLUGIN_NAME = "memory-sms"
+    crm = pg_crm_factory(
+        plugins=[memory.plugin(), second],
+        clock=clock,
+        secret="s" * 32,
+        channels={"memory": {"policy": {"lease": 60}}, "sms": {"policy": {"lease": 900}}},
+    )
+    cid = crm.customers.create(
+        email="c@example.com", phone="+14155550101", consent={"memory": "granted", "sms": "granted"}
+    ).id
+    ids = {ch: crm.messages.send(ch, cid, {"body": "x"}).id for ch in ("memory", "sms")}
+    claimed = {c.message.channel: c for c in crm.messages._claim(None, 10, {"recovered": 0, "blocked": 0})}
+    assert sorted(claimed) == ["memory", "sms"]
+    t = crm.db.tables["messages"]
+    with crm.db.read() as conn:
+        leases = dict(conn.execute(sa.select(t.c.uid, t.c.lease_until)).all())
+    assert leases[ids["memory"]] == clock() + timedelta(seconds=60)
+    assert leases[ids["sms"]] == clock() + timedelta(seconds=900)
+    assert [a.status for a in crm.messages.attempts(ids["memory"])] == ["started"]
+    clock.advance(seconds=61)  # the memory message's lease expires; another worker takes it over
+    report = crm.messages.dispatch()
+    assert (report.recovered, report.sent) == (1, 1)
+    assert [(a.number, a.status) for a in crm.messages.attempts(ids["memory"])] == [(1, "lost"), (2, "accepted")]
+    totals = {"sent": 0, "retrying": 0, "dead": 0, "blocked": 0, "recovered": 0}
+    crm.messages._deliver(list(claimed.values()), totals)  # the stalled worker reports, late for memory
+    assert [(a.number, a.status) for a in crm.messages.attempts(ids["memory"])] == [(1, "accepted"), (2, "accepted")]
+    assert crm.messages.get(ids["memory"]).attempts == 2
+    assert [(a.number, a.status) for a in crm.messages.attempts(ids["sms"])] == [(1, "accepted")]
+    assert crm.messages.get(ids["sms"]).status == "sent"

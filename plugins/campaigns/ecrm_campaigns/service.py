@@ -302,14 +302,20 @@ class Campaigns:
         if restrict is not None:
             # Driven by the ids (the primary key): with "workspace_id = ?" in the WHERE, SQLite would pick
             # a (workspace, ...) index and visit every customer of the workspace for each chunk.
-            from ecrm_core.rules.sql import ids_clause
+            # (SQLite: the unary + of ``unindexed`` keeps those columns' indexes out of the plan.)
+            from ecrm_core.rules.sql import ids_clause, unindexed
 
-            rows = conn.execute(
-                sa.select(cu.c.id, cu.c.workspace_id, cu.c.merged_into).where(
-                    ids_clause(cu.c.id, list(restrict), conn.dialect.name)
+            ws: sa.ColumnElement[Any] = cu.c.workspace_id
+            merged: sa.ColumnElement[Any] = cu.c.merged_into
+            if conn.dialect.name == "sqlite":
+                ws, merged = unindexed(ws), unindexed(merged)
+            ids = set(
+                conn.scalars(
+                    sa.select(cu.c.id).where(
+                        ids_clause(cu.c.id, list(restrict), conn.dialect.name), ws == self.workspace, merged.is_(None)
+                    )
                 )
             )
-            ids = {r.id for r in rows if r.workspace_id == self.workspace and r.merged_into is None}
         else:
             ids = set(
                 conn.scalars(sa.select(cu.c.id).where(cu.c.workspace_id == self.workspace, cu.c.merged_into.is_(None)))
