@@ -343,6 +343,12 @@ def test_typed_attributes_get_their_type(crm_factory: Callable[..., CRM], attrib
     with pytest.raises(CampaignInvalid) as err:
         campaigns(crm).save(data)
     assert err.value.field == "steps.a.value", str(err.value)
+    says = "naive" if isinstance(value, str) and attribute == "renews" else f"is declared as {_TYPES[attribute]}"
+    assert says in err.value.problem or says in err.value.fix, str(err.value)
+    assert campaigns(crm).list() == []
+
+
+_TYPES = {"score": "integer", "vip": "boolean", "renews": "datetime"}
 
 
 def test_step_type_carries_integer_durations() -> None:
@@ -424,3 +430,10 @@ def test_the_cli_refuses_an_alias_bomb_and_a_bad_value(tmp_path: Any) -> None:
         assert r.exit_code == 1 and says in r.output, r.output
     r = CliRunner().invoke(cli, [*base, "list", "--json"])
     assert r.exit_code == 0 and '"key"' not in r.output, r.output
+
+
+@pytest.mark.parametrize("data", [5, "x", None, 1.5, [1, [2]], math.nan, "5", "", "- a", "a: 1\n---\nb: 2\n"])
+def test_documents_that_are_not_a_mapping_are_refused(data: Any) -> None:
+    with pytest.raises(ValidationError) as err:
+        load(data) if isinstance(data, str) else Campaign.from_dict(data)
+    assert err.value.field in ("campaign", "text"), str(err.value)

@@ -118,16 +118,11 @@ def check_document(data: Any) -> None:
         if exc.problem.startswith("integer outside") and field.rsplit(".", 1)[-1] in _DURATION_KEYS:
             raise ValidationError(field, exc.value, "too long", "use at most 100 years") from None
         raise ValidationError(field, exc.value, exc.problem, exc.fix) from None
-    # depth, iteratively; `where` is the top of the path (``steps[3]``, ``trigger``) for the message
-    stack: list[tuple[Any, int, str]] = [(data, 0, "campaign")]
+    # depth, iteratively (only containers are pushed); `where` is the top of the path
+    # (``steps[3]``, ``trigger``) for the message
+    stack: list[tuple[Any, int, str]] = [(data, 0, "campaign")] if isinstance(data, Mapping | list | tuple) else []
     while stack:
         node, depth, where = stack.pop()
-        if isinstance(node, Mapping):
-            items: Any = ((str(k), v) for k, v in node.items())
-        elif isinstance(node, list | tuple):
-            items = ((f"[{i}]", v) for i, v in enumerate(node))
-        else:
-            continue
         if depth >= MAX_DEFINITION_DEPTH:
             raise ValidationError(
                 _step_path(data, where),
@@ -135,12 +130,13 @@ def check_document(data: Any) -> None:
                 f"nested deeper than {MAX_DEFINITION_DEPTH} levels",
                 "write flatter data",
             )
-        if depth == 0:
-            stack.extend((v, 1, k) for k, v in items)
-        elif depth == 1 and where == "steps":
-            stack.extend((v, 2, f"steps{k}") for k, v in items)
+        if depth == 0 and isinstance(node, Mapping):
+            stack.extend((v, 1, str(k)) for k, v in node.items() if isinstance(v, Mapping | list | tuple))
+        elif depth == 1 and where == "steps" and isinstance(node, list | tuple):
+            stack.extend((v, 2, f"steps[{i}]") for i, v in enumerate(node) if isinstance(v, Mapping | list | tuple))
         else:
-            stack.extend((v, depth + 1, where) for _, v in items)
+            values = node.values() if isinstance(node, Mapping) else node
+            stack.extend((v, depth + 1, where) for v in values if isinstance(v, Mapping | list | tuple))
     size = len(json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode())
     if size > MAX_DEFINITION_BYTES:
         raise ValidationError(
