@@ -59,12 +59,52 @@ class _Builder(Protocol):
 
 @functools.cache
 def _machinery() -> tuple[Lark, Callable[[str], _Builder]]:
-    """The LALR parser and the transformer class, built once on first use."""
+    """The LALR parser and the transformer class, built once on first use.
+
+    Building the LALR tables takes ~0.1 s, in every process that reads a
+    rule (a CLI command, a worker's first refresh).  They are kept in a
+    cache file that lark checks against the grammar's hash and its own
+    version, and rebuilds when it does not match or cannot be read
+    (:func:`_tables_cache`); ``ECRM_RULES_CACHE=0`` turns it off."""
     from lark import Lark
 
     grammar = Path(__file__).with_name("grammar.lark").read_text(encoding="utf-8")
-    parser = Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True, maybe_placeholders=False)
+    parser = Lark(
+        grammar,
+        parser="lalr",
+        lexer="contextual",
+        propagate_positions=True,
+        maybe_placeholders=False,
+        cache=_tables_cache(),
+    )
     return parser, _transformer_class()
+
+
+def _tables_cache() -> str | bool:
+    """Where the parser's tables are cached: a file in a directory only this
+    user can write (``$XDG_CACHE_HOME/ecrm`` or ``~/.cache/ecrm``, created
+    with mode 0700); ``False`` (no cache) when there is none, when that
+    directory is another user's or writable by others (lark reads the file
+    with pickle, so nobody else may be able to write it), on systems without
+    POSIX owners, or when ``ECRM_RULES_CACHE`` is ``0``."""
+    import os
+
+    if os.environ.get("ECRM_RULES_CACHE", "1") == "0" or not hasattr(os, "getuid"):
+        return False
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.path.join(base, "ecrm")
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        st = os.stat(folder, follow_symlinks=False)
+    except OSError:
+        return False
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return False
+    import lark
+
+    return os.path.join(folder, f"rules-lalr-lark{lark.__version__}.cache")
 
 
 class _Field(NamedTuple):
