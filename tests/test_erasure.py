@@ -68,17 +68,15 @@ def _rows_about(crm: CRM, ids: list[int]) -> dict[str, int]:
     return out
 
 
-class _NoAfterCommit:
-    """The process dies right after the delete's COMMIT: ``ecrm_customers_deleted`` never runs."""
+def _dies_after_commit(crm: CRM, monkeypatch: pytest.MonkeyPatch, hook: str) -> None:
+    """The process dies right after the COMMIT: the after-commit event ``hook`` never runs."""
+    real = crm.plugins.notify
 
-    def __init__(self, crm: CRM, monkeypatch: pytest.MonkeyPatch) -> None:
-        real = crm.plugins.notify
+    def notify(name: str, **kwargs: Any) -> None:
+        if name != hook:
+            real(name, **kwargs)
 
-        def notify(hook: str, **kwargs: Any) -> None:
-            if hook != "ecrm_customers_deleted":
-                real(hook, **kwargs)
-
-        monkeypatch.setattr(crm.plugins, "notify", notify)
+    monkeypatch.setattr(crm.plugins, "notify", notify)
 
 
 @pytest.fixture
@@ -199,7 +197,7 @@ def test_a_person_is_erased_from_every_table_even_if_the_process_dies_after_the_
     )
     # A message of theirs arrives and waits in the inbox when they are deleted.
     _inbox(crm, {"type": "track", "userId": "gone", "event": "Product Viewed", "messageId": "gone-3"})
-    _NoAfterCommit(crm, monkeypatch)
+    _dies_after_commit(crm, monkeypatch, "ecrm_customers_deleted")
     assert crm.customers.delete(gone) == (gone,)
     assert _rows_about(crm, [gone]) == {}
     # The waiting message is condemned by the tombstones committed with the deletion: the next tick drops it.
@@ -280,13 +278,7 @@ def test_a_merge_moves_every_plugins_rows_even_if_the_process_dies_after_the_com
     b = _a_person_everywhere(crm, clock, "ann.work@example.com")
     before = _rows_about(crm, [b])
     assert {"analytics_rfm", "campaign_enrollments", "personalize_preferences", "personalize_outcomes"} <= set(before)
-    real = crm.plugins.notify
-
-    def notify(hook: str, **kwargs: Any) -> None:  # the process dies right after the merge's COMMIT
-        if hook != "ecrm_customers_merged":
-            real(hook, **kwargs)
-
-    monkeypatch.setattr(crm.plugins, "notify", notify)
+    _dies_after_commit(crm, monkeypatch, "ecrm_customers_merged")
     crm.customers.merge(b, into=a)
     assert _rows_about(crm, [b]) == {}  # nothing left on the tombstone
     after = _rows_about(crm, [a])

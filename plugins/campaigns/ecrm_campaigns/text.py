@@ -54,18 +54,12 @@ def _scan(text: str) -> None:
 
     depth = 0
     for event in yaml.parse(text, Loader=_loader()):
-        if isinstance(event, AliasEvent):
+        if isinstance(event, NodeEvent) and event.anchor is not None:  # an alias is a NodeEvent too
+            what = f"alias *{event.anchor}" if isinstance(event, AliasEvent) else f"anchor &{event.anchor}"
             raise ValidationError(
                 "text",
                 _where(event.start_mark),
-                f"uses the YAML alias *{event.anchor}",
-                "write the value out in full: anchors (&) and aliases (*) are not accepted",
-            )
-        if isinstance(event, NodeEvent) and event.anchor is not None:
-            raise ValidationError(
-                "text",
-                _where(event.start_mark),
-                f"uses the YAML anchor &{event.anchor}",
+                f"uses the YAML {what}",
                 "write the value out in full: anchors (&) and aliases (*) are not accepted",
             )
         if isinstance(event, CollectionStartEvent):
