@@ -89,6 +89,37 @@ class CustomerReads(Service):
             return None
         return self.get(next(iter(found.values())))
 
+    def survivors(
+        self, customer_ids: Iterable[int], *, conn: sa.Connection | None = None, lock: bool = False
+    ) -> dict[int, int]:
+        """``{id: the id to use now}`` for the customers of ``customer_ids`` that
+        still exist in this workspace: a merged one maps to its survivor, a
+        live one to itself; a deleted (or unknown) one is absent.  One query
+        per 500 ids.  ``conn``: read in that transaction; ``lock`` (with
+        ``conn``, on PostgreSQL) keeps the rows from being deleted until it
+        commits, so rows written for these ids cannot meet a deleted customer."""
+        ids = sorted({int(c) for c in customer_ids})
+        if not ids:
+            return {}
+        t = self.t("customers")
+        out: dict[int, int] = {}
+
+        def read(c: sa.Connection) -> None:
+            for start in range(0, len(ids), 500):
+                q = sa.select(t.c.id, sa.func.coalesce(t.c.merged_into, t.c.id)).where(
+                    t.c.workspace_id == self.workspace, t.c.id.in_(ids[start : start + 500])
+                )
+                if lock and c.dialect.name == "postgresql":
+                    q = q.with_for_update(key_share=True)
+                out.update((int(a), int(b)) for a, b in c.execute(q))
+
+        if conn is not None:
+            read(conn)
+        else:
+            with self.db.read() as c:
+                read(c)
+        return out
+
     def computed(self, customer_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         """What plugins compute about these customers and keep in their own
         tables (hook ``ecrm_computed_attributes``): ``{customer_id: {name: value}}``,

@@ -123,8 +123,7 @@ def record(crm: CRM, outcomes: Iterable[Outcome | dict[str, Any]]) -> list[Outco
     if timeline:
         # first the timeline (idempotent by key): a crash before the outcome row is
         # written is repaired by the retry, which finds the interaction already there
-        with crm.db.read() as conn:
-            now_known = _current_customers(crm, conn, {r["customer_id"] for r in timeline})
+        now_known = crm.customers.survivors(r["customer_id"] for r in timeline)
         timeline = [
             {**r, "customer_id": now_known[r["customer_id"]]} for r in timeline if r["customer_id"] in now_known
         ]
@@ -139,8 +138,8 @@ def record(crm: CRM, outcomes: Iterable[Outcome | dict[str, Any]]) -> list[Outco
             if conn.dialect.name == "postgresql":
                 for uid in sorted({r["decision"] for r in rows}):  # concurrent reports of a decision take turns
                     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext("personalize:" + uid))))
-            known = _current_customers(
-                crm, conn, {r["customer_id"] for r in rows if r["customer_id"] is not None}, lock=True
+            known = crm.customers.survivors(
+                (r["customer_id"] for r in rows if r["customer_id"] is not None), conn=conn, lock=True
             )
             for n, r in enumerate(rows):
                 if r["customer_id"] is not None:
@@ -205,26 +204,6 @@ def record(crm: CRM, outcomes: Iterable[Outcome | dict[str, Any]]) -> list[Outco
             status = "recorded" if (r["decision"], r["event"], r["item"]) in new else "duplicate"
             results[i] = OutcomeResult(decision=o.decision, event=o.event, item=o.item, status=status)
     return [r for r in results if r is not None]
-
-
-def _current_customers(crm: CRM, conn: sa.Connection, ids: set[int], *, lock: bool = False) -> dict[int, int]:
-    """``{id: the id to store now}`` for the customers of ``ids`` that still exist
-    (a merged one: its survivor); deleted ones are absent.  ``lock``: on
-    PostgreSQL the rows are locked against a concurrent delete until the commit."""
-    if not ids:
-        return {}
-    c = crm.db.tables["customers"]
-    out: dict[int, int] = {}
-    ordered = sorted(ids)
-    for start in range(0, len(ordered), 500):
-        q = sa.select(c.c.id, c.c.merged_into).where(
-            c.c.workspace_id == crm.workspace, c.c.id.in_(ordered[start : start + 500])
-        )
-        if lock and conn.dialect.name == "postgresql":
-            q = q.with_for_update(key_share=True)
-        for cid, merged_into in conn.execute(q):
-            out[cid] = merged_into if merged_into is not None else cid
-    return out
 
 
 def _credits(
