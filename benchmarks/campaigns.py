@@ -16,7 +16,7 @@ Timed, from the trigger:
 * **trigger + enroll**: ``crm.segments.add("spring", ids)`` commits the
   membership and fires ``ecrm_segment_entered`` once with the whole set;
   the plugin enrolls it set-based (audience check, re-entry check) and runs
-  the journey's first send step at entry: per chunk of 2,500, ONE
+  the journey's first send step at entry: per chunk of 10,000, ONE
   ``send_many`` with a dedupe key per customer and one INSERT of the
   enrollments in their final state, in one transaction — messages are in
   the outbox;
