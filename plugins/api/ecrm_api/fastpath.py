@@ -60,7 +60,7 @@ from .messages import (
     parse_time,
 )
 
-__all__ = ["FastBatch", "check_batch", "read_event"]
+__all__ = ["FastBatch", "check_batch", "map_event", "read_event", "read_events"]
 
 _Key = Annotated[str, Meta(max_length=MAX_KEY_LENGTH)]
 _Int = Annotated[int, Meta(ge=MIN_INT, le=MAX_INT)]
@@ -69,12 +69,6 @@ _Scalar = str | _Int | _Float | bool | None
 _Level2 = str | _Int | _Float | bool | list[_Scalar] | Annotated[dict[_Key, _Scalar], Meta(max_length=100)] | None
 _Level1 = str | _Int | _Float | bool | list[_Level2] | Annotated[dict[_Key, _Level2], Meta(max_length=100)] | None
 _Props = Annotated[dict[_Key, _Level1], Meta(max_length=200)]
-
-
-class _Envelope(Struct):
-    batch: list[Raw]
-    sentAt: Any = None
-    writeKey: Any = UNSET
 
 
 class _Head(Struct):
@@ -118,7 +112,6 @@ class _Screen(_Event, tag_field="type", tag="screen"):
     category: str | None = None
 
 
-_decode_envelope = msgspec.json.Decoder(_Envelope).decode
 _decode_head = msgspec.json.Decoder(_Head).decode
 _decode_event = msgspec.json.Decoder(_Track | _Page | _Screen).decode
 _decode_events = msgspec.json.Decoder(list[_Track | _Page | _Screen]).decode
@@ -347,7 +340,31 @@ def read_event(data: bytes, index: int, path: str, reader: MessageReader, sent_a
         m = _decode_event(data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    got = _checked(m, sent_at, reader.received_at, reader.latest, reader.event_kinds, reader.sale_kinds)
+    return map_event(m, index, path, reader, sent_at)
+
+
+def read_events(data: bytes | Raw) -> list[_Track | _Page | _Screen] | None:
+    """Every message of a batch array (its raw JSON) decoded typed in one call,
+    for :func:`map_event`; ``None`` when one of them is not a typed event, or
+    the array has a backslash escape (each then goes through :func:`read_event`)."""
+    if b"\\" in (data if type(data) is bytes else bytes(data)):
+        return None
+    try:
+        return _decode_events(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def map_event(
+    m: _Track | _Page | _Screen,
+    index: int,
+    path: str,
+    reader: MessageReader,
+    sent_at: datetime | None,
+    shift: timedelta | None = None,
+) -> _Message | None:
+    """:func:`read_event` of a message already decoded typed (``shift``: see :func:`_checked`)."""
+    got = _checked(m, sent_at, reader.received_at, reader.latest, reader.event_kinds, reader.sale_kinds, shift)
     if got is None:
         return None
     user, anonymous, at, kind, money = got
