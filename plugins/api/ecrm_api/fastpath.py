@@ -178,6 +178,7 @@ def check_batch(body: bytes, reader: MessageReader) -> FastBatch | None:
     keep: list[Raw] = []
     general = Parsed()
     for index, raw in enumerate(raws):
+        m: _Track | _Page | _Screen | None
         if typed is not None:
             m = typed[index]
         elif not (measure and len(raw) * 8 > MESSAGE_MAX_BYTES) and not (escaped and b"\\" in bytes(raw)):
