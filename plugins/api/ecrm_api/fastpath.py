@@ -164,8 +164,8 @@ def check_batch(body: bytes, reader: MessageReader) -> FastBatch | None:
         if typed is not None:
             if len(typed) > BATCH_MAX_MESSAGES:
                 return None
-            for m in typed:
-                if _checked(m, sent_at, received, latest, kinds, sale_kinds, shift) is None:
+            for event in typed:
+                if _checked(event, sent_at, received, latest, kinds, sale_kinds, shift) is None:
                     break
             else:
                 return FastBatch(len(typed), [], b'{"batch":' + bytes(head.batch) + sent)
