@@ -35,6 +35,12 @@ def test_rfm_clv_reports_and_conditions_on_postgres(pg_crm_factory: Any) -> None
     set_copy(crm, True)  # the attributes copied too (JSONB, the pre-rendered write)
     result = analytics(crm).refresh(full=True, clv=True)
     assert result.customers == 12
+    # a full build on unchanged data writes no RFM row (PostgreSQL's sums are numeric, the table's floats)
+    from ecrm_analytics.rfm import build
+
+    with crm.db.write() as conn:
+        built = build(crm, conn)
+    assert sorted(built.customers) == sorted(ids) and built.changed == []
     one = analytics(crm).customer(ids[1])["rfm"]
     assert one["orders"] == 2 and one["revenue"] == pytest.approx(11) and one["monetary"] == pytest.approx(9.5)
     attrs = crm.customers.get(ids[-1]).attributes
