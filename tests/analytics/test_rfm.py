@@ -252,3 +252,16 @@ def test_a_full_build_on_unchanged_data_writes_nothing_and_a_changed_customer_is
         conn.execute(sa.delete(it).where(it.c.customer_id == ids[5]))
     result = shop.analytics.refresh(full=True)
     assert ids[5] not in rfm_rows(shop) and result.customers == 39 and result.changed >= 1
+    # a new reporting currency changes every customer's money: every row rewritten (as a first build)
+    from ecrm_analytics import set_rates
+
+    set_rates(shop.crm, "USD", {"EUR": 2.0})
+    before = rfm_rows(shop)
+    result = shop.analytics.refresh(full=True)
+    after = rfm_rows(shop)
+    assert result.changed == len(after) == 39
+    assert all(after[c]["monetary"] == pytest.approx(2 * before[c]["monetary"]) for c in after)
+    with shop.crm.db.write() as conn:
+        compute(shop.crm, conn)
+        rescore(shop.crm, conn)
+    assert _values(rfm_rows(shop)) == _values(after)

@@ -344,7 +344,11 @@ def _build(crm: CRM, conn: sa.Connection, rates: Rates, workers: int | None) -> 
         write = [row for row in scored if not same(by_id.get(row[0]), row)]
         gone = by_id.keys() - set(everyone)
         changed = sorted({row[0] for row in write} | gone)
-        if changed:
+        if 2 * len(changed) > len(stored):
+            # most rows differ (new rates, a first build after an upgrade…): every row rewritten, as a first build
+            conn.execute(sa.delete(table).where(table.c.workspace_id == crm.workspace))
+            write, stored = scored, []
+        elif changed:
             from ecrm_core.rules.sql import ids_clause
 
             conn.execute(
