@@ -109,6 +109,13 @@ _WIDTH = max(len(g) for row in GROUP_GRID for g in row)
 _PACKED = "".join(g.ljust(_WIDTH) for row in GROUP_GRID for g in row)
 
 
+def _sql_fm(f: Any, m: Any) -> Any:
+    """⌈(f + m) / 2⌉ of two integer scores in SQL: an integer division (``//``).  Not ``CAST((f + m + 1) / 2 AS
+    INTEGER)``: SQLAlchemy divides integers as numbers, and PostgreSQL's cast rounds 3.5 up where SQLite's
+    truncates it."""
+    return (f + m + 1) // 2
+
+
 def _sql_group(r: Any, fm: Any) -> Any:
     """The group of scores ``r`` and ``fm`` (each 1-5): a slice of :data:`_PACKED`, one expression instead of 25
     ``CASE`` branches."""
@@ -534,7 +541,7 @@ def rescore(crm: CRM, conn: sa.Connection) -> list[int]:
         .subquery("src")
     )
     scored = _scores(source)
-    f_plus_m = sa.cast((scored.c.f + scored.c.m + 1) / 2, sa.Integer)
+    f_plus_m = _sql_fm(scored.c.f, scored.c.m)
     stmt = (
         sa.update(table)
         .where(
