@@ -105,7 +105,7 @@ def report_handlers(spec: ReportSpec) -> list[Any]:
                 inspect.Parameter.KEYWORD_ONLY,
                 default=None,
                 annotation=Annotated[
-                    str | None, QueryParameter(query=p.name, description=_describe(p), max_length=200)
+                    str | None, QueryParameter(name=p.name, description=_describe(p), max_length=200)
                 ],
             )
             for p in spec.params
@@ -127,7 +127,7 @@ def report_handlers(spec: ReportSpec) -> list[Any]:
         "format",
         inspect.Parameter.KEYWORD_ONLY,
         default="svg",
-        annotation=Annotated[str, QueryParameter(query="format", description="svg or png", max_length=8)],
+        annotation=Annotated[str, QueryParameter(name="format", description="svg or png", max_length=8)],
     )
 
     def chart(crm: CRM, format: str = "svg", **params: Any) -> Response[bytes]:
@@ -217,7 +217,7 @@ def get_customer_analytics(customer_id: CustomerId, crm: NamedDependency[CRM]) -
 @post("/analytics/refresh", opt={"scope": "write"}, tags=["analytics"], sync_to_thread=True, status_code=200)
 def refresh(
     crm: NamedDependency[CRM],
-    full: Annotated[bool, QueryParameter(query="full", description="recompute everyone")] = False,
+    full: Annotated[bool, QueryParameter(name="full", description="recompute everyone")] = False,
 ) -> dict[str, Any]:
     """Recompute now the customers whose sales changed (``?full=true``: everyone); the CLV model is not refit."""
     from .service import analytics
