@@ -4,17 +4,24 @@ move everywhere in the merge's transaction (``ecrm_customers_merging``).
 
 The cross-plugin test loads every plugin that stores data about a person,
 gives one person data in each (by customer id, and by identity: a visitor
-cookie's outcomes, tracking messages waiting and rejected), deletes them *as
-if the process died right after the COMMIT* (the after-commit
-``ecrm_customers_deleted`` never runs), and checks every table of the
-database: no row with their customer id, and no text, JSON or bytes column
-naming one of their identities.  A plugin added later is checked too, by
-construction.
+cookie's outcomes, tracking messages waiting and rejected), then deletes them
+in a second process that is killed with a real SIGKILL right after the
+COMMIT (from the first implementation of the after-commit
+``ecrm_customers_deleted``, so no plugin's after-commit work runs), and
+checks every table of the database: no row with their customer id, and no
+text, JSON or bytes column naming one of their identities.  A plugin added
+later is checked too, by construction.  The merge test does the same with
+``ecrm_customers_merged``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,7 +29,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ecrm_core import CRM, PluginError, hookimpl
+from ecrm_core import CRM, NotFound, PluginError, hookimpl
 from ecrm_core.testing import CapturingChannel, FakeClock
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -68,26 +75,63 @@ def _rows_about(crm: CRM, ids: list[int]) -> dict[str, int]:
     return out
 
 
-def _dies_after_commit(crm: CRM, monkeypatch: pytest.MonkeyPatch, hook: str) -> None:
-    """The process dies right after the COMMIT: the after-commit event ``hook`` never runs."""
-    real = crm.plugins.notify
+PLUGINS = ("ecrm_analytics.plugin", "ecrm_campaigns.plugin", "ecrm_personalize.plugin", "ecrm_api.plugin")
 
-    def notify(name: str, **kwargs: Any) -> None:
-        if name != hook:
-            real(name, **kwargs)
+# A second process on the same file: it deletes or merges, and the first
+# implementation of the after-commit event (registered last, so pluggy calls
+# it first) kills it with SIGKILL, so nothing after the COMMIT runs.
+DIES_AFTER_COMMIT = textwrap.dedent(
+    """
+    import importlib, os, signal, sys
 
-    monkeypatch.setattr(crm.plugins, "notify", notify)
+    from ecrm_core import CRM, hookimpl
+    from ecrm_core.testing import CapturingChannel
+
+    class DiesAfterCommit:
+        @hookimpl
+        def ecrm_customers_deleted(self):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        @hookimpl
+        def ecrm_customers_merged(self):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    path, secret, action, *ids = sys.argv[1:]
+    plugins = [importlib.import_module(name) for name in os.environ["PLUGINS"].split()]
+    crm = CRM(f"sqlite:///{path}", plugins=[*plugins, CapturingChannel().plugin()], secret=secret,
+              load_entrypoints=False)
+    crm.register_plugin(DiesAfterCommit(), name="dies-after-commit")
+    if action == "delete":
+        crm.customers.delete(int(ids[0]))
+    else:
+        crm.customers.merge(int(ids[0]), into=int(ids[1]))
+    sys.exit("the process outlived the COMMIT: the after-commit event did not run")
+    """
+)
+
+
+def _in_a_process_killed_after_the_commit(crm: CRM, action: str, *ids: int) -> None:
+    """``action`` ("delete" or "merge") on ``crm``'s file in another process,
+    SIGKILLed right after the COMMIT; the data must already be complete."""
+    path = crm.db.engine.url.database
+    assert path
+    env = {**os.environ, "PLUGINS": " ".join(PLUGINS)}
+    done = subprocess.run(
+        [sys.executable, "-c", DIES_AFTER_COMMIT, path, SECRET, action, *map(str, ids)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr[-2000:])
 
 
 @pytest.fixture
 def everything(crm_factory: Callable[..., CRM]) -> tuple[CRM, FakeClock]:
-    analytics = pytest.importorskip("ecrm_analytics.plugin")
-    campaigns = pytest.importorskip("ecrm_campaigns.plugin")
-    personalize = pytest.importorskip("ecrm_personalize.plugin")
-    api = pytest.importorskip("ecrm_api.plugin")
+    plugins = [pytest.importorskip(name) for name in PLUGINS]
     clock = FakeClock(T0)
     channel = CapturingChannel()
-    crm = crm_factory(plugins=[analytics, campaigns, personalize, api, channel.plugin()], clock=clock, secret=SECRET)
+    crm = crm_factory(plugins=[*plugins, channel.plugin()], clock=clock, secret=SECRET)
     return crm, clock
 
 
@@ -178,8 +222,8 @@ def _a_person_everywhere(crm: CRM, clock: FakeClock, email: str) -> int:
     return cid
 
 
-def test_a_person_is_erased_from_every_table_even_if_the_process_dies_after_the_commit(
-    everything: tuple[CRM, FakeClock], monkeypatch: pytest.MonkeyPatch
+def test_a_person_is_erased_from_every_table_even_if_the_process_is_killed_after_the_commit(
+    everything: tuple[CRM, FakeClock],
 ) -> None:
     from ecrm_api.processor import process_inbox
 
@@ -197,8 +241,9 @@ def test_a_person_is_erased_from_every_table_even_if_the_process_dies_after_the_
     )
     # A message of theirs arrives and waits in the inbox when they are deleted.
     _inbox(crm, {"type": "track", "userId": "gone", "event": "Product Viewed", "messageId": "gone-3"})
-    _dies_after_commit(crm, monkeypatch, "ecrm_customers_deleted")
-    assert crm.customers.delete(gone) == (gone,)
+    _in_a_process_killed_after_the_commit(crm, "delete", gone)
+    with pytest.raises(NotFound):
+        crm.customers.get(gone)
     assert _rows_about(crm, [gone]) == {}
     # The waiting message is condemned by the tombstones committed with the deletion: the next tick drops it.
     assert process_inbox(crm).erased == 1
@@ -270,16 +315,15 @@ def test_the_hook_sees_the_ids_and_identities_and_writes_with_the_core(crm: CRM)
         assert conn.execute(sa.select(sa.func.count()).select_from(notes)).scalar_one() == 0
 
 
-def test_a_merge_moves_every_plugins_rows_even_if_the_process_dies_after_the_commit(
-    everything: tuple[CRM, FakeClock], monkeypatch: pytest.MonkeyPatch
+def test_a_merge_moves_every_plugins_rows_even_if_the_process_is_killed_after_the_commit(
+    everything: tuple[CRM, FakeClock],
 ) -> None:
     crm, clock = everything
     a = _a_person_everywhere(crm, clock, "ann@example.com")
     b = _a_person_everywhere(crm, clock, "ann.work@example.com")
     before = _rows_about(crm, [b])
     assert {"analytics_rfm", "campaign_enrollments", "personalize_preferences", "personalize_outcomes"} <= set(before)
-    _dies_after_commit(crm, monkeypatch, "ecrm_customers_merged")
-    crm.customers.merge(b, into=a)
+    _in_a_process_killed_after_the_commit(crm, "merge", b, a)
     assert _rows_about(crm, [b]) == {}  # nothing left on the tombstone
     after = _rows_about(crm, [a])
     assert {"personalize_preferences", "personalize_outcomes", "campaign_enrollments", "interactions"} <= set(after)

@@ -360,13 +360,15 @@ class Lifecycle(Service):
         # Lock the rows in id order first: two refreshes (or a refresh and a
         # tracking batch) updating overlapping customers in different orders
         # (one statement per stage) would otherwise deadlock on PostgreSQL.
+        # NO KEY UPDATE (the id never changes): rows inserted meanwhile for
+        # these customers (their foreign keys' KEY SHARE checks) do not wait.
         ordered = sorted(row.id for row in rows)
         for i in range(0, len(ordered), CHUNK):
             conn.execute(
                 sa.select(c.c.id)
                 .where(ids_clause(c.c.id, ordered[i : i + CHUNK], conn.dialect.name))
                 .order_by(c.c.id)
-                .with_for_update()
+                .with_for_update(key_share=True)
             ).all()
         by_stage: dict[str, builtins.list[int]] = {}
         for row in rows:

@@ -160,10 +160,17 @@ class CustomerWrites(CustomerReads):
 
     def _locked(self, conn: sa.Connection, ids: Iterable[int]) -> dict[int, Customer]:
         """The customers with these ids, read in ``conn``'s transaction and
-        locked until it ends (``SELECT … FOR UPDATE``, in id order so two
-        writers never wait for each other; a no-op on SQLite)."""
+        locked until it ends (``SELECT … FOR NO KEY UPDATE``, in id order so
+        two writers never wait for each other in a circle; a no-op on SQLite).
+
+        ``NO KEY``: the update never changes a customer's id, so the lock is
+        the one PostgreSQL's own ``UPDATE`` takes; it does not block the
+        foreign-key checks (``KEY SHARE``) of rows inserted meanwhile for these
+        customers (interactions, messages, enrollments, in any order): a
+        plain ``FOR UPDATE`` did, and a tracking batch listing the customers
+        in another order deadlocked with the upsert."""
         t = self.t("customers")
-        q = self._select().where(t.c.id.in_(sorted(set(ids)))).order_by(t.c.id).with_for_update()
+        q = self._select().where(t.c.id.in_(sorted(set(ids)))).order_by(t.c.id).with_for_update(key_share=True)
         return {r.id: self._from_row(r) for r in conn.execute(q)}
 
     def _claimed_meanwhile(self, current: Customer, changes: Mapping[str, Any]) -> None:

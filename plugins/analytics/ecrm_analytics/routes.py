@@ -48,7 +48,12 @@ def _build(crm: CRM, report: str, params: dict[str, Any], *, writes: bool = Fals
         kwargs = spec.coerce({k: v for k, v in params.items() if v is not None}, writes=writes)
     except ValidationError as exc:
         raise exc.at("query") from None
-    return spec.build(crm, **kwargs)
+    try:
+        return spec.build(crm, **kwargs)
+    except ValidationError as exc:  # a parameter the data refuses (e.g. a support too low): still the query's
+        if exc.field in kwargs:
+            raise exc.at("query") from None
+        raise
 
 
 @get(
@@ -99,9 +104,7 @@ def report_handlers(spec: ReportSpec) -> list[Any]:
                 p.name,
                 inspect.Parameter.KEYWORD_ONLY,
                 default=None,
-                annotation=Annotated[
-                    str | None, QueryParameter(query=p.name, description=_describe(p), max_length=200)
-                ],
+                annotation=Annotated[str | None, QueryParameter(name=p.name, description=_describe(p), max_length=200)],
             )
             for p in spec.params
             if writes or not p.writes
@@ -122,7 +125,7 @@ def report_handlers(spec: ReportSpec) -> list[Any]:
         "format",
         inspect.Parameter.KEYWORD_ONLY,
         default="svg",
-        annotation=Annotated[str, QueryParameter(query="format", description="svg or png", max_length=8)],
+        annotation=Annotated[str, QueryParameter(name="format", description="svg or png", max_length=8)],
     )
 
     def chart(crm: CRM, format: str = "svg", **params: Any) -> Response[bytes]:
@@ -212,7 +215,7 @@ def get_customer_analytics(customer_id: CustomerId, crm: NamedDependency[CRM]) -
 @post("/analytics/refresh", opt={"scope": "write"}, tags=["analytics"], sync_to_thread=True, status_code=200)
 def refresh(
     crm: NamedDependency[CRM],
-    full: Annotated[bool, QueryParameter(query="full", description="recompute everyone")] = False,
+    full: Annotated[bool, QueryParameter(name="full", description="recompute everyone")] = False,
 ) -> dict[str, Any]:
     """Recompute now the customers whose sales changed (``?full=true``: everyone); the CLV model is not refit."""
     from .service import analytics
