@@ -78,3 +78,37 @@ def test_two_workers_share_the_steps_and_never_run_one_twice(pg_crm_factory: Any
         assert len(keys) == 2 * N and set(keys.values()) == {1}
     finally:
         second.close()
+
+
+def test_a_first_step_failing_at_entry_is_rolled_back_whole_and_left_to_a_tick(
+    pg_crm_factory: Any, monkeypatch: Any
+) -> None:
+    """The first step runs at entry in a SAVEPOINT of the enrollment's transaction: a step that fails
+    there (here a failed statement on PostgreSQL, after its messages were queued) leaves no message
+    behind, the enrollments are still written (at the step, due now) and a tick runs the step whole.
+    Before, the messages queued before the failure stayed (the tick then found them by dedupe key)."""
+    chan = MemoryChannel(name="capture", capabilities=("templates",))
+    crm = pg_crm_factory(plugins=[plugin, chan.plugin()])
+    svc = campaigns(crm)
+    svc.save({"key": "pgflaky", "name": "PG flaky", "trigger": {"type": "api"}, "steps": STEPS})
+    svc.start("pgflaky")
+    crm.customers.upsert_many([{"email": f"f{i}@x.org", "consent": {"capture": "granted"}} for i in range(5)])
+    cu = crm.db.tables["customers"]
+    with crm.db.read() as conn:
+        ids = list(conn.scalars(sa.select(cu.c.id)))
+    real = Runner._send
+
+    def fails_in_sql(self: Runner, *args: Any, **kwargs: Any) -> Any:
+        real(self, *args, **kwargs)  # the messages are queued in the enrollment's transaction...
+        with self.crm.db.write() as conn:  # ...then a statement fails on it
+            conn.exec_driver_sql("SELECT 1 / 0")
+
+    with monkeypatch.context() as m:
+        m.setattr(Runner, "_send", fails_in_sql)
+        assert svc.trigger("pgflaky", ids).entered == 5
+    e = crm.db.tables["campaign_enrollments"]
+    with crm.db.read() as conn:
+        assert set(conn.execute(sa.select(e.c.status, e.c.step)).all()) == {("active", "one")}
+    assert crm.messages.list() == []  # the failed step's messages went with its savepoint
+    Runner(crm).run()
+    assert crm.messages.dispatch().sent == 5

@@ -404,9 +404,17 @@ class Campaigns:
                 # for the first time (engine.first_step: a send step; its messages join this
                 # transaction): each enrollment is written once, in the state the step leaves it in.
                 starting = {cid: arms[cid] for cid in fresh if arms[cid] != assign.HOLDOUT}
-                moved = (
-                    first_step(self.crm.using(conn), c, row.id, row.version, starting, now) if starting else None
-                ) or {}
+                moved: dict[int, dict[str, Any]] = {}
+                if starting:
+                    # In a SAVEPOINT: a step that fails at entry leaves nothing behind (on PostgreSQL a
+                    # failed statement would otherwise abort this transaction), and a tick retries it.
+                    savepoint = conn.begin_nested()
+                    done = first_step(self.crm.using(conn), c, row.id, row.version, starting, now)
+                    if done is None:
+                        savepoint.rollback()
+                    else:
+                        savepoint.commit()
+                        moved = done
                 # One INSERT ... SELECT per set of shared values (an arm, an outcome of the first step):
                 # bound once, the ids one parameter (json_each / unnest) -- no per-row parameter processing.
                 groups: dict[tuple[Any, ...], builtins.list[int]] = {}
