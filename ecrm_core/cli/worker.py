@@ -175,6 +175,13 @@ def _line(outcome: TickOutcome) -> str | None:
     is_flag=True,
     help="Serve every workspace that has customers (re-read every minute), not only --workspace.",
 )
+@click.option(
+    "--stall",
+    type=click.FloatRange(0.01, 366 * 86400),
+    default=600.0,
+    show_default=True,
+    help="Seconds after which a running tick is stuck: recorded, and the other jobs go on in a new thread.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No line per tick; only start, stop and failures.")
 @click.pass_context
 def worker_cmd(
@@ -186,6 +193,7 @@ def worker_cmd(
     threads: int,
     every: tuple[str, ...],
     all_workspaces: bool,
+    stall: float,
     quiet: bool,
 ) -> None:
     if ctx.invoked_subcommand is not None:
@@ -212,7 +220,7 @@ def worker_cmd(
         if line and (not quiet or outcome.status == "failed"):
             state.err.print(line)
 
-    ex = cls(runner, threads=threads, on_tick=on_tick)
+    ex = cls(runner, threads=threads, on_tick=on_tick, stall=stall)
     names = ", ".join(runner.jobs)
     scope = "every workspace" if all_workspaces else f"workspace {state.workspace!r}"
     state.err.print(

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ValidationError
 from .executor import Executor
 from .runner import RUNNER_RETRY, TickOutcome
 
@@ -36,6 +37,14 @@ class InProcessExecutor(Executor):
       is not due, or fails), then :meth:`run` returns: for tests and cron.
     * ``rediscover`` (seconds, default 60): how often the runner's workspace
       list is read again (new tenants are picked up without a restart).
+    * ``stall`` (seconds, default 600): a tick still running after this long
+      is *stuck* (a handler that hangs: a call without a timeout, a loop that
+      never ends).  It is recorded (the job's ``last_error``, shown by ``ecrm
+      worker status``; an error in the log) and its thread is replaced, so
+      the other jobs go on with ``threads`` threads; the pair is not ticked
+      again until that tick returns (its thread then ends).  Python cannot
+      stop a thread: the tick itself must return (``ctx.stopping()``).
+      ``once=True`` does not wait for a stuck tick.
     """
 
     name = "inprocess"
@@ -47,10 +56,19 @@ class InProcessExecutor(Executor):
         threads: int = 1,
         on_tick: Callable[[TickOutcome], None] | None = None,
         rediscover: float = 60.0,
+        stall: float = 600.0,
         **options: Any,
     ) -> None:
         super().__init__(runner, threads=threads, on_tick=on_tick, **options)
+        if isinstance(stall, bool) or not isinstance(stall, int | float) or not 0.01 <= stall <= 366 * 86400:
+            raise ValidationError("stall", stall, "not a number of seconds", "use 0.01 .. one year (default 600)")
         self.rediscover = rediscover
+        self.stall = float(stall)
+        #: when each running pair's tick started (monotonic), and by which thread
+        self._started: dict[Target, tuple[float, threading.Thread]] = {}
+        #: the pairs whose tick was found stuck (their thread was replaced)
+        self._stuck: set[Target] = set()
+        self._threads: list[threading.Thread] = []
         self._cond = threading.Condition()
         self._due: dict[Target, float] = {}
         self._running: set[Target] = set()
@@ -86,7 +104,7 @@ class InProcessExecutor(Executor):
             self._refresh_targets()
         free = [t for t in self._due if t not in self._running and t not in self._finished]
         if not free:
-            if self._once and not self._running:
+            if self._once and not (self._running - self._stuck):
                 return None
             return 0.5
         target = min(free, key=lambda t: self._due[t])
@@ -111,6 +129,7 @@ class InProcessExecutor(Executor):
                     continue
                 target = step
                 self._running.add(target)
+                self._started[target] = (time.monotonic(), threading.current_thread())
             job, workspace = target
             try:
                 outcome = self.runner.tick(job, workspace, stopping=self.stopping)
@@ -119,6 +138,9 @@ class InProcessExecutor(Executor):
                 outcome = TickOutcome(job=job, workspace=workspace, status="failed", next_in=RUNNER_RETRY)
             with self._cond:
                 self._running.discard(target)
+                self._started.pop(target, None)
+                replaced = target in self._stuck
+                self._stuck.discard(target)
                 self._due[target] = time.monotonic() + outcome.next_in
                 if self._once and (outcome.status != "ran" or outcome.next_in > 0):
                     self._finished.add(target)
@@ -128,6 +150,36 @@ class InProcessExecutor(Executor):
                     self.on_tick(outcome)
                 except Exception:
                     log.exception("on_tick callback failed")
+            if replaced:  # another thread took this one's place when the tick was found stuck
+                return
+
+    def _watch(self) -> None:
+        """Record each tick running longer than :attr:`stall` once, and give the others a thread in its place."""
+        now = time.monotonic()
+        with self._cond:
+            stuck = [
+                (target, now - t0, thread)
+                for target, (t0, thread) in self._started.items()
+                if target not in self._stuck and now - t0 > self.stall
+            ]
+            for target, _, _ in stuck:
+                self._stuck.add(target)
+        for (job, workspace), seconds, _thread in stuck:
+            log.error(
+                "job %s [%s] is stuck: its tick has run for %.0f s (stall %.0f s); the other jobs go on in a new "
+                "thread, and it is not ticked again until this tick returns",
+                job, workspace or "global", seconds, self.stall,
+            )  # fmt: skip
+            try:
+                self.runner.record_stuck(job, workspace, seconds)
+            except Exception:
+                log.exception("could not record that %s [%s] is stuck", job, workspace)
+            self._spawn()
+
+    def _spawn(self) -> None:
+        thread = threading.Thread(target=self._thread, name=f"ecrm-worker-{len(self._threads)}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     def _thread(self) -> None:
         try:
@@ -141,14 +193,17 @@ class InProcessExecutor(Executor):
         self._once = once
         with self._cond:
             self._refresh_targets()
-        threads = [
-            threading.Thread(target=self._thread, name=f"ecrm-worker-{i}", daemon=True) for i in range(self.threads)
-        ]
-        for t in threads:
-            t.start()
-        # The calling (main) thread only waits, so that signal handlers run promptly.
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(0.2)
+        for _ in range(self.threads):
+            self._spawn()
+        # The calling (main) thread only waits (so that signal handlers run promptly) and watches for stuck
+        # ticks; it does not wait for the threads of stuck ticks (daemons: they cannot be stopped).
+        while True:
+            with self._cond:
+                stuck_threads = {thread for target, (_, thread) in self._started.items() if target in self._stuck}
+            alive = [t for t in list(self._threads) if t.is_alive() and t not in stuck_threads]
+            if not alive:
+                break
+            alive[0].join(0.2)
+            self._watch()
         if self.errors:
             raise RuntimeError("the worker loop failed") from self.errors[0]

@@ -408,6 +408,23 @@ class JobRunner:
             job=spec.name, workspace=workspace, status="failed", next_in=wait, error=error, seconds=seconds
         )
 
+    def record_stuck(self, job: str, workspace: str | None, seconds: float) -> None:
+        """Record that a tick of ``job`` has run for ``seconds`` and is still running (``last_error``, shown by
+        ``ecrm worker status``); the tick's own outcome is recorded when it returns."""
+        spec = self.jobs.get(job)
+        if spec is None:
+            raise ValidationError("job", job, "not a selected job", f"choose from {', '.join(self.jobs) or 'none'}")
+        t = self.table
+        ws = GLOBAL if workspace is None else workspace
+        error = (
+            f"stuck: the tick has run for {seconds:.0f} s and has not returned; the other jobs go on without it "
+            "(a tick must return: use timeouts on its calls and check ctx.stopping())"
+        )
+        with self.crm.db.write() as conn:
+            conn.execute(
+                sa.update(t).where(self._key(spec.name, ws)).values(last_error=error, last_error_at=self.crm.now())
+            )
+
     def _release(self, spec: JobSpec, ws: str) -> None:
         """Give an exclusive lease back without recording a run (interrupted tick)."""
         if not spec.exclusive:

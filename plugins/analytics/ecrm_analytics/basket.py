@@ -50,6 +50,8 @@ __all__ = [
     "BasketRule",
     "BasketRules",
     "LEVELS",
+    "MAX_BASKET_ITEMS",
+    "MAX_PAIRS",
     "METHODS",
     "basket_rules",
     "cross_sell",
@@ -64,6 +66,12 @@ LEVELS: tuple[str, ...] = ("product", "category")
 METHODS: tuple[str, ...] = ("pairs", "fpgrowth")
 #: at most this many rules are kept (best lift first)
 MAX_RULES = 10_000
+#: a purchase of more distinct items (at the analysed level) is not a shopping basket: it is left out of the
+#: analysis and counted (``oversized_baskets``), so one such purchase cannot make the pair count quadratic
+MAX_BASKET_ITEMS = 500
+#: at most this many item pairs (itemsets with FP-growth) may be counted; beyond, ``min_support`` is too low for
+#: the data and is refused naming the lowest support that fits (the count's memory grows with the pairs)
+MAX_PAIRS = 5_000_000
 
 
 def _fraction(name: str) -> Callable[[Any], float]:
@@ -107,7 +115,10 @@ class BasketRules:
     ``baskets`` purchases had items (the denominator of ``support``);
     ``skipped`` purchases had no items array; ``items`` distinct items (or
     categories) were seen, ``frequent`` of them reached ``min_support``;
-    ``uncategorized`` products had no category (level ``category`` only).
+    ``uncategorized`` products had no category (level ``category`` only);
+    ``oversized`` purchases held more than :data:`MAX_BASKET_ITEMS` distinct
+    items and were left out (``baskets`` counts them; supports are shares of
+    the others).
     """
 
     level: str
@@ -122,6 +133,7 @@ class BasketRules:
     skipped: int = 0
     uncategorized: int = 0
     computed_at: datetime | None = None
+    oversized: int = 0
 
     def to_report(self, top: int = 20) -> Report:
         from ecrm_core.charts import Chart, Series
@@ -165,6 +177,7 @@ class BasketRules:
             "rules": len(self.rules),
             "skipped_purchases": self.skipped,
             "uncategorized_products": self.uncategorized,
+            "oversized_baskets": self.oversized,
         }
 
     def caption(self) -> str:
@@ -183,6 +196,61 @@ class BasketRules:
 
 def _min_count(min_support: float, n: int) -> int:
     return max(1, math.ceil(min_support * n - 1e-9))
+
+
+def _pair_bound(x: Any, method: str, max_len: int) -> int:
+    """At most how many distinct item pairs (pairs) or itemsets (fpgrowth) mining ``x`` counts."""
+    import numpy as np
+
+    sizes = np.asarray(x.getnnz(axis=1), dtype=np.float64)
+    if method == "fpgrowth":  # every itemset of 2..max_len items of each basket, at worst
+        sets = sum(
+            float(np.count_nonzero(sizes == s)) * sum(math.comb(int(s), k) for k in range(2, max_len + 1))
+            for s in np.unique(sizes)
+        )
+        return int(min(sets, float(2**62)))
+    m = float(x.shape[1])
+    return int(min(float((sizes * (sizes - 1)).sum()), m * (m - 1)))
+
+
+def _check_work(x: Any, counts: Any, n: int, min_support: float, method: str, max_len: int) -> None:
+    """Refuse a ``min_support`` that would count more than :data:`MAX_PAIRS` pairs, naming the lowest that fits."""
+    import numpy as np
+
+    work = _pair_bound(x[:, np.flatnonzero(counts >= _min_count(min_support, n))], method, max_len)
+    if work <= MAX_PAIRS:
+        return
+    levels = np.unique(counts[counts > 0])
+    lo, hi = 0, len(levels)  # the first count level whose items fit (hi: none does but "no item")
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _pair_bound(x[:, np.flatnonzero(counts >= levels[mid])], method, max_len) <= MAX_PAIRS:
+            hi = mid
+        else:
+            lo = mid + 1
+    fits = int(levels[lo]) if lo < len(levels) else int(levels[-1]) + 1
+    raise ValidationError(
+        "min_support", min_support, f"too low for these baskets: it would count up to {work:,} item "
+        f"{'sets' if method == 'fpgrowth' else 'pairs'}, more than {MAX_PAIRS:,}",
+        f"use min_support of at least {math.ceil(fits / n * 1e6) / 1e6:g}",
+    )  # fmt: skip
+
+
+def drop_oversized(basket: np.ndarray, item: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``(basket, item, baskets kept, baskets left out)``: the purchases of more than :data:`MAX_BASKET_ITEMS`
+    distinct items left out, the others numbered ``0..kept-1`` in their order."""
+    import numpy as np
+
+    if n == 0 or len(basket) == 0:
+        return basket, item, n, 0
+    sizes = np.bincount(np.asarray(basket, dtype=np.int64), minlength=n)  # the pairs are distinct (np.unique)
+    big = sizes > MAX_BASKET_ITEMS
+    dropped = int(big.sum())
+    if not dropped:
+        return basket, item, n, 0
+    renumber = np.cumsum(~big) - 1
+    keep = ~big[basket]
+    return renumber[basket[keep]], item[keep], n - dropped, dropped
 
 
 def _incidence(basket: np.ndarray, item: np.ndarray, n: int, m: int) -> Any:
@@ -224,6 +292,7 @@ def mine(
     keep = np.flatnonzero(counts >= min_count)
     if len(keep) < 2:
         return [], len(keep)
+    _check_work(x, counts, n, min_support, method, max_len)
     xk = x[:, keep]
     if method == "fpgrowth":
         return _fpgrowth(
@@ -347,11 +416,12 @@ def basket_rules(
     _check(level, method, max_rules, max_len)
     baskets = read_baskets(crm, items_key=items_key, since=since, until=until, segment=segment, progress=progress)
     basket, item, names, missing = to_level(baskets, level, categories, crm)
+    basket, item, analysed, oversized = drop_oversized(basket, item, baskets.size)
     rules, frequent = mine(
         basket,
         item,
         names,
-        baskets.size,
+        analysed,
         min_support=min_support,
         min_confidence=min_confidence,
         min_lift=float(min_lift),
@@ -371,6 +441,7 @@ def basket_rules(
         min_lift=float(min_lift),
         skipped=baskets.skipped,
         uncategorized=missing,
+        oversized=oversized,
         computed_at=crm.now(),
     )
 

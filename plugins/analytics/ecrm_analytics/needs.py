@@ -146,14 +146,18 @@ def refresh_needs(crm: CRM, *, max_age: timedelta = MAX_AGE) -> list[str]:
         if at is not None and now - at < max_age:
             continue
         if name.startswith("basket_"):
-            result = basket_rules(
-                crm,
-                level=name.removeprefix("basket_"),
-                method=data.get("method", "pairs"),
-                min_support=data.get("min_support", 0.001),
-                min_confidence=data.get("min_confidence", 0.1),
-                min_lift=data.get("min_lift", 1.0),
-            )
+            try:
+                result = basket_rules(
+                    crm,
+                    level=name.removeprefix("basket_"),
+                    method=data.get("method", "pairs"),
+                    min_support=data.get("min_support", 0.001),
+                    min_confidence=data.get("min_confidence", 0.1),
+                    min_lift=data.get("min_lift", 1.0),
+                )
+            except ValidationError as exc:  # the data outgrew the stored settings: keep the old rules, go on
+                done.append(f"{name} not refreshed: {exc}")
+                continue
             save(crm, result)
             done.append(f"{len(result.rules)} {result.level} rules")
         else:

@@ -48,7 +48,12 @@ def _build(crm: CRM, report: str, params: dict[str, Any], *, writes: bool = Fals
         kwargs = spec.coerce({k: v for k, v in params.items() if v is not None}, writes=writes)
     except ValidationError as exc:
         raise exc.at("query") from None
-    return spec.build(crm, **kwargs)
+    try:
+        return spec.build(crm, **kwargs)
+    except ValidationError as exc:  # a parameter the data refuses (e.g. a support too low): still the query's
+        if exc.field in kwargs:
+            raise exc.at("query") from None
+        raise
 
 
 @get(

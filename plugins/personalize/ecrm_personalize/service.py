@@ -70,7 +70,11 @@ class Personalize:
     # ------------------------------------------------------------------
     def define(self, name: str, **config: Any) -> Placement:
         """Create or replace the placement ``name`` (see :class:`~ecrm_personalize.Placement`)."""
+        from .strategies import check_greeting
+
         pl = Placement.from_dict(config, name=name)
+        for locale, source in pl.greetings.items():  # refused now, not at each decision
+            check_greeting(source, f"greetings.{locale}")
         strategies = self.crm.registry.strategies
         missing = [s for s in pl.strategies if s not in strategies]
         if missing:

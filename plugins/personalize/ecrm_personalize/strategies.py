@@ -209,14 +209,77 @@ def _sandbox() -> Any:
     return ImmutableSandboxedEnvironment(autoescape=True)
 
 
+#: the variables a greeting template is given
+GREETING_VARIABLES = ("name", "first_name", "part_of_day", "tone", "locale", "returning")
+#: the filters a greeting template may use: none makes its output longer than its input
+GREETING_FILTERS = ("e", "escape", "title", "capitalize", "lower", "upper", "trim", "default", "d", "striptags")
+#: the tests (``is defined``…) a greeting template may use
+GREETING_TESTS = ("defined", "undefined", "none", "string", "sameas", "eq", "ne", "in")
+#: the longest greeting template
+MAX_GREETING_SOURCE = 2000
+#: the longest greeting (longer output is cut)
+MAX_GREETING = 500
+
+
+def greeting_grammar() -> tuple[type, ...]:
+    """The Jinja2 nodes a greeting template may hold: text, variables, conditions, comparisons, joining
+    (``~``, ``+``), lookups in literal lists and mappings and the :data:`GREETING_FILTERS`: no loop, call,
+    macro, assignment, attribute, slice or arithmetic that repeats text, so the work and the output of a
+    render grow with its source and values only."""
+    from jinja2 import nodes
+
+    return (
+        nodes.Template, nodes.Output, nodes.TemplateData, nodes.Name, nodes.Const, nodes.If, nodes.CondExpr,
+        nodes.Compare, nodes.Operand, nodes.And, nodes.Or, nodes.Not, nodes.Concat, nodes.Add, nodes.Filter,
+        nodes.Test, nodes.Tuple, nodes.List, nodes.Dict, nodes.Pair, nodes.Getitem,
+    )  # fmt: skip
+
+
+def check_greeting(source: Any, where: str = "greeting") -> str:
+    """``source`` if it is a greeting template :func:`render_greeting` renders; else a
+    :class:`~ecrm_core.errors.ValidationError` naming ``where`` and what is not allowed."""
+    from ecrm_core.errors import ValidationError
+    from jinja2 import TemplateSyntaxError, nodes
+
+    fix = (
+        f"use text, {{{{ variables }}}} ({', '.join(GREETING_VARIABLES)}), {{% if %}}, ~ and the filters "
+        f"{', '.join(GREETING_FILTERS)}, in at most {MAX_GREETING_SOURCE} characters"
+    )
+    if not isinstance(source, str) or len(source) > MAX_GREETING_SOURCE:
+        raise ValidationError(where, source, "not a greeting template of at most 2,000 characters", fix)
+    try:
+        tree = _sandbox().parse(source)
+    except TemplateSyntaxError as exc:
+        raise ValidationError(where, source, f"not a template: {exc.message} (line {exc.lineno})", fix) from None
+    allowed = greeting_grammar()
+    for node in (tree, *tree.find_all(nodes.Node)):
+        if not isinstance(node, allowed):
+            problem = f"{type(node).__name__.lower()} (line {node.lineno}) is not allowed in a greeting"
+            raise ValidationError(where, source, problem, fix)
+        if isinstance(node, nodes.Name) and (node.ctx != "load" or node.name not in GREETING_VARIABLES):
+            raise ValidationError(where, source, f"unknown variable {node.name!r} (line {node.lineno})", fix)
+        if isinstance(node, nodes.Filter) and node.name not in GREETING_FILTERS:
+            raise ValidationError(where, source, f"filter {node.name!r} (line {node.lineno}) is not allowed", fix)
+        if isinstance(node, nodes.Test) and node.name not in GREETING_TESTS:
+            raise ValidationError(where, source, f"test {node.name!r} (line {node.lineno}) is not allowed", fix)
+        if isinstance(node, nodes.Filter | nodes.Test) and (node.dyn_args or node.dyn_kwargs):
+            raise ValidationError(where, source, f"*args in {node.name!r} (line {node.lineno})", fix)
+    return source
+
+
 @lru_cache(maxsize=256)
 def _template(source: str) -> Any:
-    return _sandbox().from_string(source)
+    return _sandbox().from_string(check_greeting(source))
 
 
 def render_greeting(source: str, values: Mapping[str, Any]) -> str:
-    """Render a greeting template in the Jinja2 sandbox (HTML-escaped, at most 500 characters)."""
-    return str(_template(source).render(**values))[:500]
+    """Render a greeting template in the Jinja2 sandbox (HTML-escaped, at most 500 characters).
+
+    The template is checked first (:func:`check_greeting`, whatever stored it): without loops, calls or
+    repeating arithmetic its work and output grow with its source and values only, so no greeting can
+    exhaust the process that decides.
+    """
+    return str(_template(source).render(**values))[:MAX_GREETING]
 
 
 class Greeting(Strategy):
