@@ -17,14 +17,18 @@ Timed on the same data, in the same run:
   of every customer (the aggregate ``GROUP BY`` over the plugin's covering
   index — first and last purchase by index seeks — read by one reader
   connection per CPU, at most 4, each a range of customers), quintile cut
-  points, scores and groups, the rows written
-  (one ``executemany``), the CLV predictions (none: no model is fitted yet)
-  and the refresh of the segments using ``rfm()``/``clv()``/``churn()``.
-  The results are **not** copied into ``customers.attributes`` (the
-  default: rules and code read the plugin's table); the same build with one
-  reader (``workers=1``) and the cost of copying them (``set_copy(crm,
-  True)``: every customer's four attributes written, ``ecrm_customers_updated``
-  fired) are printed apart;
+  points, scores and groups, the rows written (the first build: every row,
+  one ``executemany``; a later one: only the rows that differ from the
+  stored ones — none when nothing changed), the CLV predictions (none: no
+  model is fitted yet) and the refresh of the segments using
+  ``rfm()``/``clv()``/``churn()`` of the customers whose row changed.  The
+  results are **not** copied into ``customers.attributes`` (the default:
+  rules and code read the plugin's table).  Then, in the same (warm)
+  process: the same build again (nothing changed: nothing written); the
+  same with every row written (the RFM table emptied before the clock),
+  with the default readers and with one (``workers=1``); and, printed apart,
+  the cost of copying the results (``set_copy(crm, True)``: every
+  customer's four attributes written, ``ecrm_customers_updated`` fired);
 * **ecrm, after new purchases**: 1 % of the customers buy again (through
   ``crm.interactions.track_many``, which marks them); then
   ``analytics(crm).refresh()`` — every customer's RFM is current again
@@ -40,10 +44,13 @@ Timed on the same data, in the same run:
 
 Each line prints wall seconds, the process's CPU seconds (every thread;
 a shared machine's wall time includes waiting for a core) and the ratio of
-wall times to the fastest of the three baselines (goal: ecrm ≤ 1.0).  Then the CLV figures: the BG/NBD +
+wall times to the fastest of the three baselines (goal: ecrm ≤ 1.0), and the
+ratio of CPU seconds to that baseline's (steadier on a shared machine).
+``--no-copy`` leaves out the ``set_copy`` line.  Then the CLV figures: the BG/NBD +
 Gamma-Gamma fit alone on every customer (goal < 10 s), and
 ``clv.fit(crm)`` end to end (summary from the RFM rows, fit, 100,000
-predictions written).  The machine's load (``os.getloadavg``) is printed
+predictions written), then a full build with that model (the RFM rows
+unchanged, every customer's predictions rewritten).  The machine's load (``os.getloadavg``) is printed
 with the figures: on a shared machine they vary.
 
 ``--index-cost``: the plugin's partial covering index on purchases and
@@ -263,7 +270,14 @@ def open_crm(db: Path):
     return CRM(f"sqlite:///{db}", plugins=[plugin], load_entrypoints=False, clock=FakeClock(NOW))
 
 
-def ecrm_runs(db: Path, customers: int, seed: int) -> dict[str, tuple[float, float]]:
+def _empty_rfm(crm) -> None:
+    from ecrm_analytics.schema import RFM
+
+    with crm.db.write() as conn:
+        conn.execute(crm.db.tables[RFM].delete())
+
+
+def ecrm_runs(db: Path, customers: int, seed: int, copy: bool = True) -> dict[str, tuple[float, float]]:
     from ecrm_analytics import analytics
     from ecrm_analytics.attributes import set_copy
 
@@ -275,13 +289,18 @@ def ecrm_runs(db: Path, customers: int, seed: int) -> dict[str, tuple[float, flo
         out["full"] = _since(t)
         out["customers"] = (result.customers, 0.0)
         # the same full build again, in a warm process (the core's rule compilation and SQLAlchemy's
-        # statement caches are per process: a worker pays them once)
+        # statement caches are per process: a worker pays them once); nothing changed, so nothing is written
         t = _clock()
-        analytics(crm).refresh(full=True)
+        result = analytics(crm).refresh(full=True)
         out["full_warm"] = _since(t)
-        t = _clock()
-        analytics(crm).refresh(full=True, workers=1)
-        out["full_one"] = _since(t)
+        out["full_warm_changed"] = (result.changed, 0.0)
+        # the same in a warm process with every row written (the RFM table emptied before the clock), with the
+        # default readers and with one
+        for key, workers in (("full_rewrite", None), ("full_one", 1)):
+            _empty_rfm(crm)
+            t = _clock()
+            analytics(crm).refresh(full=True, workers=workers)
+            out[key] = _since(t)
         rng = random.Random(seed + 1)
         buyers = rng.sample(range(1, customers + 1), max(1, customers // 100))
         crm.interactions.track_many(
@@ -295,6 +314,8 @@ def ecrm_runs(db: Path, customers: int, seed: int) -> dict[str, tuple[float, flo
         result = analytics(crm).refresh()
         out["incremental"] = _since(t)
         out["incremental_customers"] = (result.customers, 0.0)
+        if not copy:
+            return out
         t = _clock()
         copied = set_copy(crm, True)
         out["copy"] = _since(t)
@@ -323,11 +344,18 @@ def clv_runs(db: Path) -> dict[str, float]:
         t = time.perf_counter()
         clv.fit(crm)
         total_s = time.perf_counter() - t
+        # a full RFM build once a model is fitted: every customer's predictions rewritten too
+        from ecrm_analytics import analytics
+
+        t = _clock()
+        analytics(crm).refresh(full=True)
+        with_model = _since(t)
     finally:
         crm.close()
     print(f"  BG/NBD r={bg.r:.3f} alpha={bg.alpha:.3f} a={bg.a:.3f} b={bg.b:.3f}; "
           f"Gamma-Gamma p={gg.p:.3f} q={gg.q:.3f} v={gg.v:.3f}")  # fmt: skip
-    return {"summary": summary_s, "bgnbd": bg_s, "gg": gg_s, "total": total_s, "customers": float(len(x))}
+    return {"summary": summary_s, "bgnbd": bg_s, "gg": gg_s, "total": total_s, "customers": float(len(x)),
+            "with_model": with_model[0], "with_model_cpu": with_model[1]}  # fmt: skip
 
 
 def index_cost(workdir: Path, seed: int, n: int = 50_000) -> tuple[float, float]:
@@ -377,6 +405,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--index-cost", action="store_true", help="measure the ingest cost of the plugin's index")
     parser.add_argument("--no-clv", action="store_true")
+    parser.add_argument("--no-copy", action="store_true", help="skip the opt-in set_copy(crm, True) line")
     args = parser.parse_args()
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="ecrm-analytics-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -400,28 +429,35 @@ def main() -> None:
         pan = pandas_run(db)
         if pan is not None:
             baselines["pandas read_sql + groupby"] = pan[0]
-        ours = ecrm_runs(db, args.customers, args.seed)
+        ours = ecrm_runs(db, args.customers, args.seed, copy=not args.no_copy)
         fastest = min(wall for wall, _ in baselines.values())
+        # the CPU seconds of the same fastest baseline: steadier than wall seconds on a shared machine
+        fastest_cpu = min(baselines.values())[1]
         print(f"\nRFM for every customer (load {_load()}):")
-        print(f"  {'what':<66} {'wall s':>7} {'CPU s':>7} {'ratio':>6}")
+        print(f"  {'what':<66} {'wall s':>7} {'CPU s':>7} {'ratio':>6} {'CPU ratio':>9}")
 
         def line(label: str, figure: tuple[float, float]) -> None:
-            print(f"  {label:<66} {figure[0]:7.2f} {figure[1]:7.2f} {figure[0] / fastest:6.2f}")
+            print(f"  {label:<66} {figure[0]:7.2f} {figure[1]:7.2f} {figure[0] / fastest:6.2f} "
+                  f"{figure[1] / fastest_cpu:9.2f}")  # fmt: skip
 
         line("ecrm full build (refresh(full=True)), cold process", ours["full"])
-        line("ecrm full build again, warm process", ours["full_warm"])
-        line("ecrm full build, one reader connection (workers=1)", ours["full_one"])
+        line(f"ecrm full build again, warm process ({int(ours['full_warm_changed'][0]):,} rows changed)",
+             ours["full_warm"])  # fmt: skip
+        line("ecrm full build, warm process, every row written (table emptied)", ours["full_rewrite"])
+        line("ecrm full build, every row written, one reader (workers=1)", ours["full_one"])
         line(f"ecrm after 1 % of customers bought again (refresh(), {int(ours['incremental_customers'][0]):,} recomputed)",
              ours["incremental"])  # fmt: skip
         for name, fig in baselines.items():
             line(name, fig)
-        print("  (ratio: wall seconds / the fastest baseline's; goal for ecrm <= 1.0)")
+        print("  (ratio: wall seconds / the fastest baseline's; CPU ratio: CPU seconds / that baseline's CPU seconds;\n"
+              "  goal for ecrm <= 1.0)")  # fmt: skip
         print("  ecrm's figure includes: the aggregate per customer over the plugin's covering index, scores, groups,\n"
-              "  the RFM rows written and committed, CLV predictions (none before a fit), the refresh of segments using\n"
-              "  rfm()/clv()/churn(). Not included: copying into customers.attributes, which is off by default;\n"
-              "  turning it on costs, once:")  # fmt: skip
-        line(f"  set_copy(crm, True): {int(ours['copied'][0]):,} customers' attributes + ecrm_customers_updated",
-             ours["copy"])  # fmt: skip
+              "  the RFM rows that changed written and committed, CLV predictions (none before a fit), the refresh of\n"
+              "  segments using rfm()/clv()/churn(). Not included: copying into customers.attributes, which is off by\n"
+              "  default" + ("; turning it on costs, once:" if "copy" in ours else "."))  # fmt: skip
+        if "copy" in ours:
+            line(f"  set_copy(crm, True): {int(ours['copied'][0]):,} customers' attributes + ecrm_customers_updated",
+                 ours["copy"])  # fmt: skip
         if not args.no_clv:
             c = clv_runs(db)
             print(f"\nCLV on {int(c['customers']):,} customers (load {_load()}):")
@@ -429,6 +465,8 @@ def main() -> None:
                   f"Gamma-Gamma fit {c['gg']:.2f} s; fit total {c['bgnbd'] + c['gg']:.2f} s (goal < 10 s)")  # fmt: skip
             print(f"  clv.fit(crm) end to end (summary, fits, {int(c['customers']):,} predictions written): "
                   f"{c['total']:.2f} s")  # fmt: skip
+            print(f"  then refresh(full=True) with the model (RFM unchanged, every prediction rewritten): "
+                  f"{c['with_model']:.2f} s wall, {c['with_model_cpu']:.2f} s CPU")  # fmt: skip
         if args.index_cost:
             with_i, without = index_cost(workdir, args.seed)
             print(f"\ningest of 50,000 interactions (20 % sales): with the plugin's partial index {with_i:.2f} s, "

@@ -15,11 +15,13 @@ Timed, from the trigger:
 
 * **trigger + enroll**: ``crm.segments.add("spring", ids)`` commits the
   membership and fires ``ecrm_segment_entered`` once with the whole set;
-  the plugin enrolls it set-based (audience check, re-entry check, one
-  INSERT per chunk of 2,000);
-* **steps**: ``campaigns.steps`` ticks (claim 5,000 under a lease, ONE
-  ``send_many`` per group with a dedupe key per customer, one UPDATE to
-  advance) until none is due — messages are in the outbox;
+  the plugin enrolls it set-based (audience check, re-entry check) and runs
+  the journey's first send step at entry: per chunk of 2,500, ONE
+  ``send_many`` with a dedupe key per customer and one INSERT of the
+  enrollments in their final state, in one transaction — messages are in
+  the outbox;
+* **steps**: ``campaigns.steps`` ticks until none is due (nothing is left
+  for them in this campaign: the figure shows that they find nothing);
 * **dispatch**: ``messages.deliver`` ticks until the outbox is empty —
   every message handed to the channel (``channel.sent``).
 
@@ -166,10 +168,13 @@ def floor(db: Path, n: int) -> dict[str, float]:
     (one ``executemany`` per kind of row, in one transaction each, into empty copies of ecrm's tables
     with their indexes; no ecrm code, no channel, no rendering).  Seconds per kind of row.
 
-    Per message: the segment membership (the trigger), the enrollment (the campaign's state row),
-    the outbox row (the baseline's insert), the enrollment moving past the step, the claim taking the
+    Per message: the segment membership (the trigger), the enrollment (the campaign's state row,
+    inserted once in its final state: the journey's first send step runs at entry, in the
+    enrollment's transaction), the outbox row (the baseline's insert), the claim taking the
     message's lease (one ``UPDATE … RETURNING`` per batch of 500), the settle, the attempt's row, the
-    ``message_sent`` interaction (the customer's timeline)."""
+    ``message_sent`` interaction (the customer's timeline).  (Until the first step ran at entry the
+    path also moved each enrollment past the step with an ``UPDATE``, counted here, and claimed it
+    with another, which was not.)"""
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -241,20 +246,12 @@ def floor(db: Path, n: int) -> dict[str, float]:
         "enrollment",
         lambda: conn.executemany(
             "INSERT INTO floor_campaign_enrollments (workspace_id, campaign_id, customer_id, version, entry, arm, "
-            "status, step, due_at, entered_at, updated_at) VALUES ('default', 1, ?, 1, 1, 'main', 'active', 'hello', "
-            "?, ?, ?)",
+            "status, step, due_at, entered_at, updated_at, finished_at) VALUES ('default', 1, ?, 1, 1, 'main', "
+            "'done', NULL, NULL, ?, ?, ?)",
             ((i, now, now, now) for i in ids),
         ),
     )
     timed("outbox row (the baseline's insert)", outbox)
-    timed(
-        "enrollment past the step",
-        lambda: conn.executemany(
-            "UPDATE floor_campaign_enrollments SET status = 'done', step = NULL, due_at = NULL, finished_at = ?, "
-            "updated_at = ? WHERE id = ?",
-            ((now, now, i) for i in ids),
-        ),
-    )
     timed("claim (lease)", claim)
     timed(
         "settle",

@@ -79,6 +79,26 @@ def test_refresh_fits_and_stores_predictions(shop) -> None:
         for v in (r.p_alive, r.purchases_12m, r.expected_value, r.value_12m):
             assert math.isfinite(v) and v >= 0
         assert r.p_alive <= 1
+    # the rows (written through the DB-API) are exactly the model's predictions; the time stored as the ORM does
+    from ecrm_analytics import clv as clv_model
+
+    model = clv_model.load_model(shop.crm)
+    with shop.crm.db.read() as conn:
+        cid, x, t_x, T, m = clv_model.summary(shop.crm, conn)
+        stored_times = conn.exec_driver_sql("SELECT computed_at FROM ecrm_analytics_clv").scalars().all()
+    p_alive, purchases, value, total = clv_model._predictions(model, x, t_x, T, m)
+    by_id = {r.customer_id: r for r in rows}
+    for i, c in enumerate(cid.tolist()):
+        r = by_id[c]
+        assert (r.frequency, r.recency_days, r.age_days, r.avg_value) == (int(x[i]), t_x[i], T[i], m[i])
+        assert (r.p_alive, r.purchases_12m, r.expected_value, r.value_12m) == (
+            p_alive[i],
+            purchases[i],
+            value[i],
+            total[i],
+        )
+        assert r.computed_at == shop.clock()
+    assert all(len(t) == len("2026-06-01 12:00:00.000000") for t in stored_times), stored_times[:3]
     info = shop.analytics.customer(ids[0])
     assert info["clv"]["p_alive"] is not None
     from ecrm_analytics.attributes import values

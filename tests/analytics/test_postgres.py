@@ -35,6 +35,12 @@ def test_rfm_clv_reports_and_conditions_on_postgres(pg_crm_factory: Any) -> None
     set_copy(crm, True)  # the attributes copied too (JSONB, the pre-rendered write)
     result = analytics(crm).refresh(full=True, clv=True)
     assert result.customers == 12
+    # a full build on unchanged data writes no RFM row (PostgreSQL's sums are numeric, the table's floats)
+    from ecrm_analytics.rfm import build
+
+    with crm.db.write() as conn:
+        built = build(crm, conn)
+    assert sorted(built.customers) == sorted(ids) and built.changed == []
     one = analytics(crm).customer(ids[1])["rfm"]
     assert one["orders"] == 2 and one["revenue"] == pytest.approx(11) and one["monetary"] == pytest.approx(9.5)
     attrs = crm.customers.get(ids[-1]).attributes
@@ -42,6 +48,16 @@ def test_rfm_clv_reports_and_conditions_on_postgres(pg_crm_factory: Any) -> None
     crm.segments.create("best", "rfm(f_min=4) and clv(p_alive_ge=0)")
     sql = {c.id for c in crm.segments.preview("rfm(f_min=4) and clv(p_alive_ge=0)", sample=1000).sample}
     assert sql == {c for c in ids if crm.segments.evaluate("rfm(f_min=4) and clv(p_alive_ge=0)", c)}
+    # the groups the SQL rescoring writes (every row recomputed by SQL) are the grid's: ⌈(F + M) / 2⌉ by an
+    # integer division (a cast of 3.5 to an integer rounds up on PostgreSQL)
+    from ecrm_analytics.rfm import compute, group_of, rescore
+
+    with crm.db.write() as conn:
+        compute(crm, conn)
+        rescore(crm, conn)
+    rows = [analytics(crm).customer(c)["rfm"] for c in ids]
+    assert any((r["f"] + r["m"]) % 2 == 0 for r in rows)
+    assert [r["group"] for r in rows] == [group_of(r["r"], r["f"], r["m"]) for r in rows]
     # incremental: a new purchase, one UPDATE … FROM
     crm.interactions.track("purchase", customer_id=ids[0], amount="500", currency="EUR", occurred_at=NOW)
     analytics(crm).refresh()

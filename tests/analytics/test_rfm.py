@@ -177,3 +177,91 @@ def test_sql_scores_match_the_cut_point_definition_with_ties(shop) -> None:
     with shop.crm.db.read() as conn:
         stored = conn.exec_driver_sql("SELECT computed_at, last_at FROM ecrm_analytics_rfm").all()
     assert all(len(a) == len(b) == len("2026-06-01 12:00:00.000000") for a, b in stored), stored[:3]
+
+
+def _rfm_writes(crm):
+    """Record the statements that write the RFM table (inserts, updates, deletes), whatever runs them."""
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:
+        text = " ".join(statement.split()).upper()
+        if "ANALYTICS_RFM" in text and text.split(" ", 1)[0] in ("INSERT", "UPDATE", "DELETE", "REPLACE"):
+            statements.append(text)
+
+    sa.event.listen(crm.db.engine, "before_cursor_execute", record)
+    return statements, lambda: sa.event.remove(crm.db.engine, "before_cursor_execute", record)
+
+
+def _values(rows: dict[int, dict]) -> dict[int, dict]:
+    return {c: {k: v for k, v in r.items() if k != "computed_at"} for c, r in rows.items()}
+
+
+def test_a_full_build_on_unchanged_data_writes_nothing_and_a_changed_customer_is_rewritten(shop) -> None:
+    import random
+    from datetime import timedelta
+
+    rng = random.Random(11)
+    ids = [shop.customer(f"c{i}") for i in range(40)]
+    shop.history([(c, rng.uniform(0, 400), rng.choice([5, 12, 40, 90])) for c in ids for _ in range(rng.randint(1, 4))])
+    first = shop.analytics.refresh(full=True)
+    assert first.changed == 40
+    before = rfm_rows(shop)
+    # nothing changed (later, in a warm process): no statement writes the table, no segment is refreshed for
+    # anyone, and every row keeps the time of the build that wrote it
+    shop.clock.advance(hours=1)
+    statements, stop = _rfm_writes(shop.crm)
+    try:
+        again = shop.analytics.refresh(full=True)
+    finally:
+        stop()
+    assert statements == []
+    assert again.customers == 40 and again.changed == 0
+    assert rfm_rows(shop) == before
+    # a new purchase the marks did not see (written behind the plugin's back): the full build finds it and
+    # rewrites that customer, and the customers whose scores it moved, and no one else
+    it = shop.crm.db.tables["interactions"]
+    with shop.crm.db.write() as conn:
+        conn.execute(
+            sa.insert(it).values(
+                workspace_id="default", customer_id=ids[3], origin_customer_id=ids[3], kind="purchase",
+                channel="web", occurred_at=shop.clock() - timedelta(minutes=5), amount=500, currency="EUR",
+                properties={}, recorded_at=shop.clock(),
+            )
+        )  # fmt: skip
+    shop.clock.advance(hours=1)
+    statements, stop = _rfm_writes(shop.crm)
+    try:
+        result = shop.analytics.refresh(full=True)
+    finally:
+        stop()
+    after = rfm_rows(shop)
+    assert statements, "the changed rows are written"
+    moved = {c for c in ids if _values({c: after[c]}) != _values({c: before[c]})}
+    assert ids[3] in moved and after[ids[3]]["orders"] == before[ids[3]]["orders"] + 1
+    assert result.changed == len(moved)
+    assert {c for c in ids if after[c]["computed_at"] != before[c]["computed_at"]} == moved
+    # the values are those of the set-based path (every row recomputed by SQL, then rescored)
+    from ecrm_analytics.rfm import compute, rescore
+
+    with shop.crm.db.write() as conn:
+        compute(shop.crm, conn)
+        rescore(shop.crm, conn)
+    assert _values(rfm_rows(shop)) == _values(after)
+    # a customer who no longer has a purchase (their sales deleted behind the plugin's back) loses the row
+    with shop.crm.db.write() as conn:
+        conn.execute(sa.delete(it).where(it.c.customer_id == ids[5]))
+    result = shop.analytics.refresh(full=True)
+    assert ids[5] not in rfm_rows(shop) and result.customers == 39 and result.changed >= 1
+    # a new reporting currency changes every customer's money: every row rewritten (as a first build)
+    from ecrm_analytics import set_rates
+
+    set_rates(shop.crm, "USD", {"EUR": 2.0})
+    before = rfm_rows(shop)
+    result = shop.analytics.refresh(full=True)
+    after = rfm_rows(shop)
+    assert result.changed == len(after) == 39
+    assert all(after[c]["monetary"] == pytest.approx(2 * before[c]["monetary"]) for c in after)
+    with shop.crm.db.write() as conn:
+        compute(shop.crm, conn)
+        rescore(shop.crm, conn)
+    assert _values(rfm_rows(shop)) == _values(after)

@@ -288,3 +288,38 @@ def test_the_common_amount_is_read_as_the_core_checks_it(raw):
     else:
         assert got is not None and got[1] == "EUR"
         assert got[0] == expected and str(got[0]) == str(expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.one_of(_times.filter(lambda v: type(v) is str), _weird_text))
+@example(value="2024-05-01T12:00:00+00:00")
+@example(value="2024-05-01T14:00:00.123456+02:00")
+@example(value="0001-01-01T00:30:00+01:00")
+def test_the_fast_time_is_parse_time(value):
+    """The fast path's time reading gives parse_time's UTC time, or leaves the value to it."""
+    from ecrm_api.fastpath import _time, _Undecided
+
+    try:
+        expected = parse_time(value, "t")
+    except MessageError:
+        expected = None
+    try:
+        got = _time(value)
+    except _Undecided:
+        assert expected is None
+    else:
+        assert got == expected and got.tzinfo is UTC and got.isoformat() == expected.isoformat()
+
+
+def test_a_large_or_escaped_batch_is_decided_message_by_message(reader):
+    """Bodies the one-call typed decode does not take (a backslash, more than one
+    message's size) answer as the general path does too."""
+    base = {"type": "track", "userId": "u", "event": "Signed In", "properties": {"note": "x" * 300}}
+    batch = [dict(base, messageId=f"m-{i}") for i in range(120)]
+    batch[3]["properties"] = {"note": "tab\there"}
+    batch[7]["userId"] = ""  # no id: rejected
+    body = json.dumps({"batch": batch}).encode()
+    assert len(body) > 32 * 1024 and b"\\" in body
+    fast = check_batch(body, reader)
+    assert fast is not None and fast.count == 119 and [r.index for r in fast.rejected] == [7]
+    agree(body, reader)

@@ -117,12 +117,14 @@ def test_wait_then_send_and_explicit_trigger(shop: Shop) -> None:
 
 def test_reentry_policies(shop: Shop) -> None:
     for key, reentry in (("never", "never"), ("always", "always"), ("cool", {"policy": "cooldown", "cooldown": "7d"})):
-        shop.campaigns.save(campaign(key, [send("s")], reentry=reentry))
+        steps = [send("s", "w"), {"id": "w", "type": "wait", "duration": "1h"}]
+        shop.campaigns.save(campaign(key, steps, reentry=reentry))
         shop.campaigns.start(key)
     [cid] = shop.customers(1)
     for key in ("never", "always", "cool"):
         assert shop.campaigns.trigger(key, [cid]).entered == 1
         assert shop.campaigns.trigger(key, [cid]).skipped == {"active": 1}  # mid-journey: never twice
+    shop.clock.advance(hours=2)
     shop.run()
     assert shop.campaigns.trigger("never", [cid]).skipped == {"already_entered": 1}
     assert shop.campaigns.trigger("always", [cid]).entered == 1
@@ -280,11 +282,117 @@ def test_one_bad_customer_is_skipped_with_the_reason_the_others_are_sent(crm_fac
     assert len(chan.sent) == 5
 
 
+def test_a_first_send_step_runs_at_entry_and_writes_the_enrollment_once(shop: Shop, monkeypatch: Any) -> None:
+    """The journey's first send step runs in the enrollment's transaction: its messages are in the
+    outbox and each enrollment row is inserted in the state the step left it in (no claim, no UPDATE)."""
+    shop.campaigns.save(campaign("one", [send("hi")], holdout=20))
+    shop.campaigns.save(
+        campaign("two", [send("a", "w"), {"id": "w", "type": "wait", "duration": "1d", "next": "b"}, send("b")])
+    )
+    for key in ("one", "two"):
+        shop.campaigns.start(key)
+    ids = shop.customers(40)
+    e = shop.crm.db.tables["campaign_enrollments"]
+    updates: list[str] = []
+
+    def count_updates(conn: Any, cursor: Any, statement: str, *a: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE") and e.name in statement:
+            updates.append(statement)
+
+    sa.event.listen(shop.crm.db.engine, "before_cursor_execute", count_updates)
+    try:
+        report = shop.campaigns.trigger("one", ids)
+        shop.campaigns.trigger("two", ids)
+    finally:
+        sa.event.remove(shop.crm.db.engine, "before_cursor_execute", count_updates)
+    assert updates == []  # each enrollment written once
+    rows = {(r.campaign_id, r.customer_id): r for r in enrollments(shop)}
+    one, two = (shop.campaigns.get(k).id for k in ("one", "two"))
+    main = [cid for cid in ids if rows[(one, cid)].arm == "main"]
+    assert len(main) == report.entered and report.held_out == len(ids) - len(main)
+    assert {rows[(one, cid)].status for cid in main} == {"done"}
+    assert all(rows[(one, cid)].finished_at is not None and rows[(one, cid)].step is None for cid in main)
+    assert {(rows[(two, cid)].status, rows[(two, cid)].step) for cid in ids} == {("active", "w")}
+    assert {rows[(two, cid)].due_at for cid in ids} == {shop.clock.now + timedelta(days=1)}
+    assert Counter(m.dedupe_key.rsplit(".", 2)[1] for m in outbox(shop)) == {"hi": len(main), "a": len(ids)}
+    shop.run()  # nothing due: the ticks change nothing
+    assert len(outbox(shop)) == len(main) + len(ids)
+    shop.clock.advance(days=1, seconds=1)
+    shop.run()
+    assert {rows.status for rows in enrollments(shop) if rows.campaign_id == two} == {"done"}
+
+
+def test_the_first_step_at_entry_commits_with_the_enrollments_or_not_at_all(shop: Shop, monkeypatch: Any) -> None:
+    import ecrm_campaigns.service as service
+
+    shop.campaigns.save(campaign("atomic", [send("hi")]))
+    shop.campaigns.start("atomic")
+    ids = shop.customers(10)
+
+    def die(*a: Any, **k: Any) -> None:
+        raise RuntimeError("the enrollment's INSERT failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(service, "_insert_many", die)
+        with pytest.raises(RuntimeError):
+            shop.campaigns.trigger("atomic", ids)
+    assert outbox(shop) == [] and enrollments(shop) == []  # the messages rolled back with the enrollments
+    assert shop.campaigns.trigger("atomic", ids).entered == 10
+    assert len(outbox(shop)) == 10 and {r.status for r in enrollments(shop)} == {"done"}
+
+
+def test_the_first_step_is_left_to_the_worker_without_its_channel_or_when_it_raises(
+    crm_factory: Any, monkeypatch: Any
+) -> None:
+    from ecrm_campaigns import campaigns as service_of
+    from ecrm_campaigns import plugin
+
+    from ecrm_core import CRM
+    from ecrm_core.testing import FakeClock
+
+    chan = MemoryChannel(name="capture", capabilities=("templates",))
+    clock = FakeClock()
+    worker = crm_factory(plugins=[plugin, chan.plugin()], clock=clock)
+    svc = service_of(worker)
+    for key in ("later", "flaky"):
+        svc.save(campaign(key, [send("hi")]))
+        svc.start(key)
+    worker.customers.upsert_many([{"email": f"c{i}@x.org", "consent": {"capture": "granted"}} for i in range(5)])
+    cu, e = worker.db.tables["customers"], worker.db.tables["campaign_enrollments"]
+    with worker.db.read() as conn:
+        ids = list(conn.scalars(sa.select(cu.c.id)))
+
+    def states(key: str) -> set[tuple[str, str | None]]:
+        with worker.db.read() as conn:
+            q = sa.select(e.c.status, e.c.step).where(e.c.campaign_id == svc.get(key).id)
+            return {(r.status, r.step) for r in conn.execute(q)}
+
+    # a process without the campaign's channel (an API node, say) enrolls; the worker sends
+    url = worker.db.engine.url.render_as_string(hide_password=False)
+    trigger_side = CRM(url, load_entrypoints=False, plugins=[plugin], clock=clock)
+    try:
+        assert service_of(trigger_side).trigger("later", ids).entered == 5
+    finally:
+        trigger_side.close()
+    assert states("later") == {("active", "hi")} and worker.messages.dispatch().sent == 0
+    Runner(worker).run()
+    assert worker.messages.dispatch().sent == 5 and states("later") == {("done", None)}
+    # a first step that raises at entry: the enrollments start at the step, due now, and a tick retries it
+    with monkeypatch.context() as m:
+        m.setattr(Runner, "_send", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+        assert svc.trigger("flaky", ids).entered == 5
+    assert states("flaky") == {("active", "hi")}
+    Runner(worker).run()
+    assert worker.messages.dispatch().sent == 5 and states("flaky") == {("done", None)}
+    assert len(chan.sent) == 10
+
+
 def test_a_crash_between_send_and_advance_sends_nothing_twice(shop: Shop, monkeypatch: Any) -> None:
     shop.campaigns.save(campaign("crash", [send("one", "two"), send("two")]))
     shop.campaigns.start("crash")
     ids = shop.customers(30)
     shop.campaigns.trigger("crash", ids)
+    assert len(outbox(shop)) == 30  # the first step ran at entry, with the enrollments
 
     def die(*a: Any, **k: Any) -> None:
         raise SystemExit("killed after the send, before the advance")
@@ -293,7 +401,7 @@ def test_a_crash_between_send_and_advance_sends_nothing_twice(shop: Shop, monkey
         m.setattr(Runner, "goto", die)
         with pytest.raises(SystemExit):
             Runner(shop.crm).run()
-    assert len(outbox(shop)) == 30  # sent (queued), not advanced
+    assert len(outbox(shop)) == 60  # step two sent (queued), not advanced
     assert Runner(shop.crm).run().done == 0  # still leased by the dead worker
     shop.clock.advance(seconds=301)  # the lease expires
     shop.run()
@@ -305,23 +413,34 @@ def test_a_crash_between_send_and_advance_sends_nothing_twice(shop: Shop, monkey
 
 def test_pause_resume_stop(shop: Shop) -> None:
     shop.campaigns.save(
-        campaign("p", [send("one", "w"), {"id": "w", "type": "wait", "duration": "1h", "next": "two"}, send("two")])
+        campaign(
+            "p",
+            [
+                send("one", "w"),
+                {"id": "w", "type": "wait", "duration": "1h", "next": "two"},
+                send("two", "w2"),
+                {"id": "w2", "type": "wait", "duration": "1h", "next": "three"},
+                send("three"),
+            ],
+        )
     )
     shop.campaigns.start("p")
     ids = shop.customers(3)
     shop.campaigns.trigger("p", ids)
+    assert len(outbox(shop)) == 3  # the first step runs at entry
     shop.campaigns.pause("p")
+    shop.clock.advance(hours=2)
     shop.run()
-    assert outbox(shop) == []
+    assert len(outbox(shop)) == 3  # paused: the wait is over, step two is not run
     with pytest.raises(Exception, match="paused"):
         shop.campaigns.trigger("p", ids)
     shop.campaigns.resume("p")
     shop.run()
-    assert len(outbox(shop)) == 3
+    assert len(outbox(shop)) == 6
     shop.campaigns.stop("p")
     shop.clock.advance(hours=2)
     shop.run()
-    assert len(outbox(shop)) == 3 and {r.status for r in enrollments(shop)} == {"stopped"}
+    assert len(outbox(shop)) == 6 and {r.status for r in enrollments(shop)} == {"stopped"}
 
 
 def test_new_version_mid_journey_customers_finish_on_their_version(shop: Shop) -> None:

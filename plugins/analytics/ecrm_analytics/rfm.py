@@ -41,7 +41,8 @@ sums and counts with ``FILTER`` clauses, and the first and last purchase by
 two index seeks per customer rather than ``min()``/``max()`` of the time over
 every row.  A full build (:func:`build`) reads it (in parallel ranges of
 customers on a SQLite file), computes the quintile scores and groups
-column-wise and writes every row once.  An incremental refresh
+column-wise and writes the rows that differ from the stored ones (every row
+the first time, none when nothing changed).  An incremental refresh
 (:func:`compute` of the marked customers, then :func:`rescore`) aggregates
 only those customers, then one ``UPDATE … FROM`` recomputes every customer's
 scores over the RFM table's narrow columns and rewrites only the scores and
@@ -51,9 +52,10 @@ groups that changed.
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
 from ecrm_core.storage import UTCDateTime
@@ -65,7 +67,7 @@ from .schema import RFM
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ecrm_core.crm import CRM
 
-__all__ = ["GROUPS", "GROUP_GRID", "build", "compute", "group_of", "rescore", "rfm_report", "score"]
+__all__ = ["GROUPS", "GROUP_GRID", "Built", "build", "compute", "group_of", "rescore", "rfm_report", "score"]
 
 #: The named groups, best first, with what to do about each.
 GROUPS: Mapping[str, str] = {
@@ -105,6 +107,13 @@ def score(value: Any, cuts: Sequence[Any]) -> int:
 _WIDTH = max(len(g) for row in GROUP_GRID for g in row)
 #: the 25 groups of :data:`GROUP_GRID`, row by row, each padded to the same width: the group is a substring
 _PACKED = "".join(g.ljust(_WIDTH) for row in GROUP_GRID for g in row)
+
+
+def _sql_fm(f: Any, m: Any) -> Any:
+    """⌈(f + m) / 2⌉ of two integer scores in SQL: an integer division (``//``).  Not ``CAST((f + m + 1) / 2 AS
+    INTEGER)``: SQLAlchemy divides integers as numbers, and PostgreSQL's cast rounds 3.5 up where SQLite's
+    truncates it."""
+    return (f + m + 1) // 2
 
 
 def _sql_group(r: Any, fm: Any) -> Any:
@@ -273,8 +282,15 @@ def compute(
 _READ = ("customer_id", "first_at", "last_at", "orders", "revenue", "refunds", "monetary", "unconverted")
 
 
-def build(crm: CRM, conn: sa.Connection, *, rates: Rates | None = None, workers: int | None = None) -> list[int]:
-    """Recompute every customer's RFM row, scores and group; return the ids of the customers with a row.
+class Built(NamedTuple):
+    """What :func:`build` did: the customers with an RFM row, and those whose row was written or deleted."""
+
+    customers: list[int]
+    changed: list[int]
+
+
+def build(crm: CRM, conn: sa.Connection, *, rates: Rates | None = None, workers: int | None = None) -> Built:
+    """Recompute every customer's RFM row, scores and group; write only what changed.
 
     The aggregate per customer is read (on a SQLite file, by ``workers``
     reader connections in parallel, each a range of customer ids — default:
@@ -283,10 +299,14 @@ def build(crm: CRM, conn: sa.Connection, *, rates: Rates | None = None, workers:
     after now, the aggregate has no time test per row (:func:`_time_bound`).
     The quintile scores and groups are computed column-wise (numpy) from the
     sorted values (:func:`cut_points`'s rule, the same scores as
-    :func:`rescore`'s window functions), and the rows are written with one
-    ``executemany`` of a pre-rendered ``INSERT``.  The same rows as
-    :func:`compute` (everyone) followed by :func:`rescore`, each row written
-    once.
+    :func:`rescore`'s window functions).  When the workspace has no rows yet,
+    every row is written with one ``executemany`` of a pre-rendered
+    ``INSERT``; otherwise the stored rows are read and compared, and only the
+    rows whose values differ are rewritten (one ``DELETE`` of them and of the
+    customers who no longer have a purchase, one ``executemany``): a build
+    on unchanged data writes nothing, and an unchanged row keeps its
+    ``computed_at`` (the time of the build that last changed it).  The same
+    values as :func:`compute` (everyone) followed by :func:`rescore`.
     """
     from ecrm_core.batching import gc_paused
 
@@ -295,16 +315,18 @@ def build(crm: CRM, conn: sa.Connection, *, rates: Rates | None = None, workers:
         return _build(crm, conn, rates or get_rates(crm), workers)
 
 
-def _build(crm: CRM, conn: sa.Connection, rates: Rates, workers: int | None) -> list[int]:
+def _build(crm: CRM, conn: sa.Connection, rates: Rates, workers: int | None) -> Built:
     import os
 
     table = crm.db.tables[RFM]
     now = crm.now()
-    conn.execute(sa.delete(table).where(table.c.workspace_id == crm.workspace))
     n = workers if workers is not None else min(4, os.cpu_count() or 1)
     rows = _read_aggregates(crm, conn, rates, _time_bound(crm, conn, now), max(1, n))
+    stored = _stored(crm, conn)
     if not rows:
-        return []
+        if stored:
+            conn.execute(sa.delete(table).where(table.c.workspace_id == crm.workspace))
+        return Built([], [row[0] for row in stored])
     computed_at: Any = now
     sqlite = conn.dialect.name == "sqlite"
     if sqlite:  # the text SQLAlchemy stores (UTC, one format: text order is time order)
@@ -312,11 +334,39 @@ def _build(crm: CRM, conn: sa.Connection, rates: Rates, workers: int | None) -> 
 
         naive = table.c.computed_at.type.process_bind_param(now, conn.dialect)
         computed_at = DATETIME().bind_processor(conn.dialect)(naive)
-    count = len(rows)
     r, f, m = (_quintiles([row[i] for row in rows]) for i in (2, 3, 6))  # last_at, orders, monetary
     groups = _grid()[(r - 1) * 5 + (f + m + 1) // 2 - 1].tolist()
     names = [c.name for c in table.c]
     assert names[1:9] == list(_READ) and names[9:] == ["r_score", "f_score", "m_score", "grp", "computed_at"]
+    # (customer_id, the values of _READ, r, f, m, group): what _stored reads, in the same form
+    scored = [
+        (*row, rs, fs, ms, g)
+        for row, rs, fs, ms, g in zip(rows, r.tolist(), f.tolist(), m.tolist(), groups, strict=True)
+    ]
+    everyone = [row[0] for row in rows]
+    if stored == scored:  # the same customers with the same values, in the same order: nothing to write
+        return Built(everyone, [])
+    if stored:
+        same, by_id = _same_values(sqlite), {row[0]: row for row in stored}
+        write = [row for row in scored if not same(by_id.get(row[0]), row)]
+        gone = by_id.keys() - set(everyone)
+        changed = sorted({row[0] for row in write} | gone)
+        if 2 * len(changed) > len(stored):
+            # most rows differ (new rates, a first build after an upgrade…): every row rewritten, as a first build
+            conn.execute(sa.delete(table).where(table.c.workspace_id == crm.workspace))
+            write, stored = scored, []
+        elif changed:
+            from ecrm_core.rules.sql import ids_clause
+
+            conn.execute(
+                sa.delete(table).where(
+                    table.c.workspace_id == crm.workspace, ids_clause(table.c.customer_id, changed, crm.db.dialect)
+                )
+            )
+    else:
+        write, changed = scored, everyone
+    if not write:
+        return Built(everyone, changed)
     prep = conn.dialect.identifier_preparer
     marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     if sqlite:
@@ -325,13 +375,10 @@ def _build(crm: CRM, conn: sa.Connection, rates: Rates, workers: int | None) -> 
         literal = sa.String().literal_processor(conn.dialect)
         assert literal is not None
         head, tail = [literal(crm.workspace)], [literal(computed_at)]
+        out = write
     else:
         head, tail = [marker], [marker]
-    scored = zip(rows, r.tolist(), f.tolist(), m.tolist(), groups, strict=True)
-    if sqlite:
-        out = [(*row, rs, fs, ms, g) for row, rs, fs, ms, g in scored]
-    else:
-        out = [(crm.workspace, *row, rs, fs, ms, g, computed_at) for row, rs, fs, ms, g in scored]
+        out = [(crm.workspace, *row, computed_at) for row in write]
     values = [*head, *([marker] * 12), *tail]
     sql = (
         f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(c) for c in names)}) "
@@ -340,15 +387,51 @@ def _build(crm: CRM, conn: sa.Connection, rates: Rates, workers: int | None) -> 
     # On a table left empty (the first build, or a single workspace), the group index is built once at the end
     # (one sort) rather than kept up to date row by row.
     rebuild = []
-    if sqlite and conn.execute(sa.select(table.c.customer_id).limit(1)).first() is None:
+    if sqlite and not stored and conn.execute(sa.select(table.c.customer_id).limit(1)).first() is None:
         rebuild = sorted(table.indexes, key=lambda ix: str(ix.name))
     for ix in rebuild:
         ix.drop(conn)
-    for start in range(0, count, 50_000):
+    for start in range(0, len(out), 50_000):
         conn.exec_driver_sql(sql, out[start : start + 50_000])
     for ix in rebuild:
         ix.create(conn)
-    return [row[0] for row in rows]
+    return Built(everyone, changed)
+
+
+def _stored(crm: CRM, conn: sa.Connection) -> list[tuple[Any, ...]]:
+    """The workspace's stored RFM rows in customer order, in :func:`_build`'s form (the times as the driver
+    returns them; ``computed_at`` left out)."""
+    table = crm.db.tables[RFM]
+    cols = [*_READ, "r_score", "f_score", "m_score", "grp"]
+    stmt = sa.select(
+        *(sa.type_coerce(table.c[c], sa.String()) if c.endswith("_at") else table.c[c] for c in cols)
+    ).where(table.c.workspace_id == crm.workspace)
+    # in the primary key's order (also what SQLite reads fastest: the group index would jump about the table)
+    stmt = stmt.order_by(table.c.customer_id)
+    if conn.dialect.name == "sqlite":
+        sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        return list(conn.connection.driver_connection.execute(sql).fetchall())  # type: ignore[union-attr]
+    return [tuple(row) for row in conn.execute(stmt)]
+
+
+def _same_values(sqlite: bool) -> Callable[[tuple[Any, ...] | None, tuple[Any, ...]], bool]:
+    """Whether a stored row (:func:`_stored`) holds a computed row's values.
+
+    On SQLite both come from the driver in the same types (text times, floats).  Elsewhere the aggregate's sums
+    may be ``Decimal`` where the table returns ``float``: compared as the float the column stores.
+    """
+    if sqlite:
+        return lambda old, new: old == new
+
+    def same(old: tuple[Any, ...] | None, new: tuple[Any, ...]) -> bool:
+        if old is None or len(old) != len(new):
+            return False
+        return all(
+            (float(a) == float(b)) if isinstance(a, float | Decimal) or isinstance(b, float | Decimal) else a == b
+            for a, b in zip(old, new, strict=True)
+        )
+
+    return same
 
 
 @functools.cache
@@ -458,7 +541,7 @@ def rescore(crm: CRM, conn: sa.Connection) -> list[int]:
         .subquery("src")
     )
     scored = _scores(source)
-    f_plus_m = sa.cast((scored.c.f + scored.c.m + 1) / 2, sa.Integer)
+    f_plus_m = _sql_fm(scored.c.f, scored.c.m)
     stmt = (
         sa.update(table)
         .where(

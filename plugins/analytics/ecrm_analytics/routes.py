@@ -104,9 +104,7 @@ def report_handlers(spec: ReportSpec) -> list[Any]:
                 p.name,
                 inspect.Parameter.KEYWORD_ONLY,
                 default=None,
-                annotation=Annotated[
-                    str | None, QueryParameter(name=p.name, description=_describe(p), max_length=200)
-                ],
+                annotation=Annotated[str | None, QueryParameter(name=p.name, description=_describe(p), max_length=200)],
             )
             for p in spec.params
             if writes or not p.writes

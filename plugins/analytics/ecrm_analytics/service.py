@@ -109,14 +109,16 @@ class Analytics:
                 claimed = store.claim(crm, conn, 2**62 if full or limit is None else limit)
                 ids: list[int] | None = None if full else [c for c, _ in claimed]
                 if ids is None:
-                    # one INSERT … SELECT: aggregates, scores and groups of everyone
-                    everyone = changed = set(rfm.build(crm, conn, rates=rates, workers=workers))
+                    # everyone's aggregates, scores and groups; only the rows that differ are written
+                    built = rfm.build(crm, conn, rates=rates, workers=workers)
+                    everyone, changed = set(built.customers), set(built.changed)
                 else:
                     rfm.compute(crm, conn, restrict=ids, rates=rates)
                     changed = set(rfm.rescore(crm, conn)) | set(ids)
                     everyone = set()
                 bar.step("CLV predictions")
-                clv_model.predict(crm, conn, ids)
+                if clv_model.predict(crm, conn, ids) and ids is None:
+                    changed |= everyone  # every prediction rewritten with the stored model (they follow the clock)
                 store.release(crm, conn, claimed)
                 copy = attributes.copy_enabled(crm, conn)
                 if copy:

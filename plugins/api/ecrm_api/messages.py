@@ -21,7 +21,14 @@ import attrs
 import msgspec
 from ecrm_core.domain import Customer
 from ecrm_core.errors import ValidationError
-from ecrm_core.validation import check_amount, check_currency, check_json, check_string, properties_json
+from ecrm_core.validation import (
+    check_amount,
+    check_currency,
+    check_json,
+    check_string,
+    currencies,
+    properties_json,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ecrm_core.crm import CRM
@@ -240,18 +247,32 @@ def _checked_amount(raw: Any, field: str) -> Decimal:
         raise MessageError(exc.field, exc.problem, exc.fix) from None
 
 
+def _currencies() -> frozenset[str]:
+    global _CURRENCIES
+    if _CURRENCIES is None:
+        _CURRENCIES = currencies()
+    return _CURRENCIES
+
+
+_CURRENCIES: frozenset[str] | None = None
+
+
 def _amount(props: Mapping[str, Any], path: str) -> tuple[Decimal, str] | None:
     for name in ("revenue", "total", "value"):
         raw = props.get(name)
         if raw is None:
             continue
         kind = type(raw)
-        if (kind is float or kind is int) and -_AMOUNT_LIMIT < raw < _AMOUNT_LIMIT:
+        if kind is int and -_AMOUNT_LIMIT < raw < _AMOUNT_LIMIT:
             # The common amount (a finite number of at most 4 decimals, within
             # the core's limit): what the checks below give, without them.
-            exact = Decimal(repr(raw)) if kind is float else Decimal(raw)
-            if exact.as_tuple().exponent >= -4:  # type: ignore[operator]
-                amount = exact.quantize(_AMOUNT_STEP, rounding=ROUND_HALF_EVEN)
+            amount = Decimal(raw).quantize(_AMOUNT_STEP, rounding=ROUND_HALF_EVEN)
+        elif kind is float and -_AMOUNT_LIMIT < raw < _AMOUNT_LIMIT:
+            text = repr(raw)
+            # (a float's repr has a "." unless it has an exponent: at most 4
+            # digits after it is a Decimal exponent >= -4)
+            if "e" not in text and len(text) - text.index(".") <= 5:
+                amount = Decimal(text).quantize(_AMOUNT_STEP, rounding=ROUND_HALF_EVEN)
             else:
                 amount = _checked_amount(raw, f"{path}.{name}")
         else:
@@ -259,6 +280,8 @@ def _amount(props: Mapping[str, Any], path: str) -> tuple[Decimal, str] | None:
         currency = props.get("currency") or "USD"
         if type(currency) is str:
             currency = currency.strip().upper()
+            if currency in _currencies():  # (what check_currency returns for it, without the call)
+                return amount, currency
         try:
             currency = check_currency(currency, f"{path}.currency")
         except ValidationError as exc:

@@ -42,7 +42,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("ecrm.campaigns")
 
-__all__ = ["BATCH", "LEASE", "dedupe_prefix", "local_zone", "rule_ids", "run_steps", "wait_end", "window_opens"]
+__all__ = [
+    "BATCH",
+    "LEASE",
+    "dedupe_prefix",
+    "first_step",
+    "local_zone",
+    "rule_ids",
+    "run_steps",
+    "wait_end",
+    "window_opens",
+]
 
 #: Enrollments claimed per tick.
 BATCH = 5000
@@ -188,6 +198,9 @@ class Runner:
         self.now = crm.now()
         self.customer_of: dict[int, int] = {}
         self.moved = 0  # enrollments moved to a step that is due at once
+        #: Set by :func:`first_step`: the enrollments are not rows yet, their moves are collected here
+        #: (by customer id) and written once, by the enrollment's INSERT, instead of UPDATEs.
+        self.pending: dict[int, dict[str, Any]] | None = None
 
     # -- claim ----------------------------------------------------------------
     def claim(self, limit: int | None = None) -> list[Any]:
@@ -286,6 +299,10 @@ class Runner:
         values.setdefault("lease_owner", None)
         values.setdefault("lease_until", None)
         values["updated_at"] = self.now
+        if self.pending is not None:
+            for i in ids:
+                self.pending.setdefault(i, {}).update(values)
+            return
         with self.crm.db.write() as conn:
             for i in range(0, len(ids), 5000):
                 conn.execute(
@@ -700,6 +717,40 @@ def _matches(rule: Any, row: Any, now: datetime) -> bool:
     from ecrm_core.rules import EvalContext
 
     return bool(rule.evaluate(EvalContext(customer=None, interactions=[row], now=now)))
+
+
+def first_step(
+    crm: CRM, c: Campaign, campaign_id: int, version: int, arms: Mapping[int, str], now: datetime
+) -> dict[int, dict[str, Any]] | None:
+    """Run a journey's first step for customers entering it now, before their enrollment rows exist.
+
+    Called by the enrollment with ``crm`` on its own transaction (``crm.using(conn)``): the step's
+    messages go to the outbox in that transaction, and what the step did to each enrollment (done,
+    the next step, a wait's end, outside the send window, failed with the reason) is returned by
+    customer id, to be written once by the enrollment's INSERT -- instead of an INSERT, a claim and
+    an UPDATE per customer.  Exactly what a tick does for a claimed group (the same
+    :meth:`Runner._execute`), so crash safety is the transaction's: the enrollments and their
+    messages commit together or not at all.
+
+    Only for a ``send`` first step whose channel is registered in this process (a process without
+    the channel leaves the step to ``campaigns.steps``, as any other first step); ``None`` then, or
+    when the step raised (the enrollments start at the step, due now, and a tick retries it; a
+    message already queued is found by its dedupe key)."""
+    step = c.step(c.first)
+    if step.type != "send" or (step.channel or "") not in crm.registry.channels:
+        return None
+    runner = Runner(crm)
+    runner.now = now
+    runner.pending = {}
+    runner.customer_of = {cid: cid for cid in arms}
+    g = _Group(campaign_id, version, c.first, 1)
+    g.rows = [_Claim((cid, campaign_id, cid, version, 1, arm, c.first, None, now)) for cid, arm in arms.items()]
+    try:
+        runner._execute(c, g)
+    except Exception:  # the tick's rule: the group is retried later, by a tick
+        log.exception("campaign %s: first step %s failed at entry for %d customers", c.key, step.id, len(arms))
+        return None
+    return runner.pending
 
 
 def run_steps(ctx: JobContext) -> JobResult:

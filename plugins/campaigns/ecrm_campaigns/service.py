@@ -17,6 +17,7 @@ from attrs import frozen
 from ecrm_core.errors import Conflict, NotFound, ValidationError
 
 from . import assign
+from .engine import SEND_CHUNK, first_step
 from .model import Campaign, parse_duration
 from .schema import CAMPAIGNS, ENROLLMENTS, VERSIONS
 
@@ -286,8 +287,10 @@ class Campaigns:
             if row is None or row.status != "live":
                 return EnrollReport(skipped={"not_live": len(ids)} if ids else {})
             c = self._definition(conn, row.id, row.version)
-        for i in range(0, len(ids), CHUNK):
-            e, h, s = self._enroll_chunk(row, c, ids[i : i + CHUNK], audience_checked)
+        # A first step run at entry (see _enroll_chunk) makes the chunk's messages too: the send chunk
+        chunk = SEND_CHUNK if c.step(c.first).type == "send" else CHUNK
+        for i in range(0, len(ids), chunk):
+            e, h, s = self._enroll_chunk(row, c, ids[i : i + chunk], audience_checked)
             entered += e
             held += h
             for k, n in s.items():
@@ -396,13 +399,27 @@ class Campaigns:
                 }
 
             if fresh:
-                # One INSERT ... SELECT per arm: the values every row of the arm shares are bound once,
-                # the ids are one parameter (json_each / unnest) -- no per-row parameter processing.
-                by_arm_fresh: dict[str, builtins.list[int]] = {}
+                # The journey's first step runs now, in this transaction, for the customers entering it
+                # for the first time (engine.first_step: a send step; its messages join this
+                # transaction): each enrollment is written once, in the state the step leaves it in.
+                starting = {cid: arms[cid] for cid in fresh if arms[cid] != assign.HOLDOUT}
+                moved = (
+                    first_step(self.crm.using(conn), c, row.id, row.version, starting, now) if starting else None
+                ) or {}
+                # One INSERT ... SELECT per set of shared values (an arm, an outcome of the first step):
+                # bound once, the ids one parameter (json_each / unnest) -- no per-row parameter processing.
+                groups: dict[tuple[Any, ...], builtins.list[int]] = {}
                 for cid in fresh:
-                    by_arm_fresh.setdefault(arms[cid], []).append(cid)
-                for group in by_arm_fresh.values():
-                    shared = {"workspace_id": self.workspace, "campaign_id": row.id, "entry": 1, **values(group[0])}
+                    state = {"arm": arms[cid], **moved.get(cid, {})}
+                    groups.setdefault(tuple(state.items()), []).append(cid)
+                for key, group in groups.items():
+                    shared = {
+                        "workspace_id": self.workspace,
+                        "campaign_id": row.id,
+                        "entry": 1,
+                        **values(group[0]),
+                        **dict(key),
+                    }
                     _insert_many(conn, et, shared, group)
             if again:
                 # One UPDATE per (arm) group: every re-entering customer of a group gets the same values.
