@@ -248,6 +248,21 @@ def test_settling_after_the_customer_was_merged_or_deleted_meanwhile(tmp_path, m
     assert [a.status for a in crm.messages.attempts(ids[keep])] == ["accepted"]
 
 
+def test_a_merge_moves_the_sources_messages_to_the_survivor(tmp_path, memory, clock):
+    """Sent and still queued messages follow the person (their history, and the caps count them)."""
+    crm = build(tmp_path, memory, clock)
+    source, survivor = customer(crm, 1), customer(crm, 2)
+    sent = crm.messages.send("memory", source, {"body": "x"}).id
+    assert crm.messages.dispatch().sent == 1
+    queued = crm.messages.send("memory", source, {"body": "y"}).id
+    crm.customers.merge(source, into=survivor)
+    assert crm.messages.list(customer_id=source) == []
+    mine = {m.id: m.status for m in crm.messages.list(customer_id=survivor)}
+    assert mine == {sent: "sent", queued: "queued"}
+    assert crm.messages.dispatch().sent == 1  # the queued one still goes out
+    assert crm.messages.get(queued).status == "sent"
+
+
 def test_channel_that_raises_or_returns_garbage_loses_nothing(tmp_path, memory, clock, caplog):
     crm = build(tmp_path, memory, clock)
     cid = customer(crm)

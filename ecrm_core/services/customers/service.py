@@ -85,6 +85,14 @@ class Customers(CustomerWrites):
                 .values(customer_id=target.id)
             ).rowcount
             conn.execute(sa.update(e).where(e.c.customer_id == source.id).values(customer_id=target.id))
+            # The messages too (sent and still queued): the survivor's history
+            # shows them, and they count against the survivor's frequency caps.
+            m = self.t("messages")
+            conn.execute(
+                sa.update(m)
+                .where(m.c.workspace_id == self.workspace, m.c.customer_id == source.id)
+                .values(customer_id=target.id)
+            )
             conn.execute(
                 sa.update(t)
                 .where(t.c.workspace_id == self.workspace, t.c.merged_into == source.id)
