@@ -25,9 +25,7 @@ pytest.importorskip("ecrm_api")
 pytest.importorskip("ecrm_personalize")
 
 #: list routes not paged yet (found by this review, not fixed in it): each must go, not grow
-KNOWN_UNPAGED = {
-    "/offers/active": "every offer active now, by priority",
-}
+KNOWN_UNPAGED: dict[str, str] = {}
 #: lists of what is registered in the code, not stored: as long as the installed plugins make them
 REGISTERED = {"/plugins", "/analytics/reports"}
 
@@ -123,3 +121,13 @@ def test_segments_are_listed_a_page_at_a_time(everything) -> None:
             break
     assert slugs == [f"s{n}" for n in range(7)]
     assert http.get("/segments", params={"limit": 1001}).status_code in (400, 422)
+
+
+def test_active_offers_are_the_highest_priority_first_at_most_limit(everything) -> None:
+    crm = everything.crm
+    for n in range(5):
+        crm.offers.create(f"o{n}", f"Offer {n}", priority=n)
+    http = everything.client(["admin"])
+    assert [o["code"] for o in http.get("/offers/active").json()["items"]] == ["o4", "o3", "o2", "o1", "o0"]
+    assert [o["code"] for o in http.get("/offers/active", params={"limit": 2}).json()["items"]] == ["o4", "o3"]
+    assert http.get("/offers/active", params={"limit": 1001}).status_code in (400, 422)
