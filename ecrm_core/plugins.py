@@ -248,7 +248,9 @@ class Plugins:
                 continue
             try:
                 result = impl.function(*[kwargs[a] for a in impl.argnames])
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # SystemExit, CancelledError…: the plugin failed, not the host
                 self._record(impl.plugin_name, hook, exc)
                 continue
             if result is not None:
@@ -261,7 +263,9 @@ class Plugins:
         for impl in reversed(impls):
             try:
                 impl.function(*[kwargs[a] for a in impl.argnames])
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # SystemExit, CancelledError…: the plugin failed, not the host
                 self._record(impl.plugin_name, hook, exc)
 
     def notify_in_transaction(self, hook: str, conn: Any, **kwargs: Any) -> None:
@@ -273,7 +277,9 @@ class Plugins:
             savepoint = conn.begin_nested()
             try:
                 impl.function(*[kwargs[a] for a in impl.argnames])
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # SystemExit, CancelledError…: the plugin failed, not the host
                 if savepoint.is_active:
                     savepoint.rollback()
                 self._record(impl.plugin_name, hook, exc)
@@ -297,7 +303,9 @@ class Plugins:
         for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
             try:
                 impl.function(*[kwargs[a] for a in impl.argnames])
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # SystemExit, CancelledError…: the plugin failed, not the host
                 self._record(impl.plugin_name, hook, exc)
                 raise HookFailed(impl.plugin_name, hook, f"{type(exc).__name__}: {exc}") from exc
             if not conn.in_transaction():

@@ -131,3 +131,76 @@ def test_a_stuck_tick_keeps_the_thread_count(crm) -> None:
 def test_stall_is_checked(crm, bad) -> None:
     with pytest.raises(ValidationError, match="stall"):
         InProcessExecutor(JobRunner(crm), stall=bad)
+
+
+# -- a tick that raises what is not an Exception ---------------------------------------------------
+
+
+class Doom(BaseException):
+    """A plugin's own BaseException subclass."""
+
+
+def _exit(ctx):
+    import sys
+
+    sys.exit("a library called sys.exit")
+
+
+def _cancelled(ctx):
+    import asyncio
+
+    raise asyncio.CancelledError()
+
+
+def _generator_exit(ctx):
+    raise GeneratorExit()
+
+
+def _doom(ctx):
+    raise Doom("doomed")
+
+
+POISON = {"SystemExit": _exit, "CancelledError": _cancelled, "GeneratorExit": _generator_exit, "Doom": _doom}
+
+
+@pytest.mark.parametrize("exclusive", [False, True], ids=["plain", "exclusive"])
+@pytest.mark.parametrize("tick", list(POISON.values()), ids=list(POISON))
+def test_a_tick_raising_a_base_exception_fails_alone(crm, tick, exclusive) -> None:
+    """Before, the exception left the executor's thread: the worker stopped ("the worker loop failed"),
+    the other jobs never ran and the job's row said nothing."""
+    queue = Queue()
+
+    class Poison:
+        @hookimpl
+        def ecrm_register_jobs(self):
+            return [JobSpec(name="a.poison", tick=tick, every=5, exclusive=exclusive)]
+
+    crm.register_plugin(Poison(), name="poison")
+    crm.register_plugin(queue, name="queue")
+    runner = JobRunner(crm, jobs=["a.poison", "queue.drain"])
+    InProcessExecutor(runner, threads=1).run(once=True)
+    assert sorted(queue.seen) == list(range(7))
+    [state] = [s for s in runner.states() if s.job == "a.poison"]
+    assert state.failures == 1 and state.last_error.startswith(type_name(tick)), state.last_error
+    assert state.lease_owner is None  # an exclusive job's lease is given back
+
+
+def type_name(tick) -> str:
+    return next(k for k, v in POISON.items() if v is tick)
+
+
+def test_ctrl_c_still_interrupts_a_tick(crm) -> None:
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    class Job:
+        @hookimpl
+        def ecrm_register_jobs(self):
+            return [JobSpec(name="a.interrupted", tick=interrupted, exclusive=True)]
+
+    crm.register_plugin(Job(), name="job")
+    runner = JobRunner(crm, jobs=["a.interrupted"])
+    with pytest.raises(KeyboardInterrupt):
+        runner.tick("a.interrupted", "default")
+    [state] = runner.states()
+    assert state.failures == 0 and state.lease_owner is None

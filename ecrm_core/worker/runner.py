@@ -281,7 +281,10 @@ class JobRunner:
         (free or expired, and due unless ``force``); when another worker holds
         it (or ran the job recently) nothing runs and the outcome says when
         to try again.  A tick that raises is recorded (``last_error``,
-        ``failures``) and backed off; the exception does not propagate.
+        ``failures``) and backed off; the exception does not propagate —
+        whatever it is (``SystemExit`` from a library, asyncio's
+        ``CancelledError``…) but ``KeyboardInterrupt``, so that one job cannot
+        stop the worker and the others.
         """
         import time
 
@@ -311,12 +314,12 @@ class JobRunner:
             if out is not None and not isinstance(out, JobResult):
                 raise TypeError(f"tick returned {type(out).__name__}, not a JobResult (or None)")
             result = out or JobResult()
-        except Exception as exc:
-            failure = exc
-        except BaseException:
+        except KeyboardInterrupt:  # Ctrl-C in the thread that ticks: the tick is interrupted, not failed
             beat.set()
             self._release(spec, ws)
             raise
+        except BaseException as exc:  # SystemExit, CancelledError…: this job failed, not the worker
+            failure = exc
         finally:
             beat.set()
         seconds = time.perf_counter() - t0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from ecrm_personalize import DecisionContext, Strategy, plugin
 
 from ecrm_core import CRM, StrategySpec, hookimpl
@@ -114,3 +115,30 @@ def test_demo_stage_without_a_configured_secret(crm_factory: Callable[..., CRM])
     crm.interactions.track("product_view", customer_id=cid, properties={"sku": "X-1", "category": "hats"})
     outcome = run_demo_stages(crm, only=["personalize.decide"])[0]
     assert outcome.ok, outcome.error
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [SystemExit("a library called sys.exit"), GeneratorExit(), type("Doom", (BaseException,), {})()],
+    ids=["SystemExit", "GeneratorExit", "own BaseException"],
+)
+def test_a_strategy_raising_a_base_exception_is_isolated_too(shop: Shop, raised: BaseException) -> None:
+    """Before, it went through the decision (and the API's worker thread): review, round 25."""
+
+    class Exits(Strategy):
+        kind = "cosmetic"
+
+        def apply(self, ctx: DecisionContext) -> None:
+            raise raised
+
+    class ExitingPlugin:
+        @hookimpl
+        def ecrm_register_strategies(self):  # type: ignore[no-untyped-def]
+            return [StrategySpec(name="exits", kind="cosmetic", factory=Exits)]
+
+    shop.crm.register_plugin(ExitingPlugin(), name="exiting")
+    shop.p.define("home", k=3, strategies=["exits", "greeting"])
+    d = shop.p.decide(shop.customer(name="Ada"), "home")
+    assert d.variant["greeting"] == "Good morning, Ada!" and d.items
+    assert "strategy 'exits' failed" in " ".join(d.explanation)
+    assert any(f.hook == "strategy exits" for f in shop.crm.plugins.failures)

@@ -77,6 +77,8 @@ class CampaignSummary(msgspec.Struct):
 
 class CampaignList(msgspec.Struct):
     items: list[CampaignSummary]
+    #: the key to pass as ``after`` for the next page (``None``: this was the last)
+    next: str | None = None
 
 
 class EnrollOut(msgspec.Struct):
@@ -131,16 +133,24 @@ def _save(crm: CRM, data: CampaignIn, key: str | None = None) -> CampaignOut:
 
 
 @get("/campaigns", opt={"scope": "read"}, tags=["campaigns"], sync_to_thread=True, responses=problem_responses())
-def list_campaigns(crm: NamedDependency[CRM]) -> CampaignList:
-    """The campaigns of the workspace."""
-    items = _svc(crm).list()
+def list_campaigns(
+    crm: NamedDependency[CRM],
+    limit: Annotated[int, Parameter(ge=1, le=1000, description="campaigns per page (1-1,000)")] = 1000,
+    after: Annotated[
+        str | None, Parameter(min_length=1, max_length=128, description="the `next` of the previous page")
+    ] = None,
+) -> CampaignList:
+    """The campaigns of the workspace by key, ``limit`` a page (``next``: the ``after`` of the next page)."""
+    found = sorted((i for i in _svc(crm).list() if after is None or i.key > after), key=lambda i: i.key)
+    page = found[:limit]
     return CampaignList(
         items=[
             CampaignSummary(
                 key=i.key, name=i.name, status=i.status, version=i.version, trigger=i.definition.trigger.type
             )
-            for i in items
-        ]
+            for i in page
+        ],
+        next=page[-1].key if len(found) > limit else None,
     )
 
 

@@ -419,7 +419,9 @@ def _unavailable(crm: CRM, skus: list[str]) -> set[str]:
         try:
             found = impl.function(*[{"crm": crm, "skus": list(skus)}[a] for a in impl.argnames])
             out |= {str(s) for s in found or ()}
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit, CancelledError…: the plugin failed, not the decision
             crm.plugins.record_failure(impl.plugin_name, "personalize_unavailable", exc)
     return out
 
@@ -472,7 +474,9 @@ def _apply(crm: CRM, ctx: DecisionContext, names: tuple[str, ...], *, neutral: b
             ctx.customer = None
         try:
             strat.apply(ctx)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit, CancelledError…: the strategy failed, not the decision
             crm.plugins.record_failure(getattr(strat, "_plugin", "personalize"), f"strategy {n}", exc)
             ctx.explain(f"strategy {n!r} failed ({type(exc).__name__}): skipped")
         finally:

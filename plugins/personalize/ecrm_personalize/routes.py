@@ -37,6 +37,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["HANDLERS"]
 
+#: the most placements one page lists (each at most 32 KB: ``MAX_PLACEMENT_BYTES``)
+PLACEMENTS_PAGE = 50
+
 Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
 CustomerId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 NameParam = Annotated[
@@ -171,9 +174,20 @@ def identify(data: JSONBody[IdentifyIn], crm: NamedDependency[CRM]) -> dict[str,
     sync_to_thread=True,
     responses=problem_responses(),
 )
-def list_placements(crm: NamedDependency[CRM]) -> dict[str, Any]:
-    """The placements of the workspace."""
-    return {"items": [p.to_dict() for p in _svc(crm).placements()]}
+def list_placements(
+    crm: NamedDependency[CRM],
+    limit: Annotated[
+        int, Parameter(ge=1, le=PLACEMENTS_PAGE, description=f"placements per page (1-{PLACEMENTS_PAGE})")
+    ] = 20,
+    after: Annotated[
+        str | None, Parameter(min_length=1, max_length=64, description="the `next` of the previous page")
+    ] = None,
+) -> dict[str, Any]:
+    """The placements of the workspace by name, a page at a time (``next``: the ``after`` of the next page)."""
+    items = _svc(crm).placements(limit=limit + 1, after=after)
+    more = len(items) > limit
+    items = items[:limit]
+    return {"items": [p.to_dict() for p in items], "next": items[-1].name if more else None}
 
 
 @get(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,13 +22,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .evaluate import Evaluation
     from .recommend import RefreshReport
 
-__all__ = ["FREQUENCIES", "PREFERENCE_KEYS", "Personalize"]
+__all__ = ["FREQUENCIES", "MAX_PLACEMENT_BYTES", "PREFERENCE_KEYS", "Personalize"]
 
 #: what the preference centre stores
 PREFERENCE_KEYS = ("interests", "exclude", "needs", "frequency", "offers", "presentation", "channels")
 FREQUENCIES = ("daily", "weekly", "monthly", "never")
 #: the message purpose the preference centre controls (registered by the plugin)
 PURPOSE = "recommendations"
+#: the largest placement, as JSON: what GET /personalize/placements lists is bounded by it and the page size
+MAX_PLACEMENT_BYTES = 32 * 1024
 
 
 def _upsert(
@@ -75,6 +78,12 @@ class Personalize:
         pl = Placement.from_dict(config, name=name)
         for locale, source in pl.greetings.items():  # refused now, not at each decision
             check_greeting(source, f"greetings.{locale}")
+        size = len(json.dumps(pl.to_dict(), ensure_ascii=False).encode())
+        if size > MAX_PLACEMENT_BYTES:  # every answer that shows placements stays bounded
+            raise ValidationError(
+                "placement", f"<{size} bytes>", f"larger than {MAX_PLACEMENT_BYTES} bytes as JSON",
+                "use fewer or shorter greetings, tones, layouts, alternatives and options",
+            )  # fmt: skip
         strategies = self.crm.registry.strategies
         missing = [s for s in pl.strategies if s not in strategies]
         if missing:
@@ -110,12 +119,16 @@ class Personalize:
             raise NotFound("placement", name)
         return pl
 
-    def placements(self) -> list[Placement]:
+    def placements(self, *, limit: int | None = None, after: str | None = None) -> list[Placement]:
+        """The placements by name: at most ``limit`` (``None``: all), those named after ``after``."""
         t = self._t(PLACEMENTS)
+        q = sa.select(t.c.name, t.c.config).where(t.c.workspace_id == self.crm.workspace).order_by(t.c.name)
+        if after is not None:
+            q = q.where(t.c.name > after)
+        if limit is not None:
+            q = q.limit(limit)
         with self.crm.db.read() as conn:
-            rows = conn.execute(
-                sa.select(t.c.name, t.c.config).where(t.c.workspace_id == self.crm.workspace).order_by(t.c.name)
-            ).all()
+            rows = conn.execute(q).all()
         return [Placement.from_dict(r.config, name=r.name) for r in rows]
 
     def remove(self, name: str) -> None:

@@ -180,10 +180,11 @@ def active_offers(
             max_length=64, description="only offers shown on this channel", schema_extra={"pattern": SLUG_PATTERN}
         ),
     ] = None,
+    limit: Annotated[int, Parameter(ge=1, le=1000, description="at most this many, the highest priority")] = 1000,
 ) -> OfferList:
-    """Offers live at ``at`` (default now), optionally on ``channel``, highest priority first."""
+    """Offers live at ``at`` (default now), optionally on ``channel``, highest priority first (at most ``limit``)."""
     when, channel = _when_where(at, channel)
-    return OfferList(items=[offer_out(o) for o in _core(lambda: crm.offers.active(when, channel=channel))])
+    return OfferList(items=[offer_out(o) for o in _core(lambda: crm.offers.active(when, channel=channel))[:limit]])
 
 
 def _when_where(at: str | None, channel: str | None) -> tuple[datetime | None, str | None]:

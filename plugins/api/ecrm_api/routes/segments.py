@@ -162,6 +162,8 @@ class SegmentOut(msgspec.Struct):
 
 class SegmentList(msgspec.Struct):
     items: list[SegmentOut]
+    #: the slug to pass as ``after`` for the next page (``None``: this was the last)
+    next: str | None = None
 
 
 class PreviewIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -328,9 +330,17 @@ def _check_customers(crm: CRM, ids: list[int]) -> None:
 
 
 @get("/segments", opt={"scope": "read"}, tags=["segments"], sync_to_thread=True, responses=problem_responses())
-def list_segments(crm: NamedDependency[CRM]) -> SegmentList:
-    """Every segment of the workspace, by slug."""
-    return SegmentList(items=[segment_out(s) for s in crm.segments.list()])
+def list_segments(
+    crm: NamedDependency[CRM],
+    limit: Annotated[int, Parameter(ge=1, le=1000, description="segments per page (1-1,000)")] = 1000,
+    after: Annotated[
+        str | None, Parameter(min_length=1, max_length=128, description="the `next` of the previous page")
+    ] = None,
+) -> SegmentList:
+    """The segments of the workspace by slug, ``limit`` a page (``next``: the ``after`` of the next page)."""
+    found = [s for s in crm.segments.list() if after is None or s.slug > after]
+    page = found[:limit]
+    return SegmentList(items=[segment_out(s) for s in page], next=page[-1].slug if len(found) > limit else None)
 
 
 @get(
