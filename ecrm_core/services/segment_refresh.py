@@ -130,9 +130,9 @@ class _SegmentRefresh(_SegmentStore):
                     customer_ids=ids, kinds=kinds, customers_changed=customers_changed
                 )
                 lifecycle_failed += [RefreshFailure(f"lifecycle:{stage}", e) for stage, e in broken]
-            except Cancelled:
+            except (Cancelled, KeyboardInterrupt):
                 raise
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit...: a plugin's condition failed, not the refresh
                 lifecycle_failed.append(RefreshFailure("lifecycle", _describe(exc)))
         failed: builtins.list[tuple[Segment, Exception]] = []
         plan = self._plan(None if ref is None else self.get(ref).slug, failed)
@@ -166,9 +166,9 @@ class _SegmentRefresh(_SegmentStore):
         for n, (seg, rule) in enumerate(plan, 1):
             try:
                 change = self._refresh_one(seg, rule, ids)
-            except Cancelled:
+            except (Cancelled, KeyboardInterrupt):
                 raise
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit...: a plugin's condition failed, not the refresh
                 failures.append((seg, _describe(exc)))
             else:
                 if change.entered or change.exited:

@@ -243,7 +243,9 @@ class _Delivering(_Sending):
                 out = channel.send_many(messages)
                 if not isinstance(out, Sequence) or len(out) != len(messages):
                     raise TypeError(f"send_many returned {type(out).__name__} of the wrong length")
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # SystemExit, CancelledError...: the channel failed, not the host
                 raised += 1
                 if raised == 1:
                     log.exception(

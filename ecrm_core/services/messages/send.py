@@ -442,7 +442,9 @@ class _Sending(_Suppressions):
                     continue
                 try:
                     address = chan.address(c)
-                except Exception as exc:
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # the channel's code failed, not the host
                     failed[cid] = faults.add("address_failed", exc)
                     continue
                 if address is not None and address != "":
@@ -484,7 +486,9 @@ class _Sending(_Suppressions):
                 if fault is None and reason is None:
                     try:
                         to_render.append((plan, context_for(c, uid)))
-                    except Exception as exc:
+                    except KeyboardInterrupt:
+                        raise
+                    except BaseException as exc:  # a plugin's context failed, not the host
                         plan["fault"] = faults.add("context_failed", exc)
             if to_render:
                 rendered = self._render_chunk(chan, template, to_render, purp.name, faults)
@@ -652,7 +656,9 @@ class _Sending(_Suppressions):
                     f"render_many returned {type(results).__name__} of length "
                     f"{len(results) if isinstance(results, Sequence) else '?'} for {len(contexts)} contexts"
                 )
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit, CancelledError...: the channel failed, not the host
             if faults.raise_first:
                 raise
             fault = faults.add("render_failed", exc)
