@@ -202,3 +202,18 @@ def test_the_arms_listing_is_paged_whatever_the_number_of_segments(served: tuple
     assert all(set(v) == {"a", "b"} for v in shop.p.arms("banner").values())
     for bad in ({"limit": 0}, {"limit": 1001}, {"after": "x" * 129}):
         assert client.get("/personalize/placements/banner/arms", params=bad).status_code == 400
+
+
+def test_a_placement_the_workspace_does_not_have_is_a_404_on_every_placement_route(served: tuple[Shop, Any]) -> None:
+    """Unknown, or another workspace's: the placement, its arms and its uplift answer 404 alike
+    (the arms and the uplift answered 200 with empty data)."""
+    shop, live = served
+    shop.p.define("mine", alternatives=["a", "b"])
+    other = live.client(["read"], workspace="other")
+    ours = live.client(["read"])
+    for path in ("/personalize/placements/{}", "/personalize/placements/{}/arms", "/personalize/placements/{}/uplift"):
+        assert ours.get(path.format("mine")).status_code == 200, path
+        for client, name in ((ours, "nowhere"), (other, "mine")):
+            r = client.get(path.format(name))
+            assert r.status_code == 404, (path, name, r.text)
+            assert r.headers["content-type"].startswith("application/problem+json")

@@ -223,12 +223,24 @@ def put_placement(
         raise exc.at("body") from None
 
 
+def _existing(crm: CRM, name: str) -> None:
+    """NotFound (a 404) unless the workspace has the placement ``name`` (read without
+    touching the decision path's cache of it)."""
+    from ecrm_core.errors import NotFound
+    from ecrm_core.validation import check_slug
+
+    from .engine import load_placement
+
+    if load_placement(crm, check_slug(name, "placement", "placement name")) is None:
+        raise NotFound("placement", name)
+
+
 @get(
     "/personalize/placements/{name:str}/arms",
     opt={"scope": "read"},
     tags=["personalize"],
     sync_to_thread=True,
-    responses=problem_responses(),
+    responses=problem_responses(404),
 )
 def placement_arms(
     name: NameParam,
@@ -239,7 +251,9 @@ def placement_arms(
     ] = None,
 ) -> dict[str, Any]:
     """The bandit state: trials and wins per segment and alternative, ``limit`` segments
-    a page in name order (``next``: pass it as ``after`` for the following page)."""
+    a page in name order (``next``: pass it as ``after`` for the following page).
+    404 for a placement the workspace does not have."""
+    _existing(crm, name)
     segments = _svc(crm).arms(name, limit=limit + 1, after=after)
     names = list(segments)
     more = len(names) > limit
@@ -253,10 +267,12 @@ def placement_arms(
     opt={"scope": "read"},
     tags=["personalize"],
     sync_to_thread=True,
-    responses=problem_responses(),
+    responses=problem_responses(404),
 )
 def placement_uplift(name: NameParam, crm: NamedDependency[CRM]) -> dict[str, Any]:
-    """Personalized vs control group: impressions, clicks, conversions, rates and lift."""
+    """Personalized vs control group: impressions, clicks, conversions, rates and lift.
+    404 for a placement the workspace does not have."""
+    _existing(crm, name)
     return _svc(crm).uplift(name)  # type: ignore[no-any-return]
 
 
