@@ -17,13 +17,16 @@ import binascii
 import hashlib
 import hmac
 import json
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from ecrm_core.errors import ValidationError
 
 from .problems import problem
 
-__all__ = ["encode_cursor", "decode_cursor"]
+__all__ = ["encode_cursor", "decode_cursor", "keyed_page"]
+
+T = TypeVar("T")
 
 _SIG = 16  # bytes of the HMAC kept (128 bits)
 
@@ -65,3 +68,15 @@ def _decode(secret: bytes, scope: str, cursor: str, field: str) -> Any:
     if len(raw) <= _SIG or not hmac.compare_digest(sig, _mac(secret, scope, payload)):
         raise ValidationError(field, cursor, "cursor is forged, altered or from another listing", fix)
     return json.loads(payload)
+
+
+def keyed_page(
+    items: Iterable[T], key: Callable[[T], str], limit: int, after: str | None
+) -> tuple[list[T], str | None]:
+    """A page of a small listing by a unique name (segments by slug, campaigns
+    by key): the first ``limit`` of ``items`` whose ``key`` sorts after
+    ``after``, in ``key`` order, and the ``key`` to pass as ``after`` for the
+    next page (``None`` on the last)."""
+    found = sorted((i for i in items if after is None or key(i) > after), key=key)
+    page = found[:limit]
+    return page, key(page[-1]) if len(found) > limit else None

@@ -45,7 +45,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["CustomerReader"]
 
-_fromisoformat = datetime.fromisoformat
 _decode = msgspec.json.Decoder().decode
 #: A channel name as the core checks it (``check_slug``); anything else goes the core's way.
 _SLUG = re.compile(SLUG_PATTERN).match
@@ -69,21 +68,14 @@ _COLUMNS = (
 
 
 def _processor(type_: Any, dialect: sa.Dialect) -> Callable[[Any], Any] | None:
-    """The column type's result processor, specialised for SQLite's stored text
-    where the generic one costs more than the statement: ecrm's ``UTCDateTime``
-    reads the text with ``fromisoformat`` (its own conversion otherwise), a
-    JSON column is decoded by msgspec (``json.loads`` where msgspec refuses
-    the text, e.g. an integer beyond 64 bits)."""
+    """The column type's result processor, specialised where the generic one
+    costs more than the statement: ecrm's ``UTCDateTime`` by its own
+    conversion (``fromisoformat`` of SQLite's text, not SQLAlchemy's regular
+    expression), a JSON column on SQLite by msgspec (``json.loads`` where
+    msgspec refuses the text, e.g. an integer beyond 64 bits)."""
     if isinstance(type_, UTCDateTime):
         convert = type_.process_result_value
-
-        def moment(value: Any) -> Any:
-            if type(value) is str:
-                found = _fromisoformat(value)
-                return found.replace(tzinfo=UTC) if found.tzinfo is None else found.astimezone(UTC)
-            return convert(value, dialect)
-
-        return moment
+        return lambda value: convert(value, dialect)
     if isinstance(type_, sa.JSON) and dialect.name == "sqlite":
         return _json
     return type_.dialect_impl(dialect).result_processor(dialect, None)  # type: ignore[no-any-return]
@@ -96,9 +88,6 @@ def _json(value: Any) -> Any:
         return _decode(value)
     except msgspec.DecodeError:
         return json.loads(value)
-
-
-_STRUCTS: list[Any] = []
 
 
 class _StoredConsent(msgspec.Struct, forbid_unknown_fields=True):
@@ -118,6 +107,9 @@ def _text_ok(value: str) -> bool:
     except ValidationError:
         return False
     return True
+
+
+_STRUCTS: list[Any] = []
 
 
 def _structs() -> tuple[Any, Any]:

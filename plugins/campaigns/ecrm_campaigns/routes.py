@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
+from ecrm_api.cursors import keyed_page
 from ecrm_api.problems import problem_responses
 from ecrm_core.errors import ValidationError
 from litestar import Response, get, post, put
@@ -141,8 +142,7 @@ def list_campaigns(
     ] = None,
 ) -> CampaignList:
     """The campaigns of the workspace by key, ``limit`` a page (``next``: the ``after`` of the next page)."""
-    found = sorted((i for i in _svc(crm).list() if after is None or i.key > after), key=lambda i: i.key)
-    page = found[:limit]
+    page, following = keyed_page(_svc(crm).list(), lambda i: i.key, limit, after)
     return CampaignList(
         items=[
             CampaignSummary(
@@ -150,7 +150,7 @@ def list_campaigns(
             )
             for i in page
         ],
-        next=page[-1].key if len(found) > limit else None,
+        next=following,
     )
 
 

@@ -19,7 +19,7 @@ from litestar import delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 
-from ..cursors import decode_cursor, encode_cursor
+from ..cursors import decode_cursor, encode_cursor, keyed_page
 from ..problems import problem, problem_responses
 from ..types import ref_param
 from .interactions import MAX_ID, Id
@@ -338,9 +338,8 @@ def list_segments(
     ] = None,
 ) -> SegmentList:
     """The segments of the workspace by slug, ``limit`` a page (``next``: the ``after`` of the next page)."""
-    found = [s for s in crm.segments.list() if after is None or s.slug > after]
-    page = found[:limit]
-    return SegmentList(items=[segment_out(s) for s in page], next=page[-1].slug if len(found) > limit else None)
+    page, following = keyed_page(crm.segments.list(), lambda s: s.slug, limit, after)
+    return SegmentList(items=[segment_out(s) for s in page], next=following)
 
 
 @get(
